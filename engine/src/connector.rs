@@ -1,0 +1,173 @@
+//! The seam between the engine and the outside world.
+//!
+//! A connector is a [`SourceFactory`] or a [`SinkFactory`] registered by name in a
+//! [`ConnectorRegistry`]. `CREATE SOURCE ... WITH (connector = 'x', ...)` looks `x` up and
+//! calls [`SourceFactory::create`] with a [`SourceSpec`]; the factory checks every option
+//! right then (so a typo is reported against the statement) and returns a [`Source`] that
+//! does no I/O until the runtime first polls it. Sinks work the same way.
+//!
+//! To add a connector: implement the factory (in its own module of the connectors crate),
+//! and add one line to that crate's `registry()` list. The engine itself contains no
+//! connector code.
+
+use crate::error::{Result, WeirError};
+use crate::options::Options;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How big a micro-batch may grow before a source hands it on, by rows and by time.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_delay: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_rows: 8192,
+            max_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Everything a source factory gets from `CREATE SOURCE`.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub name: String,
+    /// The declared columns, in order; batches must have exactly this schema.
+    pub schema: SchemaRef,
+    /// The event-time column named in `WATERMARK FOR`, if any.
+    pub event_time: Option<String>,
+    /// Connector options, with the engine's own keys (`connector`, `idle.timeout`) removed.
+    /// The factory must take every key it knows and call [`Options::finish`].
+    pub options: Options,
+    /// Where the connector may keep files (dead letters, offsets).
+    pub data_dir: PathBuf,
+    pub batch: BatchLimits,
+}
+
+/// What a source yields.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// A micro-batch for one partition. `bad_records` counts malformed records the
+    /// connector skipped or dead-lettered while building it.
+    Batch {
+        partition: usize,
+        batch: RecordBatch,
+        bad_records: u64,
+    },
+    /// The source is bounded and has ended: its watermark moves to the end of time.
+    End,
+}
+
+#[async_trait]
+pub trait Source: Send {
+    /// The number of partitions; batches name one of `0..partitions()`.
+    fn partitions(&self) -> usize;
+    /// The next event. Unbounded sources wait for data; cancellation-safe is not required:
+    /// the runtime polls one source from one task until it ends.
+    async fn next(&mut self) -> Result<SourceEvent>;
+}
+
+/// Everything a sink factory gets from `CREATE SINK`.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub view: String,
+    pub schema: SchemaRef,
+    /// The view's natural key: window bounds plus group keys for windowed views, empty for
+    /// stateless views.
+    pub key_columns: Vec<String>,
+    pub options: Options,
+    pub data_dir: PathBuf,
+}
+
+#[async_trait]
+pub trait Sink: Send {
+    /// Write one batch of the view's output (in the view's schema).
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Called when no more output is expected for a while (after each watermark step that
+    /// emitted rows and on a timer); make what was written durable and visible if cheap.
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The pipeline is stopping: flush everything and release resources.
+    async fn close(&mut self) -> Result<()>;
+}
+
+pub trait SourceFactory: Send + Sync {
+    /// The `connector = '...'` name.
+    fn name(&self) -> &'static str;
+    /// Check the options and build the source. No I/O here beyond cheap checks.
+    fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>>;
+}
+
+pub trait SinkFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>>;
+}
+
+/// The list of connectors a pipeline can use. Built once, explicitly, by the connectors
+/// crate's `registry()`.
+#[derive(Clone, Default)]
+pub struct ConnectorRegistry {
+    sources: Vec<Arc<dyn SourceFactory>>,
+    sinks: Vec<Arc<dyn SinkFactory>>,
+}
+
+impl ConnectorRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_source(mut self, f: impl SourceFactory + 'static) -> Self {
+        self.sources.push(Arc::new(f));
+        self
+    }
+
+    pub fn with_sink(mut self, f: impl SinkFactory + 'static) -> Self {
+        self.sinks.push(Arc::new(f));
+        self
+    }
+
+    pub fn source(&self, name: &str) -> Result<Arc<dyn SourceFactory>> {
+        let name = name.to_ascii_lowercase();
+        self.sources
+            .iter()
+            .find(|f| f.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "unknown source connector '{name}'; available: {}",
+                    self.source_names().join(", ")
+                ))
+            })
+    }
+
+    pub fn sink(&self, name: &str) -> Result<Arc<dyn SinkFactory>> {
+        let name = name.to_ascii_lowercase();
+        self.sinks
+            .iter()
+            .find(|f| f.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "unknown sink connector '{name}'; available: {}",
+                    self.sink_names().join(", ")
+                ))
+            })
+    }
+
+    pub fn source_names(&self) -> Vec<&'static str> {
+        self.sources.iter().map(|f| f.name()).collect()
+    }
+
+    pub fn sink_names(&self) -> Vec<&'static str> {
+        self.sinks.iter().map(|f| f.name()).collect()
+    }
+}

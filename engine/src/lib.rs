@@ -1,0 +1,10 @@
+//! weir-engine: SQL to streaming plans and incremental execution over Arrow micro-batches.
+//!
+//! The main types: [`connector`] (the `Source`/`Sink` seams and the registry connectors
+//! plug into), [`options`] (WITH options), [`error`] (the crate's error type).
+
+pub mod connector;
+pub mod error;
+pub mod options;
+
+pub use error::{Location, Result, WeirError};
