@@ -6,5 +6,11 @@
 pub mod connector;
 pub mod error;
 pub mod options;
+pub mod pipeline;
+pub mod plan;
+pub mod runtime;
+pub mod window;
+pub mod sql;
+pub mod stats;
 
 pub use error::{Location, Result, WeirError};

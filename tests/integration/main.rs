@@ -1,1 +1,4 @@
+//! Weir's integration tests, one binary: the streaming .slt suite in every mode, the
+//! differential test against batch DataFusion, Parquet read-back.
 
+mod slt_suite;

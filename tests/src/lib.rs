@@ -1,1 +1,16 @@
+//! Test support for Weir: the streaming sqllogictest runner and its `test` connector.
+//!
+//! A `.slt` file declares sources with `connector = 'test'`, feeds them with runner
+//! statements, and asserts what views emitted with ordinary SELECTs over retained rows:
+//!
+//! - `INSERT INTO src [PARTITION n] VALUES (...), (...)` — one micro-batch (or one batch
+//!   per row in the one-row mode); values are cast to the source's column types.
+//! - `PUSH src [PARTITION n]` followed by raw JSON lines — decoded by the real JSON decoder
+//!   with the source's `bad.records` policy.
+//! - `ADVANCE TIME '10s'` — move processing time (idle partitions).
+//! - `END src` — the source ends (bounded sources closing their windows).
+//! - `DEAD LETTERS src` — the dead-letter records written for a source: raw, reason, position.
+//!
+//! The runner steps the engine synchronously: no sleeps, no retries.
 
+pub mod slt;

@@ -1,0 +1,989 @@
+//! The pipeline: the catalog of sources, views and sinks, and the synchronous dataflow that
+//! moves micro-batches and watermarks through the views.
+//!
+//! How a row travels: a connector's [`Source`] decodes records into an Arrow batch for one
+//! partition. [`Pipeline::push`] updates that partition's maximum event time, then hands the
+//! batch to every view that reads the source. A stateless view runs its DataFusion plan on
+//! the batch and emits the result at once. A windowed view runs the part of its plan below
+//! the aggregate (WHERE, window columns), then folds the rows into the accumulators of
+//! their open windows (late rows, whose window has closed, are counted and dropped). Then
+//! the source's watermark is recomputed (minimum over its active partitions of max event
+//! time minus the declared delay); when it passes a window's end, the window's groups are
+//! finalised, the part of the plan above the aggregate (HAVING, projection, ORDER BY) runs
+//! once over them, and the rows are emitted. Every emitted batch is retained for ad-hoc
+//! queries, handed to downstream views (in creation order, so views over views see batches
+//! before watermarks), and returned to the caller, which writes it to the view's sinks.
+//!
+//! The pipeline itself never sleeps or spawns: the runtime (`runtime.rs`) feeds it from
+//! source tasks, and the test runner steps it by hand.
+
+use crate::connector::{BatchLimits, ConnectorRegistry, Sink, SinkSpec, Source, SourceSpec};
+use crate::error::{Result, WeirError};
+use crate::options::Options;
+use crate::plan::{BatchSlot, StreamTable, ViewPlan, ViewPlanKind, split_plan};
+use crate::sql::{
+    self, CreateSink, CreateSource, CreateView, Emit, Located, ObjectKind, WeirStatement,
+};
+use crate::stats::Stats;
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::{cast, max};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub batch: BatchLimits,
+    /// How long a partition may be silent before it stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// How many result rows each view keeps for queries, unless the view says otherwise.
+    pub retention_rows: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("data"),
+            batch: BatchLimits::default(),
+            idle_timeout: Duration::from_secs(10),
+            retention_rows: 100_000,
+        }
+    }
+}
+
+/// A view's most recent output rows, bounded by rows.
+#[derive(Debug)]
+pub struct ViewBuffer {
+    pub schema: SchemaRef,
+    max_rows: usize,
+    inner: RwLock<(VecDeque<RecordBatch>, usize)>,
+}
+
+impl ViewBuffer {
+    fn new(schema: SchemaRef, max_rows: usize) -> Self {
+        ViewBuffer {
+            schema,
+            max_rows,
+            inner: RwLock::new((VecDeque::new(), 0)),
+        }
+    }
+
+    fn push(&self, batch: RecordBatch) {
+        if self.max_rows == 0 {
+            return;
+        }
+        if let Ok(mut g) = self.inner.write() {
+            g.1 += batch.num_rows();
+            g.0.push_back(batch);
+            while g.1 > self.max_rows {
+                let Some(front) = g.0.front() else { break };
+                let excess = g.1 - self.max_rows;
+                if front.num_rows() <= excess {
+                    g.1 -= front.num_rows();
+                    g.0.pop_front();
+                } else {
+                    let keep = front.slice(excess, front.num_rows() - excess);
+                    g.1 -= excess;
+                    g.0[0] = keep;
+                }
+            }
+        }
+    }
+
+    /// The retained rows, oldest first.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        self.inner
+            .read()
+            .map(|g| g.0.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    max_event: Option<i64>,
+    last_active: i64,
+    ended: bool,
+}
+
+struct SourceNode {
+    name: String,
+    sql: String,
+    connector: String,
+    schema: SchemaRef,
+    watermark_col: Option<(usize, i64)>,
+    idle_timeout_ms: i64,
+    partitions: Vec<PartitionState>,
+    watermark: i64,
+    stats: Arc<Stats>,
+    source: Option<Box<dyn Source>>,
+}
+
+struct ViewNode {
+    name: String,
+    sql: String,
+    plan: ViewPlan,
+    input_watermark: i64,
+    watermark: i64,
+    stats: Arc<Stats>,
+    buffer: Arc<ViewBuffer>,
+}
+
+struct SinkNode {
+    name: String,
+    view: String,
+    connector: String,
+    stats: Arc<Stats>,
+    sink: Option<Box<dyn Sink>>,
+}
+
+/// One batch a view emitted.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub view: String,
+    pub batch: RecordBatch,
+}
+
+/// What a statement did.
+#[derive(Debug, Clone)]
+pub enum StatementResult {
+    Created { kind: ObjectKind, name: String },
+    Dropped { kind: ObjectKind, name: String },
+    /// Nothing happened (`IF NOT EXISTS` / `IF EXISTS`).
+    Unchanged { kind: ObjectKind, name: String },
+    Rows(Vec<RecordBatch>),
+}
+
+/// A live object for display.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub detail: String,
+    pub stats: Arc<Stats>,
+}
+
+pub struct Pipeline {
+    config: EngineConfig,
+    registry: ConnectorRegistry,
+    sources: Vec<SourceNode>,
+    views: Vec<ViewNode>,
+    sinks: Vec<SinkNode>,
+    /// Processing time (epoch ms), set by the caller: wall clock in the runtime, virtual in tests.
+    now_ms: i64,
+}
+
+fn df_config() -> SessionConfig {
+    let mut c = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_coalesce_batches(false)
+        .with_repartition_aggregations(false)
+        .with_information_schema(false);
+    c.options_mut().execution.time_zone = Some("+00:00".into());
+    c
+}
+
+fn ts_millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
+    let a = if array.data_type() == &DataType::Timestamp(TimeUnit::Millisecond, None) {
+        array.clone()
+    } else {
+        cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))?
+    };
+    a.as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| WeirError::Internal("timestamp cast".into()))
+}
+
+impl Pipeline {
+    pub fn new(config: EngineConfig, registry: ConnectorRegistry) -> Self {
+        Pipeline {
+            config,
+            registry,
+            sources: vec![],
+            views: vec![],
+            sinks: vec![],
+            now_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Set processing time (epoch ms); used for idle partitions.
+    pub fn set_processing_time(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+    }
+
+    pub fn processing_time(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Parse and apply a script. Statements apply in order; the first error stops it and
+    /// names the statement, line and column.
+    pub async fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        let statements = sql::parse_script(sql)?;
+        let mut out = Vec::with_capacity(statements.len());
+        for st in statements {
+            let (index, location) = (st.index, st.location);
+            out.push(
+                self.apply(st)
+                    .await
+                    .map_err(|e| e.in_statement(index, location))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn apply(&mut self, st: Located) -> Result<StatementResult> {
+        match st.statement {
+            WeirStatement::CreateSource(c) => self.create_source(c, st.text),
+            WeirStatement::CreateView(v) => self.create_view(v, st.text).await,
+            WeirStatement::CreateSink(s) => self.create_sink(s),
+            WeirStatement::Show(kind) => self.show(kind),
+            WeirStatement::Describe(name) => self.describe(&name),
+            WeirStatement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop_object(kind, &name, if_exists),
+            WeirStatement::Explain(v) => {
+                let plan = plan_query(self.prepare_view(&v)?).await?;
+                Ok(StatementResult::Rows(vec![text_batch(
+                    "plan",
+                    plan.explain().lines().map(str::to_string).collect(),
+                )?]))
+            }
+            WeirStatement::Select(q) => Ok(StatementResult::Rows(self.query(*q).await?)),
+        }
+    }
+
+    fn exists(&self, name: &str) -> Option<ObjectKind> {
+        if self.sources.iter().any(|s| s.name == name) {
+            Some(ObjectKind::Source)
+        } else if self.views.iter().any(|v| v.name == name) {
+            Some(ObjectKind::View)
+        } else if self.sinks.iter().any(|s| s.name == name) {
+            Some(ObjectKind::Sink)
+        } else {
+            None
+        }
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        match self.exists(name) {
+            Some(kind) => Err(WeirError::user(format!(
+                "a {} named '{name}' already exists",
+                kind.noun()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn create_source(&mut self, c: CreateSource, text: String) -> Result<StatementResult> {
+        if c.if_not_exists && self.exists(&c.name).is_some() {
+            return Ok(StatementResult::Unchanged {
+                kind: ObjectKind::Source,
+                name: c.name,
+            });
+        }
+        self.check_new_name(&c.name)?;
+        let mut options = c.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE SOURCE needs WITH (connector = '...'); available: {}",
+                self.registry.source_names().join(", ")
+            ))
+        })?;
+        let idle = options
+            .take_duration("idle.timeout")?
+            .unwrap_or(self.config.idle_timeout);
+        let factory = self.registry.source(&connector)?;
+        let source = factory.create(SourceSpec {
+            name: c.name.clone(),
+            schema: c.schema.clone(),
+            event_time: c.watermark.as_ref().map(|w| w.column.clone()),
+            options,
+            data_dir: self.config.data_dir.clone(),
+            batch: self.config.batch,
+        })?;
+        let watermark_col = match &c.watermark {
+            Some(w) => Some((c.schema.index_of(&w.column)?, w.delay.as_millis() as i64)),
+            None => None,
+        };
+        let partitions = source.partitions().max(1);
+        self.sources.push(SourceNode {
+            name: c.name.clone(),
+            sql: text,
+            connector: connector.to_ascii_lowercase(),
+            schema: c.schema,
+            watermark_col,
+            idle_timeout_ms: idle.as_millis() as i64,
+            partitions: vec![
+                PartitionState {
+                    max_event: None,
+                    last_active: self.now_ms,
+                    ended: false,
+                };
+                partitions
+            ],
+            watermark: i64::MIN,
+            stats: Arc::new(Stats::default()),
+            source: Some(source),
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Source,
+            name: c.name,
+        })
+    }
+
+    /// A DataFusion context in which every source and view is a streaming table.
+    fn planning_context(&self) -> SessionContext {
+        let ctx = SessionContext::new_with_config(df_config());
+        // DISTINCT aggregates must stay single aggregates so they can be windowed.
+        ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
+        let tables = self
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), s.schema.clone()))
+            .chain(
+                self.views
+                    .iter()
+                    .map(|v| (v.name.clone(), v.plan.output_schema.clone())),
+            );
+        for (name, schema) in tables {
+            let t = StreamTable {
+                name: name.clone(),
+                schema,
+                slot: Arc::new(BatchSlot::default()),
+            };
+            // Names are unique in the catalog, so registration cannot collide.
+            let _ = ctx.register_table(name.as_str(), Arc::new(t));
+        }
+        ctx
+    }
+
+    /// Check a view's options and window and build its planning context; the planning
+    /// itself ([`plan_query`]) owns everything so the future does not borrow the pipeline.
+    fn prepare_view(&self, v: &CreateView) -> Result<PreparedView> {
+        let mut options = v.options.clone();
+        let retention = match options.take("retention.rows") {
+            Some(r) => r.parse::<usize>().map_err(|_| {
+                WeirError::user(format!("option 'retention.rows' must be a row count, got '{r}'"))
+            })?,
+            None => self.config.retention_rows,
+        };
+        options.finish("a materialized view", &["retention.rows"])?;
+        let mut query = v.query.clone();
+        let window = sql::rewrite_windows(&mut query)?;
+        match (&v.emit, &window) {
+            (Some(Emit::Every(_)), _) => {
+                return Err(WeirError::user(
+                    "EMIT EVERY (early results) is not supported yet; use EMIT ON WINDOW CLOSE",
+                ));
+            }
+            (Some(Emit::OnWindowClose), None) => {
+                return Err(WeirError::user(
+                    "EMIT ON WINDOW CLOSE needs a windowed view (FROM TUMBLE(...))",
+                ));
+            }
+            _ => {}
+        }
+        Ok(PreparedView {
+            ctx: self.planning_context(),
+            query,
+            window,
+            retention,
+        })
+    }
+
+    async fn create_view(&mut self, v: CreateView, text: String) -> Result<StatementResult> {
+        if v.if_not_exists && self.exists(&v.name).is_some() {
+            return Ok(StatementResult::Unchanged {
+                kind: ObjectKind::View,
+                name: v.name,
+            });
+        }
+        self.check_new_name(&v.name)?;
+        let prepared = self.prepare_view(&v)?;
+        let retention = prepared.retention;
+        let plan = plan_query(prepared).await?;
+        if let Some(src) = self.sources.iter().find(|s| s.name == plan.input)
+            && src.watermark_col.is_none()
+            && matches!(plan.kind, ViewPlanKind::Windowed { .. })
+        {
+            tracing::warn!(
+                view = %v.name,
+                source = %src.name,
+                "source has no WATERMARK clause: windows close only when the source ends"
+            );
+        }
+        let input_watermark = self.watermark_of(&plan.input);
+        let buffer = Arc::new(ViewBuffer::new(plan.output_schema.clone(), retention));
+        self.views.push(ViewNode {
+            name: v.name.clone(),
+            sql: text,
+            plan,
+            input_watermark: i64::MIN,
+            watermark: i64::MIN,
+            stats: Arc::new(Stats::default()),
+            buffer,
+        });
+        let _ = input_watermark;
+        Ok(StatementResult::Created {
+            kind: ObjectKind::View,
+            name: v.name,
+        })
+    }
+
+    fn create_sink(&mut self, s: CreateSink) -> Result<StatementResult> {
+        if s.if_not_exists && self.exists(&s.name).is_some() {
+            return Ok(StatementResult::Unchanged {
+                kind: ObjectKind::Sink,
+                name: s.name,
+            });
+        }
+        self.check_new_name(&s.name)?;
+        let view = self
+            .views
+            .iter()
+            .find(|v| v.name == s.from)
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "CREATE SINK reads FROM a materialized view; there is no view '{}'",
+                    s.from
+                ))
+            })?;
+        let mut options: Options = s.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE SINK needs WITH (connector = '...'); available: {}",
+                self.registry.sink_names().join(", ")
+            ))
+        })?;
+        let sink = self.registry.sink(&connector)?.create(SinkSpec {
+            name: s.name.clone(),
+            view: view.name.clone(),
+            schema: view.plan.output_schema.clone(),
+            key_columns: view.plan.key_columns(),
+            options,
+            data_dir: self.config.data_dir.clone(),
+        })?;
+        self.sinks.push(SinkNode {
+            name: s.name.clone(),
+            view: s.from,
+            connector: connector.to_ascii_lowercase(),
+            stats: Arc::new(Stats::default()),
+            sink: Some(sink),
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Sink,
+            name: s.name,
+        })
+    }
+
+    fn drop_object(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<StatementResult> {
+        if self.exists(name) != Some(kind) {
+            if if_exists {
+                return Ok(StatementResult::Unchanged {
+                    kind,
+                    name: name.to_string(),
+                });
+            }
+            return Err(WeirError::user(format!("there is no {} '{name}'", kind.noun())));
+        }
+        let mut dependents: Vec<String> = self
+            .views
+            .iter()
+            .filter(|v| v.plan.input == name)
+            .map(|v| format!("materialized view {}", v.name))
+            .collect();
+        dependents.extend(
+            self.sinks
+                .iter()
+                .filter(|s| s.view == name)
+                .map(|s| format!("sink {}", s.name)),
+        );
+        if !dependents.is_empty() {
+            return Err(WeirError::user(format!(
+                "cannot drop {} '{name}': {} depend on it; drop them first",
+                kind.noun(),
+                dependents.join(", ")
+            )));
+        }
+        match kind {
+            ObjectKind::Source => self.sources.retain(|s| s.name != name),
+            ObjectKind::View => self.views.retain(|v| v.name != name),
+            ObjectKind::Sink => self.sinks.retain(|s| s.name != name),
+        }
+        Ok(StatementResult::Dropped {
+            kind,
+            name: name.to_string(),
+        })
+    }
+
+    fn show(&self, kind: ObjectKind) -> Result<StatementResult> {
+        let (names, details): (Vec<String>, Vec<String>) = match kind {
+            ObjectKind::Source => self
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.connector.clone()))
+                .unzip(),
+            ObjectKind::View => self
+                .views
+                .iter()
+                .map(|v| (v.name.clone(), v.plan.input.clone()))
+                .unzip(),
+            ObjectKind::Sink => self
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), format!("{} <- {}", s.connector, s.view)))
+                .unzip(),
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new(
+                match kind {
+                    ObjectKind::View => "input",
+                    _ => "connector",
+                },
+                DataType::Utf8,
+                false,
+            ),
+        ]));
+        Ok(StatementResult::Rows(vec![RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(details)),
+            ],
+        )?]))
+    }
+
+    fn describe(&self, name: &str) -> Result<StatementResult> {
+        let (schema, sql, stats, plan) = if let Some(s) = self.sources.iter().find(|s| s.name == name) {
+            (s.schema.clone(), s.sql.clone(), s.stats.clone(), None)
+        } else if let Some(v) = self.views.iter().find(|v| v.name == name) {
+            (
+                v.plan.output_schema.clone(),
+                v.sql.clone(),
+                v.stats.clone(),
+                Some(v.plan.explain()),
+            )
+        } else {
+            return Err(WeirError::user(format!(
+                "there is no source or materialized view '{name}'"
+            )));
+        };
+        let mut lines: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "column {} {}{}",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "" } else { " NOT NULL" }
+                )
+            })
+            .collect();
+        lines.push(format!("sql {sql}"));
+        let s = stats.snapshot();
+        lines.push(format!(
+            "status rows_in={} rows_out={} late_rows={} bad_rows={} watermark={}",
+            s.rows_in,
+            s.rows_out,
+            s.late_rows,
+            s.bad_rows,
+            crate::stats::fmt_watermark(s.watermark)
+        ));
+        if let Some(p) = plan {
+            lines.extend(p.lines().map(|l| format!("plan {l}")));
+        }
+        Ok(StatementResult::Rows(vec![text_batch("describe", lines)?]))
+    }
+
+    /// Run an ad-hoc query over the views' retained rows.
+    pub fn query(&self, q: Query) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let mut err = None;
+        for v in &self.views {
+            match MemTable::try_new(v.buffer.schema.clone(), vec![v.buffer.snapshot()]) {
+                Ok(t) => {
+                    let _ = ctx.register_table(v.name.as_str(), Arc::new(t));
+                }
+                Err(e) => err = Some(e),
+            }
+        }
+        async move {
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            run_query(ctx, q).await
+        }
+    }
+
+    /// Sources that have not been started yet; the runtime takes them to poll.
+    pub fn take_new_sources(&mut self) -> Vec<(String, Box<dyn Source>)> {
+        self.sources
+            .iter_mut()
+            .filter_map(|s| s.source.take().map(|src| (s.name.clone(), src)))
+            .collect()
+    }
+
+    /// Sinks that have not been started yet, with the view each one reads.
+    pub fn take_new_sinks(&mut self) -> Vec<(String, String, Arc<Stats>, Box<dyn Sink>)> {
+        self.sinks
+            .iter_mut()
+            .filter_map(|s| {
+                s.sink
+                    .take()
+                    .map(|k| (s.name.clone(), s.view.clone(), s.stats.clone(), k))
+            })
+            .collect()
+    }
+
+    pub fn objects(&self) -> Vec<ObjectInfo> {
+        let mut out: Vec<ObjectInfo> = self
+            .sources
+            .iter()
+            .map(|s| ObjectInfo {
+                kind: ObjectKind::Source,
+                name: s.name.clone(),
+                detail: s.connector.clone(),
+                stats: s.stats.clone(),
+            })
+            .collect();
+        out.extend(self.views.iter().map(|v| ObjectInfo {
+            kind: ObjectKind::View,
+            name: v.name.clone(),
+            detail: v.plan.input.clone(),
+            stats: v.stats.clone(),
+        }));
+        out.extend(self.sinks.iter().map(|s| ObjectInfo {
+            kind: ObjectKind::Sink,
+            name: s.name.clone(),
+            detail: s.connector.clone(),
+            stats: s.stats.clone(),
+        }));
+        out
+    }
+
+    /// The retained rows of a view.
+    pub fn view_buffer(&self, name: &str) -> Option<Arc<ViewBuffer>> {
+        self.views
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.buffer.clone())
+    }
+
+    pub fn source_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.schema.clone())
+    }
+
+    /// True when every source has ended.
+    pub fn all_sources_ended(&self) -> bool {
+        self.sources.iter().all(|s| s.watermark == i64::MAX)
+    }
+
+    fn watermark_of(&self, name: &str) -> i64 {
+        if let Some(s) = self.sources.iter().find(|s| s.name == name) {
+            s.watermark
+        } else if let Some(v) = self.views.iter().find(|v| v.name == name) {
+            v.watermark
+        } else {
+            i64::MIN
+        }
+    }
+
+    fn source_index(&self, name: &str) -> Result<usize> {
+        self.sources
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| WeirError::user(format!("there is no source '{name}'")))
+    }
+
+    /// Feed one micro-batch from a source partition; returns what the views emitted.
+    pub async fn push(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        bad_records: u64,
+    ) -> Result<Vec<Output>> {
+        let si = self.source_index(source)?;
+        let now = self.now_ms;
+        {
+            let s = &mut self.sources[si];
+            if partition >= s.partitions.len() {
+                return Err(WeirError::Internal(format!(
+                    "source '{source}' sent partition {partition} of {}",
+                    s.partitions.len()
+                )));
+            }
+            Stats::add(&s.stats.rows_in, batch.num_rows() as u64);
+            Stats::add(&s.stats.batches, 1);
+            Stats::add(&s.stats.bad_rows, bad_records);
+            let p = &mut s.partitions[partition];
+            p.last_active = now;
+            if let Some((col, _)) = s.watermark_col
+                && batch.num_rows() > 0
+            {
+                let ts = ts_millis(batch.column(col))?;
+                if let Some(m) = max(&ts) {
+                    p.max_event = Some(p.max_event.map_or(m, |x| x.max(m)));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if batch.num_rows() > 0 {
+            self.deliver(source, batch, &mut out).await?;
+        }
+        self.advance_watermarks(&mut out).await?;
+        Ok(out)
+    }
+
+    /// A bounded source has ended: its watermark goes to the end of time and every window
+    /// over it closes.
+    pub async fn end_source(&mut self, source: &str) -> Result<Vec<Output>> {
+        let si = self.source_index(source)?;
+        for p in self.sources[si].partitions.iter_mut() {
+            p.ended = true;
+        }
+        let mut out = Vec::new();
+        self.advance_watermarks(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Processing time moved on: partitions may have gone idle.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<Vec<Output>> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut out = Vec::new();
+        self.advance_watermarks(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Hand a batch from `input` (a source or view) to every view reading it, and onward.
+    async fn deliver(
+        &mut self,
+        input: &str,
+        batch: RecordBatch,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
+        let mut queue: VecDeque<(String, RecordBatch)> = VecDeque::new();
+        queue.push_back((input.to_string(), batch));
+        while let Some((from, batch)) = queue.pop_front() {
+            for vi in 0..self.views.len() {
+                if self.views[vi].plan.input != from {
+                    continue;
+                }
+                let emitted = self.view_batch(vi, batch.clone()).await?;
+                for b in emitted {
+                    queue.push_back((self.views[vi].name.clone(), b.clone()));
+                    out.push(Output {
+                        view: self.views[vi].name.clone(),
+                        batch: b,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run one input batch through a view; returns what it emits now.
+    async fn view_batch(&mut self, vi: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let v = &mut self.views[vi];
+        Stats::add(&v.stats.rows_in, batch.num_rows() as u64);
+        let emitted = match &mut v.plan.kind {
+            ViewPlanKind::Stateless { plan } => plan.run(batch).await?,
+            ViewPlanKind::Windowed { pre, aggregate, .. } => {
+                for b in pre.run(batch).await? {
+                    let u = aggregate.update(&b)?;
+                    Stats::add(&v.stats.late_rows, u.late);
+                    if u.late > 0 {
+                        tracing::debug!(view = %v.name, late = u.late, "dropped late rows");
+                    }
+                }
+                v.stats
+                    .open_windows
+                    .store(aggregate.open_windows() as u64, std::sync::atomic::Ordering::Relaxed);
+                v.stats
+                    .open_groups
+                    .store(aggregate.open_groups() as u64, std::sync::atomic::Ordering::Relaxed);
+                vec![]
+            }
+        };
+        for b in &emitted {
+            Stats::add(&v.stats.rows_out, b.num_rows() as u64);
+            v.buffer.push(b.clone());
+        }
+        Ok(emitted)
+    }
+
+    fn source_watermark(s: &SourceNode, now: i64) -> i64 {
+        if s.partitions.iter().all(|p| p.ended) {
+            return i64::MAX;
+        }
+        let Some((_, delay)) = s.watermark_col else {
+            return s.watermark;
+        };
+        let idle = |p: &PartitionState| now - p.last_active >= s.idle_timeout_ms;
+        let active: Vec<&PartitionState> = s
+            .partitions
+            .iter()
+            .filter(|p| !p.ended && !idle(p))
+            .collect();
+        let candidate = if active.is_empty() {
+            // Every live partition is idle: event time follows processing time from the
+            // newest event seen, so the last windows still close.
+            let newest = s.partitions.iter().filter_map(|p| p.max_event).max();
+            let last = s.partitions.iter().map(|p| p.last_active).max().unwrap_or(now);
+            match newest {
+                Some(m) => m.saturating_sub(delay).saturating_add(now - last - s.idle_timeout_ms),
+                None => i64::MIN,
+            }
+        } else {
+            active
+                .iter()
+                .map(|p| p.max_event.map_or(i64::MIN, |m| m.saturating_sub(delay)))
+                .min()
+                .unwrap_or(i64::MIN)
+        };
+        s.watermark.max(candidate)
+    }
+
+    async fn advance_watermarks(&mut self, out: &mut Vec<Output>) -> Result<()> {
+        let now = self.now_ms;
+        for s in self.sources.iter_mut() {
+            let w = Self::source_watermark(s, now);
+            if w != s.watermark {
+                s.watermark = w;
+                s.stats
+                    .watermark
+                    .store(w, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        for vi in 0..self.views.len() {
+            let input_wm = self.watermark_of(&self.views[vi].plan.input.clone());
+            if input_wm <= self.views[vi].input_watermark {
+                continue;
+            }
+            self.views[vi].input_watermark = input_wm;
+            let name = self.views[vi].name.clone();
+            let mut emitted = Vec::new();
+            let new_wm = {
+                let v = &mut self.views[vi];
+                match &mut v.plan.kind {
+                    ViewPlanKind::Stateless { .. } => input_wm,
+                    ViewPlanKind::Windowed {
+                        aggregate, post, ..
+                    } => {
+                        for closed in aggregate.close(input_wm)? {
+                            emitted.extend(post.run(closed).await?);
+                        }
+                        v.stats.open_windows.store(
+                            aggregate.open_windows() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        v.stats.open_groups.store(
+                            aggregate.open_groups() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        v.stats.state_bytes.store(
+                            aggregate.state_bytes() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        aggregate.output_watermark(input_wm)
+                    }
+                }
+            };
+            for b in &emitted {
+                let v = &self.views[vi];
+                Stats::add(&v.stats.rows_out, b.num_rows() as u64);
+                v.buffer.push(b.clone());
+            }
+            self.views[vi].watermark = self.views[vi].watermark.max(new_wm);
+            self.views[vi]
+                .stats
+                .watermark
+                .store(self.views[vi].watermark, std::sync::atomic::Ordering::Relaxed);
+            for b in emitted {
+                out.push(Output {
+                    view: name.clone(),
+                    batch: b.clone(),
+                });
+                self.deliver(&name, b, out).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct PreparedView {
+    ctx: SessionContext,
+    query: Box<Query>,
+    window: Option<sql::WindowSpec>,
+    retention: usize,
+}
+
+async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
+    let state = p.ctx.state();
+    let logical = state
+        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(p.query))))
+        .await
+        .map_err(df_user_error)?;
+    let physical = state
+        .create_physical_plan(&logical)
+        .await
+        .map_err(df_user_error)?;
+    split_plan(physical, p.window.as_ref(), state.task_ctx())
+}
+
+async fn run_query(ctx: SessionContext, q: Query) -> Result<Vec<RecordBatch>> {
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(Box::new(q)))))
+        .await
+        .map_err(df_user_error)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(df_user_error)?;
+    Ok(df.collect().await?)
+}
+
+fn df_user_error(e: datafusion::error::DataFusionError) -> WeirError {
+    let location = e.diagnostic().and_then(|d| d.span).map(|s| crate::Location {
+        line: s.start.line,
+        column: s.start.column,
+    });
+    let message = e.strip_backtrace().to_string();
+    WeirError::User {
+        message,
+        statement: None,
+        location,
+    }
+}
+
+fn text_batch(column: &str, lines: Vec<String>) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from(lines)) as ArrayRef],
+    )?)
+}

@@ -1,0 +1,242 @@
+//! The runtime: drives a [`Pipeline`] from real sources into real sinks.
+//!
+//! Each source runs in its own task and sends micro-batches through one bounded channel
+//! to the driver task that owns the pipeline; each sink runs in its own task behind a
+//! bounded channel. A slow sink therefore blocks the driver, which stops reading the
+//! source channel, which blocks the sources: backpressure end to end, bounded memory.
+//! A timer ticks processing time into the pipeline so idle partitions release the
+//! watermark, and asks sinks to flush.
+
+use crate::connector::{Sink, Source, SourceEvent};
+use crate::error::{Result, WeirError};
+use crate::pipeline::{Output, Pipeline};
+use crate::stats::Stats;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop once every source has ended (all must be bounded), after flushing sinks.
+    pub until_done: bool,
+    /// How often processing time is ticked into the pipeline.
+    pub tick: Duration,
+    /// How often sinks are asked to flush.
+    pub flush_interval: Duration,
+    /// Micro-batches in flight between sources and the driver, and per sink.
+    pub channel_capacity: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            until_done: false,
+            tick: Duration::from_millis(100),
+            flush_interval: Duration::from_secs(1),
+            channel_capacity: 8,
+        }
+    }
+}
+
+/// Why the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every source ended and everything was flushed (`until_done`).
+    Done,
+    /// The shutdown signal arrived.
+    Stopped,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+enum SourceMsg {
+    Event(String, SourceEvent),
+    Failed(String, WeirError),
+}
+
+enum SinkMsg {
+    Batch(datafusion::arrow::record_batch::RecordBatch),
+    Flush,
+    Close,
+}
+
+struct SinkTask {
+    name: String,
+    tx: mpsc::Sender<SinkMsg>,
+    handle: JoinHandle<Result<()>>,
+}
+
+fn spawn_source(
+    name: String,
+    mut source: Box<dyn Source>,
+    tx: mpsc::Sender<SourceMsg>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match source.next().await {
+                Ok(ev) => {
+                    let end = matches!(ev, SourceEvent::End);
+                    if tx.send(SourceMsg::Event(name.clone(), ev)).await.is_err() || end {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(SourceMsg::Failed(name.clone(), e)).await;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+fn spawn_sink(
+    name: String,
+    stats: Arc<Stats>,
+    mut sink: Box<dyn Sink>,
+    capacity: usize,
+) -> SinkTask {
+    let (tx, mut rx) = mpsc::channel::<SinkMsg>(capacity);
+    let task_name = name.clone();
+    let handle = tokio::spawn(async move {
+        let result: Result<()> = async {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    SinkMsg::Batch(b) => {
+                        let n = b.num_rows() as u64;
+                        sink.write(b).await?;
+                        Stats::add(&stats.rows_in, n);
+                        Stats::add(&stats.rows_out, n);
+                    }
+                    SinkMsg::Flush => sink.flush().await?,
+                    SinkMsg::Close => break,
+                }
+            }
+            sink.close().await
+        }
+        .await;
+        if let Err(e) = &result {
+            stats.set_error(e.to_string());
+            tracing::error!(sink = %task_name, error = %e, "sink failed");
+        }
+        result
+    });
+    SinkTask { name, tx, handle }
+}
+
+/// Run the pipeline until every source ends (`until_done`) or `shutdown` resolves.
+pub async fn run(
+    mut pipeline: Pipeline,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunEnd> {
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(options.channel_capacity);
+    let sources: Vec<JoinHandle<()>> = pipeline
+        .take_new_sources()
+        .into_iter()
+        .map(|(name, s)| spawn_source(name, s, tx.clone()))
+        .collect();
+    drop(tx);
+    let mut sinks: HashMap<String, Vec<SinkTask>> = HashMap::new();
+    for (name, view, stats, sink) in pipeline.take_new_sinks() {
+        sinks
+            .entry(view)
+            .or_default()
+            .push(spawn_sink(name, stats, sink, options.channel_capacity));
+    }
+    pipeline.set_processing_time(now_ms());
+    let mut ticker = tokio::time::interval(options.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flusher = tokio::time::interval(options.flush_interval);
+    flusher.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+
+    let result: Result<RunEnd> = async {
+        if options.until_done && pipeline.all_sources_ended() {
+            return Ok(RunEnd::Done);
+        }
+        loop {
+            let outputs: Vec<Output> = tokio::select! {
+                biased;
+                _ = &mut shutdown => return Ok(RunEnd::Stopped),
+                msg = rx.recv() => match msg {
+                    Some(SourceMsg::Event(name, SourceEvent::Batch { partition, batch, bad_records })) => {
+                        pipeline.set_processing_time(now_ms());
+                        pipeline.push(&name, partition, batch, bad_records).await?
+                    }
+                    Some(SourceMsg::Event(name, SourceEvent::End)) => {
+                        tracing::info!(source = %name, "source ended");
+                        pipeline.end_source(&name).await?
+                    }
+                    Some(SourceMsg::Failed(name, e)) => {
+                        return Err(WeirError::External(format!("source '{name}' failed: {e}")));
+                    }
+                    None => {
+                        // Every source task is gone; wait for the shutdown signal.
+                        if options.until_done {
+                            return Ok(RunEnd::Done);
+                        }
+                        shutdown.as_mut().await;
+                        return Ok(RunEnd::Stopped);
+                    }
+                },
+                _ = ticker.tick() => pipeline.tick(now_ms()).await?,
+                _ = flusher.tick() => {
+                    for t in sinks.values().flatten() {
+                        send(t, SinkMsg::Flush).await?;
+                    }
+                    vec![]
+                }
+            };
+            for o in outputs {
+                if let Some(tasks) = sinks.get(&o.view) {
+                    for t in tasks {
+                        send(t, SinkMsg::Batch(o.batch.clone())).await?;
+                    }
+                }
+            }
+            if options.until_done && pipeline.all_sources_ended() {
+                return Ok(RunEnd::Done);
+            }
+        }
+    }
+    .await;
+
+    for s in &sources {
+        s.abort();
+    }
+    // Close every sink, even after an error, so what was written is flushed.
+    let mut sink_error = None;
+    for t in sinks.into_values().flatten() {
+        let _ = t.tx.send(SinkMsg::Close).await;
+        match t.handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                sink_error.get_or_insert(WeirError::External(format!("sink '{}': {e}", t.name)));
+            }
+            Err(e) => {
+                sink_error.get_or_insert(WeirError::Internal(format!("sink '{}': {e}", t.name)));
+            }
+        }
+    }
+    let end = result?;
+    match sink_error {
+        Some(e) => Err(e),
+        None => Ok(end),
+    }
+}
+
+async fn send(t: &SinkTask, msg: SinkMsg) -> Result<()> {
+    if t.tx.send(msg).await.is_err() {
+        // The sink task stopped: it failed; its error is reported when it is joined.
+        return Err(WeirError::External(format!("sink '{}' stopped", t.name)));
+    }
+    Ok(())
+}

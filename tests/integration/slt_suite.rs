@@ -1,0 +1,43 @@
+//! Runs every `tests/slt/*.slt` file as written and with one-row micro-batches.
+//! `WEIR_SLT_COMPLETE=1` rewrites expected output instead (then review the diff).
+
+use std::path::PathBuf;
+use weir_tests::slt::{Mode, complete_file, run_file};
+
+fn slt_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "slt"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn slt_files_in_every_mode() {
+    let files = slt_files();
+    assert!(!files.is_empty(), "no .slt files found");
+    let filter = std::env::var("WEIR_SLT").ok();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if filter.as_ref().is_some_and(|x| !name.contains(x.as_str())) {
+            continue;
+        }
+        if std::env::var("WEIR_SLT_COMPLETE").is_ok() {
+            complete_file(f).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for mode in [Mode::AsWritten, Mode::OneRowBatches] {
+            ran += 1;
+            if let Err(e) = run_file(f, mode).await {
+                failures.push(format!("{name} [{mode:?}]:\n{e}"));
+            }
+        }
+    }
+    assert!(ran > 0, "the WEIR_SLT filter matched no file");
+    assert!(failures.is_empty(), "{} of {ran} runs failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    eprintln!("slt: {ran} file runs passed");
+}

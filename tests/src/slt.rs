@@ -1,0 +1,360 @@
+//! The streaming sqllogictest runner (see the crate docs for its statements).
+
+use async_trait::async_trait;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::SessionContext;
+use sqllogictest::{DBOutput, DefaultColumnType};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use weir_connectors::dead_letter::DeadLetterWriter;
+use weir_connectors::format::json::{BadRecords, JsonDecoder, parse_bad_records};
+use weir_engine::connector::{
+    Source, SourceEvent, SourceFactory, SourceSpec,
+};
+use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
+use weir_engine::{Result, WeirError};
+
+/// How a file is replayed; the output must be the same in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    AsWritten,
+    /// Every INSERT and PUSH split into one-row micro-batches.
+    OneRowBatches,
+}
+
+#[derive(Debug, Clone)]
+struct TestSourceConfig {
+    schema: SchemaRef,
+    policy: BadRecords,
+}
+
+type Configs = Arc<Mutex<HashMap<String, TestSourceConfig>>>;
+
+/// `connector = 'test'`: a source the runner pushes into. Options: `partitions` (default
+/// 1), `bad.records`.
+struct TestSourceFactory {
+    configs: Configs,
+}
+
+struct TestSource {
+    partitions: usize,
+}
+
+#[async_trait]
+impl Source for TestSource {
+    fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent> {
+        // The runner feeds the pipeline directly; polled, a test source just waits.
+        futures::future::pending().await
+    }
+}
+
+impl SourceFactory for TestSourceFactory {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+
+    fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>> {
+        let mut o = spec.options.clone();
+        let partitions = o.take_parse::<usize>("partitions")?.unwrap_or(1);
+        let policy = parse_bad_records(&mut o)?;
+        o.finish("the test source", &["partitions", "bad.records"])?;
+        if let Ok(mut c) = self.configs.lock() {
+            c.insert(
+                spec.name.clone(),
+                TestSourceConfig {
+                    schema: spec.schema.clone(),
+                    policy,
+                },
+            );
+        }
+        Ok(Box::new(TestSource { partitions }))
+    }
+}
+
+pub struct WeirSlt {
+    pipeline: Pipeline,
+    configs: Configs,
+    mode: Mode,
+    data_dir: PathBuf,
+    now_ms: i64,
+    decoders: HashMap<String, JsonDecoder>,
+}
+
+impl WeirSlt {
+    pub fn new(mode: Mode, data_dir: &Path) -> Self {
+        let configs: Configs = Arc::default();
+        let registry = weir_connectors::registry().with_source(TestSourceFactory {
+            configs: configs.clone(),
+        });
+        let config = EngineConfig {
+            data_dir: data_dir.to_path_buf(),
+            ..EngineConfig::default()
+        };
+        let mut pipeline = Pipeline::new(config, registry);
+        pipeline.set_processing_time(0);
+        WeirSlt {
+            pipeline,
+            configs,
+            mode,
+            data_dir: data_dir.to_path_buf(),
+            now_ms: 0,
+            decoders: HashMap::new(),
+        }
+    }
+
+    fn config(&self, source: &str) -> Result<TestSourceConfig> {
+        self.configs
+            .lock()
+            .ok()
+            .and_then(|c| c.get(source).cloned())
+            .ok_or_else(|| WeirError::user(format!("there is no test source '{source}'")))
+    }
+
+    async fn push_batch(&mut self, source: &str, partition: usize, batch: RecordBatch, bad: u64) -> Result<()> {
+        let batches = match self.mode {
+            Mode::AsWritten => vec![batch],
+            Mode::OneRowBatches => (0..batch.num_rows()).map(|i| batch.slice(i, 1)).collect(),
+        };
+        let n = batches.len();
+        for (i, b) in batches.into_iter().enumerate() {
+            // Bad records are counted with the last batch so totals match in every mode.
+            let bad = if i + 1 == n { bad } else { 0 };
+            self.pipeline.push(source, partition, b, bad).await?;
+        }
+        if n == 0 && bad > 0 {
+            let empty = RecordBatch::new_empty(self.config(source)?.schema);
+            self.pipeline.push(source, partition, empty, bad).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert(&mut self, source: &str, partition: usize, values_sql: &str) -> Result<()> {
+        let cfg = self.config(source)?;
+        let ctx = SessionContext::new();
+        let batches = ctx.sql(values_sql).await?.collect().await?;
+        let mut columns_out: Vec<RecordBatch> = Vec::new();
+        for b in batches {
+            if b.num_columns() != cfg.schema.fields().len() {
+                return Err(WeirError::user(format!(
+                    "INSERT gives {} values per row, source '{source}' has {} columns",
+                    b.num_columns(),
+                    cfg.schema.fields().len()
+                )));
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(cfg.schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+            columns_out.push(RecordBatch::try_new(cfg.schema.clone(), cols)?);
+        }
+        let batch = datafusion::arrow::compute::concat_batches(&cfg.schema, &columns_out)?;
+        self.push_batch(source, partition, batch, 0).await
+    }
+
+    async fn push_json(&mut self, source: &str, partition: usize, lines: &str) -> Result<()> {
+        let cfg = self.config(source)?;
+        if !self.decoders.contains_key(source) {
+            let dl = (cfg.policy == BadRecords::DeadLetter)
+                .then(|| DeadLetterWriter::new(&self.data_dir, source));
+            self.decoders.insert(
+                source.to_string(),
+                JsonDecoder::new(cfg.schema.clone(), cfg.policy, dl)?,
+            );
+        }
+        let decoder = self
+            .decoders
+            .get_mut(source)
+            .ok_or_else(|| WeirError::Internal("decoder".into()))?;
+        let chunks: Vec<&str> = match self.mode {
+            Mode::AsWritten => vec![lines],
+            Mode::OneRowBatches => lines.lines().collect(),
+        };
+        let mut decoded = Vec::new();
+        let mut line_base = 0usize;
+        for chunk in chunks {
+            let base = line_base;
+            let (batch, bad) =
+                decoder.decode(chunk.as_bytes(), |i| format!("{source} line {}", base + i + 1))?;
+            line_base += chunk.lines().count().max(1);
+            decoded.push((batch, bad));
+        }
+        for (batch, bad) in decoded {
+            let mode = self.mode;
+            self.mode = Mode::AsWritten;
+            let r = self.push_batch(source, partition, batch, bad).await;
+            self.mode = mode;
+            r?;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, source: &str) -> Result<Vec<Vec<String>>> {
+        let path = self
+            .data_dir
+            .join("dead-letter")
+            .join(format!("{source}.jsonl"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut rows = Vec::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| WeirError::Internal(format!("dead letter line: {e}")))?;
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            rows.push(vec![s("raw"), s("reason"), s("position")]);
+        }
+        Ok(rows)
+    }
+}
+
+/// Split `NAME [PARTITION n] rest` into its parts.
+fn target(rest: &str) -> Result<(String, usize, String)> {
+    let rest = rest.trim_start();
+    let end = rest
+        .find(|c: char| c.is_whitespace())
+        .unwrap_or(rest.len());
+    let name = rest[..end].to_string();
+    let mut tail = rest[end..].trim_start();
+    let mut partition = 0usize;
+    if tail.len() >= 9 && tail[..9].eq_ignore_ascii_case("PARTITION") {
+        let t = tail[9..].trim_start();
+        let e = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        partition = t[..e]
+            .parse()
+            .map_err(|_| WeirError::user("PARTITION takes a number"))?;
+        tail = t[e..].trim_start();
+    }
+    Ok((name, partition, tail.to_string()))
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+pub fn format_batches(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for r in 0..b.num_rows() {
+            rows.push(
+                fmts.iter()
+                    .map(|f| {
+                        let s = f.value(r).to_string();
+                        if s.is_empty() { "(empty)".to_string() } else { s }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for WeirSlt {
+    type Error = WeirError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>> {
+        let s = sql.trim().trim_end_matches(';').trim();
+        if let Some(rest) = strip_prefix_ci(s, "INSERT INTO ") {
+            let (name, partition, tail) = target(rest)?;
+            if strip_prefix_ci(&tail, "VALUES").is_none() {
+                return Err(WeirError::user("INSERT INTO src [PARTITION n] VALUES (...)"));
+            }
+            self.insert(&name, partition, &tail).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(rest) = strip_prefix_ci(s, "PUSH ") {
+            let (header, body) = rest.split_once('\n').unwrap_or((rest, ""));
+            let (name, partition, _) = target(header)?;
+            self.push_json(&name, partition, body).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(rest) = strip_prefix_ci(s, "ADVANCE TIME ") {
+            let d = weir_engine::options::parse_duration(rest.trim().trim_matches('\''))
+                .map_err(WeirError::user)?;
+            self.now_ms += d.as_millis() as i64;
+            self.pipeline.tick(self.now_ms).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(rest) = strip_prefix_ci(s, "END ") {
+            self.pipeline.end_source(rest.trim()).await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(rest) = strip_prefix_ci(s, "DEAD LETTERS ") {
+            let rows = self.dead_letters(rest.trim())?;
+            return Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Text; 3],
+                rows,
+            });
+        }
+        let results = self.pipeline.execute(sql).await?;
+        match results.into_iter().last() {
+            Some(StatementResult::Rows(batches)) => {
+                let ncols = batches.first().map(|b| b.num_columns()).unwrap_or(0);
+                Ok(DBOutput::Rows {
+                    types: vec![DefaultColumnType::Any; ncols],
+                    rows: format_batches(&batches)?,
+                })
+            }
+            _ => Ok(DBOutput::StatementComplete(0)),
+        }
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "weir"
+    }
+}
+
+/// Run one `.slt` file in one mode, in a fresh data directory.
+pub async fn run_file(path: &Path, mode: Mode) -> std::result::Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().to_path_buf();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let data = data.clone();
+        async move { Ok::<_, WeirError>(WeirSlt::new(mode, &data)) }
+    });
+    runner.with_column_validator(sqllogictest::default_column_validator);
+    runner
+        .run_file_async(path)
+        .await
+        .map_err(|e| format!("{}", e.display(true)))
+}
+
+/// Rewrite a file's expected output from what the engine produces (`--complete`).
+pub async fn complete_file(path: &Path) -> std::result::Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().to_path_buf();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let data = data.clone();
+        async move { Ok::<_, WeirError>(WeirSlt::new(Mode::AsWritten, &data)) }
+    });
+    runner
+        .update_test_file(
+            path,
+            " ",
+            sqllogictest::default_validator,
+            sqllogictest::default_normalizer,
+            sqllogictest::default_column_validator,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
