@@ -193,8 +193,17 @@ async fn check(common: Common) -> Result<()> {
     for o in pipeline.objects() {
         if o.kind == weir_engine::sql::ObjectKind::View {
             let r = pipeline.execute(&format!("DESCRIBE \"{}\"", o.name)).await?;
-            if let Some(StatementResult::Rows(b)) = r.first() {
-                println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(b)?);
+            if let Some(StatementResult::Rows(batches)) = r.first() {
+                println!("== view {}", o.name);
+                for b in batches {
+                    let lines = datafusion::arrow::util::display::ArrayFormatter::try_new(
+                        b.column(0).as_ref(),
+                        &Default::default(),
+                    )?;
+                    for i in 0..b.num_rows() {
+                        println!("  {}", lines.value(i));
+                    }
+                }
             }
         }
     }

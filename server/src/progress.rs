@@ -18,23 +18,24 @@ fn human(n: f64) -> String {
     }
 }
 
-fn line(o: &ObjectInfo, rate: f64) -> String {
+fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
+    let rate = |unit: &str| rate.map(|r| format!(", {} {unit}", human(r))).unwrap_or_default();
     let s = o.stats.snapshot();
     match o.kind {
         ObjectKind::Source => format!(
-            "source {} ({}): {} rows, {} rows/s, watermark {}, bad {}",
+            "source {} ({}): {} rows{}, watermark {}, bad {}",
             o.name,
             o.detail,
             human(s.rows_in as f64),
-            human(rate),
+            rate("rows/s"),
             fmt_watermark(s.watermark),
             s.bad_rows
         ),
         ObjectKind::View => format!(
-            "view {}: in {} rows ({} rows/s), out {} rows, watermark {}, late {}, open windows {} ({} groups)",
+            "view {}: in {} rows{}, out {} rows, watermark {}, late {}, open windows {} ({} groups)",
             o.name,
             human(s.rows_in as f64),
-            human(rate),
+            rate("rows/s"),
             human(s.rows_out as f64),
             fmt_watermark(s.watermark),
             s.late_rows,
@@ -64,13 +65,13 @@ pub async fn report(objects: Vec<ObjectInfo>, every: Duration) {
             let secs = now.duration_since(t).as_secs_f64().max(1e-3);
             let rate = rows.saturating_sub(prev) as f64 / secs;
             last.insert(o.name.clone(), (rows, now));
-            tracing::info!("{}", line(o, rate));
+            tracing::info!("{}", line(o, Some(rate)));
         }
     }
 }
 
 pub fn summary(objects: &[ObjectInfo]) {
     for o in objects {
-        tracing::info!("final: {}", line(o, 0.0).replace(", 0 rows/s", ""));
+        tracing::info!("final: {}", line(o, None));
     }
 }

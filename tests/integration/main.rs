@@ -1,4 +1,5 @@
 //! Weir's integration tests, one binary: the streaming .slt suite in every mode, the
 //! differential test against batch DataFusion, Parquet read-back.
 
+mod differential;
 mod slt_suite;

@@ -89,18 +89,26 @@ pub struct WeirSlt {
     decoders: HashMap<String, JsonDecoder>,
 }
 
+/// A pipeline with every real connector plus the `test` source, at processing time 0.
+pub fn test_pipeline(data_dir: &Path) -> Pipeline {
+    test_pipeline_with(data_dir, Arc::default())
+}
+
+fn test_pipeline_with(data_dir: &Path, configs: Configs) -> Pipeline {
+    let registry = weir_connectors::registry().with_source(TestSourceFactory { configs });
+    let config = EngineConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..EngineConfig::default()
+    };
+    let mut pipeline = Pipeline::new(config, registry);
+    pipeline.set_processing_time(0);
+    pipeline
+}
+
 impl WeirSlt {
     pub fn new(mode: Mode, data_dir: &Path) -> Self {
         let configs: Configs = Arc::default();
-        let registry = weir_connectors::registry().with_source(TestSourceFactory {
-            configs: configs.clone(),
-        });
-        let config = EngineConfig {
-            data_dir: data_dir.to_path_buf(),
-            ..EngineConfig::default()
-        };
-        let mut pipeline = Pipeline::new(config, registry);
-        pipeline.set_processing_time(0);
+        let pipeline = test_pipeline_with(data_dir, configs.clone());
         WeirSlt {
             pipeline,
             configs,
