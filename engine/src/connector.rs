@@ -69,6 +69,10 @@ pub enum SourceEvent {
 pub trait Source: Send {
     /// The number of partitions; batches name one of `0..partitions()`.
     fn partitions(&self) -> usize;
+    /// Whether the source ends by itself (files, generators with a row count).
+    fn bounded(&self) -> bool {
+        false
+    }
     /// The next event. Unbounded sources wait for data; cancellation-safe is not required:
     /// the runtime polls one source from one task until it ends.
     async fn next(&mut self) -> Result<SourceEvent>;

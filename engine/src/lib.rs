@@ -9,8 +9,8 @@ pub mod options;
 pub mod pipeline;
 pub mod plan;
 pub mod runtime;
-pub mod window;
 pub mod sql;
 pub mod stats;
+pub mod window;
 
 pub use error::{Location, Result, WeirError};

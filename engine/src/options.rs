@@ -44,9 +44,11 @@ impl Options {
     pub fn take_parse<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>> {
         match self.take(key) {
             None => Ok(None),
-            Some(v) => v.trim().parse::<T>().map(Some).map_err(|_| {
-                WeirError::user(format!("option '{key}' has an invalid value '{v}'"))
-            }),
+            Some(v) => {
+                v.trim().parse::<T>().map(Some).map_err(|_| {
+                    WeirError::user(format!("option '{key}' has an invalid value '{v}'"))
+                })
+            }
         }
     }
 
@@ -115,7 +117,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("2 minutes").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("2 minutes").unwrap(),
+            Duration::from_secs(120)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 parsecs").is_err());
     }
@@ -124,7 +129,9 @@ mod tests {
     fn unknown_key_lists_valid_ones() {
         let mut o = Options::new([("Path".into(), "x".into()), ("colour".into(), "y".into())]);
         assert_eq!(o.take("path").as_deref(), Some("x"));
-        let e = o.finish("the file source", &["path", "format"]).unwrap_err();
+        let e = o
+            .finish("the file source", &["path", "format"])
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "unknown option 'colour' for the file source; valid options: format, path"

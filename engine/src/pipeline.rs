@@ -146,6 +146,15 @@ struct SinkNode {
     sink: Option<Box<dyn Sink>>,
 }
 
+/// A sink ready to be started by the runtime.
+pub struct NewSink {
+    pub name: String,
+    /// The view it reads.
+    pub view: String,
+    pub stats: Arc<Stats>,
+    pub sink: Box<dyn Sink>,
+}
+
 /// One batch a view emitted.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -156,10 +165,19 @@ pub struct Output {
 /// What a statement did.
 #[derive(Debug, Clone)]
 pub enum StatementResult {
-    Created { kind: ObjectKind, name: String },
-    Dropped { kind: ObjectKind, name: String },
+    Created {
+        kind: ObjectKind,
+        name: String,
+    },
+    Dropped {
+        kind: ObjectKind,
+        name: String,
+    },
     /// Nothing happened (`IF NOT EXISTS` / `IF EXISTS`).
-    Unchanged { kind: ObjectKind, name: String },
+    Unchanged {
+        kind: ObjectKind,
+        name: String,
+    },
     Rows(Vec<RecordBatch>),
 }
 
@@ -379,7 +397,9 @@ impl Pipeline {
         let mut options = v.options.clone();
         let retention = match options.take("retention.rows") {
             Some(r) => r.parse::<usize>().map_err(|_| {
-                WeirError::user(format!("option 'retention.rows' must be a row count, got '{r}'"))
+                WeirError::user(format!(
+                    "option 'retention.rows' must be a row count, got '{r}'"
+                ))
             })?,
             None => self.config.retention_rows,
         };
@@ -505,7 +525,10 @@ impl Pipeline {
                     name: name.to_string(),
                 });
             }
-            return Err(WeirError::user(format!("there is no {} '{name}'", kind.noun())));
+            return Err(WeirError::user(format!(
+                "there is no {} '{name}'",
+                kind.noun()
+            )));
         }
         let mut dependents: Vec<String> = self
             .views
@@ -576,20 +599,21 @@ impl Pipeline {
     }
 
     fn describe(&self, name: &str) -> Result<StatementResult> {
-        let (schema, sql, stats, plan) = if let Some(s) = self.sources.iter().find(|s| s.name == name) {
-            (s.schema.clone(), s.sql.clone(), s.stats.clone(), None)
-        } else if let Some(v) = self.views.iter().find(|v| v.name == name) {
-            (
-                v.plan.output_schema.clone(),
-                v.sql.clone(),
-                v.stats.clone(),
-                Some(v.plan.explain()),
-            )
-        } else {
-            return Err(WeirError::user(format!(
-                "there is no source or materialized view '{name}'"
-            )));
-        };
+        let (schema, sql, stats, plan) =
+            if let Some(s) = self.sources.iter().find(|s| s.name == name) {
+                (s.schema.clone(), s.sql.clone(), s.stats.clone(), None)
+            } else if let Some(v) = self.views.iter().find(|v| v.name == name) {
+                (
+                    v.plan.output_schema.clone(),
+                    v.sql.clone(),
+                    v.stats.clone(),
+                    Some(v.plan.explain()),
+                )
+            } else {
+                return Err(WeirError::user(format!(
+                    "there is no source or materialized view '{name}'"
+                )));
+            };
         let mut lines: Vec<String> = schema
             .fields()
             .iter()
@@ -619,7 +643,10 @@ impl Pipeline {
     }
 
     /// Run an ad-hoc query over the views' retained rows.
-    pub fn query(&self, q: Query) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
+    pub fn query(
+        &self,
+        q: Query,
+    ) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let mut err = None;
         for v in &self.views {
@@ -647,14 +674,26 @@ impl Pipeline {
     }
 
     /// Sinks that have not been started yet, with the view each one reads.
-    pub fn take_new_sinks(&mut self) -> Vec<(String, String, Arc<Stats>, Box<dyn Sink>)> {
+    pub fn take_new_sinks(&mut self) -> Vec<NewSink> {
         self.sinks
             .iter_mut()
             .filter_map(|s| {
-                s.sink
-                    .take()
-                    .map(|k| (s.name.clone(), s.view.clone(), s.stats.clone(), k))
+                s.sink.take().map(|sink| NewSink {
+                    name: s.name.clone(),
+                    view: s.view.clone(),
+                    stats: s.stats.clone(),
+                    sink,
+                })
             })
+            .collect()
+    }
+
+    /// Names of sources that never end (for `--until-done`, which needs them all bounded).
+    pub fn unbounded_sources(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|s| s.source.as_ref().is_some_and(|src| !src.bounded()))
+            .map(|s| s.name.clone())
             .collect()
     }
 
@@ -822,12 +861,14 @@ impl Pipeline {
                         tracing::debug!(view = %v.name, late = u.late, "dropped late rows");
                     }
                 }
-                v.stats
-                    .open_windows
-                    .store(aggregate.open_windows() as u64, std::sync::atomic::Ordering::Relaxed);
-                v.stats
-                    .open_groups
-                    .store(aggregate.open_groups() as u64, std::sync::atomic::Ordering::Relaxed);
+                v.stats.open_windows.store(
+                    aggregate.open_windows() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                v.stats.open_groups.store(
+                    aggregate.open_groups() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 vec![]
             }
         };
@@ -855,9 +896,16 @@ impl Pipeline {
             // Every live partition is idle: event time follows processing time from the
             // newest event seen, so the last windows still close.
             let newest = s.partitions.iter().filter_map(|p| p.max_event).max();
-            let last = s.partitions.iter().map(|p| p.last_active).max().unwrap_or(now);
+            let last = s
+                .partitions
+                .iter()
+                .map(|p| p.last_active)
+                .max()
+                .unwrap_or(now);
             match newest {
-                Some(m) => m.saturating_sub(delay).saturating_add(now - last - s.idle_timeout_ms),
+                Some(m) => m
+                    .saturating_sub(delay)
+                    .saturating_add(now - last - s.idle_timeout_ms),
                 None => i64::MIN,
             }
         } else {
@@ -921,10 +969,10 @@ impl Pipeline {
                 v.buffer.push(b.clone());
             }
             self.views[vi].watermark = self.views[vi].watermark.max(new_wm);
-            self.views[vi]
-                .stats
-                .watermark
-                .store(self.views[vi].watermark, std::sync::atomic::Ordering::Relaxed);
+            self.views[vi].stats.watermark.store(
+                self.views[vi].watermark,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             for b in emitted {
                 out.push(Output {
                     view: name.clone(),
@@ -947,7 +995,9 @@ struct PreparedView {
 async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
     let state = p.ctx.state();
     let logical = state
-        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(p.query))))
+        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(
+            p.query,
+        ))))
         .await
         .map_err(df_user_error)?;
     let physical = state
@@ -960,18 +1010,26 @@ async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
 async fn run_query(ctx: SessionContext, q: Query) -> Result<Vec<RecordBatch>> {
     let state = ctx.state();
     let plan = state
-        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(Box::new(q)))))
+        .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(
+            Box::new(q),
+        ))))
         .await
         .map_err(df_user_error)?;
-    let df = ctx.execute_logical_plan(plan).await.map_err(df_user_error)?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(df_user_error)?;
     Ok(df.collect().await?)
 }
 
 fn df_user_error(e: datafusion::error::DataFusionError) -> WeirError {
-    let location = e.diagnostic().and_then(|d| d.span).map(|s| crate::Location {
-        line: s.start.line,
-        column: s.start.column,
-    });
+    let location = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .map(|s| crate::Location {
+            line: s.start.line,
+            column: s.start.column,
+        });
     let message = e.strip_backtrace().to_string();
     WeirError::User {
         message,

@@ -213,7 +213,7 @@ pub enum ViewPlanKind {
     },
     Windowed {
         pre: SlotPlan,
-        aggregate: WindowAggregator,
+        aggregate: Box<WindowAggregator>,
         post: SlotPlan,
     },
 }
@@ -348,7 +348,7 @@ pub fn split_plan(
         .downcast_ref::<AggregateExec>()
         .ok_or_else(|| WeirError::Internal("aggregate downcast".into()))?;
     let pre_plan = raw_exec.input().clone();
-    let aggregate = WindowAggregator::try_new(raw_exec, top.schema(), window)?;
+    let aggregate = Box::new(WindowAggregator::try_new(raw_exec, top.schema(), window)?);
     let slot = Arc::new(BatchSlot::default());
     let agg_out = top.schema();
     let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
@@ -360,7 +360,11 @@ pub fn split_plan(
     let post_plan = physical
         .transform_down(|node| {
             if Arc::ptr_eq(&node, &top) {
-                Ok(Transformed::new(leaf.clone(), true, TreeNodeRecursion::Jump))
+                Ok(Transformed::new(
+                    leaf.clone(),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
             } else {
                 Ok(Transformed::no(node))
             }

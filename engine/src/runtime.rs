@@ -137,6 +137,16 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd> {
+    if options.until_done {
+        let unbounded = pipeline.unbounded_sources();
+        if !unbounded.is_empty() {
+            return Err(WeirError::user(format!(
+                "--until-done needs every source to end, but {} never end(s); give generators a \
+                 'rows' count",
+                unbounded.join(", ")
+            )));
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<SourceMsg>(options.channel_capacity);
     let sources: Vec<JoinHandle<()>> = pipeline
         .take_new_sources()
@@ -145,11 +155,13 @@ pub async fn run(
         .collect();
     drop(tx);
     let mut sinks: HashMap<String, Vec<SinkTask>> = HashMap::new();
-    for (name, view, stats, sink) in pipeline.take_new_sinks() {
-        sinks
-            .entry(view)
-            .or_default()
-            .push(spawn_sink(name, stats, sink, options.channel_capacity));
+    for s in pipeline.take_new_sinks() {
+        sinks.entry(s.view).or_default().push(spawn_sink(
+            s.name,
+            s.stats,
+            s.sink,
+            options.channel_capacity,
+        ));
     }
     pipeline.set_processing_time(now_ms());
     let mut ticker = tokio::time::interval(options.tick);

@@ -8,8 +8,8 @@ use crate::error::{Location, Result, WeirError};
 use crate::options::{Options, parse_duration};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::sql::sqlparser::ast::{
-    self, ColumnOption, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, ObjectName,
-    Query, SetExpr, SqlOption, TableAlias, TableFactor, Value,
+    self, ColumnOption, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, ObjectName, Query,
+    SetExpr, SqlOption, TableAlias, TableFactor, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -248,12 +248,17 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
         };
         return kind.map(WeirStatement::Show).ok_or_else(|| {
             WeirError::user_at(
-                format!("expected SOURCES, VIEWS or SINKS after SHOW, found {}", t.token),
+                format!(
+                    "expected SOURCES, VIEWS or SINKS after SHOW, found {}",
+                    t.token
+                ),
                 loc(&t),
             )
         });
     }
-    if p.parse_one_of_keywords(&[Keyword::DESCRIBE, Keyword::DESC]).is_some() {
+    if p.parse_one_of_keywords(&[Keyword::DESCRIBE, Keyword::DESC])
+        .is_some()
+    {
         let name = p.parse_identifier().map_err(pe)?;
         return Ok(WeirStatement::Describe(name.value));
     }
@@ -284,7 +289,8 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
         });
     }
     if p.parse_keyword(Keyword::EXPLAIN) {
-        if p.parse_keyword(Keyword::CREATE) && p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW])
+        if p.parse_keyword(Keyword::CREATE)
+            && p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW])
         {
             return parse_create_view(p, sql).map(WeirStatement::Explain);
         }
@@ -314,7 +320,9 @@ fn parse_if_not_exists(p: &mut Parser) -> bool {
 
 fn parse_with_options(p: &mut Parser) -> Result<Options> {
     let at = loc(&p.peek_token());
-    let opts = p.parse_options(Keyword::WITH).map_err(|e| parse_err(e, at))?;
+    let opts = p
+        .parse_options(Keyword::WITH)
+        .map_err(|e| parse_err(e, at))?;
     let mut pairs = Vec::new();
     for o in opts {
         match o {
@@ -369,10 +377,12 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
                 ));
             }
             let dt = arrow_type(&col.data_type).map_err(|m| WeirError::user_at(m, loc(&t)))?;
-            let not_null = col
-                .options
-                .iter()
-                .any(|o| matches!(o.option, ColumnOption::NotNull | ColumnOption::PrimaryKey(_)));
+            let not_null = col.options.iter().any(|o| {
+                matches!(
+                    o.option,
+                    ColumnOption::NotNull | ColumnOption::PrimaryKey(_)
+                )
+            });
             fields.push(Field::new(col.name.value, dt, !not_null));
         }
         if !p.consume_token(&Token::Comma) {
@@ -401,7 +411,10 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
             }
             Err(_) => {
                 return Err(WeirError::user_at(
-                    format!("WATERMARK names column '{}', which is not declared", w.column),
+                    format!(
+                        "WATERMARK names column '{}', which is not declared",
+                        w.column
+                    ),
                     at,
                 ));
             }
@@ -682,8 +695,8 @@ fn rewrite_factor(f: &mut TableFactor, found: &mut Option<WindowSpec>) -> Result
             let input = ident(arg(0)).ok_or_else(|| WeirError::user_at(usage, at))?;
             let time_column = ident(arg(1)).ok_or_else(|| WeirError::user_at(usage, at))?;
             let size_expr = arg(2).ok_or_else(|| WeirError::user_at(usage, at))?;
-            let size =
-                interval_duration(&size_expr).map_err(|m| WeirError::user_at(format!("{usage}: {m}"), at))?;
+            let size = interval_duration(&size_expr)
+                .map_err(|m| WeirError::user_at(format!("{usage}: {m}"), at))?;
             let ms = size.as_millis();
             let sub_sql = format!(
                 "SELECT *, date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") AS window_start, \
@@ -747,8 +760,8 @@ mod tests {
 
     #[test]
     fn error_has_statement_line_and_column() {
-        let e = parse_script("SHOW VIEWS;\nCREATE SOURCE x (a TEXT,\n   b NOSUCHTYPE);")
-            .unwrap_err();
+        let e =
+            parse_script("SHOW VIEWS;\nCREATE SOURCE x (a TEXT,\n   b NOSUCHTYPE);").unwrap_err();
         match e {
             WeirError::User {
                 statement,

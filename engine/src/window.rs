@@ -14,12 +14,12 @@ use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -141,7 +141,11 @@ impl WindowAggregator {
     }
 
     pub fn describe(&self) -> String {
-        let aggs: Vec<String> = self.aggregates.iter().map(|a| a.name().to_string()).collect();
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| a.name().to_string())
+            .collect();
         format!(
             "WindowAggregate: tumble {} ms, group by [{}], aggregates [{}]",
             self.size_ms,
@@ -196,7 +200,9 @@ impl WindowAggregator {
                 a.create_groups_accumulator()?
             } else {
                 let a = a.clone();
-                Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator()))
+                Box::new(GroupsAccumulatorAdapter::new(move || {
+                    a.create_accumulator()
+                }))
             };
             accumulators.push(acc);
         }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub engine: EngineSection,
@@ -36,15 +36,6 @@ pub struct RunSection {
     pub progress_interval: String,
     /// Micro-batches in flight per channel (backpressure bound).
     pub channel_capacity: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            engine: EngineSection::default(),
-            run: RunSection::default(),
-        }
-    }
 }
 
 impl Default for EngineSection {

@@ -13,7 +13,11 @@ use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
 use weir_engine::runtime::{RunEnd, RunOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Weir: streaming SQL over Arrow micro-batches")]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: streaming SQL over Arrow micro-batches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,7 +110,8 @@ async fn load_pipeline(common: &Common) -> Result<(Pipeline, config::Config)> {
 }
 
 async fn load_file(pipeline: &mut Pipeline, file: &Path) -> Result<()> {
-    let sql = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let sql =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let results = pipeline
         .execute(&sql)
         .await
@@ -192,7 +197,9 @@ async fn check(common: Common) -> Result<()> {
     let (mut pipeline, _) = load_pipeline(&common).await?;
     for o in pipeline.objects() {
         if o.kind == weir_engine::sql::ObjectKind::View {
-            let r = pipeline.execute(&format!("DESCRIBE \"{}\"", o.name)).await?;
+            let r = pipeline
+                .execute(&format!("DESCRIBE \"{}\"", o.name))
+                .await?;
             if let Some(StatementResult::Rows(batches)) = r.first() {
                 println!("== view {}", o.name);
                 for b in batches {

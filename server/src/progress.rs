@@ -19,7 +19,10 @@ fn human(n: f64) -> String {
 }
 
 fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
-    let rate = |unit: &str| rate.map(|r| format!(", {} {unit}", human(r))).unwrap_or_default();
+    let rate = |unit: &str| {
+        rate.map(|r| format!(", {} {unit}", human(r)))
+            .unwrap_or_default()
+    };
     let s = o.stats.snapshot();
     match o.kind {
         ObjectKind::Source => format!(
@@ -47,7 +50,9 @@ fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
             o.name,
             o.detail,
             human(s.rows_in as f64),
-            s.last_error.map(|e| format!(", error: {e}")).unwrap_or_default()
+            s.last_error
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default()
         ),
     }
 }

@@ -2,7 +2,9 @@
 //! rows) through the streaming engine must give exactly what DataFusion computes in batch,
 //! with the same SQL, over the rows the stream accepted.
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
@@ -42,7 +44,11 @@ const DELAY_MS: i64 = 3_000;
 
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("region", DataType::Utf8, true),
         Field::new("status", DataType::Utf8, true),
         Field::new("speed", DataType::Float64, true),
@@ -52,11 +58,21 @@ fn schema() -> Arc<Schema> {
 
 fn to_batch(events: &[Event]) -> RecordBatch {
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(events.iter().map(|e| Some(e.region)).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(events.iter().map(|e| Some(e.status)).collect::<Vec<_>>())),
-        Arc::new(Float64Array::from(events.iter().map(|e| e.speed).collect::<Vec<_>>())),
-        Arc::new(Int64Array::from(events.iter().map(|e| e.bytes).collect::<Vec<_>>())),
+        Arc::new(TimestampMillisecondArray::from(
+            events.iter().map(|e| e.ts).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            events.iter().map(|e| Some(e.region)).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            events.iter().map(|e| Some(e.status)).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            events.iter().map(|e| e.speed).collect::<Vec<_>>(),
+        )),
+        Arc::new(Int64Array::from(
+            events.iter().map(|e| e.bytes).collect::<Vec<_>>(),
+        )),
     ];
     RecordBatch::try_new(schema(), cols).expect("batch")
 }
@@ -69,11 +85,19 @@ fn events(rng: &mut Rng, n: usize) -> Vec<Event> {
     (0..n)
         .map(|_| {
             t += rng.below(400) as i64;
-            let jitter = if rng.below(20) == 0 { 15_000 } else { rng.below(2_500) as i64 };
+            let jitter = if rng.below(20) == 0 {
+                15_000
+            } else {
+                rng.below(2_500) as i64
+            };
             Event {
                 ts: t - jitter,
                 region: REGIONS[rng.below(4) as usize],
-                status: if rng.below(10) == 0 { "failed" } else { "success" },
+                status: if rng.below(10) == 0 {
+                    "failed"
+                } else {
+                    "success"
+                },
                 speed: (rng.below(15) != 0).then(|| rng.below(400) as f64 * 0.25),
                 bytes: rng.below(1_000_000) as i64,
             }
@@ -151,14 +175,22 @@ async fn run_case(seed: u64) {
         watermark = watermark.max(max_ts - DELAY_MS);
     }
     p.end_source("events").await.expect("end");
-    assert!(accepted.len() < all.len(), "seed {seed}: the data should include late rows");
+    assert!(
+        accepted.len() < all.len(),
+        "seed {seed}: the data should include late rows"
+    );
 
     for (name, sql) in VIEWS {
         // Lateness exists only for windows: a stateless view passes every row on.
-        let rows = if sql.contains("TUMBLE") { &accepted } else { &all };
+        let rows = if sql.contains("TUMBLE") {
+            &accepted
+        } else {
+            &all
+        };
         let ctx = SessionContext::new();
         let table = MemTable::try_new(schema(), vec![vec![to_batch(rows)]]).expect("memtable");
-        ctx.register_table("events", Arc::new(table)).expect("register");
+        ctx.register_table("events", Arc::new(table))
+            .expect("register");
         let expected = ctx
             .sql(&batch_sql(sql))
             .await
@@ -166,7 +198,12 @@ async fn run_case(seed: u64) {
             .collect()
             .await
             .expect("batch run");
-        let got = match p.execute(&format!("SELECT * FROM {name}")).await.expect("query").pop() {
+        let got = match p
+            .execute(&format!("SELECT * FROM {name}"))
+            .await
+            .expect("query")
+            .pop()
+        {
             Some(StatementResult::Rows(b)) => b,
             other => panic!("unexpected {other:?}"),
         };
@@ -174,8 +211,14 @@ async fn run_case(seed: u64) {
             sorted(format_batches(&expected).expect("fmt")),
             sorted(format_batches(&got).expect("fmt")),
         );
-        assert!(!e.is_empty(), "seed {seed} view {name}: the batch answer is empty");
-        assert_eq!(g, e, "seed {seed} view {name}: streaming differs from batch");
+        assert!(
+            !e.is_empty(),
+            "seed {seed} view {name}: the batch answer is empty"
+        );
+        assert_eq!(
+            g, e,
+            "seed {seed} view {name}: streaming differs from batch"
+        );
     }
 }
 

@@ -2,4 +2,5 @@
 //! differential test against batch DataFusion, Parquet read-back.
 
 mod differential;
+mod parquet_readback;
 mod slt_suite;

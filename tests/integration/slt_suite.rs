@@ -23,12 +23,17 @@ async fn slt_files_in_every_mode() {
     let mut failures = Vec::new();
     let mut ran = 0;
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if filter.as_ref().is_some_and(|x| !name.contains(x.as_str())) {
             continue;
         }
         if std::env::var("WEIR_SLT_COMPLETE").is_ok() {
-            complete_file(f).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            complete_file(f)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         for mode in [Mode::AsWritten, Mode::OneRowBatches] {
             ran += 1;
@@ -38,6 +43,11 @@ async fn slt_files_in_every_mode() {
         }
     }
     assert!(ran > 0, "the WEIR_SLT filter matched no file");
-    assert!(failures.is_empty(), "{} of {ran} runs failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} runs failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     eprintln!("slt: {ran} file runs passed");
 }

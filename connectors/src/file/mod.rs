@@ -1,0 +1,551 @@
+//! The `file` source: JSON-lines or Parquet files, for replay and benchmarks.
+//!
+//! ```sql
+//! CREATE SOURCE downloads (...) WITH (connector = 'file', path = 'data/downloads-*.jsonl',
+//!     format = 'json', 'bad.records' = 'dead-letter');
+//! ```
+//!
+//! `path` is a file or a glob (hidden files, e.g. a Parquet sink's in-progress files, are not
+//! matched); the matches are read one after another in sorted order, and each file is its own
+//! partition (batches are tagged with the file's index). When every file is read the source
+//! ends. The reading runs on a dedicated thread that feeds a small bounded channel, so the
+//! async runtime never blocks on the disk and memory stays bounded.
+//!
+//! - JSON lines are read in chunks of about [`CHUNK_BYTES`], cut at the last newline, and
+//!   decoded with [`JsonDecoder`](crate::format::JsonDecoder) under the `bad.records`
+//!   policy; bad lines are reported as `file <path> line <n>`.
+//! - Parquet files are read with the arrow reader, projecting the declared columns by name
+//!   and casting them to the declared types. A declared column missing from a file is an
+//!   error at `CREATE SOURCE`.
+
+mod reader;
+
+use crate::dead_letter::DeadLetterWriter;
+use crate::format::{BadRecords, JsonDecoder, parse_bad_records};
+use crate::util::check_castable;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
+use weir_engine::{Result, WeirError};
+
+pub const VALID_KEYS: &[&str] = &["path", "format", "bad.records"];
+
+/// Roughly how much JSON is read and decoded at a time.
+pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+
+/// How many decoded batches may wait between the reader thread and the pipeline.
+const CHANNEL_BATCHES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Json,
+    Parquet,
+}
+
+pub struct FileSourceFactory;
+
+impl SourceFactory for FileSourceFactory {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>> {
+        let mut options = spec.options.clone();
+        let path = options
+            .take("path")
+            .ok_or_else(|| WeirError::user("the file source needs option 'path'"))?;
+        let format = match options
+            .take_choice("format", &["json", "parquet"], "json")?
+            .as_str()
+        {
+            "parquet" => FileFormat::Parquet,
+            _ => FileFormat::Json,
+        };
+        let policy = parse_bad_records(&mut options)?;
+        options.finish("the file source", VALID_KEYS)?;
+
+        let files = resolve_files(&path)?;
+        let json = match format {
+            FileFormat::Json => {
+                let dead_letter = (policy == BadRecords::DeadLetter)
+                    .then(|| DeadLetterWriter::new(&spec.data_dir, &spec.name));
+                Some(JsonDecoder::new(spec.schema.clone(), policy, dead_letter)?)
+            }
+            FileFormat::Parquet => {
+                for file in &files {
+                    check_parquet_schema(file, &spec.schema)?;
+                }
+                None
+            }
+        };
+        Ok(Box::new(FileSource {
+            name: spec.name,
+            schema: spec.schema,
+            files,
+            max_rows: spec.batch.max_rows.max(1),
+            json,
+            format,
+            rx: None,
+            ended: false,
+        }))
+    }
+}
+
+/// The files a `path` option names, sorted. A plain path must exist; a glob must match at
+/// least one file.
+pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let paths = glob::glob_with(pattern, options).map_err(|e| {
+        WeirError::user(format!(
+            "option 'path' is not a valid glob '{pattern}': {e}"
+        ))
+    })?;
+    let mut files = Vec::new();
+    for entry in paths {
+        let path = entry.map_err(|e| WeirError::External(format!("listing '{pattern}': {e}")))?;
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(WeirError::user(format!(
+            "option 'path' = '{pattern}' matches no files"
+        )));
+    }
+    Ok(files)
+}
+
+/// Every declared column must be in the file, with a type that casts to the declared one.
+fn check_parquet_schema(path: &Path, schema: &SchemaRef) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| WeirError::External(format!("opening {}: {e}", path.display())))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        WeirError::External(format!("reading Parquet file {}: {e}", path.display()))
+    })?;
+    let file_schema = builder.schema();
+    let mut missing = Vec::new();
+    for field in schema.fields() {
+        match file_schema.field_with_name(field.name()) {
+            Ok(f) => check_castable(
+                field.name(),
+                f.data_type(),
+                field.data_type(),
+                &format!("Parquet file {}", path.display()),
+            )?,
+            Err(_) => missing.push(format!("'{}'", field.name())),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let present: Vec<&str> = file_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        Err(WeirError::user(format!(
+            "Parquet file {} has no column {}; its columns are: {}",
+            path.display(),
+            missing.join(", "),
+            present.join(", ")
+        )))
+    }
+}
+
+/// Reads its files on a dedicated thread, one after another.
+pub struct FileSource {
+    name: String,
+    schema: SchemaRef,
+    files: Vec<PathBuf>,
+    max_rows: usize,
+    format: FileFormat,
+    /// Moved to the reader thread when it starts.
+    json: Option<JsonDecoder>,
+    rx: Option<mpsc::Receiver<Result<SourceEvent>>>,
+    ended: bool,
+}
+
+impl FileSource {
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    fn start(&mut self) -> Result<mpsc::Receiver<Result<SourceEvent>>> {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let reader = reader::FileReader {
+            files: self.files.clone(),
+            schema: self.schema.clone(),
+            max_rows: self.max_rows,
+            format: self.format,
+            json: self.json.take(),
+            tx,
+        };
+        std::thread::Builder::new()
+            .name(format!("weir-file-{}", self.name))
+            .spawn(move || reader.run())
+            .map_err(|e| WeirError::External(format!("starting the file reader thread: {e}")))?;
+        Ok(rx)
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn partitions(&self) -> usize {
+        self.files.len()
+    }
+
+    fn bounded(&self) -> bool {
+        true
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent> {
+        if self.ended {
+            return Ok(SourceEvent::End);
+        }
+        let rx = match &mut self.rx {
+            Some(rx) => rx,
+            None => {
+                let rx = self.start()?;
+                self.rx.insert(rx)
+            }
+        };
+        match rx.recv().await {
+            Some(Ok(SourceEvent::End)) => {
+                self.ended = true;
+                self.rx = None;
+                Ok(SourceEvent::End)
+            }
+            Some(event) => event,
+            None => Err(WeirError::Internal(format!(
+                "the reader thread of file source '{}' stopped unexpectedly",
+                self.name
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{
+        ArrayRef, AsArray, Int32Array, StringArray, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{
+        DataType, Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
+    };
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use weir_engine::connector::BatchLimits;
+    use weir_engine::options::Options;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    fn spec(data_dir: &Path, options: &[(&str, &str)], max_rows: usize) -> SourceSpec {
+        SourceSpec {
+            name: "replay".into(),
+            schema: schema(),
+            event_time: Some("ts".into()),
+            options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            data_dir: data_dir.to_path_buf(),
+            batch: BatchLimits {
+                max_rows,
+                max_delay: Duration::from_millis(50),
+            },
+        }
+    }
+
+    /// (partition, ids, bad) per batch, until End.
+    async fn drain(source: &mut Box<dyn Source>) -> Vec<(usize, Vec<i64>, u64)> {
+        let mut out = Vec::new();
+        loop {
+            match source.next().await.unwrap() {
+                SourceEvent::Batch {
+                    partition,
+                    batch,
+                    bad_records,
+                } => {
+                    assert_eq!(batch.schema(), schema());
+                    let ids = batch
+                        .column(0)
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .to_vec();
+                    out.push((partition, ids, bad_records));
+                }
+                SourceEvent::End => return out,
+            }
+        }
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn json_files_in_order_one_partition_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            &d.join("b.jsonl"),
+            "{\"id\": 10, \"ts\": \"2024-01-01T00:00:00Z\"}\nnot json\n{\"id\": 11, \"ts\": 5}\n\n{\"id\": 12, \"ts\": 6}",
+        );
+        let mut a = String::new();
+        for i in 0..5 {
+            a.push_str(&format!(
+                "{{\"id\": {i}, \"ts\": {i}, \"name\": \"n{i}\"}}\n"
+            ));
+        }
+        write(&d.join("a.jsonl"), &a);
+        write(&d.join(".hidden.jsonl"), "{\"id\": 99, \"ts\": 1}\n");
+        write(&d.join("c.txt"), "ignored\n");
+        let pattern = format!("{}/*.jsonl", d.display());
+
+        let mut source = FileSourceFactory
+            .create(spec(d, &[("path", &pattern)], 2))
+            .unwrap();
+        assert_eq!(source.partitions(), 2);
+        let events = drain(&mut source).await;
+        assert_eq!(
+            events,
+            vec![
+                (0, vec![0, 1], 0),
+                (0, vec![2, 3], 0),
+                (0, vec![4], 0),
+                (1, vec![10, 11], 1),
+                (1, vec![12], 0),
+            ]
+        );
+        // Ended sources stay ended.
+        assert!(matches!(source.next().await.unwrap(), SourceEvent::End));
+
+        let dead = std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+        assert_eq!(record["raw"], "not json");
+        assert_eq!(
+            record["position"],
+            format!("file {}/b.jsonl line 2", d.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn json_chunks_split_at_newlines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jsonl");
+        let mut text = String::new();
+        let mut i = 0i64;
+        while text.len() < CHUNK_BYTES * 2 + 1000 {
+            text.push_str(&format!(
+                "{{\"id\": {i}, \"ts\": {i}, \"name\": \"padding padding padding {i}\"}}\n"
+            ));
+            i += 1;
+        }
+        text.push_str("{\"id\": -1, \"ts\": \"bad\"}\n");
+        write(&path, &text);
+        let mut source = FileSourceFactory
+            .create(spec(
+                dir.path(),
+                &[("path", path.to_str().unwrap()), ("bad.records", "skip")],
+                8192,
+            ))
+            .unwrap();
+        assert_eq!(source.partitions(), 1);
+        let events = drain(&mut source).await;
+        let ids: Vec<i64> = events.iter().flat_map(|(_, ids, _)| ids.clone()).collect();
+        assert_eq!(ids, (0..i).collect::<Vec<_>>());
+        assert!(
+            events
+                .iter()
+                .all(|(p, ids, _)| *p == 0 && ids.len() <= 8192)
+        );
+        assert_eq!(events.iter().map(|(_, _, bad)| bad).sum::<u64>(), 1);
+        // Skip writes no dead letters.
+        assert!(!dir.path().join("dead-letter").exists());
+    }
+
+    #[tokio::test]
+    async fn only_bad_lines_still_report_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
+        write(&path, "nope\n{\"id\": 1}\n");
+        let mut source = FileSourceFactory
+            .create(spec(
+                dir.path(),
+                &[("path", path.to_str().unwrap()), ("bad.records", "skip")],
+                10,
+            ))
+            .unwrap();
+        assert_eq!(drain(&mut source).await, vec![(0, vec![], 2)]);
+    }
+
+    #[tokio::test]
+    async fn bad_records_fail_stops_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        write(&path, "{\"id\": 1, \"ts\": 1}\n{\"id\": 2}\n");
+        let mut source = FileSourceFactory
+            .create(spec(
+                dir.path(),
+                &[("path", path.to_str().unwrap()), ("bad.records", "fail")],
+                10,
+            ))
+            .unwrap();
+        let e = source.next().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "bad record: file {} line 2: missing or null value for NOT NULL column 'ts'",
+                path.display()
+            )
+        );
+    }
+
+    fn write_parquet(path: &Path, ids: &[i32]) {
+        let file_schema = Arc::new(Schema::new(vec![
+            Field::new("extra", DataType::Utf8, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("id", DataType::Int32, false),
+        ]));
+        let n = ids.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["x"; n])),
+            Arc::new(StringArray::from(
+                ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    ids.iter().map(|i| i64::from(*i) * 1000).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Int32Array::from(ids.to_vec())),
+        ];
+        let batch = RecordBatch::try_new(file_schema.clone(), columns).unwrap();
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(path).unwrap(), file_schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn parquet_files_project_and_cast() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_parquet(&d.join("p1.parquet"), &[1, 2, 3]);
+        write_parquet(&d.join("p2.parquet"), &[4, 5]);
+        let pattern = format!("{}/p*.parquet", d.display());
+        let mut source = FileSourceFactory
+            .create(spec(d, &[("path", &pattern), ("format", "parquet")], 2))
+            .unwrap();
+        assert_eq!(source.partitions(), 2);
+        let mut batches = Vec::new();
+        while let SourceEvent::Batch {
+            partition, batch, ..
+        } = source.next().await.unwrap()
+        {
+            batches.push((partition, batch));
+        }
+        let parts: Vec<usize> = batches.iter().map(|(p, _)| *p).collect();
+        assert_eq!(parts, vec![0, 0, 1]);
+        let all = datafusion::arrow::compute::concat_batches(
+            &schema(),
+            &batches.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(
+            all.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            all.column(1)
+                .as_primitive::<TimestampMillisecondType>()
+                .values()
+                .to_vec(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(all.column(2).as_string::<i32>().value(4), "n5");
+    }
+
+    #[test]
+    fn parquet_missing_column_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.parquet");
+        write_parquet(&path, &[1]);
+        let mut s = spec(
+            dir.path(),
+            &[("path", path.to_str().unwrap()), ("format", "parquet")],
+            10,
+        );
+        s.schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("price", DataType::Float64, true),
+        ]));
+        let e = FileSourceFactory.create(s).err().unwrap();
+        assert!(e.is_user());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Parquet file {} has no column 'price'; its columns are: extra, name, ts, id",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn option_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let e = FileSourceFactory.create(spec(d, &[], 10)).err().unwrap();
+        assert_eq!(e.to_string(), "the file source needs option 'path'");
+        let pattern = format!("{}/*.jsonl", d.display());
+        let e = FileSourceFactory
+            .create(spec(d, &[("path", &pattern)], 10))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("option 'path' = '{pattern}' matches no files")
+        );
+        let e = FileSourceFactory
+            .create(spec(d, &[("path", &pattern), ("topic", "x")], 10))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'topic' for the file source; valid options: bad.records, format, path"
+        );
+        let e = FileSourceFactory
+            .create(spec(d, &[("path", &pattern), ("format", "csv")], 10))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "option 'format' must be one of json | parquet, got 'csv'"
+        );
+    }
+}

@@ -1,0 +1,770 @@
+//! The `generator` source: built-in synthetic streams for demos, tests and benchmarks.
+//!
+//! ```sql
+//! CREATE SOURCE downloads (...) WITH (connector = 'generator', kind = 'downloads',
+//!     'rows.per.second' = '1000', seed = '42', rows = '100000', partitions = '4',
+//!     start = '2024-01-01T00:00:00Z', 'max.out.of.orderness' = '2s');
+//! ```
+//!
+//! Rows are generated in one global sequence `n = 0, 1, 2, ...` from a seeded PRNG, straight
+//! into column buffers, and dealt round-robin to partitions (row `n` goes to partition
+//! `n % partitions`; each batch holds rows of one partition). Row `n`'s event time is
+//! `start + n / rate` (with `rows.per.second = 0`, "as fast as possible", event time still
+//! advances one millisecond per row), minus a random jitter of up to
+//! `max.out.of.orderness`. So a run with a given `seed` and `start` is deterministic; only
+//! an omitted `start` (wall-clock now at the first poll) differs between runs.
+//!
+//! Each kind (a `Kind`) lists the columns it can produce; the declared schema may use any
+//! subset, in any order, and types that arrow can cast to (e.g. `INT` for a `BIGINT`).
+//! To add a kind: a module implementing `Kind` and one arm in [`GeneratorSourceFactory`].
+
+mod columns;
+mod downloads;
+mod rng;
+mod ticks;
+
+use crate::util::{cast_to, check_castable};
+use async_trait::async_trait;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use downloads::Downloads;
+use rng::{SplitMix64, mix};
+use std::collections::VecDeque;
+use std::time::Duration;
+use ticks::Ticks;
+use tokio::time::Instant;
+use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
+use weir_engine::{Result, WeirError};
+
+pub const VALID_KEYS: &[&str] = &[
+    "kind",
+    "rows.per.second",
+    "seed",
+    "rows",
+    "partitions",
+    "start",
+    "max.out.of.orderness",
+];
+
+pub const KINDS: &[&str] = &["downloads", "ticks"];
+
+/// A column a generator kind can produce.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnDef {
+    name: &'static str,
+    data_type: DataType,
+    /// Whether the generator produces nulls in it.
+    nullable: bool,
+}
+
+impl ColumnDef {
+    pub(crate) fn new(name: &'static str, data_type: DataType, nullable: bool) -> Self {
+        ColumnDef {
+            name,
+            data_type,
+            nullable,
+        }
+    }
+}
+
+/// One synthetic stream: its columns, and how to append row `n` to per-partition buffers.
+pub(crate) trait Kind: Send + 'static {
+    type Builders: Send;
+    /// Every column it can produce; indexes into this list are used below.
+    fn columns() -> Vec<ColumnDef>;
+    fn new(seed: u64) -> Self;
+    /// Buffers for `rows` rows holding only the `wanted` columns.
+    fn builders(&self, wanted: &[bool], rows: usize) -> Self::Builders;
+    /// Append row `n` with event time `ts` (epoch millis). Draws the same random numbers
+    /// whichever columns are wanted, so values do not depend on the declared columns.
+    fn append(&mut self, builders: &mut Self::Builders, n: u64, ts: i64);
+    /// The wanted columns' arrays (None for the others), emptying the buffers.
+    fn finish(builders: &mut Self::Builders) -> Result<Vec<Option<ArrayRef>>>;
+}
+
+/// The parsed options.
+#[derive(Debug, Clone)]
+pub struct GeneratorOptions {
+    pub kind: String,
+    /// Rows per second over all partitions; 0 means as fast as possible.
+    pub rows_per_second: u64,
+    pub seed: u64,
+    /// Total rows; `None` means unbounded.
+    pub rows: Option<u64>,
+    pub partitions: usize,
+    /// Event time of row 0 in epoch millis; `None` means wall-clock now at the first poll.
+    pub start_ms: Option<i64>,
+    pub max_out_of_orderness: Duration,
+}
+
+impl GeneratorOptions {
+    pub fn parse(options: &mut weir_engine::options::Options) -> Result<Self> {
+        let kind = match options.take("kind") {
+            Some(k) => {
+                let k = k.trim().to_ascii_lowercase();
+                if !KINDS.contains(&k.as_str()) {
+                    return Err(WeirError::user(format!(
+                        "option 'kind' must be one of {}, got '{k}'",
+                        KINDS.join(" | ")
+                    )));
+                }
+                k
+            }
+            None => {
+                return Err(WeirError::user(format!(
+                    "the generator source needs option 'kind' ({})",
+                    KINDS.join(" | ")
+                )));
+            }
+        };
+        let rows_per_second = options
+            .take_parse::<u64>("rows.per.second")?
+            .unwrap_or(1000);
+        let seed = options.take_parse::<u64>("seed")?.unwrap_or(42);
+        let rows = options.take_parse::<u64>("rows")?;
+        let partitions = options.take_parse::<usize>("partitions")?.unwrap_or(1);
+        if partitions == 0 {
+            return Err(WeirError::user("option 'partitions' must be at least 1"));
+        }
+        let start_ms = options.take("start").map(|s| parse_start(&s)).transpose()?;
+        let max_out_of_orderness = options
+            .take_duration("max.out.of.orderness")?
+            .unwrap_or(Duration::ZERO);
+        Ok(GeneratorOptions {
+            kind,
+            rows_per_second,
+            seed,
+            rows,
+            partitions,
+            start_ms,
+            max_out_of_orderness,
+        })
+    }
+}
+
+/// RFC 3339 (`2024-01-01T00:00:00Z`), or epoch milliseconds.
+fn parse_start(s: &str) -> Result<i64> {
+    let t = s.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| {
+            WeirError::user(format!(
+                "option 'start' must be an RFC 3339 time like '2024-01-01T00:00:00Z' or epoch \
+                 milliseconds, got '{s}': {e}"
+            ))
+        })
+}
+
+pub struct GeneratorSourceFactory;
+
+impl SourceFactory for GeneratorSourceFactory {
+    fn name(&self) -> &'static str {
+        "generator"
+    }
+
+    fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>> {
+        let mut options = spec.options.clone();
+        let opts = GeneratorOptions::parse(&mut options)?;
+        options.finish("the generator source", VALID_KEYS)?;
+        match opts.kind.as_str() {
+            "downloads" => Ok(Box::new(GeneratorSource::<Downloads>::new(&spec, opts)?)),
+            "ticks" => Ok(Box::new(GeneratorSource::<Ticks>::new(&spec, opts)?)),
+            other => Err(WeirError::user(format!(
+                "option 'kind' must be one of {}, got '{other}'",
+                KINDS.join(" | ")
+            ))),
+        }
+    }
+}
+
+/// Which generator column feeds each declared column, and the declared type.
+#[derive(Debug)]
+struct ColumnPlan {
+    wanted: Vec<bool>,
+    /// Per declared column: index into `Kind::columns()`.
+    sources: Vec<usize>,
+}
+
+fn plan_columns<K: Kind>(schema: &SchemaRef, kind: &str) -> Result<ColumnPlan> {
+    let available = K::columns();
+    let mut wanted = vec![false; available.len()];
+    let mut sources = Vec::with_capacity(schema.fields().len());
+    let mut unknown = Vec::new();
+    for field in schema.fields() {
+        let Some(i) = available.iter().position(|c| c.name == field.name()) else {
+            unknown.push(format!("'{}'", field.name()));
+            continue;
+        };
+        let def = &available[i];
+        check_castable(
+            field.name(),
+            &def.data_type,
+            field.data_type(),
+            &format!("the '{kind}' generator"),
+        )?;
+        if def.nullable && !field.is_nullable() {
+            return Err(WeirError::user(format!(
+                "column '{}' is declared NOT NULL but the '{kind}' generator produces nulls in it",
+                field.name()
+            )));
+        }
+        wanted[i] = true;
+        sources.push(i);
+    }
+    if !unknown.is_empty() {
+        let names: Vec<&str> = available.iter().map(|c| c.name).collect();
+        return Err(WeirError::user(format!(
+            "the '{kind}' generator cannot produce column{} {}; it produces: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            names.join(", ")
+        )));
+    }
+    Ok(ColumnPlan { wanted, sources })
+}
+
+/// A generator source for one [`Kind`].
+pub(crate) struct GeneratorSource<K: Kind> {
+    kind: K,
+    schema: SchemaRef,
+    plan: ColumnPlan,
+    opts: GeneratorOptions,
+    max_rows: usize,
+    max_delay: Duration,
+    jitter: SplitMix64,
+    /// The next row number to generate.
+    next_row: u64,
+    ready: VecDeque<(usize, RecordBatch)>,
+    /// Set at the first poll: when row 0 was due, and its event time.
+    clock: Option<(Instant, i64)>,
+    last_emit: Option<Instant>,
+}
+
+impl<K: Kind> GeneratorSource<K> {
+    fn new(spec: &SourceSpec, opts: GeneratorOptions) -> Result<Self> {
+        let plan = plan_columns::<K>(&spec.schema, &opts.kind)?;
+        Ok(GeneratorSource {
+            kind: K::new(opts.seed),
+            schema: spec.schema.clone(),
+            plan,
+            jitter: SplitMix64::new(mix(opts.seed ^ 0x6A17_7E42_0F0F_1234)),
+            opts,
+            max_rows: spec.batch.max_rows.max(1),
+            max_delay: spec.batch.max_delay,
+            next_row: 0,
+            ready: VecDeque::new(),
+            clock: None,
+            last_emit: None,
+        })
+    }
+
+    fn remaining(&self) -> u64 {
+        match self.opts.rows {
+            Some(total) => total.saturating_sub(self.next_row),
+            None => u64::MAX,
+        }
+    }
+
+    /// Event time of row `n` before jitter.
+    fn event_time(&self, start_ms: i64, n: u64) -> i64 {
+        let rate = if self.opts.rows_per_second == 0 {
+            1000
+        } else {
+            self.opts.rows_per_second
+        };
+        start_ms.saturating_add((u128::from(n) * 1000 / u128::from(rate)) as i64)
+    }
+
+    /// Wall-clock offset from the start at which row `n` is due (rate-limited mode).
+    fn due_at(&self, n: u64) -> Duration {
+        let nanos = u128::from(n) * 1_000_000_000 / u128::from(self.opts.rows_per_second.max(1));
+        Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// How many rows to generate next, sleeping as the rate requires.
+    async fn rows_to_generate(&mut self, t0: Instant) -> u64 {
+        let remaining = self.remaining();
+        let cycle = (self.max_rows as u64).saturating_mul(self.opts.partitions as u64);
+        if self.opts.rows_per_second == 0 {
+            return cycle.min(remaining);
+        }
+        let rate = u128::from(self.opts.rows_per_second);
+        loop {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(t0).as_nanos();
+            let due_total = (elapsed * rate / 1_000_000_000).min(u128::from(u64::MAX)) as u64;
+            let due = due_total.saturating_sub(self.next_row).min(remaining);
+            let waited = self
+                .last_emit
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.max_delay);
+            if due >= cycle || (due > 0 && waited) {
+                return due.min(cycle);
+            }
+            // Wake when a full cycle is due, or when the delay is up (but not before at
+            // least one row is due).
+            let full = t0 + self.due_at(self.next_row.saturating_add(cycle.min(remaining)));
+            let one = t0 + self.due_at(self.next_row.saturating_add(1));
+            let delay_up = self.last_emit.map_or(now, |t| t + self.max_delay);
+            tokio::time::sleep_until(full.min(one.max(delay_up))).await;
+        }
+    }
+
+    /// Generate rows `next_row .. next_row + count` and queue one batch per partition.
+    fn generate(&mut self, count: u64, start_ms: i64) -> Result<()> {
+        let parts = self.opts.partitions;
+        let per_part = (count as usize).div_ceil(parts);
+        let mut builders: Vec<K::Builders> = (0..parts)
+            .map(|_| self.kind.builders(&self.plan.wanted, per_part))
+            .collect();
+        let mut rows_per_part = vec![0usize; parts];
+        let ooo = self
+            .opts
+            .max_out_of_orderness
+            .as_millis()
+            .min(u128::from(u64::MAX)) as u64;
+        let first = self.next_row;
+        for n in first..first + count {
+            let p = (n % parts as u64) as usize;
+            let mut ts = self.event_time(start_ms, n);
+            if ooo > 0 {
+                ts = ts.saturating_sub(self.jitter.below(ooo + 1) as i64);
+            }
+            self.kind.append(&mut builders[p], n, ts);
+            rows_per_part[p] += 1;
+        }
+        self.next_row = first + count;
+        for (p, b) in builders.iter_mut().enumerate() {
+            if rows_per_part[p] == 0 {
+                continue;
+            }
+            let batch = self.build_batch(b, rows_per_part[p])?;
+            self.ready.push_back((p, batch));
+        }
+        Ok(())
+    }
+
+    fn build_batch(&self, builders: &mut K::Builders, rows: usize) -> Result<RecordBatch> {
+        let mut arrays = K::finish(builders)?;
+        let mut columns = Vec::with_capacity(self.plan.sources.len());
+        for (field, &i) in self.schema.fields().iter().zip(&self.plan.sources) {
+            let array = arrays.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                WeirError::Internal(format!("generator column '{}' was not built", field.name()))
+            })?;
+            columns.push(cast_to(&array, field.data_type(), field.name())?);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?)
+    }
+}
+
+#[async_trait]
+impl<K: Kind> Source for GeneratorSource<K> {
+    fn partitions(&self) -> usize {
+        self.opts.partitions
+    }
+
+    fn bounded(&self) -> bool {
+        self.opts.rows.is_some()
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent> {
+        loop {
+            if let Some((partition, batch)) = self.ready.pop_front() {
+                return Ok(SourceEvent::Batch {
+                    partition,
+                    batch,
+                    bad_records: 0,
+                });
+            }
+            if self.remaining() == 0 {
+                return Ok(SourceEvent::End);
+            }
+            let (t0, start_ms) = *self.clock.get_or_insert_with(|| {
+                let start = self
+                    .opts
+                    .start_ms
+                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+                (Instant::now(), start)
+            });
+            let count = self.rows_to_generate(t0).await;
+            if count > 0 {
+                self.generate(count, start_ms)?;
+                self.last_emit = Some(Instant::now());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{
+        Field, Float32Type, Int32Type, Schema, TimeUnit, TimestampMillisecondType,
+    };
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use weir_engine::connector::BatchLimits;
+    use weir_engine::options::Options;
+
+    const START: &str = "2024-01-01T00:00:00Z";
+    const START_MS: i64 = 1_704_067_200_000;
+
+    fn ts_type() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, None)
+    }
+
+    fn downloads_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("content_id", DataType::Utf8, true),
+            Field::new("content_type", DataType::Utf8, true),
+            Field::new("region", DataType::Utf8, true),
+            Field::new("device_type", DataType::Utf8, true),
+            Field::new("status", DataType::Utf8, true),
+            Field::new("duration_seconds", DataType::Float64, true),
+            Field::new("speed_mbps", DataType::Float64, true),
+            Field::new("error_code", DataType::Utf8, true),
+        ]))
+    }
+
+    fn spec(schema: SchemaRef, options: &[(&str, &str)], max_rows: usize) -> SourceSpec {
+        SourceSpec {
+            name: "gen".into(),
+            schema,
+            event_time: Some("ts".into()),
+            options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            data_dir: std::env::temp_dir(),
+            batch: BatchLimits {
+                max_rows,
+                max_delay: Duration::from_millis(20),
+            },
+        }
+    }
+
+    async fn drain(source: &mut Box<dyn Source>) -> Vec<(usize, RecordBatch)> {
+        let mut out = Vec::new();
+        loop {
+            match source.next().await.unwrap() {
+                SourceEvent::Batch {
+                    partition,
+                    batch,
+                    bad_records,
+                } => {
+                    assert_eq!(bad_records, 0);
+                    out.push((partition, batch));
+                }
+                SourceEvent::End => return out,
+            }
+        }
+    }
+
+    fn create(
+        schema: SchemaRef,
+        options: &[(&str, &str)],
+        max_rows: usize,
+    ) -> Result<Box<dyn Source>> {
+        GeneratorSourceFactory.create(spec(schema, options, max_rows))
+    }
+
+    fn strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+        batch
+            .column_by_name(name)
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_string))
+            .collect()
+    }
+
+    fn timestamps(batch: &RecordBatch) -> Vec<i64> {
+        batch
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn same_seed_and_start_give_same_batches() {
+        let opts = [
+            ("kind", "downloads"),
+            ("rows.per.second", "0"),
+            ("rows", "5000"),
+            ("partitions", "2"),
+            ("start", START),
+        ];
+        let a = drain(&mut create(downloads_schema(), &opts, 1000).unwrap()).await;
+        let b = drain(&mut create(downloads_schema(), &opts, 1000).unwrap()).await;
+        assert_eq!(a.len(), 6); // 5000 rows: 2 x 1000, 2 x 1000, 2 x 500
+        assert_eq!(a, b);
+        assert_eq!(a.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 5000);
+        for (i, (partition, batch)) in a.iter().enumerate() {
+            assert_eq!(*partition, i % 2);
+            assert!(batch.num_rows() <= 1000);
+            assert_eq!(batch.schema(), downloads_schema());
+        }
+        // Row n goes to partition n % 2, at START + n ms.
+        let (p1, first_p1) = &a[1];
+        assert_eq!(*p1, 1);
+        assert_eq!(
+            &strings(first_p1, "event_id")[..2],
+            &[Some("dl-42-1".to_string()), Some("dl-42-3".to_string())]
+        );
+        assert_eq!(&timestamps(first_p1)[..2], &[START_MS + 1, START_MS + 3]);
+
+        let mut other = opts.to_vec();
+        other.push(("seed", "7"));
+        let c = drain(&mut create(downloads_schema(), &other, 1000).unwrap()).await;
+        assert_eq!(c.len(), a.len());
+        assert_ne!(strings(&c[0].1, "region"), strings(&a[0].1, "region"));
+        assert_eq!(strings(&c[0].1, "event_id")[0].as_deref(), Some("dl-7-0"));
+    }
+
+    #[tokio::test]
+    async fn downloads_look_realistic() {
+        let opts = [
+            ("kind", "downloads"),
+            ("rows.per.second", "0"),
+            ("rows", "200000"),
+            ("start", START),
+        ];
+        let batches = drain(&mut create(downloads_schema(), &opts, 8192).unwrap()).await;
+        let mut failed = 0usize;
+        let mut total = 0usize;
+        let mut content: HashMap<String, usize> = HashMap::new();
+        for (_, b) in &batches {
+            let status = strings(b, "status");
+            let errors = strings(b, "error_code");
+            for (s, e) in status.iter().zip(&errors) {
+                total += 1;
+                match s.as_deref() {
+                    Some("failed") => {
+                        failed += 1;
+                        assert!(e.is_some());
+                    }
+                    Some("success") => assert!(e.is_none()),
+                    other => panic!("status {other:?}"),
+                }
+            }
+            for c in strings(b, "content_id").into_iter().flatten() {
+                *content.entry(c).or_default() += 1;
+            }
+            let ts = timestamps(b);
+            assert!(ts.windows(2).all(|w| w[0] < w[1]));
+        }
+        assert_eq!(total, 200_000);
+        let rate = failed as f64 / total as f64;
+        assert!((0.02..0.045).contains(&rate), "failure rate {rate}");
+        let mut counts: Vec<usize> = content.values().copied().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(counts.len() > 400, "{} items", counts.len());
+        assert!(counts[0] > 20 * counts[counts.len() / 2], "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn ticks_cast_to_declared_types() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", ts_type(), false),
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("volume", DataType::Int32, false),
+            Field::new("price", DataType::Float32, false),
+        ]));
+        let opts = [
+            ("kind", "ticks"),
+            ("rows.per.second", "0"),
+            ("rows", "1000"),
+            ("seed", "1"),
+            ("start", "1700000000000"),
+        ];
+        let batches = drain(&mut create(schema.clone(), &opts, 4096).unwrap()).await;
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0].1;
+        assert_eq!(b.schema(), schema);
+        assert_eq!(b.num_rows(), 1000);
+        assert_eq!(timestamps(b)[999], 1_700_000_000_999);
+        let volumes = b.column(2).as_primitive::<Int32Type>();
+        assert!(volumes.values().iter().all(|v| *v >= 1));
+        let prices = b.column(3).as_primitive::<Float32Type>();
+        let symbols = strings(b, "symbol");
+        for (s, p) in symbols.iter().zip(prices.values()) {
+            let s = s.as_deref().unwrap();
+            let start = ticks_start_price(s);
+            assert!((start * 0.8..start * 1.2).contains(&(*p as f64)), "{s} {p}");
+        }
+    }
+
+    fn ticks_start_price(symbol: &str) -> f64 {
+        match symbol {
+            "AAPL" => 190.0,
+            "GOOGL" => 140.0,
+            "AMZN" => 180.0,
+            "TSLA" => 250.0,
+            "MSFT" => 420.0,
+            "NVDA" => 120.0,
+            "META" => 500.0,
+            "NFLX" => 650.0,
+            "AMD" => 160.0,
+            "INTC" => 35.0,
+            "ORCL" => 130.0,
+            "CRM" => 270.0,
+            other => panic!("unexpected symbol {other}"),
+        }
+    }
+
+    #[test]
+    fn unknown_columns_are_named_with_the_available_ones() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("bid", DataType::Float64, true),
+            Field::new("ask", DataType::Float64, true),
+        ]));
+        let e = create(schema, &[("kind", "ticks")], 100).err().unwrap();
+        assert!(e.is_user());
+        assert_eq!(
+            e.to_string(),
+            "the 'ticks' generator cannot produce columns 'bid', 'ask'; it produces: symbol, \
+             price, volume, ts"
+        );
+    }
+
+    #[test]
+    fn nullable_and_type_mismatches_are_errors() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "error_code",
+            DataType::Utf8,
+            false,
+        )]));
+        let e = create(schema, &[("kind", "downloads")], 100).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "column 'error_code' is declared NOT NULL but the 'downloads' generator produces \
+             nulls in it"
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano),
+            false,
+        )]));
+        let e = create(schema, &[("kind", "ticks")], 100).err().unwrap();
+        assert!(e.is_user());
+        assert!(
+            e.to_string()
+                .starts_with("column 'ts' is declared as Interval"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn option_errors() {
+        let e = create(
+            downloads_schema(),
+            &[("kind", "downloads"), ("colour", "red")],
+            100,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'colour' for the generator source; valid options: kind, \
+             max.out.of.orderness, partitions, rows, rows.per.second, seed, start"
+        );
+        let e = create(downloads_schema(), &[], 100).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "the generator source needs option 'kind' (downloads | ticks)"
+        );
+        let e = create(downloads_schema(), &[("kind", "clicks")], 100)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "option 'kind' must be one of downloads | ticks, got 'clicks'"
+        );
+        let e = create(
+            downloads_schema(),
+            &[("kind", "downloads"), ("start", "yesterday")],
+            100,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("option 'start' must be an RFC 3339"),
+            "{e}"
+        );
+        let e = create(
+            downloads_schema(),
+            &[("kind", "downloads"), ("rows.per.second", "fast")],
+            100,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "option 'rows.per.second' has an invalid value 'fast'"
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_and_out_of_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", ts_type(), false)]));
+        let opts = [
+            ("kind", "ticks"),
+            ("rows.per.second", "1000"),
+            ("rows", "120"),
+            ("start", START),
+            ("max.out.of.orderness", "5s"),
+        ];
+        let began = std::time::Instant::now();
+        let batches = drain(&mut create(schema, &opts, 1000).unwrap()).await;
+        let elapsed = began.elapsed();
+        // 120 rows at 1000/s take about 120 ms, emitted about every 20 ms.
+        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+        assert!(batches.len() >= 2, "{} batches", batches.len());
+        let ts: Vec<i64> = batches.iter().flat_map(|(_, b)| timestamps(b)).collect();
+        assert_eq!(ts.len(), 120);
+        let mut out_of_order = 0;
+        for (n, t) in ts.iter().enumerate() {
+            let base = START_MS + n as i64;
+            assert!((base - 5000..=base).contains(t), "row {n}: {t}");
+            if n > 0 && *t < ts[n - 1] {
+                out_of_order += 1;
+            }
+        }
+        assert!(out_of_order > 10);
+    }
+
+    #[tokio::test]
+    async fn unbounded_without_start_uses_wall_clock() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", ts_type(), false),
+            Field::new("symbol", DataType::Utf8, false),
+        ]));
+        let mut source =
+            create(schema, &[("kind", "ticks"), ("rows.per.second", "0")], 500).unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        for _ in 0..3 {
+            match source.next().await.unwrap() {
+                SourceEvent::Batch { batch, .. } => {
+                    assert_eq!(batch.num_rows(), 500);
+                    let ts = timestamps(&batch);
+                    assert!((now - 1000..now + 5000).contains(&ts[0]));
+                    assert!(batch.column(1).null_count() == 0);
+                }
+                SourceEvent::End => panic!("unbounded source ended"),
+            }
+        }
+    }
+}

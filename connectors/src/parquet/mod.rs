@@ -1,0 +1,727 @@
+//! The `parquet` sink: a view's output as rolling Parquet files, optionally in Hive-style
+//! date folders.
+//!
+//! ```sql
+//! CREATE SINK lake FROM region_health WITH (connector = 'parquet',
+//!     path = 'data/lake/region_health', 'partition.by' = 'day',
+//!     'rollover.rows' = '1000000', 'rollover.interval' = '1m', compression = 'zstd');
+//! ```
+//!
+//! Files are named `part-<unix-millis>-<seq>.parquet`. A file being written is the hidden
+//! `.part-<unix-millis>-<seq>.parquet.inprogress` in the same folder, renamed into place
+//! (after its footer is written and it is synced) when it rolls over (by rows or by age), on
+//! `flush()` and on `close()`, so readers (and the `file` source, which skips hidden files)
+//! never see a partial file.
+//!
+//! `partition.by = 'day'` writes to `dt=YYYY-MM-DD/`, `'hour'` to `dt=YYYY-MM-DD/hr=HH/`,
+//! from the `window_start` column if there is one, else the first timestamp column (UTC).
+//! Rows whose partition time is null go to `dt=__HIVE_DEFAULT_PARTITION__/`.
+//!
+//! Writes run under `spawn_blocking`, so the async runtime never waits on the disk.
+
+use crate::util::io_error;
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use weir_engine::connector::{Sink, SinkFactory, SinkSpec};
+use weir_engine::{Result, WeirError};
+
+pub const VALID_KEYS: &[&str] = &[
+    "path",
+    "partition.by",
+    "rollover.rows",
+    "rollover.interval",
+    "compression",
+];
+
+/// The `compression` values. zstd is the default: DataFusion's parquet build includes it,
+/// and it compresses analytics output well at a low CPU cost.
+pub const COMPRESSIONS: &[&str] = &["zstd", "snappy", "lz4", "gzip", "none"];
+
+const NULL_PARTITION: &str = "dt=__HIVE_DEFAULT_PARTITION__";
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// How output is split into folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionBy {
+    None,
+    /// `dt=YYYY-MM-DD/` from the column at this index.
+    Day(usize),
+    /// `dt=YYYY-MM-DD/hr=HH/` from the column at this index.
+    Hour(usize),
+}
+
+/// The parsed options.
+#[derive(Debug, Clone)]
+pub struct ParquetSinkOptions {
+    pub path: PathBuf,
+    pub partition_by: PartitionBy,
+    pub rollover_rows: usize,
+    pub rollover_interval: Duration,
+    pub compression: Compression,
+}
+
+impl ParquetSinkOptions {
+    pub fn parse(options: &mut weir_engine::options::Options, schema: &SchemaRef) -> Result<Self> {
+        let path = options
+            .take("path")
+            .ok_or_else(|| WeirError::user("the parquet sink needs option 'path' (a directory)"))?;
+        let partition = options.take_choice("partition.by", &["none", "day", "hour"], "none")?;
+        let partition_by = match partition.as_str() {
+            "none" => PartitionBy::None,
+            by => {
+                let col = partition_column(schema)?;
+                if by == "day" {
+                    PartitionBy::Day(col)
+                } else {
+                    PartitionBy::Hour(col)
+                }
+            }
+        };
+        let rollover_rows = options
+            .take_parse::<usize>("rollover.rows")?
+            .unwrap_or(1_000_000);
+        if rollover_rows == 0 {
+            return Err(WeirError::user("option 'rollover.rows' must be at least 1"));
+        }
+        let rollover_interval = options
+            .take_duration("rollover.interval")?
+            .unwrap_or(Duration::from_secs(60));
+        let compression = match options
+            .take_choice("compression", COMPRESSIONS, "zstd")?
+            .as_str()
+        {
+            "snappy" => Compression::SNAPPY,
+            "lz4" => Compression::LZ4_RAW,
+            "gzip" => Compression::GZIP(GzipLevel::default()),
+            "none" => Compression::UNCOMPRESSED,
+            _ => Compression::ZSTD(ZstdLevel::default()),
+        };
+        Ok(ParquetSinkOptions {
+            path: PathBuf::from(path),
+            partition_by,
+            rollover_rows,
+            rollover_interval,
+            compression,
+        })
+    }
+}
+
+/// `window_start` if present, else the first timestamp column.
+fn partition_column(schema: &SchemaRef) -> Result<usize> {
+    if let Ok(i) = schema.index_of("window_start") {
+        return match schema.field(i).data_type() {
+            DataType::Timestamp(_, _) => Ok(i),
+            other => Err(WeirError::user(format!(
+                "option 'partition.by' uses column 'window_start', but it is {other}, not a timestamp"
+            ))),
+        };
+    }
+    schema
+        .fields()
+        .iter()
+        .position(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        .ok_or_else(|| {
+            WeirError::user(
+                "option 'partition.by' needs a timestamp column (window_start or any TIMESTAMP), \
+                 and the view has none",
+            )
+        })
+}
+
+pub struct ParquetSinkFactory;
+
+impl SinkFactory for ParquetSinkFactory {
+    fn name(&self) -> &'static str {
+        "parquet"
+    }
+
+    fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>> {
+        let mut options = spec.options.clone();
+        let opts = ParquetSinkOptions::parse(&mut options, &spec.schema)?;
+        options.finish("the parquet sink", VALID_KEYS)?;
+        // Fail now, not at the first write, if the schema cannot be written as Parquet.
+        datafusion::parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&spec.schema)
+            .map_err(|e| {
+                WeirError::user(format!(
+                    "view '{}' cannot be written as Parquet: {e}",
+                    spec.view
+                ))
+            })?;
+        Ok(Box::new(ParquetSink::new(spec.schema, opts)))
+    }
+}
+
+/// Writes rolling Parquet files under one directory.
+pub struct ParquetSink {
+    /// Moved into the blocking task during a write and back out after.
+    state: Option<Writers>,
+}
+
+impl ParquetSink {
+    pub fn new(schema: SchemaRef, opts: ParquetSinkOptions) -> Self {
+        let props = WriterProperties::builder()
+            .set_compression(opts.compression)
+            .build();
+        ParquetSink {
+            state: Some(Writers {
+                schema,
+                props,
+                opts,
+                open: BTreeMap::new(),
+                seq: 0,
+                files_written: Vec::new(),
+            }),
+        }
+    }
+
+    /// The files this sink has moved into place so far.
+    pub fn files_written(&self) -> &[PathBuf] {
+        self.state
+            .as_ref()
+            .map_or(&[], |w| w.files_written.as_slice())
+    }
+
+    /// Run `f` on the writers on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Writers) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut writers = self
+            .state
+            .take()
+            .ok_or_else(|| WeirError::Internal("parquet sink used after a failed write".into()))?;
+        let (writers, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut writers);
+            (writers, result)
+        })
+        .await
+        .map_err(|e| WeirError::Internal(format!("parquet sink write task failed: {e}")))?;
+        self.state = Some(writers);
+        result
+    }
+}
+
+#[async_trait]
+impl Sink for ParquetSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.blocking(move |w| w.write(&batch)).await
+    }
+
+    /// Called on the runtime's flush timer: publish files that have been open for
+    /// `rollover.interval`, so time-based rollover happens even when writes pause. Closing
+    /// every file on each flush would make one small file per second.
+    async fn flush(&mut self) -> Result<()> {
+        self.blocking(|w| w.roll_old()).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.blocking(|w| w.roll_all()).await
+    }
+}
+
+/// The open files, one per partition folder.
+struct Writers {
+    schema: SchemaRef,
+    props: WriterProperties,
+    opts: ParquetSinkOptions,
+    /// Keyed by folder relative to the sink's path ("" without partitioning).
+    open: BTreeMap<String, OpenFile>,
+    seq: u64,
+    files_written: Vec<PathBuf>,
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    rows: usize,
+    opened: Instant,
+}
+
+impl Writers {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        // Roll stale files first, so a file holds at most `rollover.interval` of output.
+        self.roll_old()?;
+        for (folder, part) in self.split(batch)? {
+            self.write_to(folder, &part)?;
+        }
+        Ok(())
+    }
+
+    /// The batch's rows grouped by partition folder.
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        let (col, unit_ms) = match self.opts.partition_by {
+            PartitionBy::None => return Ok(vec![(String::new(), batch.clone())]),
+            PartitionBy::Day(c) => (c, DAY_MS),
+            PartitionBy::Hour(c) => (c, HOUR_MS),
+        };
+        let millis = cast(
+            batch.column(col),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let millis = millis.as_primitive::<TimestampMillisecondType>();
+        let key = |i: usize| (!millis.is_null(i)).then(|| millis.value(i).div_euclid(unit_ms));
+        let first = key(0);
+        if (1..batch.num_rows()).all(|i| key(i) == first) {
+            return Ok(vec![(folder_name(first, unit_ms), batch.clone())]);
+        }
+        let mut groups: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            groups.entry(key(i)).or_default().push(i as u32);
+        }
+        groups
+            .into_iter()
+            .map(|(k, rows)| {
+                let part = take_record_batch(batch, &UInt32Array::from(rows))?;
+                Ok((folder_name(k, unit_ms), part))
+            })
+            .collect()
+    }
+
+    fn write_to(&mut self, folder: String, batch: &RecordBatch) -> Result<()> {
+        let file = match self.open.get_mut(&folder) {
+            Some(f) => f,
+            None => {
+                let f = self.open_file(&folder)?;
+                self.open.entry(folder.clone()).or_insert(f)
+            }
+        };
+        file.writer.write(batch).map_err(|e| {
+            WeirError::External(format!("writing {}: {e}", file.tmp_path.display()))
+        })?;
+        file.rows += batch.num_rows();
+        if file.rows >= self.opts.rollover_rows {
+            self.roll(&folder)?;
+        }
+        Ok(())
+    }
+
+    fn open_file(&mut self, folder: &str) -> Result<OpenFile> {
+        let dir = self.opts.path.join(folder);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("creating directory", &dir, e))?;
+        let millis = chrono::Utc::now().timestamp_millis();
+        let name = format!("part-{millis}-{}.parquet", self.seq);
+        self.seq += 1;
+        let tmp_path = dir.join(format!(".{name}.inprogress"));
+        let final_path = dir.join(name);
+        let file = File::create(&tmp_path).map_err(|e| io_error("creating", &tmp_path, e))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
+            .map_err(|e| WeirError::External(format!("creating {}: {e}", tmp_path.display())))?;
+        Ok(OpenFile {
+            writer,
+            tmp_path,
+            final_path,
+            rows: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    /// Finish one folder's file and move it into place.
+    fn roll(&mut self, folder: &str) -> Result<()> {
+        let Some(file) = self.open.remove(folder) else {
+            return Ok(());
+        };
+        let OpenFile {
+            writer,
+            tmp_path,
+            final_path,
+            rows,
+            ..
+        } = file;
+        let inner = writer
+            .into_inner()
+            .map_err(|e| WeirError::External(format!("finishing {}: {e}", tmp_path.display())))?;
+        if rows == 0 {
+            drop(inner);
+            return std::fs::remove_file(&tmp_path).map_err(|e| io_error("removing", &tmp_path, e));
+        }
+        inner
+            .sync_all()
+            .map_err(|e| io_error("syncing", &tmp_path, e))?;
+        drop(inner);
+        std::fs::rename(&tmp_path, &final_path).map_err(|e| io_error("renaming", &tmp_path, e))?;
+        tracing::debug!(file = %final_path.display(), rows, "parquet file written");
+        self.files_written.push(final_path);
+        Ok(())
+    }
+
+    /// Roll files older than `rollover.interval`.
+    fn roll_old(&mut self) -> Result<()> {
+        let interval = self.opts.rollover_interval;
+        let old: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for folder in old {
+            self.roll(&folder)?;
+        }
+        Ok(())
+    }
+
+    fn roll_all(&mut self) -> Result<()> {
+        let folders: Vec<String> = self.open.keys().cloned().collect();
+        for folder in folders {
+            self.roll(&folder)?;
+        }
+        Ok(())
+    }
+}
+
+/// `dt=YYYY-MM-DD` or `dt=YYYY-MM-DD/hr=HH` for a day or hour number since the epoch.
+fn folder_name(key: Option<i64>, unit_ms: i64) -> String {
+    let Some(key) = key else {
+        return NULL_PARTITION.to_string();
+    };
+    let Some(t) = chrono::DateTime::from_timestamp_millis(key.saturating_mul(unit_ms)) else {
+        return NULL_PARTITION.to_string();
+    };
+    if unit_ms == DAY_MS {
+        t.format("dt=%Y-%m-%d").to_string()
+    } else {
+        t.format("dt=%Y-%m-%d/hr=%H").to_string()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::compute::SortColumn;
+    use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::path::Path;
+    use std::sync::Arc;
+    use weir_engine::options::Options;
+
+    const DAY1: i64 = 1_704_067_200_000; // 2024-01-01T00:00:00Z
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("region", DataType::Utf8, false),
+            Field::new("downloads", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: &[(i64, &str, i64)]) -> RecordBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ];
+        RecordBatch::try_new(schema(), columns).unwrap()
+    }
+
+    fn spec(schema: SchemaRef, options: &[(&str, &str)]) -> SinkSpec {
+        SinkSpec {
+            name: "lake".into(),
+            view: "region_health".into(),
+            schema,
+            key_columns: vec!["window_start".into(), "region".into()],
+            options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            data_dir: std::env::temp_dir(),
+        }
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &Path) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if dir.exists() {
+            walk(dir, dir, &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    fn read_all(dir: &Path) -> RecordBatch {
+        let mut batches = Vec::new();
+        for f in files(dir) {
+            let file = std::fs::File::open(dir.join(&f)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for b in reader {
+                batches.push(b.unwrap());
+            }
+        }
+        let all = concat_batches(&schema(), &batches).unwrap();
+        let sort: Vec<SortColumn> = (0..2)
+            .map(|i| SortColumn {
+                values: all.column(i).clone(),
+                options: None,
+            })
+            .collect();
+        let idx = lexsort_to_indices(&sort, None).unwrap();
+        take_record_batch(&all, &idx).unwrap()
+    }
+
+    fn is_part_name(name: &str) -> bool {
+        let Some(rest) = name
+            .strip_prefix("part-")
+            .and_then(|r| r.strip_suffix(".parquet"))
+        else {
+            return false;
+        };
+        let mut it = rest.split('-');
+        let (Some(ms), Some(seq), None) = (it.next(), it.next(), it.next()) else {
+            return false;
+        };
+        ms.len() == 13 && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
+    }
+
+    #[tokio::test]
+    async fn round_trip_partitioned_by_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("lake/region_health");
+        let mut sink = ParquetSinkFactory
+            .create(spec(
+                schema(),
+                &[
+                    ("path", out.to_str().unwrap()),
+                    ("partition.by", "day"),
+                    ("rollover.rows", "3"),
+                ],
+            ))
+            .unwrap();
+        let day2 = DAY1 + DAY_MS + 5 * 60_000;
+        sink.write(batch(&[
+            (DAY1, "EU-West", 1),
+            (day2, "EU-West", 2),
+            (DAY1 + 60_000, "US-East", 3),
+        ]))
+        .await
+        .unwrap();
+        // Nothing is visible yet: only hidden in-progress files.
+        let before = files(&out);
+        assert_eq!(before.len(), 2);
+        assert!(
+            before
+                .iter()
+                .all(|f| f.contains("/.part-") && f.ends_with(".inprogress"))
+        );
+
+        sink.write(batch(&[
+            (DAY1 + 120_000, "AP-East", 4),
+            (DAY1 + 120_000, "SA-East", 5),
+        ]))
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        sink.write(batch(&[(day2, "US-East", 6)])).await.unwrap();
+        sink.write(batch(&[])).await.unwrap();
+        sink.close().await.unwrap();
+
+        let written = files(&out);
+        // Day 1: rolled once it reached 3 rows (at 4); day 2: the flush left the young file
+        // open (rollover.interval is a minute), so both its rows are in one file at close.
+        assert_eq!(written.len(), 2, "{written:?}");
+        for f in &written {
+            let (folder, name) = f.split_once('/').unwrap();
+            assert!(
+                folder == "dt=2024-01-01" || folder == "dt=2024-01-02",
+                "{f}"
+            );
+            assert!(is_part_name(name), "{f}");
+        }
+        assert_eq!(
+            written
+                .iter()
+                .filter(|f| f.starts_with("dt=2024-01-02/"))
+                .count(),
+            1
+        );
+        let expected = batch(&[
+            (DAY1, "EU-West", 1),
+            (DAY1 + 60_000, "US-East", 3),
+            (DAY1 + 120_000, "AP-East", 4),
+            (DAY1 + 120_000, "SA-East", 5),
+            (day2, "EU-West", 2),
+            (day2, "US-East", 6),
+        ]);
+        assert_eq!(read_all(&out), expected);
+    }
+
+    #[tokio::test]
+    async fn hour_folders_and_no_partitioning() {
+        let dir = tempfile::tempdir().unwrap();
+        let hourly = dir.path().join("hourly");
+        let mut sink = ParquetSinkFactory
+            .create(spec(
+                schema(),
+                &[("path", hourly.to_str().unwrap()), ("partition.by", "HOUR")],
+            ))
+            .unwrap();
+        let rows = [
+            (DAY1 + 3 * HOUR_MS + 1, "EU-West", 1),
+            (DAY1 - 1, "US-West", 2),
+        ];
+        sink.write(batch(&rows)).await.unwrap();
+        sink.close().await.unwrap();
+        let written = files(&hourly);
+        assert_eq!(written.len(), 2);
+        assert!(
+            written[0].starts_with("dt=2023-12-31/hr=23/part-"),
+            "{written:?}"
+        );
+        assert!(
+            written[1].starts_with("dt=2024-01-01/hr=03/part-"),
+            "{written:?}"
+        );
+
+        let flat = dir.path().join("flat");
+        let mut sink = ParquetSinkFactory
+            .create(spec(
+                schema(),
+                &[("path", flat.to_str().unwrap()), ("compression", "snappy")],
+            ))
+            .unwrap();
+        sink.write(batch(&rows)).await.unwrap();
+        sink.close().await.unwrap();
+        // Closing again with nothing open writes nothing.
+        sink.close().await.unwrap();
+        let written = files(&flat);
+        assert_eq!(written.len(), 1);
+        assert!(is_part_name(&written[0]), "{written:?}");
+        assert_eq!(read_all(&flat), batch(&[rows[1], rows[0]]));
+    }
+
+    #[tokio::test]
+    async fn rolls_over_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("aged");
+        let mut sink = ParquetSinkFactory
+            .create(spec(
+                schema(),
+                &[
+                    ("path", out.to_str().unwrap()),
+                    ("rollover.interval", "30ms"),
+                ],
+            ))
+            .unwrap();
+        sink.write(batch(&[(DAY1, "EU-West", 1)])).await.unwrap();
+        assert!(files(&out).iter().all(|f| f.ends_with(".inprogress")));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        sink.write(batch(&[(DAY1, "US-East", 2)])).await.unwrap();
+        let visible: Vec<String> = files(&out)
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .collect();
+        assert_eq!(visible.len(), 1, "{visible:?}");
+        sink.close().await.unwrap();
+        assert_eq!(files(&out).len(), 2);
+        assert_eq!(
+            read_all(&out),
+            batch(&[(DAY1, "EU-West", 1), (DAY1, "US-East", 2)])
+        );
+    }
+
+    #[test]
+    fn partition_column_is_first_timestamp_without_window_start() {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+        ]));
+        assert_eq!(partition_column(&s).unwrap(), 1);
+        assert_eq!(partition_column(&schema()).unwrap(), 0);
+    }
+
+    #[test]
+    fn option_errors() {
+        let no_ts = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let e = ParquetSinkFactory
+            .create(spec(no_ts, &[("path", "x"), ("partition.by", "day")]))
+            .err()
+            .unwrap();
+        assert!(e.is_user());
+        assert!(
+            e.to_string()
+                .starts_with("option 'partition.by' needs a timestamp column")
+        );
+        let e = ParquetSinkFactory
+            .create(spec(schema(), &[]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "the parquet sink needs option 'path' (a directory)"
+        );
+        let e = ParquetSinkFactory
+            .create(spec(schema(), &[("path", "x"), ("rollover", "1m")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'rollover' for the parquet sink; valid options: compression, \
+             partition.by, path, rollover.interval, rollover.rows"
+        );
+        let e = ParquetSinkFactory
+            .create(spec(schema(), &[("path", "x"), ("compression", "lzo")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "option 'compression' must be one of zstd | snappy | lz4 | gzip | none, got 'lzo'"
+        );
+    }
+
+    #[tokio::test]
+    async fn blackhole_takes_no_options() {
+        let e = crate::blackhole::BlackholeSinkFactory
+            .create(spec(schema(), &[("path", "x")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "unknown option 'path' for the blackhole sink; valid options: "
+        );
+        let mut sink = crate::blackhole::BlackholeSinkFactory
+            .create(spec(schema(), &[]))
+            .unwrap();
+        sink.write(batch(&[(DAY1, "EU-West", 1)])).await.unwrap();
+        sink.close().await.unwrap();
+    }
+}
