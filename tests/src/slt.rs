@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use weir_connectors::dead_letter::DeadLetterWriter;
 use weir_connectors::format::json::{BadRecords, JsonDecoder, parse_bad_records};
-use weir_engine::connector::{
-    Source, SourceEvent, SourceFactory, SourceSpec,
-};
+use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
 use weir_engine::{Result, WeirError};
 
@@ -127,7 +125,13 @@ impl WeirSlt {
             .ok_or_else(|| WeirError::user(format!("there is no test source '{source}'")))
     }
 
-    async fn push_batch(&mut self, source: &str, partition: usize, batch: RecordBatch, bad: u64) -> Result<()> {
+    async fn push_batch(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        bad: u64,
+    ) -> Result<()> {
         let batches = match self.mode {
             Mode::AsWritten => vec![batch],
             Mode::OneRowBatches => (0..batch.num_rows()).map(|i| batch.slice(i, 1)).collect(),
@@ -192,8 +196,9 @@ impl WeirSlt {
         let mut line_base = 0usize;
         for chunk in chunks {
             let base = line_base;
-            let (batch, bad) =
-                decoder.decode(chunk.as_bytes(), |i| format!("{source} line {}", base + i + 1))?;
+            let (batch, bad) = decoder.decode(chunk.as_bytes(), |i| {
+                format!("{source} line {}", base + i + 1)
+            })?;
             line_base += chunk.lines().count().max(1);
             decoded.push((batch, bad));
         }
@@ -227,9 +232,7 @@ impl WeirSlt {
 /// Split `NAME [PARTITION n] rest` into its parts.
 fn target(rest: &str) -> Result<(String, usize, String)> {
     let rest = rest.trim_start();
-    let end = rest
-        .find(|c: char| c.is_whitespace())
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
     let name = rest[..end].to_string();
     let mut tail = rest[end..].trim_start();
     let mut partition = 0usize;
@@ -263,7 +266,11 @@ pub fn format_batches(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>> {
                 fmts.iter()
                     .map(|f| {
                         let s = f.value(r).to_string();
-                        if s.is_empty() { "(empty)".to_string() } else { s }
+                        if s.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            s
+                        }
                     })
                     .collect(),
             );
@@ -282,7 +289,9 @@ impl sqllogictest::AsyncDB for WeirSlt {
         if let Some(rest) = strip_prefix_ci(s, "INSERT INTO ") {
             let (name, partition, tail) = target(rest)?;
             if strip_prefix_ci(&tail, "VALUES").is_none() {
-                return Err(WeirError::user("INSERT INTO src [PARTITION n] VALUES (...)"));
+                return Err(WeirError::user(
+                    "INSERT INTO src [PARTITION n] VALUES (...)",
+                ));
             }
             self.insert(&name, partition, &tail).await?;
             return Ok(DBOutput::StatementComplete(0));
@@ -365,4 +374,3 @@ pub async fn complete_file(path: &Path) -> std::result::Result<(), String> {
         .await
         .map_err(|e| e.to_string())
 }
-
