@@ -1,1 +1,293 @@
-fn main(){}
+//! weir-bench: throughput and memory benchmarks for the streaming core.
+//!
+//! ```text
+//! weir-bench gen --format json|parquet --rows N --out FILE     input from the downloads generator
+//! weir-bench throughput --input FILE --format json|parquet --threads 1|2
+//! weir-bench memory --groups 1000000                           open-window state size
+//! ```
+//! Figures go to BENCHMARKS.md with the machine and the command.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_engine::connector::{SourceEvent, SourceSpec};
+use weir_engine::options::Options;
+use weir_engine::pipeline::{EngineConfig, Pipeline};
+use weir_engine::runtime::{RunOptions, run};
+
+#[derive(Parser)]
+#[command(name = "weir-bench", about = "Weir benchmarks; see BENCHMARKS.md")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write N download events (from the built-in generator) as JSON lines or Parquet.
+    Gen {
+        #[arg(long, default_value = "json")]
+        format: String,
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// File source -> per-minute region-health view -> blackhole, timed.
+    Throughput {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Tokio worker threads (cores used).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 8192)]
+        batch_rows: usize,
+    },
+    /// Fill open windows with N distinct groups and report the process's memory.
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        groups: u64,
+    },
+}
+
+const DOWNLOADS_DDL: &str = "event_id TEXT NOT NULL, ts TIMESTAMP NOT NULL, content_id TEXT, \
+    content_type TEXT, region TEXT, device_type TEXT, status TEXT, duration_seconds DOUBLE, \
+    speed_mbps DOUBLE, error_code TEXT";
+
+const HEALTH_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
+    SELECT window_start, window_end, region, count(*) AS downloads, \
+    count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed_mbps, \
+    max(duration_seconds) AS max_duration_s \
+    FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, region; \
+    CREATE SINK out FROM region_health WITH (connector = 'blackhole');";
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
+    let schema = weir_engine::sql::parse_script(&format!(
+        "CREATE SOURCE d ({DOWNLOADS_DDL}) WITH (connector = 'generator')"
+    ))?;
+    let weir_engine::sql::WeirStatement::CreateSource(c) = &schema[0].statement else {
+        bail!("schema");
+    };
+    let factory = weir_connectors::registry().source("generator")?;
+    let mut source = factory.create(SourceSpec {
+        name: "d".into(),
+        schema: c.schema.clone(),
+        event_time: Some("ts".into()),
+        options: Options::new([
+            ("kind".to_string(), "downloads".to_string()),
+            ("rows.per.second".to_string(), "0".to_string()),
+            ("rows".to_string(), rows.to_string()),
+            ("start".to_string(), "2024-05-01T00:00:00Z".to_string()),
+            ("max.out.of.orderness".to_string(), "2s".to_string()),
+        ]),
+        data_dir: std::env::temp_dir(),
+        batch: Default::default(),
+    })?;
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut buf = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut parquet = None;
+    if format == "parquet" {
+        parquet = Some(datafusion::parquet::arrow::ArrowWriter::try_new(
+            buf.get_ref().try_clone()?,
+            c.schema.clone(),
+            None,
+        )?);
+    }
+    let mut n = 0u64;
+    loop {
+        match source.next().await? {
+            SourceEvent::Batch { batch, .. } => {
+                n += batch.num_rows() as u64;
+                match parquet.as_mut() {
+                    Some(w) => w.write(&batch)?,
+                    None => {
+                        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+                        w.write(&batch)?;
+                        w.finish()?;
+                    }
+                }
+            }
+            SourceEvent::PartitionEnd { .. } => {}
+            SourceEvent::End => break,
+        }
+    }
+    if let Some(w) = parquet {
+        w.close()?;
+    }
+    buf.flush()?;
+    eprintln!("wrote {n} rows to {}", out.display());
+    Ok(())
+}
+
+async fn throughput(input: PathBuf, format: &str, batch_rows: usize) -> Result<()> {
+    let sql = format!(
+        "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+         WITH (connector = 'file', path = '{}', format = '{format}'); {HEALTH_VIEW}",
+        input.display()
+    );
+    let mut p = Pipeline::new(
+        EngineConfig {
+            data_dir: std::env::temp_dir().join("weir-bench"),
+            batch: weir_engine::connector::BatchLimits {
+                max_rows: batch_rows,
+                ..Default::default()
+            },
+            ..EngineConfig::default()
+        },
+        weir_connectors::registry(),
+    );
+    p.execute(&sql).await?;
+    let objects = p.objects();
+    let start = Instant::now();
+    run(
+        p,
+        RunOptions {
+            until_done: true,
+            ..RunOptions::default()
+        },
+        std::future::pending(),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    let source = objects
+        .iter()
+        .find(|o| o.name == "downloads")
+        .context("source stats")?
+        .stats
+        .snapshot();
+    let view = objects
+        .iter()
+        .find(|o| o.name == "region_health")
+        .context("view stats")?
+        .stats
+        .snapshot();
+    println!(
+        "events={} secs={secs:.3} events_per_sec={:.0} result_rows={} late={} bad={} peak_rss_mib={:.0}",
+        source.rows_in,
+        source.rows_in as f64 / secs,
+        view.rows_out,
+        view.late_rows,
+        source.bad_rows,
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+async fn memory(groups: u64) -> Result<()> {
+    let mut p = Pipeline::new(EngineConfig::default(), weir_connectors::registry());
+    p.execute(&format!(
+        "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+         WITH (connector = 'generator', kind = 'downloads'); \
+         CREATE MATERIALIZED VIEW per_content AS SELECT window_start, window_end, content_id, \
+         count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
+         avg(speed_mbps) AS avg_speed, max(duration_seconds) AS max_duration \
+         FROM TUMBLE(downloads, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, content_id;"
+    ))
+    .await?;
+    let before = rss_mib();
+    let schema = p.source_schema("downloads").context("schema")?;
+    let chunk = 65_536u64;
+    let mut i = 0u64;
+    while i < groups {
+        let n = chunk.min(groups - i);
+        let ids: Vec<String> = (i..i + n).map(|k| format!("content-{k:08}")).collect();
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match (f.name().as_str(), f.data_type()) {
+                    ("ts", _) => {
+                        Arc::new(TimestampMillisecondArray::from(vec![
+                            1_714_521_600_000i64;
+                            n as usize
+                        ]))
+                    }
+                    ("content_id", _) => Arc::new(StringArray::from(ids.clone())),
+                    ("event_id", _) => Arc::new(StringArray::from(ids.clone())),
+                    ("status", _) => Arc::new(StringArray::from(vec!["success"; n as usize])),
+                    (_, DataType::Float64) => Arc::new(Float64Array::from(vec![1.5; n as usize])),
+                    _ => datafusion::arrow::array::new_null_array(f.data_type(), n as usize),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        p.push("downloads", 0, batch, 0).await?;
+        i += n;
+    }
+    let obj = p
+        .objects()
+        .into_iter()
+        .find(|o| o.name == "per_content")
+        .context("view")?;
+    let s = obj.stats.snapshot();
+    println!(
+        "groups={} open_windows={} state_bytes_estimate_mib={:.0} rss_before_mib={before:.0} rss_after_mib={:.0} peak_rss_mib={:.0}",
+        s.open_groups,
+        s.open_windows,
+        s.state_bytes as f64 / 1048576.0,
+        rss_mib(),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let threads = match &cli.cmd {
+        Cmd::Throughput { threads, .. } => (*threads).max(1),
+        _ => 2,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .max_blocking_threads(threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Gen { format, rows, out } => generate(&format, rows, out).await,
+            Cmd::Throughput {
+                input,
+                format,
+                batch_rows,
+                ..
+            } => throughput(input, &format, batch_rows).await,
+            Cmd::Memory { groups } => memory(groups).await,
+        }
+    })
+}

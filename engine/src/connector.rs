@@ -61,6 +61,9 @@ pub enum SourceEvent {
         batch: RecordBatch,
         bad_records: u64,
     },
+    /// One partition has no more data (a file read to its end): it stops holding the
+    /// watermark back. The source itself may go on with other partitions.
+    PartitionEnd { partition: usize },
     /// The source is bounded and has ended: its watermark moves to the end of time.
     End,
 }

@@ -207,6 +207,11 @@ fn df_config() -> SessionConfig {
         .with_repartition_aggregations(false)
         .with_information_schema(false);
     c.options_mut().execution.time_zone = Some("+00:00".into());
+    // Plans run once per micro-batch or closed window; dynamic filters (TopK thresholds)
+    // would carry state from one run to the next.
+    c.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+    // Errors in view bodies point at the column or table the user wrote.
+    c.options_mut().sql_parser.collect_spans = true;
     c
 }
 
@@ -327,14 +332,27 @@ impl Pipeline {
             .take_duration("idle.timeout")?
             .unwrap_or(self.config.idle_timeout);
         let factory = self.registry.source(&connector)?;
-        let source = factory.create(SourceSpec {
-            name: c.name.clone(),
-            schema: c.schema.clone(),
-            event_time: c.watermark.as_ref().map(|w| w.column.clone()),
-            options,
-            data_dir: self.config.data_dir.clone(),
-            batch: self.config.batch,
-        })?;
+        let source = factory
+            .create(SourceSpec {
+                name: c.name.clone(),
+                schema: c.schema.clone(),
+                event_time: c.watermark.as_ref().map(|w| w.column.clone()),
+                options,
+                data_dir: self.config.data_dir.clone(),
+                batch: self.config.batch,
+            })
+            .map_err(|e| match e {
+                WeirError::User {
+                    message,
+                    statement,
+                    location,
+                } if message.contains("valid options:") => WeirError::User {
+                    message: format!("{message}; every source also takes: connector, idle.timeout"),
+                    statement,
+                    location,
+                },
+                other => other,
+            })?;
         let watermark_col = match &c.watermark {
             Some(w) => Some((c.schema.index_of(&w.column)?, w.delay.as_millis() as i64)),
             None => None,
@@ -405,7 +423,20 @@ impl Pipeline {
         };
         options.finish("a materialized view", &["retention.rows"])?;
         let mut query = v.query.clone();
-        let window = sql::rewrite_windows(&mut query)?;
+        let columns = |name: &str| {
+            self.sources
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.schema.clone())
+                .or_else(|| {
+                    self.views
+                        .iter()
+                        .find(|v| v.name == name)
+                        .map(|v| v.plan.output_schema.clone())
+                })
+                .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
+        };
+        let window = sql::rewrite_windows(&mut query, &columns)?;
         match (&v.emit, &window) {
             (Some(Emit::Every(_)), _) => {
                 return Err(WeirError::user(
@@ -544,7 +575,7 @@ impl Pipeline {
         );
         if !dependents.is_empty() {
             return Err(WeirError::user(format!(
-                "cannot drop {} '{name}': {} depend on it; drop them first",
+                "cannot drop {} '{name}': it is used by {}; drop those first",
                 kind.noun(),
                 dependents.join(", ")
             )));
@@ -805,6 +836,17 @@ impl Pipeline {
     pub async fn end_source(&mut self, source: &str) -> Result<Vec<Output>> {
         let si = self.source_index(source)?;
         for p in self.sources[si].partitions.iter_mut() {
+            p.ended = true;
+        }
+        let mut out = Vec::new();
+        self.advance_watermarks(&mut out).await?;
+        Ok(out)
+    }
+
+    /// One partition of a source has no more data.
+    pub async fn end_partition(&mut self, source: &str, partition: usize) -> Result<Vec<Output>> {
+        let si = self.source_index(source)?;
+        if let Some(p) = self.sources[si].partitions.get_mut(partition) {
             p.ended = true;
         }
         let mut out = Vec::new();

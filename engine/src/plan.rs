@@ -26,7 +26,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -179,9 +179,43 @@ pub struct SlotPlan {
     pub plan: Arc<dyn ExecutionPlan>,
     pub slot: Arc<BatchSlot>,
     task_ctx: Arc<TaskContext>,
+    /// Whether some operator keeps state between executions (a TopK's threshold, say) that
+    /// must be reset before each run.
+    needs_reset: bool,
 }
 
+/// Operators that keep nothing from one execution to the next.
+const STATELESS_OPERATORS: &[&str] = &[
+    "StreamInput",
+    "ProjectionExec",
+    "FilterExec",
+    "CooperativeExec",
+    "CoalesceBatchesExec",
+    "CoalescePartitionsExec",
+    "RepartitionExec",
+];
+
 impl SlotPlan {
+    pub fn new(
+        plan: Arc<dyn ExecutionPlan>,
+        slot: Arc<BatchSlot>,
+        task_ctx: Arc<TaskContext>,
+    ) -> Self {
+        let mut needs_reset = false;
+        let _ = plan.apply(|node| {
+            if !STATELESS_OPERATORS.contains(&node.name()) {
+                needs_reset = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        SlotPlan {
+            plan,
+            slot,
+            task_ctx,
+            needs_reset,
+        }
+    }
+
     pub fn schema(&self) -> SchemaRef {
         self.plan.schema()
     }
@@ -189,7 +223,12 @@ impl SlotPlan {
     /// Run the plan over `batch`; returns the non-empty output batches.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.slot.put(batch);
-        let stream = self.plan.execute(0, self.task_ctx.clone())?;
+        let plan = if self.needs_reset {
+            reset_plan_states(self.plan.clone())?
+        } else {
+            self.plan.clone()
+        };
+        let stream = plan.execute(0, self.task_ctx.clone())?;
         let out: Vec<RecordBatch> = stream.try_collect().await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
@@ -307,11 +346,7 @@ pub fn split_plan(
             input,
             output_schema,
             kind: ViewPlanKind::Stateless {
-                plan: SlotPlan {
-                    plan: physical,
-                    slot,
-                    task_ctx,
-                },
+                plan: SlotPlan::new(physical, slot, task_ctx),
             },
         });
     };
@@ -374,17 +409,9 @@ pub fn split_plan(
         input,
         output_schema,
         kind: ViewPlanKind::Windowed {
-            pre: SlotPlan {
-                plan: pre_plan,
-                slot: inputs[0].1.clone(),
-                task_ctx: task_ctx.clone(),
-            },
+            pre: SlotPlan::new(pre_plan, inputs[0].1.clone(), task_ctx.clone()),
             aggregate,
-            post: SlotPlan {
-                plan: post_plan,
-                slot,
-                task_ctx,
-            },
+            post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     })
 }

@@ -183,6 +183,9 @@ pub async fn run(
                         pipeline.set_processing_time(now_ms());
                         pipeline.push(&name, partition, batch, bad_records).await?
                     }
+                    Some(SourceMsg::Event(name, SourceEvent::PartitionEnd { partition })) => {
+                        pipeline.end_partition(&name, partition).await?
+                    }
                     Some(SourceMsg::Event(name, SourceEvent::End)) => {
                         tracing::info!(source = %name, "source ended");
                         pipeline.end_source(&name).await?

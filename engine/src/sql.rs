@@ -140,9 +140,19 @@ fn extract_location(msg: &str) -> Option<Location> {
 /// Parse a script of `;`-separated statements.
 pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
     let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .map_err(|e| parse_err(e, Location { line: 1, column: 1 }))?;
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| {
+        // The text could not be tokenized, so statements were never split: count the
+        // semicolons before the error to name the statement.
+        let err = parse_err(e, Location { line: 1, column: 1 });
+        let at = match &err {
+            WeirError::User {
+                location: Some(l), ..
+            } => *l,
+            _ => Location { line: 1, column: 1 },
+        };
+        let index = sql[..offset_of(sql, at)].matches(';').count() + 1;
+        err.in_statement(index, at)
+    })?;
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -528,7 +538,7 @@ fn parse_create_view(p: &mut Parser, sql: &str) -> Result<CreateView> {
     };
     p.expect_keyword(Keyword::AS).map_err(pe)?;
     let q_start = loc(&p.peek_token());
-    let query = p.parse_query().map_err(pe)?;
+    let query = parse_query_before_emit(p).map_err(pe)?;
     let q_end = loc(&p.peek_token());
     let text = slice_text(sql, q_start, q_end).trim().to_string();
     let emit = if word_is(&p.peek_token(), "EMIT") {
@@ -565,6 +575,42 @@ fn parse_create_view(p: &mut Parser, sql: &str) -> Result<CreateView> {
     })
 }
 
+/// Parse the view's query, which ends at a top-level `EMIT` if there is one. sqlparser would
+/// read `FROM src EMIT` as a table alias, so the query is parsed from the tokens before it.
+fn parse_query_before_emit(p: &mut Parser) -> std::result::Result<Box<Query>, ParserError> {
+    let mut depth = 0i32;
+    let mut n = 0usize;
+    let emit_at = loop {
+        let t = p.peek_nth_token(n);
+        match &t.token {
+            Token::EOF | Token::SemiColon if depth == 0 => break None,
+            Token::EOF => break None,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 && word_is(&t, "EMIT") => break Some(n),
+            _ => {}
+        }
+        n += 1;
+    };
+    let Some(k) = emit_at else {
+        return p.parse_query();
+    };
+    let mut tokens: Vec<TokenWithSpan> = (0..k).map(|i| p.peek_nth_token(i)).collect();
+    let end = p.peek_nth_token(k);
+    tokens.push(TokenWithSpan::new(Token::EOF, end.span));
+    let dialect = GenericDialect {};
+    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let q = sub.parse_query()?;
+    let rest = sub.peek_token();
+    if rest.token != Token::EOF {
+        return sub.expected("EMIT or the end of the statement", rest);
+    }
+    for _ in 0..k {
+        p.next_token();
+    }
+    Ok(q)
+}
+
 fn parse_create_sink(p: &mut Parser) -> Result<WeirStatement> {
     let at = loc(&p.peek_token());
     let pe = |e| parse_err(e, at);
@@ -593,36 +639,43 @@ pub struct WindowSpec {
 /// Rewrite `TUMBLE(src, ts, INTERVAL ...)` in FROM into
 /// `(SELECT *, date_bin(size, ts) AS window_start, date_bin(size, ts) + size AS window_end
 /// FROM src) AS src`, returning the window found. At most one window per view.
-pub fn rewrite_windows(query: &mut Query) -> Result<Option<WindowSpec>> {
+/// `columns(name)` gives a relation's column names, so that window columns it already has
+/// (a view over a windowed view) are replaced rather than duplicated.
+pub fn rewrite_windows(
+    query: &mut Query,
+    columns: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Option<WindowSpec>> {
     let mut found = None;
-    rewrite_query(query, &mut found)?;
+    rewrite_query(query, &mut found, columns)?;
     Ok(found)
 }
 
-fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>) -> Result<()> {
+type Columns<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
+
+fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
     if let Some(with) = q.with.as_mut() {
         for cte in with.cte_tables.iter_mut() {
-            rewrite_query(&mut cte.query, found)?;
+            rewrite_query(&mut cte.query, found, cols)?;
         }
     }
-    rewrite_set_expr(&mut q.body, found)
+    rewrite_set_expr(&mut q.body, found, cols)
 }
 
-fn rewrite_set_expr(s: &mut SetExpr, found: &mut Option<WindowSpec>) -> Result<()> {
+fn rewrite_set_expr(s: &mut SetExpr, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
     match s {
         SetExpr::Select(sel) => {
             for twj in sel.from.iter_mut() {
-                rewrite_factor(&mut twj.relation, found)?;
+                rewrite_factor(&mut twj.relation, found, cols)?;
                 for j in twj.joins.iter_mut() {
-                    rewrite_factor(&mut j.relation, found)?;
+                    rewrite_factor(&mut j.relation, found, cols)?;
                 }
             }
             Ok(())
         }
-        SetExpr::Query(q) => rewrite_query(q, found),
+        SetExpr::Query(q) => rewrite_query(q, found, cols),
         SetExpr::SetOperation { left, right, .. } => {
-            rewrite_set_expr(left, found)?;
-            rewrite_set_expr(right, found)
+            rewrite_set_expr(left, found, cols)?;
+            rewrite_set_expr(right, found, cols)
         }
         _ => Ok(()),
     }
@@ -635,15 +688,19 @@ fn object_last(n: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
-fn rewrite_factor(f: &mut TableFactor, found: &mut Option<WindowSpec>) -> Result<()> {
+fn rewrite_factor(
+    f: &mut TableFactor,
+    found: &mut Option<WindowSpec>,
+    cols: Columns,
+) -> Result<()> {
     match f {
-        TableFactor::Derived { subquery, .. } => rewrite_query(subquery, found),
+        TableFactor::Derived { subquery, .. } => rewrite_query(subquery, found, cols),
         TableFactor::NestedJoin {
             table_with_joins, ..
         } => {
-            rewrite_factor(&mut table_with_joins.relation, found)?;
+            rewrite_factor(&mut table_with_joins.relation, found, cols)?;
             for j in table_with_joins.joins.iter_mut() {
-                rewrite_factor(&mut j.relation, found)?;
+                rewrite_factor(&mut j.relation, found, cols)?;
             }
             Ok(())
         }
@@ -698,8 +755,19 @@ fn rewrite_factor(f: &mut TableFactor, found: &mut Option<WindowSpec>) -> Result
             let size = interval_duration(&size_expr)
                 .map_err(|m| WeirError::user_at(format!("{usage}: {m}"), at))?;
             let ms = size.as_millis();
+            // Keep the input's columns, except window columns it already has (a window over
+            // a windowed view): those are replaced by this window's.
+            let keep = match cols(&input) {
+                Some(c) if c.iter().any(|n| n == "window_start" || n == "window_end") => c
+                    .iter()
+                    .filter(|n| *n != "window_start" && *n != "window_end")
+                    .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "*".to_string(),
+            };
             let sub_sql = format!(
-                "SELECT *, date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") AS window_start, \
+                "SELECT {keep}, date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") AS window_start, \
                  date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") + INTERVAL '{ms} milliseconds' AS window_end \
                  FROM \"{input}\""
             );
@@ -785,7 +853,7 @@ mod tests {
             panic!()
         };
         assert_eq!(v.emit, Some(Emit::OnWindowClose));
-        let w = rewrite_windows(&mut v.query).unwrap().unwrap();
+        let w = rewrite_windows(&mut v.query, &|_| None).unwrap().unwrap();
         assert_eq!(w.size, Duration::from_secs(60));
         assert_eq!(w.input, "d");
         assert!(v.query.to_string().contains("date_bin"));

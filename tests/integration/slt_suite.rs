@@ -37,7 +37,12 @@ async fn slt_files_in_every_mode() {
         }
         for mode in [Mode::AsWritten, Mode::OneRowBatches] {
             ran += 1;
-            if let Err(e) = run_file(f, mode).await {
+            // A panic in one file is reported as that file's failure, not the suite's end.
+            let path = f.clone();
+            let result = tokio::spawn(async move { run_file(&path, mode).await })
+                .await
+                .unwrap_or_else(|e| Err(format!("panicked: {e}")));
+            if let Err(e) = result {
                 failures.push(format!("{name} [{mode:?}]:\n{e}"));
             }
         }

@@ -8,7 +8,8 @@
 //! - `PUSH src [PARTITION n]` followed by raw JSON lines — decoded by the real JSON decoder
 //!   with the source's `bad.records` policy.
 //! - `ADVANCE TIME '10s'` — move processing time (idle partitions).
-//! - `END src` — the source ends (bounded sources closing their windows).
+//! - `END src` — the source ends (bounded sources closing their windows); `END src PARTITION n`
+//!   — one partition has no more data (a file read to its end).
 //! - `DEAD LETTERS src` — the dead-letter records written for a source: raw, reason, position.
 //!
 //! The runner steps the engine synchronously: no sleeps, no retries.

@@ -310,7 +310,12 @@ impl sqllogictest::AsyncDB for WeirSlt {
             return Ok(DBOutput::StatementComplete(0));
         }
         if let Some(rest) = strip_prefix_ci(s, "END ") {
-            self.pipeline.end_source(rest.trim()).await?;
+            let (name, partition, _) = target(rest)?;
+            if rest.to_ascii_uppercase().contains("PARTITION") {
+                self.pipeline.end_partition(&name, partition).await?;
+            } else {
+                self.pipeline.end_source(&name).await?;
+            }
             return Ok(DBOutput::StatementComplete(0));
         }
         if let Some(rest) = strip_prefix_ci(s, "DEAD LETTERS ") {

@@ -293,6 +293,7 @@ mod tests {
                         .to_vec();
                     out.push((partition, ids, bad_records));
                 }
+                SourceEvent::PartitionEnd { .. } => {}
                 SourceEvent::End => return out,
             }
         }
@@ -464,12 +465,17 @@ mod tests {
             .unwrap();
         assert_eq!(source.partitions(), 2);
         let mut batches = Vec::new();
-        while let SourceEvent::Batch {
-            partition, batch, ..
-        } = source.next().await.unwrap()
-        {
-            batches.push((partition, batch));
+        let mut partition_ends = Vec::new();
+        loop {
+            match source.next().await.unwrap() {
+                SourceEvent::Batch {
+                    partition, batch, ..
+                } => batches.push((partition, batch)),
+                SourceEvent::PartitionEnd { partition } => partition_ends.push(partition),
+                SourceEvent::End => break,
+            }
         }
+        assert_eq!(partition_ends, vec![0, 1]);
         let parts: Vec<usize> = batches.iter().map(|(p, _)| *p).collect();
         assert_eq!(parts, vec![0, 0, 1]);
         let all = datafusion::arrow::compute::concat_batches(

@@ -36,7 +36,16 @@ impl FileReader {
                 FileFormat::Parquet => self.read_parquet(partition, path),
             };
             match result {
-                Ok(true) => {}
+                Ok(true) => {
+                    // This file is done: its partition stops holding the watermark back.
+                    if self
+                        .tx
+                        .blocking_send(Ok(SourceEvent::PartitionEnd { partition }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 Ok(false) => return,
                 Err(e) => {
                     // The receiver reports the error; nothing more to read after it.

@@ -464,6 +464,7 @@ mod tests {
                     assert_eq!(bad_records, 0);
                     out.push((partition, batch));
                 }
+                SourceEvent::PartitionEnd { .. } => panic!("generators end as a whole"),
                 SourceEvent::End => return out,
             }
         }
@@ -763,7 +764,9 @@ mod tests {
                     assert!((now - 1000..now + 5000).contains(&ts[0]));
                     assert!(batch.column(1).null_count() == 0);
                 }
-                SourceEvent::End => panic!("unbounded source ended"),
+                SourceEvent::PartitionEnd { .. } | SourceEvent::End => {
+                    panic!("unbounded source ended")
+                }
             }
         }
     }
