@@ -232,12 +232,10 @@ async fn memory(groups: u64) -> Result<()> {
             .iter()
             .map(|f| -> ArrayRef {
                 match (f.name().as_str(), f.data_type()) {
-                    ("ts", _) => {
-                        Arc::new(TimestampMillisecondArray::from(vec![
+                    ("ts", _) => Arc::new(TimestampMillisecondArray::from(vec![
                             1_714_521_600_000i64;
                             n as usize
-                        ]))
-                    }
+                        ])),
                     ("content_id", _) => Arc::new(StringArray::from(ids.clone())),
                     ("event_id", _) => Arc::new(StringArray::from(ids.clone())),
                     ("status", _) => Arc::new(StringArray::from(vec!["success"; n as usize])),
