@@ -3,9 +3,10 @@
 # Usage: scripts/test.sh
 #
 # The build shares one target directory across runs and checkouts (override with
-# CARGO_TARGET_DIR). Tests need no external service yet: the streaming core's tests run
-# in process. (Kafka, Postgres and Chromium start here once the connectors that need
-# them land.)
+# CARGO_TARGET_DIR). The Kafka tests need a real broker: this script starts Apache Kafka
+# (KRaft, single node, fetched through Maven by scripts/kafka.sh) with a PLAINTEXT and a
+# SASL/PLAIN listener on loopback ports, points the tests at it through
+# WEIR_KAFKA_BOOTSTRAP and WEIR_KAFKA_SASL_BOOTSTRAP, and stops it on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,26 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
+install_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        step "installing ${missing[*]} (apt-get)"
+        local sudo=""
+        [[ $(id -u) -ne 0 ]] && sudo="sudo"
+        $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+}
+# librdkafka is built from source by rdkafka-sys (TLS through the system OpenSSL); the
+# broker needs Java 17 and Maven to fetch its jars.
+if command -v dpkg >/dev/null 2>&1; then
+    install_packages build-essential pkg-config libssl-dev zlib1g-dev
+    command -v java >/dev/null 2>&1 || install_packages openjdk-17-jre-headless
+    command -v mvn >/dev/null 2>&1 || install_packages maven
+fi
+
 start=$(date +%s)
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -30,7 +51,16 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, CLI)"
+step "building the tests"
+cargo test --workspace --no-run
+
+step "starting a real Kafka broker (scripts/kafka.sh start --sasl)"
+bash scripts/kafka.sh start --sasl
+trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+export WEIR_KAFKA_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_PORT:-19092}"
+export WEIR_KAFKA_SASL_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_SASL_PORT:-19093}"
+
+step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, CLI)"
 cargo test --workspace
 
 step "all checks passed in $(( $(date +%s) - start ))s"

@@ -105,6 +105,7 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
     };
     let factory = weir_connectors::registry().source("generator")?;
     let mut source = factory.create(SourceSpec {
+        metadata: vec![],
         name: "d".into(),
         schema: c.schema.clone(),
         event_time: Some("ts".into()),
@@ -143,8 +144,8 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
                     }
                 }
             }
-            SourceEvent::PartitionEnd { .. } => {}
             SourceEvent::End => break,
+            _ => {}
         }
     }
     if let Some(w) = parquet {

@@ -5,9 +5,9 @@
 //! [`registry()`] lists them all explicitly.
 //!
 //! - sources: [`generator`] (synthetic `downloads` and `ticks` streams), [`file`] (JSON lines
-//!   or Parquet files, for replay and benchmarks)
+//!   or Parquet files, for replay and benchmarks), [`kafka`] (every partition of a topic)
 //! - sinks: [`parquet`] (rolling, optionally Hive-partitioned Parquet files), [`blackhole`]
-//!   (counts and discards rows)
+//!   (counts and discards rows), [`kafka`] (one message per row, at least once)
 //! - shared pieces: [`format`] (record formats with a bad-record policy) and [`dead_letter`]
 //!   (where malformed records go)
 //!
@@ -22,20 +22,30 @@ pub mod dead_letter;
 pub mod file;
 pub mod format;
 pub mod generator;
+pub mod kafka;
 pub mod parquet;
 mod util;
 
 use weir_engine::connector::ConnectorRegistry;
 
-/// Every connector this crate provides.
+/// Every connector this crate provides, with no Kafka cluster configured (Kafka sources
+/// and sinks then need `bootstrap.servers` in their WITH clause).
 pub fn registry() -> ConnectorRegistry {
+    registry_with(kafka::KafkaSettings::default())
+}
+
+/// Every connector, with the server's `[kafka]` settings as defaults.
+pub fn registry_with(kafka: kafka::KafkaSettings) -> ConnectorRegistry {
+    let kafka = std::sync::Arc::new(kafka);
     ConnectorRegistry::new()
         // sources
         .with_source(generator::GeneratorSourceFactory)
         .with_source(file::FileSourceFactory)
+        .with_source(kafka::KafkaSourceFactory::new(kafka.clone()))
         // sinks
         .with_sink(parquet::ParquetSinkFactory)
         .with_sink(blackhole::BlackholeSinkFactory)
+        .with_sink(kafka::KafkaSinkFactory::new(kafka))
 }
 
 #[cfg(test)]
@@ -44,13 +54,13 @@ mod tests {
     #[test]
     fn registry_lists_every_connector() {
         let r = super::registry();
-        assert_eq!(r.source_names(), vec!["generator", "file"]);
-        assert_eq!(r.sink_names(), vec!["parquet", "blackhole"]);
+        assert_eq!(r.source_names(), vec!["generator", "file", "kafka"]);
+        assert_eq!(r.sink_names(), vec!["parquet", "blackhole", "kafka"]);
         assert!(r.source("GENERATOR").is_ok());
-        let e = r.sink("kafka").err().unwrap();
+        let e = r.sink("postgres").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown sink connector 'kafka'; available: parquet, blackhole"
+            "unknown sink connector 'postgres'; available: parquet, blackhole, kafka"
         );
     }
 }

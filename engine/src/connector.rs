@@ -13,7 +13,7 @@
 use crate::error::{Result, WeirError};
 use crate::options::Options;
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +35,15 @@ impl Default for BatchLimits {
     }
 }
 
+/// A column the connector fills from message metadata: `name TYPE METADATA FROM 'key'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataColumn {
+    pub column: String,
+    /// The metadata key, as written (`partition`, `offset`, `timestamp`, `key`, ...).
+    pub key: String,
+    pub data_type: DataType,
+}
+
 /// Everything a source factory gets from `CREATE SOURCE`.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
@@ -43,6 +52,10 @@ pub struct SourceSpec {
     pub schema: SchemaRef,
     /// The event-time column named in `WATERMARK FOR`, if any.
     pub event_time: Option<String>,
+    /// Columns of `schema` the connector fills from metadata instead of the payload. The
+    /// engine has checked every key against [`SourceFactory::metadata_keys`] (and
+    /// normalised its case), so connectors without metadata always get an empty list.
+    pub metadata: Vec<MetadataColumn>,
     /// Connector options, with the engine's own keys (`connector`, `idle.timeout`) removed.
     /// The factory must take every key it knows and call [`Options::finish`].
     pub options: Options,
@@ -66,6 +79,21 @@ pub enum SourceEvent {
     PartitionEnd { partition: usize },
     /// The source is bounded and has ended: its watermark moves to the end of time.
     End,
+    /// A partition that delivered nothing lately is not idle: it has data the connector
+    /// has not read yet, or its broker cannot be reached. Keeps the partition holding the
+    /// watermark back, so that an outage does not let processing time close windows.
+    Active { partition: usize },
+    /// How many partitions the source has, once it knows (a Kafka topic's partition count
+    /// comes from the broker). Partitions the pipeline has not heard of yet are added and
+    /// hold the watermark back until they deliver data or go idle.
+    Partitions { count: usize },
+    /// The connector's own event time for a partition: the newest message timestamp it
+    /// has handed over. Used as event time by sources declared without `WATERMARK`, for
+    /// connectors whose [`Source::connector_event_time`] is true.
+    Progress {
+        partition: usize,
+        event_time_ms: i64,
+    },
 }
 
 #[async_trait]
@@ -74,6 +102,12 @@ pub trait Source: Send {
     fn partitions(&self) -> usize;
     /// Whether the source ends by itself (files, generators with a row count).
     fn bounded(&self) -> bool {
+        false
+    }
+    /// Whether the connector reports event time itself through
+    /// [`SourceEvent::Progress`] (Kafka: the message timestamp), so a source declared
+    /// without `WATERMARK` still has a watermark (with no delay).
+    fn connector_event_time(&self) -> bool {
         false
     }
     /// The next event. Unbounded sources wait for data; cancellation-safe is not required:
@@ -110,6 +144,11 @@ pub trait Sink: Send {
 pub trait SourceFactory: Send + Sync {
     /// The `connector = '...'` name.
     fn name(&self) -> &'static str;
+    /// The `METADATA FROM` keys this connector can fill, with the SQL types they take.
+    /// The engine checks declared metadata columns against this list before `create`.
+    fn metadata_keys(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// Check the options and build the source. No I/O here beyond cheap checks.
     fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>>;
 }

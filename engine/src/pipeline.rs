@@ -120,7 +120,10 @@ struct SourceNode {
     sql: String,
     connector: String,
     schema: SchemaRef,
-    watermark_col: Option<(usize, i64)>,
+    /// Where event time comes from and the watermark delay: a column of the batches
+    /// (`WATERMARK FOR col`), or the connector's [`SourceEvent::Progress`] reports
+    /// (column `None`, for sources without WATERMARK whose connector knows event time).
+    watermark_col: Option<(Option<usize>, i64)>,
     idle_timeout_ms: i64,
     partitions: Vec<PartitionState>,
     watermark: i64,
@@ -252,6 +255,18 @@ impl Pipeline {
         self.now_ms
     }
 
+    /// The runtime starts: processing time is `now_ms`, and every partition counts as
+    /// active from now (idle timeouts run from the start, not from when the source was
+    /// declared).
+    pub fn start_clock(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+        for s in &mut self.sources {
+            for p in &mut s.partitions {
+                p.last_active = p.last_active.max(now_ms);
+            }
+        }
+    }
+
     /// Parse and apply a script. Statements apply in order; the first error stops it and
     /// names the statement, line and column.
     pub async fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
@@ -332,11 +347,44 @@ impl Pipeline {
             .take_duration("idle.timeout")?
             .unwrap_or(self.config.idle_timeout);
         let factory = self.registry.source(&connector)?;
+        let valid_keys = factory.metadata_keys();
+        let mut metadata = c.metadata.clone();
+        for (i, m) in metadata.iter_mut().enumerate() {
+            let Some((key, _)) = valid_keys
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&m.key))
+            else {
+                let at = c.metadata_at.get(i).copied().unwrap_or_default();
+                return Err(WeirError::user_at(
+                    if valid_keys.is_empty() {
+                        format!(
+                            "column '{}': the {connector} connector has no message metadata, \
+                         so METADATA FROM cannot be used",
+                            m.column
+                        )
+                    } else {
+                        format!(
+                            "column '{}': unknown METADATA key '{}'; valid keys: {}",
+                            m.column,
+                            m.key,
+                            valid_keys
+                                .iter()
+                                .map(|(k, t)| format!("{k} ({t})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                    at,
+                ));
+            };
+            m.key = key.to_string();
+        }
         let source = factory
             .create(SourceSpec {
                 name: c.name.clone(),
                 schema: c.schema.clone(),
                 event_time: c.watermark.as_ref().map(|w| w.column.clone()),
+                metadata,
                 options,
                 data_dir: self.config.data_dir.clone(),
                 batch: self.config.batch,
@@ -354,7 +402,11 @@ impl Pipeline {
                 other => other,
             })?;
         let watermark_col = match &c.watermark {
-            Some(w) => Some((c.schema.index_of(&w.column)?, w.delay.as_millis() as i64)),
+            Some(w) => Some((
+                Some(c.schema.index_of(&w.column)?),
+                w.delay.as_millis() as i64,
+            )),
+            None if source.connector_event_time() => Some((None, 0)),
             None => None,
         };
         let partitions = source.partitions().max(1);
@@ -814,7 +866,7 @@ impl Pipeline {
             Stats::add(&s.stats.bad_rows, bad_records);
             let p = &mut s.partitions[partition];
             p.last_active = now;
-            if let Some((col, _)) = s.watermark_col
+            if let Some((Some(col), _)) = s.watermark_col
                 && batch.num_rows() > 0
             {
                 let ts = ts_millis(batch.column(col))?;
@@ -827,6 +879,61 @@ impl Pipeline {
         if batch.num_rows() > 0 {
             self.deliver(source, batch, &mut out).await?;
         }
+        self.advance_watermarks(&mut out).await?;
+        Ok(out)
+    }
+
+    /// The source now knows it has `count` partitions; new ones hold the watermark back
+    /// until they deliver data or go idle.
+    pub fn set_partitions(&mut self, source: &str, count: usize) -> Result<()> {
+        let si = self.source_index(source)?;
+        let now = self.now_ms;
+        let s = &mut self.sources[si];
+        // The source is alive and knows its partitions: ones without data yet count as
+        // active from now.
+        for p in s.partitions.iter_mut().filter(|p| p.max_event.is_none()) {
+            p.last_active = p.last_active.max(now);
+        }
+        while s.partitions.len() < count {
+            s.partitions.push(PartitionState {
+                max_event: None,
+                last_active: now,
+                ended: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// A partition is alive though quiet (see [`SourceEvent::Active`]).
+    pub fn keep_active(&mut self, source: &str, partition: usize) -> Result<()> {
+        let si = self.source_index(source)?;
+        let now = self.now_ms;
+        if let Some(p) = self.sources[si].partitions.get_mut(partition) {
+            p.last_active = p.last_active.max(now);
+        }
+        Ok(())
+    }
+
+    /// The connector's event time for a partition (sources without WATERMARK whose
+    /// connector reports event time); the watermark may move.
+    pub async fn progress(
+        &mut self,
+        source: &str,
+        partition: usize,
+        event_time_ms: i64,
+    ) -> Result<Vec<Output>> {
+        let si = self.source_index(source)?;
+        let now = self.now_ms;
+        let s = &mut self.sources[si];
+        if let Some((None, _)) = s.watermark_col {
+            if partition >= s.partitions.len() {
+                self.set_partitions(source, partition + 1)?;
+            }
+            let p = &mut self.sources[si].partitions[partition];
+            p.last_active = now;
+            p.max_event = Some(p.max_event.map_or(event_time_ms, |x| x.max(event_time_ms)));
+        }
+        let mut out = Vec::new();
         self.advance_watermarks(&mut out).await?;
         Ok(out)
     }
@@ -909,6 +1016,10 @@ impl Pipeline {
                 );
                 v.stats.open_groups.store(
                     aggregate.open_groups() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                v.stats.state_bytes.store(
+                    aggregate.state_bytes() as u64,
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 vec![]

@@ -163,7 +163,7 @@ pub async fn run(
             options.channel_capacity,
         ));
     }
-    pipeline.set_processing_time(now_ms());
+    pipeline.start_clock(now_ms());
     let mut ticker = tokio::time::interval(options.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flusher = tokio::time::interval(options.flush_interval);
@@ -185,6 +185,20 @@ pub async fn run(
                     }
                     Some(SourceMsg::Event(name, SourceEvent::PartitionEnd { partition })) => {
                         pipeline.end_partition(&name, partition).await?
+                    }
+                    Some(SourceMsg::Event(name, SourceEvent::Active { partition })) => {
+                        pipeline.set_processing_time(now_ms());
+                        pipeline.keep_active(&name, partition)?;
+                        vec![]
+                    }
+                    Some(SourceMsg::Event(name, SourceEvent::Partitions { count })) => {
+                        pipeline.set_processing_time(now_ms());
+                        pipeline.set_partitions(&name, count)?;
+                        vec![]
+                    }
+                    Some(SourceMsg::Event(name, SourceEvent::Progress { partition, event_time_ms })) => {
+                        pipeline.set_processing_time(now_ms());
+                        pipeline.progress(&name, partition, event_time_ms).await?
                     }
                     Some(SourceMsg::Event(name, SourceEvent::End)) => {
                         tracing::info!(source = %name, "source ended");

@@ -67,8 +67,16 @@ pub struct CreateSource {
     pub if_not_exists: bool,
     pub schema: Arc<Schema>,
     pub watermark: Option<WatermarkSpec>,
+    /// Columns filled by the connector from message metadata (`METADATA FROM 'key'`).
+    pub metadata: Vec<MetadataColumn>,
+    /// Where each metadata key is written, for errors.
+    pub metadata_at: Vec<Location>,
     pub options: Options,
 }
+
+/// `name TYPE METADATA FROM 'key'`: a column the connector fills from the message's
+/// metadata (Kafka: partition, offset, timestamp, key) rather than from its payload.
+pub use crate::connector::MetadataColumn;
 
 /// `WATERMARK FOR column AS column - INTERVAL ...`
 #[derive(Debug, Clone, PartialEq)]
@@ -368,6 +376,8 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
     p.expect_token(&Token::LParen).map_err(pe)?;
     let mut fields = Vec::new();
     let mut watermark = None;
+    let mut metadata = Vec::new();
+    let mut metadata_at = Vec::new();
     loop {
         let t = p.peek_token();
         if word_is(&p.peek_token(), "WATERMARK") {
@@ -380,13 +390,19 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
             watermark = Some(watermark_spec(&column, &expr, e_at)?);
         } else {
             let col = p.parse_column_def().map_err(pe)?;
-            if word_is(&p.peek_token(), "METADATA") {
-                return Err(WeirError::user_at(
-                    "METADATA columns come with the kafka connector and are not supported yet",
-                    loc(&p.peek_token()),
-                ));
-            }
             let dt = arrow_type(&col.data_type).map_err(|m| WeirError::user_at(m, loc(&t)))?;
+            if word_is(&p.peek_token(), "METADATA") {
+                p.next_token();
+                p.expect_keyword(Keyword::FROM).map_err(pe)?;
+                let k_at = loc(&p.peek_token());
+                let key = p.parse_literal_string().map_err(pe)?;
+                metadata.push(MetadataColumn {
+                    column: col.name.value.clone(),
+                    key,
+                    data_type: dt.clone(),
+                });
+                metadata_at.push(k_at);
+            }
             let not_null = col.options.iter().any(|o| {
                 matches!(
                     o.option,
@@ -435,6 +451,8 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
         if_not_exists,
         schema,
         watermark,
+        metadata,
+        metadata_at,
         options,
     }))
 }

@@ -263,6 +263,7 @@ mod tests {
 
     fn spec(data_dir: &Path, options: &[(&str, &str)], max_rows: usize) -> SourceSpec {
         SourceSpec {
+            metadata: vec![],
             name: "replay".into(),
             schema: schema(),
             event_time: Some("ts".into()),
@@ -295,6 +296,7 @@ mod tests {
                 }
                 SourceEvent::PartitionEnd { .. } => {}
                 SourceEvent::End => return out,
+                other => panic!("unexpected {other:?}"),
             }
         }
     }
@@ -473,6 +475,7 @@ mod tests {
                 } => batches.push((partition, batch)),
                 SourceEvent::PartitionEnd { partition } => partition_ends.push(partition),
                 SourceEvent::End => break,
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(partition_ends, vec![0, 1]);

@@ -169,7 +169,7 @@ impl JsonDecoder {
 
 /// Decode every record in `bytes` into one batch. `rows_hint` sizes the decoder; more rows
 /// than that still work (several batches are concatenated).
-fn decode_all(
+pub(crate) fn decode_all(
     schema: &SchemaRef,
     bytes: &[u8],
     rows_hint: usize,
@@ -206,7 +206,7 @@ fn decode_all(
 }
 
 /// Why one line does not decode, if it does not.
-fn check_line(schema: &SchemaRef, line: &[u8]) -> Result<(), String> {
+pub(crate) fn check_line(schema: &SchemaRef, line: &[u8]) -> Result<(), String> {
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_batch_size(1)
         .build_decoder()

@@ -440,6 +440,7 @@ mod tests {
 
     fn spec(schema: SchemaRef, options: &[(&str, &str)], max_rows: usize) -> SourceSpec {
         SourceSpec {
+            metadata: vec![],
             name: "gen".into(),
             schema,
             event_time: Some("ts".into()),
@@ -464,8 +465,8 @@ mod tests {
                     assert_eq!(bad_records, 0);
                     out.push((partition, batch));
                 }
-                SourceEvent::PartitionEnd { .. } => panic!("generators end as a whole"),
                 SourceEvent::End => return out,
+                other => panic!("generators end as a whole, got {other:?}"),
             }
         }
     }
@@ -764,9 +765,7 @@ mod tests {
                     assert!((now - 1000..now + 5000).contains(&ts[0]));
                     assert!(batch.column(1).null_count() == 0);
                 }
-                SourceEvent::PartitionEnd { .. } | SourceEvent::End => {
-                    panic!("unbounded source ended")
-                }
+                other => panic!("unbounded source sent {other:?}"),
             }
         }
     }

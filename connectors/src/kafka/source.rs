@@ -1,0 +1,1039 @@
+//! The Kafka source.
+//!
+//! One thread per source runs a `BaseConsumer` assigned every partition of the topic. It
+//! copies each message's payload into its partition's [`RecordChunk`] (no allocation per
+//! message), and hands a partition's chunk on when it holds `batch_rows` messages or its
+//! oldest message has waited `batch_delay`: the chunk is decoded at once by the format's
+//! [`RecordDecoder`], metadata columns are added, bad records follow `bad.records`, and
+//! the batch goes to the pipeline through a bounded channel (when the pipeline is busy the
+//! thread blocks and the consumer stops fetching: backpressure).
+//!
+//! Positions are Weir's own: the consumer is assigned partitions rather than subscribed, so
+//! no group rebalance ever moves them, and librdkafka reconnects to a broker that went away
+//! and resumes from the next offset, so a broker restart neither loses nor repeats rows.
+//! The offsets of rows handed to the pipeline are committed to `group.id` every
+//! `commit.interval` as progress, so `kafka-consumer-groups --describe` shows the lag.
+
+use super::common::{Connection, KafkaSettings, kafka_error, take_connection};
+use crate::dead_letter::DeadLetterWriter;
+use crate::format::{BadRecords, RecordChunk, RecordDecoder, decoder_for, parse_bad_records};
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Array, Int64Array, StringBuilder, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use weir_engine::connector::{
+    BatchLimits, MetadataColumn, Source, SourceEvent, SourceFactory, SourceSpec,
+};
+use weir_engine::{Result, WeirError};
+
+/// Options of `CREATE SOURCE ... WITH (connector = 'kafka', ...)`.
+pub const VALID_KEYS: &[&str] = &[
+    "topic",
+    "bootstrap.servers",
+    "format",
+    "group.id",
+    "scan.startup.mode",
+    "scan.startup.timestamp",
+    "scan.bounded.mode",
+    "bad.records",
+    "dead.letter",
+    "dead.letter.topic",
+    "commit.interval",
+    "properties.<librdkafka property>",
+    "csv.delimiter",
+    "csv.quote",
+    "csv.null",
+    "schema.registry.url",
+    "schema.registry.basic.auth",
+];
+
+/// The metadata a Kafka source can put in a column, with its SQL type.
+pub const METADATA_KEYS: &[(&str, &str)] = &[
+    ("partition", "INT"),
+    ("offset", "BIGINT"),
+    ("timestamp", "TIMESTAMP"),
+    ("key", "TEXT or BYTEA"),
+    ("topic", "TEXT"),
+];
+
+pub struct KafkaSourceFactory {
+    settings: Arc<KafkaSettings>,
+}
+
+impl KafkaSourceFactory {
+    pub fn new(settings: Arc<KafkaSettings>) -> Self {
+        KafkaSourceFactory { settings }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum StartupMode {
+    Earliest,
+    Latest,
+    GroupOffsets,
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DeadLetterTarget {
+    Topic,
+    File,
+}
+
+/// Everything the consumer thread needs.
+struct Config {
+    source: String,
+    topic: String,
+    connection: Connection,
+    group_id: String,
+    startup: StartupMode,
+    bounded: bool,
+    policy: BadRecords,
+    dead_letter: DeadLetterTarget,
+    dead_letter_topic: String,
+    data_dir: std::path::PathBuf,
+    commit_interval: Duration,
+    batch: BatchLimits,
+    /// The declared schema, in order.
+    schema: SchemaRef,
+    /// For each declared column: `None` from the payload, `Some(key)` from metadata.
+    columns: Vec<Option<Meta>>,
+    /// The kafka timestamp is the event time (no WATERMARK clause).
+    report_event_time: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Meta {
+    Partition,
+    Offset,
+    Timestamp,
+    Key,
+    Topic,
+}
+
+impl SourceFactory for KafkaSourceFactory {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn metadata_keys(&self) -> &'static [(&'static str, &'static str)] {
+        METADATA_KEYS
+    }
+
+    fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>> {
+        let what = format!("source '{}'", spec.name);
+        let mut options = spec.options;
+        let topic = options
+            .take("topic")
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| WeirError::user(format!("{what}: option 'topic' is required")))?;
+        let connection = take_connection(&mut options, &self.settings, &what)?;
+        let format = options.take_choice("format", crate::format::MESSAGE_FORMATS, "json")?;
+        let group_id = options
+            .take("group.id")
+            .unwrap_or_else(|| format!("weir-{}", spec.name));
+        let mode = options.take_choice(
+            "scan.startup.mode",
+            &["earliest", "latest", "group-offsets", "timestamp"],
+            "earliest",
+        )?;
+        let ts = options.take("scan.startup.timestamp");
+        let startup = match mode.as_str() {
+            "earliest" => StartupMode::Earliest,
+            "latest" => StartupMode::Latest,
+            "group-offsets" => StartupMode::GroupOffsets,
+            _ => {
+                let Some(ts) = ts.as_deref() else {
+                    return Err(WeirError::user(format!(
+                        "{what}: 'scan.startup.mode' = 'timestamp' needs \
+                         'scan.startup.timestamp' (epoch milliseconds or RFC 3339)"
+                    )));
+                };
+                StartupMode::Timestamp(parse_timestamp(ts).ok_or_else(|| {
+                    WeirError::user(format!(
+                        "{what}: 'scan.startup.timestamp' must be epoch milliseconds or \
+                         RFC 3339, got '{ts}'"
+                    ))
+                })?)
+            }
+        };
+        if ts.is_some() && mode != "timestamp" {
+            return Err(WeirError::user(format!(
+                "{what}: 'scan.startup.timestamp' only applies with 'scan.startup.mode' = \
+                 'timestamp'"
+            )));
+        }
+        let bounded = options.take_choice(
+            "scan.bounded.mode",
+            &["unbounded", "latest-offset"],
+            "unbounded",
+        )? == "latest-offset";
+        let policy = parse_bad_records(&mut options)?;
+        let dead_letter = match options
+            .take_choice("dead.letter", &["topic", "file"], "topic")?
+            .as_str()
+        {
+            "file" => DeadLetterTarget::File,
+            _ => DeadLetterTarget::Topic,
+        };
+        let dead_letter_topic = options
+            .take("dead.letter.topic")
+            .unwrap_or_else(|| format!("{topic}.dlq"));
+        let commit_interval = options
+            .take_duration("commit.interval")?
+            .unwrap_or(Duration::from_secs(5));
+
+        // Columns: payload or metadata.
+        let mut columns = Vec::with_capacity(spec.schema.fields().len());
+        let mut payload_fields = Vec::new();
+        for f in spec.schema.fields() {
+            match spec.metadata.iter().find(|m| &m.column == f.name()) {
+                Some(m) => columns.push(Some(meta_column(m, &what)?)),
+                None => {
+                    columns.push(None);
+                    payload_fields.push(f.as_ref().clone());
+                }
+            }
+        }
+        let payload_schema = Arc::new(Schema::new(payload_fields));
+        let decoder = decoder_for(&format, payload_schema, &mut options)?;
+        options.finish(&format!("the kafka source '{}'", spec.name), VALID_KEYS)?;
+        connection.validate(&what)?;
+        Ok(Box::new(KafkaSource {
+            config: Some(Config {
+                source: spec.name.clone(),
+                topic,
+                connection,
+                group_id,
+                startup,
+                bounded,
+                policy,
+                dead_letter,
+                dead_letter_topic,
+                data_dir: spec.data_dir,
+                commit_interval,
+                batch: spec.batch,
+                schema: spec.schema,
+                columns,
+                report_event_time: spec.event_time.is_none(),
+            }),
+            decoder: Some(decoder),
+            rx: None,
+            bounded,
+            report_event_time: spec.event_time.is_none(),
+        }))
+    }
+}
+
+fn meta_column(m: &MetadataColumn, what: &str) -> Result<Meta> {
+    let (meta, ok) = match m.key.as_str() {
+        "partition" => (Meta::Partition, m.data_type.is_integer()),
+        "offset" => (Meta::Offset, m.data_type.is_integer()),
+        "timestamp" => (
+            Meta::Timestamp,
+            matches!(m.data_type, DataType::Timestamp(_, _)),
+        ),
+        "key" => (
+            Meta::Key,
+            matches!(m.data_type, DataType::Utf8 | DataType::Binary),
+        ),
+        "topic" => (Meta::Topic, m.data_type == DataType::Utf8),
+        other => {
+            return Err(WeirError::Internal(format!(
+                "unchecked metadata key {other}"
+            )));
+        }
+    };
+    if !ok {
+        return Err(WeirError::user(format!(
+            "{what}: column '{}' is {} but METADATA FROM '{}' needs {}",
+            m.column,
+            m.data_type,
+            m.key,
+            METADATA_KEYS
+                .iter()
+                .find(|(k, _)| *k == m.key)
+                .map_or("", |(_, t)| t)
+        )));
+    }
+    Ok(meta)
+}
+
+/// How often quiet partitions are checked against the broker (see `health_check`).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Catches errors librdkafka reports only to the client's error callback (a failed SASL
+/// handshake among them), so the source can stop on those that retrying cannot fix.
+#[derive(Default)]
+struct SourceContext {
+    fatal: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if is_fatal(&error) {
+            if let Ok(mut f) = self.fatal.lock() {
+                f.get_or_insert_with(|| format!("{error}: {reason}"));
+            }
+        } else {
+            tracing::warn!(error = %error, reason, "kafka client error (librdkafka retries)");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SourceContext {}
+
+impl SourceContext {
+    fn check(&self, what: &str) -> Result<()> {
+        match self.fatal.lock().ok().and_then(|f| f.clone()) {
+            Some(e) => Err(WeirError::External(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Errors that retrying cannot fix: wrong credentials, no permission on the topic.
+fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+        )
+    )
+}
+
+fn parse_timestamp(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Some(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+struct KafkaSource {
+    config: Option<Config>,
+    decoder: Option<Box<dyn RecordDecoder>>,
+    rx: Option<mpsc::Receiver<Result<SourceEvent>>>,
+    bounded: bool,
+    report_event_time: bool,
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn partitions(&self) -> usize {
+        // Known once the consumer has the topic's metadata: it sends
+        // SourceEvent::Partitions first.
+        1
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn connector_event_time(&self) -> bool {
+        self.report_event_time
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent> {
+        if self.rx.is_none() {
+            let (config, decoder) = match (self.config.take(), self.decoder.take()) {
+                (Some(c), Some(d)) => (c, d),
+                _ => return Err(WeirError::Internal("kafka source restarted".into())),
+            };
+            let (tx, rx) = mpsc::channel(4);
+            let name = format!("weir-kafka-{}", config.source);
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let source = config.source.clone();
+                    let mut c = Consumer_::new(config, decoder, tx.clone());
+                    if let Err(e) = c.run() {
+                        tracing::error!(source = %source, error = %e, "kafka source stopped");
+                        let _ = tx.blocking_send(Err(e));
+                    }
+                })
+                .map_err(|e| WeirError::External(format!("starting the kafka consumer: {e}")))?;
+            self.rx = Some(rx);
+        }
+        match self.rx.as_mut() {
+            Some(rx) => match rx.recv().await {
+                Some(ev) => ev,
+                None => Err(WeirError::External(
+                    "the kafka consumer thread stopped".into(),
+                )),
+            },
+            None => Err(WeirError::Internal("kafka source has no channel".into())),
+        }
+    }
+}
+
+/// One partition's messages waiting to be decoded.
+#[derive(Default)]
+struct Pending {
+    payloads: RecordChunk,
+    keys: RecordChunk,
+    key_null: Vec<bool>,
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+    first_at: Option<Instant>,
+    /// The next offset to read, once anything was read.
+    next_offset: Option<i64>,
+    /// `latest-offset` bound: the partition ends at this offset.
+    end_offset: Option<i64>,
+    ended: bool,
+}
+
+#[allow(non_camel_case_types)]
+struct Consumer_ {
+    config: Config,
+    decoder: Box<dyn RecordDecoder>,
+    tx: mpsc::Sender<Result<SourceEvent>>,
+    dlq: Option<ThreadedProducer<DefaultProducerContext>>,
+    dead_file: Option<DeadLetterWriter>,
+    /// The topic's partition ids, indexed by Weir's partition number.
+    partition_ids: Vec<i32>,
+    /// The next offset per partition of the rows handed to the pipeline, to commit.
+    handed: Vec<Option<i64>>,
+    committed: Vec<Option<i64>>,
+}
+
+impl Consumer_ {
+    fn new(
+        config: Config,
+        decoder: Box<dyn RecordDecoder>,
+        tx: mpsc::Sender<Result<SourceEvent>>,
+    ) -> Self {
+        Consumer_ {
+            config,
+            decoder,
+            tx,
+            dlq: None,
+            dead_file: None,
+            partition_ids: vec![],
+            handed: vec![],
+            committed: vec![],
+        }
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "source '{}' (topic '{}')",
+            self.config.source, self.config.topic
+        )
+    }
+
+    fn send(&self, ev: SourceEvent) -> Result<bool> {
+        Ok(self.tx.blocking_send(Ok(ev)).is_ok())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let cfg = &self.config;
+        let consumer: BaseConsumer<SourceContext> = cfg
+            .connection
+            .client_config(&[
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("client.id", &format!("weir-{}", cfg.source)),
+            ])
+            .set("group.id", &cfg.group_id)
+            .create_with_context(SourceContext::default())
+            .map_err(|e| kafka_error(&self.what(), e))?;
+        let partitions = self.wait_for_topic(&consumer)?;
+        let n = partitions.len();
+        tracing::info!(
+            source = %cfg.source, topic = %cfg.topic, partitions = n,
+            startup = ?cfg.startup, "kafka source assigned every partition"
+        );
+        if !self.send(SourceEvent::Partitions { count: n })? {
+            return Ok(());
+        }
+        let mut pending: Vec<Pending> = (0..n).map(|_| Pending::default()).collect();
+        self.handed = vec![None; n];
+        self.partition_ids = partitions.clone();
+        self.committed = vec![None; n];
+
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let offset = match &self.config.startup {
+                StartupMode::Earliest => Offset::Beginning,
+                StartupMode::Latest => Offset::End,
+                StartupMode::GroupOffsets => Offset::Stored,
+                StartupMode::Timestamp(ts) => Offset::Offset(*ts),
+            };
+            tpl.add_partition_offset(&self.config.topic, *p, offset)
+                .map_err(|e| kafka_error(&self.what(), e))?;
+        }
+        if let StartupMode::Timestamp(_) = self.config.startup {
+            tpl = consumer
+                .offsets_for_times(tpl, Duration::from_secs(30))
+                .map_err(|e| kafka_error(&format!("{}: offsets for times", self.what()), e))?;
+            // A timestamp after the last message leaves the offset at the end.
+            for e in tpl.elements() {
+                tracing::debug!(partition = e.partition(), offset = ?e.offset(), "startup offset");
+            }
+        }
+        if self.config.bounded {
+            for (i, p) in partitions.iter().enumerate() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&self.config.topic, *p, Duration::from_secs(30))
+                    .map_err(|e| kafka_error(&self.what(), e))?;
+                pending[i].end_offset = Some(high);
+                if high <= low {
+                    pending[i].ended = true;
+                }
+            }
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error(&format!("{}: assigning partitions", self.what()), e))?;
+
+        // With a bound, partitions whose start is already at the bound end now.
+        if self.config.bounded {
+            for (i, p) in pending.iter_mut().enumerate() {
+                if !p.ended
+                    && let Some(end) = p.end_offset
+                    && let Some(start) = self.start_offset(&consumer, &partitions, i)?
+                    && start >= end
+                {
+                    p.ended = true;
+                }
+            }
+            for (i, p) in pending.iter().enumerate() {
+                if p.ended && !self.send(SourceEvent::PartitionEnd { partition: i })? {
+                    return Ok(());
+                }
+            }
+            if pending.iter().all(|p| p.ended) {
+                self.commit(&consumer, true);
+                self.send(SourceEvent::End)?;
+                return Ok(());
+            }
+        }
+
+        let mut last_commit = Instant::now();
+        let mut last_health = Instant::now();
+        let mut heard = vec![false; n];
+        let mut last_error_log: Option<Instant> = None;
+        let max_rows = self.config.batch.max_rows.max(1);
+        let max_delay = self.config.batch.max_delay;
+        loop {
+            if self.tx.is_closed() {
+                self.commit(&consumer, true);
+                return Ok(());
+            }
+            let wait = pending
+                .iter()
+                .filter_map(|p| p.first_at)
+                .map(|t| max_delay.saturating_sub(t.elapsed()))
+                .min()
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            let mut full = None;
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    let Some(i) = partitions.iter().position(|p| *p == m.partition()) else {
+                        continue;
+                    };
+                    heard[i] = true;
+                    let p = &mut pending[i];
+                    if p.ended {
+                        continue;
+                    }
+                    p.payloads.push(m.payload().unwrap_or(&[]));
+                    match m.key() {
+                        Some(k) => {
+                            p.keys.push(k);
+                            p.key_null.push(false);
+                        }
+                        None => {
+                            p.keys.push(&[]);
+                            p.key_null.push(true);
+                        }
+                    }
+                    p.offsets.push(m.offset());
+                    p.timestamps.push(m.timestamp().to_millis());
+                    p.next_offset = Some(m.offset() + 1);
+                    if p.first_at.is_none() {
+                        p.first_at = Some(Instant::now());
+                    }
+                    let at_end = p.end_offset.is_some_and(|e| m.offset() + 1 >= e);
+                    if p.payloads.len() >= max_rows || at_end {
+                        full = Some(i);
+                    }
+                }
+                Some(Err(e)) if is_fatal(&e) => {
+                    return Err(kafka_error(&self.what(), e));
+                }
+                // Transport errors are transient: librdkafka reconnects by itself.
+                Some(Err(e))
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) =>
+                {
+                    tracing::warn!(source = %self.config.source, error = %e,
+                        "kafka consumer error (retrying)");
+                    last_error_log = Some(Instant::now());
+                }
+                Some(Err(_)) | None => {}
+            }
+            if let Some(i) = full
+                && !self.hand_on(&partitions, &mut pending, i)?
+            {
+                return Ok(());
+            }
+            for i in 0..n {
+                if pending[i]
+                    .first_at
+                    .is_some_and(|t| t.elapsed() >= max_delay)
+                    && !self.hand_on(&partitions, &mut pending, i)?
+                {
+                    return Ok(());
+                }
+            }
+            if self.config.bounded && pending.iter().all(|p| p.ended) {
+                self.commit(&consumer, true);
+                self.send(SourceEvent::End)?;
+                return Ok(());
+            }
+            consumer.context().check(&self.what())?;
+            if last_health.elapsed() >= HEALTH_INTERVAL {
+                if !self.health_check(&consumer, &partitions, &pending, &heard)? {
+                    return Ok(());
+                }
+                heard.iter_mut().for_each(|h| *h = false);
+                last_health = Instant::now();
+            }
+            if last_commit.elapsed() >= self.config.commit_interval {
+                self.commit(&consumer, false);
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    /// A partition that delivered nothing lately is idle only if it is caught up with the
+    /// broker. One that is behind, or whose broker cannot be reached (an outage, a restart),
+    /// is reported active, so that the pipeline does not let processing time close its
+    /// windows while its rows are merely delayed.
+    fn health_check(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[i32],
+        pending: &[Pending],
+        heard: &[bool],
+    ) -> Result<bool> {
+        for (i, p) in pending.iter().enumerate() {
+            if heard[i] || p.ended {
+                continue;
+            }
+            let behind = match consumer.fetch_watermarks(
+                &self.config.topic,
+                partitions[i],
+                Duration::from_secs(1),
+            ) {
+                Ok((_, high)) => {
+                    let position = p.next_offset.or_else(|| {
+                        consumer
+                            .position()
+                            .ok()
+                            .and_then(|tpl| {
+                                tpl.find_partition(&self.config.topic, partitions[i])
+                                    .map(|e| e.offset())
+                            })
+                            .and_then(|o| match o {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                    });
+                    match position {
+                        Some(pos) => pos < high,
+                        // Nothing read yet and no known position: behind if the partition
+                        // has anything in it at all.
+                        None => high > 0,
+                    }
+                }
+                Err(_) => true,
+            };
+            if behind && !self.send(SourceEvent::Active { partition: i })? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The offset the consumer will start a partition at, when knowable up front.
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[i32],
+        i: usize,
+    ) -> Result<Option<i64>> {
+        let p = partitions[i];
+        Ok(match &self.config.startup {
+            StartupMode::Earliest => {
+                let (low, _) = consumer
+                    .fetch_watermarks(&self.config.topic, p, Duration::from_secs(30))
+                    .map_err(|e| kafka_error(&self.what(), e))?;
+                Some(low)
+            }
+            StartupMode::Latest => Some(i64::MAX),
+            StartupMode::GroupOffsets => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.config.topic, p);
+                let c = consumer
+                    .committed_offsets(tpl, Duration::from_secs(30))
+                    .map_err(|e| kafka_error(&self.what(), e))?;
+                c.find_partition(&self.config.topic, p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+            }
+            StartupMode::Timestamp(_) => None,
+        })
+    }
+
+    /// Wait until the topic exists and has partitions; log while waiting.
+    fn wait_for_topic(&self, consumer: &BaseConsumer<SourceContext>) -> Result<Vec<i32>> {
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            // Serve the client's callbacks (errors such as a failed SASL handshake).
+            if let Some(Err(e)) = consumer.poll(Duration::ZERO)
+                && is_fatal(&e)
+            {
+                return Err(kafka_error(&self.what(), e));
+            }
+            consumer.context().check(&self.what())?;
+            match consumer.fetch_metadata(Some(&self.config.topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    if let Some(t) = md.topics().iter().find(|t| t.name() == self.config.topic)
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                    {
+                        let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                        ps.sort_unstable();
+                        return Ok(ps);
+                    }
+                    if !logged {
+                        tracing::warn!(source = %self.config.source, topic = %self.config.topic,
+                            "topic does not exist yet; waiting for it");
+                        logged = true;
+                    }
+                }
+                Err(e) if is_fatal(&e) => {
+                    return Err(kafka_error(&self.what(), e));
+                }
+                Err(e) => {
+                    if !logged || started.elapsed() > Duration::from_secs(60) {
+                        tracing::warn!(source = %self.config.source, error = %e,
+                            "cannot reach the kafka cluster yet; retrying");
+                        logged = true;
+                    }
+                }
+            }
+            if self.tx.is_closed() {
+                return Err(WeirError::External("stopped".into()));
+            }
+            consumer.context().check(&self.what())?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Decode partition `i`'s pending messages and send the batch on. Returns false when
+    /// the pipeline has gone away.
+    fn hand_on(&mut self, partitions: &[i32], pending: &mut [Pending], i: usize) -> Result<bool> {
+        let p = &mut pending[i];
+        if p.payloads.is_empty() {
+            p.first_at = None;
+            return Ok(true);
+        }
+        let decoded = self.decoder.decode(&p.payloads)?;
+        let bad_count = decoded.bad.len() as u64;
+        if !decoded.bad.is_empty() {
+            self.handle_bad(partitions[i], p, &decoded.bad)?;
+        }
+        let mut good = vec![true; p.payloads.len()];
+        for (j, _) in &decoded.bad {
+            good[*j] = false;
+        }
+        let batch = assemble(&self.config, partitions[i], p, &good, decoded.batch)?;
+        let max_ts = p
+            .timestamps
+            .iter()
+            .zip(&good)
+            .filter(|(_, g)| **g)
+            .filter_map(|(t, _)| *t)
+            .max();
+        self.handed[i] = p.next_offset;
+        let reached_end = p
+            .end_offset
+            .is_some_and(|e| p.next_offset.is_some_and(|n| n >= e));
+        p.payloads.clear();
+        p.keys.clear();
+        p.key_null.clear();
+        p.offsets.clear();
+        p.timestamps.clear();
+        p.first_at = None;
+        if !self.send(SourceEvent::Batch {
+            partition: i,
+            batch,
+            bad_records: bad_count,
+        })? {
+            return Ok(false);
+        }
+        if self.config.report_event_time
+            && let Some(ts) = max_ts
+            && !self.send(SourceEvent::Progress {
+                partition: i,
+                event_time_ms: ts,
+            })?
+        {
+            return Ok(false);
+        }
+        if reached_end {
+            pending[i].ended = true;
+            return self.send(SourceEvent::PartitionEnd { partition: i });
+        }
+        Ok(true)
+    }
+
+    fn handle_bad(&mut self, partition: i32, p: &Pending, bad: &[(usize, String)]) -> Result<()> {
+        let topic = self.config.topic.clone();
+        match self.config.policy {
+            BadRecords::Fail => {
+                let (j, reason) = &bad[0];
+                Err(WeirError::BadRecord(format!(
+                    "{}: topic {topic} partition {partition} offset {}: {reason}",
+                    self.what(),
+                    p.offsets[*j]
+                )))
+            }
+            BadRecords::Skip => Ok(()),
+            BadRecords::DeadLetter => match self.config.dead_letter {
+                DeadLetterTarget::File => {
+                    let w = self.dead_file.get_or_insert_with(|| {
+                        DeadLetterWriter::new(&self.config.data_dir, &self.config.source)
+                    });
+                    for (j, reason) in bad {
+                        w.write(
+                            p.payloads.get(*j),
+                            reason,
+                            &format!(
+                                "topic {topic} partition {partition} offset {}",
+                                p.offsets[*j]
+                            ),
+                        )?;
+                    }
+                    w.flush()
+                }
+                DeadLetterTarget::Topic => self.dead_letter_to_topic(partition, p, bad),
+            },
+        }
+    }
+
+    fn dead_letter_to_topic(
+        &mut self,
+        partition: i32,
+        p: &Pending,
+        bad: &[(usize, String)],
+    ) -> Result<()> {
+        if self.dlq.is_none() {
+            let producer: ThreadedProducer<DefaultProducerContext> = self
+                .config
+                .connection
+                .client_config(&[
+                    ("client.id", &format!("weir-{}-dlq", self.config.source)),
+                    ("enable.idempotence", "true"),
+                ])
+                .create()
+                .map_err(|e| kafka_error(&format!("{}: dead-letter producer", self.what()), e))?;
+            self.dlq = Some(producer);
+        }
+        let Some(producer) = self.dlq.as_ref() else {
+            return Ok(());
+        };
+        let source_partition = partition.to_string();
+        for (j, reason) in bad {
+            let offset = p.offsets[*j].to_string();
+            let ts = p.timestamps[*j].map(|t| t.to_string()).unwrap_or_default();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "weir.reason",
+                    value: Some(reason.as_str()),
+                })
+                .insert(Header {
+                    key: "weir.source",
+                    value: Some(self.config.source.as_str()),
+                })
+                .insert(Header {
+                    key: "weir.topic",
+                    value: Some(self.config.topic.as_str()),
+                })
+                .insert(Header {
+                    key: "weir.partition",
+                    value: Some(source_partition.as_str()),
+                })
+                .insert(Header {
+                    key: "weir.offset",
+                    value: Some(offset.as_str()),
+                })
+                .insert(Header {
+                    key: "weir.timestamp",
+                    value: Some(ts.as_str()),
+                });
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.config.dead_letter_topic)
+                    .payload(p.payloads.get(*j))
+                    .headers(headers);
+            if !p.key_null[*j] {
+                record = record.key(p.keys.get(*j));
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r)) => {
+                        // Queue full: wait for deliveries.
+                        tracing::debug!(error = %e, "dead-letter queue full");
+                        std::thread::sleep(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+        }
+        // A dead letter must be durable before the rows around it move on.
+        producer.flush(Duration::from_secs(60)).map_err(|e| {
+            kafka_error(
+                &format!(
+                    "{}: writing dead letters to topic '{}'",
+                    self.what(),
+                    self.config.dead_letter_topic
+                ),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Commit the offsets of rows handed to the pipeline (as progress, for lag).
+    fn commit(&mut self, consumer: &BaseConsumer<SourceContext>, sync: bool) {
+        let mut tpl = TopicPartitionList::new();
+        for (i, next) in self.handed.iter().enumerate() {
+            if let Some(next) = next
+                && self.committed[i] != Some(*next)
+                && let Some(id) = self.partition_ids.get(i)
+            {
+                let _ = tpl.add_partition_offset(&self.config.topic, *id, Offset::Offset(*next));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.committed = self.handed.clone();
+            }
+            Err(e) => {
+                tracing::debug!(source = %self.config.source, error = %e, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// The declared columns from the decoded payload columns and the metadata of the good
+/// records.
+fn assemble(
+    config: &Config,
+    partition: i32,
+    p: &Pending,
+    good: &[bool],
+    payload: RecordBatch,
+) -> Result<RecordBatch> {
+    let rows = payload.num_rows();
+    let mut out: Vec<ArrayRef> = Vec::with_capacity(config.columns.len());
+    let mut next_payload = 0;
+    let keep = |i: usize| good[i];
+    for (field, col) in config.schema.fields().iter().zip(&config.columns) {
+        let array: ArrayRef = match col {
+            None => {
+                let a = payload.column(next_payload).clone();
+                next_payload += 1;
+                a
+            }
+            Some(Meta::Partition) => Arc::new(Int32Array::from(vec![partition; rows])),
+            Some(Meta::Offset) => Arc::new(Int64Array::from(
+                p.offsets
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep(*i))
+                    .map(|(_, o)| *o)
+                    .collect::<Vec<_>>(),
+            )),
+            Some(Meta::Timestamp) => Arc::new(TimestampMillisecondArray::from(
+                p.timestamps
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep(*i))
+                    .map(|(_, t)| *t)
+                    .collect::<Vec<_>>(),
+            )),
+            Some(Meta::Key) => {
+                if field.data_type() == &DataType::Binary {
+                    let mut b = BinaryBuilder::with_capacity(rows, p.keys.data.len());
+                    for i in (0..p.keys.len()).filter(|i| keep(*i)) {
+                        if p.key_null[i] {
+                            b.append_null();
+                        } else {
+                            b.append_value(p.keys.get(i));
+                        }
+                    }
+                    Arc::new(b.finish())
+                } else {
+                    let mut b = StringBuilder::with_capacity(rows, p.keys.data.len());
+                    for i in (0..p.keys.len()).filter(|i| keep(*i)) {
+                        if p.key_null[i] {
+                            b.append_null();
+                        } else {
+                            b.append_value(String::from_utf8_lossy(p.keys.get(i)));
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+            }
+            Some(Meta::Topic) => {
+                let mut b = StringBuilder::with_capacity(rows, rows * config.topic.len());
+                for _ in 0..rows {
+                    b.append_value(&config.topic);
+                }
+                Arc::new(b.finish())
+            }
+        };
+        let array = if array.data_type() != field.data_type() {
+            datafusion::arrow::compute::cast(&array, field.data_type())?
+        } else {
+            array
+        };
+        out.push(array);
+    }
+    Ok(RecordBatch::try_new(config.schema.clone(), out)?)
+}
