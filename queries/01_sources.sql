@@ -1,5 +1,8 @@
--- The demo's event streams, from Weir's built-in generators. Event time follows the wall
--- clock, so the one-minute windows below close once a minute.
+-- The demo's event streams, read from Kafka topics. With no [kafka] bootstrap.servers
+-- configured, `weir run` starts an embedded Kafka-protocol broker and fills 'downloads' and
+-- 'ticks' from the built-in generators through a real producer (see the README); set
+-- [kafka] bootstrap.servers in weir.toml to read your own cluster instead. Event time
+-- follows the wall clock, so the one-minute windows below close once a minute.
 
 CREATE SOURCE downloads (
     event_id         TEXT NOT NULL,
@@ -12,13 +15,12 @@ CREATE SOURCE downloads (
     duration_seconds DOUBLE,
     speed_mbps       DOUBLE,
     error_code       TEXT,
+    kafka_partition  INT METADATA FROM 'partition',
     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
 ) WITH (
-    connector = 'generator',
-    kind = 'downloads',
-    'rows.per.second' = '2000',
-    'max.out.of.orderness' = '1s',
-    seed = '7'
+    connector = 'kafka',
+    topic = 'downloads',
+    format = 'json'
 );
 
 CREATE SOURCE ticks (
@@ -28,8 +30,7 @@ CREATE SOURCE ticks (
     ts     TIMESTAMP NOT NULL,
     WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH (
-    connector = 'generator',
-    kind = 'ticks',
-    'rows.per.second' = '500',
-    seed = '11'
+    connector = 'kafka',
+    topic = 'ticks',
+    format = 'json'
 );

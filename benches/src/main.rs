@@ -4,6 +4,9 @@
 //! weir-bench gen --format json|parquet --rows N --out FILE     input from the downloads generator
 //! weir-bench throughput --input FILE --format json|parquet --threads 1|2
 //! weir-bench memory --groups 1000000                           open-window state size
+//! weir-bench kafka-load --bootstrap HOST:PORT --topic T --partitions 8 --input FILE.jsonl
+//! weir-bench kafka-throughput --bootstrap HOST:PORT --topic T --threads 1|2
+//! weir-bench kafka-sink --bootstrap HOST:PORT --input FILE.parquet --threads 1
 //! ```
 //! Figures go to BENCHMARKS.md with the machine and the command.
 
@@ -13,7 +16,7 @@ use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMil
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use weir_engine::connector::{SourceEvent, SourceSpec};
@@ -55,6 +58,40 @@ enum Cmd {
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
         groups: u64,
+    },
+    /// Create a topic and load it with the lines of a JSON-lines file (round robin over
+    /// partitions), timed.
+    KafkaLoad {
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Pre-loaded topic -> per-minute region-health view -> blackhole, timed (the source is
+    /// bounded at the offsets present when it starts).
+    KafkaThroughput {
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 8192)]
+        batch_rows: usize,
+    },
+    /// Parquet file -> stateless view -> Kafka sink (JSON), timed until every message is
+    /// acknowledged.
+    KafkaSink {
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -266,10 +303,148 @@ async fn memory(groups: u64) -> Result<()> {
     Ok(())
 }
 
+async fn kafka_load(bootstrap: &str, topic: &str, partitions: i32, input: &Path) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+    let text = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let mut rec: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic)
+            .partition((n % partitions as u64) as i32)
+            .payload(line);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        n += 1;
+    }
+    producer.flush(std::time::Duration::from_secs(300))?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "loaded={n} topic={topic} partitions={partitions} secs={secs:.3} msgs_per_sec={:.0}",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+async fn kafka_throughput(bootstrap: &str, topic: &str, batch_rows: usize) -> Result<()> {
+    let sql = format!(
+        "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+         WITH (connector = 'kafka', topic = '{topic}', format = 'json', \
+         'bootstrap.servers' = '{bootstrap}', 'scan.bounded.mode' = 'latest-offset', \
+         'group.id' = 'weir-bench-{}'); {HEALTH_VIEW}",
+        std::process::id()
+    );
+    let (events, secs, view_rows, late, bad) = timed_run(&sql, batch_rows, "downloads").await?;
+    println!(
+        "events={events} secs={secs:.3} events_per_sec={:.0} result_rows={view_rows} late={late} bad={bad} peak_rss_mib={:.0}",
+        events as f64 / secs,
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+async fn kafka_sink(bootstrap: &str, input: &Path) -> Result<()> {
+    let topic = format!("weir-bench-sink-{}", std::process::id());
+    let sql = format!(
+        "CREATE SOURCE downloads ({DOWNLOADS_DDL}) \
+         WITH (connector = 'file', path = '{}', format = 'parquet'); \
+         CREATE MATERIALIZED VIEW passthrough AS SELECT * FROM downloads; \
+         CREATE SINK out FROM passthrough WITH (connector = 'kafka', topic = '{topic}', \
+         'bootstrap.servers' = '{bootstrap}', format = 'json');",
+        input.display()
+    );
+    let (rows, secs, ..) = timed_run(&sql, 8192, "downloads").await?;
+    println!(
+        "rows={rows} topic={topic} secs={secs:.3} rows_per_sec={:.0} peak_rss_mib={:.0}",
+        rows as f64 / secs,
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// Run `sql` until every source ends; returns (source rows, seconds, rows out of the
+/// first view, late rows, bad rows).
+async fn timed_run(
+    sql: &str,
+    batch_rows: usize,
+    source: &str,
+) -> Result<(u64, f64, u64, u64, u64)> {
+    let mut p = Pipeline::new(
+        EngineConfig {
+            data_dir: std::env::temp_dir().join("weir-bench"),
+            batch: weir_engine::connector::BatchLimits {
+                max_rows: batch_rows,
+                ..Default::default()
+            },
+            ..EngineConfig::default()
+        },
+        weir_connectors::registry(),
+    );
+    p.execute(sql).await?;
+    let objects = p.objects();
+    let start = Instant::now();
+    run(
+        p,
+        RunOptions {
+            until_done: true,
+            ..RunOptions::default()
+        },
+        std::future::pending(),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    let src = objects
+        .iter()
+        .find(|o| o.name == source)
+        .context("source stats")?
+        .stats
+        .snapshot();
+    let view = objects
+        .iter()
+        .find(|o| o.name != source)
+        .map(|o| o.stats.snapshot());
+    Ok((
+        src.rows_in,
+        secs,
+        view.as_ref().map_or(0, |v| v.rows_out),
+        view.as_ref().map_or(0, |v| v.late_rows),
+        src.bad_rows,
+    ))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.cmd {
-        Cmd::Throughput { threads, .. } => (*threads).max(1),
+        Cmd::Throughput { threads, .. }
+        | Cmd::KafkaThroughput { threads, .. }
+        | Cmd::KafkaSink { threads, .. } => (*threads).max(1),
         _ => 2,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -287,6 +462,21 @@ fn main() -> Result<()> {
                 ..
             } => throughput(input, &format, batch_rows).await,
             Cmd::Memory { groups } => memory(groups).await,
+            Cmd::KafkaLoad {
+                bootstrap,
+                topic,
+                partitions,
+                input,
+            } => kafka_load(&bootstrap, &topic, partitions, &input).await,
+            Cmd::KafkaThroughput {
+                bootstrap,
+                topic,
+                batch_rows,
+                ..
+            } => kafka_throughput(&bootstrap, &topic, batch_rows).await,
+            Cmd::KafkaSink {
+                bootstrap, input, ..
+            } => kafka_sink(&bootstrap, &input).await,
         }
     })
 }

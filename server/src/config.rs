@@ -1,9 +1,13 @@
 //! `weir.toml`: every setting with its default, overridable by environment variables
 //! `WEIR__SECTION__KEY` (for example `WEIR__ENGINE__DATA_DIR=/var/lib/weir`) and then by
-//! command-line flags.
+//! command-line flags. Nested tables take one more `__` per level
+//! (`WEIR__KAFKA__EMBEDDED__ENABLED=false`); under `[kafka.properties]` the underscores of
+//! the last part become dots (`WEIR__KAFKA__PROPERTIES__SASL_PASSWORD` sets
+//! `sasl.password`), and `WEIR__KAFKA__BOOTSTRAP_SERVERS` sets `bootstrap.servers`.
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -11,6 +15,110 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub engine: EngineSection,
     pub run: RunSection,
+    pub kafka: KafkaSection,
+}
+
+/// `[kafka]`: the cluster Kafka sources and sinks use unless their WITH clause names one.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// `host:port,...`. Unset: `weir run` starts the embedded broker (`[kafka.embedded]`).
+    #[serde(rename = "bootstrap.servers", alias = "bootstrap_servers")]
+    pub bootstrap_servers: Option<String>,
+    /// librdkafka properties for every Kafka client (`security.protocol`, `sasl.*`, ...).
+    #[serde(deserialize_with = "string_map")]
+    pub properties: BTreeMap<String, String>,
+    pub embedded: EmbeddedSection,
+}
+
+/// `[kafka.embedded]`: the in-process Kafka-protocol broker (librdkafka's mock cluster)
+/// started when no `bootstrap.servers` is configured.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSection {
+    pub enabled: bool,
+    /// Partitions of every topic it creates.
+    pub partitions: i32,
+    /// The topics filled from the built-in generators (`[[kafka.embedded.feed]]`).
+    #[serde(rename = "feed", alias = "feeds")]
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// One `[[kafka.embedded.feed]]`: a topic filled from a generator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    pub topic: String,
+    /// The generator kind: `downloads` or `ticks`.
+    pub kind: String,
+    #[serde(default = "default_feed_rate")]
+    pub rows_per_second: u64,
+    #[serde(default = "default_feed_seed")]
+    pub seed: u64,
+    /// Events' timestamps jitter backwards by up to this.
+    #[serde(default = "default_feed_disorder")]
+    pub max_out_of_orderness: String,
+}
+
+fn default_feed_rate() -> u64 {
+    1000
+}
+
+fn default_feed_seed() -> u64 {
+    42
+}
+
+fn default_feed_disorder() -> String {
+    "0s".into()
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        EmbeddedSection {
+            enabled: true,
+            partitions: 4,
+            feeds: vec![
+                FeedConfig {
+                    topic: "downloads".into(),
+                    kind: "downloads".into(),
+                    rows_per_second: 2000,
+                    seed: 7,
+                    max_out_of_orderness: "1s".into(),
+                },
+                FeedConfig {
+                    topic: "ticks".into(),
+                    kind: "ticks".into(),
+                    rows_per_second: 500,
+                    seed: 11,
+                    max_out_of_orderness: "0s".into(),
+                },
+            ],
+        }
+    }
+}
+
+/// A table of librdkafka properties: strings, or numbers and booleans written bare
+/// (`"linger.ms" = 5`), all passed on as strings.
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "kafka.properties.{k} must be a string, number or boolean, got {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -87,17 +195,52 @@ pub fn load(path: Option<&Path>, vars: impl Iterator<Item = (String, String)>) -
         let Some(rest) = k.strip_prefix("WEIR__") else {
             continue;
         };
-        let parts: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        let [section, key] = parts.as_slice() else {
+        let mut parts: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if parts.len() < 2 || parts.iter().any(String::is_empty) {
+            bail!("environment variable {k} must look like WEIR__SECTION__KEY");
+        }
+        let Some(mut key) = parts.pop() else {
             bail!("environment variable {k} must look like WEIR__SECTION__KEY");
         };
-        let entry = root
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(table) = entry.as_table_mut() else {
-            bail!("config section [{section}] is not a table");
-        };
-        table.insert(key.clone(), env_value(&v));
+        let mut value = env_value(&v);
+        let mut aliases: Vec<String> = vec![];
+        match parts
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            // librdkafka property names are dotted; environment names cannot be.
+            ["kafka", "properties"] => {
+                key = key.replace('_', ".");
+                value = toml::Value::String(v.clone());
+            }
+            ["kafka"] if key == "bootstrap_servers" => {
+                aliases.push(key);
+                key = "bootstrap.servers".into();
+                value = toml::Value::String(v.clone());
+            }
+            _ => {}
+        }
+        let mut table = &mut root;
+        let mut path = String::new();
+        for p in &parts {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(p);
+            let entry = table
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                bail!("environment variable {k}: config key {path} is not a table");
+            };
+            table = t;
+        }
+        for a in aliases {
+            table.remove(&a);
+        }
+        table.insert(key, value);
     }
     let config: Config = toml::Value::Table(root)
         .try_into()
@@ -139,5 +282,149 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("batch_rowz"), "{e:#}");
+    }
+
+    #[test]
+    fn kafka_section_defaults_to_the_embedded_broker_with_two_feeds() {
+        let c = load(None, std::iter::empty()).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, None);
+        assert!(c.kafka.properties.is_empty());
+        assert!(c.kafka.embedded.enabled);
+        assert_eq!(c.kafka.embedded.partitions, 4);
+        let feeds: Vec<(&str, &str, u64)> = c
+            .kafka
+            .embedded
+            .feeds
+            .iter()
+            .map(|f| (f.topic.as_str(), f.kind.as_str(), f.rows_per_second))
+            .collect();
+        assert_eq!(
+            feeds,
+            vec![("downloads", "downloads", 2000), ("ticks", "ticks", 500)]
+        );
+    }
+
+    #[test]
+    fn kafka_section_parses_cluster_properties_and_feeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weir.toml");
+        std::fs::write(
+            &p,
+            r#"
+[kafka]
+"bootstrap.servers" = "broker-1:9092,broker-2:9092"
+
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "PLAIN"
+"linger.ms" = 5
+"enable.ssl.certificate.verification" = false
+
+[kafka.embedded]
+partitions = 2
+
+[[kafka.embedded.feed]]
+topic = "clicks"
+kind = "downloads"
+rows_per_second = 10
+"#,
+        )
+        .unwrap();
+        let c = load(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(
+            c.kafka.bootstrap_servers.as_deref(),
+            Some("broker-1:9092,broker-2:9092")
+        );
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["linger.ms"], "5");
+        assert_eq!(
+            c.kafka.properties["enable.ssl.certificate.verification"],
+            "false"
+        );
+        assert_eq!(c.kafka.embedded.partitions, 2);
+        assert_eq!(
+            c.kafka.embedded.feeds,
+            vec![FeedConfig {
+                topic: "clicks".into(),
+                kind: "downloads".into(),
+                rows_per_second: 10,
+                seed: 42,
+                max_out_of_orderness: "0s".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn kafka_environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weir.toml");
+        std::fs::write(
+            &p,
+            "[kafka]\nbootstrap_servers = 'file:9092'\n[kafka.properties]\n'sasl.username' = 'u'\n",
+        )
+        .unwrap();
+        let vars = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        // The file's alias alone.
+        let c = load(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers.as_deref(), Some("file:9092"));
+        let c = load(
+            Some(&p),
+            vars(&[
+                ("WEIR__KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
+                ("WEIR__KAFKA__PROPERTIES__SASL_PASSWORD", "12345"),
+                ("WEIR__KAFKA__EMBEDDED__ENABLED", "false"),
+                ("WEIR__KAFKA__EMBEDDED__PARTITIONS", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers.as_deref(), Some("env:9092"));
+        assert_eq!(c.kafka.properties["sasl.username"], "u");
+        // Kept a string although it looks like a number.
+        assert_eq!(c.kafka.properties["sasl.password"], "12345");
+        assert!(!c.kafka.embedded.enabled);
+        assert_eq!(c.kafka.embedded.partitions, 8);
+
+        let e = load(None, vars(&[("WEIR__KAFKA__EMBEDDED__ENABLD", "false")])).unwrap_err();
+        assert!(format!("{e:#}").contains("enabld"), "{e:#}");
+        let e = load(None, vars(&[("WEIR__KAFKA", "x")])).unwrap_err();
+        assert!(format!("{e:#}").contains("WEIR__SECTION__KEY"), "{e:#}");
+    }
+
+    #[test]
+    fn the_readme_defaults_are_the_defaults_and_feeds_can_be_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weir.toml");
+        std::fs::write(
+            &p,
+            r#"
+[kafka.embedded]
+enabled = true
+partitions = 4
+
+[[kafka.embedded.feed]]
+topic = "downloads"
+kind = "downloads"
+rows_per_second = 2000
+seed = 7
+max_out_of_orderness = "1s"
+
+[[kafka.embedded.feed]]
+topic = "ticks"
+kind = "ticks"
+rows_per_second = 500
+seed = 11
+"#,
+        )
+        .unwrap();
+        let c = load(Some(&p), std::iter::empty()).unwrap();
+        assert_eq!(c, Config::default());
+        std::fs::write(&p, "[kafka.embedded]\nfeed = []\n").unwrap();
+        let c = load(Some(&p), std::iter::empty()).unwrap();
+        assert!(c.kafka.embedded.feeds.is_empty());
     }
 }

@@ -1,12 +1,15 @@
 //! The `weir` binary: loads SQL files and runs the pipelines they declare.
 
 mod config;
+mod embedded_kafka;
 mod progress;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use embedded_kafka::EmbeddedKafka;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use weir_connectors::kafka::KafkaSettings;
 use weir_engine::connector::BatchLimits;
 use weir_engine::options::parse_duration;
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
@@ -30,7 +33,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Exit once every source has ended (all must be bounded), after closing every
-        /// window and flushing sinks; exit non-zero if anything failed.
+        /// window and flushing sinks; exit non-zero if anything failed. The embedded Kafka
+        /// broker is not started in this mode (its generator feeds never end).
         #[arg(long)]
         until_done: bool,
     },
@@ -84,7 +88,87 @@ fn duration(what: &str, s: &str) -> Result<Duration> {
     parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
-async fn load_pipeline(common: &Common) -> Result<(Pipeline, config::Config)> {
+/// What the pipeline is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// `run`: unbounded, Ctrl-C stops.
+    Run,
+    /// `run --until-done`.
+    Backfill,
+    /// `check`: nothing runs.
+    Check,
+}
+
+/// Shown with a load error when `--until-done` left Kafka objects without a cluster.
+const BACKFILL_KAFKA_HINT: &str = "with --until-done the embedded Kafka broker is not started \
+    (its generator feeds never end); set [kafka] bootstrap.servers in the config or \
+    'bootstrap.servers' in the WITH clause";
+
+/// A stand-in address for `check` when the embedded broker would serve the Kafka objects:
+/// checking connects to nothing.
+const CHECK_PLACEHOLDER_BOOTSTRAP: &str = "embedded-broker:9092";
+
+/// The Kafka cluster defaults for the registry: the configured cluster, or the embedded
+/// broker (started here) when no cluster is configured, `weir run` is not a backfill and
+/// some Kafka source or sink in `files` has no `bootstrap.servers` of its own.
+fn kafka_setup(
+    cfg: &config::Config,
+    files: &[PathBuf],
+    mode: Mode,
+) -> Result<(KafkaSettings, Option<EmbeddedKafka>, Option<&'static str>)> {
+    let mut settings = KafkaSettings {
+        bootstrap_servers: None,
+        properties: cfg.kafka.properties.clone(),
+    };
+    if let Some(b) = &cfg.kafka.bootstrap_servers {
+        if b.trim().is_empty() {
+            bail!("kafka.bootstrap.servers is empty; remove it to use the embedded broker");
+        }
+        if mode != Mode::Check {
+            tracing::info!(
+                "Kafka cluster from [kafka] bootstrap.servers: {b} (the embedded broker is off)"
+            );
+        }
+        settings.bootstrap_servers = Some(b.trim().to_string());
+        return Ok((settings, None, None));
+    }
+    let usage = embedded_kafka::kafka_usage(files);
+    if !usage.default_cluster || !cfg.kafka.embedded.enabled {
+        return Ok((settings, None, None));
+    }
+    match mode {
+        Mode::Check => {
+            settings.bootstrap_servers = Some(CHECK_PLACEHOLDER_BOOTSTRAP.to_string());
+            Ok((settings, None, None))
+        }
+        Mode::Backfill => Ok((settings, None, Some(BACKFILL_KAFKA_HINT))),
+        Mode::Run => {
+            let k = EmbeddedKafka::start(
+                &cfg.kafka.embedded,
+                &usage.sink_topics,
+                &cfg.engine.data_dir,
+            )?;
+            let feeds = if k.feeds_summary().is_empty() {
+                "no generators (no [[kafka.embedded.feed]])".to_string()
+            } else {
+                format!("generators: {}", k.feeds_summary())
+            };
+            tracing::info!(
+                "no [kafka] bootstrap.servers configured: started an embedded Kafka-protocol \
+                 broker at {} (rdkafka mock cluster) fed by {feeds}; set [kafka] \
+                 bootstrap.servers to use your cluster",
+                k.bootstrap_servers()
+            );
+            settings.bootstrap_servers = Some(k.bootstrap_servers().to_string());
+            Ok((settings, Some(k), None))
+        }
+    }
+}
+
+async fn load_pipeline(
+    common: &Common,
+    mode: Mode,
+) -> Result<(Pipeline, config::Config, Option<EmbeddedKafka>)> {
     let mut cfg = config::load(common.config.as_deref(), std::env::vars())?;
     if let Some(d) = &common.data_dir {
         cfg.engine.data_dir = d.clone();
@@ -101,12 +185,24 @@ async fn load_pipeline(common: &Common) -> Result<(Pipeline, config::Config)> {
         idle_timeout: duration("engine.idle_timeout", &cfg.engine.idle_timeout)?,
         retention_rows: cfg.engine.retention_rows,
     };
-    let mut pipeline = Pipeline::new(engine, weir_connectors::registry());
+    let files = sql_files(&common.paths)?;
+    let (kafka, embedded, hint) = kafka_setup(&cfg, &files, mode)?;
+    let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
     pipeline.set_processing_time(weir_engine::runtime::now_ms());
-    for file in sql_files(&common.paths)? {
-        load_file(&mut pipeline, &file).await?;
+    for file in &files {
+        if let Err(e) = load_file(&mut pipeline, file).await {
+            if let Some(k) = embedded {
+                k.stop().await;
+            }
+            return Err(match hint {
+                Some(h) if format!("{e:#}").contains("no Kafka cluster") => {
+                    anyhow::anyhow!("{e:#}\n  note: {h}")
+                }
+                _ => e,
+            });
+        }
     }
-    Ok((pipeline, cfg))
+    Ok((pipeline, cfg, embedded))
 }
 
 async fn load_file(pipeline: &mut Pipeline, file: &Path) -> Result<()> {
@@ -158,7 +254,21 @@ async fn shutdown_signal() {
 }
 
 async fn run(common: Common, until_done: bool) -> Result<()> {
-    let (pipeline, cfg) = load_pipeline(&common).await?;
+    let mode = if until_done {
+        Mode::Backfill
+    } else {
+        Mode::Run
+    };
+    let (pipeline, cfg, embedded) = load_pipeline(&common, mode).await?;
+    let result = run_pipeline(pipeline, cfg, until_done).await;
+    // After the pipeline: its Kafka sinks flushed to the embedded broker as they closed.
+    if let Some(k) = embedded {
+        k.stop().await;
+    }
+    result
+}
+
+async fn run_pipeline(pipeline: Pipeline, cfg: config::Config, until_done: bool) -> Result<()> {
     let objects = pipeline.objects();
     if objects.is_empty() {
         bail!("the SQL files declare nothing to run");
@@ -194,7 +304,7 @@ async fn run(common: Common, until_done: bool) -> Result<()> {
 }
 
 async fn check(common: Common) -> Result<()> {
-    let (mut pipeline, _) = load_pipeline(&common).await?;
+    let (mut pipeline, _, _) = load_pipeline(&common, Mode::Check).await?;
     for o in pipeline.objects() {
         if o.kind == weir_engine::sql::ObjectKind::View {
             let r = pipeline

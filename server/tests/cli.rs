@@ -1,12 +1,142 @@
 //! The `weir` binary end to end: `run --until-done` on bounded sources, errors with
-//! positions and exit codes, environment overrides, `--help`.
+//! positions and exit codes, environment overrides, `--help`, and the demo queries on the
+//! embedded Kafka broker.
 
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    // The caller's WEIR__* settings (a Kafka cluster, say) must not leak into the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEIR__") {
+            c.env_remove(k);
+        }
+    }
+    c
 }
+
+/// The repository's demo queries.
+fn demo_queries() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
+}
+
+/// A `weir` process whose stdout and stderr are collected as it runs; killed if the test
+/// fails before it ends.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weir");
+        let log = Arc::new(Mutex::new(String::new()));
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for pipe in [out, err] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    let mut l = log.lock().expect("log");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Running { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Wait until `done` holds, or fail with the log after `limit`.
+    fn wait_until(&mut self, what: &str, limit: Duration, done: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            if done(&self.log()) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weir exited ({status}) before {what}:\n{}", self.log());
+            }
+            if start.elapsed() > limit {
+                panic!("no {what} after {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Ctrl-C, then wait for the exit; returns the status and everything logged.
+    fn interrupt(&mut self) -> (ExitStatus, String) {
+        let sent = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("weir did not stop within 60 s of SIGINT:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Let the readers take the last lines.
+        std::thread::sleep(Duration::from_millis(300));
+        (status, self.log())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The row count of the last progress or final line for `object` (`source downloads`):
+/// `source downloads (kafka): 11.1k rows, ...` gives "11.1k".
+fn last_rows<'a>(log: &'a str, object: &str) -> Option<&'a str> {
+    let prefix = format!("{object} (");
+    log.lines()
+        .filter_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
+        .filter_map(|rest| rest.split_once("): ").map(|(_, r)| r))
+        .filter_map(|r| r.split_once(" rows").map(|(n, _)| n))
+        .next_back()
+}
+
+/// Every file under `dir` whose name satisfies `keep`.
+fn files_under(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p, keep));
+        } else if p.file_name().and_then(|n| n.to_str()).is_some_and(keep) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+const EMBEDDED_LINE: &str = "no [kafka] bootstrap.servers configured: started an embedded \
+    Kafka-protocol broker at ";
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write");
@@ -197,4 +327,150 @@ fn help_documents_every_flag() {
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+/// `weir run queries/` with nothing configured: the embedded broker starts, the generator
+/// feeds fill `downloads` and `ticks`, the Kafka sources read them, and the 10-second
+/// ticks windows close into Parquet.
+#[cfg(unix)]
+#[test]
+fn demo_runs_on_the_embedded_kafka_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut weir_run = Running::spawn(
+        weir()
+            .args(["run", "--progress-interval", "500ms"])
+            .arg(demo_queries())
+            .current_dir(dir.path()),
+    );
+    let lake = dir.path().join("data").join("lake").join("symbol_stats");
+    // A file (in progress) under the symbol_stats sink: a ticks window closed.
+    let stats_written = || !files_under(&lake, &|_| true).is_empty();
+    weir_run.wait_until("closed ticks window", Duration::from_secs(120), |log| {
+        stats_written()
+            && last_rows(log, "source downloads").is_some_and(|n| n != "0")
+            && last_rows(log, "source ticks").is_some_and(|n| n != "0")
+    });
+    let (status, log) = weir_run.interrupt();
+    assert!(status.success(), "weir failed:\n{log}");
+    assert!(log.contains(EMBEDDED_LINE), "{log}");
+    assert!(
+        log.contains(
+            "(rdkafka mock cluster) fed by generators: downloads (2000 rows/s), ticks \
+             (500 rows/s); set [kafka] bootstrap.servers to use your cluster"
+        ),
+        "{log}"
+    );
+    // The sources are Kafka sources and received rows.
+    for source in ["source downloads (kafka): ", "source ticks (kafka): "] {
+        let line = log
+            .lines()
+            .rfind(|l| l.contains(&format!("final: {source}")))
+            .unwrap_or_else(|| panic!("no final line for {source}:\n{log}"));
+        assert!(!line.contains(&format!("{source}0 rows")), "{line}");
+        assert!(line.contains("bad 0"), "{line}");
+    }
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // The closed windows were written as finished Parquet files at the stop.
+    let files = files_under(&lake, &|n| {
+        n.starts_with("part-") && n.ends_with(".parquet")
+    });
+    assert!(!files.is_empty(), "no Parquet under {}", lake.display());
+    let mut rows = 0;
+    for f in files {
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&f).expect("open"),
+            )
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let trades = b.column_by_name("trades").expect("trades column");
+            for r in 0..b.num_rows() {
+                let n = datafusion::arrow::util::display::array_value_to_string(trades, r)
+                    .expect("fmt");
+                assert_ne!(n, "0");
+            }
+            rows += b.num_rows();
+        }
+    }
+    assert!(rows > 0);
+}
+
+/// A configured `[kafka] "bootstrap.servers"` parses and turns the embedded broker off.
+#[cfg(unix)]
+#[test]
+fn configured_kafka_cluster_turns_the_embedded_broker_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "weir.toml",
+        "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9\"\n\n[kafka.properties]\n\
+         \"reconnect.backoff.ms\" = 1000\n",
+    );
+    let mut weir_run = Running::spawn(
+        weir()
+            .args(["run", "--progress-interval", "0s", "--config", "weir.toml"])
+            .arg(demo_queries())
+            .current_dir(dir.path()),
+    );
+    weir_run.wait_until("start", Duration::from_secs(60), |log| {
+        log.contains("running; Ctrl-C stops")
+    });
+    let (status, log) = weir_run.interrupt();
+    assert!(status.success(), "weir failed:\n{log}");
+    assert!(
+        log.contains(
+            "Kafka cluster from [kafka] bootstrap.servers: 127.0.0.1:9 (the embedded broker \
+             is off)"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("embedded Kafka-protocol broker"), "{log}");
+}
+
+/// `--until-done` never starts the embedded broker (its feeds never end), and says so.
+#[test]
+fn until_done_does_not_start_the_embedded_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = weir()
+        .args(["run", "--until-done", "--progress-interval", "0s"])
+        .arg(demo_queries())
+        .current_dir(dir.path())
+        .output()
+        .expect("run weir");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        !stdout.contains("embedded Kafka-protocol broker"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("no Kafka cluster"), "{stderr}");
+    assert!(
+        stderr.contains("with --until-done the embedded Kafka broker is not started"),
+        "{stderr}"
+    );
+}
+
+/// `check` plans the Kafka demo without any broker.
+#[test]
+fn check_plans_the_kafka_demo_without_a_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = weir()
+        .arg("check")
+        .arg(demo_queries())
+        .current_dir(dir.path())
+        .output()
+        .expect("run weir");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok: 11 objects"), "{stdout}");
+    assert!(
+        !stdout.contains("embedded Kafka-protocol broker"),
+        "{stdout}"
+    );
 }
