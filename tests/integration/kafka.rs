@@ -790,3 +790,37 @@ async fn kafka_sink_round_trip() {
     rows.sort();
     assert_eq!(rows, expected);
 }
+
+/// `latest` on partitions that already hold data: only new rows count, and a partition that
+/// is caught up and silent goes idle (it does not hold the windows open forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_latest_with_a_caught_up_quiet_partition() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let topic = unique("latest");
+    create_topic(&b, &topic, 2).await;
+    let p = producer(&b);
+    // Old data on both partitions, before the source starts.
+    produce_all(&p, &topic, &events(2, 2, 10, 5)).await;
+    let run = start(
+        &format!(
+            "CREATE SOURCE downloads ({DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH (connector = 'kafka', topic = '{topic}', 'scan.startup.mode' = 'latest', \
+             'idle.timeout' = '1s'); \
+             CREATE MATERIALIZED VIEW health AS {WINDOW_SQL}; \
+             CREATE SINK out FROM health WITH (connector = 'collect');"
+        ),
+        settings(&b),
+        false,
+    );
+    // Give the consumer time to take its positions at the end.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let new: Vec<Ev> = events(1, 3, 10, 9);
+    produce_all(&p, &topic, &new).await;
+    produce_all(&p, &topic, &sentinels(1, T0 + 3_600_000)).await;
+    let expected = batch_reference(&new).await;
+    run.wait_rows("out", expected.len(), 60).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sorted(&run.out.rows("out")), expected);
+    run.stop().await.unwrap();
+}

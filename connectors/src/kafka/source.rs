@@ -394,6 +394,8 @@ struct Pending {
     first_at: Option<Instant>,
     /// The next offset to read, once anything was read.
     next_offset: Option<i64>,
+    /// Where reading started (resolved at assignment).
+    start_offset: Option<i64>,
     /// `latest-offset` bound: the partition ends at this offset.
     end_offset: Option<i64>,
     ended: bool,
@@ -505,11 +507,13 @@ impl Consumer_ {
             .map_err(|e| kafka_error(&format!("{}: assigning partitions", self.what()), e))?;
 
         // With a bound, partitions whose start is already at the bound end now.
+        for (i, p) in partitions.iter().enumerate() {
+            pending[i].start_offset = Some(self.start_offset(&consumer, &tpl, *p)?);
+        }
         if self.config.bounded {
-            for (i, p) in pending.iter_mut().enumerate() {
+            for p in pending.iter_mut() {
                 if !p.ended
-                    && let Some(end) = p.end_offset
-                    && let Some(start) = self.start_offset(&consumer, &partitions, i)?
+                    && let (Some(end), Some(start)) = (p.end_offset, p.start_offset)
                     && start >= end
                 {
                     p.ended = true;
@@ -645,27 +649,10 @@ impl Consumer_ {
                 partitions[i],
                 Duration::from_secs(1),
             ) {
-                Ok((_, high)) => {
-                    let position = p.next_offset.or_else(|| {
-                        consumer
-                            .position()
-                            .ok()
-                            .and_then(|tpl| {
-                                tpl.find_partition(&self.config.topic, partitions[i])
-                                    .map(|e| e.offset())
-                            })
-                            .and_then(|o| match o {
-                                Offset::Offset(o) => Some(o),
-                                _ => None,
-                            })
-                    });
-                    match position {
-                        Some(pos) => pos < high,
-                        // Nothing read yet and no known position: behind if the partition
-                        // has anything in it at all.
-                        None => high > 0,
-                    }
-                }
+                Ok((_, high)) => match p.next_offset.or(p.start_offset) {
+                    Some(pos) => pos < high,
+                    None => high > 0,
+                },
                 Err(_) => true,
             };
             if behind && !self.send(SourceEvent::Active { partition: i })? {
@@ -675,35 +662,47 @@ impl Consumer_ {
         Ok(true)
     }
 
-    /// The offset the consumer will start a partition at, when knowable up front.
+    /// The offset the consumer starts partition `p` at, resolved the way librdkafka
+    /// resolves the assignment `assigned`.
     fn start_offset(
         &self,
         consumer: &BaseConsumer<SourceContext>,
-        partitions: &[i32],
-        i: usize,
-    ) -> Result<Option<i64>> {
-        let p = partitions[i];
+        assigned: &TopicPartitionList,
+        p: i32,
+    ) -> Result<i64> {
+        let (low, high) = consumer
+            .fetch_watermarks(&self.config.topic, p, Duration::from_secs(30))
+            .map_err(|e| kafka_error(&self.what(), e))?;
+        let reset_latest = self
+            .config
+            .connection
+            .properties
+            .get("auto.offset.reset")
+            .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end"));
+        let fallback = if reset_latest { high } else { low };
         Ok(match &self.config.startup {
-            StartupMode::Earliest => {
-                let (low, _) = consumer
-                    .fetch_watermarks(&self.config.topic, p, Duration::from_secs(30))
-                    .map_err(|e| kafka_error(&self.what(), e))?;
-                Some(low)
-            }
-            StartupMode::Latest => Some(i64::MAX),
+            StartupMode::Earliest => low,
+            StartupMode::Latest => high,
             StartupMode::GroupOffsets => {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&self.config.topic, p);
                 let c = consumer
                     .committed_offsets(tpl, Duration::from_secs(30))
                     .map_err(|e| kafka_error(&self.what(), e))?;
-                c.find_partition(&self.config.topic, p)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
+                match c.find_partition(&self.config.topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if (low..=high).contains(&o) => o,
+                    _ => fallback,
+                }
             }
-            StartupMode::Timestamp(_) => None,
+            StartupMode::Timestamp(_) => {
+                match assigned
+                    .find_partition(&self.config.topic, p)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) => o.clamp(low, high),
+                    _ => high,
+                }
+            }
         })
     }
 
