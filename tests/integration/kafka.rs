@@ -505,6 +505,38 @@ async fn kafka_metadata_and_startup_modes() {
         .await;
         more.push((i, part, off, ts, key));
     }
+    // The standard tool shows the lag: two new messages per partition.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+    let out = std::process::Command::new("bash")
+        .args([
+            script,
+            "groups",
+            "--bootstrap-server",
+            &b,
+            "--describe",
+            "--group",
+            &group,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lags: Vec<(String, String, String)> = text
+        .lines()
+        .filter(|l| l.contains(&topic))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2].to_string(), f[3].to_string(), f[5].to_string())
+        })
+        .collect();
+    lags.sort();
+    assert_eq!(
+        lags,
+        vec![
+            ("0".to_string(), "5".to_string(), "2".to_string()),
+            ("1".to_string(), "5".to_string(), "2".to_string())
+        ],
+        "kafka-consumer-groups output:\n{text}"
+    );
     let r = start(&sql("group-offsets", "", &group), settings(&b), true);
     r.handle.await.unwrap().unwrap();
     assert_eq!(sorted(&r.out.rows("out")), expect(&more));
