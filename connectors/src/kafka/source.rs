@@ -452,6 +452,10 @@ impl Consumer_ {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
+                // librdkafka pauses a partition's fetching for this long once its local
+                // queue is full (default 1 s): with a consumer that drains the queue in
+                // large batches that pause, not the broker, limited throughput.
+                ("fetch.queue.backoff.ms", "10"),
                 ("client.id", &format!("weir-{}", cfg.source)),
             ])
             .set("group.id", &cfg.group_id)
