@@ -856,3 +856,59 @@ async fn kafka_latest_with_a_caught_up_quiet_partition() {
     assert_eq!(sorted(&run.out.rows("out")), expected);
     run.stop().await.unwrap();
 }
+
+/// CSV both ways: CSV messages in (one bad line skipped), a view, CSV messages out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_csv_in_and_out() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let input = unique("csv-in");
+    let output = unique("csv-out");
+    create_topic(&b, &input, 1).await;
+    create_topic(&b, &output, 1).await;
+    let p = producer(&b);
+    for line in [
+        "1714521600000|EU|success|1.5",
+        "2024-05-01T00:00:01Z|US|failed|",
+        "not a time|US|failed|1.0",
+        "1714521602000|\"A|P\"|success|2.25",
+    ] {
+        send(&p, &input, 0, None, line.as_bytes(), T0).await;
+    }
+    let r = start(
+        &format!(
+            "CREATE SOURCE downloads ({DDL}) WITH (connector = 'kafka', topic = '{input}', \
+             format = 'csv', 'csv.delimiter' = '|', 'bad.records' = 'skip', \
+             'scan.bounded.mode' = 'latest-offset'); \
+             CREATE MATERIALIZED VIEW v AS SELECT ts, region, speed_mbps * 2 AS double_speed \
+             FROM downloads WHERE status IS NOT NULL; \
+             CREATE SINK out FROM v WITH (connector = 'kafka', topic = '{output}', \
+             format = 'csv');"
+        ),
+        settings(&b),
+        true,
+    );
+    r.handle.await.unwrap().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", unique("csv-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[&output]).unwrap();
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while got.len() < 3 && t.elapsed() < Duration::from_secs(30) {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            got.push(String::from_utf8(m.unwrap().payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            "2024-05-01T00:00:00.000Z,EU,3.0",
+            "2024-05-01T00:00:01.000Z,US,",
+            "2024-05-01T00:00:02.000Z,A|P,4.5",
+        ]
+    );
+}

@@ -9,6 +9,7 @@
 //! message coordinates that belong in a dead letter). [`decoder_for`] and [`encoder_for`]
 //! pick the implementation from the `format` option.
 
+pub mod csv;
 pub mod json;
 pub mod record_json;
 
@@ -89,9 +90,12 @@ pub fn decoder_for(
     schema: SchemaRef,
     options: &mut Options,
 ) -> Result<Box<dyn RecordDecoder>> {
-    let _ = options;
     match format {
         "json" => Ok(Box::new(record_json::JsonRecordDecoder::new(schema)?)),
+        "csv" => Ok(Box::new(csv::CsvRecordDecoder::new(
+            schema,
+            csv::CsvOptions::take(options)?,
+        )?)),
         other => Err(weir_engine::WeirError::user(format!(
             "format '{other}' is not supported here; valid formats: {}",
             MESSAGE_FORMATS.join(", ")
@@ -107,9 +111,12 @@ pub fn encoder_for(
     options: &mut Options,
     subject: &str,
 ) -> Result<Box<dyn RecordEncoder>> {
-    let _ = (options, subject);
+    let _ = subject;
     match format {
         "json" => Ok(Box::new(record_json::JsonRecordEncoder::new(schema))),
+        "csv" => Ok(Box::new(csv::CsvRecordEncoder::new(csv::CsvOptions::take(
+            options,
+        )?))),
         other => Err(weir_engine::WeirError::user(format!(
             "format '{other}' is not supported here; valid formats: {}",
             MESSAGE_FORMATS.join(", ")
