@@ -912,3 +912,165 @@ async fn kafka_csv_in_and_out() {
         ]
     );
 }
+
+/// Avro in the Confluent wire format: records written by apache-avro with a registered
+/// schema are decoded; a foreign payload, an unknown schema id and a truncated datum go to
+/// the dead-letter topic; the view goes back out as Avro with a schema Weir registers.
+/// The schema registry is an in-process stand-in (see weir_tests::schema_registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_avro_with_schema_registry() {
+    use apache_avro::types::Value;
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let registry = weir_tests::schema_registry::TestRegistry::start().unwrap();
+    let input = unique("avro-in");
+    let output = unique("avro-out");
+    create_topic(&b, &input, 1).await;
+    create_topic(&b, &output, 1).await;
+    let writer_text = r#"{"type": "record", "name": "Download", "fields": [
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "region", "type": ["null", "string"], "default": null},
+        {"name": "status", "type": "string"},
+        {"name": "speed_mbps", "type": ["null", "float"], "default": null},
+        {"name": "extra", "type": "int"}]}"#;
+    let id = registry.register(&format!("{input}-value"), writer_text);
+    let writer = apache_avro::Schema::parse_str(writer_text).unwrap();
+    let encode = |ts: i64, region: Option<&str>, status: &str, speed: Option<f32>| {
+        let v = Value::Record(vec![
+            ("ts".into(), Value::TimestampMillis(ts)),
+            (
+                "region".into(),
+                match region {
+                    Some(r) => Value::Union(1, Box::new(Value::String(r.into()))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            ),
+            ("status".into(), Value::String(status.into())),
+            (
+                "speed_mbps".into(),
+                match speed {
+                    Some(s) => Value::Union(1, Box::new(Value::Float(s))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            ),
+            ("extra".into(), Value::Int(7)),
+        ]);
+        #[allow(deprecated)]
+        let datum = apache_avro::to_avro_datum(&writer, v).unwrap();
+        let mut out = vec![0u8];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&datum);
+        out
+    };
+    let good1 = encode(T0, Some("EU"), "success", Some(1.5));
+    let good2 = encode(T0 + 1000, None, "failed", None);
+    let mut unknown_id = good1.clone();
+    unknown_id[1..5].copy_from_slice(&999u32.to_be_bytes());
+    let truncated = good1[..7].to_vec();
+    let p = producer(&b);
+    for payload in [
+        good1,
+        br#"{"ts": 1}"#.to_vec(),
+        unknown_id,
+        truncated,
+        good2,
+    ] {
+        send(&p, &input, 0, None, &payload, T0).await;
+    }
+    let r = start(
+        &format!(
+            "CREATE SOURCE downloads ({DDL}) WITH (connector = 'kafka', topic = '{input}', \
+             format = 'avro', 'schema.registry.url' = '{url}', \
+             'scan.bounded.mode' = 'latest-offset'); \
+             CREATE MATERIALIZED VIEW v AS SELECT ts, region, status, speed_mbps FROM downloads; \
+             CREATE SINK out FROM v WITH (connector = 'kafka', topic = '{output}', \
+             format = 'avro', 'schema.registry.url' = '{url}');",
+            url = registry.url
+        ),
+        settings(&b),
+        true,
+    );
+    r.handle.await.unwrap().unwrap();
+
+    // What came out, decoded with the schema Weir registered.
+    let ids = registry.versions(&format!("{output}-value"));
+    assert_eq!(ids.len(), 1);
+    let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
+    let read_topic = |topic: String, n: usize| {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", unique("avro-reader"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        c.subscribe(&[&topic]).unwrap();
+        let mut got = Vec::new();
+        let t = Instant::now();
+        while got.len() < n && t.elapsed() < Duration::from_secs(30) {
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let reason = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == "weir.reason")
+                        .and_then(|x| x.value)
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                });
+                got.push((m.payload().unwrap_or(&[]).to_vec(), reason));
+            }
+        }
+        got
+    };
+    let out = read_topic(output.clone(), 2);
+    let rows: Vec<Value> = out
+        .iter()
+        .map(|(bytes, _)| {
+            assert_eq!(bytes[0], 0);
+            assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), ids[0]);
+            #[allow(deprecated)]
+            apache_avro::from_avro_datum(&reader, &mut &bytes[5..], None).unwrap()
+        })
+        .collect();
+    let field = |v: &Value, name: &str| match v {
+        Value::Record(f) => f.iter().find(|(n, _)| n == name).unwrap().1.clone(),
+        _ => panic!("not a record"),
+    };
+    assert_eq!(rows.len(), 2);
+    assert_eq!(field(&rows[0], "ts"), Value::TimestampMillis(T0));
+    assert_eq!(
+        field(&rows[0], "region"),
+        Value::Union(1, Box::new(Value::String("EU".into())))
+    );
+    assert_eq!(
+        field(&rows[0], "speed_mbps"),
+        Value::Union(1, Box::new(Value::Double(1.5)))
+    );
+    assert_eq!(field(&rows[1], "ts"), Value::TimestampMillis(T0 + 1000));
+    assert_eq!(
+        field(&rows[1], "region"),
+        Value::Union(0, Box::new(Value::Null))
+    );
+    assert_eq!(
+        field(&rows[1], "status"),
+        Value::Union(1, Box::new(Value::String("failed".into())))
+    );
+
+    // The three bad records, with their reasons.
+    let dead = read_topic(format!("{input}.dlq"), 3);
+    let reasons: Vec<String> = dead.iter().map(|(_, r)| r.clone().unwrap()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].contains("Confluent Avro wire format"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("schema id 999 is not in the schema registry"),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("undecodable Avro datum"),
+        "{}",
+        reasons[2]
+    );
+}

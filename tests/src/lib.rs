@@ -13,5 +13,9 @@
 //! - `DEAD LETTERS src` — the dead-letter records written for a source: raw, reason, position.
 //!
 //! The runner steps the engine synchronously: no sleeps, no retries.
+//!
+//! [`schema_registry`] is an in-process stand-in for a Confluent-compatible schema registry,
+//! for the Avro tests.
 
+pub mod schema_registry;
 pub mod slt;

@@ -9,6 +9,7 @@
 //! message coordinates that belong in a dead letter). [`decoder_for`] and [`encoder_for`]
 //! pick the implementation from the `format` option.
 
+pub mod avro;
 pub mod csv;
 pub mod json;
 pub mod record_json;
@@ -96,6 +97,10 @@ pub fn decoder_for(
             schema,
             csv::CsvOptions::take(options)?,
         )?)),
+        "avro" => Ok(Box::new(avro::AvroRecordDecoder::new(
+            schema,
+            avro::AvroOptions::take(options)?,
+        ))),
         other => Err(weir_engine::WeirError::user(format!(
             "format '{other}' is not supported here; valid formats: {}",
             MESSAGE_FORMATS.join(", ")
@@ -111,8 +116,12 @@ pub fn encoder_for(
     options: &mut Options,
     subject: &str,
 ) -> Result<Box<dyn RecordEncoder>> {
-    let _ = subject;
     match format {
+        "avro" => Ok(Box::new(avro::AvroRecordEncoder::new(
+            schema,
+            avro::AvroOptions::take(options)?,
+            subject,
+        )?)),
         "json" => Ok(Box::new(record_json::JsonRecordEncoder::new(schema))),
         "csv" => Ok(Box::new(csv::CsvRecordEncoder::new(csv::CsvOptions::take(
             options,

@@ -1,0 +1,517 @@
+//! Avro in the Confluent wire format: byte 0 is the magic 0, bytes 1..5 the schema id
+//! (big-endian), then one Avro binary datum written with that schema.
+//!
+//! Decoding fetches each writer schema once from a Confluent-compatible schema registry
+//! (`GET {schema.registry.url}/schemas/ids/{id}`) and keeps it. Declared columns are matched
+//! to the record's fields by name; a declared column the writer schema lacks is NULL (or makes
+//! the record bad if it is NOT NULL). Unions with null, the primitive types, `date`,
+//! `timestamp-millis`/`-micros`/`-nanos` (and their `local-` forms) and plain longs as epoch
+//! milliseconds convert to the declared types.
+//!
+//! Encoding (sinks) derives a record schema from the view's columns (nullable columns as
+//! `["null", T]`, timestamps as `long` with `timestamp-millis`), registers it under the
+//! subject (`<topic>-value`, `<topic>-key`) on first use, and writes magic, id and datum per
+//! row.
+
+use super::{Decoded, RecordChunk, RecordDecoder, RecordEncoder};
+use apache_avro::Schema as AvroSchema;
+use apache_avro::types::Value;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_engine::options::Options;
+use weir_engine::{Result, WeirError};
+
+/// The schema-registry options of the `avro` format.
+#[derive(Debug, Clone)]
+pub struct AvroOptions {
+    url: String,
+    basic_auth: Option<String>,
+}
+
+impl AvroOptions {
+    pub fn take(options: &mut Options) -> Result<Self> {
+        let url = options
+            .take("schema.registry.url")
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                WeirError::user(
+                    "format 'avro' needs 'schema.registry.url' (a Confluent-compatible schema \
+                     registry)",
+                )
+            })?;
+        Ok(AvroOptions {
+            url: url.trim_end_matches('/').to_string(),
+            basic_auth: options.take("schema.registry.basic.auth"),
+        })
+    }
+}
+
+/// A small blocking client for the two registry calls Weir makes.
+struct Registry {
+    options: AvroOptions,
+    agent: ureq::Agent,
+    schemas: HashMap<u32, std::result::Result<Arc<AvroSchema>, String>>,
+}
+
+impl Registry {
+    fn new(options: AvroOptions) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Registry {
+            options,
+            agent,
+            schemas: HashMap::new(),
+        }
+    }
+
+    fn auth(&self) -> Option<String> {
+        use base64_lite::encode;
+        self.options
+            .basic_auth
+            .as_ref()
+            .map(|a| format!("Basic {}", encode(a.as_bytes())))
+    }
+
+    /// The writer schema for `id`: `Ok(Err(reason))` when the registry does not know it
+    /// (the record is bad), `Err` when the registry cannot be reached after retries.
+    fn schema(&mut self, id: u32) -> Result<std::result::Result<Arc<AvroSchema>, String>> {
+        if let Some(s) = self.schemas.get(&id) {
+            return Ok(s.clone());
+        }
+        let url = format!("{}/schemas/ids/{id}", self.options.url);
+        let (status, body) = self.request(|agent, auth| {
+            let mut r = agent.get(&url);
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        })?;
+        let result = if status == 200 {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["schema"].as_str().map(str::to_string))
+                .ok_or_else(|| format!("schema registry answered without a schema for id {id}"))
+                .and_then(|text| {
+                    AvroSchema::parse_str(&text)
+                        .map(Arc::new)
+                        .map_err(|e| format!("schema id {id} does not parse: {e}"))
+                })
+        } else {
+            Err(format!(
+                "schema id {id} is not in the schema registry (HTTP {status})"
+            ))
+        };
+        self.schemas.insert(id, result.clone());
+        Ok(result)
+    }
+
+    /// Register `schema` under `subject`; returns its id.
+    fn register(&mut self, subject: &str, schema: &str) -> Result<u32> {
+        let url = format!("{}/subjects/{subject}/versions", self.options.url);
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let (status, text) = self.request(|agent, auth| {
+            let mut r = agent
+                .post(&url)
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.as_str())
+        })?;
+        if status != 200 {
+            return Err(WeirError::External(format!(
+                "registering the Avro schema for subject '{subject}' failed (HTTP {status}): {text}"
+            )));
+        }
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .map(|id| id as u32)
+            .ok_or_else(|| {
+                WeirError::External(format!(
+                    "schema registry answered without an id for subject '{subject}': {text}"
+                ))
+            })
+    }
+
+    /// One request with retries on transport errors and 5xx answers.
+    fn request(
+        &self,
+        call: impl Fn(
+            &ureq::Agent,
+            Option<&str>,
+        ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, String)> {
+        let auth = self.auth();
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            match call(&self.agent, auth.as_deref()) {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.body_mut().read_to_string().unwrap_or_default();
+                    if status >= 500 {
+                        last = format!("HTTP {status}: {body}");
+                        continue;
+                    }
+                    return Ok((status, body));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(WeirError::External(format!(
+            "the schema registry at {} cannot be reached: {last}",
+            self.options.url
+        )))
+    }
+}
+
+/// Base64 for the Basic auth header (no dependency for 20 lines).
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+pub struct AvroRecordDecoder {
+    schema: SchemaRef,
+    registry: Registry,
+}
+
+impl AvroRecordDecoder {
+    pub fn new(schema: SchemaRef, options: AvroOptions) -> Self {
+        AvroRecordDecoder {
+            schema,
+            registry: Registry::new(options),
+        }
+    }
+
+    /// One record's values in the declared column order, or why it is bad.
+    fn record(&mut self, bytes: &[u8]) -> Result<std::result::Result<Vec<ScalarValue>, String>> {
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Ok(Err(
+                "not in the Confluent Avro wire format (magic byte 0, then a 4-byte schema id)"
+                    .into(),
+            ));
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let writer = match self.registry.schema(id)? {
+            Ok(s) => s,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let mut rest = &bytes[5..];
+        #[allow(deprecated)]
+        let value = match apache_avro::from_avro_datum(&writer, &mut rest, None) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("undecodable Avro datum (schema id {id}): {e}"))),
+        };
+        let Value::Record(fields) = value else {
+            return Ok(Err(format!("schema id {id} is not an Avro record")));
+        };
+        let mut row = Vec::with_capacity(self.schema.fields().len());
+        for f in self.schema.fields() {
+            let v = fields
+                .iter()
+                .find(|(name, _)| name == f.name())
+                .map(|(_, v)| v);
+            let scalar = match v {
+                None => ScalarValue::try_from(f.data_type())?,
+                Some(v) => match to_scalar(v, f.data_type()) {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Err(format!("column '{}': {e}", f.name()))),
+                },
+            };
+            if scalar.is_null() && !f.is_nullable() {
+                return Ok(Err(format!(
+                    "missing or null value for NOT NULL column '{}'",
+                    f.name()
+                )));
+            }
+            row.push(scalar);
+        }
+        Ok(Ok(row))
+    }
+}
+
+fn to_scalar(v: &Value, dt: &DataType) -> std::result::Result<ScalarValue, String> {
+    let ms = |x: i64| ScalarValue::TimestampMillisecond(Some(x), None);
+    let s = match v {
+        Value::Union(_, inner) => return to_scalar(inner, dt),
+        Value::Null => return ScalarValue::try_from(dt).map_err(|e| e.to_string()),
+        Value::Boolean(b) => ScalarValue::Boolean(Some(*b)),
+        Value::Int(i) => ScalarValue::Int64(Some(i64::from(*i))),
+        Value::Long(l) => ScalarValue::Int64(Some(*l)),
+        Value::Float(f) => ScalarValue::Float64(Some(f64::from(*f))),
+        Value::Double(d) => ScalarValue::Float64(Some(*d)),
+        Value::String(s) | Value::Enum(_, s) => ScalarValue::Utf8(Some(s.clone())),
+        Value::Uuid(u) => ScalarValue::Utf8(Some(u.to_string())),
+        Value::Bytes(b) | Value::Fixed(_, b) => ScalarValue::Binary(Some(b.clone())),
+        Value::Date(d) => ScalarValue::Date32(Some(*d)),
+        Value::TimestampMillis(x) | Value::LocalTimestampMillis(x) => ms(*x),
+        Value::TimestampMicros(x) | Value::LocalTimestampMicros(x) => ms(x.div_euclid(1000)),
+        Value::TimestampNanos(x) | Value::LocalTimestampNanos(x) => ms(x.div_euclid(1_000_000)),
+        other => return Err(format!("Avro value {other:?} is not supported")),
+    };
+    if &s.data_type() == dt {
+        return Ok(s);
+    }
+    s.cast_to(dt)
+        .map_err(|_| format!("cannot convert {} to {dt}", s.data_type()))
+}
+
+impl RecordDecoder for AvroRecordDecoder {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn decode(&mut self, records: &RecordChunk) -> Result<Decoded> {
+        let width = self.schema.fields().len();
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(records.len()); width];
+        let mut bad = Vec::new();
+        for i in 0..records.len() {
+            match self.record(records.get(i))? {
+                Ok(row) => {
+                    for (c, v) in columns.iter_mut().zip(row) {
+                        c.push(v);
+                    }
+                }
+                Err(reason) => bad.push((i, reason)),
+            }
+        }
+        let arrays: Vec<ArrayRef> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(columns)
+            .map(|(f, values)| {
+                if values.is_empty() {
+                    Ok(datafusion::arrow::array::new_empty_array(f.data_type()))
+                } else {
+                    ScalarValue::iter_to_array(values)
+                }
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            arrays,
+            &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                .with_row_count(Some(records.len() - bad.len())),
+        )?;
+        Ok(Decoded { batch, bad })
+    }
+}
+
+pub struct AvroRecordEncoder {
+    schema: SchemaRef,
+    avro: AvroSchema,
+    avro_text: String,
+    subject: String,
+    registry: Registry,
+    id: Option<u32>,
+}
+
+impl AvroRecordEncoder {
+    pub fn new(schema: SchemaRef, options: AvroOptions, subject: &str) -> Result<Self> {
+        let avro_text = avro_schema_for(&schema, subject)?;
+        let avro = AvroSchema::parse_str(&avro_text)
+            .map_err(|e| WeirError::Internal(format!("derived Avro schema: {e}")))?;
+        Ok(AvroRecordEncoder {
+            schema,
+            avro,
+            avro_text,
+            subject: subject.to_string(),
+            registry: Registry::new(options),
+            id: None,
+        })
+    }
+}
+
+/// The Avro record schema Weir writes for `schema`.
+fn avro_schema_for(schema: &SchemaRef, subject: &str) -> Result<String> {
+    let name: String = subject
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = if name.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{name}")
+    } else {
+        name
+    };
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    serde_json::json!("string")
+                }
+                DataType::Boolean => serde_json::json!("boolean"),
+                DataType::Int8 | DataType::Int16 | DataType::Int32 => serde_json::json!("int"),
+                DataType::Int64 | DataType::UInt32 | DataType::UInt64 => {
+                    serde_json::json!("long")
+                }
+                DataType::Float32 => serde_json::json!("float"),
+                DataType::Float64 | DataType::Decimal128(_, _) => serde_json::json!("double"),
+                DataType::Binary | DataType::LargeBinary => serde_json::json!("bytes"),
+                DataType::Date32 => serde_json::json!({"type": "int", "logicalType": "date"}),
+                DataType::Timestamp(_, _) => {
+                    serde_json::json!({"type": "long", "logicalType": "timestamp-millis"})
+                }
+                other => {
+                    return Err(WeirError::user(format!(
+                        "column '{}' of type {other} cannot be written as Avro",
+                        f.name()
+                    )));
+                }
+            };
+            Ok(if f.is_nullable() {
+                serde_json::json!({"name": f.name(), "type": ["null", t], "default": null})
+            } else {
+                serde_json::json!({"name": f.name(), "type": t})
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::json!({"type": "record", "name": name, "fields": fields}).to_string())
+}
+
+fn to_avro(s: ScalarValue, dt: &DataType) -> std::result::Result<Value, String> {
+    Ok(match s {
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => Value::String(v),
+        ScalarValue::Boolean(Some(v)) => Value::Boolean(v),
+        ScalarValue::Int8(Some(v)) => Value::Int(i32::from(v)),
+        ScalarValue::Int16(Some(v)) => Value::Int(i32::from(v)),
+        ScalarValue::Int32(Some(v)) => Value::Int(v),
+        ScalarValue::Int64(Some(v)) => Value::Long(v),
+        ScalarValue::UInt32(Some(v)) => Value::Long(i64::from(v)),
+        ScalarValue::UInt64(Some(v)) => Value::Long(v as i64),
+        ScalarValue::Float32(Some(v)) => Value::Float(v),
+        ScalarValue::Float64(Some(v)) => Value::Double(v),
+        ScalarValue::Binary(Some(v)) | ScalarValue::LargeBinary(Some(v)) => Value::Bytes(v),
+        ScalarValue::Date32(Some(v)) => Value::Date(v),
+        s @ (ScalarValue::TimestampSecond(Some(_), _)
+        | ScalarValue::TimestampMillisecond(Some(_), _)
+        | ScalarValue::TimestampMicrosecond(Some(_), _)
+        | ScalarValue::TimestampNanosecond(Some(_), _)) => {
+            match s.cast_to(&DataType::Timestamp(TimeUnit::Millisecond, None)) {
+                Ok(ScalarValue::TimestampMillisecond(Some(ms), _)) => Value::TimestampMillis(ms),
+                _ => return Err("timestamp out of range".into()),
+            }
+        }
+        s @ ScalarValue::Decimal128(Some(_), _, _) => match s.cast_to(&DataType::Float64) {
+            Ok(ScalarValue::Float64(Some(v))) => Value::Double(v),
+            _ => return Err("decimal out of range".into()),
+        },
+        s if s.is_null() => Value::Null,
+        other => {
+            return Err(format!(
+                "{} cannot be written as Avro ({dt})",
+                other.data_type()
+            ));
+        }
+    })
+}
+
+impl RecordEncoder for AvroRecordEncoder {
+    fn encode(&mut self, batch: &RecordBatch, out: &mut RecordChunk) -> Result<()> {
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.registry.register(&self.subject, &self.avro_text)?;
+                self.id = Some(id);
+                id
+            }
+        };
+        for row in 0..batch.num_rows() {
+            let mut fields = Vec::with_capacity(batch.num_columns());
+            for (f, col) in self.schema.fields().iter().zip(batch.columns()) {
+                let s = ScalarValue::try_from_array(col, row)?;
+                let v = to_avro(s, f.data_type())
+                    .map_err(|e| WeirError::External(format!("column '{}': {e}", f.name())))?;
+                let v = if f.is_nullable() {
+                    match v {
+                        Value::Null => Value::Union(0, Box::new(Value::Null)),
+                        v => Value::Union(1, Box::new(v)),
+                    }
+                } else {
+                    v
+                };
+                fields.push((f.name().clone(), v));
+            }
+            #[allow(deprecated)]
+            let datum = apache_avro::to_avro_datum(&self.avro, Value::Record(fields))
+                .map_err(|e| WeirError::External(format!("Avro encoding: {e}")))?;
+            let mut record = Vec::with_capacity(5 + datum.len());
+            record.push(0);
+            record.extend_from_slice(&id.to_be_bytes());
+            record.extend_from_slice(&datum);
+            out.push(&record);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        assert_eq!(base64_lite::encode(b""), "");
+        assert_eq!(base64_lite::encode(b"f"), "Zg==");
+        assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
+        assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
+        assert_eq!(base64_lite::encode(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn derived_schema_parses_and_marks_nullable_columns() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let s = Arc::new(Schema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("region", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let text = avro_schema_for(&s, "alerts-value").unwrap();
+        assert!(AvroSchema::parse_str(&text).is_ok(), "{text}");
+        assert!(text.contains(r#""name":"alerts_value""#), "{text}");
+        assert!(text.contains(r#"["null","string"]"#), "{text}");
+        assert!(text.contains("timestamp-millis"), "{text}");
+    }
+}
