@@ -1074,3 +1074,57 @@ async fn kafka_avro_with_schema_registry() {
         reasons[2]
     );
 }
+
+/// A source without WATERMARK: the Kafka message timestamp is event time, per partition, so
+/// windows over a `timestamp` metadata column close as later messages arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_timestamp_is_event_time_without_watermark() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let topic = unique("kts");
+    create_topic(&b, &topic, 2).await;
+    let p = producer(&b);
+    // Payload timestamps are deliberately wrong: the message timestamp is what counts.
+    let mut evs = Vec::new();
+    for i in 0..40i64 {
+        let e = Ev {
+            partition: (i % 2) as i32,
+            ts: T0 + i * 500,
+            region: REGIONS[(i % 3) as usize],
+            status: if i % 4 == 0 { "failed" } else { "success" },
+            speed: i as f64,
+        };
+        let payload = serde_json::json!({"ts": 0, "region": e.region, "status": e.status,
+            "speed_mbps": e.speed})
+        .to_string();
+        send(&p, &topic, e.partition, None, payload.as_bytes(), e.ts).await;
+        evs.push(e);
+    }
+    let run = start(
+        &format!(
+            "CREATE SOURCE downloads (region TEXT, status TEXT, speed_mbps DOUBLE, \
+             ts TIMESTAMP METADATA FROM 'timestamp') \
+             WITH (connector = 'kafka', topic = '{topic}'); \
+             CREATE MATERIALIZED VIEW health AS {WINDOW_SQL}; \
+             CREATE SINK out FROM health WITH (connector = 'collect');"
+        ),
+        settings(&b),
+        false,
+    );
+    for part in 0..2 {
+        send(
+            &p,
+            &topic,
+            part,
+            None,
+            br#"{"region": "ZZ"}"#,
+            T0 + 3_600_000,
+        )
+        .await;
+    }
+    let expected = batch_reference(&evs).await;
+    run.wait_rows("out", expected.len(), 60).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sorted(&run.out.rows("out")), expected);
+    run.stop().await.unwrap();
+}
