@@ -155,6 +155,7 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
         ]),
         data_dir: std::env::temp_dir(),
         batch: Default::default(),
+        stats: Default::default(),
     })?;
     let file =
         std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -12,6 +12,7 @@
 
 use crate::error::{Result, WeirError};
 use crate::options::Options;
+use crate::stats::Stats;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -62,6 +63,9 @@ pub struct SourceSpec {
     /// Where the connector may keep files (dead letters, offsets).
     pub data_dir: PathBuf,
     pub batch: BatchLimits,
+    /// The source's live figures; connectors may fill [`Stats::lag`] and [`Stats::bytes`]
+    /// (the engine counts rows).
+    pub stats: Arc<Stats>,
 }
 
 /// What a source yields.
@@ -126,6 +130,9 @@ pub struct SinkSpec {
     pub key_columns: Vec<String>,
     pub options: Options,
     pub data_dir: PathBuf,
+    /// The sink's live figures; connectors may fill [`Stats::bytes`] and [`Stats::errors`]
+    /// (the engine counts rows).
+    pub stats: Arc<Stats>,
 }
 
 #[async_trait]

@@ -24,7 +24,7 @@ use crate::plan::{BatchSlot, StreamTable, ViewPlan, ViewPlanKind, split_plan};
 use crate::sql::{
     self, CreateSink, CreateSource, CreateView, Emit, Located, ObjectKind, WeirStatement,
 };
-use crate::stats::Stats;
+use crate::stats::{Stats, Status};
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::{cast, max};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -60,12 +60,65 @@ impl Default for EngineConfig {
     }
 }
 
-/// A view's most recent output rows, bounded by rows.
+/// One batch a view emitted, as subscribers see it: its rows numbered
+/// `first_seq..=last_seq()` in the view's sequence.
+#[derive(Debug)]
+pub struct Emitted {
+    pub first_seq: u64,
+    pub batch: RecordBatch,
+    /// The view's watermark after this emission (epoch ms), if it has one.
+    pub watermark: Option<i64>,
+    /// Wall-clock time the pipeline emitted it, in epoch microseconds.
+    pub emitted_at_us: i64,
+    /// A serialized form, made by the first subscriber that needs it and shared by the rest
+    /// (so fan-out encodes each batch once); its type is the server's business.
+    pub encoded: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Emitted {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.batch.num_rows() as u64 - 1
+    }
+}
+
+/// What a subscriber hears about a view.
+#[derive(Debug, Clone)]
+pub enum ViewEvent {
+    Rows(Arc<Emitted>),
+    /// The view was dropped; nothing more will come.
+    Dropped,
+}
+
+/// How many emitted batches the fan-out channel of a view holds for subscribers that are
+/// behind; one that falls further behind is told so and dropped (bounded memory).
+pub const SUBSCRIBER_QUEUE_BATCHES: usize = 128;
+
+/// A view's most recent output rows, bounded by rows, each numbered with the view's
+/// sequence (1, 2, 3, ... with no gaps), and the fan-out to live subscribers.
 #[derive(Debug)]
 pub struct ViewBuffer {
     pub schema: SchemaRef,
     max_rows: usize,
-    inner: RwLock<(VecDeque<RecordBatch>, usize)>,
+    inner: RwLock<Retained>,
+    tx: tokio::sync::broadcast::Sender<ViewEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Retained {
+    /// `(first_seq, batch)`, oldest first.
+    batches: VecDeque<(u64, RecordBatch)>,
+    rows: usize,
+    /// The seq of the last row emitted (0 before the first).
+    last_seq: u64,
+}
+
+/// Retained rows with their numbering.
+#[derive(Debug, Clone, Default)]
+pub struct RetainedRows {
+    /// `(first_seq, batch)`, oldest first, contiguous.
+    pub batches: Vec<(u64, RecordBatch)>,
+    /// The seq of the newest row the view has emitted (retained or not).
+    pub last_seq: u64,
 }
 
 impl ViewBuffer {
@@ -73,39 +126,106 @@ impl ViewBuffer {
         ViewBuffer {
             schema,
             max_rows,
-            inner: RwLock::new((VecDeque::new(), 0)),
+            inner: RwLock::new(Retained::default()),
+            tx: tokio::sync::broadcast::channel(SUBSCRIBER_QUEUE_BATCHES).0,
         }
     }
 
-    fn push(&self, batch: RecordBatch) {
-        if self.max_rows == 0 {
+    /// Number and retain `batch`, and hand it to subscribers.
+    fn push(&self, batch: RecordBatch, watermark: Option<i64>, emitted_at_us: i64) {
+        if batch.num_rows() == 0 {
             return;
         }
-        if let Ok(mut g) = self.inner.write() {
-            g.1 += batch.num_rows();
-            g.0.push_back(batch);
-            while g.1 > self.max_rows {
-                let Some(front) = g.0.front() else { break };
-                let excess = g.1 - self.max_rows;
+        let Ok(mut g) = self.inner.write() else {
+            return;
+        };
+        let first_seq = g.last_seq + 1;
+        g.last_seq += batch.num_rows() as u64;
+        if self.max_rows > 0 {
+            g.rows += batch.num_rows();
+            g.batches.push_back((first_seq, batch.clone()));
+            while g.rows > self.max_rows {
+                let Some((seq, front)) = g.batches.front().cloned() else {
+                    break;
+                };
+                let excess = g.rows - self.max_rows;
                 if front.num_rows() <= excess {
-                    g.1 -= front.num_rows();
-                    g.0.pop_front();
+                    g.rows -= front.num_rows();
+                    g.batches.pop_front();
                 } else {
                     let keep = front.slice(excess, front.num_rows() - excess);
-                    g.1 -= excess;
-                    g.0[0] = keep;
+                    g.rows -= excess;
+                    g.batches[0] = (seq + excess as u64, keep);
                 }
             }
         }
+        // Sent under the lock, so a subscriber that subscribes and then reads the retained
+        // rows sees every batch in one or the other (or both: it skips by seq).
+        let _ = self.tx.send(ViewEvent::Rows(Arc::new(Emitted {
+            first_seq,
+            batch,
+            watermark,
+            emitted_at_us,
+            encoded: std::sync::OnceLock::new(),
+        })));
     }
 
     /// The retained rows, oldest first.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
         self.inner
             .read()
-            .map(|g| g.0.iter().cloned().collect())
+            .map(|g| g.batches.iter().map(|(_, b)| b.clone()).collect())
             .unwrap_or_default()
     }
+
+    /// The retained rows with their seqs.
+    pub fn retained(&self) -> RetainedRows {
+        self.inner
+            .read()
+            .map(|g| RetainedRows {
+                batches: g.batches.iter().cloned().collect(),
+                last_seq: g.last_seq,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The seq of the newest row emitted.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.read().map(|g| g.last_seq).unwrap_or(0)
+    }
+
+    /// Continue the numbering after `last_seq` (restored at start-up, before any row).
+    pub fn resume_seq(&self, last_seq: u64) {
+        if let Ok(mut g) = self.inner.write()
+            && g.batches.is_empty()
+        {
+            g.last_seq = g.last_seq.max(last_seq);
+        }
+    }
+
+    /// Live emissions from now on. Subscribe first, then read [`ViewBuffer::retained`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ViewEvent> {
+        self.tx.subscribe()
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    fn close(&self) {
+        let _ = self.tx.send(ViewEvent::Dropped);
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn opt_watermark(w: i64) -> Option<i64> {
+    (w != i64::MIN).then_some(w)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +263,7 @@ struct ViewNode {
 
 struct SinkNode {
     name: String,
+    sql: String,
     view: String,
     connector: String,
     stats: Arc<Stats>,
@@ -189,8 +310,55 @@ pub enum StatementResult {
 pub struct ObjectInfo {
     pub kind: ObjectKind,
     pub name: String,
+    /// The connector (sources, sinks) or the input (views).
     pub detail: String,
     pub stats: Arc<Stats>,
+    /// The statement that created it, as written.
+    pub sql: String,
+    /// Its columns (a sink's are its view's).
+    pub schema: SchemaRef,
+    /// What it reads: a view's source or view, a sink's view.
+    pub input: Option<String>,
+    /// A view's retained rows and subscribers.
+    pub buffer: Option<Arc<ViewBuffer>>,
+}
+
+/// The objects of a running pipeline, readable from other tasks (the HTTP server) without
+/// going through the driver. Replaced as a whole on every CREATE and DROP.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog(Arc<RwLock<Arc<Vec<ObjectInfo>>>>);
+
+impl Catalog {
+    pub fn objects(&self) -> Arc<Vec<ObjectInfo>> {
+        self.0.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<ObjectInfo> {
+        self.objects().iter().find(|o| o.name == name).cloned()
+    }
+
+    fn set(&self, objects: Vec<ObjectInfo>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = Arc::new(objects);
+        }
+    }
+}
+
+/// One statement of a script that was applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// What kind of statement it was: `CREATE SOURCE`, `DROP MATERIALIZED VIEW`, `SELECT`...
+    pub statement: &'static str,
+    /// Its text as written.
+    pub text: String,
+    pub result: StatementResult,
+}
+
+/// What a script did: the statements applied, in order, and the error that stopped it.
+#[derive(Debug, Default)]
+pub struct ScriptOutcome {
+    pub applied: Vec<Applied>,
+    pub error: Option<WeirError>,
 }
 
 pub struct Pipeline {
@@ -201,6 +369,9 @@ pub struct Pipeline {
     sinks: Vec<SinkNode>,
     /// Processing time (epoch ms), set by the caller: wall clock in the runtime, virtual in tests.
     now_ms: i64,
+    catalog: Catalog,
+    /// Where each view's row numbering continues (restored from the last run).
+    seq_floor: std::collections::HashMap<String, u64>,
 }
 
 fn df_config() -> SessionConfig {
@@ -239,7 +410,25 @@ impl Pipeline {
             views: vec![],
             sinks: vec![],
             now_ms: 0,
+            catalog: Catalog::default(),
+            seq_floor: Default::default(),
         }
+    }
+
+    /// Continue views' row numbering after these seqs (a restart): applies to the views
+    /// that exist and to views created later under these names.
+    pub fn resume_seqs(&mut self, seqs: impl IntoIterator<Item = (String, u64)>) {
+        for (name, seq) in seqs {
+            if let Some(v) = self.views.iter().find(|v| v.name == name) {
+                v.buffer.resume_seq(seq);
+            }
+            self.seq_floor.insert(name, seq);
+        }
+    }
+
+    /// A handle on the live list of objects, updated on every CREATE and DROP.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.clone()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -270,24 +459,61 @@ impl Pipeline {
     /// Parse and apply a script. Statements apply in order; the first error stops it and
     /// names the statement, line and column.
     pub async fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
-        let statements = sql::parse_script(sql)?;
-        let mut out = Vec::with_capacity(statements.len());
+        let outcome = self.execute_script(sql).await;
+        match outcome.error {
+            Some(e) => Err(e),
+            None => Ok(outcome.applied.into_iter().map(|a| a.result).collect()),
+        }
+    }
+
+    /// Like [`Pipeline::execute`], but says which statements were applied before an error
+    /// stopped the script, with their texts.
+    pub async fn execute_script(&mut self, sql: &str) -> ScriptOutcome {
+        let mut outcome = ScriptOutcome::default();
+        let statements = match sql::parse_script(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                outcome.error = Some(e);
+                return outcome;
+            }
+        };
         for st in statements {
             let (index, location) = (st.index, st.location);
-            out.push(
-                self.apply(st)
-                    .await
-                    .map_err(|e| e.in_statement(index, location))?,
-            );
+            let statement = st.statement.label();
+            let text = st.text.clone();
+            match self.apply(st).await {
+                Ok(result) => {
+                    let changed = matches!(
+                        result,
+                        StatementResult::Created { .. } | StatementResult::Dropped { .. }
+                    );
+                    outcome.applied.push(Applied {
+                        statement,
+                        text,
+                        result,
+                    });
+                    if changed {
+                        self.publish_catalog();
+                    }
+                }
+                Err(e) => {
+                    outcome.error = Some(e.in_statement(index, location));
+                    break;
+                }
+            }
         }
-        Ok(out)
+        outcome
+    }
+
+    fn publish_catalog(&self) {
+        self.catalog.set(self.objects());
     }
 
     async fn apply(&mut self, st: Located) -> Result<StatementResult> {
         match st.statement {
             WeirStatement::CreateSource(c) => self.create_source(c, st.text),
             WeirStatement::CreateView(v) => self.create_view(v, st.text).await,
-            WeirStatement::CreateSink(s) => self.create_sink(s),
+            WeirStatement::CreateSink(s) => self.create_sink(s, st.text),
             WeirStatement::Show(kind) => self.show(kind),
             WeirStatement::Describe(name) => self.describe(&name),
             WeirStatement::Drop {
@@ -379,6 +605,7 @@ impl Pipeline {
             };
             m.key = key.to_string();
         }
+        let stats = Arc::new(Stats::with_status(Status::Starting));
         let source = factory
             .create(SourceSpec {
                 name: c.name.clone(),
@@ -388,6 +615,7 @@ impl Pipeline {
                 options,
                 data_dir: self.config.data_dir.clone(),
                 batch: self.config.batch,
+                stats: stats.clone(),
             })
             .map_err(|e| match e {
                 WeirError::User {
@@ -426,7 +654,7 @@ impl Pipeline {
                 partitions
             ],
             watermark: i64::MIN,
-            stats: Arc::new(Stats::default()),
+            stats,
             source: Some(source),
         });
         Ok(StatementResult::Created {
@@ -533,6 +761,9 @@ impl Pipeline {
         }
         let input_watermark = self.watermark_of(&plan.input);
         let buffer = Arc::new(ViewBuffer::new(plan.output_schema.clone(), retention));
+        if let Some(seq) = self.seq_floor.get(&v.name) {
+            buffer.resume_seq(*seq);
+        }
         self.views.push(ViewNode {
             name: v.name.clone(),
             sql: text,
@@ -549,7 +780,7 @@ impl Pipeline {
         })
     }
 
-    fn create_sink(&mut self, s: CreateSink) -> Result<StatementResult> {
+    fn create_sink(&mut self, s: CreateSink, text: String) -> Result<StatementResult> {
         if s.if_not_exists && self.exists(&s.name).is_some() {
             return Ok(StatementResult::Unchanged {
                 kind: ObjectKind::Sink,
@@ -574,6 +805,7 @@ impl Pipeline {
                 self.registry.sink_names().join(", ")
             ))
         })?;
+        let stats = Arc::new(Stats::default());
         let sink = self.registry.sink(&connector)?.create(SinkSpec {
             name: s.name.clone(),
             view: view.name.clone(),
@@ -581,12 +813,14 @@ impl Pipeline {
             key_columns: view.plan.key_columns(),
             options,
             data_dir: self.config.data_dir.clone(),
+            stats: stats.clone(),
         })?;
         self.sinks.push(SinkNode {
             name: s.name.clone(),
+            sql: text,
             view: s.from,
             connector: connector.to_ascii_lowercase(),
-            stats: Arc::new(Stats::default()),
+            stats,
             sink: Some(sink),
         });
         Ok(StatementResult::Created {
@@ -613,18 +847,11 @@ impl Pipeline {
                 kind.noun()
             )));
         }
-        let mut dependents: Vec<String> = self
-            .views
-            .iter()
-            .filter(|v| v.plan.input == name)
-            .map(|v| format!("materialized view {}", v.name))
+        let dependents: Vec<String> = self
+            .dependents(name)
+            .into_iter()
+            .map(|(k, n)| format!("{} {n}", k.noun()))
             .collect();
-        dependents.extend(
-            self.sinks
-                .iter()
-                .filter(|s| s.view == name)
-                .map(|s| format!("sink {}", s.name)),
-        );
         if !dependents.is_empty() {
             return Err(WeirError::user(format!(
                 "cannot drop {} '{name}': it is used by {}; drop those first",
@@ -634,7 +861,14 @@ impl Pipeline {
         }
         match kind {
             ObjectKind::Source => self.sources.retain(|s| s.name != name),
-            ObjectKind::View => self.views.retain(|v| v.name != name),
+            ObjectKind::View => {
+                if let Some(v) = self.views.iter().find(|v| v.name == name) {
+                    v.buffer.close();
+                    // A view created again under this name goes on numbering.
+                    self.seq_floor.insert(name.to_string(), v.buffer.last_seq());
+                }
+                self.views.retain(|v| v.name != name)
+            }
             ObjectKind::Sink => self.sinks.retain(|s| s.name != name),
         }
         Ok(StatementResult::Dropped {
@@ -730,22 +964,12 @@ impl Pipeline {
         &self,
         q: Query,
     ) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let mut err = None;
-        for v in &self.views {
-            match MemTable::try_new(v.buffer.schema.clone(), vec![v.buffer.snapshot()]) {
-                Ok(t) => {
-                    let _ = ctx.register_table(v.name.as_str(), Arc::new(t));
-                }
-                Err(e) => err = Some(e),
-            }
-        }
-        async move {
-            if let Some(e) = err {
-                return Err(e.into());
-            }
-            run_query(ctx, q).await
-        }
+        query_views(
+            self.views
+                .iter()
+                .map(|v| (v.name.as_str(), v.buffer.as_ref())),
+            q,
+        )
     }
 
     /// Sources that have not been started yet; the runtime takes them to poll.
@@ -781,6 +1005,13 @@ impl Pipeline {
     }
 
     pub fn objects(&self) -> Vec<ObjectInfo> {
+        let view_schema = |name: &str| {
+            self.views
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.plan.output_schema.clone())
+                .unwrap_or_else(|| Arc::new(Schema::empty()))
+        };
         let mut out: Vec<ObjectInfo> = self
             .sources
             .iter()
@@ -789,6 +1020,10 @@ impl Pipeline {
                 name: s.name.clone(),
                 detail: s.connector.clone(),
                 stats: s.stats.clone(),
+                sql: s.sql.clone(),
+                schema: s.schema.clone(),
+                input: None,
+                buffer: None,
             })
             .collect();
         out.extend(self.views.iter().map(|v| ObjectInfo {
@@ -796,14 +1031,57 @@ impl Pipeline {
             name: v.name.clone(),
             detail: v.plan.input.clone(),
             stats: v.stats.clone(),
+            sql: v.sql.clone(),
+            schema: v.plan.output_schema.clone(),
+            input: Some(v.plan.input.clone()),
+            buffer: Some(v.buffer.clone()),
         }));
         out.extend(self.sinks.iter().map(|s| ObjectInfo {
             kind: ObjectKind::Sink,
             name: s.name.clone(),
             detail: s.connector.clone(),
             stats: s.stats.clone(),
+            sql: s.sql.clone(),
+            schema: view_schema(&s.view),
+            input: Some(s.view.clone()),
+            buffer: None,
         }));
         out
+    }
+
+    /// The names of the sources, views and sinks that read `name`.
+    pub fn dependents(&self, name: &str) -> Vec<(ObjectKind, String)> {
+        let mut out: Vec<(ObjectKind, String)> = self
+            .views
+            .iter()
+            .filter(|v| v.plan.input == name)
+            .map(|v| (ObjectKind::View, v.name.clone()))
+            .collect();
+        out.extend(
+            self.sinks
+                .iter()
+                .filter(|s| s.view == name)
+                .map(|s| (ObjectKind::Sink, s.name.clone())),
+        );
+        out
+    }
+
+    /// A source's live figures.
+    pub fn source_stats(&self, name: &str) -> Option<&Arc<Stats>> {
+        self.sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.stats)
+    }
+
+    /// Whether a source of this name exists (a dropped source's last batches are ignored).
+    pub fn has_source(&self, name: &str) -> bool {
+        self.sources.iter().any(|s| s.name == name)
+    }
+
+    /// Whether a sink of this name exists.
+    pub fn has_sink(&self, name: &str) -> bool {
+        self.sinks.iter().any(|s| s.name == name)
     }
 
     /// The retained rows of a view.
@@ -1025,9 +1303,10 @@ impl Pipeline {
                 vec![]
             }
         };
+        let at = now_us();
         for b in &emitted {
             Stats::add(&v.stats.rows_out, b.num_rows() as u64);
-            v.buffer.push(b.clone());
+            v.buffer.push(b.clone(), opt_watermark(v.watermark), at);
         }
         Ok(emitted)
     }
@@ -1090,6 +1369,7 @@ impl Pipeline {
             self.views[vi].input_watermark = input_wm;
             let name = self.views[vi].name.clone();
             let mut emitted = Vec::new();
+            let closed_at = now_us();
             let new_wm = {
                 let v = &mut self.views[vi];
                 match &mut v.plan.kind {
@@ -1116,12 +1396,13 @@ impl Pipeline {
                     }
                 }
             };
+            self.views[vi].watermark = self.views[vi].watermark.max(new_wm);
             for b in &emitted {
                 let v = &self.views[vi];
                 Stats::add(&v.stats.rows_out, b.num_rows() as u64);
-                v.buffer.push(b.clone());
+                v.buffer
+                    .push(b.clone(), opt_watermark(v.watermark), closed_at);
             }
-            self.views[vi].watermark = self.views[vi].watermark.max(new_wm);
             self.views[vi].stats.watermark.store(
                 self.views[vi].watermark,
                 std::sync::atomic::Ordering::Relaxed,
@@ -1158,6 +1439,30 @@ async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
         .await
         .map_err(df_user_error)?;
     split_plan(physical, p.window.as_ref(), state.task_ctx())
+}
+
+/// Run an ad-hoc query over the retained rows of `views` (each a table named after the
+/// view). The future owns snapshots of the rows, so it borrows nothing.
+pub fn query_views<'a>(
+    views: impl IntoIterator<Item = (&'a str, &'a ViewBuffer)>,
+    q: Query,
+) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let mut err = None;
+    for (name, buffer) in views {
+        match MemTable::try_new(buffer.schema.clone(), vec![buffer.snapshot()]) {
+            Ok(t) => {
+                let _ = ctx.register_table(name, Arc::new(t));
+            }
+            Err(e) => err = Some(e),
+        }
+    }
+    async move {
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        run_query(ctx, q).await
+    }
 }
 
 async fn run_query(ctx: SessionContext, q: Query) -> Result<Vec<RecordBatch>> {

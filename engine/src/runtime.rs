@@ -9,13 +9,13 @@
 
 use crate::connector::{Sink, Source, SourceEvent};
 use crate::error::{Result, WeirError};
-use crate::pipeline::{Output, Pipeline};
-use crate::stats::Stats;
+use crate::pipeline::{Output, Pipeline, ScriptOutcome};
+use crate::stats::{Stats, Status};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
@@ -55,6 +55,35 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A request to the driver task, which owns the pipeline (the HTTP server sends these).
+#[derive(Debug)]
+pub enum Control {
+    /// Apply a script, as SQL files at start-up are applied; new sources and sinks start.
+    Execute {
+        sql: String,
+        reply: oneshot::Sender<ScriptOutcome>,
+    },
+}
+
+/// Sends [`Control`] requests to a running pipeline.
+#[derive(Debug, Clone)]
+pub struct Controller(mpsc::Sender<Control>);
+
+impl Controller {
+    /// A controller and the receiver to hand to [`run_with`].
+    pub fn new() -> (Self, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel(64);
+        (Controller(tx), rx)
+    }
+
+    /// Apply `sql` in the running pipeline; `None` when the pipeline has stopped.
+    pub async fn execute(&self, sql: String) -> Option<ScriptOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Control::Execute { sql, reply }).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 enum SourceMsg {
@@ -123,7 +152,7 @@ fn spawn_sink(
         }
         .await;
         if let Err(e) = &result {
-            stats.set_error(e.to_string());
+            stats.fail(e.to_string());
             tracing::error!(sink = %task_name, error = %e, "sink failed");
         }
         result
@@ -133,9 +162,22 @@ fn spawn_sink(
 
 /// Run the pipeline until every source ends (`until_done`) or `shutdown` resolves.
 pub async fn run(
+    pipeline: Pipeline,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunEnd> {
+    run_with(pipeline, options, shutdown, None).await
+}
+
+/// [`run`], taking [`Control`] requests from `control` while it runs.
+///
+/// A source that fails stops the run under `until_done` (the backfill cannot be complete);
+/// otherwise it is marked failed, with its error, and the other pipelines go on.
+pub async fn run_with(
     mut pipeline: Pipeline,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
+    mut control: Option<mpsc::Receiver<Control>>,
 ) -> Result<RunEnd> {
     if options.until_done {
         let unbounded = pipeline.unbounded_sources();
@@ -148,21 +190,11 @@ pub async fn run(
         }
     }
     let (tx, mut rx) = mpsc::channel::<SourceMsg>(options.channel_capacity);
-    let sources: Vec<JoinHandle<()>> = pipeline
-        .take_new_sources()
-        .into_iter()
-        .map(|(name, s)| spawn_source(name, s, tx.clone()))
-        .collect();
-    drop(tx);
+    let mut sources: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut sinks: HashMap<String, Vec<SinkTask>> = HashMap::new();
-    for s in pipeline.take_new_sinks() {
-        sinks.entry(s.view).or_default().push(spawn_sink(
-            s.name,
-            s.stats,
-            s.sink,
-            options.channel_capacity,
-        ));
-    }
+    start_new(&mut pipeline, &tx, &mut sources, &mut sinks, &options);
+    // With no control channel, the source channel closes when every source task is gone.
+    let tx = control.is_some().then_some(tx);
     pipeline.start_clock(now_ms());
     let mut ticker = tokio::time::interval(options.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,34 +210,72 @@ pub async fn run(
             let outputs: Vec<Output> = tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ok(RunEnd::Stopped),
+                Some(cmd) = recv_control(&mut control) => match cmd {
+                    Control::Execute { sql, reply } => {
+                        pipeline.set_processing_time(now_ms());
+                        let outcome = pipeline.execute_script(&sql).await;
+                        if let Some(tx) = &tx {
+                            start_new(&mut pipeline, tx, &mut sources, &mut sinks, &options);
+                        }
+                        stop_dropped(&pipeline, &mut sources, &mut sinks);
+                        let _ = reply.send(outcome);
+                        vec![]
+                    }
+                },
                 msg = rx.recv() => match msg {
-                    Some(SourceMsg::Event(name, SourceEvent::Batch { partition, batch, bad_records })) => {
-                        pipeline.set_processing_time(now_ms());
-                        pipeline.push(&name, partition, batch, bad_records).await?
-                    }
-                    Some(SourceMsg::Event(name, SourceEvent::PartitionEnd { partition })) => {
-                        pipeline.end_partition(&name, partition).await?
-                    }
-                    Some(SourceMsg::Event(name, SourceEvent::Active { partition })) => {
-                        pipeline.set_processing_time(now_ms());
-                        pipeline.keep_active(&name, partition)?;
+                    Some(SourceMsg::Event(name, _)) if !pipeline.has_source(&name) => {
+                        // Dropped while this was in flight.
                         vec![]
                     }
-                    Some(SourceMsg::Event(name, SourceEvent::Partitions { count })) => {
-                        pipeline.set_processing_time(now_ms());
-                        pipeline.set_partitions(&name, count)?;
-                        vec![]
+                    Some(SourceMsg::Event(name, ev)) => {
+                        if let Some(stats) = pipeline.source_stats(&name) {
+                            stats.mark_running();
+                        }
+                        match ev {
+                            SourceEvent::Batch { partition, batch, bad_records } => {
+                                pipeline.set_processing_time(now_ms());
+                                pipeline.push(&name, partition, batch, bad_records).await?
+                            }
+                            SourceEvent::PartitionEnd { partition } => {
+                                pipeline.end_partition(&name, partition).await?
+                            }
+                            SourceEvent::Active { partition } => {
+                                pipeline.set_processing_time(now_ms());
+                                pipeline.keep_active(&name, partition)?;
+                                vec![]
+                            }
+                            SourceEvent::Partitions { count } => {
+                                pipeline.set_processing_time(now_ms());
+                                pipeline.set_partitions(&name, count)?;
+                                vec![]
+                            }
+                            SourceEvent::Progress { partition, event_time_ms } => {
+                                pipeline.set_processing_time(now_ms());
+                                pipeline.progress(&name, partition, event_time_ms).await?
+                            }
+                            SourceEvent::End => {
+                                tracing::info!(source = %name, "source ended");
+                                if let Some(stats) = pipeline.source_stats(&name) {
+                                    stats.set_status(Status::Finished);
+                                }
+                                pipeline.end_source(&name).await?
+                            }
+                        }
                     }
-                    Some(SourceMsg::Event(name, SourceEvent::Progress { partition, event_time_ms })) => {
-                        pipeline.set_processing_time(now_ms());
-                        pipeline.progress(&name, partition, event_time_ms).await?
-                    }
-                    Some(SourceMsg::Event(name, SourceEvent::End)) => {
-                        tracing::info!(source = %name, "source ended");
-                        pipeline.end_source(&name).await?
+                    Some(SourceMsg::Failed(name, _)) if !pipeline.has_source(&name) => vec![],
+                    Some(SourceMsg::Failed(name, e)) if options.until_done => {
+                        return Err(WeirError::External(format!("source '{name}' failed: {e}")));
                     }
                     Some(SourceMsg::Failed(name, e)) => {
-                        return Err(WeirError::External(format!("source '{name}' failed: {e}")));
+                        tracing::error!(
+                            source = %name,
+                            error = %e,
+                            "source failed; the views over it stop advancing, the rest go on"
+                        );
+                        if let Some(stats) = pipeline.source_stats(&name) {
+                            stats.fail(e.to_string());
+                        }
+                        vec![]
                     }
                     None => {
                         // Every source task is gone; wait for the shutdown signal.
@@ -238,27 +308,92 @@ pub async fn run(
     }
     .await;
 
-    for s in &sources {
+    for s in sources.values() {
         s.abort();
     }
     // Close every sink, even after an error, so what was written is flushed.
     let mut sink_error = None;
     for t in sinks.into_values().flatten() {
-        let _ = t.tx.send(SinkMsg::Close).await;
-        match t.handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                sink_error.get_or_insert(WeirError::External(format!("sink '{}': {e}", t.name)));
-            }
-            Err(e) => {
-                sink_error.get_or_insert(WeirError::Internal(format!("sink '{}': {e}", t.name)));
-            }
+        if let Err(e) = close_sink(t).await {
+            sink_error.get_or_insert(e);
         }
     }
     let end = result?;
     match sink_error {
         Some(e) => Err(e),
         None => Ok(end),
+    }
+}
+
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Start the sources and sinks the pipeline has not started yet.
+fn start_new(
+    pipeline: &mut Pipeline,
+    tx: &mpsc::Sender<SourceMsg>,
+    sources: &mut HashMap<String, JoinHandle<()>>,
+    sinks: &mut HashMap<String, Vec<SinkTask>>,
+    options: &RunOptions,
+) {
+    for (name, s) in pipeline.take_new_sources() {
+        let handle = spawn_source(name.clone(), s, tx.clone());
+        sources.insert(name, handle);
+    }
+    for s in pipeline.take_new_sinks() {
+        sinks.entry(s.view).or_default().push(spawn_sink(
+            s.name,
+            s.stats,
+            s.sink,
+            options.channel_capacity,
+        ));
+    }
+}
+
+/// Stop the tasks of sources and sinks that were dropped: sources are cancelled, sinks
+/// flushed and closed in the background.
+fn stop_dropped(
+    pipeline: &Pipeline,
+    sources: &mut HashMap<String, JoinHandle<()>>,
+    sinks: &mut HashMap<String, Vec<SinkTask>>,
+) {
+    sources.retain(|name, handle| {
+        let keep = pipeline.has_source(name);
+        if !keep {
+            handle.abort();
+            tracing::info!(source = %name, "source dropped");
+        }
+        keep
+    });
+    for tasks in sinks.values_mut() {
+        let (keep, gone): (Vec<SinkTask>, Vec<SinkTask>) =
+            tasks.drain(..).partition(|t| pipeline.has_sink(&t.name));
+        *tasks = keep;
+        for t in gone {
+            tokio::spawn(async move {
+                let name = t.name.clone();
+                match close_sink(t).await {
+                    Ok(()) => tracing::info!(sink = %name, "sink dropped and closed"),
+                    Err(e) => {
+                        tracing::error!(sink = %name, error = %e, "dropped sink failed to close")
+                    }
+                }
+            });
+        }
+    }
+    sinks.retain(|_, tasks| !tasks.is_empty());
+}
+
+async fn close_sink(t: SinkTask) -> Result<()> {
+    let _ = t.tx.send(SinkMsg::Close).await;
+    match t.handle.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WeirError::External(format!("sink '{}': {e}", t.name))),
+        Err(e) => Err(WeirError::Internal(format!("sink '{}': {e}", t.name))),
     }
 }
 

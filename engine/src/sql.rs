@@ -44,6 +44,26 @@ pub enum WeirStatement {
     Select(Box<Query>),
 }
 
+impl WeirStatement {
+    /// The statement's kind as SQL words, for responses: `CREATE MATERIALIZED VIEW`, ...
+    pub fn label(&self) -> &'static str {
+        match self {
+            WeirStatement::CreateSource(_) => "CREATE SOURCE",
+            WeirStatement::CreateView(_) => "CREATE MATERIALIZED VIEW",
+            WeirStatement::CreateSink(_) => "CREATE SINK",
+            WeirStatement::Show(_) => "SHOW",
+            WeirStatement::Describe(_) => "DESCRIBE",
+            WeirStatement::Drop { kind, .. } => match kind {
+                ObjectKind::Source => "DROP SOURCE",
+                ObjectKind::View => "DROP MATERIALIZED VIEW",
+                ObjectKind::Sink => "DROP SINK",
+            },
+            WeirStatement::Explain(_) => "EXPLAIN",
+            WeirStatement::Select(_) => "SELECT",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
     Source,

@@ -3,7 +3,32 @@
 //! the pipeline.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Where an object is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Declared, not yet heard from (a source that has not connected yet).
+    Starting,
+    Running,
+    /// A bounded input that has ended.
+    Finished,
+    /// Stopped by an error; see [`Stats::last_error`].
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Stats {
@@ -18,7 +43,23 @@ pub struct Stats {
     pub open_windows: AtomicU64,
     pub open_groups: AtomicU64,
     pub state_bytes: AtomicU64,
+    /// Payload bytes read (sources) or written (sinks), where the connector knows them.
+    pub bytes: AtomicU64,
+    /// Messages the source has not read yet (Kafka: high watermark minus position, summed
+    /// over partitions); -1 when the connector cannot tell.
+    pub lag: AtomicI64,
+    /// Errors that did not stop the object (a sink's failed delivery that was retried).
+    pub errors: AtomicU64,
+    status: AtomicU8,
     last_error: Mutex<Option<String>>,
+    rate: Mutex<RateSample>,
+}
+
+#[derive(Debug)]
+struct RateSample {
+    at: Instant,
+    rows: u64,
+    per_sec: f64,
 }
 
 impl Default for Stats {
@@ -33,7 +74,16 @@ impl Default for Stats {
             open_windows: AtomicU64::new(0),
             open_groups: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
+            errors: AtomicU64::new(0),
+            status: AtomicU8::new(Status::Running as u8),
             last_error: Mutex::new(None),
+            rate: Mutex::new(RateSample {
+                at: Instant::now(),
+                rows: 0,
+                per_sec: 0.0,
+            }),
         }
     }
 }
@@ -52,6 +102,68 @@ impl Stats {
             i64::MIN => None,
             w => Some(w),
         }
+    }
+
+    /// Stats for an object that starts in `status`.
+    pub fn with_status(status: Status) -> Self {
+        let s = Stats::default();
+        s.set_status(status);
+        s
+    }
+
+    pub fn status(&self) -> Status {
+        match self.status.load(Ordering::Relaxed) {
+            0 => Status::Starting,
+            1 => Status::Running,
+            2 => Status::Finished,
+            _ => Status::Failed,
+        }
+    }
+
+    pub fn set_status(&self, s: Status) {
+        self.status.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// A starting object has been heard from: it is running (a finished or failed one
+    /// stays so).
+    pub fn mark_running(&self) {
+        let _ = self.status.compare_exchange(
+            Status::Starting as u8,
+            Status::Running as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Stopped by `e`.
+    pub fn fail(&self, e: impl Into<String>) {
+        self.set_error(e);
+        self.set_status(Status::Failed);
+    }
+
+    pub fn lag(&self) -> Option<u64> {
+        u64::try_from(self.lag.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Rows in per second since the previous call (called about once a second by one
+    /// sampler); [`Stats::rows_per_sec`] reads the last value.
+    pub fn sample_rate(&self) -> f64 {
+        let rows = Self::get(&self.rows_in);
+        let Ok(mut r) = self.rate.lock() else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        let dt = now.duration_since(r.at).as_secs_f64();
+        if dt > 0.0 {
+            r.per_sec = rows.saturating_sub(r.rows) as f64 / dt;
+        }
+        r.at = now;
+        r.rows = rows;
+        r.per_sec
+    }
+
+    pub fn rows_per_sec(&self) -> f64 {
+        self.rate.lock().map(|r| r.per_sec).unwrap_or(0.0)
     }
 
     pub fn set_error(&self, e: impl Into<String>) {

@@ -16,6 +16,74 @@ pub struct Config {
     pub engine: EngineSection,
     pub run: RunSection,
     pub kafka: KafkaSection,
+    pub server: ServerSection,
+}
+
+/// `[server]`: the REST API, WebSocket subscriptions and the dashboard.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Serve at all (`weir run`; `--until-done` serves only with an explicit `--listen`).
+    pub enabled: bool,
+    /// `host:port`. With no tokens configured only loopback addresses are used.
+    pub listen: String,
+    /// Tokens with every right (a list, or one comma-separated string from the environment).
+    #[serde(deserialize_with = "string_list")]
+    pub admin_tokens: Vec<String>,
+    /// Tokens that may only GET and subscribe.
+    #[serde(deserialize_with = "string_list")]
+    pub read_tokens: Vec<String>,
+    /// Origins allowed to call the API from a browser page served elsewhere ("*": any).
+    #[serde(deserialize_with = "string_list")]
+    pub cors_origins: Vec<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Largest SQL text in POST /api/v1/sql and /api/v1/query, bytes.
+    pub max_sql_bytes: usize,
+    /// Largest message a WebSocket client may send, bytes.
+    pub ws_max_message_bytes: usize,
+    /// A subscriber that does not take a message within this long is dropped.
+    pub ws_send_timeout: String,
+    /// A request that takes longer is answered 408.
+    pub request_timeout: String,
+    /// Most rows one rows or query response returns.
+    pub max_result_rows: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            admin_tokens: vec![],
+            read_tokens: vec![],
+            cors_origins: vec![],
+            max_body_bytes: 1 << 20,
+            max_sql_bytes: 256 << 10,
+            ws_max_message_bytes: 64 << 10,
+            ws_send_timeout: "10s".into(),
+            request_timeout: "30s".into(),
+            max_result_rows: 10_000,
+        }
+    }
+}
+
+/// A list of strings, or one string of comma-separated items (how environment variables
+/// give lists).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    let items = match v {
+        toml::Value::Array(a) => a
+            .into_iter()
+            .map(|x| match x {
+                toml::Value::String(s) => Ok(s),
+                other => Ok(other.to_string()),
+            })
+            .collect::<Result<Vec<String>, D::Error>>()?,
+        toml::Value::String(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+        other => vec![other.to_string()],
+    };
+    Ok(items.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
 /// `[kafka]`: the cluster Kafka sources and sinks use unless their WITH clause names one.

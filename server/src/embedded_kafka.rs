@@ -248,6 +248,7 @@ fn build_feed(f: &crate::config::FeedConfig, data_dir: &Path) -> Result<Feed> {
                 max_rows: 4096,
                 max_delay: Duration::from_millis(50),
             },
+            stats: Default::default(),
         })
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(Feed {

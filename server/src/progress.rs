@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use weir_engine::pipeline::ObjectInfo;
+use weir_engine::pipeline::{Catalog, ObjectInfo};
 use weir_engine::sql::ObjectKind;
 use weir_engine::stats::fmt_watermark;
 
@@ -57,13 +57,15 @@ fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
     }
 }
 
-pub async fn report(objects: Vec<ObjectInfo>, every: Duration) {
+/// Print a line per object every `every`; objects created or dropped while running (over
+/// the API) come and go.
+pub async fn report(catalog: Catalog, every: Duration) {
     let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        for o in &objects {
+        for o in catalog.objects().iter() {
             let rows = o.stats.snapshot().rows_in;
             let now = Instant::now();
             let (prev, t) = last.get(&o.name).copied().unwrap_or((0, now - every));
@@ -71,6 +73,11 @@ pub async fn report(objects: Vec<ObjectInfo>, every: Duration) {
             let rate = rows.saturating_sub(prev) as f64 / secs;
             last.insert(o.name.clone(), (rows, now));
             tracing::info!("{}", line(o, Some(rate)));
+            if o.stats.status() == weir_engine::stats::Status::Failed
+                && let Some(e) = o.stats.last_error()
+            {
+                tracing::warn!("{} {} has failed: {e}", o.kind.noun(), o.name);
+            }
         }
     }
 }

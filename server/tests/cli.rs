@@ -16,6 +16,8 @@ fn weir() -> Command {
             c.env_remove(k);
         }
     }
+    // Any free port for the API, so tests running at once do not collide.
+    c.env("WEIR__SERVER__LISTEN", "127.0.0.1:0");
     c
 }
 

@@ -273,6 +273,7 @@ mod tests {
                 max_rows,
                 max_delay: Duration::from_millis(50),
             },
+            stats: Default::default(),
         }
     }
 

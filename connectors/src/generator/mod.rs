@@ -450,6 +450,7 @@ mod tests {
                 max_rows,
                 max_delay: Duration::from_millis(20),
             },
+            stats: Default::default(),
         }
     }
 

@@ -29,11 +29,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use weir_engine::connector::{
     BatchLimits, MetadataColumn, Source, SourceEvent, SourceFactory, SourceSpec,
 };
+use weir_engine::stats::Stats;
 use weir_engine::{Result, WeirError};
 
 /// Options of `CREATE SOURCE ... WITH (connector = 'kafka', ...)`.
@@ -110,6 +112,8 @@ struct Config {
     columns: Vec<Option<Meta>>,
     /// The kafka timestamp is the event time (no WATERMARK clause).
     report_event_time: bool,
+    /// The source's live figures (lag, bytes).
+    stats: Arc<Stats>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -226,6 +230,7 @@ impl SourceFactory for KafkaSourceFactory {
                 schema: spec.schema,
                 columns,
                 report_event_time: spec.event_time.is_none(),
+                stats: spec.stats.clone(),
             }),
             decoder: Some(decoder),
             rx: None,
@@ -271,6 +276,8 @@ fn meta_column(m: &MetadataColumn, what: &str) -> Result<Meta> {
 
 /// How often quiet partitions are checked against the broker (see `health_check`).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the source asks the broker for the partitions' end offsets to report lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Catches errors librdkafka reports only to the client's error callback (a failed SASL
 /// handshake among them), so the source can stop on those that retrying cannot fix.
@@ -537,6 +544,7 @@ impl Consumer_ {
 
         let mut last_commit = Instant::now();
         let mut last_health = Instant::now();
+        let mut last_lag = Instant::now() - LAG_INTERVAL;
         let mut heard = vec![false; n];
         let mut last_error_log: Option<Instant> = None;
         let max_rows = self.config.batch.max_rows.max(1);
@@ -564,7 +572,9 @@ impl Consumer_ {
                     if p.ended {
                         continue;
                     }
-                    p.payloads.push(m.payload().unwrap_or(&[]));
+                    let payload = m.payload().unwrap_or(&[]);
+                    Stats::add(&self.config.stats.bytes, payload.len() as u64);
+                    p.payloads.push(payload);
                     match m.key() {
                         Some(k) => {
                             p.keys.push(k);
@@ -626,11 +636,41 @@ impl Consumer_ {
                 heard.iter_mut().for_each(|h| *h = false);
                 last_health = Instant::now();
             }
+            if last_lag.elapsed() >= LAG_INTERVAL {
+                self.report_lag(&consumer, &partitions, &pending);
+                last_lag = Instant::now();
+            }
             if last_commit.elapsed() >= self.config.commit_interval {
                 self.commit(&consumer, false);
                 last_commit = Instant::now();
             }
         }
+    }
+
+    /// Messages not read yet, summed over the partitions, into the source's lag figure.
+    fn report_lag(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[i32],
+        pending: &[Pending],
+    ) {
+        let mut lag = 0i64;
+        for (i, p) in pending.iter().enumerate() {
+            if p.ended {
+                continue;
+            }
+            let Ok((_, high)) = consumer.fetch_watermarks(
+                &self.config.topic,
+                partitions[i],
+                Duration::from_millis(500),
+            ) else {
+                // Unknown (the broker is unreachable): keep the last figure.
+                return;
+            };
+            let pos = p.next_offset.or(p.start_offset).unwrap_or(high);
+            lag += (high - pos).max(0);
+        }
+        self.config.stats.lag.store(lag, Ordering::Relaxed);
     }
 
     /// A partition that delivered nothing lately is idle only if it is caught up with the

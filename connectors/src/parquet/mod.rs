@@ -449,6 +449,7 @@ mod tests {
             key_columns: vec!["window_start".into(), "region".into()],
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: std::env::temp_dir(),
+            stats: Default::default(),
         }
     }
 

@@ -1,0 +1,346 @@
+//! The HTTP and WebSocket API (../shared/design/API.md) and the dashboard, served by
+//! axum inside `weir run`.
+//!
+//! Reads (lists, rows, ad-hoc queries, subscriptions, metrics) go to the pipeline's
+//! [`Catalog`] and the views' buffers directly, never through the driver task, so serving
+//! cannot slow the pipeline down. Changes (POST /api/v1/sql, DELETE) go to the driver
+//! through a [`Controller`] and are applied between micro-batches, exactly as the SQL files
+//! are at start-up, then journaled in the state directory so they survive a restart.
+
+pub mod json;
+mod metrics;
+mod routes;
+mod ws;
+
+use crate::state::StateDir;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use weir_engine::pipeline::Catalog;
+use weir_engine::runtime::Controller;
+
+/// A token's rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// GET and subscribe.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+/// The server's settings (`[server]` in weir.toml).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub tokens: Vec<(String, Role)>,
+    /// Origins allowed to call the API from a browser (`*` for any); empty: same origin only.
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_sql_bytes: usize,
+    /// Largest message a WebSocket client may send.
+    pub ws_max_message_bytes: usize,
+    /// A WebSocket client that does not take a message within this long is dropped.
+    pub ws_send_timeout: Duration,
+    /// A request that takes longer gets 408.
+    pub request_timeout: Duration,
+    /// Most rows one GET .../rows or POST /api/v1/query returns.
+    pub max_result_rows: usize,
+    /// How often `/api/v1/status/subscribe` pushes figures.
+    pub status_interval: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            tokens: vec![],
+            cors_origins: vec![],
+            max_body_bytes: 1 << 20,
+            max_sql_bytes: 256 << 10,
+            ws_max_message_bytes: 64 << 10,
+            ws_send_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_result_rows: 10_000,
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub controller: Controller,
+    pub settings: Arc<ApiSettings>,
+    pub state: Arc<StateDir>,
+    /// Flips to true when the process is stopping: subscriptions close.
+    pub stopping: watch::Receiver<bool>,
+    errors: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(
+        catalog: Catalog,
+        controller: Controller,
+        settings: ApiSettings,
+        state: Arc<StateDir>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        AppState {
+            catalog,
+            controller,
+            settings: Arc::new(settings),
+            state,
+            stopping,
+            errors: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// An error response: `{"error": {"code", "message", ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: serde_json::json!({"error": {"code": code, "message": message.into()}}),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// Add fields to the error object.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        if let Some(e) = self.body.get_mut("error").and_then(|e| e.as_object_mut()) {
+            e.insert(key.to_string(), value);
+        }
+        self
+    }
+
+    /// Add a top-level field beside `error`.
+    pub fn beside(mut self, key: &str, value: serde_json::Value) -> Self {
+        if let Some(o) = self.body.as_object_mut() {
+            o.insert(key.to_string(), value);
+        }
+        self
+    }
+
+    /// A failure of ours: the detail goes to the log under an id, the caller gets the id.
+    pub fn internal(state: &AppState, detail: impl std::fmt::Display) -> Self {
+        let id = state.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(error_id = id, "request failed: {detail}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error (id {id}); the detail is in the server log"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// A JSON body that is already serialized.
+pub struct RawJson(pub Vec<u8>);
+
+impl IntoResponse for RawJson {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())
+}
+
+/// Paths anyone may GET: liveness and the dashboard's static files (they hold no data;
+/// the page asks for a token when the API answers 401).
+fn is_public(path: &str) -> bool {
+    path == "/health" || path == "/" || path.starts_with("/assets/")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of a request: `Authorization: Bearer <token>`, or `?token=` (for WebSocket
+/// clients and the dashboard, which cannot always set headers).
+fn request_token(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION)
+        && let Ok(v) = v.to_str()
+        && let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    let query = req.uri().query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.settings.tokens.is_empty() || is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let needed = if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        Role::Read
+    } else {
+        Role::Admin
+    };
+    let Some(token) = request_token(&req) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs a token: send Authorization: Bearer <token> (or ?token=)",
+        )
+        .into_response();
+    };
+    let role = state
+        .settings
+        .tokens
+        .iter()
+        .filter(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        .map(|(_, r)| *r)
+        .max();
+    match role {
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response()
+        }
+        Some(r) if r < needed => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may only read (GET and subscribe); changes need an admin token",
+        )
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// 5xx responses produced below the handlers (a panic, a layer) carry no detail.
+async fn hide_5xx(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status().is_server_error()
+        && res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| v != "application/json")
+    {
+        return ApiError::new(res.status(), "internal", "internal error").into_response();
+    }
+    res
+}
+
+/// The whole application: API routes with their OpenAPI document, the dashboard, auth,
+/// limits and CORS.
+pub fn app(state: AppState) -> Router {
+    let (api, openapi) = routes::router().split_for_parts();
+    let openapi = Arc::new(openapi);
+    let settings = state.settings.clone();
+    let mut router = api
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(crate::dashboard::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn(hide_5xx))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            settings.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .with_state(state);
+    if !settings.cors_origins.is_empty() {
+        use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+        let cors = if settings.cors_origins.iter().any(|o| o == "*") {
+            CorsLayer::new().allow_origin(Any)
+        } else {
+            CorsLayer::new().allow_origin(AllowOrigin::list(
+                settings
+                    .cors_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            ))
+        };
+        router = router.layer(
+            cors.allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router
+}
+
+/// The OpenAPI document of the API routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::router().split_for_parts().1
+}
+
+/// Bind the listener. With no tokens configured the server only listens on loopback.
+pub async fn bind(listen: &str, settings: &ApiSettings) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut addr: SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("server.listen '{listen}': {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("server.listen '{listen}' resolves to no address"))?;
+    if settings.tokens.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "no API tokens are configured, so the server listens on 127.0.0.1 only instead of \
+             {addr}; configure [server] admin_tokens / read_tokens to serve other hosts"
+        );
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serve until `stopping` flips, then stop accepting and close subscriptions; the caller
+/// bounds how long open requests may take to finish.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow::Result<()> {
+    let mut stopping = state.stopping.clone();
+    let sampler = tokio::spawn(metrics::sample_rates(state.catalog.clone()));
+    let app = app(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        })
+        .await;
+    sampler.abort();
+    result.map_err(anyhow::Error::from)
+}

@@ -1,0 +1,748 @@
+//! The REST routes, each documented for the OpenAPI document by `#[utoipa::path]`, so the
+//! document is generated from the same list of handlers the router serves.
+
+use super::json::{column_names, rfc3339_ms, rows_array, write_rows};
+use super::{ApiError, AppState, RawJson, json_bytes, metrics, ws};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use weir_engine::WeirError;
+use weir_engine::pipeline::{Applied, ObjectInfo, StatementResult, query_views};
+use weir_engine::sql::{ObjectKind, WeirStatement};
+use weir_engine::stats::Status;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Weir",
+        description = "Streaming SQL over Kafka: sources, materialized views, sinks, \
+                       their live figures, retained rows and subscriptions."
+    ),
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "sql", description = "Submitting SQL and ad-hoc queries"),
+        (name = "objects", description = "Sources, views and sinks"),
+        (name = "rows", description = "A view's retained rows and live subscriptions"),
+    )
+)]
+struct ApiDoc;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics_text))
+        .routes(routes!(post_sql))
+        .routes(routes!(post_query))
+        .routes(routes!(list_sources))
+        .routes(routes!(list_views))
+        .routes(routes!(list_sinks))
+        .routes(routes!(get_source, delete_source))
+        .routes(routes!(get_view, delete_view))
+        .routes(routes!(get_sink, delete_sink))
+        .routes(routes!(view_rows))
+        .routes(routes!(ws::subscribe_view))
+        .routes(routes!(ws::subscribe_status))
+}
+
+/// A column of a schema.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Column {
+    pub name: String,
+    /// A SQL type name: bigint, double, varchar, timestamp, ...
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// Live figures of a source, view or sink.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Figures {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Rows in per second over the last second.
+    pub rows_per_sec: f64,
+    /// Messages not read yet (Kafka sources); null when unknown.
+    pub lag: Option<u64>,
+    /// The event-time watermark, RFC 3339; null before the first.
+    pub watermark: Option<String>,
+    /// How far the watermark is behind the wall clock, in milliseconds.
+    pub watermark_delay_ms: Option<i64>,
+    pub late_rows: u64,
+    pub bad_rows: u64,
+    pub open_windows: u64,
+    pub open_groups: u64,
+    pub state_bytes: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// A source, view or sink.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Object {
+    pub name: String,
+    /// source, view or sink
+    pub kind: String,
+    /// The statement that created it.
+    pub sql: String,
+    pub schema: Vec<Column>,
+    /// starting, running, finished (a bounded input that ended) or failed.
+    pub status: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The connector (sources and sinks).
+    pub connector: Option<String>,
+    /// What it reads (views and sinks).
+    pub input: Option<String>,
+    /// The seq of the newest row the view emitted (views).
+    pub last_seq: Option<u64>,
+    /// Live WebSocket subscribers (views).
+    pub subscribers: Option<usize>,
+    pub figures: Figures,
+}
+
+pub fn kind_word(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Source => "source",
+        ObjectKind::View => "view",
+        ObjectKind::Sink => "sink",
+    }
+}
+
+pub fn object(o: &ObjectInfo) -> Object {
+    let s = o.stats.snapshot();
+    let status = o.stats.status();
+    let watermark = s.watermark.filter(|w| *w != i64::MAX);
+    Object {
+        name: o.name.clone(),
+        kind: kind_word(o.kind).into(),
+        sql: o.sql.clone(),
+        schema: o
+            .schema
+            .fields()
+            .iter()
+            .map(|f| Column {
+                name: f.name().clone(),
+                data_type: super::json::type_name(f.data_type()),
+                nullable: f.is_nullable(),
+            })
+            .collect(),
+        status: status.as_str().into(),
+        reason: (status == Status::Failed)
+            .then(|| s.last_error.clone())
+            .flatten(),
+        connector: (o.kind != ObjectKind::View).then(|| o.detail.clone()),
+        input: o.input.clone(),
+        last_seq: o.buffer.as_ref().map(|b| b.last_seq()),
+        subscribers: o.buffer.as_ref().map(|b| b.subscribers()),
+        figures: Figures {
+            rows_in: s.rows_in,
+            rows_out: s.rows_out,
+            rows_per_sec: (o.stats.rows_per_sec() * 10.0).round() / 10.0,
+            lag: o.stats.lag(),
+            watermark: watermark.and_then(rfc3339_ms),
+            watermark_delay_ms: watermark.map(|w| weir_engine::runtime::now_ms() - w),
+            late_rows: s.late_rows,
+            bad_rows: s.bad_rows,
+            open_windows: s.open_windows,
+            open_groups: s.open_groups,
+            state_bytes: s.state_bytes,
+            bytes: weir_engine::stats::Stats::get(&o.stats.bytes),
+            errors: weir_engine::stats::Stats::get(&o.stats.errors),
+            last_error: s.last_error,
+        },
+    }
+}
+
+/// Every object of a kind.
+pub fn objects_of(state: &AppState, kind: ObjectKind) -> Vec<Object> {
+    state
+        .catalog
+        .objects()
+        .iter()
+        .filter(|o| o.kind == kind)
+        .map(object)
+        .collect()
+}
+
+/// The shape of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// sql_error, bad_request, not_found, conflict, unauthorized, forbidden, too_large,
+    /// unavailable, internal
+    pub code: String,
+    pub message: String,
+    /// For SQL errors: where, in the submitted text (1-based).
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    /// For SQL errors: which statement (1-based).
+    pub statement: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// GET /health: the process lives.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// ready or not_ready
+    pub status: String,
+    /// What is not ready: a source that has not connected, anything failed.
+    pub reasons: Vec<String>,
+}
+
+/// GET /ready: every source connected and every pipeline running.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, description = "Ready", body = Readiness),
+              (status = 503, description = "Not ready, with reasons", body = Readiness)))]
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    if *state.stopping.borrow() {
+        reasons.push("the server is stopping".to_string());
+    }
+    for o in state.catalog.objects().iter() {
+        match o.stats.status() {
+            Status::Starting => reasons.push(format!(
+                "{} {} has not connected yet",
+                o.kind.noun(),
+                o.name
+            )),
+            Status::Failed => reasons.push(format!(
+                "{} {} failed: {}",
+                o.kind.noun(),
+                o.name,
+                o.stats.last_error().unwrap_or_default()
+            )),
+            Status::Running | Status::Finished => {}
+        }
+    }
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let status = if reasons.is_empty() {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    (
+        code,
+        axum::Json(Readiness {
+            status: status.into(),
+            reasons,
+        }),
+    )
+        .into_response()
+}
+
+/// GET /metrics: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+               content_type = "text/plain; version=0.0.4")))]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&state.catalog),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SqlBody {
+    /// One or more statements separated by semicolons.
+    pub sql: String,
+}
+
+/// The SQL of a request body: plain text, or JSON `{"sql": "..."}`.
+fn sql_of(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let sql = if json {
+        serde_json::from_slice::<SqlBody>(body)
+            .map_err(|e| ApiError::bad_request(format!("expected {{\"sql\": \"...\"}}: {e}")))?
+            .sql
+    } else {
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL text is not UTF-8"))?
+    };
+    if sql.len() > state.settings.max_sql_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the SQL text has {} bytes; the limit is {} (server.max_sql_bytes)",
+                sql.len(),
+                state.settings.max_sql_bytes
+            ),
+        ));
+    }
+    if sql.trim().is_empty() {
+        return Err(ApiError::bad_request("no SQL in the request body"));
+    }
+    Ok(sql)
+}
+
+/// What one statement did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatementOut {
+    /// CREATE SOURCE, CREATE MATERIALIZED VIEW, CREATE SINK, DROP ..., SHOW, DESCRIBE,
+    /// EXPLAIN, SELECT
+    pub statement: String,
+    /// The object created or dropped.
+    pub name: Option<String>,
+    /// source, view or sink
+    pub kind: Option<String>,
+    /// created, dropped or unchanged (IF [NOT] EXISTS)
+    pub outcome: Option<String>,
+    /// For statements that return rows (SHOW, DESCRIBE, EXPLAIN, SELECT).
+    pub columns: Option<Vec<String>>,
+    pub rows: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SqlResponse {
+    pub results: Vec<StatementOut>,
+}
+
+fn statement_out(a: &Applied) -> StatementOut {
+    let (name, kind, outcome) = match &a.result {
+        StatementResult::Created { kind, name } => (Some(name), Some(kind), Some("created")),
+        StatementResult::Dropped { kind, name } => (Some(name), Some(kind), Some("dropped")),
+        StatementResult::Unchanged { kind, name } => (Some(name), Some(kind), Some("unchanged")),
+        StatementResult::Rows(_) => (None, None, None),
+    };
+    let (columns, rows) = match &a.result {
+        StatementResult::Rows(batches) => {
+            let columns = column_names(batches);
+            let rows = serde_json::from_slice(&rows_array(batches)).unwrap_or_default();
+            (Some(columns), Some(rows))
+        }
+        _ => (None, None),
+    };
+    StatementOut {
+        statement: a.statement.into(),
+        name: name.cloned(),
+        kind: kind.map(|k| kind_word(*k).into()),
+        outcome: outcome.map(Into::into),
+        columns,
+        rows,
+    }
+}
+
+/// An engine error as a response: the caller's mistakes are 400 with their position.
+fn engine_error(state: &AppState, e: WeirError) -> ApiError {
+    match e {
+        WeirError::User {
+            message,
+            statement,
+            location,
+        } => {
+            let conflict = message.contains("it is used by");
+            let mut err = ApiError::new(
+                if conflict {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                if conflict { "conflict" } else { "sql_error" },
+                message,
+            );
+            if let Some(l) = location {
+                err = err
+                    .with("line", l.line.into())
+                    .with("column", l.column.into());
+            }
+            if let Some(s) = statement {
+                err = err.with("statement", s.into());
+            }
+            err
+        }
+        WeirError::BadRecord(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_record", m),
+        WeirError::External(m) => ApiError::new(StatusCode::BAD_REQUEST, "external", m),
+        other => ApiError::internal(state, other),
+    }
+}
+
+/// Apply a script in the running pipeline and journal what changed.
+async fn apply(state: &AppState, sql: String) -> Result<Vec<StatementOut>, ApiError> {
+    let outcome = state.controller.execute(sql).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the pipeline is not running (stopping or stopped)",
+        )
+    })?;
+    let changed: Vec<String> = outcome
+        .applied
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.result,
+                StatementResult::Created { .. } | StatementResult::Dropped { .. }
+            )
+        })
+        .map(|a| a.text.clone())
+        .collect();
+    if let Err(e) = state.state.record(&changed) {
+        return Err(ApiError::internal(
+            state,
+            format!("applied but not journaled (lost at restart): {e:#}"),
+        ));
+    }
+    let results: Vec<StatementOut> = outcome.applied.iter().map(statement_out).collect();
+    match outcome.error {
+        None => Ok(results),
+        Some(e) => Err(engine_error(state, e).beside(
+            "applied",
+            serde_json::to_value(&results).unwrap_or_default(),
+        )),
+    }
+}
+
+/// POST /api/v1/sql: apply statements exactly as SQL files at start-up are applied.
+///
+/// Statements apply in order; the first error stops the script with 400 (message, line,
+/// column, statement) and `applied` lists the statements before it, which stay applied.
+/// CREATE and DROP statements are journaled in the state directory and survive a restart.
+#[utoipa::path(post, path = "/api/v1/sql", tag = "sql",
+    request_body(content = String, content_type = "text/plain",
+                 description = "SQL text; or JSON {\"sql\": \"...\"} with Content-Type: application/json"),
+    responses((status = 200, description = "Every statement applied", body = SqlResponse),
+              (status = 400, description = "A statement failed", body = ErrorBody),
+              (status = 409, description = "A DROP of an object others read", body = ErrorBody),
+              (status = 413, description = "Too large", body = ErrorBody)))]
+async fn post_sql(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<SqlResponse>, ApiError> {
+    let sql = sql_of(&state, &headers, &body)?;
+    let results = apply(&state, sql).await?;
+    Ok(axum::Json(SqlResponse { results }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryResponse {
+    pub columns: Vec<String>,
+    pub rows: Vec<serde_json::Value>,
+    /// True when the result had more rows than server.max_result_rows.
+    pub truncated: bool,
+}
+
+/// POST /api/v1/query: a SELECT over the views' retained rows (each view is a table).
+#[utoipa::path(post, path = "/api/v1/query", tag = "sql",
+    request_body(content = String, content_type = "text/plain",
+                 description = "One SELECT; or JSON {\"sql\": \"...\"}"),
+    responses((status = 200, description = "The result", body = QueryResponse),
+              (status = 400, description = "Not a SELECT, or it failed", body = ErrorBody)))]
+async fn post_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let sql = sql_of(&state, &headers, &body)?;
+    let mut statements =
+        weir_engine::sql::parse_script(&sql).map_err(|e| engine_error(&state, e))?;
+    if statements.len() != 1 {
+        return Err(ApiError::bad_request(format!(
+            "send one SELECT statement, not {}",
+            statements.len()
+        )));
+    }
+    let WeirStatement::Select(q) = statements.remove(0).statement else {
+        return Err(ApiError::bad_request(
+            "only a SELECT can be queried here; use POST /api/v1/sql for other statements",
+        ));
+    };
+    let objects = state.catalog.objects();
+    let views = objects
+        .iter()
+        .filter_map(|o| o.buffer.as_ref().map(|b| (o.name.as_str(), b.as_ref())));
+    let batches = query_views(views, *q)
+        .await
+        .map_err(|e| engine_error(&state, e))?;
+    let limit = state.settings.max_result_rows;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let kept = take_rows(&batches, 0, limit);
+    let columns = column_names(&batches);
+    let mut out = b"{\"columns\":".to_vec();
+    out.extend(json_bytes(&columns));
+    out.extend_from_slice(b",\"rows\":[");
+    write_rows(&kept, &mut out, true);
+    out.extend_from_slice(format!("],\"truncated\":{}}}", total > limit).as_bytes());
+    Ok(RawJson(out).into_response())
+}
+
+/// Rows `skip..skip+limit` of `batches`, as slices.
+fn take_rows(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    mut skip: usize,
+    mut limit: usize,
+) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
+    let mut out = Vec::new();
+    for b in batches {
+        if limit == 0 {
+            break;
+        }
+        if skip >= b.num_rows() {
+            skip -= b.num_rows();
+            continue;
+        }
+        let n = (b.num_rows() - skip).min(limit);
+        out.push(b.slice(skip, n));
+        limit -= n;
+        skip = 0;
+    }
+    out
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceList {
+    pub sources: Vec<Object>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewList {
+    pub views: Vec<Object>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SinkList {
+    pub sinks: Vec<Object>,
+}
+
+/// GET /api/v1/sources
+#[utoipa::path(get, path = "/api/v1/sources", tag = "objects",
+    responses((status = 200, description = "Every source with its figures", body = SourceList)))]
+async fn list_sources(State(state): State<AppState>) -> axum::Json<SourceList> {
+    axum::Json(SourceList {
+        sources: objects_of(&state, ObjectKind::Source),
+    })
+}
+
+/// GET /api/v1/views
+#[utoipa::path(get, path = "/api/v1/views", tag = "objects",
+    responses((status = 200, description = "Every materialized view with its figures", body = ViewList)))]
+async fn list_views(State(state): State<AppState>) -> axum::Json<ViewList> {
+    axum::Json(ViewList {
+        views: objects_of(&state, ObjectKind::View),
+    })
+}
+
+/// GET /api/v1/sinks
+#[utoipa::path(get, path = "/api/v1/sinks", tag = "objects",
+    responses((status = 200, description = "Every sink with its figures", body = SinkList)))]
+async fn list_sinks(State(state): State<AppState>) -> axum::Json<SinkList> {
+    axum::Json(SinkList {
+        sinks: objects_of(&state, ObjectKind::Sink),
+    })
+}
+
+fn find(state: &AppState, kind: ObjectKind, name: &str) -> Result<ObjectInfo, ApiError> {
+    state
+        .catalog
+        .get(name)
+        .filter(|o| o.kind == kind)
+        .ok_or_else(|| ApiError::not_found(format!("there is no {} '{name}'", kind.noun())))
+}
+
+fn get_one(state: &AppState, kind: ObjectKind, name: &str) -> Result<axum::Json<Object>, ApiError> {
+    find(state, kind, name).map(|o| axum::Json(object(&o)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dropped {
+    pub dropped: StatementOut,
+}
+
+async fn drop_one(
+    state: &AppState,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<axum::Json<Dropped>, ApiError> {
+    find(state, kind, name)?;
+    let dependents: Vec<serde_json::Value> = state
+        .catalog
+        .objects()
+        .iter()
+        .filter(|o| o.input.as_deref() == Some(name))
+        .map(|o| serde_json::json!({"kind": kind_word(o.kind), "name": o.name}))
+        .collect();
+    if !dependents.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "cannot drop {} '{name}': others read it; drop them first",
+                kind.noun()
+            ),
+        )
+        .with("dependents", dependents.into()));
+    }
+    let keyword = match kind {
+        ObjectKind::Source => "SOURCE",
+        ObjectKind::View => "MATERIALIZED VIEW",
+        ObjectKind::Sink => "SINK",
+    };
+    let sql = format!("DROP {keyword} \"{}\"", name.replace('"', "\"\""));
+    let mut results = apply(state, sql).await?;
+    let dropped = results
+        .pop()
+        .ok_or_else(|| ApiError::internal(state, "DROP returned no result"))?;
+    Ok(axum::Json(Dropped { dropped }))
+}
+
+macro_rules! object_routes {
+    ($get:ident, $delete:ident, $kind:expr, $path:literal, $noun:literal) => {
+        #[doc = concat!("GET ", $path, ": one ", $noun, " with its figures.")]
+        #[utoipa::path(get, path = $path, tag = "objects",
+            params(("name" = String, Path, description = "The object's name")),
+            responses((status = 200, description = "Found", body = Object),
+                      (status = 404, description = "No such object", body = ErrorBody)))]
+        async fn $get(
+            State(state): State<AppState>,
+            Path(name): Path<String>,
+        ) -> Result<axum::Json<Object>, ApiError> {
+            get_one(&state, $kind, &name)
+        }
+
+        #[doc = concat!("DELETE ", $path, ": drop the ", $noun, "; 409 naming the dependents if others read it.")]
+        #[utoipa::path(delete, path = $path, tag = "objects",
+            params(("name" = String, Path, description = "The object's name")),
+            responses((status = 200, description = "Dropped", body = Dropped),
+                      (status = 404, description = "No such object", body = ErrorBody),
+                      (status = 409, description = "Others depend on it", body = ErrorBody)))]
+        async fn $delete(
+            State(state): State<AppState>,
+            Path(name): Path<String>,
+        ) -> Result<axum::Json<Dropped>, ApiError> {
+            drop_one(&state, $kind, &name).await
+        }
+    };
+}
+
+object_routes!(
+    get_source,
+    delete_source,
+    ObjectKind::Source,
+    "/api/v1/sources/{name}",
+    "source"
+);
+object_routes!(
+    get_view,
+    delete_view,
+    ObjectKind::View,
+    "/api/v1/views/{name}",
+    "materialized view"
+);
+object_routes!(
+    get_sink,
+    delete_sink,
+    ObjectKind::Sink,
+    "/api/v1/sinks/{name}",
+    "sink"
+);
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RowsParams {
+    /// At most this many rows (default 100, at most server.max_result_rows).
+    pub limit: Option<usize>,
+    /// Only rows with a greater seq: the oldest of them first, for paging forward.
+    /// Without it, the newest rows.
+    pub since_seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowsResponse {
+    pub columns: Vec<String>,
+    /// Oldest first; row i has seq first_seq + i.
+    pub rows: Vec<serde_json::Value>,
+    /// The seq of the first row returned; null when none is.
+    pub first_seq: Option<u64>,
+    /// The seq of the last row returned, or, when none is, of the newest row the view
+    /// has emitted.
+    pub last_seq: u64,
+}
+
+/// GET /api/v1/views/{name}/rows: the view's retained rows with their seqs.
+#[utoipa::path(get, path = "/api/v1/views/{name}/rows", tag = "rows",
+    params(("name" = String, Path, description = "The view"), RowsParams),
+    responses((status = 200, description = "Rows, oldest first", body = RowsResponse),
+              (status = 404, description = "No such view", body = ErrorBody)))]
+async fn view_rows(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<RowsParams>,
+) -> Result<Response, ApiError> {
+    let o = find(&state, ObjectKind::View, &name)?;
+    let buffer = o
+        .buffer
+        .as_ref()
+        .ok_or_else(|| ApiError::internal(&state, "view without buffer"))?;
+    let limit = params
+        .limit
+        .unwrap_or(100)
+        .min(state.settings.max_result_rows);
+    let retained = buffer.retained();
+    let oldest = retained.batches.first().map(|(s, _)| *s);
+    let batches: Vec<_> = retained.batches.iter().map(|(_, b)| b.clone()).collect();
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let (skip, first_seq) = match (params.since_seq, oldest) {
+        (_, None) => (0, None),
+        (Some(since), Some(oldest)) => {
+            let skip = since.saturating_add(1).saturating_sub(oldest) as usize;
+            (skip.min(total), Some(oldest + skip.min(total) as u64))
+        }
+        (None, Some(oldest)) => {
+            let skip = total.saturating_sub(limit);
+            (skip, Some(oldest + skip as u64))
+        }
+    };
+    let rows = take_rows(&batches, skip, limit);
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    let (first_seq, last_seq) = match first_seq {
+        Some(f) if n > 0 => (Some(f), f + n as u64 - 1),
+        _ => (None, retained.last_seq),
+    };
+    let columns: Vec<String> = buffer
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut out = b"{\"columns\":".to_vec();
+    out.extend(json_bytes(&columns));
+    out.extend_from_slice(b",\"rows\":[");
+    write_rows(&rows, &mut out, true);
+    out.extend_from_slice(b"],\"first_seq\":");
+    out.extend(json_bytes(&first_seq));
+    out.extend_from_slice(format!(",\"last_seq\":{last_seq}}}").as_bytes());
+    Ok(RawJson(out).into_response())
+}

@@ -1,0 +1,367 @@
+//! WebSocket subscriptions: a view's rows as they are emitted, and live figures.
+//!
+//! A view subscriber first subscribes to the view's fan-out channel, then reads the
+//! retained rows, then forwards live batches, skipping any it already sent by seq: no gap,
+//! no duplicate. Each emitted batch is encoded to JSON once, by the first subscriber that
+//! sends it, and shared by the rest. The fan-out channel holds
+//! [`SUBSCRIBER_QUEUE_BATCHES`] batches: a subscriber further behind than that, or one
+//! whose socket does not take a message within `server.ws_send_timeout`, is sent an error
+//! message and closed (it may reconnect with `since_seq`), so slow clients cost bounded
+//! memory and never slow the pipeline.
+
+use super::json::{rfc3339_ms, rfc3339_us, write_rows};
+use super::routes::{ErrorBody, Object, object};
+use super::{ApiError, AppState};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use weir_engine::pipeline::{Emitted, SUBSCRIBER_QUEUE_BATCHES, ViewBuffer, ViewEvent};
+use weir_engine::sql::ObjectKind;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SubscribeParams {
+    /// Resume: skip the snapshot and send every retained row with a greater seq first.
+    pub since_seq: Option<u64>,
+    /// The API token, for clients that cannot set an Authorization header (read by the
+    /// auth layer; here for the OpenAPI document).
+    #[allow(dead_code)]
+    pub token: Option<String>,
+}
+
+/// A message on a view subscription (one of the shapes, by `type`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionMessage {
+    /// snapshot, rows or error
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// snapshot and rows: the rows, oldest first.
+    pub rows: Option<Vec<serde_json::Value>>,
+    /// rows: the seq of the first row.
+    pub first_seq: Option<u64>,
+    /// snapshot and rows: the seq of the last row (snapshot: of the newest row emitted).
+    pub last_seq: Option<u64>,
+    /// rows: the view's watermark after this batch.
+    pub watermark: Option<String>,
+    /// rows: when the pipeline emitted the batch (microsecond precision).
+    pub emitted_at: Option<String>,
+    /// error: why the subscription ends.
+    pub message: Option<String>,
+}
+
+/// GET /api/v1/views/{name}/subscribe (WebSocket): the snapshot of retained rows, then
+/// every emitted batch with its seqs and the watermark.
+///
+/// With `?since_seq=N` the snapshot is skipped and every retained row with seq > N comes
+/// first (the first message has first_seq = N+1 when those rows are still retained). An
+/// `error` message precedes every close by the server: the view was dropped, the client
+/// fell too far behind, or the server is stopping.
+#[utoipa::path(get, path = "/api/v1/views/{name}/subscribe", tag = "rows",
+    params(("name" = String, Path, description = "The view"), SubscribeParams),
+    responses((status = 101, description = "WebSocket: snapshot, then rows messages", body = SubscriptionMessage),
+              (status = 404, description = "No such view", body = ErrorBody)))]
+pub async fn subscribe_view(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<SubscribeParams>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let o = state
+        .catalog
+        .get(&name)
+        .filter(|o| o.kind == ObjectKind::View)
+        .ok_or_else(|| ApiError::not_found(format!("there is no materialized view '{name}'")))?;
+    let buffer = o
+        .buffer
+        .clone()
+        .ok_or_else(|| ApiError::internal(&state, "view without buffer"))?;
+    let stats = o.stats.clone();
+    let limit = state.settings.ws_max_message_bytes;
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            let rx = buffer.subscribe();
+            let mut sub = Subscriber {
+                socket,
+                state,
+                name,
+            };
+            sub.run(buffer, stats, rx, params.since_seq).await;
+        }))
+}
+
+struct Subscriber {
+    socket: WebSocket,
+    state: AppState,
+    name: String,
+}
+
+/// Why a subscription ended on our side.
+enum End {
+    /// The client went away or the send failed: nothing more to say.
+    Gone,
+    /// Tell the client why, then close.
+    Close(u16, String),
+}
+
+fn rows_message(
+    batches: &[RecordBatch],
+    first_seq: u64,
+    last_seq: u64,
+    watermark: Option<i64>,
+    emitted_at_us: Option<i64>,
+) -> Vec<u8> {
+    let mut out = b"{\"type\":\"rows\",\"rows\":[".to_vec();
+    write_rows(batches, &mut out, true);
+    let wm = watermark.filter(|w| *w != i64::MAX).and_then(rfc3339_ms);
+    let at = emitted_at_us.and_then(rfc3339_us);
+    out.extend_from_slice(
+        format!(
+            "],\"first_seq\":{first_seq},\"last_seq\":{last_seq},\"watermark\":{},\"emitted_at\":{}}}",
+            serde_json::to_string(&wm).unwrap_or_else(|_| "null".into()),
+            serde_json::to_string(&at).unwrap_or_else(|_| "null".into()),
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+fn text(bytes: Vec<u8>) -> Utf8Bytes {
+    // Our JSON writer only writes UTF-8.
+    Utf8Bytes::from(String::from_utf8(bytes).unwrap_or_default())
+}
+
+/// The shared encoding of an emitted batch.
+fn encoded(e: &Emitted) -> Utf8Bytes {
+    let any = e.encoded.get_or_init(|| {
+        Box::new(text(rows_message(
+            std::slice::from_ref(&e.batch),
+            e.first_seq,
+            e.last_seq(),
+            e.watermark,
+            Some(e.emitted_at_us),
+        )))
+    });
+    any.downcast_ref::<Utf8Bytes>()
+        .cloned()
+        .unwrap_or_else(|| Utf8Bytes::from_static("{}"))
+}
+
+impl Subscriber {
+    async fn send(&mut self, msg: Utf8Bytes) -> Result<(), End> {
+        match tokio::time::timeout(
+            self.state.settings.ws_send_timeout,
+            self.socket.send(Message::Text(msg)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(
+                1008,
+                format!(
+                    "the client did not take a message within {:?} (server.ws_send_timeout)",
+                    self.state.settings.ws_send_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        buffer: Arc<ViewBuffer>,
+        stats: Arc<weir_engine::stats::Stats>,
+        rx: tokio::sync::broadcast::Receiver<ViewEvent>,
+        since: Option<u64>,
+    ) {
+        let end = self.stream(buffer, stats, rx, since).await;
+        if let End::Close(code, reason) = end {
+            let msg = serde_json::json!({"type": "error", "message": reason}).to_string();
+            tracing::debug!(view = %self.name, "closing a subscription: {reason}");
+            let _ = tokio::time::timeout(
+                self.state.settings.ws_send_timeout,
+                self.socket.send(Message::Text(msg.into())),
+            )
+            .await;
+            let mut reason = reason;
+            reason.truncate(120);
+            let _ = tokio::time::timeout(
+                self.state.settings.ws_send_timeout,
+                self.socket.send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))),
+            )
+            .await;
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        buffer: Arc<ViewBuffer>,
+        stats: Arc<weir_engine::stats::Stats>,
+        mut rx: tokio::sync::broadcast::Receiver<ViewEvent>,
+        since: Option<u64>,
+    ) -> End {
+        let retained = buffer.retained();
+        let mut cursor = retained.last_seq;
+        match since {
+            None => {
+                let mut out = b"{\"type\":\"snapshot\",\"rows\":[".to_vec();
+                write_rows(retained.batches.iter().map(|(_, b)| b), &mut out, true);
+                out.extend_from_slice(format!("],\"last_seq\":{}}}", retained.last_seq).as_bytes());
+                if let Err(e) = self.send(text(out)).await {
+                    return e;
+                }
+            }
+            Some(since) => {
+                let (batches, first) = after(&retained.batches, since);
+                if let Some(first) = first {
+                    let msg =
+                        rows_message(&batches, first, retained.last_seq, stats.watermark(), None);
+                    if let Err(e) = self.send(text(msg)).await {
+                        return e;
+                    }
+                }
+                cursor = cursor.max(since);
+            }
+        }
+        let mut stopping = self.state.stopping.clone();
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(ViewEvent::Rows(e)) => {
+                        if e.last_seq() <= cursor {
+                            continue;
+                        }
+                        let msg = if e.first_seq > cursor {
+                            encoded(&e)
+                        } else {
+                            let skip = (cursor + 1 - e.first_seq) as usize;
+                            let part = e.batch.slice(skip, e.batch.num_rows() - skip);
+                            text(rows_message(&[part], cursor + 1, e.last_seq(), e.watermark, Some(e.emitted_at_us)))
+                        };
+                        cursor = e.last_seq();
+                        if let Err(end) = self.send(msg).await {
+                            return end;
+                        }
+                    }
+                    Ok(ViewEvent::Dropped) | Err(RecvError::Closed) => {
+                        return End::Close(1000, format!("materialized view '{}' was dropped", self.name));
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        return End::Close(1013, format!(
+                            "this subscriber fell {n} batches behind (the queue holds {SUBSCRIBER_QUEUE_BATCHES}); \
+                             reconnect with since_seq={cursor} to resume"
+                        ));
+                    }
+                },
+                msg = self.socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Gone,
+                    // Pings are answered by the WebSocket layer; text from clients is ignored.
+                    Some(Ok(_)) => {}
+                },
+                _ = stopped(&mut stopping) => {
+                    return End::Close(1001, "the server is stopping; reconnect with since_seq to resume".into());
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the server is stopping.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The retained rows with seq > `since`, and the seq of the first of them.
+fn after(batches: &[(u64, RecordBatch)], since: u64) -> (Vec<RecordBatch>, Option<u64>) {
+    let mut out = Vec::new();
+    let mut first = None;
+    for (seq, b) in batches {
+        let last = seq + b.num_rows() as u64 - 1;
+        if last <= since {
+            continue;
+        }
+        let skip = since.saturating_add(1).saturating_sub(*seq) as usize;
+        first.get_or_insert(seq + skip as u64);
+        out.push(b.slice(skip, b.num_rows() - skip));
+    }
+    (out, first)
+}
+
+/// A status message: every object with its figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusMessage {
+    /// status
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sources: Vec<Object>,
+    pub views: Vec<Object>,
+    pub sinks: Vec<Object>,
+    /// The server's clock, RFC 3339.
+    pub time: String,
+}
+
+fn status_message(state: &AppState) -> StatusMessage {
+    let objects = state.catalog.objects();
+    let of = |k: ObjectKind| {
+        objects
+            .iter()
+            .filter(|o| o.kind == k)
+            .map(object)
+            .collect::<Vec<_>>()
+    };
+    StatusMessage {
+        kind: "status".into(),
+        sources: of(ObjectKind::Source),
+        views: of(ObjectKind::View),
+        sinks: of(ObjectKind::Sink),
+        time: rfc3339_ms(weir_engine::runtime::now_ms()).unwrap_or_default(),
+    }
+}
+
+/// GET /api/v1/status/subscribe (WebSocket): every source, view and sink with its figures,
+/// pushed every `server.status_interval` (default 1 s); the dashboard's health panel.
+#[utoipa::path(get, path = "/api/v1/status/subscribe", tag = "objects",
+    params(("token" = Option<String>, Query, description = "The API token, if not in a header")),
+    responses((status = 101, description = "WebSocket of status messages", body = StatusMessage)))]
+pub async fn subscribe_status(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let limit = state.settings.ws_max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |mut socket| async move {
+            let mut ticker = tokio::time::interval(state.settings.status_interval);
+            let mut stopping = state.stopping.clone();
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let msg = serde_json::to_string(&status_message(&state)).unwrap_or_default();
+                        let sent = tokio::time::timeout(
+                            state.settings.ws_send_timeout,
+                            socket.send(Message::Text(msg.into())),
+                        ).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
+                    msg = socket.recv() => match msg {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    },
+                    _ = stopped(&mut stopping) => {
+                        let _ = socket.send(Message::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: "the server is stopping".into(),
+                        }))).await;
+                        return;
+                    }
+                }
+            }
+        })
+}

@@ -1,0 +1,442 @@
+//! What `weir run` and `weir check` do: load the configuration and the SQL files, start
+//! the embedded Kafka broker when needed, replay the API's journal, serve the API and run
+//! the pipeline until Ctrl-C (or, with `--until-done`, until every source has ended).
+
+use crate::api::{self, ApiSettings, AppState, Role};
+use crate::config;
+use crate::embedded_kafka::{self, EmbeddedKafka};
+use crate::progress;
+use crate::state::StateDir;
+use anyhow::{Context, Result, bail};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use weir_connectors::kafka::KafkaSettings;
+use weir_engine::connector::BatchLimits;
+use weir_engine::options::parse_duration;
+use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
+use weir_engine::runtime::{Controller, RunEnd, RunOptions};
+
+/// What the command line says.
+#[derive(Debug, Clone, Default)]
+pub struct Args {
+    /// SQL files or directories of *.sql files.
+    pub paths: Vec<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub progress_interval: Option<String>,
+    /// Overrides `[server] listen`.
+    pub listen: Option<String>,
+}
+
+fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "sql"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("{} holds no .sql files", p.display());
+            }
+            out.extend(files);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            bail!("{} is neither a SQL file nor a directory", p.display());
+        }
+    }
+    Ok(out)
+}
+
+fn duration(what: &str, s: &str) -> Result<Duration> {
+    parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// What the pipeline is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// `run`: unbounded, Ctrl-C stops.
+    Run,
+    /// `run --until-done`.
+    Backfill,
+    /// `check`: nothing runs.
+    Check,
+}
+
+/// Shown with a load error when `--until-done` left Kafka objects without a cluster.
+const BACKFILL_KAFKA_HINT: &str = "with --until-done the embedded Kafka broker is not started \
+    (its generator feeds never end); set [kafka] bootstrap.servers in the config or \
+    'bootstrap.servers' in the WITH clause";
+
+/// A stand-in address for `check` when the embedded broker would serve the Kafka objects:
+/// checking connects to nothing.
+const CHECK_PLACEHOLDER_BOOTSTRAP: &str = "embedded-broker:9092";
+
+/// The Kafka cluster defaults for the registry: the configured cluster, or the embedded
+/// broker (started here) when no cluster is configured, `weir run` is not a backfill and
+/// some Kafka source or sink in `files` has no `bootstrap.servers` of its own.
+fn kafka_setup(
+    cfg: &config::Config,
+    files: &[PathBuf],
+    mode: Mode,
+) -> Result<(KafkaSettings, Option<EmbeddedKafka>, Option<&'static str>)> {
+    let mut settings = KafkaSettings {
+        bootstrap_servers: None,
+        properties: cfg.kafka.properties.clone(),
+    };
+    if let Some(b) = &cfg.kafka.bootstrap_servers {
+        if b.trim().is_empty() {
+            bail!("kafka.bootstrap.servers is empty; remove it to use the embedded broker");
+        }
+        if mode != Mode::Check {
+            tracing::info!(
+                "Kafka cluster from [kafka] bootstrap.servers: {b} (the embedded broker is off)"
+            );
+        }
+        settings.bootstrap_servers = Some(b.trim().to_string());
+        return Ok((settings, None, None));
+    }
+    let usage = embedded_kafka::kafka_usage(files);
+    if !usage.default_cluster || !cfg.kafka.embedded.enabled {
+        return Ok((settings, None, None));
+    }
+    match mode {
+        Mode::Check => {
+            settings.bootstrap_servers = Some(CHECK_PLACEHOLDER_BOOTSTRAP.to_string());
+            Ok((settings, None, None))
+        }
+        Mode::Backfill => Ok((settings, None, Some(BACKFILL_KAFKA_HINT))),
+        Mode::Run => {
+            let k = EmbeddedKafka::start(
+                &cfg.kafka.embedded,
+                &usage.sink_topics,
+                &cfg.engine.data_dir,
+            )?;
+            let feeds = if k.feeds_summary().is_empty() {
+                "no generators (no [[kafka.embedded.feed]])".to_string()
+            } else {
+                format!("generators: {}", k.feeds_summary())
+            };
+            tracing::info!(
+                "no [kafka] bootstrap.servers configured: started an embedded Kafka-protocol \
+                 broker at {} (rdkafka mock cluster) fed by {feeds}; set [kafka] \
+                 bootstrap.servers to use your cluster",
+                k.bootstrap_servers()
+            );
+            settings.bootstrap_servers = Some(k.bootstrap_servers().to_string());
+            Ok((settings, Some(k), None))
+        }
+    }
+}
+
+/// The configuration: the file, then `WEIR__...` variables, then flags.
+pub fn load_config(args: &Args) -> Result<config::Config> {
+    let mut cfg = config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &args.data_dir {
+        cfg.engine.data_dir = d.clone();
+    }
+    if let Some(p) = &args.progress_interval {
+        cfg.run.progress_interval = p.clone();
+    }
+    if let Some(l) = &args.listen {
+        cfg.server.listen = l.clone();
+    }
+    Ok(cfg)
+}
+
+async fn load_pipeline(
+    args: &Args,
+    mode: Mode,
+) -> Result<(Pipeline, config::Config, Option<EmbeddedKafka>)> {
+    let cfg = load_config(args)?;
+    let engine = EngineConfig {
+        data_dir: cfg.engine.data_dir.clone(),
+        batch: BatchLimits {
+            max_rows: cfg.engine.batch_rows.max(1),
+            max_delay: duration("engine.batch_delay", &cfg.engine.batch_delay)?,
+        },
+        idle_timeout: duration("engine.idle_timeout", &cfg.engine.idle_timeout)?,
+        retention_rows: cfg.engine.retention_rows,
+    };
+    let files = sql_files(&args.paths)?;
+    let (kafka, embedded, hint) = kafka_setup(&cfg, &files, mode)?;
+    let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
+    pipeline.set_processing_time(weir_engine::runtime::now_ms());
+    for file in &files {
+        if let Err(e) = load_file(&mut pipeline, file).await {
+            if let Some(k) = embedded {
+                k.stop().await;
+            }
+            return Err(match hint {
+                Some(h) if format!("{e:#}").contains("no Kafka cluster") => {
+                    anyhow::anyhow!("{e:#}\n  note: {h}")
+                }
+                _ => e,
+            });
+        }
+    }
+    Ok((pipeline, cfg, embedded))
+}
+
+async fn load_file(pipeline: &mut Pipeline, file: &Path) -> Result<()> {
+    let sql =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let results = pipeline
+        .execute(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    for r in results {
+        match r {
+            StatementResult::Created { kind, name } => {
+                tracing::info!(file = %file.display(), "created {} {name}", kind.noun())
+            }
+            StatementResult::Dropped { kind, name } => {
+                tracing::info!(file = %file.display(), "dropped {} {name}", kind.noun())
+            }
+            StatementResult::Unchanged { kind, name } => {
+                tracing::info!(file = %file.display(), "{} {name} unchanged", kind.noun())
+            }
+            StatementResult::Rows(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("stopping: flushing sinks (open windows are not emitted)");
+}
+
+/// The API settings from `[server]`.
+fn api_settings(cfg: &config::ServerSection) -> Result<ApiSettings> {
+    let mut tokens: Vec<(String, Role)> = cfg
+        .admin_tokens
+        .iter()
+        .map(|t| (t.clone(), Role::Admin))
+        .collect();
+    tokens.extend(cfg.read_tokens.iter().map(|t| (t.clone(), Role::Read)));
+    Ok(ApiSettings {
+        tokens,
+        cors_origins: cfg.cors_origins.clone(),
+        max_body_bytes: cfg.max_body_bytes.max(1024),
+        max_sql_bytes: cfg.max_sql_bytes.max(1),
+        ws_max_message_bytes: cfg.ws_max_message_bytes.max(1024),
+        ws_send_timeout: duration("server.ws_send_timeout", &cfg.ws_send_timeout)?,
+        request_timeout: duration("server.request_timeout", &cfg.request_timeout)?,
+        max_result_rows: cfg.max_result_rows.max(1),
+        ..ApiSettings::default()
+    })
+}
+
+/// `weir run`: run until `shutdown` resolves (Ctrl-C), or with `until_done` until every
+/// source has ended. `on_listen` hears the address the API is served at.
+pub async fn run(
+    args: &Args,
+    until_done: bool,
+    shutdown: impl Future<Output = ()>,
+    on_listen: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<()> {
+    let mode = if until_done {
+        Mode::Backfill
+    } else {
+        Mode::Run
+    };
+    let (mut pipeline, cfg, embedded) = load_pipeline(args, mode).await?;
+    let result = async {
+        let state = Arc::new(StateDir::open(&cfg.engine.data_dir)?);
+        if mode == Mode::Run {
+            let n = state.replay(&mut pipeline).await?;
+            if n > 0 {
+                tracing::info!(
+                    "re-applied {n} statement(s) submitted over the API ({})",
+                    state.journal_path().display()
+                );
+            }
+        }
+        state.restore_seqs(&mut pipeline);
+        // A backfill serves only when asked to (--listen), so scripts do not collide on
+        // the port.
+        let serve = cfg.server.enabled && (mode == Mode::Run || args.listen.is_some());
+        let run = RunParts {
+            until_done,
+            state,
+            serve,
+            on_listen,
+        };
+        run_pipeline(pipeline, cfg, run, shutdown).await
+    }
+    .await;
+    // After the pipeline: its Kafka sinks flushed to the embedded broker as they closed.
+    if let Some(k) = embedded {
+        k.stop().await;
+    }
+    result
+}
+
+struct RunParts {
+    until_done: bool,
+    state: Arc<StateDir>,
+    serve: bool,
+    on_listen: Option<oneshot::Sender<SocketAddr>>,
+}
+
+async fn run_pipeline(
+    pipeline: Pipeline,
+    cfg: config::Config,
+    parts: RunParts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let RunParts {
+        until_done,
+        state,
+        serve,
+        on_listen,
+    } = parts;
+    let catalog = pipeline.catalog();
+    let objects = catalog.objects();
+    if objects.is_empty() && !serve {
+        bail!("the SQL files declare nothing to run");
+    }
+    let progress_every = duration("run.progress_interval", &cfg.run.progress_interval)?;
+    let (controller, control) = Controller::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = if serve {
+        let settings = api_settings(&cfg.server)?;
+        let listener = api::bind(&cfg.server.listen, &settings).await?;
+        let addr = listener.local_addr()?;
+        if settings.tokens.is_empty() {
+            tracing::info!(
+                "serving the API and dashboard at http://{addr}/ (no tokens configured: \
+                 loopback only, no authentication; set [server] admin_tokens to require them)"
+            );
+        } else {
+            tracing::info!(
+                "serving the API and dashboard at http://{addr}/ ({} token(s); every route \
+                 but /health, / and /assets needs one)",
+                settings.tokens.len()
+            );
+        }
+        if let Some(tx) = on_listen {
+            let _ = tx.send(addr);
+        }
+        let app = AppState::new(
+            catalog.clone(),
+            controller,
+            settings,
+            state.clone(),
+            stop_rx,
+        );
+        Some(tokio::spawn(api::serve(listener, app)))
+    } else {
+        drop(controller);
+        None
+    };
+    let reporter = (!progress_every.is_zero())
+        .then(|| tokio::spawn(progress::report(catalog.clone(), progress_every)));
+    let saver = {
+        let (state, catalog) = (state.clone(), catalog.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                if let Err(e) = state.save_seqs(&catalog) {
+                    tracing::warn!("saving view seqs: {e:#}");
+                }
+            }
+        })
+    };
+    let options = RunOptions {
+        until_done,
+        channel_capacity: cfg.run.channel_capacity.max(1),
+        ..RunOptions::default()
+    };
+    let count = |k| objects.iter().filter(|o| o.kind == k).count();
+    tracing::info!(
+        sources = count(weir_engine::sql::ObjectKind::Source),
+        views = count(weir_engine::sql::ObjectKind::View),
+        sinks = count(weir_engine::sql::ObjectKind::Sink),
+        data_dir = %cfg.engine.data_dir.display(),
+        "running; Ctrl-C stops"
+    );
+    let control = serve.then_some(control);
+    let end = weir_engine::runtime::run_with(pipeline, options, shutdown, control).await;
+    let _ = stop_tx.send(true);
+    saver.abort();
+    if let Err(e) = state.save_seqs(&catalog) {
+        tracing::warn!("saving view seqs: {e:#}");
+    }
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    if let Some(mut s) = server {
+        // Open requests get a moment; subscriptions were told to close.
+        if tokio::time::timeout(Duration::from_secs(3), &mut s)
+            .await
+            .is_err()
+        {
+            s.abort();
+        }
+    }
+    progress::summary(&catalog.objects());
+    match end {
+        Ok(RunEnd::Done) => {
+            tracing::info!("every source ended; all windows closed and sinks flushed");
+            Ok(())
+        }
+        Ok(RunEnd::Stopped) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("pipeline failed: {e}")),
+    }
+}
+
+/// `weir check`: parse and plan, print each view's plan.
+pub async fn check(args: &Args) -> Result<()> {
+    let (mut pipeline, _, _) = load_pipeline(args, Mode::Check).await?;
+    for o in pipeline.objects() {
+        if o.kind == weir_engine::sql::ObjectKind::View {
+            let r = pipeline
+                .execute(&format!("DESCRIBE \"{}\"", o.name))
+                .await?;
+            if let Some(StatementResult::Rows(batches)) = r.first() {
+                println!("== view {}", o.name);
+                for b in batches {
+                    let lines = datafusion::arrow::util::display::ArrayFormatter::try_new(
+                        b.column(0).as_ref(),
+                        &Default::default(),
+                    )?;
+                    for i in 0..b.num_rows() {
+                        println!("  {}", lines.value(i));
+                    }
+                }
+            }
+        }
+    }
+    println!("ok: {} objects", pipeline.objects().len());
+    Ok(())
+}

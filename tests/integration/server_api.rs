@@ -1,0 +1,685 @@
+//! The HTTP and WebSocket API against a running `weir run` (in process, on a free port):
+//! exact rows over REST and WebSocket against the batch answer, resuming with since_seq,
+//! SQL errors with positions, DROP conflicts, subscriptions to dropped views, the OpenAPI
+//! document against the routes, metrics, readiness, tokens and limits, slow subscribers,
+//! and statements and seq numbering across a restart.
+
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
+use weir_server::app::{self, Args};
+
+/// A `weir run` in a thread of its own, stopped on drop.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    fn start(args: Args) -> Server {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(app::run(
+                &args,
+                false,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                Some(addr_tx),
+            ))
+        });
+        let addr = match addr_rx.blocking_recv() {
+            Ok(a) => a,
+            Err(_) => panic!("weir did not start: {:?}", thread.join()),
+        };
+        Server {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .expect("join")
+                .expect("weir run ended with an error");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// (status, body as JSON or as a string).
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut res = match (method, body) {
+        ("GET", _) => {
+            let mut r = a.get(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        ("DELETE", _) => {
+            let mut r = a.delete(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        (_, b) => {
+            let mut r = a.post(url).header("Content-Type", "text/plain");
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.send(b.unwrap_or(""))
+        }
+    }
+    .expect("HTTP request");
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+fn get(s: &Server, path: &str) -> Value {
+    let (status, v) = call("GET", &s.url(path), None, None);
+    assert_eq!(status, 200, "GET {path}: {v}");
+    v
+}
+
+fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
+    call("POST", &s.url(path), None, Some(body))
+}
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn subscribe(s: &Server, path: &str) -> Ws {
+    let (ws, _) = tungstenite::connect(format!("ws://{}{path}", s.addr)).expect("connect ws");
+    if let MaybeTlsStream::Plain(t) = ws.get_ref() {
+        t.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+    }
+    ws
+}
+
+/// The next JSON message, or None when the server closed.
+fn next(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("json")),
+            Ok(Message::Close(_)) => return None,
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return None;
+            }
+            Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::Io(_)) => return None,
+            Err(e) => panic!("websocket: {e}"),
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "no {what} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const ROWS: u64 = 4000;
+
+fn pipeline_sql(dir: &Path) -> PathBuf {
+    let sql = format!(
+        "CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, status VARCHAR, \
+           speed_mbps DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '200' MILLISECOND) \
+         WITH (connector = 'generator', kind = 'downloads', seed = '7', rows = '{ROWS}', \
+           'rows.per.second' = '2000', partitions = '2', start = '2024-01-01T00:00:00Z'); \n\
+         CREATE MATERIALIZED VIEW health AS SELECT window_start, window_end, region, \
+           count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
+           avg(speed_mbps) AS avg_speed \
+           FROM TUMBLE(dl, ts, INTERVAL '250' MILLISECOND) GROUP BY window_start, window_end, region;\n\
+         CREATE MATERIALIZED VIEW raw WITH ('retention.rows' = '100000') AS \
+           SELECT event_id, ts, region, status, speed_mbps FROM dl;\n"
+    );
+    let path = dir.join("pipeline.sql");
+    std::fs::write(&path, sql).expect("write sql");
+    path
+}
+
+fn args(dir: &Path, files: Vec<PathBuf>, config: Option<PathBuf>) -> Args {
+    Args {
+        paths: files,
+        config,
+        data_dir: Some(dir.join("data")),
+        progress_interval: Some("0s".into()),
+        listen: Some("0.0.0.0:0".into()),
+    }
+}
+
+/// A server on a loopback port with this weir.toml.
+fn start_with_config(dir: &Path, toml: &str, sql: PathBuf) -> Server {
+    let config = dir.join("weir.toml");
+    std::fs::write(&config, toml).expect("config");
+    let mut a = args(dir, vec![sql], Some(config));
+    a.listen = Some("127.0.0.1:0".into());
+    Server::start(a)
+}
+
+fn view_names(s: &Server) -> Vec<String> {
+    get(s, "/api/v1/views")["views"]
+        .as_array()
+        .expect("views")
+        .iter()
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn rows_of(v: &Value) -> Vec<Value> {
+    v["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// Rows as sorted strings with floats rounded, for comparing streaming and batch answers.
+fn normalized(rows: &[Value], cols: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| match &r[*c] {
+                    Value::Number(n) if n.is_f64() => {
+                        format!("{:.9}", n.as_f64().unwrap_or_default())
+                    }
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline_sql(dir.path());
+    let server = Server::start(args(dir.path(), vec![file.clone()], None));
+    assert!(
+        server.addr.ip().is_loopback(),
+        "no tokens: loopback only, got {}",
+        server.addr
+    );
+
+    // Subscribe at once; the snapshot plus live batches must number every row once.
+    let mut ws = subscribe(&server, "/api/v1/views/health/subscribe");
+    let mut streamed: Vec<Value> = Vec::new();
+    let mut cursor = 0u64;
+    let first = next(&mut ws).expect("snapshot");
+    assert_eq!(first["type"], "snapshot", "{first}");
+    streamed.extend(rows_of(&first));
+    cursor += streamed.len() as u64;
+    assert_eq!(first["last_seq"], cursor);
+    let finished = |s: &Server| get(s, "/api/v1/sources/dl")["status"] == "finished";
+    loop {
+        if finished(&server) && get(&server, "/api/v1/views/health")["last_seq"] == cursor {
+            break;
+        }
+        let m = next(&mut ws).expect("rows message");
+        assert_eq!(m["type"], "rows", "{m}");
+        assert_eq!(m["first_seq"], cursor + 1, "no gap, no duplicate: {m}");
+        let rows = rows_of(&m);
+        cursor += rows.len() as u64;
+        assert_eq!(m["last_seq"], cursor);
+        // The watermark is null once the bounded input has ended (end of time).
+        assert!(m["watermark"].is_string() || finished(&server), "{m}");
+        assert!(m["emitted_at"].is_string(), "{m}");
+        streamed.extend(rows);
+    }
+    assert!(cursor > 10, "windows were emitted: {cursor}");
+
+    // REST rows equal what was streamed, in order.
+    let rest = get(&server, "/api/v1/views/health/rows?limit=10000");
+    assert_eq!(rest["first_seq"], 1);
+    assert_eq!(rest["last_seq"], cursor);
+    assert_eq!(
+        rest["columns"],
+        json!([
+            "window_start",
+            "window_end",
+            "region",
+            "downloads",
+            "failures",
+            "avg_speed"
+        ])
+    );
+    assert_eq!(rows_of(&rest), streamed);
+    let page = get(&server, "/api/v1/views/health/rows?limit=5&since_seq=3");
+    assert_eq!(
+        (page["first_seq"].clone(), page["last_seq"].clone()),
+        (json!(4), json!(8))
+    );
+    assert_eq!(rows_of(&page), streamed[3..8].to_vec());
+    let newest = get(&server, "/api/v1/views/health/rows?limit=2");
+    assert_eq!(rows_of(&newest), streamed[streamed.len() - 2..].to_vec());
+
+    // The streaming answer equals the same SQL in batch over every accepted event.
+    let (status, raw_count) = post(&server, "/api/v1/query", "SELECT count(*) AS n FROM raw");
+    assert_eq!(status, 200, "{raw_count}");
+    assert_eq!(raw_count["rows"], json!([{"n": ROWS}]));
+    let (status, batch) = post(
+        &server,
+        "/api/v1/query",
+        "SELECT date_bin(INTERVAL '250 milliseconds', ts, TIMESTAMP '1970-01-01') AS window_start, \
+         region, count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
+         avg(speed_mbps) AS avg_speed FROM raw GROUP BY 1, 2",
+    );
+    assert_eq!(status, 200, "{batch}");
+    let cols = [
+        "window_start",
+        "region",
+        "downloads",
+        "failures",
+        "avg_speed",
+    ];
+    assert_eq!(
+        normalized(&rows_of(&batch), &cols),
+        normalized(&streamed, &cols)
+    );
+    let total: u64 = streamed
+        .iter()
+        .map(|r| r["downloads"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, ROWS);
+
+    // Resuming with since_seq delivers exactly the rows after it.
+    let k = cursor / 2;
+    let mut resumed = subscribe(
+        &server,
+        &format!("/api/v1/views/health/subscribe?since_seq={k}"),
+    );
+    let m = next(&mut resumed).expect("resumed rows");
+    assert_eq!(
+        (m["type"].clone(), m["first_seq"].clone()),
+        (json!("rows"), json!(k + 1))
+    );
+    assert_eq!(rows_of(&m), streamed[k as usize..].to_vec());
+    drop(resumed);
+
+    // Lists and figures.
+    let sources = get(&server, "/api/v1/sources");
+    let dl = &sources["sources"][0];
+    assert_eq!(dl["name"], "dl");
+    assert_eq!(dl["figures"]["rows_in"], ROWS);
+    assert_eq!(dl["connector"], "generator");
+    assert!(
+        dl["sql"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("CREATE SOURCE dl")
+    );
+    assert_eq!(
+        dl["schema"][1],
+        json!({"name": "ts", "type": "timestamp", "nullable": true})
+    );
+    let names = view_names(&server);
+    assert_eq!(names, ["health", "raw"]);
+    assert_eq!(get(&server, "/api/v1/sinks"), json!({"sinks": []}));
+    let (status, missing) = call("GET", &server.url("/api/v1/views/nope"), None, None);
+    assert_eq!(
+        (status, missing["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (status, _) = call("GET", &server.url("/api/v1/sources/health"), None, None);
+    assert_eq!(status, 404, "health is a view, not a source");
+
+    // Metrics and readiness.
+    let (status, metrics) = call("GET", &server.url("/metrics"), None, None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text").to_string();
+    assert!(
+        metrics.contains(&format!("weir_source_rows_total{{source=\"dl\"}} {ROWS}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "weir_view_rows_out_total{{view=\"health\"}} {cursor}\n"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_object_status{kind=\"source\",name=\"dl\",status=\"finished\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(get(&server, "/ready")["status"], "ready");
+    assert_eq!(get(&server, "/health"), json!({"status": "ok"}));
+
+    // SQL over REST: statements apply in order; the first error has its position.
+    let (status, err) = post(
+        &server,
+        "/api/v1/sql",
+        "CREATE MATERIALIZED VIEW eu AS SELECT * FROM raw WHERE region = 'eu';\n\
+         CREATE MATERIALIZED VIEW bad AS SELECT nope FROM raw;",
+    );
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "sql_error");
+    assert_eq!(
+        (err["error"]["line"].clone(), err["error"]["column"].clone()),
+        (json!(2), json!(40)),
+        "{err}"
+    );
+    assert_eq!(err["error"]["statement"], 2);
+    assert_eq!(err["applied"][0]["name"], "eu");
+    assert_eq!(err["applied"][0]["statement"], "CREATE MATERIALIZED VIEW");
+    let (status, ok) = post(
+        &server,
+        "/api/v1/sql",
+        "CREATE MATERIALIZED VIEW doomed AS SELECT region FROM raw; SHOW MATERIALIZED VIEWS",
+    );
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(
+        ok["results"][0],
+        json!({"statement": "CREATE MATERIALIZED VIEW", "name": "doomed", "kind": "view", "outcome": "created", "columns": null, "rows": null})
+    );
+    assert_eq!(ok["results"][1]["statement"], "SHOW");
+
+    // DROP: 409 naming dependents; a subscriber of a dropped view is told and closed.
+    let (status, conflict) = call("DELETE", &server.url("/api/v1/views/raw"), None, None);
+    assert_eq!(status, 409, "{conflict}");
+    let deps: Vec<String> = conflict["error"]["dependents"]
+        .as_array()
+        .expect("dependents")
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}",
+                d["kind"].as_str().unwrap_or(""),
+                d["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(deps, ["view:eu", "view:doomed"]);
+    let mut doomed = subscribe(&server, "/api/v1/views/doomed/subscribe");
+    assert_eq!(next(&mut doomed).expect("snapshot")["type"], "snapshot");
+    let (status, dropped) = call("DELETE", &server.url("/api/v1/views/doomed"), None, None);
+    assert_eq!(status, 200, "{dropped}");
+    assert_eq!(dropped["dropped"]["outcome"], "dropped");
+    let m = next(&mut doomed).expect("error message");
+    assert_eq!(m["type"], "error");
+    assert!(
+        m["message"].as_str().unwrap_or("").contains("dropped"),
+        "{m}"
+    );
+    assert!(next(&mut doomed).is_none(), "closed after the error");
+
+    // The OpenAPI document lists exactly the routes served, and each answers.
+    let doc = get(&server, "/api/v1/openapi.json");
+    let mut paths: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(move |m| format!("{} {p}", m.to_uppercase()))
+        })
+        .collect();
+    paths.sort();
+    let expected = [
+        "DELETE /api/v1/sinks/{name}",
+        "DELETE /api/v1/sources/{name}",
+        "DELETE /api/v1/views/{name}",
+        "GET /api/v1/sinks",
+        "GET /api/v1/sinks/{name}",
+        "GET /api/v1/sources",
+        "GET /api/v1/sources/{name}",
+        "GET /api/v1/status/subscribe",
+        "GET /api/v1/views",
+        "GET /api/v1/views/{name}",
+        "GET /api/v1/views/{name}/rows",
+        "GET /api/v1/views/{name}/subscribe",
+        "GET /health",
+        "GET /metrics",
+        "GET /ready",
+        "POST /api/v1/query",
+        "POST /api/v1/sql",
+    ];
+    assert_eq!(paths, expected);
+    for p in &paths {
+        let (method, path) = p.split_once(' ').expect("method path");
+        if method != "GET" {
+            continue;
+        }
+        let name = if path.starts_with("/api/v1/sources") {
+            "dl"
+        } else {
+            "health"
+        };
+        let (status, body) = call(
+            "GET",
+            &server.url(&path.replace("{name}", name)),
+            None,
+            None,
+        );
+        // Served (a WebSocket route answers a plain GET with an upgrade error; there is no
+        // sink, so a sink is not found, but the route is).
+        assert_ne!(
+            body["error"]["message"], "no such route",
+            "{p}: {status} {body}"
+        );
+        if !path.contains("subscribe") && !path.starts_with("/api/v1/sinks/") {
+            assert_eq!(status, 200, "{p}: {body}");
+        }
+    }
+    let (status, body) = call("GET", &server.url("/api/v1/nothing"), None, None);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+
+    // A restart: REST statements come back, numbering goes on.
+    drop(ws);
+    server.stop();
+    let journal =
+        std::fs::read_to_string(dir.path().join("data/state/statements.sql")).expect("journal");
+    assert!(journal.contains("CREATE MATERIALIZED VIEW eu"), "{journal}");
+    let server = Server::start(args(dir.path(), vec![file], None));
+    let names = view_names(&server);
+    assert_eq!(names, ["health", "raw", "eu"], "doomed stays dropped");
+    wait_for(
+        "the source to finish again",
+        Duration::from_secs(60),
+        || {
+            get(&server, "/api/v1/sources/dl")["status"] == "finished"
+                && get(&server, "/api/v1/views/health")["last_seq"] == 2 * cursor
+        },
+    );
+    let again = get(&server, "/api/v1/views/health/rows?limit=10000");
+    assert_eq!(again["first_seq"], cursor + 1, "seq numbering continues");
+    // The same windows again (no checkpoints yet: the generator starts over); the order of
+    // groups within a window and the last bits of averages follow batch arrival.
+    let all = [
+        "window_start",
+        "window_end",
+        "region",
+        "downloads",
+        "failures",
+        "avg_speed",
+    ];
+    assert_eq!(
+        normalized(&rows_of(&again), &all),
+        normalized(&streamed, &all),
+        "the same rows again"
+    );
+    server.stop();
+}
+
+#[test]
+fn tokens_roles_and_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline_sql(dir.path());
+    let server = start_with_config(
+        dir.path(),
+        "[server]\nadmin_tokens = ['adm-secret']\nread_tokens = ['rd-secret']\nmax_sql_bytes = 200\n",
+        file,
+    );
+    let url = |p: &str| server.url(p);
+
+    assert_eq!(call("GET", &url("/health"), None, None).0, 200);
+    let (status, body) = call("GET", &url("/api/v1/views"), None, None);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
+    assert!(
+        body.get("views").is_none(),
+        "no data without a token: {body}"
+    );
+    assert_eq!(
+        call("GET", &url("/api/v1/views"), Some("wrong"), None).0,
+        401
+    );
+    assert_eq!(call("GET", &url("/metrics"), None, None).0, 401);
+    assert_eq!(
+        call("GET", &url("/api/v1/views"), Some("rd-secret"), None).0,
+        200
+    );
+    assert_eq!(
+        call("GET", &url("/api/v1/views?token=rd-secret"), None, None).0,
+        200
+    );
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/sql"),
+        Some("rd-secret"),
+        Some("CREATE MATERIALIZED VIEW x AS SELECT region FROM raw"),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    assert_eq!(
+        call("DELETE", &url("/api/v1/views/raw"), Some("rd-secret"), None).0,
+        403
+    );
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/sql"),
+        Some("adm-secret"),
+        Some("CREATE MATERIALIZED VIEW x AS SELECT region FROM raw"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let long = format!(
+        "SELECT region FROM raw WHERE region IN ({})",
+        vec!["'eu'"; 60].join(",")
+    );
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/query"),
+        Some("adm-secret"),
+        Some(&long),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (413, json!("too_large")),
+        "{body}"
+    );
+
+    // WebSocket: no token, no upgrade; ?token= works.
+    let denied = tungstenite::connect(format!(
+        "ws://{}/api/v1/views/health/subscribe",
+        server.addr
+    ));
+    match denied {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let mut ws = subscribe(&server, "/api/v1/views/health/subscribe?token=rd-secret");
+    assert_eq!(next(&mut ws).expect("snapshot")["type"], "snapshot");
+    server.stop();
+}
+
+#[test]
+fn a_slow_subscriber_is_dropped_without_slowing_the_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = 400_000u64;
+    let sql = dir.path().join("fast.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE fast (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, content_id VARCHAR, \
+               device_type VARCHAR, error_code VARCHAR) \
+             WITH (connector = 'generator', kind = 'downloads', rows = '{rows}', \
+               'rows.per.second' = '0', start = '2024-01-01T00:00:00Z');\n\
+             CREATE MATERIALIZED VIEW everything WITH ('retention.rows' = '1000') AS SELECT * FROM fast;\n"
+        ),
+    )
+    .expect("sql");
+    let server = start_with_config(
+        dir.path(),
+        "[server]\nws_send_timeout = '1s'\n[engine]\nbatch_rows = 64\n",
+        sql,
+    );
+    // A client that subscribes and then reads nothing.
+    let mut ws = subscribe(&server, "/api/v1/views/everything/subscribe");
+    wait_for("the source to finish", Duration::from_secs(120), || {
+        get(&server, "/api/v1/sources/fast")["status"] == "finished"
+    });
+    assert_eq!(
+        get(&server, "/api/v1/views/everything")["figures"]["rows_out"],
+        rows
+    );
+    wait_for(
+        "the slow subscriber to be dropped",
+        Duration::from_secs(30),
+        || get(&server, "/api/v1/views/everything")["subscribers"] == 0,
+    );
+    // What the client can still read ends before the last row.
+    let mut seen = 0u64;
+    let mut error = None;
+    while let Some(m) = next(&mut ws) {
+        match m["type"].as_str() {
+            Some("error") => error = m["message"].as_str().map(str::to_string),
+            _ => seen += rows_of(&m).len() as u64,
+        }
+    }
+    assert!(seen < rows, "the stream ended early: {seen} of {rows} rows");
+    if let Some(e) = error {
+        assert!(e.contains("behind") || e.contains("did not take"), "{e}");
+    }
+    server.stop();
+}
