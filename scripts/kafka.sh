@@ -350,7 +350,12 @@ format_storage() {
         return
     fi
     local cid java storage
+    # A URL-safe base64 UUID, as Kafka's own tool makes them; one starting with '-' would be
+    # read as an option by the storage tool, so the first character is drawn again.
     cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    while [[ $cid == -* ]]; do
+        cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
     echo "$cid" >"$DIR/cluster.id"
     java=$(java_bin)
     storage=$(main_class kafka.tools.StorageTool org.apache.kafka.tools.StorageTool)

@@ -30,6 +30,7 @@ use weir_connectors::kafka::KafkaSettings;
 use weir_engine::connector::{BatchLimits, Sink, SinkFactory, SinkSpec};
 use weir_engine::pipeline::{EngineConfig, Pipeline};
 use weir_engine::runtime::{RunEnd, RunOptions, run};
+use weir_engine::stats::Stats;
 use weir_tests::slt::format_batches;
 
 static BROKER: OnceLock<RwLock<()>> = OnceLock::new();
@@ -156,6 +157,7 @@ impl Sink for CollectSink {
 
 struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    catalog: weir_engine::pipeline::Catalog,
     handle: tokio::task::JoinHandle<weir_engine::Result<RunEnd>>,
     out: Collected,
     _dir: tempfile::TempDir,
@@ -208,6 +210,7 @@ fn start(sql: &str, settings: KafkaSettings, until_done: bool) -> Running {
     );
     let sql = sql.to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let catalog = p.catalog();
     let handle = tokio::spawn(async move {
         p.execute(&sql).await?;
         run(
@@ -225,6 +228,7 @@ fn start(sql: &str, settings: KafkaSettings, until_done: bool) -> Running {
     });
     Running {
         stop: Some(tx),
+        catalog,
         handle,
         out,
         _dir: dir,
@@ -413,6 +417,23 @@ async fn kafka_windows_multi_partition_disorder_idle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = sorted(&run.out.rows("out"));
     assert_eq!(got, expected);
+    // Live figures: every message read, the payload bytes counted, and no lag once caught
+    // up (the lag is reported, not unknown).
+    let source = run.catalog.get("downloads").expect("source in the catalog");
+    let total = (evs.len() + sentinels(3, 0).len()) as u64;
+    let start = Instant::now();
+    while source.stats.lag() != Some(0) || Stats::get(&source.stats.rows_in) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "lag {:?}, rows {}",
+            source.stats.lag(),
+            Stats::get(&source.stats.rows_in)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(Stats::get(&source.stats.rows_in), total);
+    assert!(Stats::get(&source.stats.bytes) > total * 20);
+    assert_eq!(source.stats.status(), weir_engine::stats::Status::Running);
     run.stop().await.unwrap();
 }
 

@@ -278,15 +278,33 @@ fn meta_column(m: &MetadataColumn, what: &str) -> Result<Meta> {
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the source asks the broker for the partitions' end offsets to report lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
+/// librdkafka's statistics interval: how fresh the high watermarks behind the lag are.
+const STATISTICS_INTERVAL_MS: &str = "1000";
 
 /// Catches errors librdkafka reports only to the client's error callback (a failed SASL
 /// handshake among them), so the source can stop on those that retrying cannot fix.
 #[derive(Default)]
 struct SourceContext {
     fatal: std::sync::Mutex<Option<String>>,
+    /// The topic's partitions' high watermarks, from librdkafka's statistics.
+    high: std::sync::Mutex<std::collections::HashMap<i32, i64>>,
 }
 
 impl rdkafka::ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut high) = self.high.lock() else {
+            return;
+        };
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" queue.
+                if *id >= 0 && p.hi_offset >= 0 {
+                    high.insert(*id, p.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if is_fatal(&error) {
             if let Ok(mut f) = self.fatal.lock() {
@@ -463,6 +481,8 @@ impl Consumer_ {
                 // queue is full (default 1 s): with a consumer that drains the queue in
                 // large batches that pause, not the broker, limited throughput.
                 ("fetch.queue.backoff.ms", "10"),
+                // High watermarks for the lag figure (see `report_lag`).
+                ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
                 ("client.id", &format!("weir-{}", cfg.source)),
             ])
             .set("group.id", &cfg.group_id)
@@ -648,23 +668,24 @@ impl Consumer_ {
     }
 
     /// Messages not read yet, summed over the partitions, into the source's lag figure.
+    /// The partitions' high watermarks come from librdkafka's statistics (refreshed by
+    /// every fetch response, delivered through `poll`), so this costs no broker round trip.
     fn report_lag(
         &self,
         consumer: &BaseConsumer<SourceContext>,
         partitions: &[i32],
         pending: &[Pending],
     ) {
+        let Ok(high) = consumer.context().high.lock() else {
+            return;
+        };
         let mut lag = 0i64;
         for (i, p) in pending.iter().enumerate() {
             if p.ended {
                 continue;
             }
-            let Ok((_, high)) = consumer.fetch_watermarks(
-                &self.config.topic,
-                partitions[i],
-                Duration::from_millis(500),
-            ) else {
-                // Unknown (the broker is unreachable): keep the last figure.
+            // Not heard of yet: unknown, keep the last figure.
+            let Some(&high) = high.get(&partitions[i]) else {
                 return;
             };
             let pos = p.next_offset.or(p.start_offset).unwrap_or(high);
