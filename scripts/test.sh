@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs everything CI runs: formatting, lints, and every test in the workspace.
+# Runs everything CI runs: formatting, lints, every test in the workspace, and the
+# dashboard's browser test (headless Chromium from Debian's packages, driven by
+# playwright-core from npm).
 # Usage: scripts/test.sh
 #
 # The build shares one target directory across runs and checkouts (override with
@@ -42,6 +44,12 @@ if command -v dpkg >/dev/null 2>&1; then
     install_packages build-essential pkg-config libssl-dev zlib1g-dev
     command -v java >/dev/null 2>&1 || install_packages openjdk-17-jre-headless
     command -v mvn >/dev/null 2>&1 || install_packages maven
+    # The dashboard's browser test drives Debian's Chromium.
+    [[ -x /usr/bin/chromium ]] || install_packages chromium
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node and npm are needed for the dashboard's browser test (tests/browser)" >&2
+    exit 1
 fi
 
 start=$(date +%s)
@@ -62,5 +70,9 @@ export WEIR_KAFKA_SASL_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_SASL_PORT:-19093}"
 
 step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, CLI)"
 cargo test --workspace
+
+step "dashboard in headless Chromium (tests/browser, playwright-core)"
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+WEIR_BIN="$CARGO_TARGET_DIR/debug/weir" node --test tests/browser/
 
 step "all checks passed in $(( $(date +%s) - start ))s"

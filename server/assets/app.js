@@ -1,0 +1,303 @@
+// Weir's dashboard: the views with their SQL and status, live charts and tables of their
+// rows, and pipeline health. Figures arrive over /api/v1/status/subscribe, rows over one
+// WebSocket per view (/api/v1/views/{name}/subscribe); both reconnect by themselves, and
+// a view's socket resumes with ?since_seq=<the last seq it has>, so no row is lost or
+// shown twice across a reconnect or a server restart.
+"use strict";
+
+const MAX_ROWS = 2000;      // rows kept per view in the page
+const TABLE_ROWS = 20;      // rows shown in a view's table
+const MAX_SERIES = 12;      // lines per chart
+const NUMERIC = /^(tinyint|smallint|int|bigint|float|double|decimal)/;
+const PALETTE = ["#2b6cb0", "#c05621", "#2f855a", "#9b2c2c", "#6b46c1", "#b7791f",
+                 "#2c7a7b", "#d53f8c", "#4a5568", "#3182ce", "#dd6b20", "#38a169"];
+
+// ---- token -------------------------------------------------------------------------
+const params = new URLSearchParams(location.search);
+if (params.get("token")) localStorage.setItem("weir.token", params.get("token"));
+const token = () => localStorage.getItem("weir.token") || "";
+
+function askToken() {
+  document.getElementById("token-dialog").hidden = false;
+  document.getElementById("token-button").hidden = false;
+}
+document.getElementById("token-button").onclick = askToken;
+document.getElementById("token-form").onsubmit = (e) => {
+  e.preventDefault();
+  localStorage.setItem("weir.token", document.getElementById("token-input").value.trim());
+  document.getElementById("token-dialog").hidden = true;
+  status.reconnectNow();
+  for (const v of views.values()) v.reconnectNow();
+};
+
+function wsUrl(path, query) {
+  const q = new URLSearchParams(query || {});
+  if (token()) q.set("token", token());
+  const s = q.toString();
+  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path + (s ? "?" + s : "");
+}
+
+// ---- helpers -----------------------------------------------------------------------
+const el = (tag, attrs, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k);
+  return e;
+};
+const fmtNum = (n) => n == null ? "–" : Number(n).toLocaleString(undefined, { maximumFractionDigits: 2 });
+function fmtDelay(ms) {
+  if (ms == null) return "–";
+  if (Math.abs(ms) < 1000) return ms + " ms";
+  if (Math.abs(ms) < 120000) return (ms / 1000).toFixed(1) + " s";
+  return (ms / 60000).toFixed(1) + " min";
+}
+const fmtCell = (v) => v == null ? "∅" : typeof v === "number" ? fmtNum(v) : String(v);
+
+// A socket that reconnects with backoff (0.5 s doubling to 5 s) and reports its state.
+class Reconnecting {
+  constructor(url, onMessage, onState) {
+    this.url = url; this.onMessage = onMessage; this.onState = onState;
+    this.delay = 500; this.closed = false; this.timer = null; this.open();
+  }
+  open() {
+    if (this.closed) return;
+    const ws = new WebSocket(this.url());
+    this.ws = ws;
+    ws.onopen = () => { this.delay = 500; this.onState("connected"); };
+    ws.onmessage = (m) => { try { this.onMessage(JSON.parse(m.data)); } catch (e) { console.error(e); } };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws || this.closed) return;
+      if (ev.code === 1006 && !this.everOpened) this.authCheck();
+      const wait = this.delay;
+      this.delay = Math.min(this.delay * 2, 5000);
+      this.onState("reconnecting", wait);
+      this.timer = setTimeout(() => this.open(), wait);
+    };
+    ws.addEventListener("open", () => { this.everOpened = true; });
+  }
+  async authCheck() {
+    try {
+      const r = await fetch("/api/v1/views", { headers: token() ? { Authorization: "Bearer " + token() } : {} });
+      if (r.status === 401 || r.status === 403) askToken();
+    } catch (_) { /* the server is down; reconnecting says so */ }
+  }
+  reconnectNow() { clearTimeout(this.timer); if (this.ws) this.ws.onclose = null; try { this.ws.close(); } catch (_) {} this.delay = 500; this.open(); }
+  close() { this.closed = true; clearTimeout(this.timer); if (this.ws) this.ws.close(); }
+}
+
+// ---- connection state --------------------------------------------------------------
+const conn = document.getElementById("conn");
+function setConn(state, wait) {
+  conn.dataset.state = state;
+  conn.textContent = state === "reconnecting" ? `reconnecting in ${(wait / 1000).toFixed(1)} s` : state;
+}
+
+// ---- views -------------------------------------------------------------------------
+const views = new Map();
+const viewsBox = document.getElementById("views");
+
+class ViewCard {
+  constructor(info) {
+    this.name = info.name;
+    this.rows = [];          // {seq, row}
+    this.lastSeq = 0;
+    this.schema = info.schema;
+    this.card = el("article", { class: "card", "data-view": info.name, "data-last-seq": "0" });
+    this.statusEl = el("span", { class: "status" }, info.status);
+    this.metaEl = el("span", { class: "meta" });
+    this.errEl = el("div", { class: "sub-error" });
+    this.chartEl = el("div", { class: "chart", "data-points": "0" });
+    this.tableEl = el("div", { class: "rows" });
+    const head = el("header", {}, el("h3", {}, info.name), this.statusEl, this.metaEl);
+    const sql = el("details", {}, el("summary", {}, "SQL"), el("pre", { class: "sql" }, info.sql));
+    this.card.append(head, sql, this.errEl, this.chartEl, this.tableEl);
+    viewsBox.append(this.card);
+    this.setupChart();
+    this.update(info);
+    this.socket = new Reconnecting(
+      () => wsUrl(`/api/v1/views/${encodeURIComponent(this.name)}/subscribe`,
+                  this.lastSeq > 0 ? { since_seq: this.lastSeq } : {}),
+      (m) => this.onMessage(m),
+      () => {});
+  }
+
+  update(info) {
+    this.statusEl.textContent = info.status;
+    this.statusEl.className = "status " + info.status;
+    const f = info.figures;
+    this.metaEl.textContent = `${fmtNum(f.rows_per_sec)} rows/s in · ${fmtNum(f.rows_out)} rows out · ` +
+      `watermark ${f.watermark ? f.watermark.replace("T", " ").replace("Z", "") : "–"}` +
+      (f.late_rows ? ` · ${fmtNum(f.late_rows)} late` : "");
+  }
+
+  onMessage(m) {
+    if (m.type === "snapshot") {
+      this.rows = [];
+      const first = m.last_seq - m.rows.length + 1;
+      m.rows.forEach((r, i) => this.rows.push({ seq: first + i, row: r }));
+      this.lastSeq = m.last_seq;
+      this.errEl.textContent = "";
+    } else if (m.type === "rows") {
+      m.rows.forEach((r, i) => {
+        const seq = m.first_seq + i;
+        if (seq > this.lastSeq) this.rows.push({ seq, row: r });
+      });
+      this.lastSeq = Math.max(this.lastSeq, m.last_seq);
+      this.errEl.textContent = "";
+    } else if (m.type === "error") {
+      this.errEl.textContent = m.message;
+      return;
+    }
+    if (this.rows.length > MAX_ROWS) this.rows.splice(0, this.rows.length - MAX_ROWS);
+    this.card.dataset.lastSeq = String(this.lastSeq);
+    this.scheduleRender();
+  }
+
+  scheduleRender() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => { this.pending = false; this.render(); });
+  }
+
+  setupChart() {
+    const cols = this.schema;
+    this.hasTime = cols.some((c) => c.name === "window_start");
+    this.numeric = cols.filter((c) => NUMERIC.test(c.type) && !c.name.startsWith("window_")).map((c) => c.name);
+    this.keys = cols.filter((c) => c.type === "varchar").map((c) => c.name);
+    this.measure = this.numeric[0];
+    if (this.hasTime && this.numeric.length && this.keys.length && this.numeric.length > 1) {
+      const sel = el("select", { "aria-label": "measure" });
+      for (const n of this.numeric) sel.append(el("option", { value: n }, n));
+      sel.onchange = () => {
+        this.measure = sel.value;
+        if (this.plot) { this.plot.destroy(); this.plot = null; }
+        this.render();
+      };
+      this.chartEl.append(sel);
+    }
+  }
+
+  // The chart's data: x = window starts (seconds), one series per numeric column, or per
+  // group value of the first measure when the view groups by strings.
+  chartData() {
+    const xs = [...new Set(this.rows.map((r) => Date.parse(r.row.window_start) / 1000))].sort((a, b) => a - b);
+    const index = new Map(xs.map((x, i) => [x, i]));
+    const series = new Map();
+    const add = (label, x, v) => {
+      if (!series.has(label)) {
+        if (series.size >= MAX_SERIES) return;
+        series.set(label, new Array(xs.length).fill(null));
+      }
+      series.get(label)[index.get(x)] = typeof v === "number" ? v : v == null ? null : Number(v);
+    };
+    for (const { row } of this.rows) {
+      const x = Date.parse(row.window_start) / 1000;
+      if (this.keys.length) {
+        add(this.keys.map((k) => row[k]).join(" / "), x, row[this.measure]);
+      } else {
+        for (const n of this.numeric) add(n, x, row[n]);
+      }
+    }
+    return { xs, series };
+  }
+
+  render() {
+    if (this.hasTime && this.numeric.length && this.rows.length) {
+      const { xs, series } = this.chartData();
+      const labels = [...series.keys()];
+      const data = [xs, ...labels.map((l) => series.get(l))];
+      const same = this.plot && this.labels && labels.length === this.labels.length && labels.every((l, i) => l === this.labels[i]);
+      if (same) {
+        this.plot.setData(data);
+      } else {
+        if (this.plot) this.plot.destroy();
+        this.labels = labels;
+        const width = Math.max(300, this.card.clientWidth - 32);
+        this.plot = new uPlot({
+          width, height: 220,
+          title: this.keys.length ? `${this.measure} by ${this.keys.join(", ")}` : undefined,
+          scales: { x: { time: true } },
+          series: [{}, ...labels.map((l, i) => ({ label: l, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true }))],
+          axes: [{}, { size: 60 }],
+        }, data, this.chartEl);
+      }
+      this.chartEl.dataset.points = String(xs.length);
+    }
+    this.renderTable();
+  }
+
+  renderTable() {
+    const cols = this.schema.map((c) => c.name);
+    const latest = this.rows.slice(-TABLE_ROWS).reverse();
+    const table = el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "seq"), ...cols.map((c) => el("th", {}, c)))),
+      el("tbody", {}, ...latest.map(({ seq, row }) =>
+        el("tr", {}, el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
+    this.tableEl.replaceChildren(latest.length ? table : el("p", { class: "empty" }, "No rows yet."));
+  }
+
+  reconnectNow() { this.socket.reconnectNow(); }
+
+  remove() {
+    this.socket.close();
+    if (this.plot) this.plot.destroy();
+    this.card.remove();
+  }
+}
+
+// ---- health ------------------------------------------------------------------------
+function renderHealth(m) {
+  const body = document.querySelector("#health-table tbody");
+  const rows = [];
+  const all = [...m.sources.map((o) => ["source", o]), ...m.views.map((o) => ["view", o]), ...m.sinks.map((o) => ["sink", o])];
+  for (const [kind, o] of all) {
+    const f = o.figures;
+    rows.push(el("tr", { "data-object": o.name },
+      el("td", {}, `${kind} ${o.name}`),
+      el("td", {}, el("span", { class: "status " + o.status }, o.status)),
+      el("td", {}, fmtNum(f.rows_per_sec)),
+      el("td", {}, fmtNum(kind === "sink" ? f.rows_out : f.rows_in)),
+      el("td", {}, f.lag == null ? "–" : fmtNum(f.lag)),
+      el("td", {}, f.watermark ? f.watermark.slice(11, 23) : "–"),
+      el("td", {}, fmtDelay(f.watermark_delay_ms)),
+      el("td", {}, fmtNum(f.late_rows)),
+      el("td", {}, fmtNum(f.bad_rows)),
+      el("td", { class: "err" }, o.reason || f.last_error || "")));
+  }
+  body.replaceChildren(...rows);
+  const eps = m.sources.reduce((a, s) => a + (s.figures.rows_per_sec || 0), 0);
+  const lag = m.sources.reduce((a, s) => a + (s.figures.lag || 0), 0);
+  const late = m.views.reduce((a, v) => a + (v.figures.late_rows || 0), 0);
+  const bad = m.sources.reduce((a, s) => a + (s.figures.bad_rows || 0), 0);
+  document.getElementById("totals").textContent =
+    `${fmtNum(eps)} events/s in · lag ${fmtNum(lag)} · ${fmtNum(late)} late rows · ${fmtNum(bad)} bad rows`;
+  document.getElementById("clock").textContent = m.time.replace("T", " ").slice(0, 19) + " UTC";
+}
+
+function syncViews(list) {
+  const names = new Set(list.map((v) => v.name));
+  for (const [name, card] of views) {
+    if (!names.has(name)) { card.remove(); views.delete(name); }
+  }
+  for (const info of list) {
+    const existing = views.get(info.name);
+    if (existing && existing.schema.map((c) => c.name).join() !== info.schema.map((c) => c.name).join()) {
+      existing.remove(); views.delete(info.name);  // dropped and created again
+    }
+    if (!views.has(info.name)) views.set(info.name, new ViewCard(info));
+    else views.get(info.name).update(info);
+  }
+  viewsBox.querySelector(".empty")?.toggleAttribute("hidden", views.size > 0);
+}
+
+const status = new Reconnecting(
+  () => wsUrl("/api/v1/status/subscribe"),
+  (m) => { if (m.type === "status") { renderHealth(m); syncViews(m.views); } },
+  (state, wait) => {
+    setConn(state, wait);
+    // After a server restart, resume every view at once rather than at its own backoff.
+    if (state === "connected") for (const v of views.values()) if (v.socket.ws?.readyState !== WebSocket.OPEN) v.reconnectNow();
+  });
+window.weir = { views, status };

@@ -1,0 +1,143 @@
+// The dashboard in Debian's headless Chromium, driven by playwright-core, against a real
+// `weir run`: the page loads and connects, a view's chart appears and grows as windows
+// close, its table shows the view's columns, and after the server is stopped and started
+// again the page reconnects by itself and goes on from the seq it had.
+//
+// Needs: the weir binary (WEIR_BIN, default $CARGO_TARGET_DIR/debug/weir), /usr/bin/chromium
+// (CHROMIUM to override). Screenshots go to WEIR_ARTIFACTS_DIR (default
+// $CARGO_TARGET_DIR/browser-artifacts).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir, homedir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const target = process.env.CARGO_TARGET_DIR || join(homedir(), ".cache", "weir-target");
+const WEIR = process.env.WEIR_BIN || join(target, "debug", "weir");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = process.env.WEIR_ARTIFACTS_DIR || join(target, "browser-artifacts");
+
+const SQL = `
+CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, status VARCHAR, speed_mbps DOUBLE,
+  WATERMARK FOR ts AS ts - INTERVAL '200' MILLISECOND)
+  WITH (connector = 'generator', kind = 'downloads', 'rows.per.second' = '400', seed = '3');
+CREATE MATERIALIZED VIEW health AS
+  SELECT window_start, window_end, region, count(*) AS downloads,
+         count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed
+  FROM TUMBLE(dl, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end, region;
+`;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+function startWeir(dir, port) {
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith("WEIR__")) delete env[k];
+  const child = spawn(WEIR, ["run", "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "data"),
+    "--progress-interval", "0s", join(dir, "queries")], { env, stdio: ["ignore", "pipe", "pipe"] });
+  child.log = "";
+  child.stdout.on("data", (d) => { child.log += d; });
+  child.stderr.on("data", (d) => { child.log += d; });
+  return child;
+}
+
+async function waitHealthy(port, child, ms = 60000) {
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    if (child.exitCode !== null) throw new Error(`weir exited (${child.exitCode}):\n${child.log}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/health`);
+      if (r.ok) return;
+    } catch (_) { /* not up yet */ }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`weir did not answer /health within ${ms} ms:\n${child.log}`);
+}
+
+function stopWeir(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once("exit", () => resolve());
+    child.kill("SIGTERM");
+  });
+}
+
+const lastSeq = (page) => page.$eval('[data-view="health"]', (e) => Number(e.dataset.lastSeq));
+const points = (page) => page.$eval('[data-view="health"] .chart', (e) => Number(e.dataset.points));
+
+test("the dashboard shows live charts and resumes after a server restart", { timeout: 180000 }, async () => {
+  assert.ok(existsSync(WEIR), `no weir binary at ${WEIR} (build it, or set WEIR_BIN)`);
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dir = mkdtempSync(join(tmpdir(), "weir-browser-"));
+  mkdirSync(join(dir, "queries"));
+  writeFileSync(join(dir, "queries", "pipeline.sql"), SQL);
+  const port = await freePort();
+  let weir = startWeir(dir, port);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    await waitHealthy(port, weir);
+    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30000 });
+
+    // The view's card with its SQL, a chart that grows as windows close, a table.
+    const card = await page.waitForSelector('[data-view="health"]', { timeout: 30000 });
+    const sql = await card.$eval("pre.sql", (e) => e.textContent);
+    assert.match(sql, /CREATE MATERIALIZED VIEW health AS/);
+    await page.waitForSelector('[data-view="health"] .chart canvas', { timeout: 30000 });
+    await page.waitForFunction(() => Number(document.querySelector('[data-view="health"] .chart').dataset.points) >= 2, null, { timeout: 30000 });
+    const before = await points(page);
+    await page.waitForFunction((n) => Number(document.querySelector('[data-view="health"] .chart').dataset.points) > n, before, { timeout: 30000 });
+    const headers = await page.$$eval('[data-view="health"] .rows th', (ths) => ths.map((t) => t.textContent));
+    assert.deepEqual(headers, ["seq", "window_start", "window_end", "region", "downloads", "failures", "avg_speed"]);
+    const cells = await page.$$eval('[data-view="health"] .rows tbody tr:first-child td', (tds) => tds.map((t) => t.textContent));
+    assert.match(cells[1], /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, `window_start cell: ${cells[1]}`);
+    // The health panel shows the source's rate.
+    await page.waitForSelector('#health-table tr[data-object="dl"]', { timeout: 30000 });
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
+
+    // The seqs the page has match the server's, with no gap: REST agrees on the newest row.
+    const seqBefore = await lastSeq(page);
+    assert.ok(seqBefore > 0);
+
+    // Restart: the page says it lost the server, then reconnects and goes on.
+    await stopWeir(weir);
+    await page.waitForSelector('#conn[data-state="reconnecting"]', { timeout: 30000 });
+    weir = startWeir(dir, port);
+    await waitHealthy(port, weir);
+    await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30000 });
+    await page.waitForFunction((n) => Number(document.querySelector('[data-view="health"]').dataset.lastSeq) > n + 5, seqBefore, { timeout: 45000 });
+    const seqAfter = await lastSeq(page);
+    // The server numbered on from where it stopped: the page's rows have no duplicate seqs.
+    const seqs = await page.evaluate(() => window.weir.views.get("health").rows.map((r) => r.seq));
+    assert.equal(new Set(seqs).size, seqs.length, "no row twice");
+    assert.ok(seqAfter > seqBefore);
+    const rest = await (await fetch(`http://127.0.0.1:${port}/api/v1/views/health/rows?limit=1`)).json();
+    assert.ok(rest.first_seq > seqBefore, `numbering continued after the restart: ${rest.first_seq} > ${seqBefore}`);
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-after-restart.png"), fullPage: true });
+    assert.deepEqual(errors, [], "no script errors on the page");
+    console.log(`screenshots: ${join(ARTIFACTS, "dashboard.png")}, ${join(ARTIFACTS, "dashboard-after-restart.png")}`);
+  } finally {
+    await browser.close();
+    await stopWeir(weir);
+  }
+});
