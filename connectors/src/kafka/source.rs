@@ -776,8 +776,10 @@ impl Consumer_ {
         let started = Instant::now();
         let mut logged = false;
         loop {
-            // Serve the client's callbacks (errors such as a failed SASL handshake).
-            if let Some(Err(e)) = consumer.poll(Duration::ZERO)
+            // Serve the client's callbacks (errors such as a failed SASL handshake). A poll
+            // with no timeout serves a single event, and statistics events arrive every
+            // second, so poll for a while to drain the queue.
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(100))
                 && is_fatal(&e)
             {
                 return Err(kafka_error(&self.what(), e));

@@ -344,3 +344,50 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow
     sampler.abort();
     result.map_err(anyhow::Error::from)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn body_text(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_errors_carry_no_detail() {
+        // A 5xx produced outside our error type (a layer, a panic handler) is replaced.
+        let app = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "secret detail: /etc/weir/password",
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(hide_5xx));
+        let res = app
+            .oneshot(Request::builder().uri("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body_text(res).await;
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(is_public("/health") && is_public("/assets/app.js") && !is_public("/metrics"));
+    }
+}
