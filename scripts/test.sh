@@ -8,7 +8,10 @@
 # CARGO_TARGET_DIR). The Kafka tests need a real broker: this script starts Apache Kafka
 # (KRaft, single node, fetched through Maven by scripts/kafka.sh) with a PLAINTEXT and a
 # SASL/PLAIN listener on loopback ports, points the tests at it through
-# WEIR_KAFKA_BOOTSTRAP and WEIR_KAFKA_SASL_BOOTSTRAP, and stops it on exit.
+# WEIR_KAFKA_BOOTSTRAP and WEIR_KAFKA_SASL_BOOTSTRAP. The Postgres sink tests need a real
+# PostgreSQL: scripts/postgres.sh starts a throwaway cluster (Debian's package, installed
+# with apt-get if missing) on 127.0.0.1:${WEIR_PG_PORT:-15432}, and the tests get its URL in
+# WEIR_POSTGRES_URL. Both are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,13 +65,22 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "building the tests"
 cargo test --workspace --no-run
 
+stop_services() {
+    bash scripts/kafka.sh stop >/dev/null 2>&1 || true
+    bash scripts/postgres.sh stop >/dev/null 2>&1 || true
+}
+trap stop_services EXIT
+
 step "starting a real Kafka broker (scripts/kafka.sh start --sasl)"
 bash scripts/kafka.sh start --sasl
-trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 export WEIR_KAFKA_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_PORT:-19092}"
 export WEIR_KAFKA_SASL_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_SASL_PORT:-19093}"
 
-step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, CLI)"
+step "starting a throwaway PostgreSQL (scripts/postgres.sh start)"
+WEIR_POSTGRES_URL=$(bash scripts/postgres.sh start)
+export WEIR_POSTGRES_URL
+
+step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, Postgres, CLI)"
 cargo test --workspace
 
 step "dashboard in headless Chromium (tests/browser, playwright-core)"

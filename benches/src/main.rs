@@ -4,9 +4,14 @@
 //! weir-bench gen --format json|parquet --rows N --out FILE     input from the downloads generator
 //! weir-bench throughput --input FILE --format json|parquet --threads 1|2
 //! weir-bench memory --groups 1000000                           open-window state size
+//! weir-bench restore --groups 1000000                          checkpoint + restore time
 //! weir-bench kafka-load --bootstrap HOST:PORT --topic T --partitions 8 --input FILE.jsonl
 //! weir-bench kafka-throughput --bootstrap HOST:PORT --topic T --threads 1|2
 //! weir-bench kafka-sink --bootstrap HOST:PORT --input FILE.parquet --threads 1
+//! weir-bench ws-latency --rate 100000 --secs 60               window close -> WebSocket client
+//! weir-bench ws-fanout --subscribers 1000 --rows 30000000     many subscribers on one view
+//! weir-bench pg-upsert --rows 2000000 --batch-rows 50000 [--url URL]   Postgres sink upserts
+//! benches/rest-load.sh                                          GET .../rows under wrk
 //! ```
 //! Figures go to BENCHMARKS.md with the machine and the command.
 
@@ -24,6 +29,9 @@ use weir_engine::options::Options;
 use weir_engine::pipeline::{EngineConfig, Pipeline};
 use weir_engine::runtime::{RunOptions, run};
 
+mod pg;
+mod serve;
+
 #[derive(Parser)]
 #[command(name = "weir-bench", about = "Weir benchmarks; see BENCHMARKS.md")]
 struct Cli {
@@ -33,6 +41,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Latency from a window closing to its rows reaching a WebSocket subscriber.
+    WsLatency {
+        /// Generator events per second (event time follows the wall clock).
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// Seconds measured (after 3 s of warm-up).
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Tumbling window size, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        window_ms: u64,
+        /// [engine] batch_delay: how long a source batch may wait to fill.
+        #[arg(long, default_value_t = 50)]
+        batch_delay_ms: u64,
+    },
+    /// Many WebSocket subscribers on one view while a fast bounded source runs.
+    WsFanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 30_000_000)]
+        rows: u64,
+        /// Tumbling window size in event-time seconds (1000 rows per second of event time).
+        #[arg(long, default_value_t = 60)]
+        window_secs: u64,
+    },
+    /// Pre-built windowed-view batches straight into the Postgres sink: inserts into an
+    /// empty table, then updates of the same keys, against a plain binary COPY baseline.
+    PgUpsert {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        /// The sink's `batch.rows`: rows per transaction.
+        #[arg(long, default_value_t = 50_000)]
+        batch_rows: usize,
+        /// Default: $WEIR_POSTGRES_URL, else scripts/postgres.sh's
+        /// postgres://weir@127.0.0.1:15432/weir.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Write N download events (from the built-in generator) as JSON lines or Parquet.
     Gen {
         #[arg(long, default_value = "json")]
@@ -56,6 +102,11 @@ enum Cmd {
     },
     /// Fill open windows with N distinct groups and report the process's memory.
     Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        groups: u64,
+    },
+    /// Checkpoint N open groups and restore them into a new pipeline, timed.
+    Restore {
         #[arg(long, default_value_t = 1_000_000)]
         groups: u64,
     },
@@ -248,7 +299,8 @@ async fn throughput(input: PathBuf, format: &str, batch_rows: usize) -> Result<(
     Ok(())
 }
 
-async fn memory(groups: u64) -> Result<()> {
+/// The per-content view over the downloads generator, with nothing pushed yet.
+async fn per_content_pipeline() -> Result<Pipeline> {
     let mut p = Pipeline::new(EngineConfig::default(), weir_connectors::registry());
     p.execute(&format!(
         "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
@@ -259,7 +311,32 @@ async fn memory(groups: u64) -> Result<()> {
          FROM TUMBLE(downloads, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, content_id;"
     ))
     .await?;
+    Ok(p)
+}
+
+async fn memory(groups: u64) -> Result<()> {
+    let mut p = per_content_pipeline().await?;
     let before = rss_mib();
+    fill_groups(&mut p, groups).await?;
+    let obj = p
+        .objects()
+        .into_iter()
+        .find(|o| o.name == "per_content")
+        .context("view")?;
+    let s = obj.stats.snapshot();
+    println!(
+        "groups={} open_windows={} state_bytes_estimate_mib={:.0} rss_before_mib={before:.0} rss_after_mib={:.0} peak_rss_mib={:.0}",
+        s.open_groups,
+        s.open_windows,
+        s.state_bytes as f64 / 1048576.0,
+        rss_mib(),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// Push `groups` rows with distinct content ids into one open one-hour window.
+async fn fill_groups(p: &mut Pipeline, groups: u64) -> Result<()> {
     let schema = p.source_schema("downloads").context("schema")?;
     let chunk = 65_536u64;
     let mut i = 0u64;
@@ -284,24 +361,64 @@ async fn memory(groups: u64) -> Result<()> {
             })
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        p.push("downloads", 0, batch, 0).await?;
+        p.push_at("downloads", 0, batch, 0, Some((i + n) as i64))
+            .await?;
         i += n;
     }
-    let obj = p
-        .objects()
-        .into_iter()
-        .find(|o| o.name == "per_content")
-        .context("view")?;
-    let s = obj.stats.snapshot();
+    Ok(())
+}
+
+/// Checkpoint a pipeline holding `groups` open groups, then restore it into a new one:
+/// snapshot, write and restore times, and the bytes on disk. The restored pipeline must
+/// hold the same groups and, when its window closes, emit one row per group.
+async fn restore(groups: u64) -> Result<()> {
+    use weir_engine::checkpoint::CheckpointStore;
+    let dir = tempfile_dir("restore")?;
+    let store = CheckpointStore::new(&dir, 1);
+    let mut p = per_content_pipeline().await?;
+    fill_groups(&mut p, groups).await?;
+    let t = Instant::now();
+    let snapshot = p.snapshot()?;
+    let snap_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let bytes = store.write(1, snapshot, Default::default(), 0)?;
+    let write_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(p);
+
+    let mut q = per_content_pipeline().await?;
+    let t = Instant::now();
+    let r = store.latest()?.context("no checkpoint written")?;
+    let report = q.restore(&r)?;
+    let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        report.open_groups == groups,
+        "restored {} groups, expected {groups}",
+        report.open_groups
+    );
+    let out = q.end_source("downloads").await?;
+    let rows: usize = out
+        .iter()
+        .filter(|o| o.view == "per_content")
+        .map(|o| o.batch.num_rows())
+        .sum();
+    anyhow::ensure!(
+        rows as u64 == groups,
+        "emitted {rows} rows after the restore, expected {groups}"
+    );
     println!(
-        "groups={} open_windows={} state_bytes_estimate_mib={:.0} rss_before_mib={before:.0} rss_after_mib={:.0} peak_rss_mib={:.0}",
-        s.open_groups,
-        s.open_windows,
-        s.state_bytes as f64 / 1048576.0,
-        rss_mib(),
+        "groups={groups} snapshot_ms={snap_ms:.0} write_ms={write_ms:.0} checkpoint_mib={:.1} restore_ms={restore_ms:.0} (read + merge into new accumulators) rows_after_restore={rows} peak_rss_mib={:.0}",
+        bytes as f64 / 1048576.0,
         peak_rss_mib()
     );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+fn tempfile_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("weir-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }
 
 async fn kafka_load(bootstrap: &str, topic: &str, partitions: i32, input: &Path) -> Result<()> {
@@ -442,6 +559,21 @@ async fn timed_run(
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The serving benchmarks run `weir run` on a runtime of their own.
+    match cli.cmd {
+        Cmd::WsLatency {
+            rate,
+            secs,
+            window_ms,
+            batch_delay_ms,
+        } => return serve::ws_latency(rate, secs, window_ms, batch_delay_ms),
+        Cmd::WsFanout {
+            subscribers,
+            rows,
+            window_secs,
+        } => return serve::ws_fanout(subscribers, rows, window_secs),
+        _ => {}
+    }
     let threads = match &cli.cmd {
         Cmd::Throughput { threads, .. }
         | Cmd::KafkaThroughput { threads, .. }
@@ -463,6 +595,7 @@ fn main() -> Result<()> {
                 ..
             } => throughput(input, &format, batch_rows).await,
             Cmd::Memory { groups } => memory(groups).await,
+            Cmd::Restore { groups } => restore(groups).await,
             Cmd::KafkaLoad {
                 bootstrap,
                 topic,
@@ -478,6 +611,12 @@ fn main() -> Result<()> {
             Cmd::KafkaSink {
                 bootstrap, input, ..
             } => kafka_sink(&bootstrap, &input).await,
+            Cmd::PgUpsert {
+                rows,
+                batch_rows,
+                url,
+            } => pg::pg_upsert(rows, batch_rows, url).await,
+            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } => Ok(()),
         }
     })
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 use weir_engine::Result;
-use weir_engine::connector::{Sink, SinkFactory, SinkSpec};
+use weir_engine::connector::{RowIds, Sink, SinkFactory, SinkSpec};
 
 pub const VALID_KEYS: &[&str] = &[];
 
@@ -45,7 +45,7 @@ impl BlackholeSink {
 
 #[async_trait]
 impl Sink for BlackholeSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+    async fn write(&mut self, batch: RecordBatch, _ids: RowIds) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         self.batches += 1;
         Ok(())

@@ -7,7 +7,8 @@
 //! - sources: [`generator`] (synthetic `downloads` and `ticks` streams), [`file`] (JSON lines
 //!   or Parquet files, for replay and benchmarks), [`kafka`] (every partition of a topic)
 //! - sinks: [`parquet`] (rolling, optionally Hive-partitioned Parquet files), [`blackhole`]
-//!   (counts and discards rows), [`kafka`] (one message per row, at least once)
+//!   (counts and discards rows), [`kafka`] (one message per row, at least once),
+//!   [`postgres`] (upserts into a PostgreSQL table by the view's key, or appends by row id)
 //! - shared pieces: [`format`] (record formats with a bad-record policy) and [`dead_letter`]
 //!   (where malformed records go)
 //!
@@ -24,6 +25,7 @@ pub mod format;
 pub mod generator;
 pub mod kafka;
 pub mod parquet;
+pub mod postgres;
 mod util;
 
 use weir_engine::connector::ConnectorRegistry;
@@ -46,6 +48,7 @@ pub fn registry_with(kafka: kafka::KafkaSettings) -> ConnectorRegistry {
         .with_sink(parquet::ParquetSinkFactory)
         .with_sink(blackhole::BlackholeSinkFactory)
         .with_sink(kafka::KafkaSinkFactory::new(kafka))
+        .with_sink(postgres::PostgresSinkFactory)
 }
 
 #[cfg(test)]
@@ -55,12 +58,16 @@ mod tests {
     fn registry_lists_every_connector() {
         let r = super::registry();
         assert_eq!(r.source_names(), vec!["generator", "file", "kafka"]);
-        assert_eq!(r.sink_names(), vec!["parquet", "blackhole", "kafka"]);
+        assert_eq!(
+            r.sink_names(),
+            vec!["parquet", "blackhole", "kafka", "postgres"]
+        );
         assert!(r.source("GENERATOR").is_ok());
-        let e = r.sink("postgres").err().unwrap();
+        assert!(r.sink("Postgres").is_ok());
+        let e = r.sink("mysql").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown sink connector 'postgres'; available: parquet, blackhole, kafka"
+            "unknown sink connector 'mysql'; available: parquet, blackhole, kafka, postgres"
         );
     }
 }

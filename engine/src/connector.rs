@@ -77,6 +77,10 @@ pub enum SourceEvent {
         partition: usize,
         batch: RecordBatch,
         bad_records: u64,
+        /// Where this partition resumes after this batch (the next Kafka offset, the rows a
+        /// generator has produced, the records read from a file), if the source can seek
+        /// (see [`Source::seek`]). Checkpoints record the last one the pipeline processed.
+        position: Option<i64>,
     },
     /// One partition has no more data (a file read to its end): it stops holding the
     /// watermark back. The source itself may go on with other partitions.
@@ -117,6 +121,36 @@ pub trait Source: Send {
     /// The next event. Unbounded sources wait for data; cancellation-safe is not required:
     /// the runtime polls one source from one task until it ends.
     async fn next(&mut self) -> Result<SourceEvent>;
+    /// Resume from a checkpoint: each listed partition continues at the position its last
+    /// processed batch reported. Called once, before the first [`Source::next`]. Sources
+    /// that cannot seek say so, and the engine refuses to restore views over them.
+    fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
+        let _ = positions;
+        Err(WeirError::user(
+            "this source cannot resume from a checkpoint",
+        ))
+    }
+}
+
+/// Deterministic ids for the rows of one batch of view output: row `i` of the batch has id
+/// `origin << 40 | (first + i)`. `origin` is the source partition the rows came from
+/// (stateless views) or [`RowIds::CLOSES`] for rows emitted when windows closed; `first`
+/// counts the view's earlier rows from the same origin. A replay from a checkpoint
+/// produces the same rows with the same ids, so a sink that writes by id (an append-only
+/// view into Postgres) never duplicates a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowIds {
+    pub origin: u32,
+    pub first: u64,
+}
+
+impl RowIds {
+    /// The origin of rows that windows emitted as they closed.
+    pub const CLOSES: u32 = (1 << 23) - 1;
+
+    pub fn id(&self, i: usize) -> i64 {
+        ((self.origin as i64) << 40) | ((self.first + i as u64) as i64 & ((1 << 40) - 1))
+    }
 }
 
 /// Everything a sink factory gets from `CREATE SINK`.
@@ -133,15 +167,51 @@ pub struct SinkSpec {
     /// The sink's live figures; connectors may fill [`Stats::bytes`] and [`Stats::errors`]
     /// (the engine counts rows).
     pub stats: Arc<Stats>,
+    /// The pipeline takes checkpoints: transactional sinks publish only in
+    /// [`Sink::commit`]. Without checkpoints they publish as they go (at least once).
+    pub checkpointed: bool,
 }
 
+/// A sink's part in a checkpoint: what [`Sink::precommit`] returned for it, which
+/// [`Sink::recover`] gets back after a restart.
+pub type SinkCheckpoint = serde_json::Value;
+
+/// A sink. The runtime calls, in order: [`Sink::recover`] once, then any number of
+/// [`Sink::write`] and [`Sink::flush`], with a [`Sink::precommit`] at every checkpoint
+/// barrier followed (once the checkpoint is durable) by [`Sink::commit`] for the same
+/// epoch, and [`Sink::close`] at the end.
+///
+/// Exactly-once in effect comes from one of two patterns. Idempotent sinks (Postgres)
+/// write as rows come and key every row (the view's key, or [`RowIds`]), so rows replayed
+/// after a restart overwrite themselves. Transactional sinks (Parquet, Kafka) stage
+/// what they write, make it durable in `precommit`, and publish it in `commit`; after a
+/// crash, `recover` publishes what the last complete checkpoint staged (if `commit` did
+/// not get to it) and discards anything staged after.
 #[async_trait]
 pub trait Sink: Send {
+    /// Called once before anything else, with this sink's part of the checkpoint the
+    /// pipeline restored from (`None` on a first start).
+    async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        let _ = restored;
+        Ok(())
+    }
     /// Write one batch of the view's output (in the view's schema).
-    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    async fn write(&mut self, batch: RecordBatch, ids: RowIds) -> Result<()>;
     /// Called when no more output is expected for a while (after each watermark step that
     /// emitted rows and on a timer); make what was written durable and visible if cheap.
     async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Checkpoint barrier `epoch`: everything written so far must be durable (or staged
+    /// durably) before this returns. The value returned is stored in the checkpoint.
+    async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        let _ = epoch;
+        self.flush().await?;
+        Ok(SinkCheckpoint::Null)
+    }
+    /// Checkpoint `epoch` is complete: publish what was staged for it.
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        let _ = epoch;
         Ok(())
     }
     /// The pipeline is stopping: flush everything and release resources.

@@ -1,8 +1,11 @@
 //! weir-engine: SQL to streaming plans and incremental execution over Arrow micro-batches.
 //!
 //! The main types: [`connector`] (the `Source`/`Sink` seams and the registry connectors
-//! plug into), [`options`] (WITH options), [`error`] (the crate's error type).
+//! plug into), [`options`] (WITH options), [`error`] (the crate's error type),
+//! [`pipeline`] (the catalog and the dataflow), [`runtime`] (tasks, backpressure and the
+//! checkpoint coordinator), [`checkpoint`] (checkpoints on disk).
 
+pub mod checkpoint;
 pub mod connector;
 pub mod error;
 pub mod options;

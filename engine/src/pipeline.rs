@@ -17,7 +17,10 @@
 //! The pipeline itself never sleeps or spawns: the runtime (`runtime.rs`) feeds it from
 //! source tasks, and the test runner steps it by hand.
 
-use crate::connector::{BatchLimits, ConnectorRegistry, Sink, SinkSpec, Source, SourceSpec};
+use crate::checkpoint::{Figures, PartitionCheckpoint, Restored, Snapshot, SourceState, ViewState};
+use crate::connector::{
+    BatchLimits, ConnectorRegistry, RowIds, Sink, SinkCheckpoint, SinkSpec, Source, SourceSpec,
+};
 use crate::error::{Result, WeirError};
 use crate::options::Options;
 use crate::plan::{BatchSlot, StreamTable, ViewPlan, ViewPlanKind, split_plan};
@@ -33,7 +36,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -47,6 +50,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// How many result rows each view keeps for queries, unless the view says otherwise.
     pub retention_rows: usize,
+    /// Whether the runtime takes checkpoints (sinks are told, see `SinkSpec::checkpointed`).
+    pub checkpoints: bool,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             batch: BatchLimits::default(),
             idle_timeout: Duration::from_secs(10),
             retention_rows: 100_000,
+            checkpoints: false,
         }
     }
 }
@@ -203,6 +209,25 @@ impl ViewBuffer {
         }
     }
 
+    /// Put back the retained rows and numbering a checkpoint recorded (before any row).
+    fn restore(&self, first_seq: u64, rows: Vec<RecordBatch>, last_seq: u64) {
+        if let Ok(mut g) = self.inner.write()
+            && g.batches.is_empty()
+        {
+            let mut seq = first_seq;
+            for b in rows {
+                if b.num_rows() == 0 {
+                    continue;
+                }
+                let n = b.num_rows();
+                g.rows += n;
+                g.batches.push_back((seq, b));
+                seq += n as u64;
+            }
+            g.last_seq = last_seq.max(seq.saturating_sub(1));
+        }
+    }
+
     /// Live emissions from now on. Subscribe first, then read [`ViewBuffer::retained`].
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ViewEvent> {
         self.tx.subscribe()
@@ -224,6 +249,32 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// A windowed view's state figures: open windows, groups, bytes.
+fn state_figures(s: &Stats, aggregate: &crate::window::WindowAggregator) {
+    use std::sync::atomic::Ordering::Relaxed;
+    s.open_windows
+        .store(aggregate.open_windows() as u64, Relaxed);
+    s.open_groups.store(aggregate.open_groups() as u64, Relaxed);
+    s.state_bytes.store(aggregate.state_bytes() as u64, Relaxed);
+}
+
+fn figures(s: &Stats) -> Figures {
+    Figures {
+        rows_in: Stats::get(&s.rows_in),
+        rows_out: Stats::get(&s.rows_out),
+        late_rows: Stats::get(&s.late_rows),
+        bad_rows: Stats::get(&s.bad_rows),
+    }
+}
+
+fn set_figures(s: &Stats, f: &Figures) {
+    use std::sync::atomic::Ordering::Relaxed;
+    s.rows_in.store(f.rows_in, Relaxed);
+    s.rows_out.store(f.rows_out, Relaxed);
+    s.late_rows.store(f.late_rows, Relaxed);
+    s.bad_rows.store(f.bad_rows, Relaxed);
+}
+
 fn opt_watermark(w: i64) -> Option<i64> {
     (w != i64::MIN).then_some(w)
 }
@@ -233,6 +284,19 @@ struct PartitionState {
     max_event: Option<i64>,
     last_active: i64,
     ended: bool,
+    /// The position the last processed batch reported (see `SourceEvent::Batch`).
+    position: Option<i64>,
+}
+
+impl PartitionState {
+    fn new(now: i64) -> Self {
+        PartitionState {
+            max_event: None,
+            last_active: now,
+            ended: false,
+            position: None,
+        }
+    }
 }
 
 struct SourceNode {
@@ -259,6 +323,18 @@ struct ViewNode {
     watermark: i64,
     stats: Arc<Stats>,
     buffer: Arc<ViewBuffer>,
+    /// Rows emitted per row-id origin (see [`RowIds`]).
+    row_counters: BTreeMap<u32, u64>,
+}
+
+impl ViewNode {
+    /// Number `rows` more rows from `origin`.
+    fn row_ids(&mut self, origin: u32, rows: usize) -> RowIds {
+        let c = self.row_counters.entry(origin).or_default();
+        let ids = RowIds { origin, first: *c };
+        *c += rows as u64;
+        ids
+    }
 }
 
 struct SinkNode {
@@ -268,6 +344,8 @@ struct SinkNode {
     connector: String,
     stats: Arc<Stats>,
     sink: Option<Box<dyn Sink>>,
+    /// This sink's part of the checkpoint the pipeline was restored from.
+    restored: Option<(u64, SinkCheckpoint)>,
 }
 
 /// A sink ready to be started by the runtime.
@@ -277,6 +355,8 @@ pub struct NewSink {
     pub view: String,
     pub stats: Arc<Stats>,
     pub sink: Box<dyn Sink>,
+    /// What to hand [`Sink::recover`].
+    pub restored: Option<(u64, SinkCheckpoint)>,
 }
 
 /// One batch a view emitted.
@@ -284,6 +364,19 @@ pub struct NewSink {
 pub struct Output {
     pub view: String,
     pub batch: RecordBatch,
+    pub ids: RowIds,
+}
+
+/// What [`Pipeline::restore`] did.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreReport {
+    pub epoch: u64,
+    pub sources: Vec<String>,
+    pub views: Vec<String>,
+    pub sinks: Vec<String>,
+    /// Objects in the checkpoint that were not restored, with the reason.
+    pub skipped: Vec<String>,
+    pub open_groups: u64,
 }
 
 /// What a statement did.
@@ -326,11 +419,19 @@ pub struct ObjectInfo {
 /// The objects of a running pipeline, readable from other tasks (the HTTP server) without
 /// going through the driver. Replaced as a whole on every CREATE and DROP.
 #[derive(Debug, Clone, Default)]
-pub struct Catalog(Arc<RwLock<Arc<Vec<ObjectInfo>>>>);
+pub struct Catalog(
+    Arc<RwLock<Arc<Vec<ObjectInfo>>>>,
+    Arc<crate::stats::CheckpointStats>,
+);
 
 impl Catalog {
     pub fn objects(&self) -> Arc<Vec<ObjectInfo>> {
         self.0.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// The pipeline's checkpoint figures (the runtime's coordinator fills them).
+    pub fn checkpoint_stats(&self) -> Arc<crate::stats::CheckpointStats> {
+        self.1.clone()
     }
 
     pub fn get(&self, name: &str) -> Option<ObjectInfo> {
@@ -645,14 +746,7 @@ impl Pipeline {
             schema: c.schema,
             watermark_col,
             idle_timeout_ms: idle.as_millis() as i64,
-            partitions: vec![
-                PartitionState {
-                    max_event: None,
-                    last_active: self.now_ms,
-                    ended: false,
-                };
-                partitions
-            ],
+            partitions: vec![PartitionState::new(self.now_ms); partitions],
             watermark: i64::MIN,
             stats,
             source: Some(source),
@@ -772,6 +866,7 @@ impl Pipeline {
             watermark: i64::MIN,
             stats: Arc::new(Stats::default()),
             buffer,
+            row_counters: BTreeMap::new(),
         });
         let _ = input_watermark;
         Ok(StatementResult::Created {
@@ -814,6 +909,7 @@ impl Pipeline {
             options,
             data_dir: self.config.data_dir.clone(),
             stats: stats.clone(),
+            checkpointed: self.config.checkpoints,
         })?;
         self.sinks.push(SinkNode {
             name: s.name.clone(),
@@ -822,6 +918,7 @@ impl Pipeline {
             connector: connector.to_ascii_lowercase(),
             stats,
             sink: Some(sink),
+            restored: None,
         });
         Ok(StatementResult::Created {
             kind: ObjectKind::Sink,
@@ -990,9 +1087,197 @@ impl Pipeline {
                     view: s.view.clone(),
                     stats: s.stats.clone(),
                     sink,
+                    restored: s.restored.take(),
                 })
             })
             .collect()
+    }
+
+    /// Everything a checkpoint holds, taken between two micro-batches: sources'
+    /// positions and watermarks, views' open windows, watermarks and numbering. Sinks add
+    /// their part (the runtime asks them).
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        for s in &self.sources {
+            snap.sources.insert(
+                s.name.clone(),
+                SourceState {
+                    sql: s.sql.clone(),
+                    partitions: s
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionCheckpoint {
+                            position: p.position,
+                            max_event: p.max_event,
+                            ended: p.ended,
+                            last_active: p.last_active,
+                        })
+                        .collect(),
+                    watermark: s.watermark,
+                    figures: figures(&s.stats),
+                },
+            );
+        }
+        for v in &mut self.views {
+            let (closed_through, open_groups, state) = match &mut v.plan.kind {
+                ViewPlanKind::Stateless { .. } => (None, 0, vec![]),
+                ViewPlanKind::Windowed { aggregate, .. } => (
+                    Some(aggregate.closed_through()),
+                    aggregate.open_groups() as u64,
+                    aggregate.snapshot()?,
+                ),
+            };
+            let retained = v.buffer.retained();
+            snap.views.insert(
+                v.name.clone(),
+                ViewState {
+                    sql: v.sql.clone(),
+                    input_watermark: v.input_watermark,
+                    watermark: v.watermark,
+                    last_seq: retained.last_seq,
+                    row_counters: v.row_counters.clone(),
+                    closed_through,
+                    state_file: None,
+                    open_groups,
+                    rows_file: None,
+                    rows_first_seq: retained.batches.first().map_or(0, |(seq, _)| *seq),
+                    figures: figures(&v.stats),
+                },
+            );
+            if !state.is_empty() {
+                snap.state.insert(v.name.clone(), state);
+            }
+            if !retained.batches.is_empty() {
+                snap.rows.insert(
+                    v.name.clone(),
+                    retained.batches.into_iter().map(|(_, b)| b).collect(),
+                );
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The SQL and view of a sink, for its entry in a checkpoint.
+    pub fn sink_definition(&self, name: &str) -> Option<(String, String)> {
+        self.sinks
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| (s.sql.clone(), s.view.clone()))
+    }
+
+    /// Continue from a checkpoint: call after the statements that define the pipeline have
+    /// been applied, before the runtime starts. Each object whose definition (its SQL
+    /// text) is the same as at the checkpoint gets its state back; a source seeks to its
+    /// positions. Objects that changed, and views over them, start afresh (listed in the
+    /// report). Sinks get their part of the checkpoint through [`Sink::recover`].
+    pub fn restore(&mut self, restored: &Restored) -> Result<RestoreReport> {
+        let m = &restored.manifest;
+        let mut report = RestoreReport {
+            epoch: m.epoch,
+            ..Default::default()
+        };
+        let now = self.now_ms;
+        for s in &mut self.sources {
+            let Some(cs) = m.sources.get(&s.name) else {
+                continue;
+            };
+            if cs.sql != s.sql {
+                report.skipped.push(format!(
+                    "source {}: its definition changed since the checkpoint",
+                    s.name
+                ));
+                continue;
+            }
+            let positions: Vec<(usize, i64)> = cs
+                .partitions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.position.map(|pos| (i, pos)))
+                .collect();
+            let Some(source) = s.source.as_mut() else {
+                return Err(WeirError::Internal(format!(
+                    "source '{}' started before the restore",
+                    s.name
+                )));
+            };
+            if !positions.is_empty() {
+                source.seek(&positions).map_err(|e| {
+                    WeirError::user(format!(
+                        "source '{}' cannot resume from checkpoint {}: {e}",
+                        s.name, m.epoch
+                    ))
+                })?;
+            }
+            while s.partitions.len() < cs.partitions.len() {
+                s.partitions.push(PartitionState::new(now));
+            }
+            for (p, c) in s.partitions.iter_mut().zip(&cs.partitions) {
+                p.position = c.position;
+                p.max_event = c.max_event;
+                p.ended = c.ended;
+                // Idle timeouts run on from the checkpoint (the runtime's start_clock
+                // moves them to the restart time).
+                p.last_active = c.last_active;
+            }
+            s.watermark = cs.watermark;
+            set_figures(&s.stats, &cs.figures);
+            s.stats
+                .watermark
+                .store(cs.watermark, std::sync::atomic::Ordering::Relaxed);
+            report.sources.push(s.name.clone());
+        }
+        for vi in 0..self.views.len() {
+            let name = self.views[vi].name.clone();
+            let Some(cv) = m.views.get(&name) else {
+                continue;
+            };
+            let input = self.views[vi].plan.input.clone();
+            if cv.sql != self.views[vi].sql {
+                report.skipped.push(format!(
+                    "view {name}: its definition changed since the checkpoint"
+                ));
+                continue;
+            }
+            if !report.sources.contains(&input) && !report.views.contains(&input) {
+                report
+                    .skipped
+                    .push(format!("view {name}: its input {input} was not restored"));
+                continue;
+            }
+            let state = restored.view_state(&name)?;
+            let v = &mut self.views[vi];
+            if let ViewPlanKind::Windowed { aggregate, .. } = &mut v.plan.kind {
+                aggregate.restore(&state, cv.closed_through.unwrap_or(i64::MIN))?;
+                report.open_groups += aggregate.open_groups() as u64;
+                state_figures(&v.stats, aggregate);
+            }
+            v.input_watermark = cv.input_watermark;
+            v.watermark = cv.watermark;
+            v.stats
+                .watermark
+                .store(cv.watermark, std::sync::atomic::Ordering::Relaxed);
+            v.row_counters = cv.row_counters.clone();
+            set_figures(&v.stats, &cv.figures);
+            let rows = restored.view_rows(&name)?;
+            v.buffer.restore(cv.rows_first_seq, rows, cv.last_seq);
+            self.seq_floor.insert(name.clone(), cv.last_seq);
+            report.views.push(name);
+        }
+        for s in &mut self.sinks {
+            let Some(cs) = m.sinks.get(&s.name) else {
+                continue;
+            };
+            if cs.sql != s.sql {
+                report.skipped.push(format!(
+                    "sink {}: its definition changed since the checkpoint",
+                    s.name
+                ));
+                continue;
+            }
+            s.restored = Some((m.epoch, cs.precommit.clone()));
+            report.sinks.push(s.name.clone());
+        }
+        Ok(report)
     }
 
     /// Names of sources that never end (for `--until-done`, which needs them all bounded).
@@ -1129,6 +1414,19 @@ impl Pipeline {
         batch: RecordBatch,
         bad_records: u64,
     ) -> Result<Vec<Output>> {
+        self.push_at(source, partition, batch, bad_records, None)
+            .await
+    }
+
+    /// [`Pipeline::push`], recording where the partition resumes after this batch.
+    pub async fn push_at(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        bad_records: u64,
+        position: Option<i64>,
+    ) -> Result<Vec<Output>> {
         let si = self.source_index(source)?;
         let now = self.now_ms;
         {
@@ -1144,6 +1442,9 @@ impl Pipeline {
             Stats::add(&s.stats.bad_rows, bad_records);
             let p = &mut s.partitions[partition];
             p.last_active = now;
+            if position.is_some() {
+                p.position = position;
+            }
             if let Some((Some(col), _)) = s.watermark_col
                 && batch.num_rows() > 0
             {
@@ -1155,7 +1456,8 @@ impl Pipeline {
         }
         let mut out = Vec::new();
         if batch.num_rows() > 0 {
-            self.deliver(source, batch, &mut out).await?;
+            let origin = (partition as u32).min(RowIds::CLOSES - 1);
+            self.deliver(source, batch, origin, &mut out).await?;
         }
         self.advance_watermarks(&mut out).await?;
         Ok(out)
@@ -1173,11 +1475,7 @@ impl Pipeline {
             p.last_active = p.last_active.max(now);
         }
         while s.partitions.len() < count {
-            s.partitions.push(PartitionState {
-                max_event: None,
-                last_active: now,
-                ended: false,
-            });
+            s.partitions.push(PartitionState::new(now));
         }
         Ok(())
     }
@@ -1248,10 +1546,13 @@ impl Pipeline {
     }
 
     /// Hand a batch from `input` (a source or view) to every view reading it, and onward.
+    /// `origin` is where its rows came from, for row ids: a source partition, or
+    /// [`RowIds::CLOSES`].
     async fn deliver(
         &mut self,
         input: &str,
         batch: RecordBatch,
+        origin: u32,
         out: &mut Vec<Output>,
     ) -> Result<()> {
         let mut queue: VecDeque<(String, RecordBatch)> = VecDeque::new();
@@ -1264,9 +1565,11 @@ impl Pipeline {
                 let emitted = self.view_batch(vi, batch.clone()).await?;
                 for b in emitted {
                     queue.push_back((self.views[vi].name.clone(), b.clone()));
+                    let ids = self.views[vi].row_ids(origin, b.num_rows());
                     out.push(Output {
                         view: self.views[vi].name.clone(),
                         batch: b,
+                        ids,
                     });
                 }
             }
@@ -1288,18 +1591,7 @@ impl Pipeline {
                         tracing::debug!(view = %v.name, late = u.late, "dropped late rows");
                     }
                 }
-                v.stats.open_windows.store(
-                    aggregate.open_windows() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                v.stats.open_groups.store(
-                    aggregate.open_groups() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                v.stats.state_bytes.store(
-                    aggregate.state_bytes() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                state_figures(&v.stats, aggregate);
                 vec![]
             }
         };
@@ -1380,18 +1672,7 @@ impl Pipeline {
                         for closed in aggregate.close(input_wm)? {
                             emitted.extend(post.run(closed).await?);
                         }
-                        v.stats.open_windows.store(
-                            aggregate.open_windows() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                        v.stats.open_groups.store(
-                            aggregate.open_groups() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                        v.stats.state_bytes.store(
-                            aggregate.state_bytes() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        state_figures(&v.stats, aggregate);
                         aggregate.output_watermark(input_wm)
                     }
                 }
@@ -1408,11 +1689,13 @@ impl Pipeline {
                 std::sync::atomic::Ordering::Relaxed,
             );
             for b in emitted {
+                let ids = self.views[vi].row_ids(RowIds::CLOSES, b.num_rows());
                 out.push(Output {
                     view: name.clone(),
                     batch: b.clone(),
+                    ids,
                 });
-                self.deliver(&name, b, out).await?;
+                self.deliver(&name, b, RowIds::CLOSES, out).await?;
             }
         }
         Ok(())

@@ -6,14 +6,26 @@
 //! source channel, which blocks the sources: backpressure end to end, bounded memory.
 //! A timer ticks processing time into the pipeline so idle partitions release the
 //! watermark, and asks sinks to flush.
+//!
+//! Checkpoints: every `interval` the driver takes a checkpoint between two messages. The
+//! driver owns every operator's state and handles one message at a time, so the point
+//! between two messages is a consistent cut (the barrier is aligned by construction):
+//! sources' positions are those of the last batch processed (batches still in the source
+//! channel are after the cut and are read again after a restore), and views' state is
+//! snapshotted in memory. The barrier then travels down each sink's channel behind the
+//! batches already sent, as a pre-commit; when every sink has acknowledged, the state
+//! files and the manifest are written (off the runtime, on a blocking thread) and the
+//! sinks are told to commit. A graceful stop takes a final checkpoint.
 
-use crate::connector::{Sink, Source, SourceEvent};
+use crate::checkpoint::{CheckpointStore, SinkState};
+use crate::connector::{RowIds, SinkCheckpoint, Source, SourceEvent};
 use crate::error::{Result, WeirError};
 use crate::pipeline::{Output, Pipeline, ScriptOutcome};
-use crate::stats::{Stats, Status};
-use std::collections::HashMap;
+use crate::stats::{CheckpointStats, Stats, Status};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -28,6 +40,24 @@ pub struct RunOptions {
     pub flush_interval: Duration,
     /// Micro-batches in flight between sources and the driver, and per sink.
     pub channel_capacity: usize,
+    /// Take checkpoints (the pipeline should have been restored from the store's latest
+    /// one before the run).
+    pub checkpoint: Option<CheckpointOptions>,
+}
+
+/// How long a stop waits for the final checkpoint, and then for each sink to close.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub store: CheckpointStore,
+    pub interval: Duration,
+    /// How long a checkpoint waits for every sink's pre-commit before it is abandoned (the
+    /// next one covers what it would have).
+    pub timeout: Duration,
+    /// The first epoch to write (one after the newest on disk).
+    pub first_epoch: u64,
+    pub stats: Arc<CheckpointStats>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +67,7 @@ impl Default for RunOptions {
             tick: Duration::from_millis(100),
             flush_interval: Duration::from_secs(1),
             channel_capacity: 8,
+            checkpoint: None,
         }
     }
 }
@@ -92,8 +123,10 @@ enum SourceMsg {
 }
 
 enum SinkMsg {
-    Batch(datafusion::arrow::record_batch::RecordBatch),
+    Batch(datafusion::arrow::record_batch::RecordBatch, RowIds),
     Flush,
+    Precommit(u64, oneshot::Sender<Result<SinkCheckpoint>>),
+    Commit(u64),
     Close,
 }
 
@@ -126,25 +159,42 @@ fn spawn_source(
     })
 }
 
-fn spawn_sink(
-    name: String,
-    stats: Arc<Stats>,
-    mut sink: Box<dyn Sink>,
-    capacity: usize,
-) -> SinkTask {
+fn spawn_sink(new: crate::pipeline::NewSink, capacity: usize) -> SinkTask {
+    let crate::pipeline::NewSink {
+        name,
+        stats,
+        mut sink,
+        restored,
+        ..
+    } = new;
     let (tx, mut rx) = mpsc::channel::<SinkMsg>(capacity);
     let task_name = name.clone();
     let handle = tokio::spawn(async move {
         let result: Result<()> = async {
+            if let Some((epoch, _)) = &restored {
+                tracing::info!(sink = %task_name, epoch, "sink recovering from the checkpoint");
+            }
+            sink.recover(restored).await?;
             while let Some(msg) = rx.recv().await {
                 match msg {
-                    SinkMsg::Batch(b) => {
+                    SinkMsg::Batch(b, ids) => {
                         let n = b.num_rows() as u64;
-                        sink.write(b).await?;
+                        sink.write(b, ids).await?;
                         Stats::add(&stats.rows_in, n);
                         Stats::add(&stats.rows_out, n);
                     }
                     SinkMsg::Flush => sink.flush().await?,
+                    SinkMsg::Precommit(epoch, reply) => {
+                        let r = sink.precommit(epoch).await;
+                        let failed = r.as_ref().err().map(|e| e.to_string());
+                        let _ = reply.send(r);
+                        if let Some(e) = failed {
+                            return Err(WeirError::External(format!(
+                                "pre-commit of checkpoint {epoch}: {e}"
+                            )));
+                        }
+                    }
+                    SinkMsg::Commit(epoch) => sink.commit(epoch).await?,
                     SinkMsg::Close => break,
                 }
             }
@@ -196,6 +246,16 @@ pub async fn run_with(
     // With no control channel, the source channel closes when every source task is gone.
     let tx = control.is_some().then_some(tx);
     pipeline.start_clock(now_ms());
+    let mut epoch = options.checkpoint.as_ref().map_or(1, |c| c.first_epoch);
+    let mut checkpointer = tokio::time::interval(
+        options
+            .checkpoint
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |c| c.interval),
+    );
+    checkpointer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick completes at once; checkpoints start one interval in.
+    checkpointer.reset();
     let mut ticker = tokio::time::interval(options.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flusher = tokio::time::interval(options.flush_interval);
@@ -232,9 +292,11 @@ pub async fn run_with(
                             stats.mark_running();
                         }
                         match ev {
-                            SourceEvent::Batch { partition, batch, bad_records } => {
+                            SourceEvent::Batch { partition, batch, bad_records, position } => {
                                 pipeline.set_processing_time(now_ms());
-                                pipeline.push(&name, partition, batch, bad_records).await?
+                                pipeline
+                                    .push_at(&name, partition, batch, bad_records, position)
+                                    .await?
                             }
                             SourceEvent::PartitionEnd { partition } => {
                                 pipeline.end_partition(&name, partition).await?
@@ -287,6 +349,16 @@ pub async fn run_with(
                     }
                 },
                 _ = ticker.tick() => pipeline.tick(now_ms()).await?,
+                _ = checkpointer.tick(), if options.checkpoint.is_some() => {
+                    if let Some(c) = &options.checkpoint
+                        && let Err(e) =
+                            checkpoint(&mut pipeline, &sinks, c, &mut epoch, Some(c.timeout)).await
+                    {
+                        Stats::add(&c.stats.failed, 1);
+                        tracing::error!(error = %e, "checkpoint failed; the next one tries again");
+                    }
+                    vec![]
+                }
                 _ = flusher.tick() => {
                     for t in sinks.values().flatten() {
                         send(t, SinkMsg::Flush).await?;
@@ -297,7 +369,7 @@ pub async fn run_with(
             for o in outputs {
                 if let Some(tasks) = sinks.get(&o.view) {
                     for t in tasks {
-                        send(t, SinkMsg::Batch(o.batch.clone())).await?;
+                        send(t, SinkMsg::Batch(o.batch.clone(), o.ids)).await?;
                     }
                 }
             }
@@ -311,10 +383,36 @@ pub async fn run_with(
     for s in sources.values() {
         s.abort();
     }
+    // A stop or the end of the input: a final checkpoint, so a restart starts exactly here.
+    // Bounded in time: a sink that cannot reach its destination must not keep the process
+    // from stopping (what it had not made durable is recomputed from the last checkpoint).
+    if result.is_ok()
+        && let Some(c) = &options.checkpoint
+        && let Err(e) = checkpoint(&mut pipeline, &sinks, c, &mut epoch, Some(STOP_TIMEOUT)).await
+    {
+        tracing::error!(error = %e, "the final checkpoint failed; the next start restores the previous one");
+    }
     // Close every sink, even after an error, so what was written is flushed.
+    let stopping = matches!(result, Ok(RunEnd::Stopped)) && options.checkpoint.is_some();
     let mut sink_error = None;
     for t in sinks.into_values().flatten() {
-        if let Err(e) = close_sink(t).await {
+        let name = t.name.clone();
+        let closed = if stopping {
+            match tokio::time::timeout(STOP_TIMEOUT, close_sink(t)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(
+                        sink = %name,
+                        "the sink did not close within {STOP_TIMEOUT:?}; what it had not written \
+                         is recomputed from the last checkpoint at the next start"
+                    );
+                    Ok(())
+                }
+            }
+        } else {
+            close_sink(t).await
+        };
+        if let Err(e) = closed {
             sink_error.get_or_insert(e);
         }
     }
@@ -345,12 +443,11 @@ fn start_new(
         sources.insert(name, handle);
     }
     for s in pipeline.take_new_sinks() {
-        sinks.entry(s.view).or_default().push(spawn_sink(
-            s.name,
-            s.stats,
-            s.sink,
-            options.channel_capacity,
-        ));
+        let view = s.view.clone();
+        sinks
+            .entry(view)
+            .or_default()
+            .push(spawn_sink(s, options.channel_capacity));
     }
 }
 
@@ -402,5 +499,100 @@ async fn send(t: &SinkTask, msg: SinkMsg) -> Result<()> {
         // The sink task stopped: it failed; its error is reported when it is joined.
         return Err(WeirError::External(format!("sink '{}' stopped", t.name)));
     }
+    Ok(())
+}
+
+/// Take checkpoint `epoch` (see the module docs). A failure to write the files is logged
+/// and counted and the run goes on (the next checkpoint tries again); a sink that fails
+/// its pre-commit has stopped, and that ends the run as any sink failure does.
+async fn checkpoint(
+    pipeline: &mut Pipeline,
+    sinks: &HashMap<String, Vec<SinkTask>>,
+    c: &CheckpointOptions,
+    epoch: &mut u64,
+    deadline: Option<Duration>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let this = *epoch;
+    *epoch += 1;
+    let snapshot = pipeline.snapshot()?;
+    let barrier = async {
+        let mut acks = Vec::new();
+        for t in sinks.values().flatten() {
+            let (reply, rx) = oneshot::channel();
+            send(t, SinkMsg::Precommit(this, reply)).await?;
+            acks.push((t, rx));
+        }
+        let mut states = BTreeMap::new();
+        for (t, rx) in acks {
+            let precommit = match rx.await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    return Err(WeirError::External(format!(
+                        "sink '{}' failed checkpoint {this}: {e}",
+                        t.name
+                    )));
+                }
+                Err(_) => {
+                    return Err(WeirError::External(format!("sink '{}' stopped", t.name)));
+                }
+            };
+            states.insert(t.name.clone(), precommit);
+        }
+        Ok(states)
+    };
+    let precommits = match deadline {
+        None => barrier.await?,
+        Some(d) => tokio::time::timeout(d, barrier).await.map_err(|_| {
+            WeirError::External(format!(
+                "not every sink answered checkpoint {this} within {d:?} (a sink is retrying or \
+                 cannot reach its destination)"
+            ))
+        })??,
+    };
+    let mut sink_states = BTreeMap::new();
+    for (name, precommit) in precommits {
+        if let Some((sql, view)) = pipeline.sink_definition(&name) {
+            sink_states.insert(
+                name,
+                SinkState {
+                    sql,
+                    view,
+                    precommit,
+                },
+            );
+        }
+    }
+    let store = c.store.clone();
+    let taken_at = now_ms();
+    let written = tokio::task::spawn_blocking(move || {
+        let r = store.write(this, snapshot, sink_states, taken_at);
+        if r.is_ok()
+            && let Err(e) = store.prune()
+        {
+            tracing::warn!(error = %e, "pruning old checkpoints failed");
+        }
+        r
+    })
+    .await
+    .map_err(|e| WeirError::Internal(format!("checkpoint writer: {e}")))?;
+    let bytes = match written {
+        Ok(b) => b,
+        Err(e) => {
+            Stats::add(&c.stats.failed, 1);
+            tracing::error!(epoch = this, error = %e, "checkpoint failed; the next one will try again");
+            return Ok(());
+        }
+    };
+    for t in sinks.values().flatten() {
+        send(t, SinkMsg::Commit(this)).await?;
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    c.stats.epoch.store(this, Ordering::Relaxed);
+    Stats::add(&c.stats.completed, 1);
+    c.stats.last_duration_ms.store(ms, Ordering::Relaxed);
+    c.stats.last_bytes.store(bytes, Ordering::Relaxed);
+    c.stats.last_at_ms.store(taken_at, Ordering::Relaxed);
+    tracing::debug!(epoch = this, ms, bytes, "checkpoint complete");
     Ok(())
 }

@@ -17,6 +17,9 @@ pub enum Status {
     Finished,
     /// Stopped by an error; see [`Stats::last_error`].
     Failed,
+    /// Cannot reach what it reads or writes and is retrying (a sink whose database is
+    /// down); see [`Stats::last_error`]. Back to running when it succeeds.
+    Retrying,
 }
 
 impl Status {
@@ -26,6 +29,7 @@ impl Status {
             Status::Running => "running",
             Status::Finished => "finished",
             Status::Failed => "failed",
+            Status::Retrying => "retrying",
         }
     }
 }
@@ -116,7 +120,8 @@ impl Stats {
             0 => Status::Starting,
             1 => Status::Running,
             2 => Status::Finished,
-            _ => Status::Failed,
+            3 => Status::Failed,
+            _ => Status::Retrying,
         }
     }
 
@@ -189,6 +194,24 @@ impl Stats {
             last_error: self.last_error(),
         }
     }
+}
+
+/// Checkpoint figures, shared with /metrics and the status API.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    /// The newest complete checkpoint's epoch (0 before the first).
+    pub epoch: AtomicU64,
+    /// The epoch the pipeline restored from at start (0: started afresh).
+    pub restored_epoch: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    /// The last checkpoint: how long it took (from barrier to manifest), state bytes
+    /// written, and when it completed (epoch ms).
+    pub last_duration_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_at_ms: AtomicI64,
+    /// How long the restore at start took.
+    pub restore_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -375,6 +375,141 @@ impl WindowAggregator {
         Ok(out)
     }
 
+    /// The schema of [`WindowAggregator::snapshot`]: the window start (ms), the group
+    /// columns, then each aggregate's intermediate state columns.
+    pub fn state_schema(&self) -> Result<SchemaRef> {
+        let mut fields = vec![Field::new("__window_start", DataType::Int64, false)];
+        fields.extend(
+            self.group_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        for (i, a) in self.aggregates.iter().enumerate() {
+            for (j, f) in a.state_fields()?.iter().enumerate() {
+                fields.push(
+                    f.as_ref()
+                        .clone()
+                        .with_name(format!("__agg{i}_{j}"))
+                        .with_nullable(true),
+                );
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Windows ending at or before this (ms) have closed.
+    pub fn closed_through(&self) -> i64 {
+        self.closed_through
+    }
+
+    /// Every open window's groups and intermediate aggregate state, one batch per window
+    /// in [`WindowAggregator::state_schema`]. DataFusion's accumulators can only hand
+    /// their state out by giving it up, so each window is rebuilt from the batch at once
+    /// (the same path a restore takes).
+    pub fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let schema = self.state_schema()?;
+        let starts: Vec<i64> = self.windows.keys().copied().collect();
+        let mut out = Vec::with_capacity(starts.len());
+        for start in starts {
+            let Some(mut w) = self.windows.remove(&start) else {
+                continue;
+            };
+            let groups = w.groups.emit(EmitTo::All)?;
+            let n = groups.first().map_or(0, |g| g.len());
+            let mut cols: Vec<ArrayRef> = vec![Arc::new(
+                datafusion::arrow::array::Int64Array::from(vec![start; n]),
+            )];
+            cols.extend(groups);
+            for acc in w.accumulators.iter_mut() {
+                cols.extend(acc.state(EmitTo::All)?);
+            }
+            let cols = cols
+                .into_iter()
+                .zip(schema.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c)
+                    } else {
+                        cast(&c, f.data_type())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let batch = RecordBatch::try_new(schema.clone(), cols)?;
+            self.restore_window(start, &batch)?;
+            out.push(batch);
+        }
+        Ok(out)
+    }
+
+    /// Load state written by [`WindowAggregator::snapshot`] (into an aggregator built from
+    /// the same view definition), and the close point.
+    pub fn restore(&mut self, batches: &[RecordBatch], closed_through: i64) -> Result<()> {
+        self.windows.clear();
+        self.closed_through = closed_through;
+        let schema = self.state_schema()?;
+        for batch in batches {
+            if batch.schema().fields() != schema.fields() {
+                return Err(WeirError::Internal(format!(
+                    "window state does not match the view: expected {schema:?}, found {:?}",
+                    batch.schema()
+                )));
+            }
+            let starts = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .ok_or_else(|| WeirError::Internal("window state start column".into()))?;
+            let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (i, s) in starts.iter().enumerate() {
+                by_window
+                    .entry(s.unwrap_or_default())
+                    .or_default()
+                    .push(i as u32);
+            }
+            for (start, rows) in by_window {
+                let part = if rows.len() == batch.num_rows() {
+                    batch.clone()
+                } else {
+                    datafusion::arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
+                };
+                self.restore_window(start, &part)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merge one window's saved groups and state into its (new or open) window.
+    fn restore_window(&mut self, start: i64, batch: &RecordBatch) -> Result<()> {
+        let ngroups = self.group_schema.fields().len();
+        let mut w = match self.windows.remove(&start) {
+            Some(w) => w,
+            None => self.new_window()?,
+        };
+        let group_cols: Vec<ArrayRef> = (0..ngroups)
+            .map(|i| {
+                let c = batch.column(1 + i);
+                let want = self.group_schema.field(i).data_type();
+                if c.data_type() == want {
+                    Ok(c.clone())
+                } else {
+                    cast(c, want)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        w.groups.intern(&group_cols, &mut w.group_ids)?;
+        let total = w.groups.len();
+        let mut col = 1 + ngroups;
+        for (i, acc) in w.accumulators.iter_mut().enumerate() {
+            let nstate = self.aggregates[i].state_fields()?.len();
+            let state: Vec<ArrayRef> = batch.columns()[col..col + nstate].to_vec();
+            col += nstate;
+            acc.merge_batch(&state, &w.group_ids, total)?;
+        }
+        self.windows.insert(start, w);
+        Ok(())
+    }
+
     /// The watermark this operator can promise downstream: every row it emits from now on
     /// has a window start at or after it.
     pub fn output_watermark(&self, input_watermark: i64) -> i64 {

@@ -12,9 +12,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use weir_connectors::kafka::KafkaSettings;
+use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::connector::BatchLimits;
 use weir_engine::options::parse_duration;
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
@@ -136,6 +138,72 @@ fn kafka_setup(
     }
 }
 
+/// Whether this run takes checkpoints (and restores from them).
+fn checkpoints_enabled(cfg: &config::Config, mode: Mode) -> bool {
+    cfg.checkpoint.enabled.unwrap_or(mode == Mode::Run)
+}
+
+fn checkpoint_store(cfg: &config::Config) -> CheckpointStore {
+    let dir = cfg
+        .checkpoint
+        .dir
+        .clone()
+        .unwrap_or_else(|| cfg.engine.data_dir.join("checkpoints"));
+    CheckpointStore::new(dir, cfg.checkpoint.retain)
+}
+
+/// Restore the newest complete checkpoint into `pipeline` (objects already declared);
+/// returns the options for taking the next ones.
+fn restore_checkpoint(
+    pipeline: &mut Pipeline,
+    cfg: &config::Config,
+) -> Result<weir_engine::runtime::CheckpointOptions> {
+    let store = checkpoint_store(cfg);
+    let stats = pipeline.catalog().checkpoint_stats();
+    let started = std::time::Instant::now();
+    store.remove_incomplete()?;
+    match store.latest()? {
+        Some(r) => {
+            let report = pipeline.restore(&r).with_context(|| {
+                format!(
+                    "restoring checkpoint {} from {}",
+                    r.manifest.epoch,
+                    store.dir().display()
+                )
+            })?;
+            let ms = started.elapsed().as_millis() as u64;
+            stats.restored_epoch.store(report.epoch, Ordering::Relaxed);
+            stats.epoch.store(report.epoch, Ordering::Relaxed);
+            stats.restore_ms.store(ms, Ordering::Relaxed);
+            tracing::info!(
+                epoch = report.epoch,
+                sources = report.sources.len(),
+                views = report.views.len(),
+                sinks = report.sinks.len(),
+                open_groups = report.open_groups,
+                ms,
+                "restored from checkpoint {} in {}",
+                report.epoch,
+                store.dir().display()
+            );
+            for s in &report.skipped {
+                tracing::warn!("not restored: {s}; it starts afresh");
+            }
+        }
+        None => tracing::info!(
+            dir = %store.dir().display(),
+            "no checkpoint to restore: starting afresh"
+        ),
+    }
+    Ok(weir_engine::runtime::CheckpointOptions {
+        first_epoch: store.next_epoch()?,
+        store,
+        interval: duration("checkpoint.interval", &cfg.checkpoint.interval)?,
+        timeout: duration("checkpoint.timeout", &cfg.checkpoint.timeout)?,
+        stats,
+    })
+}
+
 /// The configuration: the file, then `WEIR__...` variables, then flags.
 pub fn load_config(args: &Args) -> Result<config::Config> {
     let mut cfg = config::load(args.config.as_deref(), std::env::vars())?;
@@ -164,6 +232,7 @@ async fn load_pipeline(
         },
         idle_timeout: duration("engine.idle_timeout", &cfg.engine.idle_timeout)?,
         retention_rows: cfg.engine.retention_rows,
+        checkpoints: checkpoints_enabled(&cfg, mode),
     };
     let files = sql_files(&args.paths)?;
     let (kafka, embedded, hint) = kafka_setup(&cfg, &files, mode)?;
@@ -231,7 +300,10 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("stopping: flushing sinks (open windows are not emitted)");
+    tracing::info!(
+        "stopping: a final checkpoint (when checkpoints are on), then flushing sinks (open \
+         windows are not emitted)"
+    );
 }
 
 /// The API settings from `[server]`.
@@ -270,17 +342,30 @@ pub async fn run(
     };
     let (mut pipeline, cfg, embedded) = load_pipeline(args, mode).await?;
     let result = async {
-        let state = Arc::new(StateDir::open(&cfg.engine.data_dir)?);
+        let mut state = StateDir::open(&cfg.engine.data_dir)?;
+        if let Some(url) = &cfg.database.url {
+            state = state.with_database(url).await?;
+            tracing::info!(
+                "database {}: Weir's tables migrated; statements submitted over the API are kept in weir.statements",
+                crate::state::redact(url)
+            );
+        }
+        let state = Arc::new(state);
         if mode == Mode::Run {
             let n = state.replay(&mut pipeline).await?;
             if n > 0 {
                 tracing::info!(
                     "re-applied {n} statement(s) submitted over the API ({})",
-                    state.journal_path().display()
+                    state.journal_location()
                 );
             }
         }
         state.restore_seqs(&mut pipeline);
+        let checkpoint = if checkpoints_enabled(&cfg, mode) {
+            Some(restore_checkpoint(&mut pipeline, &cfg)?)
+        } else {
+            None
+        };
         // A backfill serves only when asked to (--listen), so scripts do not collide on
         // the port.
         let serve = cfg.server.enabled && (mode == Mode::Run || args.listen.is_some());
@@ -289,6 +374,7 @@ pub async fn run(
             state,
             serve,
             on_listen,
+            checkpoint,
         };
         run_pipeline(pipeline, cfg, run, shutdown).await
     }
@@ -305,6 +391,7 @@ struct RunParts {
     state: Arc<StateDir>,
     serve: bool,
     on_listen: Option<oneshot::Sender<SocketAddr>>,
+    checkpoint: Option<weir_engine::runtime::CheckpointOptions>,
 }
 
 async fn run_pipeline(
@@ -318,6 +405,7 @@ async fn run_pipeline(
         state,
         serve,
         on_listen,
+        checkpoint,
     } = parts;
     let catalog = pipeline.catalog();
     let objects = catalog.objects();
@@ -372,9 +460,18 @@ async fn run_pipeline(
             }
         })
     };
+    if let Some(c) = &checkpoint {
+        tracing::info!(
+            dir = %c.store.dir().display(),
+            interval = %cfg.checkpoint.interval,
+            first_epoch = c.first_epoch,
+            "checkpoints on"
+        );
+    }
     let options = RunOptions {
         until_done,
         channel_capacity: cfg.run.channel_capacity.max(1),
+        checkpoint,
         ..RunOptions::default()
     };
     let count = |k| objects.iter().filter(|o| o.kind == k).count();

@@ -17,6 +17,47 @@ pub struct Config {
     pub run: RunSection,
     pub kafka: KafkaSection,
     pub server: ServerSection,
+    pub checkpoint: CheckpointSection,
+    pub database: DatabaseSection,
+}
+
+/// `[database]`: a PostgreSQL database for Weir's own tables (see migrations/). When set,
+/// statements submitted over the API are kept there instead of the state directory.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://user:password@host:port/db`; unset: no database.
+    pub url: Option<String>,
+}
+
+/// `[checkpoint]`: periodic checkpoints of source positions, window state and sink
+/// progress, and the restore from the newest one at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Take checkpoints and restore from them. Unset: on for `weir run`, off for
+    /// `--until-done` (a backfill recomputes from its inputs each time).
+    pub enabled: Option<bool>,
+    /// How often a checkpoint is taken.
+    pub interval: String,
+    /// Where checkpoints go; default `<data_dir>/checkpoints`.
+    pub dir: Option<PathBuf>,
+    /// How many complete checkpoints to keep (at least 1).
+    pub retain: usize,
+    /// A checkpoint whose sinks have not all pre-committed within this long is abandoned.
+    pub timeout: String,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            enabled: None,
+            interval: "10s".into(),
+            dir: None,
+            retain: 2,
+            timeout: "60s".into(),
+        }
+    }
 }
 
 /// `[server]`: the REST API, WebSocket subscriptions and the dashboard.

@@ -35,12 +35,12 @@ use weir_tests::slt::format_batches;
 
 static BROKER: OnceLock<RwLock<()>> = OnceLock::new();
 
-fn broker_lock() -> &'static RwLock<()> {
+pub(crate) fn broker_lock() -> &'static RwLock<()> {
     BROKER.get_or_init(|| RwLock::new(()))
 }
 
 /// The broker's address, or `None` (test skipped) outside CI when none is running.
-fn bootstrap() -> Option<String> {
+pub(crate) fn bootstrap() -> Option<String> {
     match std::env::var("WEIR_KAFKA_BOOTSTRAP") {
         Ok(b) if !b.is_empty() => Some(b),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -59,7 +59,7 @@ fn bootstrap() -> Option<String> {
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -67,14 +67,17 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let r = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            // The tests' events are dated 2024: without this the broker's retention check
+            // (every 5 minutes, by message timestamp) could delete them mid-test.
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1")],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -84,7 +87,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
-fn producer(bootstrap: &str) -> FutureProducer {
+pub(crate) fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -146,7 +149,11 @@ impl SinkFactory for CollectFactory {
 
 #[async_trait]
 impl Sink for CollectSink {
-    async fn write(&mut self, batch: RecordBatch) -> weir_engine::Result<()> {
+    async fn write(
+        &mut self,
+        batch: RecordBatch,
+        _ids: weir_engine::connector::RowIds,
+    ) -> weir_engine::Result<()> {
         self.1.0.lock().unwrap().push((self.0.clone(), batch));
         Ok(())
     }
@@ -244,12 +251,12 @@ fn settings(bootstrap: &str) -> KafkaSettings {
 
 /// A download event as produced to Kafka.
 #[derive(Clone)]
-struct Ev {
-    partition: i32,
-    ts: i64,
-    region: &'static str,
-    status: &'static str,
-    speed: f64,
+pub(crate) struct Ev {
+    pub(crate) partition: i32,
+    pub(crate) ts: i64,
+    pub(crate) region: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) speed: f64,
 }
 
 impl Ev {
@@ -320,12 +327,12 @@ fn sorted(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     rows
 }
 
-const T0: i64 = 1_714_521_600_000; // 2024-05-01T00:00:00Z
+pub(crate) const T0: i64 = 1_714_521_600_000; // 2024-05-01T00:00:00Z
 const REGIONS: [&str; 3] = ["EU", "US", "AP"];
 
 /// Events over `windows` 10-second windows on partitions `0..partitions`, each partition
 /// out of order within 3 s.
-fn events(partitions: i32, windows: i64, per_window: i64, seed: u64) -> Vec<Ev> {
+pub(crate) fn events(partitions: i32, windows: i64, per_window: i64, seed: u64) -> Vec<Ev> {
     let mut x = seed;
     let mut next = || {
         x = x
@@ -359,7 +366,7 @@ fn events(partitions: i32, windows: i64, per_window: i64, seed: u64) -> Vec<Ev> 
     out
 }
 
-async fn produce_all(p: &FutureProducer, topic: &str, evs: &[Ev]) {
+pub(crate) async fn produce_all(p: &FutureProducer, topic: &str, evs: &[Ev]) {
     let futs: Vec<_> = evs
         .iter()
         .map(|e| {
@@ -376,7 +383,7 @@ async fn produce_all(p: &FutureProducer, topic: &str, evs: &[Ev]) {
 }
 
 /// The far-future events that move every partition's watermark past the test's windows.
-fn sentinels(partitions: i32, ts: i64) -> Vec<Ev> {
+pub(crate) fn sentinels(partitions: i32, ts: i64) -> Vec<Ev> {
     (0..partitions)
         .map(|p| Ev {
             partition: p,
@@ -1148,4 +1155,312 @@ async fn kafka_timestamp_is_event_time_without_watermark() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sorted(&run.out.rows("out")), expected);
     run.stop().await.unwrap();
+}
+
+// ---- The transactional sink (checkpoints on): exactly once across the commit gap ----
+
+/// The payloads of `topic` (partition 0) that a `read_committed` consumer sees, in order.
+/// Waits (up to 60 s) until no transaction holds the last stable offset back from the high
+/// watermark, then reads to the end.
+pub(crate) fn committed_payloads(b: &str, topic: &str) -> Vec<String> {
+    let consumer = |isolation: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", b)
+            .set("group.id", unique("eos-reader"))
+            .set("isolation.level", isolation)
+            .set("enable.partition.eof", "true")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    };
+    let committed = consumer("read_committed");
+    let (_, high) = consumer("read_uncommitted")
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let (_, stable) = committed
+            .fetch_watermarks(topic, 0, Duration::from_secs(30))
+            .unwrap();
+        if stable >= high {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{topic}: a transaction stays open (stable offset {stable}, high watermark {high})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    committed.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    loop {
+        match committed.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(String::from_utf8(m.payload().unwrap_or(&[]).to_vec()).unwrap())
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{topic}: no end of partition after 60 s"
+            ),
+        }
+    }
+}
+
+/// A checkpointed pipeline's Kafka sink, built through the registry as `CREATE SINK` does.
+struct EosCase {
+    b: String,
+    topic: String,
+    progress: String,
+    txn_id: String,
+    dir: tempfile::TempDir,
+}
+
+impl EosCase {
+    async fn new(b: &str, prefix: &str) -> Self {
+        let topic = unique(&format!("{prefix}-out"));
+        create_topic(b, &topic, 1).await;
+        EosCase {
+            b: b.to_string(),
+            topic,
+            progress: unique(&format!("{prefix}-progress")),
+            txn_id: unique(&format!("{prefix}-txn")),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn sink(&self) -> Box<dyn Sink> {
+        let options = weir_engine::options::Options::new([
+            ("topic".to_string(), self.topic.clone()),
+            ("format".to_string(), "json".to_string()),
+            ("transactional.id".to_string(), self.txn_id.clone()),
+            ("progress.topic".to_string(), self.progress.clone()),
+        ]);
+        weir_connectors::registry_with(settings(&self.b))
+            .sink("kafka")
+            .unwrap()
+            .create(SinkSpec {
+                name: "eos".to_string(),
+                view: "v".to_string(),
+                schema: Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)])),
+                key_columns: vec![],
+                options,
+                data_dir: self.dir.path().to_path_buf(),
+                stats: Arc::new(Stats::default()),
+                checkpointed: true,
+            })
+            .unwrap()
+    }
+
+    fn spool_dir(&self) -> std::path::PathBuf {
+        weir_connectors::kafka::sink::spool_dir(self.dir.path(), "eos")
+    }
+
+    fn spools(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.spool_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.ends_with(".spool"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    async fn committed(&self) -> Vec<String> {
+        let (b, topic) = (self.b.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || committed_payloads(&b, &topic))
+            .await
+            .unwrap()
+    }
+}
+
+/// Rows `n` for each number in `ns`, as the view would emit them.
+fn n_rows(ns: std::ops::RangeInclusive<i64>) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)])),
+        vec![Arc::new(datafusion::arrow::array::Int64Array::from(
+            ns.collect::<Vec<_>>(),
+        ))],
+    )
+    .unwrap()
+}
+
+fn n_payloads(ns: std::ops::RangeInclusive<i64>) -> Vec<String> {
+    ns.map(|n| format!(r#"{{"n":{n}}}"#)).collect()
+}
+
+async fn write(sink: &mut Box<dyn Sink>, ns: std::ops::RangeInclusive<i64>) {
+    sink.write(n_rows(ns), weir_engine::connector::RowIds::default())
+        .await
+        .unwrap();
+}
+
+/// Epoch 1 committed, epoch 2 pre-committed (its checkpoint is durable) but the process
+/// dies before Kafka commits it: the restart restores checkpoint 2, so epoch 2's rows are
+/// not recomputed, and the sink must publish them from its spool, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_crash_between_precommit_and_commit_loses_nothing() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-gap").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=3).await;
+    a.precommit(1).await.unwrap();
+    a.commit(1).await.unwrap();
+    assert!(case.spools().is_empty(), "commit(1) deletes its spool");
+    write(&mut a, 4..=5).await;
+    write(&mut a, 6..=6).await;
+    let v2 = a.precommit(2).await.unwrap();
+    assert_eq!(v2["epoch"], 2);
+    assert_eq!(v2["transactional_id"], case.txn_id.as_str());
+    let spool = case.spool_dir().join("epoch-2.spool");
+    assert_eq!(v2["spool"], spool.display().to_string().as_str());
+    assert!(spool.exists());
+    drop(a); // the crash: no commit, no close
+
+    let mut b2 = case.sink();
+    b2.recover(Some((2, v2))).await.unwrap();
+    assert!(case.spools().is_empty(), "{:?}", case.spools());
+    assert_eq!(case.committed().await, n_payloads(1..=6));
+    // The new incarnation goes on with the next epoch.
+    write(&mut b2, 7..=8).await;
+    b2.precommit(3).await.unwrap();
+    b2.commit(3).await.unwrap();
+    b2.close().await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(1..=8));
+}
+
+/// Kafka committed epoch 2 but the process died before it deleted the spool: the recovery
+/// finds epoch 2 in the progress topic and must not publish the spool again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_crash_after_kafka_committed_writes_nothing_twice() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-done").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=3).await;
+    a.precommit(1).await.unwrap();
+    a.commit(1).await.unwrap();
+    write(&mut a, 4..=6).await;
+    let v2 = a.precommit(2).await.unwrap();
+    let spool = case.spool_dir().join("epoch-2.spool");
+    let kept = case.dir.path().join("kept.spool");
+    std::fs::copy(&spool, &kept).unwrap();
+    a.commit(2).await.unwrap();
+    drop(a);
+    // As if the crash came between Kafka's commit and the spool's deletion.
+    std::fs::rename(&kept, &spool).unwrap();
+
+    let mut b2 = case.sink();
+    b2.recover(Some((2, v2))).await.unwrap();
+    assert!(case.spools().is_empty(), "{:?}", case.spools());
+    b2.close().await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(1..=6));
+}
+
+/// Rows written after the last pre-commit belong to no checkpoint: the crash's fencing
+/// aborts them, and only the engine's replay (here: writing them again) publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_rows_after_the_last_precommit_are_discarded() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-after").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=3).await;
+    a.precommit(1).await.unwrap();
+    a.commit(1).await.unwrap();
+    write(&mut a, 4..=6).await;
+    let v2 = a.precommit(2).await.unwrap();
+    write(&mut a, 100..=102).await; // never pre-committed
+    a.flush().await.unwrap();
+    drop(a);
+
+    let mut b2 = case.sink();
+    b2.recover(Some((2, v2))).await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(1..=6));
+    // The replay from checkpoint 2 computes those rows again.
+    write(&mut b2, 100..=102).await;
+    b2.precommit(3).await.unwrap();
+    b2.commit(3).await.unwrap();
+    b2.close().await.unwrap();
+    let mut want = n_payloads(1..=6);
+    want.extend(n_payloads(100..=102));
+    assert_eq!(case.committed().await, want);
+}
+
+/// A checkpoint whose manifest could not be written gets no commit: the next pre-commit
+/// covers both epochs in one transaction, and recovering the later checkpoint publishes
+/// both spools; recovering the earlier complete checkpoint instead publishes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_uncommitted_epochs_accumulate_in_one_transaction() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-two").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=2).await;
+    a.precommit(1).await.unwrap(); // its checkpoint fails: no commit(1)
+    write(&mut a, 3..=4).await;
+    let v2 = a.precommit(2).await.unwrap();
+    assert_eq!(case.spools(), vec!["epoch-1.spool", "epoch-2.spool"]);
+    drop(a);
+    let mut b2 = case.sink();
+    b2.recover(Some((2, v2))).await.unwrap();
+    b2.close().await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(1..=4));
+
+    let case = EosCase::new(&b, "eos-older").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=2).await;
+    let v1 = a.precommit(1).await.unwrap();
+    a.commit(1).await.unwrap();
+    write(&mut a, 3..=4).await;
+    a.precommit(2).await.unwrap(); // its manifest never lands
+    write(&mut a, 5..=6).await;
+    drop(a);
+    let mut b2 = case.sink();
+    b2.recover(Some((1, v1))).await.unwrap();
+    assert!(case.spools().is_empty(), "{:?}", case.spools());
+    b2.close().await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(1..=2));
+}
+
+/// A second instance with the same transactional id fences the first, whose next
+/// checkpoint fails with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_fenced_instance_fails_clearly() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-fenced").await;
+    let mut a = case.sink();
+    a.recover(None).await.unwrap();
+    write(&mut a, 1..=2).await;
+    let mut b2 = case.sink();
+    b2.recover(None).await.unwrap();
+    write(&mut a, 3..=3).await;
+    let err = tokio::time::timeout(Duration::from_secs(60), a.precommit(1))
+        .await
+        .expect("a fenced producer must fail, not hang")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fenced"), "{err}");
+    assert!(err.contains(&case.txn_id), "{err}");
+    drop(a);
+    write(&mut b2, 10..=11).await;
+    b2.precommit(1).await.unwrap();
+    b2.commit(1).await.unwrap();
+    b2.close().await.unwrap();
+    assert_eq!(case.committed().await, n_payloads(10..=11));
 }

@@ -1,9 +1,13 @@
 //! Weir's integration tests, one binary: the streaming .slt suite in every mode, the
-//! differential test against batch DataFusion, Parquet read-back, and the Kafka connector
-//! against a real broker, and the HTTP/WebSocket API of a running `weir run`.
+//! differential test against batch DataFusion, Parquet read-back, the Kafka connector
+//! against a real broker, the Postgres sink against a real PostgreSQL, and the
+//! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
+//! at random moments.
 
+mod crash;
 mod differential;
 mod kafka;
 mod parquet_readback;
+mod postgres;
 mod server_api;
 mod slt_suite;

@@ -1,4 +1,5 @@
-//! Runs every `tests/slt/*.slt` file as written and with one-row micro-batches.
+//! Runs every `tests/slt/*.slt` file as written, with one-row micro-batches, and with a
+//! checkpoint and a restart after every statement; the output must be the same.
 //! `WEIR_SLT_COMPLETE=1` rewrites expected output instead (then review the diff).
 
 use std::path::PathBuf;
@@ -35,7 +36,11 @@ async fn slt_files_in_every_mode() {
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        for mode in [Mode::AsWritten, Mode::OneRowBatches] {
+        for mode in [
+            Mode::AsWritten,
+            Mode::OneRowBatches,
+            Mode::CheckpointRestart,
+        ] {
             ran += 1;
             // A panic in one file is reported as that file's failure, not the suite's end.
             let path = f.clone();

@@ -11,6 +11,14 @@
 //! - `END src` — the source ends (bounded sources closing their windows); `END src PARTITION n`
 //!   — one partition has no more data (a file read to its end).
 //! - `DEAD LETTERS src` — the dead-letter records written for a source: raw, reason, position.
+//! - `CHECKPOINT` — write a checkpoint (to the file's data directory).
+//! - `RESTART` — throw the pipeline away and start a new one as after a crash: the
+//!   statements before the last checkpoint, the checkpoint restored, then everything after
+//!   it replayed (what a real source's replay from the checkpoint's positions does).
+//!
+//! Every file runs in three modes whose output must be the same: as written, with every
+//! batch split into one-row micro-batches, and with a CHECKPOINT and a RESTART after
+//! every statement.
 //!
 //! The runner steps the engine synchronously: no sleeps, no retries.
 //!

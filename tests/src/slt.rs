@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use weir_connectors::dead_letter::DeadLetterWriter;
 use weir_connectors::format::json::{BadRecords, JsonDecoder, parse_bad_records};
+use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
 use weir_engine::{Result, WeirError};
@@ -23,6 +24,24 @@ pub enum Mode {
     AsWritten,
     /// Every INSERT and PUSH split into one-row micro-batches.
     OneRowBatches,
+    /// A CHECKPOINT and a RESTART after every statement.
+    CheckpointRestart,
+}
+
+/// What the runner did to the pipeline, kept so RESTART can replay what came after the
+/// last checkpoint (as real sources replay from the checkpoint's positions).
+#[derive(Debug, Clone)]
+enum Event {
+    Sql(String),
+    Push {
+        source: String,
+        partition: usize,
+        batch: RecordBatch,
+        bad: u64,
+    },
+    Tick(i64),
+    EndPartition(String, usize),
+    EndSource(String),
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +71,11 @@ impl Source for TestSource {
     async fn next(&mut self) -> Result<SourceEvent> {
         // The runner feeds the pipeline directly; polled, a test source just waits.
         futures::future::pending().await
+    }
+
+    /// The runner replays what came after a checkpoint itself.
+    fn seek(&mut self, _positions: &[(usize, i64)]) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -85,6 +109,11 @@ pub struct WeirSlt {
     data_dir: PathBuf,
     now_ms: i64,
     decoders: HashMap<String, JsonDecoder>,
+    events: Vec<Event>,
+    /// How many events the last checkpoint covers.
+    checkpointed: Option<usize>,
+    store: CheckpointStore,
+    epoch: u64,
 }
 
 /// A pipeline with every real connector plus the `test` source, at processing time 0.
@@ -114,7 +143,82 @@ impl WeirSlt {
             data_dir: data_dir.to_path_buf(),
             now_ms: 0,
             decoders: HashMap::new(),
+            events: Vec::new(),
+            checkpointed: None,
+            store: CheckpointStore::new(data_dir.join("checkpoints"), 2),
+            epoch: 0,
         }
+    }
+
+    /// Apply one event to the pipeline, logging it.
+    async fn apply(&mut self, ev: Event) -> Result<()> {
+        Self::apply_to(&mut self.pipeline, &ev).await?;
+        self.events.push(ev);
+        Ok(())
+    }
+
+    async fn apply_to(pipeline: &mut Pipeline, ev: &Event) -> Result<()> {
+        match ev {
+            Event::Sql(sql) => {
+                pipeline.execute(sql).await?;
+            }
+            Event::Push {
+                source,
+                partition,
+                batch,
+                bad,
+            } => {
+                pipeline
+                    .push(source, *partition, batch.clone(), *bad)
+                    .await?;
+            }
+            Event::Tick(now) => {
+                pipeline.tick(*now).await?;
+            }
+            Event::EndPartition(source, p) => {
+                pipeline.end_partition(source, *p).await?;
+            }
+            Event::EndSource(source) => {
+                pipeline.end_source(source).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// CHECKPOINT: write a checkpoint of the pipeline as it is.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.epoch += 1;
+        let snapshot = self.pipeline.snapshot()?;
+        self.store
+            .write(self.epoch, snapshot, Default::default(), self.now_ms)?;
+        self.store.prune()?;
+        self.checkpointed = Some(self.events.len());
+        Ok(())
+    }
+
+    /// RESTART: a new pipeline, as after a crash: the statements before the last
+    /// checkpoint, the checkpoint restored, then everything after it replayed.
+    async fn restart(&mut self) -> Result<()> {
+        let mut pipeline = test_pipeline_with(&self.data_dir, self.configs.clone());
+        pipeline.set_processing_time(self.now_ms);
+        let upto = match self.store.latest()? {
+            Some(r) => {
+                let upto = self.checkpointed.unwrap_or(0);
+                for ev in &self.events[..upto] {
+                    if let Event::Sql(_) = ev {
+                        Self::apply_to(&mut pipeline, ev).await?;
+                    }
+                }
+                pipeline.restore(&r)?;
+                upto
+            }
+            None => 0,
+        };
+        for ev in &self.events[upto..] {
+            Self::apply_to(&mut pipeline, ev).await?;
+        }
+        self.pipeline = pipeline;
+        Ok(())
     }
 
     fn config(&self, source: &str) -> Result<TestSourceConfig> {
@@ -133,18 +237,30 @@ impl WeirSlt {
         bad: u64,
     ) -> Result<()> {
         let batches = match self.mode {
-            Mode::AsWritten => vec![batch],
+            Mode::AsWritten | Mode::CheckpointRestart => vec![batch],
             Mode::OneRowBatches => (0..batch.num_rows()).map(|i| batch.slice(i, 1)).collect(),
         };
         let n = batches.len();
         for (i, b) in batches.into_iter().enumerate() {
             // Bad records are counted with the last batch so totals match in every mode.
             let bad = if i + 1 == n { bad } else { 0 };
-            self.pipeline.push(source, partition, b, bad).await?;
+            self.apply(Event::Push {
+                source: source.to_string(),
+                partition,
+                batch: b,
+                bad,
+            })
+            .await?;
         }
         if n == 0 && bad > 0 {
             let empty = RecordBatch::new_empty(self.config(source)?.schema);
-            self.pipeline.push(source, partition, empty, bad).await?;
+            self.apply(Event::Push {
+                source: source.to_string(),
+                partition,
+                batch: empty,
+                bad,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -189,7 +305,7 @@ impl WeirSlt {
             .get_mut(source)
             .ok_or_else(|| WeirError::Internal("decoder".into()))?;
         let chunks: Vec<&str> = match self.mode {
-            Mode::AsWritten => vec![lines],
+            Mode::AsWritten | Mode::CheckpointRestart => vec![lines],
             Mode::OneRowBatches => lines.lines().collect(),
         };
         let mut decoded = Vec::new();
@@ -285,7 +401,32 @@ impl sqllogictest::AsyncDB for WeirSlt {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>> {
+        let out = self.run_statement(sql).await?;
+        if self.mode == Mode::CheckpointRestart {
+            self.checkpoint()?;
+            self.restart().await?;
+        }
+        Ok(out)
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "weir"
+    }
+}
+
+impl WeirSlt {
+    async fn run_statement(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>> {
         let s = sql.trim().trim_end_matches(';').trim();
+        if s.eq_ignore_ascii_case("CHECKPOINT") {
+            self.checkpoint()?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        if s.eq_ignore_ascii_case("RESTART") {
+            self.restart().await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
         if let Some(rest) = strip_prefix_ci(s, "INSERT INTO ") {
             let (name, partition, tail) = target(rest)?;
             if strip_prefix_ci(&tail, "VALUES").is_none() {
@@ -306,15 +447,15 @@ impl sqllogictest::AsyncDB for WeirSlt {
             let d = weir_engine::options::parse_duration(rest.trim().trim_matches('\''))
                 .map_err(WeirError::user)?;
             self.now_ms += d.as_millis() as i64;
-            self.pipeline.tick(self.now_ms).await?;
+            self.apply(Event::Tick(self.now_ms)).await?;
             return Ok(DBOutput::StatementComplete(0));
         }
         if let Some(rest) = strip_prefix_ci(s, "END ") {
             let (name, partition, _) = target(rest)?;
             if rest.to_ascii_uppercase().contains("PARTITION") {
-                self.pipeline.end_partition(&name, partition).await?;
+                self.apply(Event::EndPartition(name, partition)).await?;
             } else {
-                self.pipeline.end_source(&name).await?;
+                self.apply(Event::EndSource(name)).await?;
             }
             return Ok(DBOutput::StatementComplete(0));
         }
@@ -325,7 +466,21 @@ impl sqllogictest::AsyncDB for WeirSlt {
                 rows,
             });
         }
-        let results = self.pipeline.execute(sql).await?;
+        let outcome = self.pipeline.execute_script(sql).await;
+        // What changed the catalog is replayed by RESTART (statements applied before an
+        // error included).
+        for a in &outcome.applied {
+            if matches!(
+                a.result,
+                StatementResult::Created { .. } | StatementResult::Dropped { .. }
+            ) {
+                self.events.push(Event::Sql(a.text.clone()));
+            }
+        }
+        if let Some(e) = outcome.error {
+            return Err(e);
+        }
+        let results: Vec<StatementResult> = outcome.applied.into_iter().map(|a| a.result).collect();
         match results.into_iter().last() {
             Some(StatementResult::Rows(batches)) => {
                 let ncols = batches.first().map(|b| b.num_columns()).unwrap_or(0);
@@ -336,12 +491,6 @@ impl sqllogictest::AsyncDB for WeirSlt {
             }
             _ => Ok(DBOutput::StatementComplete(0)),
         }
-    }
-
-    async fn shutdown(&mut self) {}
-
-    fn engine_name(&self) -> &str {
-        "weir"
     }
 }
 

@@ -17,6 +17,10 @@
 //! - Parquet files are read with the arrow reader, projecting the declared columns by name
 //!   and casting them to the declared types. A declared column missing from a file is an
 //!   error at `CREATE SOURCE`.
+//!
+//! A batch's position is the number of rows read from its file so far. Restoring a
+//! checkpoint re-reads each file from its start and skips the rows the checkpoint covers
+//! (bad records in the skipped part are reported again).
 
 mod reader;
 
@@ -26,6 +30,7 @@ use crate::util::check_castable;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
@@ -90,6 +95,7 @@ impl SourceFactory for FileSourceFactory {
             format,
             rx: None,
             ended: false,
+            skip: vec![],
         }))
     }
 }
@@ -171,6 +177,8 @@ pub struct FileSource {
     json: Option<JsonDecoder>,
     rx: Option<mpsc::Receiver<Result<SourceEvent>>>,
     ended: bool,
+    /// Rows per file a restored checkpoint already covers.
+    skip: Vec<u64>,
 }
 
 impl FileSource {
@@ -187,6 +195,10 @@ impl FileSource {
             format: self.format,
             json: self.json.take(),
             tx,
+            delivered: self.files.iter().map(|_| Cell::new(0)).collect(),
+            skip: (0..self.files.len())
+                .map(|i| Cell::new(self.skip.get(i).copied().unwrap_or(0)))
+                .collect(),
         };
         std::thread::Builder::new()
             .name(format!("weir-file-{}", self.name))
@@ -204,6 +216,18 @@ impl Source for FileSource {
 
     fn bounded(&self) -> bool {
         true
+    }
+
+    /// Files are re-read from the start on resume, and the rows the checkpoint covers
+    /// (counted per file) are skipped.
+    fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
+        self.skip = vec![0; self.files.len()];
+        for &(file, rows) in positions {
+            if let Some(s) = self.skip.get_mut(file) {
+                *s = rows.max(0) as u64;
+            }
+        }
+        Ok(())
     }
 
     async fn next(&mut self) -> Result<SourceEvent> {
@@ -286,6 +310,7 @@ mod tests {
                     partition,
                     batch,
                     bad_records,
+                    ..
                 } => {
                     assert_eq!(batch.schema(), schema());
                     let ids = batch

@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::cell::Cell;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,10 @@ pub(super) struct FileReader {
     pub(super) format: FileFormat,
     pub(super) json: Option<JsonDecoder>,
     pub(super) tx: mpsc::Sender<Result<SourceEvent>>,
+    /// Per file: good rows handed on so far (the position), and how many of the first
+    /// rows to skip because a checkpoint already covers them.
+    pub(super) delivered: Vec<Cell<u64>>,
+    pub(super) skip: Vec<Cell<u64>>,
 }
 
 /// Whether to keep going: false once the source is gone.
@@ -57,12 +62,30 @@ impl FileReader {
         let _ = self.tx.blocking_send(Ok(SourceEvent::End));
     }
 
-    fn send(&self, partition: usize, batch: RecordBatch, bad_records: u64) -> Continue {
+    /// Hand a batch on, with the file's position after it; rows a restored checkpoint
+    /// already covers are dropped first.
+    fn send(&self, partition: usize, mut batch: RecordBatch, bad_records: u64) -> Continue {
+        let (Some(skip), Some(delivered)) =
+            (self.skip.get(partition), self.delivered.get(partition))
+        else {
+            return false;
+        };
+        let rows = batch.num_rows() as u64;
+        let skipped = skip.get().min(rows);
+        if skipped > 0 {
+            skip.set(skip.get() - skipped);
+            batch = batch.slice(skipped as usize, (rows - skipped) as usize);
+        }
+        delivered.set(delivered.get() + rows);
+        if batch.num_rows() == 0 && (bad_records == 0 || skipped > 0) {
+            return true;
+        }
         self.tx
             .blocking_send(Ok(SourceEvent::Batch {
                 partition,
                 batch,
                 bad_records,
+                position: Some(delivered.get() as i64),
             }))
             .is_ok()
     }

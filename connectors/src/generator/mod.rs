@@ -238,10 +238,14 @@ pub(crate) struct GeneratorSource<K: Kind> {
     jitter: SplitMix64,
     /// The next row number to generate.
     next_row: u64,
-    ready: VecDeque<(usize, RecordBatch)>,
+    /// Batches to hand on: partition, rows, and the position after them (the global row
+    /// number generation had reached).
+    ready: VecDeque<(usize, RecordBatch, u64)>,
     /// Set at the first poll: when row 0 was due, and its event time.
     clock: Option<(Instant, i64)>,
     last_emit: Option<Instant>,
+    /// Restored positions: partition `p` skips rows numbered below `resume[p]`.
+    resume: Option<Vec<u64>>,
 }
 
 impl<K: Kind> GeneratorSource<K> {
@@ -259,6 +263,7 @@ impl<K: Kind> GeneratorSource<K> {
             ready: VecDeque::new(),
             clock: None,
             last_emit: None,
+            resume: None,
         })
     }
 
@@ -341,10 +346,63 @@ impl<K: Kind> GeneratorSource<K> {
             if rows_per_part[p] == 0 {
                 continue;
             }
-            let batch = self.build_batch(b, rows_per_part[p])?;
-            self.ready.push_back((p, batch));
+            let mut batch = self.build_batch(b, rows_per_part[p])?;
+            // Rows a restored checkpoint covers: partition p's rows here are numbered
+            // first.., every `parts`-th from the first one in p.
+            if let Some(cut) = self.resume.as_ref().map(|r| r[p])
+                && cut > first
+            {
+                let first_p =
+                    first + (p as u64 + parts as u64 - first % parts as u64) % parts as u64;
+                let covered = cut.saturating_sub(first_p).div_ceil(parts as u64) as usize;
+                let covered = covered.min(batch.num_rows());
+                batch = batch.slice(covered, batch.num_rows() - covered);
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
+            self.ready.push_back((p, batch, self.next_row));
         }
         Ok(())
+    }
+
+    /// Start the clock; after a restore, as if the rows before the restored positions had
+    /// already been generated, and generate (and drop) them so the random streams are
+    /// where they were.
+    async fn start_clock(&mut self) -> Result<(Instant, i64)> {
+        let start = self.opts.start_ms;
+        let from = self
+            .resume
+            .as_ref()
+            .and_then(|r| r.iter().min().copied())
+            .unwrap_or(0);
+        let now = Instant::now();
+        let t0 = if self.opts.rows_per_second == 0 {
+            now
+        } else {
+            now.checked_sub(self.due_at(from)).unwrap_or(now)
+        };
+        let start_ms = match start {
+            Some(s) => s,
+            None => {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                now_ms - (self.event_time(0, from))
+            }
+        };
+        if from > 0 {
+            tracing::info!(
+                rows = from,
+                "generator fast-forwarding to the restored position"
+            );
+            let cycle = (self.max_rows as u64).saturating_mul(self.opts.partitions as u64);
+            while self.next_row < from {
+                let n = cycle.min(from - self.next_row);
+                self.generate(n, start_ms)?;
+                self.ready.clear();
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok((t0, start_ms))
     }
 
     fn build_batch(&self, builders: &mut K::Builders, rows: usize) -> Result<RecordBatch> {
@@ -375,25 +433,42 @@ impl<K: Kind> Source for GeneratorSource<K> {
         self.opts.rows.is_some()
     }
 
+    /// Positions are global row numbers (row `n` goes to partition `n % partitions`): the
+    /// generator restarts at the smallest, regenerating (and dropping) the rows before it
+    /// so every random stream is where it was, and each partition skips the rows its own
+    /// position covers. Without a `start` option, event time continues from now.
+    fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
+        let mut resume = vec![0u64; self.opts.partitions];
+        for &(p, pos) in positions {
+            if let Some(r) = resume.get_mut(p) {
+                *r = pos.max(0) as u64;
+            }
+        }
+        self.resume = Some(resume);
+        Ok(())
+    }
+
     async fn next(&mut self) -> Result<SourceEvent> {
         loop {
-            if let Some((partition, batch)) = self.ready.pop_front() {
+            if let Some((partition, batch, position)) = self.ready.pop_front() {
                 return Ok(SourceEvent::Batch {
                     partition,
                     batch,
                     bad_records: 0,
+                    position: Some(position as i64),
                 });
             }
             if self.remaining() == 0 {
                 return Ok(SourceEvent::End);
             }
-            let (t0, start_ms) = *self.clock.get_or_insert_with(|| {
-                let start = self
-                    .opts
-                    .start_ms
-                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-                (Instant::now(), start)
-            });
+            let (t0, start_ms) = match self.clock {
+                Some(c) => c,
+                None => {
+                    // A restore may have fast-forwarded to the end: check again.
+                    self.clock = Some(self.start_clock().await?);
+                    continue;
+                }
+            };
             let count = self.rows_to_generate(t0).await;
             if count > 0 {
                 self.generate(count, start_ms)?;
@@ -462,6 +537,7 @@ mod tests {
                     partition,
                     batch,
                     bad_records,
+                    ..
                 } => {
                     assert_eq!(bad_records, 0);
                     out.push((partition, batch));

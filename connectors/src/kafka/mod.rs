@@ -14,7 +14,9 @@
 //! (no consumer-group rebalancing: Weir tracks positions itself and commits them to the
 //! group only so that standard tools show lag), batches each partition's messages, decodes
 //! a batch at once, and hands batches to the pipeline over a bounded channel. The sink
-//! ([`sink`]) encodes whole batches and produces them at least once.
+//! ([`sink`]) encodes whole batches and produces them: in one transaction per checkpoint
+//! epoch when the pipeline takes checkpoints (exactly once for `read_committed`
+//! consumers), at least once otherwise.
 
 pub mod common;
 pub mod sink;

@@ -1,27 +1,74 @@
-//! The Kafka sink: a view's rows as messages, at least once.
+//! The Kafka sink: a view's rows as messages; exactly once with checkpoints, at least once
+//! without.
 //!
 //! Each batch is encoded at once by the format's [`RecordEncoder`] (one message per row)
-//! and handed to librdkafka's queue; a background thread delivers. `flush` (after every
-//! emitting watermark step, on a timer, and at close) waits until everything is delivered.
-//! A message whose delivery fails after librdkafka's own retries comes back through the
-//! delivery callback and is sent again with backoff, with a warning in the log and the
-//! error in the sink's status, so nothing is dropped; meanwhile the pipeline waits
-//! (backpressure). Exactly once, with transactions per checkpoint, comes with checkpoints.
+//! and handed to librdkafka's queue; a background thread delivers.
 //!
 //! The message key, with `key = 'col, col'`, is those columns encoded in the same format
 //! (a JSON object for `json`); without `key` messages have no key.
+//!
+//! # Without checkpoints: at least once
+//!
+//! `flush` (after every emitting watermark step, on a timer, and at close) waits until
+//! everything is delivered. A message whose delivery fails after librdkafka's own retries
+//! comes back through the delivery callback and is sent again with backoff, with a warning
+//! in the log, so nothing is dropped; meanwhile the pipeline waits (backpressure).
+//!
+//! # With checkpoints: one transaction per checkpoint epoch
+//!
+//! The producer is transactional (`transactional.id`, by default `weir-<sink name>`).
+//! `recover` calls `init_transactions`, which fences any earlier incarnation and aborts its
+//! open transaction, then begins a transaction; every row goes into the open transaction.
+//!
+//! The checkpoint's manifest is written after [`Sink::precommit`] and before
+//! [`Sink::commit`], and a crash can fall between the two: the restart restores checkpoint
+//! E, so E's rows are not computed again and must not be lost, while a crash just after
+//! Kafka committed E must not write them twice. So:
+//!
+//! 1. Every message of the open transaction is also appended to a local spool file,
+//!    `<data_dir>/kafka-sink/<sink>/open.spool` (the [`spool`] format), which pre-commit
+//!    E syncs and renames to `epoch-<E>.spool`.
+//! 2. Each transaction also writes one record to the progress topic (`progress.topic`,
+//!    default `weir-sink-progress`, one partition, compacted; created when missing) with
+//!    key = the transactional id and value = the epoch, so it becomes visible exactly when
+//!    the rows do.
+//! 3. `precommit(E)`: produce the progress record for E, wait until every message of the
+//!    transaction is delivered, sync the spool; the checkpoint records
+//!    `{"epoch", "spool", "transactional_id"}`.
+//! 4. `commit(E)`: `commit_transaction` (retriable errors are retried), delete the spools of
+//!    E and older, begin the next transaction.
+//! 5. `recover(Some((E, _)))`: after `init_transactions`, if the spool of E is still there
+//!    (commit(E) had not finished), read the progress topic with `read_committed`; unless
+//!    its last record for this transactional id is E, produce the spools of E and older
+//!    again in a new transaction with the progress record for E, and commit it. Then every
+//!    spool file is deleted. Rows written after the last pre-commit were in the transaction
+//!    the fencing aborted; the engine's replay computes them again.
+//!
+//! A fenced producer (another producer took the transactional id) is fatal. An abortable
+//! error aborts the transaction and fails the sink: the pipeline stops and a restart
+//! recovers from the last checkpoint.
 
 use super::common::{Connection, KafkaSettings, kafka_error, take_connection};
 use crate::format::{RecordChunk, RecordEncoder, encoder_for};
+use crate::util::io_error;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use weir_engine::connector::{Sink, SinkFactory, SinkSpec};
+use std::time::{Duration, Instant};
+use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -29,6 +76,8 @@ pub const VALID_KEYS: &[&str] = &[
     "bootstrap.servers",
     "format",
     "key",
+    "transactional.id",
+    "progress.topic",
     "properties.<librdkafka property>",
     "csv.delimiter",
     "csv.quote",
@@ -36,6 +85,22 @@ pub const VALID_KEYS: &[&str] = &[
     "schema.registry.url",
     "schema.registry.basic.auth",
 ];
+
+/// Where transactional sinks record the epoch each transaction commits.
+pub const DEFAULT_PROGRESS_TOPIC: &str = "weir-sink-progress";
+
+/// The producer's `transaction.timeout.ms` unless `properties.transaction.timeout.ms` sets
+/// it: a transaction stays open for a whole checkpoint interval, which must be shorter.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 300_000;
+
+/// How long one blocking transactional call (init, commit, abort) may take.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long retriable commit errors are retried before the sink fails.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// The spool of the open transaction's messages since the last pre-commit.
+const OPEN_SPOOL: &str = "open.spool";
 
 pub struct KafkaSinkFactory {
     settings: Arc<KafkaSettings>,
@@ -61,6 +126,16 @@ impl SinkFactory for KafkaSinkFactory {
             .ok_or_else(|| WeirError::user(format!("{what}: option 'topic' is required")))?;
         let connection = take_connection(&mut options, &self.settings, &what)?;
         let format = options.take_choice("format", crate::format::MESSAGE_FORMATS, "json")?;
+        let transactional_id = transactional_id(options.take("transactional.id"), &spec.name)?;
+        let progress_topic = match options.take("progress.topic") {
+            None => DEFAULT_PROGRESS_TOPIC.to_string(),
+            Some(t) if t.trim().is_empty() => {
+                return Err(WeirError::user(format!(
+                    "{what}: option 'progress.topic' is empty"
+                )));
+            }
+            Some(t) => t.trim().to_string(),
+        };
         let key_columns: Vec<usize> = match options.take("key") {
             None => vec![],
             Some(k) => k
@@ -105,6 +180,14 @@ impl SinkFactory for KafkaSinkFactory {
         options.finish(&format!("the kafka sink '{}'", spec.name), VALID_KEYS)?;
         connection.validate(&what)?;
         let _: &Schema = &spec.schema;
+        let txn = spec.checkpointed.then(|| Txn {
+            id: transactional_id,
+            progress_topic,
+            dir: spool_dir(&spec.data_dir, &spec.name),
+            spool: None,
+            open: false,
+            precommitted: Vec::new(),
+        });
         Ok(Box::new(KafkaSink {
             name: spec.name,
             topic,
@@ -115,11 +198,89 @@ impl SinkFactory for KafkaSinkFactory {
             producer: None,
             values: RecordChunk::default(),
             keys: RecordChunk::default(),
+            txn,
         }))
     }
 }
 
-/// Collects messages whose delivery failed, to send again.
+/// The `transactional.id` option, or `weir-<sink name>`.
+fn transactional_id(option: Option<String>, sink: &str) -> Result<String> {
+    match option {
+        None => Ok(format!("weir-{sink}")),
+        Some(id) if id.trim().is_empty() => Err(WeirError::user(format!(
+            "sink '{sink}': option 'transactional.id' is empty"
+        ))),
+        Some(id) => Ok(id.trim().to_string()),
+    }
+}
+
+/// `<data_dir>/kafka-sink/<sink>`: the sink's spool files.
+pub fn spool_dir(data_dir: &Path, sink: &str) -> PathBuf {
+    data_dir.join("kafka-sink").join(sink)
+}
+
+/// The spool of a pre-committed epoch.
+pub fn spool_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("epoch-{epoch}.spool"))
+}
+
+/// The epoch of an `epoch-<E>.spool` file name.
+fn spool_epoch(file_name: &str) -> Option<u64> {
+    file_name
+        .strip_prefix("epoch-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+/// The pre-committed spools in `dir`, by epoch.
+fn list_spools(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_error("listing", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("listing", dir, e))?;
+        if let Some(epoch) = spool_epoch(&entry.file_name().to_string_lossy()) {
+            out.push((epoch, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Delete every spool file in `dir` (pre-committed ones and the open one).
+fn remove_spools(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for (_, p) in list_spools(dir)? {
+        remove_file(&p)?;
+        removed += 1;
+    }
+    let open = dir.join(OPEN_SPOOL);
+    if open.exists() {
+        remove_file(&open)?;
+    }
+    Ok(removed)
+}
+
+fn remove_file(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("removing", p, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing", dir, e))
+}
+
+/// Collects messages whose delivery failed, to send again (at least once) or to fail the
+/// transaction (exactly once).
 #[derive(Default)]
 struct Deliveries {
     failed: Mutex<Vec<(OwnedMessage, String)>>,
@@ -139,6 +300,76 @@ impl ProducerContext for Deliveries {
     }
 }
 
+impl Deliveries {
+    fn take_failed(&self) -> Vec<(OwnedMessage, String)> {
+        self.failed
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+}
+
+type KafkaProducer = ThreadedProducer<Deliveries>;
+
+/// The transactional side of a sink in a checkpointed pipeline.
+struct Txn {
+    id: String,
+    progress_topic: String,
+    /// `<data_dir>/kafka-sink/<sink>`.
+    dir: PathBuf,
+    /// `open.spool`: the messages written since the last pre-commit, opened at the first.
+    spool: Option<BufWriter<File>>,
+    /// `init_transactions` is done and a transaction is open.
+    open: bool,
+    /// Epochs pre-committed into the open transaction and not committed yet (more than one
+    /// when a checkpoint could not be written after its pre-commit: the next one covers
+    /// both).
+    precommitted: Vec<u64>,
+}
+
+impl Txn {
+    /// Append one message to the open spool, creating it at the first.
+    fn spool(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        if self.spool.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| io_error("creating", &self.dir, e))?;
+            let path = self.dir.join(OPEN_SPOOL);
+            let mut w = BufWriter::with_capacity(
+                1 << 20,
+                File::create(&path).map_err(|e| io_error("creating", &path, e))?,
+            );
+            spool::write_header(&mut w).map_err(|e| io_error("writing", &path, e))?;
+            self.spool = Some(w);
+        }
+        if let Some(w) = &mut self.spool {
+            spool::write_record(w, key, value)
+                .map_err(|e| io_error("writing", &self.dir.join(OPEN_SPOOL), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Sync the open spool (or an empty one) and rename it to the spool of `epoch`.
+fn seal_spool(spool: Option<BufWriter<File>>, dir: &Path, epoch: u64) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+    let open = dir.join(OPEN_SPOOL);
+    let sealed = spool_path(dir, epoch);
+    let file = match spool {
+        Some(w) => w
+            .into_inner()
+            .map_err(|e| io_error("writing", &open, e.into_error()))?,
+        None => {
+            let mut f = File::create(&open).map_err(|e| io_error("creating", &open, e))?;
+            spool::write_header(&mut f).map_err(|e| io_error("writing", &open, e))?;
+            f
+        }
+    };
+    file.sync_all().map_err(|e| io_error("syncing", &open, e))?;
+    drop(file);
+    std::fs::rename(&open, &sealed).map_err(|e| io_error("renaming", &open, e))?;
+    sync_dir(dir)?;
+    Ok(sealed)
+}
+
 struct KafkaSink {
     name: String,
     topic: String,
@@ -146,24 +377,321 @@ struct KafkaSink {
     encoder: Box<dyn RecordEncoder>,
     key_encoder: Option<Box<dyn RecordEncoder>>,
     key_columns: Vec<usize>,
-    producer: Option<Arc<ThreadedProducer<Deliveries>>>,
+    producer: Option<Arc<KafkaProducer>>,
     values: RecordChunk,
     keys: RecordChunk,
+    /// Set when the pipeline takes checkpoints.
+    txn: Option<Txn>,
+}
+
+/// Librdkafka error codes that mean another producer took over the transactional id.
+fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}
+
+/// Describe a failed transactional operation; a fenced producer gets a message of its own.
+fn txn_error(
+    sink: &str,
+    id: &str,
+    producer: &KafkaProducer,
+    doing: &str,
+    e: KafkaError,
+) -> WeirError {
+    let fatal = producer.client().fatal_error();
+    let code = fatal
+        .as_ref()
+        .map(|(c, _)| *c)
+        .or_else(|| e.rdkafka_error_code());
+    if code.is_some_and(is_fenced) {
+        return WeirError::External(format!(
+            "sink '{sink}': {doing}: the Kafka producer with transactional.id '{id}' was \
+             fenced: another producer with the same transactional.id took over (a second \
+             Weir running this sink, or another sink with the same 'transactional.id'), or \
+             the transaction stayed open longer than transaction.timeout.ms. This instance \
+             stops; give every sink its own 'transactional.id' and keep \
+             properties.transaction.timeout.ms above the checkpoint interval"
+        ));
+    }
+    match fatal {
+        Some((c, reason)) => WeirError::External(format!(
+            "sink '{sink}': {doing}: fatal Kafka producer error ({c:?}): {reason}"
+        )),
+        None => WeirError::External(format!("sink '{sink}': {doing}: {e}")),
+    }
+}
+
+/// Hand one message to librdkafka's queue: `Ok(false)` when the queue is full.
+fn enqueue(
+    producer: &KafkaProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> std::result::Result<bool, KafkaError> {
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    match producer.send(record) {
+        Ok(()) => Ok(true),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// What the transactional operations need: the producer and names for messages. `Sync`
+/// (the sink itself is not, its encoders are not), so it can be held across awaits.
+#[derive(Clone)]
+struct Ctl {
+    sink: String,
+    id: String,
+    producer: Arc<KafkaProducer>,
+}
+
+impl Ctl {
+    fn error(&self, doing: &str, e: KafkaError) -> WeirError {
+        txn_error(&self.sink, &self.id, &self.producer, doing, e)
+    }
+
+    /// Run a blocking producer call on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KafkaProducer) -> T + Send + 'static,
+    ) -> Result<T> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || f(&p))
+            .await
+            .map_err(|e| WeirError::Internal(format!("kafka producer task: {e}")))
+    }
+
+    /// Produce in the open transaction, waiting while the local queue is full.
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<()> {
+        loop {
+            match enqueue(&self.producer, topic, partition, key, payload) {
+                Ok(true) => return Ok(()),
+                Ok(false) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) => return Err(self.error("producing", e)),
+            }
+        }
+    }
+
+    /// The progress record of `epoch`, always to partition 0 of the progress topic.
+    async fn produce_progress(&self, topic: &str, epoch: u64) -> Result<()> {
+        self.produce(
+            topic,
+            Some(0),
+            Some(self.id.as_bytes()),
+            epoch.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    /// Wait until librdkafka has no message in flight and every delivery report has been
+    /// served (the producer's thread serves them; `in_flight_count` counts both).
+    /// `Producer::flush` would do, but rdkafka polls it in 100 ms slices, which would add
+    /// 100 ms to every checkpoint.
+    async fn drain(&self) -> Result<()> {
+        // Asks librdkafka to send what lingers now; returns at once.
+        let _ = self.producer.flush(Duration::ZERO);
+        let mut waiting = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if let Some((code, _)) = self.producer.client().fatal_error() {
+                return Err(self.error("flushing", KafkaError::MessageProduction(code)));
+            }
+            if waiting.elapsed() > Duration::from_secs(30) {
+                tracing::warn!(sink = %self.sink, pending = self.producer.in_flight_count(),
+                    "kafka deliveries still pending after 30s");
+                waiting = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// A transaction that cannot complete: abort it (its rows are published again by the
+    /// recovery or recomputed by the replay after a restart) and fail the sink.
+    async fn abort(&self, why: String) -> WeirError {
+        if self.producer.client().fatal_error().is_none() {
+            match self
+                .blocking(|p| p.abort_transaction(TXN_CALL_TIMEOUT))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(sink = %self.sink, error = %e,
+                    "aborting the kafka transaction failed"),
+                Err(e) => tracing::warn!(sink = %self.sink, error = %e,
+                    "aborting the kafka transaction failed"),
+            }
+        }
+        WeirError::External(format!(
+            "sink '{}': {why}; the Kafka transaction was aborted and the pipeline stops (a \
+             restart recovers from the last checkpoint)",
+            self.sink
+        ))
+    }
+
+    /// Fail the transaction if a delivery failed or the producer hit a fatal error.
+    async fn check_deliveries(&self) -> Result<()> {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(sink = %self.sink, error = ?code, reason, "fatal kafka producer error");
+            return Err(self.error("producing", KafkaError::MessageProduction(code)));
+        }
+        let failed = self.producer.context().take_failed();
+        if let Some((_, e)) = failed.first() {
+            return Err(self
+                .abort(format!(
+                    "{} message(s) could not be delivered: {e}",
+                    failed.len()
+                ))
+                .await);
+        }
+        Ok(())
+    }
+
+    /// `commit_transaction`, retrying retriable errors; an abortable error aborts.
+    async fn commit(&self, epoch: u64) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_RETRY_FOR;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let e = match self
+                .blocking(|p| p.commit_transaction(TXN_CALL_TIMEOUT))
+                .await?
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let doing = format!("committing the transaction of checkpoint {epoch}");
+            match &e {
+                KafkaError::Transaction(t) if t.is_fatal() => {
+                    return Err(self.error(&doing, e));
+                }
+                KafkaError::Transaction(t) if t.txn_requires_abort() => {
+                    return Err(self.abort(format!("{doing}: {e}")).await);
+                }
+                KafkaError::Transaction(t) if t.is_retriable() && Instant::now() < deadline => {
+                    tracing::warn!(sink = %self.sink, epoch, error = %e,
+                        "committing the kafka transaction failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                _ => return Err(self.error(&doing, e)),
+            }
+        }
+    }
+
+    fn begin(&self) -> Result<()> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.error("beginning a transaction", e))
+    }
+
+    /// `init_transactions`: fences earlier producers with this id and aborts their open
+    /// transaction. Retriable errors (the coordinator is loading, a timeout) are retried.
+    async fn init(&self) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_RETRY_FOR;
+        loop {
+            match self
+                .blocking(|p| p.init_transactions(TXN_CALL_TIMEOUT))
+                .await?
+            {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && !e.is_fatal() && Instant::now() < deadline =>
+                {
+                    tracing::warn!(sink = %self.sink, error = %e.string(),
+                        "initialising kafka transactions failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(self.error("initialising transactions", e)),
+            }
+        }
+    }
+
+    /// Produce the spools of `epoch` and older again, with the progress record of `epoch`,
+    /// in one transaction, and commit it.
+    async fn republish(
+        &self,
+        topic: &str,
+        progress_topic: &str,
+        dir: &Path,
+        epoch: u64,
+    ) -> Result<()> {
+        let files: Vec<PathBuf> = list_spools(dir)?
+            .into_iter()
+            .filter(|(e, _)| *e <= epoch)
+            .map(|(_, p)| p)
+            .collect();
+        self.begin()?;
+        let (ctl, topic_owned) = (self.clone(), topic.to_string());
+        let sent = self
+            .blocking(move |p| -> Result<u64> {
+                let mut sent = 0u64;
+                for f in &files {
+                    let file = File::open(f).map_err(|e| io_error("opening", f, e))?;
+                    let mut reader = spool::Reader::new(BufReader::with_capacity(1 << 20, file))
+                        .map_err(|e| io_error("reading", f, e))?;
+                    while let Some((key, value)) = reader
+                        .next_record()
+                        .map_err(|e| io_error("reading", f, e))?
+                    {
+                        while !enqueue(p, &topic_owned, None, key.as_deref(), &value)
+                            .map_err(|e| ctl.error("publishing the spool again", e))?
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        sent += 1;
+                    }
+                }
+                Ok(sent)
+            })
+            .await??;
+        self.produce_progress(progress_topic, epoch).await?;
+        self.drain().await?;
+        self.check_deliveries().await?;
+        self.commit(epoch).await?;
+        tracing::info!(sink = %self.sink, epoch, messages = sent,
+            "published again the messages of the checkpoint's transaction, which kafka had not \
+             committed before the restart");
+        Ok(())
+    }
 }
 
 impl KafkaSink {
-    fn producer(&mut self) -> Result<Arc<ThreadedProducer<Deliveries>>> {
+    fn producer(&mut self) -> Result<Arc<KafkaProducer>> {
         if let Some(p) = &self.producer {
             return Ok(p.clone());
         }
-        let p: ThreadedProducer<Deliveries> = self
-            .connection
-            .client_config(&[
-                ("client.id", &format!("weir-{}", self.name)),
-                ("enable.idempotence", "true"),
-                ("linger.ms", "5"),
-                ("compression.type", "lz4"),
-            ])
+        let client_id = format!("weir-{}", self.name);
+        let timeout = DEFAULT_TRANSACTION_TIMEOUT_MS.to_string();
+        let mut defaults: Vec<(&str, &str)> = vec![
+            ("client.id", &client_id),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+        ];
+        if self.txn.is_some() {
+            defaults.push(("transaction.timeout.ms", &timeout));
+        }
+        let mut config = self.connection.client_config(&defaults);
+        if let Some(t) = &self.txn {
+            // The id is the sink's identity across restarts: the option, not a property.
+            config.set("transactional.id", &t.id);
+        }
+        let p: KafkaProducer = config
             .create_with_context(Deliveries::default())
             .map_err(|e| kafka_error(&format!("sink '{}'", self.name), e))?;
         let p = Arc::new(p);
@@ -171,12 +699,31 @@ impl KafkaSink {
         Ok(p)
     }
 
-    async fn send(
-        producer: &ThreadedProducer<Deliveries>,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) {
+    /// The transactional handle (checkpoints on only).
+    fn ctl(&mut self) -> Result<Ctl> {
+        let producer = self.producer()?;
+        let id = self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+        Ok(Ctl {
+            sink: self.name.clone(),
+            id,
+            producer,
+        })
+    }
+
+    /// The producer's `transaction.timeout.ms`.
+    fn transaction_timeout(&self) -> Duration {
+        let ms = self
+            .connection
+            .properties
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS);
+        Duration::from_millis(ms)
+    }
+
+    /// At least once: send, retrying whatever the error (delivery failures come back
+    /// through [`Deliveries`] and are sent again by `flush`).
+    async fn send(producer: &KafkaProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
@@ -192,15 +739,316 @@ impl KafkaSink {
             }
         }
     }
+
+    /// Fence earlier incarnations, publish what the restored checkpoint staged if Kafka did
+    /// not commit it, discard every spool, and open a transaction.
+    async fn recover_txn(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        let Some(t) = &self.txn else {
+            return Ok(());
+        };
+        let (id, progress_topic, dir) = (t.id.clone(), t.progress_topic.clone(), t.dir.clone());
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+        // The progress topic is created in the background: it is needed from the first
+        // pre-commit on (producing to it creates it where the cluster allows, uncompacted,
+        // if this has not finished by then), and a recovery that finds it missing knows
+        // nothing was committed. Some clusters make CreateTopics wait for its timeout
+        // (librdkafka's mock cluster has none), which must not stall the start.
+        let (connection, topic, sink) = (
+            self.connection.clone(),
+            progress_topic.clone(),
+            self.name.clone(),
+        );
+        tokio::spawn(async move { ensure_progress_topic(&connection, &topic, &sink).await });
+        let ctl = self.ctl()?;
+        ctl.init().await?;
+        if let Some((epoch, state)) = restored {
+            if let Some(was) = state.get("transactional_id").and_then(|v| v.as_str())
+                && was != id
+            {
+                tracing::warn!(sink = %self.name, was, now = %id,
+                    "the checkpoint was taken with another transactional.id");
+            }
+            // No spool of E: commit(E) had finished (it deletes the spools after Kafka
+            // committed).
+            if spool_path(&dir, epoch).exists() {
+                let wait = self.transaction_timeout() + Duration::from_secs(60);
+                let (connection, topic, key) =
+                    (self.connection.clone(), progress_topic.clone(), id.clone());
+                let last = tokio::task::spawn_blocking(move || {
+                    last_committed_epoch(&connection, &topic, &key, wait)
+                })
+                .await
+                .map_err(|e| WeirError::Internal(format!("kafka progress reader: {e}")))?
+                .map_err(|e| WeirError::External(format!("sink '{}': {e}", self.name)))?;
+                if last == Some(epoch) {
+                    tracing::info!(sink = %self.name, epoch,
+                        "kafka had committed the checkpoint's transaction before the restart");
+                } else {
+                    ctl.republish(&self.topic, &progress_topic, &dir, epoch)
+                        .await?;
+                }
+            }
+        }
+        let removed = remove_spools(&dir)?;
+        if removed > 0 {
+            tracing::debug!(sink = %self.name, removed, "removed kafka sink spools");
+        }
+        ctl.begin()?;
+        if let Some(t) = &mut self.txn {
+            t.open = true;
+            t.spool = None;
+            t.precommitted.clear();
+        }
+        Ok(())
+    }
+
+    /// Open the transaction if `recover` was not called.
+    async fn ensure_open(&mut self) -> Result<()> {
+        if self.txn.as_ref().is_some_and(|t| !t.open) {
+            self.recover_txn(None).await?;
+        }
+        Ok(())
+    }
+
+    async fn precommit_txn(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        self.ensure_open().await?;
+        let ctl = self.ctl()?;
+        let Some(t) = &mut self.txn else {
+            return Ok(SinkCheckpoint::Null);
+        };
+        // The spool is synced on a blocking thread while the messages are delivered.
+        let spool = t.spool.take();
+        let dir = t.dir.clone();
+        let sealing = tokio::task::spawn_blocking(move || seal_spool(spool, &dir, epoch));
+        let delivered = async {
+            ctl.produce_progress(&t.progress_topic, epoch).await?;
+            ctl.drain().await?;
+            ctl.check_deliveries().await
+        }
+        .await;
+        let sealed = sealing
+            .await
+            .map_err(|e| WeirError::Internal(format!("kafka spool task: {e}")))?;
+        delivered?;
+        let sealed = sealed?;
+        t.precommitted.push(epoch);
+        Ok(serde_json::json!({
+            "epoch": epoch,
+            "spool": sealed.display().to_string(),
+            "transactional_id": t.id,
+        }))
+    }
+
+    async fn commit_txn(&mut self, epoch: u64) -> Result<()> {
+        if !self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.precommitted.contains(&epoch))
+        {
+            if self.txn.is_some() {
+                tracing::warn!(sink = %self.name, epoch, "commit of an epoch that was not pre-committed");
+            }
+            return Ok(());
+        }
+        let ctl = self.ctl()?;
+        ctl.commit(epoch).await?;
+        if let Some(t) = &mut self.txn {
+            // The runtime commits an epoch before it pre-commits the next, so the committed
+            // transaction held exactly these epochs.
+            for e in std::mem::take(&mut t.precommitted) {
+                remove_file(&spool_path(&t.dir, e))?;
+            }
+        }
+        ctl.begin()
+    }
+}
+
+/// Create the progress topic (one partition, compacted) if it does not exist. A cluster
+/// that refuses (no permission) gets a warning unless the topic exists anyway.
+async fn ensure_progress_topic(connection: &Connection, topic: &str, sink: &str) {
+    let admin: AdminClient<DefaultClientContext> = match connection
+        .client_config(&[("client.id", &format!("weir-{sink}-admin"))])
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(sink, topic, error = %e, "kafka admin client for the progress topic");
+            return;
+        }
+    };
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(30)))
+        .operation_timeout(Some(Duration::from_secs(30)));
+    let error = match admin.create_topics([&new], &options).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) => {
+                tracing::info!(sink, topic, "created the kafka sink progress topic");
+                return;
+            }
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => return,
+            Some(Err((_, code))) => code.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    let name = topic.to_string();
+    let exists = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(Some(&name), Duration::from_secs(10))
+            .is_ok_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap_or(false);
+    if exists {
+        tracing::debug!(
+            sink,
+            topic,
+            error,
+            "the progress topic exists; creating it failed"
+        );
+    } else {
+        tracing::warn!(
+            sink,
+            topic,
+            error,
+            "could not create the kafka sink progress topic (1 partition, \
+             cleanup.policy=compact); create it, or it is created on first use where the \
+             cluster creates topics automatically"
+        );
+    }
+}
+
+/// The progress reader's client context: the end of the partition is how the reader knows
+/// it is done, not an error to log.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(error = %error, reason, "kafka progress topic reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// The epoch of the last committed progress record for `id` (partition 0 of `topic`, read
+/// with `read_committed`), `None` if there is none.
+///
+/// A read_committed consumer stops at the last stable offset, which an open transaction of
+/// another producer holds back; records committed after that transaction began would be
+/// missed. So first wait until the stable offset reaches the high watermark as it was when
+/// the search started, then read to the end.
+fn last_committed_epoch(
+    connection: &Connection,
+    topic: &str,
+    id: &str,
+    wait: Duration,
+) -> std::result::Result<Option<u64>, String> {
+    let consumer = |isolation: &str| -> std::result::Result<BaseConsumer<ReaderContext>, String> {
+        connection
+            .client_config(&[
+                ("group.id", "weir-sink-progress-reader"),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+                // The end of the partition is found by an empty fetch: do not let the
+                // broker hold it for the default 500 ms.
+                ("fetch.wait.max.ms", "10"),
+                ("isolation.level", isolation),
+            ])
+            .create_with_context(ReaderContext)
+            .map_err(|e| format!("progress topic reader: {e}"))
+    };
+    let committed = consumer("read_committed")?;
+    let timeout = Duration::from_secs(30);
+    let meta = committed
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of the progress topic '{topic}': {e}"))?;
+    let exists = meta
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if !exists {
+        return Ok(None);
+    }
+    let uncommitted = consumer("read_uncommitted")?;
+    let (_, high) = uncommitted
+        .fetch_watermarks(topic, 0, timeout)
+        .map_err(|e| format!("high watermark of the progress topic '{topic}': {e}"))?;
+    let deadline = Instant::now() + wait;
+    let mut logged = Instant::now();
+    loop {
+        let (_, stable) = committed
+            .fetch_watermarks(topic, 0, timeout)
+            .map_err(|e| format!("last stable offset of the progress topic '{topic}': {e}"))?;
+        if stable >= high {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the progress topic '{topic}' has had an open transaction for {wait:?} (at \
+                 offset {stable}, before {high})"
+            ));
+        }
+        if logged.elapsed() > Duration::from_secs(10) {
+            tracing::info!(
+                topic,
+                stable,
+                high,
+                "waiting for another producer's transaction on the progress topic to end"
+            );
+            logged = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| format!("progress topic '{topic}': {e}"))?;
+    committed
+        .assign(&tpl)
+        .map_err(|e| format!("progress topic '{topic}': {e}"))?;
+    let mut last = None;
+    loop {
+        match committed.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
+                last = m
+                    .payload()
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
+            Some(Err(e)) => return Err(format!("reading the progress topic '{topic}': {e}")),
+            None if Instant::now() > deadline => {
+                return Err(format!("reading the progress topic '{topic}' timed out"));
+            }
+            None => {}
+        }
+    }
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+    async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        self.recover_txn(restored).await
+    }
+
+    async fn write(&mut self, batch: RecordBatch, _ids: RowIds) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        self.ensure_open().await?;
         let producer = self.producer()?;
+        let ctl = match self.txn {
+            Some(_) => Some(self.ctl()?),
+            None => None,
+        };
         self.values.clear();
         self.encoder.encode(&batch, &mut self.values)?;
         self.keys.clear();
@@ -209,7 +1057,14 @@ impl Sink for KafkaSink {
         }
         for i in 0..self.values.len() {
             let key = (!self.keys.is_empty()).then(|| self.keys.get(i));
-            Self::send(&producer, &self.topic, key, self.values.get(i)).await;
+            let value = self.values.get(i);
+            match (&mut self.txn, &ctl) {
+                (Some(t), Some(ctl)) => {
+                    t.spool(key, value)?;
+                    ctl.produce(&self.topic, None, key, value).await?;
+                }
+                _ => Self::send(&producer, &self.topic, key, value).await,
+            }
         }
         Ok(())
     }
@@ -218,6 +1073,10 @@ impl Sink for KafkaSink {
         let Some(producer) = self.producer.clone() else {
             return Ok(());
         };
+        if self.txn.is_some() {
+            // Rows become visible at commit; here only fail early on a broken transaction.
+            return self.ctl()?.check_deliveries().await;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let p = producer.clone();
@@ -225,18 +1084,13 @@ impl Sink for KafkaSink {
                 .await
                 .map_err(|e| WeirError::Internal(format!("kafka flush task: {e}")))?
                 .or_else(|e| match e {
-                    rdkafka::error::KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::OperationTimedOut) => {
+                    KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => {
                         tracing::warn!(sink = %self.name, "kafka deliveries still pending after 30s");
                         Ok(())
                     }
                     other => Err(kafka_error(&format!("sink '{}'", self.name), other)),
                 })?;
-            let failed = producer
-                .context()
-                .failed
-                .lock()
-                .map(|mut f| std::mem::take(&mut *f))
-                .unwrap_or_default();
+            let failed = producer.context().take_failed();
             if failed.is_empty() && producer.in_flight_count() == 0 {
                 return Ok(());
             }
@@ -252,7 +1106,282 @@ impl Sink for KafkaSink {
         }
     }
 
+    async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        if self.txn.is_some() {
+            return self.precommit_txn(epoch).await;
+        }
+        self.flush().await?;
+        Ok(SinkCheckpoint::Null)
+    }
+
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        self.commit_txn(epoch).await
+    }
+
     async fn close(&mut self) -> Result<()> {
-        self.flush().await
+        let Some(t) = &self.txn else {
+            return self.flush().await;
+        };
+        // After a final checkpoint the open transaction is empty; otherwise it holds rows
+        // after the last complete checkpoint, which a restart recomputes. Either way it is
+        // aborted; spools stay for the recovery.
+        if t.open && self.producer.is_some() {
+            let ctl = self.ctl()?;
+            if ctl.producer.client().fatal_error().is_none() {
+                match ctl
+                    .blocking(|p| p.abort_transaction(TXN_CALL_TIMEOUT))
+                    .await?
+                {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(sink = %self.name, error = %e,
+                        "aborting the open kafka transaction at close failed"),
+                }
+            }
+        }
+        if let Some(t) = &mut self.txn {
+            t.open = false;
+            t.spool = None;
+        }
+        self.producer = None;
+        Ok(())
+    }
+}
+
+/// The spool file format: the 8-byte magic `WEIRSPL1`, then one record per message:
+/// the key's length as a little-endian u32 (`u32::MAX` for no key), the key, the value's
+/// length as a little-endian u32, the value.
+pub mod spool {
+    use std::io::{self, Read, Write};
+
+    pub const MAGIC: &[u8; 8] = b"WEIRSPL1";
+    const NO_KEY: u32 = u32::MAX;
+
+    pub fn write_header(w: &mut impl Write) -> io::Result<()> {
+        w.write_all(MAGIC)
+    }
+
+    fn len(b: &[u8]) -> io::Result<u32> {
+        u32::try_from(b.len())
+            .ok()
+            .filter(|n| *n != NO_KEY)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))
+    }
+
+    pub fn write_record(w: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> io::Result<()> {
+        match key {
+            None => w.write_all(&NO_KEY.to_le_bytes())?,
+            Some(k) => {
+                w.write_all(&len(k)?.to_le_bytes())?;
+                w.write_all(k)?;
+            }
+        }
+        w.write_all(&len(value)?.to_le_bytes())?;
+        w.write_all(value)
+    }
+
+    /// A record: the key (if any) and the value.
+    pub type Record = (Option<Vec<u8>>, Vec<u8>);
+
+    pub struct Reader<R> {
+        inner: R,
+    }
+
+    fn invalid(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+    }
+
+    impl<R: Read> Reader<R> {
+        /// Check the magic.
+        pub fn new(mut inner: R) -> io::Result<Self> {
+            let mut magic = [0u8; 8];
+            inner
+                .read_exact(&mut magic)
+                .map_err(|_| invalid("not a Weir spool file (no header)"))?;
+            if &magic != MAGIC {
+                return Err(invalid("not a Weir spool file (bad magic)"));
+            }
+            Ok(Reader { inner })
+        }
+
+        /// Up to `buf.len()` bytes; fewer only at the end of the file.
+        fn read_full(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut n = 0;
+            while n < buf.len() {
+                match self.inner.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(n)
+        }
+
+        fn read_u32(&mut self) -> io::Result<u32> {
+            let mut b = [0u8; 4];
+            if self.read_full(&mut b)? != 4 {
+                return Err(invalid("truncated spool record"));
+            }
+            Ok(u32::from_le_bytes(b))
+        }
+
+        fn read_bytes(&mut self, n: u32) -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            (&mut self.inner).take(n as u64).read_to_end(&mut out)?;
+            if out.len() != n as usize {
+                return Err(invalid("truncated spool record"));
+            }
+            Ok(out)
+        }
+
+        /// The next record; `None` at the end of the file.
+        pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+            let mut b = [0u8; 4];
+            match self.read_full(&mut b)? {
+                0 => return Ok(None),
+                4 => {}
+                _ => return Err(invalid("truncated spool record")),
+            }
+            let key = match u32::from_le_bytes(b) {
+                NO_KEY => None,
+                n => Some(self.read_bytes(n)?),
+            };
+            let n = self.read_u32()?;
+            let value = self.read_bytes(n)?;
+            Ok(Some((key, value)))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn records() -> Vec<spool::Record> {
+        vec![
+            (None, br#"{"n":1}"#.to_vec()),
+            (Some(br#"{"k":"EU"}"#.to_vec()), br#"{"n":2}"#.to_vec()),
+            (Some(vec![]), vec![]),
+            (None, vec![]),
+            (Some(vec![0, 255, 0xff, 0xff, 0xff, 0xff]), vec![7; 70_000]),
+        ]
+    }
+
+    fn encode(records: &[spool::Record]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        spool::write_header(&mut buf).unwrap();
+        for (k, v) in records {
+            spool::write_record(&mut buf, k.as_deref(), v).unwrap();
+        }
+        buf
+    }
+
+    fn decode(bytes: &[u8]) -> std::io::Result<Vec<spool::Record>> {
+        let mut r = spool::Reader::new(bytes)?;
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn spool_round_trip() {
+        let recs = records();
+        let bytes = encode(&recs);
+        assert_eq!(&bytes[..8], spool::MAGIC);
+        // No key, a key, an empty key (distinct from none), an empty value, binary data.
+        assert_eq!(decode(&bytes).unwrap(), recs);
+        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn spool_layout_is_length_prefixed() {
+        let mut buf = Vec::new();
+        spool::write_record(&mut buf, Some(b"ab"), b"xyz").unwrap();
+        assert_eq!(buf, [2, 0, 0, 0, b'a', b'b', 3, 0, 0, 0, b'x', b'y', b'z']);
+        buf.clear();
+        spool::write_record(&mut buf, None, b"v").unwrap();
+        assert_eq!(buf, [255, 255, 255, 255, 1, 0, 0, 0, b'v']);
+    }
+
+    #[test]
+    fn spool_truncation_and_bad_magic_are_errors() {
+        let recs = records();
+        let bytes = encode(&recs[..2]);
+        let whole = encode(&recs[..1]).len();
+        for cut in 8..bytes.len() {
+            let r = decode(&bytes[..cut]);
+            if cut == 8 || cut == whole {
+                // At a record boundary: the records before the cut.
+                assert_eq!(r.unwrap().len(), if cut == 8 { 0 } else { 1 });
+            } else {
+                let e = r.unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "cut at {cut}");
+            }
+        }
+        assert!(decode(b"WEIRSPL").is_err());
+        assert!(decode(b"NOTSPOOL").is_err());
+    }
+
+    #[test]
+    fn spool_files_are_named_by_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_spools(&dir.path().join("missing")).unwrap().is_empty());
+        for e in [10, 2, 1] {
+            let mut f = File::create(spool_path(dir.path(), e)).unwrap();
+            spool::write_header(&mut f).unwrap();
+        }
+        std::fs::write(dir.path().join(OPEN_SPOOL), b"").unwrap();
+        std::fs::write(dir.path().join("epoch-x.spool"), b"").unwrap();
+        let epochs: Vec<u64> = list_spools(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(epochs, vec![1, 2, 10]);
+        assert_eq!(spool_epoch("epoch-7.spool"), Some(7));
+        assert_eq!(spool_epoch("open.spool"), None);
+        assert_eq!(remove_spools(dir.path()).unwrap(), 3);
+        assert!(!dir.path().join(OPEN_SPOOL).exists());
+        assert!(dir.path().join("epoch-x.spool").exists());
+    }
+
+    #[test]
+    fn sealing_an_epoch_without_messages_writes_an_empty_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = seal_spool(None, dir.path(), 4).unwrap();
+        assert_eq!(p, spool_path(dir.path(), 4));
+        assert!(decode(&std::fs::read(&p).unwrap()).unwrap().is_empty());
+        let mut t = Txn {
+            id: "weir-s".into(),
+            progress_topic: DEFAULT_PROGRESS_TOPIC.into(),
+            dir: dir.path().join("s"),
+            spool: None,
+            open: true,
+            precommitted: vec![],
+        };
+        t.spool(Some(b"k"), b"v1").unwrap();
+        t.spool(None, b"v2").unwrap();
+        let p = seal_spool(t.spool.take(), &t.dir, 5).unwrap();
+        assert!(!t.dir.join(OPEN_SPOOL).exists());
+        assert_eq!(
+            decode(&std::fs::read(&p).unwrap()).unwrap(),
+            vec![
+                (Some(b"k".to_vec()), b"v1".to_vec()),
+                (None, b"v2".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn transactional_id_defaults_to_the_sink_name() {
+        assert_eq!(transactional_id(None, "alerts").unwrap(), "weir-alerts");
+        assert_eq!(
+            transactional_id(Some(" prod-alerts ".into()), "alerts").unwrap(),
+            "prod-alerts"
+        );
+        assert!(transactional_id(Some(" ".into()), "alerts").is_err());
     }
 }

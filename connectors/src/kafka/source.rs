@@ -13,6 +13,9 @@
 //! and resumes from the next offset, so a broker restart neither loses nor repeats rows.
 //! The offsets of rows handed to the pipeline are committed to `group.id` every
 //! `commit.interval` as progress, so `kafka-consumer-groups --describe` shows the lag.
+//! Each batch carries the next offset of its partition as its position; a checkpoint
+//! records the positions the pipeline processed, and a restore assigns the partitions at
+//! them (overriding `scan.startup.mode`), so the group offsets are never the source of truth.
 
 use super::common::{Connection, KafkaSettings, kafka_error, take_connection};
 use crate::dead_letter::DeadLetterWriter;
@@ -114,6 +117,8 @@ struct Config {
     report_event_time: bool,
     /// The source's live figures (lag, bytes).
     stats: Arc<Stats>,
+    /// Checkpointed positions (Weir partition -> next offset) that override `startup`.
+    resume: std::collections::HashMap<usize, i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,6 +236,7 @@ impl SourceFactory for KafkaSourceFactory {
                 columns,
                 report_event_time: spec.event_time.is_none(),
                 stats: spec.stats.clone(),
+                resume: Default::default(),
             }),
             decoder: Some(decoder),
             rx: None,
@@ -373,6 +379,18 @@ impl Source for KafkaSource {
 
     fn connector_event_time(&self) -> bool {
         self.report_event_time
+    }
+
+    fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
+        match self.config.as_mut() {
+            Some(c) => {
+                c.resume.extend(positions.iter().copied());
+                Ok(())
+            }
+            None => Err(WeirError::Internal(
+                "kafka source seeked after it started".into(),
+            )),
+        }
     }
 
     async fn next(&mut self) -> Result<SourceEvent> {
@@ -522,6 +540,17 @@ impl Consumer_ {
                 tracing::debug!(partition = e.partition(), offset = ?e.offset(), "startup offset");
             }
         }
+        // Partitions restored from a checkpoint continue where the pipeline left off.
+        for (i, p) in partitions.iter().enumerate() {
+            if let Some(next) = self.config.resume.get(&i) {
+                tpl.set_partition_offset(&self.config.topic, *p, Offset::Offset(*next))
+                    .map_err(|e| kafka_error(&self.what(), e))?;
+                tracing::info!(
+                    source = %self.config.source, partition = *p, offset = *next,
+                    "resuming from the checkpoint"
+                );
+            }
+        }
         if self.config.bounded {
             for (i, p) in partitions.iter().enumerate() {
                 let (low, high) = consumer
@@ -539,7 +568,10 @@ impl Consumer_ {
 
         // With a bound, partitions whose start is already at the bound end now.
         for (i, p) in partitions.iter().enumerate() {
-            pending[i].start_offset = Some(self.start_offset(&consumer, &tpl, *p)?);
+            pending[i].start_offset = Some(match self.config.resume.get(&i) {
+                Some(next) => *next,
+                None => self.start_offset(&consumer, &tpl, *p)?,
+            });
         }
         if self.config.bounded {
             for p in pending.iter_mut() {
@@ -859,6 +891,7 @@ impl Consumer_ {
             partition: i,
             batch,
             bad_records: bad_count,
+            position: self.handed[i],
         })? {
             return Ok(false);
         }

@@ -18,6 +18,15 @@
 //! Rows whose partition time is null go to `dt=__HIVE_DEFAULT_PARTITION__/`.
 //!
 //! Writes run under `spawn_blocking`, so the async runtime never waits on the disk.
+//!
+//! With checkpoints on (`weir run`), a finished file is not published at once: it is
+//! synced and renamed to the hidden `.part-...parquet.pending`, and the checkpoint's
+//! pre-commit finishes every open file and records the pending ones. Only when the
+//! checkpoint is complete are they renamed into place, so readers never see rows a crash
+//! could take back. After a crash, `recover` publishes the files the last complete
+//! checkpoint recorded (if the commit had not got to them) and deletes every other hidden
+//! file: rows after the checkpoint are recomputed from the sources' replay, so nothing is
+//! lost and nothing appears twice. Each sink needs a `path` of its own.
 
 use crate::util::io_error;
 use async_trait::async_trait;
@@ -32,7 +41,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use weir_engine::connector::{Sink, SinkFactory, SinkSpec};
+use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -159,7 +168,11 @@ impl SinkFactory for ParquetSinkFactory {
                     spec.view
                 ))
             })?;
-        Ok(Box::new(ParquetSink::new(spec.schema, opts)))
+        let mut sink = ParquetSink::new(spec.schema, opts);
+        if let Some(w) = sink.state.as_mut() {
+            w.checkpointed = spec.checkpointed;
+        }
+        Ok(Box::new(sink))
     }
 }
 
@@ -182,6 +195,9 @@ impl ParquetSink {
                 open: BTreeMap::new(),
                 seq: 0,
                 files_written: Vec::new(),
+                checkpointed: false,
+                staged: Vec::new(),
+                precommitted: BTreeMap::new(),
             }),
         }
     }
@@ -215,7 +231,7 @@ impl ParquetSink {
 
 #[async_trait]
 impl Sink for ParquetSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+    async fn write(&mut self, batch: RecordBatch, _ids: RowIds) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -232,7 +248,22 @@ impl Sink for ParquetSink {
     async fn close(&mut self) -> Result<()> {
         self.blocking(|w| w.roll_all()).await
     }
+
+    async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        self.blocking(move |w| w.recover(restored)).await
+    }
+
+    async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        self.blocking(move |w| w.precommit(epoch)).await
+    }
+
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        self.blocking(move |w| w.commit(epoch)).await
+    }
 }
+
+/// A finished file waiting for its checkpoint: hidden name, then published name.
+type Staged = (PathBuf, PathBuf);
 
 /// The open files, one per partition folder.
 struct Writers {
@@ -243,6 +274,12 @@ struct Writers {
     open: BTreeMap<String, OpenFile>,
     seq: u64,
     files_written: Vec<PathBuf>,
+    /// Publish only on checkpoint commit.
+    checkpointed: bool,
+    /// Files finished since the last pre-commit.
+    staged: Vec<Staged>,
+    /// Files pre-committed per epoch, waiting for the commit.
+    precommitted: BTreeMap<u64, Vec<Staged>>,
 }
 
 struct OpenFile {
@@ -354,9 +391,98 @@ impl Writers {
             .sync_all()
             .map_err(|e| io_error("syncing", &tmp_path, e))?;
         drop(inner);
+        if self.checkpointed {
+            let pending = pending_path(&final_path);
+            std::fs::rename(&tmp_path, &pending).map_err(|e| io_error("renaming", &tmp_path, e))?;
+            tracing::debug!(file = %pending.display(), rows, "parquet file staged");
+            self.staged.push((pending, final_path));
+            return Ok(());
+        }
         std::fs::rename(&tmp_path, &final_path).map_err(|e| io_error("renaming", &tmp_path, e))?;
         tracing::debug!(file = %final_path.display(), rows, "parquet file written");
         self.files_written.push(final_path);
+        Ok(())
+    }
+
+    /// Finish every open file and record what this checkpoint publishes.
+    fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        self.roll_all()?;
+        let files = std::mem::take(&mut self.staged);
+        for dir in files
+            .iter()
+            .filter_map(|(p, _)| p.parent())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            sync_dir(dir)?;
+        }
+        self.precommitted.insert(epoch, files);
+        // Every file not committed yet: an earlier pre-commit whose checkpoint did not
+        // complete (it timed out) is covered by this one.
+        let listed: Vec<[String; 2]> = self
+            .precommitted
+            .values()
+            .flatten()
+            .map(|(p, f)| [p.display().to_string(), f.display().to_string()])
+            .collect();
+        Ok(serde_json::json!({ "files": listed }))
+    }
+
+    /// Publish the files of every pre-committed epoch up to `epoch`.
+    fn commit(&mut self, epoch: u64) -> Result<()> {
+        let later = self.precommitted.split_off(&(epoch + 1));
+        let due = std::mem::replace(&mut self.precommitted, later);
+        for (_, files) in due {
+            for (pending, final_path) in files {
+                publish(&pending, &final_path)?;
+                self.files_written.push(final_path);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: publish what the restored checkpoint recorded, remove every other
+    /// hidden file under the path (left by a run that did not reach its checkpoint).
+    fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        if !self.checkpointed {
+            return Ok(());
+        }
+        if let Some((epoch, v)) = restored {
+            let files = v
+                .get("files")
+                .and_then(|f| f.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let mut published = 0;
+            for f in files {
+                let (Some(pending), Some(final_path)) = (
+                    f.get(0).and_then(|p| p.as_str()),
+                    f.get(1).and_then(|p| p.as_str()),
+                ) else {
+                    continue;
+                };
+                let (pending, final_path) = (PathBuf::from(pending), PathBuf::from(final_path));
+                if pending.exists() {
+                    publish(&pending, &final_path)?;
+                    published += 1;
+                }
+            }
+            if published > 0 {
+                tracing::info!(
+                    epoch,
+                    files = published,
+                    "published parquet files the checkpoint had staged"
+                );
+            }
+        }
+        let mut removed = 0;
+        remove_hidden(&self.opts.path, &mut removed)?;
+        if removed > 0 {
+            tracing::info!(
+                path = %self.opts.path.display(),
+                files = removed,
+                "removed parquet files written after the last checkpoint (they are recomputed)"
+            );
+        }
         Ok(())
     }
 
@@ -382,6 +508,56 @@ impl Writers {
         }
         Ok(())
     }
+}
+
+/// `.part-X.parquet.pending` next to `part-X.parquet`.
+fn pending_path(final_path: &std::path::Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.pending"))
+}
+
+fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing", dir, e))
+}
+
+/// Rename a staged file into place (idempotent: done already is fine).
+fn publish(pending: &std::path::Path, final_path: &std::path::Path) -> Result<()> {
+    match std::fs::rename(pending, final_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && final_path.exists() => {}
+        Err(e) => return Err(io_error("publishing", pending, e)),
+    }
+    if let Some(dir) = final_path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Remove the sink's hidden in-progress and pending files under `dir`.
+fn remove_hidden(dir: &std::path::Path, removed: &mut usize) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("listing", dir, e)),
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if path.is_dir() {
+            remove_hidden(&path, removed)?;
+        } else if name.starts_with(".part-")
+            && (name.ends_with(".inprogress") || name.ends_with(".pending"))
+        {
+            std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+            *removed += 1;
+        }
+    }
+    Ok(())
 }
 
 /// `dt=YYYY-MM-DD` or `dt=YYYY-MM-DD/hr=HH` for a day or hour number since the epoch.
@@ -450,6 +626,7 @@ mod tests {
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: std::env::temp_dir(),
             stats: Default::default(),
+            checkpointed: false,
         }
     }
 
@@ -525,11 +702,14 @@ mod tests {
             ))
             .unwrap();
         let day2 = DAY1 + DAY_MS + 5 * 60_000;
-        sink.write(batch(&[
-            (DAY1, "EU-West", 1),
-            (day2, "EU-West", 2),
-            (DAY1 + 60_000, "US-East", 3),
-        ]))
+        sink.write(
+            batch(&[
+                (DAY1, "EU-West", 1),
+                (day2, "EU-West", 2),
+                (DAY1 + 60_000, "US-East", 3),
+            ]),
+            RowIds::default(),
+        )
         .await
         .unwrap();
         // Nothing is visible yet: only hidden in-progress files.
@@ -541,15 +721,20 @@ mod tests {
                 .all(|f| f.contains("/.part-") && f.ends_with(".inprogress"))
         );
 
-        sink.write(batch(&[
-            (DAY1 + 120_000, "AP-East", 4),
-            (DAY1 + 120_000, "SA-East", 5),
-        ]))
+        sink.write(
+            batch(&[
+                (DAY1 + 120_000, "AP-East", 4),
+                (DAY1 + 120_000, "SA-East", 5),
+            ]),
+            RowIds::default(),
+        )
         .await
         .unwrap();
         sink.flush().await.unwrap();
-        sink.write(batch(&[(day2, "US-East", 6)])).await.unwrap();
-        sink.write(batch(&[])).await.unwrap();
+        sink.write(batch(&[(day2, "US-East", 6)]), RowIds::default())
+            .await
+            .unwrap();
+        sink.write(batch(&[]), RowIds::default()).await.unwrap();
         sink.close().await.unwrap();
 
         let written = files(&out);
@@ -596,7 +781,7 @@ mod tests {
             (DAY1 + 3 * HOUR_MS + 1, "EU-West", 1),
             (DAY1 - 1, "US-West", 2),
         ];
-        sink.write(batch(&rows)).await.unwrap();
+        sink.write(batch(&rows), RowIds::default()).await.unwrap();
         sink.close().await.unwrap();
         let written = files(&hourly);
         assert_eq!(written.len(), 2);
@@ -616,7 +801,7 @@ mod tests {
                 &[("path", flat.to_str().unwrap()), ("compression", "snappy")],
             ))
             .unwrap();
-        sink.write(batch(&rows)).await.unwrap();
+        sink.write(batch(&rows), RowIds::default()).await.unwrap();
         sink.close().await.unwrap();
         // Closing again with nothing open writes nothing.
         sink.close().await.unwrap();
@@ -639,10 +824,14 @@ mod tests {
                 ],
             ))
             .unwrap();
-        sink.write(batch(&[(DAY1, "EU-West", 1)])).await.unwrap();
+        sink.write(batch(&[(DAY1, "EU-West", 1)]), RowIds::default())
+            .await
+            .unwrap();
         assert!(files(&out).iter().all(|f| f.ends_with(".inprogress")));
         tokio::time::sleep(Duration::from_millis(60)).await;
-        sink.write(batch(&[(DAY1, "US-East", 2)])).await.unwrap();
+        sink.write(batch(&[(DAY1, "US-East", 2)]), RowIds::default())
+            .await
+            .unwrap();
         let visible: Vec<String> = files(&out)
             .into_iter()
             .filter(|f| f.ends_with(".parquet"))
@@ -722,7 +911,9 @@ mod tests {
         let mut sink = crate::blackhole::BlackholeSinkFactory
             .create(spec(schema(), &[]))
             .unwrap();
-        sink.write(batch(&[(DAY1, "EU-West", 1)])).await.unwrap();
+        sink.write(batch(&[(DAY1, "EU-West", 1)]), RowIds::default())
+            .await
+            .unwrap();
         sink.close().await.unwrap();
     }
 }

@@ -75,7 +75,7 @@ pub fn render(catalog: &Catalog) -> String {
     let all: Vec<&ObjectInfo> = objects.iter().collect();
     let _ = writeln!(
         out,
-        "# HELP weir_object_status 1 for the object's current status (starting, running, finished, failed)."
+        "# HELP weir_object_status 1 for the object's current status (starting, running, finished, failed, retrying)."
     );
     let _ = writeln!(out, "# TYPE weir_object_status gauge");
     for o in &all {
@@ -84,6 +84,7 @@ pub fn render(catalog: &Catalog) -> String {
             Status::Running,
             Status::Finished,
             Status::Failed,
+            Status::Retrying,
         ] {
             let _ = writeln!(
                 out,
@@ -279,5 +280,64 @@ pub fn render(catalog: &Catalog) -> String {
     for (objects, f) in families {
         family(&mut out, objects, f);
     }
+    checkpoint_metrics(&mut out, &catalog.checkpoint_stats());
     out
+}
+
+fn checkpoint_metrics(out: &mut String, c: &weir_engine::stats::CheckpointStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last_at = c.last_at_ms.load(Relaxed);
+    let figures: [(&str, &str, &str, f64); 7] = [
+        (
+            "weir_checkpoint_epoch",
+            "gauge",
+            "The newest complete checkpoint's epoch (0 before the first).",
+            c.epoch.load(Relaxed) as f64,
+        ),
+        (
+            "weir_checkpoints_completed_total",
+            "counter",
+            "Checkpoints completed since start.",
+            c.completed.load(Relaxed) as f64,
+        ),
+        (
+            "weir_checkpoints_failed_total",
+            "counter",
+            "Checkpoints that failed since start (the next one tries again).",
+            c.failed.load(Relaxed) as f64,
+        ),
+        (
+            "weir_checkpoint_duration_seconds",
+            "gauge",
+            "How long the last checkpoint took, from barrier to published manifest.",
+            c.last_duration_ms.load(Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "weir_checkpoint_bytes",
+            "gauge",
+            "State bytes the last checkpoint wrote.",
+            c.last_bytes.load(Relaxed) as f64,
+        ),
+        (
+            "weir_checkpoint_last_timestamp_seconds",
+            "gauge",
+            "When the last checkpoint completed (Unix time; 0 before the first).",
+            if last_at > 0 {
+                last_at as f64 / 1000.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "weir_checkpoint_restore_seconds",
+            "gauge",
+            "How long the restore at start took (0 when the pipeline started afresh).",
+            c.restore_ms.load(Relaxed) as f64 / 1000.0,
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
 }

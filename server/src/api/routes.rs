@@ -134,7 +134,7 @@ pub fn object(o: &ObjectInfo) -> Object {
             })
             .collect(),
         status: status.as_str().into(),
-        reason: (status == Status::Failed)
+        reason: matches!(status, Status::Failed | Status::Retrying)
             .then(|| s.last_error.clone())
             .flatten(),
         connector: (o.kind != ObjectKind::View).then(|| o.detail.clone()),
@@ -230,6 +230,12 @@ async fn ready(State(state): State<AppState>) -> Response {
             )),
             Status::Failed => reasons.push(format!(
                 "{} {} failed: {}",
+                o.kind.noun(),
+                o.name,
+                o.stats.last_error().unwrap_or_default()
+            )),
+            Status::Retrying => reasons.push(format!(
+                "{} {} is retrying: {}",
                 o.kind.noun(),
                 o.name,
                 o.stats.last_error().unwrap_or_default()
@@ -410,7 +416,7 @@ async fn apply(state: &AppState, sql: String) -> Result<Vec<StatementOut>, ApiEr
         })
         .map(|a| a.text.clone())
         .collect();
-    if let Err(e) = state.state.record(&changed) {
+    if let Err(e) = state.state.record(&changed).await {
         return Err(ApiError::internal(
             state,
             format!("applied but not journaled (lost at restart): {e:#}"),
