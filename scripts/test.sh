@@ -38,7 +38,7 @@ install_packages() {
         step "installing ${missing[*]} (apt-get)"
         local sudo=""
         [[ $(id -u) -ne 0 ]] && sudo="sudo"
-        $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
 }
 # librdkafka is built from source by rdkafka-sys (TLS through the system OpenSSL); the
