@@ -1449,12 +1449,19 @@ async fn kafka_sink_fenced_instance_fails_clearly() {
     write(&mut a, 1..=2).await;
     let mut b2 = case.sink();
     b2.recover(None).await.unwrap();
-    write(&mut a, 3..=3).await;
-    let err = tokio::time::timeout(Duration::from_secs(60), a.precommit(1))
+    // The fencing shows at the next write or, if librdkafka has not heard yet, at the
+    // pre-commit; either way with a clear error.
+    let err = match a
+        .write(n_rows(3..=3), weir_engine::connector::RowIds::default())
         .await
-        .expect("a fenced producer must fail, not hang")
-        .unwrap_err()
-        .to_string();
+    {
+        Err(e) => e.to_string(),
+        Ok(()) => tokio::time::timeout(Duration::from_secs(60), a.precommit(1))
+            .await
+            .expect("a fenced producer must fail, not hang")
+            .unwrap_err()
+            .to_string(),
+    };
     assert!(err.contains("fenced"), "{err}");
     assert!(err.contains(&case.txn_id), "{err}");
     drop(a);
