@@ -157,12 +157,23 @@ fn checkpoint_store(cfg: &config::Config) -> CheckpointStore {
 fn restore_checkpoint(
     pipeline: &mut Pipeline,
     cfg: &config::Config,
+    restore: bool,
 ) -> Result<weir_engine::runtime::CheckpointOptions> {
     let store = checkpoint_store(cfg);
     let stats = pipeline.catalog().checkpoint_stats();
     let started = std::time::Instant::now();
     store.remove_incomplete()?;
-    match store.latest()? {
+    let latest = if restore {
+        store.latest()?
+    } else {
+        tracing::info!(
+            "the embedded Kafka broker keeps no data across restarts, so its topics' offsets \
+             in a checkpoint mean nothing now: starting afresh (checkpoints are still taken, \
+             for the sinks)"
+        );
+        None
+    };
+    match latest {
         Some(r) => {
             let report = pipeline.restore(&r).with_context(|| {
                 format!(
@@ -362,7 +373,7 @@ pub async fn run(
         }
         state.restore_seqs(&mut pipeline);
         let checkpoint = if checkpoints_enabled(&cfg, mode) {
-            Some(restore_checkpoint(&mut pipeline, &cfg)?)
+            Some(restore_checkpoint(&mut pipeline, &cfg, embedded.is_none())?)
         } else {
             None
         };
