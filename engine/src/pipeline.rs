@@ -195,6 +195,53 @@ impl ViewBuffer {
             .unwrap_or_default()
     }
 
+    /// A page of retained rows without copying the rest: the `limit` rows after
+    /// `since_seq`, or the newest `limit` rows. Returns the seq of the page's first row
+    /// (`None` when it is empty), its rows, and the seq of the newest row emitted.
+    pub fn page(
+        &self,
+        since_seq: Option<u64>,
+        limit: usize,
+    ) -> (Option<u64>, Vec<RecordBatch>, u64) {
+        let Ok(g) = self.inner.read() else {
+            return (None, vec![], 0);
+        };
+        let Some(&(oldest, _)) = g.batches.front() else {
+            return (None, vec![], g.last_seq);
+        };
+        let newest_kept = g.last_seq;
+        let from = match since_seq {
+            Some(since) => since.saturating_add(1).max(oldest),
+            None => newest_kept
+                .saturating_sub(limit as u64)
+                .saturating_add(1)
+                .max(oldest),
+        };
+        if from > newest_kept || limit == 0 {
+            return (None, vec![], g.last_seq);
+        }
+        // The batch holding `from`: the last one starting at or before it.
+        let start = g
+            .batches
+            .partition_point(|(seq, _)| *seq <= from)
+            .saturating_sub(1);
+        let mut out = Vec::new();
+        let mut left = limit;
+        for (seq, b) in g.batches.range(start..) {
+            if left == 0 {
+                break;
+            }
+            let skip = from.saturating_sub(*seq) as usize;
+            if skip >= b.num_rows() {
+                continue;
+            }
+            let n = (b.num_rows() - skip).min(left);
+            out.push(b.slice(skip, n));
+            left -= n;
+        }
+        (Some(from), out, g.last_seq)
+    }
+
     /// The seq of the newest row emitted.
     pub fn last_seq(&self) -> u64 {
         self.inner.read().map(|g| g.last_seq).unwrap_or(0)

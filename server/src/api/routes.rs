@@ -716,26 +716,12 @@ async fn view_rows(
         .limit
         .unwrap_or(100)
         .min(state.settings.max_result_rows);
-    let retained = buffer.retained();
-    let oldest = retained.batches.first().map(|(s, _)| *s);
-    let batches: Vec<_> = retained.batches.iter().map(|(_, b)| b.clone()).collect();
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let (skip, first_seq) = match (params.since_seq, oldest) {
-        (_, None) => (0, None),
-        (Some(since), Some(oldest)) => {
-            let skip = since.saturating_add(1).saturating_sub(oldest) as usize;
-            (skip.min(total), Some(oldest + skip.min(total) as u64))
-        }
-        (None, Some(oldest)) => {
-            let skip = total.saturating_sub(limit);
-            (skip, Some(oldest + skip as u64))
-        }
-    };
-    let rows = take_rows(&batches, skip, limit);
+    // Only the page is copied out of the view's buffer, not every retained batch.
+    let (first_seq, rows, newest) = buffer.page(params.since_seq, limit);
     let n: usize = rows.iter().map(|b| b.num_rows()).sum();
     let (first_seq, last_seq) = match first_seq {
         Some(f) if n > 0 => (Some(f), f + n as u64 - 1),
-        _ => (None, retained.last_seq),
+        _ => (None, newest),
     };
     let columns: Vec<String> = buffer
         .schema
