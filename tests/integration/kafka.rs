@@ -410,7 +410,7 @@ async fn kafka_windows_multi_partition_disorder_idle() {
         &format!(
             "CREATE SOURCE downloads ({DDL}, kp INT METADATA FROM 'partition', \
              WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
-             WITH (connector = 'kafka', topic = '{topic}', 'idle.timeout' = '2s'); \
+             WITH (connector = 'kafka', topic = '{topic}', 'idle.timeout' = '5s'); \
              CREATE MATERIALIZED VIEW health AS {WINDOW_SQL}; \
              CREATE SINK out FROM health WITH (connector = 'collect');"
         ),
