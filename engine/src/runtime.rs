@@ -502,9 +502,10 @@ async fn send(t: &SinkTask, msg: SinkMsg) -> Result<()> {
     Ok(())
 }
 
-/// Take checkpoint `epoch` (see the module docs). A failure to write the files is logged
-/// and counted and the run goes on (the next checkpoint tries again); a sink that fails
-/// its pre-commit has stopped, and that ends the run as any sink failure does.
+/// Take checkpoint `epoch` (see the module docs). An error means no checkpoint was
+/// published (files not written, or a sink did not pre-commit in time); the caller logs
+/// it and the run goes on. A sink that failed its pre-commit has stopped, and the next
+/// batch sent to it ends the run as any sink failure does.
 async fn checkpoint(
     pipeline: &mut Pipeline,
     sinks: &HashMap<String, Vec<SinkTask>>,
@@ -576,14 +577,7 @@ async fn checkpoint(
     })
     .await
     .map_err(|e| WeirError::Internal(format!("checkpoint writer: {e}")))?;
-    let bytes = match written {
-        Ok(b) => b,
-        Err(e) => {
-            Stats::add(&c.stats.failed, 1);
-            tracing::error!(epoch = this, error = %e, "checkpoint failed; the next one will try again");
-            return Ok(());
-        }
-    };
+    let bytes = written?;
     for t in sinks.values().flatten() {
         send(t, SinkMsg::Commit(this)).await?;
     }

@@ -359,18 +359,7 @@ impl WindowAggregator {
             for acc in w.accumulators.iter_mut() {
                 cols.push(acc.evaluate(EmitTo::All)?);
             }
-            let cols = cols
-                .into_iter()
-                .zip(self.output_schema.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c)
-                    } else {
-                        cast(&c, f.data_type())
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push(RecordBatch::try_new(self.output_schema.clone(), cols)?);
+            out.push(batch_in(&self.output_schema, cols)?);
         }
         Ok(out)
     }
@@ -409,6 +398,7 @@ impl WindowAggregator {
     /// (the same path a restore takes).
     pub fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let schema = self.state_schema()?;
+        let widths = self.state_widths()?;
         let starts: Vec<i64> = self.windows.keys().copied().collect();
         let mut out = Vec::with_capacity(starts.len());
         for start in starts {
@@ -424,19 +414,8 @@ impl WindowAggregator {
             for acc in w.accumulators.iter_mut() {
                 cols.extend(acc.state(EmitTo::All)?);
             }
-            let cols = cols
-                .into_iter()
-                .zip(schema.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c)
-                    } else {
-                        cast(&c, f.data_type())
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let batch = RecordBatch::try_new(schema.clone(), cols)?;
-            self.restore_window(start, &batch)?;
+            let batch = batch_in(&schema, cols)?;
+            self.restore_window(start, &batch, &widths)?;
             out.push(batch);
         }
         Ok(out)
@@ -448,6 +427,7 @@ impl WindowAggregator {
         self.windows.clear();
         self.closed_through = closed_through;
         let schema = self.state_schema()?;
+        let widths = self.state_widths()?;
         for batch in batches {
             if batch.schema().fields() != schema.fields() {
                 return Err(WeirError::Internal(format!(
@@ -473,14 +453,23 @@ impl WindowAggregator {
                 } else {
                     datafusion::arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
                 };
-                self.restore_window(start, &part)?;
+                self.restore_window(start, &part, &widths)?;
             }
         }
         Ok(())
     }
 
-    /// Merge one window's saved groups and state into its (new or open) window.
-    fn restore_window(&mut self, start: i64, batch: &RecordBatch) -> Result<()> {
+    /// How many state columns each aggregate has.
+    fn state_widths(&self) -> Result<Vec<usize>> {
+        self.aggregates
+            .iter()
+            .map(|a| Ok(a.state_fields()?.len()))
+            .collect()
+    }
+
+    /// Merge one window's saved groups and state into its (new or open) window;
+    /// `widths` is [`WindowAggregator::state_widths`].
+    fn restore_window(&mut self, start: i64, batch: &RecordBatch, widths: &[usize]) -> Result<()> {
         let ngroups = self.group_schema.fields().len();
         let mut w = match self.windows.remove(&start) {
             Some(w) => w,
@@ -488,20 +477,16 @@ impl WindowAggregator {
         };
         let group_cols: Vec<ArrayRef> = (0..ngroups)
             .map(|i| {
-                let c = batch.column(1 + i);
-                let want = self.group_schema.field(i).data_type();
-                if c.data_type() == want {
-                    Ok(c.clone())
-                } else {
-                    cast(c, want)
-                }
+                cast_to(
+                    batch.column(1 + i).clone(),
+                    self.group_schema.field(i).data_type(),
+                )
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_>>()?;
         w.groups.intern(&group_cols, &mut w.group_ids)?;
         let total = w.groups.len();
         let mut col = 1 + ngroups;
-        for (i, acc) in w.accumulators.iter_mut().enumerate() {
-            let nstate = self.aggregates[i].state_fields()?.len();
+        for (acc, &nstate) in w.accumulators.iter_mut().zip(widths) {
             let state: Vec<ArrayRef> = batch.columns()[col..col + nstate].to_vec();
             col += nstate;
             acc.merge_batch(&state, &w.group_ids, total)?;
@@ -523,6 +508,25 @@ impl WindowAggregator {
             None => floor,
         }
     }
+}
+
+/// `c` as type `t` (cast only when it differs).
+fn cast_to(c: ArrayRef, t: &DataType) -> Result<ArrayRef> {
+    if c.data_type() == t {
+        Ok(c)
+    } else {
+        Ok(cast(&c, t)?)
+    }
+}
+
+/// A batch of `schema` from `cols`, each cast to its field's type where it differs.
+fn batch_in(schema: &SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let cols = cols
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast_to(c, f.data_type()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
 /// Keep only rows where `mask` is true in every array (helper for callers).

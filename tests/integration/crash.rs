@@ -13,6 +13,7 @@ use crate::kafka::{
     Ev, bootstrap, broker_lock, committed_payloads, create_topic, events, produce_all, producer,
     sentinels, unique,
 };
+use crate::postgres::pg_url;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -44,21 +45,6 @@ fn weir_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn pg_url() -> Option<String> {
-    match std::env::var("WEIR_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "WEIR_POSTGRES_URL is not set: CI must run the crash test against a real PostgreSQL"
-            )
-        }
-        _ => {
-            eprintln!("SKIPPED: crash test needs WEIR_POSTGRES_URL (scripts/test.sh starts one)");
-            None
-        }
-    }
 }
 
 /// One window row: (window_start ms, region, downloads, failures, speed sum).

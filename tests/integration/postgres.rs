@@ -29,7 +29,7 @@ use weir_engine::runtime::{RunEnd, RunOptions, run};
 use weir_engine::stats::{Stats, Status};
 
 /// The database's URL, or `None` (test skipped) outside CI when none is running.
-fn pg_url() -> Option<String> {
+pub(crate) fn pg_url() -> Option<String> {
     match std::env::var("WEIR_POSTGRES_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") => {

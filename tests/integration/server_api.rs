@@ -701,15 +701,8 @@ fn a_slow_subscriber_is_dropped_without_slowing_the_pipeline() {
 /// data directory is lost.
 #[test]
 fn api_statements_kept_in_postgres() {
-    let url = match std::env::var("WEIR_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("WEIR_POSTGRES_URL is not set: CI must run this test against a real PostgreSQL")
-        }
-        _ => {
-            eprintln!("SKIPPED: no PostgreSQL (WEIR_POSTGRES_URL unset); run scripts/test.sh");
-            return;
-        }
+    let Some(url) = crate::postgres::pg_url() else {
+        return;
     };
     let _pg = crate::crash::pg_lock().blocking_read();
     // A database of its own, so no other run's statements are replayed.

@@ -168,11 +168,11 @@ impl SinkFactory for ParquetSinkFactory {
                     spec.view
                 ))
             })?;
-        let mut sink = ParquetSink::new(spec.schema, opts);
-        if let Some(w) = sink.state.as_mut() {
-            w.checkpointed = spec.checkpointed;
-        }
-        Ok(Box::new(sink))
+        Ok(Box::new(ParquetSink::new(
+            spec.schema,
+            opts,
+            spec.checkpointed,
+        )))
     }
 }
 
@@ -183,7 +183,8 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub fn new(schema: SchemaRef, opts: ParquetSinkOptions) -> Self {
+    /// `checkpointed`: publish files only when a checkpoint commits (see the module docs).
+    pub fn new(schema: SchemaRef, opts: ParquetSinkOptions, checkpointed: bool) -> Self {
         let props = WriterProperties::builder()
             .set_compression(opts.compression)
             .build();
@@ -195,7 +196,7 @@ impl ParquetSink {
                 open: BTreeMap::new(),
                 seq: 0,
                 files_written: Vec::new(),
-                checkpointed: false,
+                checkpointed,
                 staged: Vec::new(),
                 precommitted: BTreeMap::new(),
             }),
