@@ -6,6 +6,12 @@
 //! weir-bench memory --groups 1000000                           open-window state size
 //! weir-bench restore --groups 1000000                          checkpoint + restore time
 //! weir-bench kafka-load --bootstrap HOST:PORT --topic T --partitions 8 --input FILE.jsonl
+//! weir-bench nexmark-gen --events N [--event-rate R] [--seed S] [--partitions P] [--out DIR]
+//!                                                              Nexmark tables as JSON lines
+//! weir-bench nexmark --query q5 --events N [--event-rate R] [--source generator|kafka]
+//!                    [--threads 1] [--partitions P]                one Nexmark query, JSON line
+//! weir-bench nexmark --query q5 --latency-rate R --secs S          window-close latency
+//! weir-bench nexmark --query q5 --check [--events N]               vs batch DataFusion
 //! weir-bench kafka-throughput --bootstrap HOST:PORT --topic T --threads 1|2
 //! weir-bench kafka-sink --bootstrap HOST:PORT --input FILE.parquet --threads 1
 //! weir-bench ws-latency --rate 100000 --secs 60               window close -> WebSocket client
@@ -24,11 +30,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use weir_benches::nexmark::{self, peak_rss_mib};
 use weir_engine::connector::{SourceEvent, SourceSpec};
 use weir_engine::options::Options;
 use weir_engine::pipeline::{EngineConfig, Pipeline};
 use weir_engine::runtime::{RunOptions, run};
 
+mod nexmark_gen;
 mod pg;
 mod serve;
 
@@ -122,6 +130,75 @@ enum Cmd {
         #[arg(long)]
         input: PathBuf,
     },
+    /// The Nexmark generator's person, auction and bid tables as DIR/<table>.jsonl (one
+    /// JSON object per row, timestamps as epoch milliseconds); without --out, time the
+    /// generation of each table instead. See docs/nexmark.md.
+    NexmarkGen {
+        /// Nexmark events (all three tables) the files cover.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Events per second of event time.
+        #[arg(long, default_value_t = 10_000)]
+        event_rate: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The Kafka partitions the files will be loaded into (printed in the kafka-load
+        /// commands); when timing, the generator's partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// One Nexmark query (benches/nexmark/qN.sql) over the generator or the Kafka topics
+    /// into a blackhole sink, timed: one JSON line. With --latency-rate, a paced run
+    /// measuring window-close latency instead; with --check, a correctness check against
+    /// benches/nexmark/batch/qN.sql. See docs/nexmark.md.
+    Nexmark {
+        /// q0, q1, q2, q3, q4, q5, q7 or q8.
+        #[arg(long)]
+        query: String,
+        /// Nexmark events (all three tables) the generator produces; default 10,000,000
+        /// (--check: 200,000).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Events per second of event time (the generator's nexmark.event.rate); default
+        /// 100,000 (--check: 10,000, so that a short run spans several windows).
+        #[arg(long)]
+        event_rate: Option<u64>,
+        /// generator (in this process) or kafka (topics nexmark-person/-auction/-bid, read
+        /// up to the latest offsets at start).
+        #[arg(long, default_value = "generator")]
+        source: String,
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap: String,
+        #[arg(long, default_value = "nexmark-")]
+        topic_prefix: String,
+        /// Tokio worker threads: the cores the whole run (sources and pipeline) uses.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The generator's partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Latency run: the generator paced at this many events per second, event time
+        /// following the wall clock (windowed queries: q4, q5, q7, q8).
+        #[arg(long)]
+        latency_rate: Option<u64>,
+        /// Latency run: seconds measured, after --warmup seconds.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 15)]
+        warmup: u64,
+        /// Compare the result rows with the batch SQL over the same generator rows; exits
+        /// non-zero on a difference.
+        #[arg(long)]
+        check: bool,
+        /// Run this file's SQL instead of the compiled-in benches/nexmark/QUERY.sql (same
+        /// header lines), e.g. to try another formulation.
+        #[arg(long)]
+        sql_file: Option<PathBuf>,
+    },
     /// Pre-loaded topic -> per-minute region-health view -> blackhole, timed (the source is
     /// bounded at the offsets present when it starts).
     KafkaThroughput {
@@ -156,20 +233,6 @@ const HEALTH_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
     max(duration_seconds) AS max_duration_s \
     FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, region; \
     CREATE SINK out FROM region_health WITH (connector = 'blackhole');";
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -424,6 +487,9 @@ fn tempfile_dir(name: &str) -> Result<PathBuf> {
 async fn kafka_load(bootstrap: &str, topic: &str, partitions: i32, input: &Path) -> Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    // Streamed line by line: the Nexmark bid file of a long run is gigabytes.
+    let file =
+        std::fs::File::open(input).with_context(|| format!("reading {}", input.display()))?;
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -444,13 +510,25 @@ async fn kafka_load(bootstrap: &str, topic: &str, partitions: i32, input: &Path)
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
             .create()?;
-    let text = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(4096);
     let start = Instant::now();
     let mut n = 0u64;
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+    loop {
+        line.clear();
+        if std::io::BufRead::read_until(&mut reader, b'\n', &mut line)
+            .with_context(|| format!("reading {}", input.display()))?
+            == 0
+        {
+            break;
+        }
+        let payload = line.strip_suffix(b"\n").unwrap_or(&line);
+        if payload.is_empty() {
+            continue;
+        }
         let mut rec: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic)
             .partition((n % partitions as u64) as i32)
-            .payload(line);
+            .payload(payload);
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
@@ -557,6 +635,26 @@ async fn timed_run(
     ))
 }
 
+/// `nexmark --check`: OK, or the differences and a non-zero exit.
+async fn nexmark_check(query: &nexmark::Query, events: u64, event_rate: u64) -> Result<()> {
+    let r = nexmark::check(query, events, event_rate).await?;
+    if r.ok() {
+        println!(
+            "OK {}: {} result rows over {events} events equal the batch answer",
+            r.query, r.streaming_rows
+        );
+        return Ok(());
+    }
+    println!(
+        "DIFFERENT {}: {} rows streamed, {} expected; first differences (- expected only, + streamed only):",
+        r.query, r.streaming_rows, r.batch_rows
+    );
+    for d in &r.differences {
+        println!("  {d}");
+    }
+    bail!("{} does not match its batch answer", r.query)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The serving benchmarks run `weir run` on a runtime of their own.
@@ -577,7 +675,8 @@ fn main() -> Result<()> {
     let threads = match &cli.cmd {
         Cmd::Throughput { threads, .. }
         | Cmd::KafkaThroughput { threads, .. }
-        | Cmd::KafkaSink { threads, .. } => (*threads).max(1),
+        | Cmd::KafkaSink { threads, .. }
+        | Cmd::Nexmark { threads, .. } => (*threads).max(1),
         _ => 2,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -608,6 +707,69 @@ fn main() -> Result<()> {
                 batch_rows,
                 ..
             } => kafka_throughput(&bootstrap, &topic, batch_rows).await,
+            Cmd::NexmarkGen {
+                events,
+                event_rate,
+                seed,
+                partitions,
+                out,
+            } => {
+                nexmark_gen::nexmark_gen(nexmark_gen::NexmarkGenArgs {
+                    events,
+                    event_rate,
+                    seed,
+                    partitions: partitions.max(1),
+                    out,
+                })
+                .await
+            }
+            Cmd::Nexmark {
+                query,
+                events,
+                event_rate,
+                source,
+                bootstrap,
+                topic_prefix,
+                threads,
+                partitions,
+                seed,
+                latency_rate,
+                secs,
+                warmup,
+                check,
+                sql_file,
+            } => {
+                let query = match sql_file {
+                    Some(f) => nexmark::Query::from_file(&query, &f)?,
+                    None => nexmark::Query::get(&query)?,
+                };
+                if check {
+                    let rate = event_rate.unwrap_or(10_000);
+                    return nexmark_check(&query, events.unwrap_or(200_000), rate).await;
+                }
+                let event_rate = event_rate.unwrap_or(100_000);
+                if let Some(rate) = latency_rate {
+                    let out = nexmark::latency(&query, rate, secs, warmup).await?;
+                    println!("{out}");
+                    return Ok(());
+                }
+                let input = match source.as_str() {
+                    "generator" => nexmark::Input::Generator(nexmark::Generator {
+                        events: Some(events.unwrap_or(10_000_000)),
+                        event_rate,
+                        seed,
+                        partitions: partitions.max(1),
+                        paced_from_ms: None,
+                    }),
+                    "kafka" => nexmark::Input::Kafka {
+                        bootstrap,
+                        topic_prefix,
+                    },
+                    other => bail!("--source must be generator or kafka, got '{other}'"),
+                };
+                println!("{}", nexmark::throughput(&query, &input, threads).await?);
+                Ok(())
+            }
             Cmd::KafkaSink {
                 bootstrap, input, ..
             } => kafka_sink(&bootstrap, &input).await,

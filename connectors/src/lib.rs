@@ -4,11 +4,14 @@
 //! [`SinkFactory`](weir_engine::connector::SinkFactory) in its own module, and
 //! [`registry()`] lists them all explicitly.
 //!
-//! - sources: [`generator`] (synthetic `downloads` and `ticks` streams), [`file`] (JSON lines
-//!   or Parquet files, for replay and benchmarks), [`kafka`] (every partition of a topic)
+//! - sources: [`generator`] (synthetic `downloads`, `ticks` and Nexmark streams), [`file`]
+//!   (JSON lines or Parquet files, for replay and benchmarks), [`kafka`] (every partition of
+//!   a topic)
 //! - sinks: [`parquet`] (rolling, optionally Hive-partitioned Parquet files), [`blackhole`]
 //!   (counts and discards rows), [`kafka`] (one message per row, at least once),
 //!   [`postgres`] (upserts into a PostgreSQL table by the view's key, or appends by row id)
+//! - reference tables for lookup joins ([`table`]): `file` (CSV, JSON lines, Parquet) and
+//!   `postgres`
 //! - shared pieces: [`format`] (record formats with a bad-record policy) and [`dead_letter`]
 //!   (where malformed records go)
 //!
@@ -26,6 +29,7 @@ pub mod generator;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
+pub mod table;
 mod util;
 
 use weir_engine::connector::ConnectorRegistry;
@@ -49,6 +53,9 @@ pub fn registry_with(kafka: kafka::KafkaSettings) -> ConnectorRegistry {
         .with_sink(blackhole::BlackholeSinkFactory)
         .with_sink(kafka::KafkaSinkFactory::new(kafka))
         .with_sink(postgres::PostgresSinkFactory)
+        // reference tables
+        .with_table(table::FileTableFactory)
+        .with_table(table::PostgresTableFactory)
 }
 
 #[cfg(test)]
@@ -62,6 +69,7 @@ mod tests {
             r.sink_names(),
             vec!["parquet", "blackhole", "kafka", "postgres"]
         );
+        assert_eq!(r.table_names(), vec!["file", "postgres"]);
         assert!(r.source("GENERATOR").is_ok());
         assert!(r.sink("Postgres").is_ok());
         let e = r.sink("mysql").err().unwrap();

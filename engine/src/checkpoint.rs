@@ -4,9 +4,11 @@
 //! ```text
 //! <dir>/                          (default <data_dir>/checkpoints)
 //!   epoch-000000000042/           one directory per checkpoint
-//!     view-0-region_health.arrow  a windowed view's open windows (Arrow IPC file)
+//!     view-0-region_health.arrow  a windowed view's open panes or sessions (Arrow IPC file)
 //!     rows-0-region_health.arrow  a view's retained result rows (for queries and
 //!                                 subscribers' since_seq)
+//!     join-0-0-bids_people.arrow  a join view's stored rows of its left side
+//!                                 (join-0-1-...: its right side); the index is rebuilt
 //!   manifest-000000000042.json    written last, atomically: the checkpoint is complete
 //! ```
 //!
@@ -33,8 +35,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The manifest format version; bumped when the layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format version; bumped when the layout changes incompatibly (2: window
+/// state holds panes and sessions, keyed without the window columns).
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -92,6 +95,14 @@ pub struct ViewState {
     pub rows_file: Option<String>,
     pub rows_first_seq: u64,
     pub figures: Figures,
+    /// Join views: the files of the rows each side holds (left, right; `None` for a side
+    /// that holds none). Absent for other views.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join_files: Vec<Option<String>>,
+    /// `EMIT EVERY` views: the processing-time interval (`now / interval`) of the last
+    /// early emission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_period: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +121,8 @@ pub struct Snapshot {
     pub state: BTreeMap<String, Vec<RecordBatch>>,
     /// View name -> retained rows (contiguous, from `rows_first_seq`).
     pub rows: BTreeMap<String, Vec<RecordBatch>>,
+    /// Join view name -> the rows each side holds (left, right).
+    pub joins: BTreeMap<String, [Vec<RecordBatch>; 2]>,
 }
 
 /// A complete checkpoint read back.
@@ -138,6 +151,18 @@ impl Restored {
             .get(view)
             .and_then(|v| v.rows_file.as_ref());
         self.read(file)
+    }
+
+    /// The rows each side of join view `view` held (left, right).
+    pub fn join_state(&self, view: &str) -> Result<[Vec<RecordBatch>; 2]> {
+        let files = self
+            .manifest
+            .views
+            .get(view)
+            .map(|v| v.join_files.clone())
+            .unwrap_or_default();
+        let side = |i: usize| self.read(files.get(i).and_then(|f| f.as_ref()));
+        Ok([side(0)?, side(1)?])
     }
 
     fn read(&self, file: Option<&String>) -> Result<Vec<RecordBatch>> {
@@ -301,6 +326,21 @@ impl CheckpointStore {
                 v.rows_file = Some(file_name);
             }
         }
+        for (index, (name, sides)) in snapshot.joins.iter().enumerate() {
+            let mut files = Vec::with_capacity(2);
+            for (side, batches) in sides.iter().enumerate() {
+                if batches.iter().all(|b| b.num_rows() == 0) {
+                    files.push(None);
+                    continue;
+                }
+                let file_name = state_file_name(&format!("join-{index}"), side, name);
+                bytes += write_ipc(&dir.join(&file_name), batches)?;
+                files.push(Some(file_name));
+            }
+            if let Some(v) = views.get_mut(name) {
+                v.join_files = files;
+            }
+        }
         sync_dir(&dir)?;
         let manifest = Manifest {
             version: FORMAT_VERSION,
@@ -432,9 +472,15 @@ mod tests {
                 rows_file: None,
                 rows_first_seq: 0,
                 figures: Figures::default(),
+                join_files: vec![],
+                emit_period: None,
             },
         );
-        s.state.insert("v".into(), vec![batch]);
+        s.state.insert("v".into(), vec![batch.clone()]);
+        // A join view whose right side holds nothing.
+        s.views.insert("j".into(), s.views["v"].clone());
+        s.joins
+            .insert("j".into(), [vec![batch.slice(0, 2)], vec![]]);
         s
     }
 
@@ -457,6 +503,14 @@ mod tests {
         assert_eq!(r.manifest.sources["src"].partitions[0].position, Some(42));
         let state = r.view_state("v").unwrap();
         assert_eq!(state.iter().map(|b| b.num_rows()).sum::<usize>(), 30);
+        assert_eq!(
+            r.manifest.views["j"].join_files,
+            [Some("join-0-0-j.arrow".to_string()), None]
+        );
+        let [left, right] = r.join_state("j").unwrap();
+        assert_eq!(left, [state[0].slice(0, 2)]);
+        assert!(right.is_empty());
+        assert!(r.join_state("v").unwrap().iter().all(|s| s.is_empty()));
         assert_eq!(store.next_epoch().unwrap(), 4);
         store.remove_incomplete().unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)

@@ -4,7 +4,8 @@
 //! [`ConnectorRegistry`]. `CREATE SOURCE ... WITH (connector = 'x', ...)` looks `x` up and
 //! calls [`SourceFactory::create`] with a [`SourceSpec`]; the factory checks every option
 //! right then (so a typo is reported against the statement) and returns a [`Source`] that
-//! does no I/O until the runtime first polls it. Sinks work the same way.
+//! does no I/O until the runtime first polls it. Sinks work the same way, and so do
+//! reference tables (`CREATE TABLE`, a [`TableFactory`] returning a [`TableLoader`]).
 //!
 //! To add a connector: implement the factory (in its own module of the connectors crate),
 //! and add one line to that crate's `registry()` list. The engine itself contains no
@@ -230,6 +231,34 @@ pub trait SourceFactory: Send + Sync {
     fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>>;
 }
 
+/// Everything a table factory gets from `CREATE TABLE`: a reference table loaded whole
+/// (and reloaded on an interval), for lookup joins with streams.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    /// The declared columns; loaded batches must have exactly this schema.
+    pub schema: SchemaRef,
+    /// Connector options, with the engine's own keys (`connector`, `refresh.interval`)
+    /// removed. The factory must take every key it knows and call [`Options::finish`].
+    pub options: Options,
+    pub data_dir: PathBuf,
+}
+
+/// Reads a reference table in full. Called at `CREATE TABLE`, on `REFRESH TABLE` and every
+/// `refresh.interval`; each call returns the whole table as it is now.
+#[async_trait]
+pub trait TableLoader: Send + Sync {
+    async fn load(&self) -> Result<Vec<RecordBatch>>;
+    /// Where the table comes from, for DESCRIBE and logs (`file data/regions.csv`).
+    fn describe(&self) -> String;
+}
+
+pub trait TableFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Check the options (no I/O) and return the loader.
+    fn create(&self, spec: TableSpec) -> Result<Arc<dyn TableLoader>>;
+}
+
 pub trait SinkFactory: Send + Sync {
     fn name(&self) -> &'static str;
     fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>>;
@@ -241,6 +270,7 @@ pub trait SinkFactory: Send + Sync {
 pub struct ConnectorRegistry {
     sources: Vec<Arc<dyn SourceFactory>>,
     sinks: Vec<Arc<dyn SinkFactory>>,
+    tables: Vec<Arc<dyn TableFactory>>,
 }
 
 impl ConnectorRegistry {
@@ -255,6 +285,11 @@ impl ConnectorRegistry {
 
     pub fn with_sink(mut self, f: impl SinkFactory + 'static) -> Self {
         self.sinks.push(Arc::new(f));
+        self
+    }
+
+    pub fn with_table(mut self, f: impl TableFactory + 'static) -> Self {
+        self.tables.push(Arc::new(f));
         self
     }
 
@@ -284,6 +319,24 @@ impl ConnectorRegistry {
                     self.sink_names().join(", ")
                 ))
             })
+    }
+
+    pub fn table(&self, name: &str) -> Result<Arc<dyn TableFactory>> {
+        let name = name.to_ascii_lowercase();
+        self.tables
+            .iter()
+            .find(|f| f.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "unknown table connector '{name}'; available: {}",
+                    self.table_names().join(", ")
+                ))
+            })
+    }
+
+    pub fn table_names(&self) -> Vec<&'static str> {
+        self.tables.iter().map(|f| f.name()).collect()
     }
 
     pub fn source_names(&self) -> Vec<&'static str> {

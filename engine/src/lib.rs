@@ -7,7 +7,10 @@
 
 pub mod checkpoint;
 pub mod connector;
+pub mod dead_letter;
 pub mod error;
+pub mod join;
+pub mod lookup;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

@@ -10,7 +10,10 @@
 //! the source's watermark is recomputed (minimum over its active partitions of max event
 //! time minus the declared delay); when it passes a window's end, the window's groups are
 //! finalised, the part of the plan above the aggregate (HAVING, projection, ORDER BY) runs
-//! once over them, and the rows are emitted. Every emitted batch is retained for ad-hoc
+//! once over them, and the rows are emitted. A join view (`join.rs`) has two inputs: a
+//! batch from either runs through that side's stateless part, probes the other side's
+//! stored rows, and the matches run through the part above the join and are emitted at
+//! once; its watermark is the least of its inputs'. Every emitted batch is retained for ad-hoc
 //! queries, handed to downstream views (in creation order, so views over views see batches
 //! before watermarks), and returned to the caller, which writes it to the view's sinks.
 //!
@@ -20,12 +23,16 @@
 use crate::checkpoint::{Figures, PartitionCheckpoint, Restored, Snapshot, SourceState, ViewState};
 use crate::connector::{
     BatchLimits, ConnectorRegistry, RowIds, Sink, SinkCheckpoint, SinkSpec, Source, SourceSpec,
+    TableLoader, TableSpec,
 };
 use crate::error::{Result, WeirError};
+use crate::join::{StreamJoin, TimeKey};
+use crate::lookup::{LookupTable, TableHandle};
 use crate::options::Options;
 use crate::plan::{BatchSlot, StreamTable, ViewPlan, ViewPlanKind, split_plan};
 use crate::sql::{
-    self, CreateSink, CreateSource, CreateView, Emit, Located, ObjectKind, WeirStatement,
+    self, CreateSink, CreateSource, CreateTable, CreateView, Emit, Located, ObjectKind,
+    WeirStatement,
 };
 use crate::stats::{Stats, Status};
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray};
@@ -36,7 +43,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -305,6 +312,13 @@ fn state_figures(s: &Stats, aggregate: &crate::window::WindowAggregator) {
     s.state_bytes.store(aggregate.state_bytes() as u64, Relaxed);
 }
 
+/// A join view's state figures: rows held on both sides (as `open_groups`) and bytes.
+fn join_figures(s: &Stats, join: &StreamJoin) {
+    use std::sync::atomic::Ordering::Relaxed;
+    s.open_groups.store(join.stored_rows() as u64, Relaxed);
+    s.state_bytes.store(join.state_bytes() as u64, Relaxed);
+}
+
 fn figures(s: &Stats) -> Figures {
     Figures {
         rows_in: Stats::get(&s.rows_in),
@@ -372,6 +386,8 @@ struct ViewNode {
     buffer: Arc<ViewBuffer>,
     /// Rows emitted per row-id origin (see [`RowIds`]).
     row_counters: BTreeMap<u32, u64>,
+    /// The reference tables its plan reads (lookup joins).
+    tables: Vec<String>,
 }
 
 impl ViewNode {
@@ -382,6 +398,128 @@ impl ViewNode {
         *c += rows as u64;
         ids
     }
+}
+
+/// A reference table (`CREATE TABLE`), see `lookup.rs`.
+struct TableNode {
+    name: String,
+    sql: String,
+    connector: String,
+    loader: Arc<dyn TableLoader>,
+    handle: Arc<TableHandle>,
+    refresh: Option<Duration>,
+    stats: Arc<Stats>,
+    /// Whether the runtime has been handed its refresh task.
+    started: bool,
+}
+
+/// A reference table to reload every `interval`, for the runtime.
+pub struct TableRefresh {
+    pub name: String,
+    pub loader: Arc<dyn TableLoader>,
+    pub handle: Arc<TableHandle>,
+    pub interval: Duration,
+    pub stats: Arc<Stats>,
+}
+
+impl TableRefresh {
+    /// Load the table once and swap it in; a failure keeps the old contents.
+    pub async fn reload(&self) -> Result<usize> {
+        reload_table(&self.name, self.loader.as_ref(), &self.handle, &self.stats).await
+    }
+
+    /// Reload the table every `interval`, forever (the runtime aborts the task when the
+    /// table is dropped). A failed load is logged and shown in the table's status; the
+    /// table keeps its previous contents and is tried again at the next interval.
+    pub async fn run(self) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate, and CREATE TABLE has just loaded the table.
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let _ = self.reload().await;
+        }
+    }
+}
+
+/// Load a reference table and swap it in (the previous contents stay if the load fails).
+async fn reload_table(
+    name: &str,
+    loader: &dyn TableLoader,
+    handle: &TableHandle,
+    stats: &Stats,
+) -> Result<usize> {
+    let started = std::time::Instant::now();
+    match loader
+        .load()
+        .await
+        .and_then(|b| check_table_batches(name, &handle.schema, b))
+    {
+        Ok(batches) => {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            handle.replace(batches, crate::runtime::now_ms());
+            stats
+                .rows_in
+                .store(rows as u64, std::sync::atomic::Ordering::Relaxed);
+            Stats::add(&stats.batches, 1);
+            stats.set_status(Status::Running);
+            tracing::info!(table = %name, rows, ms = started.elapsed().as_millis() as u64, "table loaded");
+            Ok(rows)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            handle.failed(msg.clone());
+            stats.set_error(msg.clone());
+            stats.set_status(Status::Retrying);
+            tracing::error!(table = %name, error = %msg, "table load failed; keeping the previous contents");
+            Err(e)
+        }
+    }
+}
+
+/// A loader's batches, checked against (and cast to) the table's declared schema.
+fn check_table_batches(
+    name: &str,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    batches
+        .into_iter()
+        .map(|b| {
+            if b.schema().fields() == schema.fields() {
+                return Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+            }
+            if b.num_columns() != schema.fields().len() {
+                return Err(WeirError::Internal(format!(
+                    "table '{name}': the loader returned {} columns, {} declared",
+                    b.num_columns(),
+                    schema.fields().len()
+                )));
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        let strict = datafusion::arrow::compute::CastOptions {
+                            safe: false,
+                            ..Default::default()
+                        };
+                        datafusion::arrow::compute::cast_with_options(c, f.data_type(), &strict)
+                    }
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema.clone(), cols).map_err(|e| {
+                WeirError::user(format!(
+                    "table '{name}' does not fit its declared columns: {e}"
+                ))
+            })
+        })
+        .collect()
 }
 
 struct SinkNode {
@@ -457,10 +595,15 @@ pub struct ObjectInfo {
     pub sql: String,
     /// Its columns (a sink's are its view's).
     pub schema: SchemaRef,
-    /// What it reads: a view's source or view, a sink's view.
+    /// What it reads: a view's source or view (a join view's left input), a sink's view.
     pub input: Option<String>,
+    /// Everything it reads: a view's inputs (two for a join view), a sink's view.
+    pub inputs: Vec<String>,
     /// A view's retained rows and subscribers.
     pub buffer: Option<Arc<ViewBuffer>>,
+    /// What identifies a view's output row (window bounds and group keys; empty for
+    /// stateless views): rows with the same key replace each other (early results).
+    pub key: Vec<String>,
 }
 
 /// The objects of a running pipeline, readable from other tasks (the HTTP server) without
@@ -515,6 +658,7 @@ pub struct Pipeline {
     sources: Vec<SourceNode>,
     views: Vec<ViewNode>,
     sinks: Vec<SinkNode>,
+    tables: Vec<TableNode>,
     /// Processing time (epoch ms), set by the caller: wall clock in the runtime, virtual in tests.
     now_ms: i64,
     catalog: Catalog,
@@ -522,7 +666,7 @@ pub struct Pipeline {
     seq_floor: std::collections::HashMap<String, u64>,
 }
 
-fn df_config() -> SessionConfig {
+pub(crate) fn df_config() -> SessionConfig {
     let mut c = SessionConfig::new()
         .with_target_partitions(1)
         .with_coalesce_batches(false)
@@ -557,6 +701,7 @@ impl Pipeline {
             sources: vec![],
             views: vec![],
             sinks: vec![],
+            tables: vec![],
             now_ms: 0,
             catalog: Catalog::default(),
             seq_floor: Default::default(),
@@ -662,6 +807,8 @@ impl Pipeline {
             WeirStatement::CreateSource(c) => self.create_source(c, st.text),
             WeirStatement::CreateView(v) => self.create_view(v, st.text).await,
             WeirStatement::CreateSink(s) => self.create_sink(s, st.text),
+            WeirStatement::CreateTable(t) => self.create_table(t, st.text).await,
+            WeirStatement::RefreshTable(name) => self.refresh_table(&name).await,
             WeirStatement::Show(kind) => self.show(kind),
             WeirStatement::Describe(name) => self.describe(&name),
             WeirStatement::Drop {
@@ -687,6 +834,8 @@ impl Pipeline {
             Some(ObjectKind::View)
         } else if self.sinks.iter().any(|s| s.name == name) {
             Some(ObjectKind::Sink)
+        } else if self.tables.iter().any(|t| t.name == name) {
+            Some(ObjectKind::Table)
         } else {
             None
         }
@@ -805,8 +954,17 @@ impl Pipeline {
     }
 
     /// A DataFusion context in which every source and view is a streaming table.
-    fn planning_context(&self) -> SessionContext {
+    fn planning_context(&self) -> (SessionContext, Arc<std::sync::Mutex<BTreeSet<String>>>) {
         let ctx = SessionContext::new_with_config(df_config());
+        let used = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        for t in &self.tables {
+            let table = LookupTable {
+                name: t.name.clone(),
+                handle: t.handle.clone(),
+                used: used.clone(),
+            };
+            let _ = ctx.register_table(t.name.as_str(), Arc::new(table));
+        }
         // DISTINCT aggregates must stay single aggregates so they can be windowed.
         ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         let tables = self
@@ -827,7 +985,7 @@ impl Pipeline {
             // Names are unique in the catalog, so registration cannot collide.
             let _ = ctx.register_table(name.as_str(), Arc::new(t));
         }
-        ctx
+        (ctx, used)
     }
 
     /// Check a view's options and window and build its planning context; the planning
@@ -842,7 +1000,8 @@ impl Pipeline {
             })?,
             None => self.config.retention_rows,
         };
-        options.finish("a materialized view", &["retention.rows"])?;
+        let late_policy = options.take_choice("late.policy", &["drop", "dead-letter"], "drop")?;
+        options.finish("a materialized view", &["late.policy", "retention.rows"])?;
         let mut query = v.query.clone();
         let columns = |name: &str| {
             self.sources
@@ -858,10 +1017,11 @@ impl Pipeline {
                 .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
         };
         let window = sql::rewrite_windows(&mut query, &columns)?;
-        match (&v.emit, &window) {
-            (Some(Emit::Every(_)), _) => {
+        let emit_every = match (&v.emit, &window) {
+            (Some(Emit::Every(d)), Some(_)) => Some(*d),
+            (Some(Emit::Every(_)), None) => {
                 return Err(WeirError::user(
-                    "EMIT EVERY (early results) is not supported yet; use EMIT ON WINDOW CLOSE",
+                    "EMIT EVERY needs a windowed view (FROM TUMBLE(...), HOP(...) or SESSION(...))",
                 ));
             }
             (Some(Emit::OnWindowClose), None) => {
@@ -869,13 +1029,31 @@ impl Pipeline {
                     "EMIT ON WINDOW CLOSE needs a windowed view (FROM TUMBLE(...))",
                 ));
             }
-            _ => {}
+            _ => None,
+        };
+        if late_policy != "drop" && window.is_none() {
+            return Err(WeirError::user(
+                "option 'late.policy' is for windowed views (FROM TUMBLE(...), HOP(...) or \
+                 SESSION(...)); rows are never late for a view without a window",
+            ));
+        }
+        let dead_letter = (late_policy == "dead-letter")
+            .then(|| crate::dead_letter::DeadLetterWriter::new(&self.config.data_dir, &v.name));
+        let (mut ctx, tables_used) = self.planning_context();
+        if window
+            .as_ref()
+            .is_some_and(|w| !matches!(w.kind, sql::WindowKind::Tumble { .. }))
+        {
+            ctx = without_filter_pushdown(ctx);
         }
         Ok(PreparedView {
-            ctx: self.planning_context(),
+            ctx,
+            tables_used,
             query,
             window,
             retention,
+            emit_every,
+            dead_letter,
         })
     }
 
@@ -889,8 +1067,14 @@ impl Pipeline {
         self.check_new_name(&v.name)?;
         let prepared = self.prepare_view(&v)?;
         let retention = prepared.retention;
-        let plan = plan_query(prepared).await?;
-        if let Some(src) = self.sources.iter().find(|s| s.name == plan.input)
+        let tables_used = prepared.tables_used.clone();
+        let mut plan = plan_query(prepared).await?;
+        self.prepare_join(&mut plan)?;
+        let tables: Vec<String> = tables_used
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Some(src) = self.sources.iter().find(|s| s.name == plan.inputs[0])
             && src.watermark_col.is_none()
             && matches!(plan.kind, ViewPlanKind::Windowed { .. })
         {
@@ -900,10 +1084,14 @@ impl Pipeline {
                 "source has no WATERMARK clause: windows close only when the source ends"
             );
         }
-        let input_watermark = self.watermark_of(&plan.input);
+        let input_watermark = self.inputs_watermark(&plan.inputs);
         let buffer = Arc::new(ViewBuffer::new(plan.output_schema.clone(), retention));
         if let Some(seq) = self.seq_floor.get(&v.name) {
             buffer.resume_seq(*seq);
+        }
+        if let ViewPlanKind::Windowed { aggregate, .. } = &mut plan.kind {
+            // EMIT EVERY intervals count from now.
+            aggregate.start_clock(self.now_ms);
         }
         self.views.push(ViewNode {
             name: v.name.clone(),
@@ -914,12 +1102,164 @@ impl Pipeline {
             stats: Arc::new(Stats::default()),
             buffer,
             row_counters: BTreeMap::new(),
+            tables,
         });
         let _ = input_watermark;
         Ok(StatementResult::Created {
             kind: ObjectKind::View,
             name: v.name,
         })
+    }
+
+    async fn create_table(&mut self, t: CreateTable, text: String) -> Result<StatementResult> {
+        if t.if_not_exists && self.exists(&t.name).is_some() {
+            return Ok(StatementResult::Unchanged {
+                kind: ObjectKind::Table,
+                name: t.name,
+            });
+        }
+        self.check_new_name(&t.name)?;
+        let mut options = t.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE TABLE needs WITH (connector = '...'); available: {}",
+                self.registry.table_names().join(", ")
+            ))
+        })?;
+        let refresh = match options.take_duration("refresh.interval")? {
+            None => None,
+            Some(d) => {
+                if d.is_zero() {
+                    return Err(WeirError::user(
+                        "option 'refresh.interval' must be longer than zero (leave it out to load the table once)",
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let loader = self.registry.table(&connector)?.create(TableSpec {
+            name: t.name.clone(),
+            schema: t.schema.clone(),
+            options,
+            data_dir: self.config.data_dir.clone(),
+        })?;
+        let handle = Arc::new(TableHandle::new(t.schema.clone()));
+        let stats = Arc::new(Stats::default());
+        // Loaded now, so views created next see the table and a bad table is an error of
+        // this statement.
+        reload_table(&t.name, loader.as_ref(), &handle, &stats)
+            .await
+            .map_err(|e| match e {
+                WeirError::User { .. } => e,
+                other => WeirError::user(format!("loading table '{}': {other}", t.name)),
+            })?;
+        self.tables.push(TableNode {
+            name: t.name.clone(),
+            sql: text,
+            connector: connector.to_ascii_lowercase(),
+            loader,
+            handle,
+            refresh,
+            stats,
+            started: false,
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Table,
+            name: t.name,
+        })
+    }
+
+    async fn refresh_table(&mut self, name: &str) -> Result<StatementResult> {
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| WeirError::user(format!("there is no table '{name}'")))?;
+        let rows = reload_table(&t.name, t.loader.as_ref(), &t.handle, &t.stats).await?;
+        Ok(StatementResult::Rows(vec![text_batch(
+            "refreshed",
+            vec![format!("table {name}: {rows} rows")],
+        )?]))
+    }
+
+    /// Tables with a `refresh.interval` whose refresh the runtime has not started yet.
+    pub fn take_new_table_refreshes(&mut self) -> Vec<TableRefresh> {
+        self.tables
+            .iter_mut()
+            .filter(|t| !t.started)
+            .filter_map(|t| {
+                t.started = true;
+                Some(TableRefresh {
+                    name: t.name.clone(),
+                    loader: t.loader.clone(),
+                    handle: t.handle.clone(),
+                    interval: t.refresh?,
+                    stats: t.stats.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a table of this name exists.
+    pub fn has_table(&self, name: &str) -> bool {
+        self.tables.iter().any(|t| t.name == name)
+    }
+
+    /// Whether view `name` emits early results (`EMIT EVERY`): rows that update earlier
+    /// rows of the same window.
+    fn emits_updates(&self, name: &str) -> bool {
+        let Some(v) = self.views.iter().find(|v| v.name == name) else {
+            return false;
+        };
+        sql::parse_script(&v.sql).is_ok_and(|st| {
+            st.iter().any(|l| {
+                matches!(&l.statement, WeirStatement::CreateView(c) if matches!(c.emit, Some(Emit::Every(..))))
+            })
+        })
+    }
+
+    /// Check a join view's inputs (append-only), and turn on eviction when a join key is
+    /// the window bound (`window_start` or `window_end`) of two windowed views.
+    fn prepare_join(&self, plan: &mut ViewPlan) -> Result<()> {
+        let inputs = plan.inputs.clone();
+        let ViewPlanKind::Join { join, .. } = &mut plan.kind else {
+            return Ok(());
+        };
+        if let Some(input) = inputs.iter().find(|i| self.emits_updates(i)) {
+            return Err(WeirError::user(format!(
+                "view '{input}' emits early results (EMIT EVERY), which update earlier rows; \
+                 a join takes append-only inputs: join a view that emits on window close"
+            )));
+        }
+        let time_key = |side: usize, column: &Option<String>| -> Option<TimeKey> {
+            let v = self.views.iter().find(|v| v.name == inputs[side])?;
+            if !matches!(v.plan.kind, ViewPlanKind::Windowed { .. }) {
+                return None;
+            }
+            match column.as_deref()? {
+                "window_start" => Some(TimeKey::WindowStart),
+                "window_end" => Some(TimeKey::WindowEnd),
+                _ => None,
+            }
+        };
+        let origins = join.key_origins.clone();
+        if let Some((k, kinds)) = origins
+            .iter()
+            .enumerate()
+            .find_map(|(k, [l, r])| Some((k, [time_key(0, l)?, time_key(1, r)?])))
+        {
+            join.set_time_key(k, kinds);
+        }
+        Ok(())
+    }
+
+    /// The watermark of a view's inputs: the least of theirs.
+    fn inputs_watermark(&self, inputs: &[String]) -> i64 {
+        inputs
+            .iter()
+            .map(|i| self.watermark_of(i))
+            .min()
+            .unwrap_or(i64::MIN)
     }
 
     fn create_sink(&mut self, s: CreateSink, text: String) -> Result<StatementResult> {
@@ -1014,6 +1354,7 @@ impl Pipeline {
                 self.views.retain(|v| v.name != name)
             }
             ObjectKind::Sink => self.sinks.retain(|s| s.name != name),
+            ObjectKind::Table => self.tables.retain(|t| t.name != name),
         }
         Ok(StatementResult::Dropped {
             kind,
@@ -1031,12 +1372,17 @@ impl Pipeline {
             ObjectKind::View => self
                 .views
                 .iter()
-                .map(|v| (v.name.clone(), v.plan.input.clone()))
+                .map(|v| (v.name.clone(), v.plan.inputs.join(", ")))
                 .unzip(),
             ObjectKind::Sink => self
                 .sinks
                 .iter()
                 .map(|s| (s.name.clone(), format!("{} <- {}", s.connector, s.view)))
+                .unzip(),
+            ObjectKind::Table => self
+                .tables
+                .iter()
+                .map(|t| (t.name.clone(), t.loader.describe()))
                 .unzip(),
         };
         let schema = Arc::new(Schema::new(vec![
@@ -1070,9 +1416,16 @@ impl Pipeline {
                     v.stats.clone(),
                     Some(v.plan.explain()),
                 )
+            } else if let Some(t) = self.tables.iter().find(|t| t.name == name) {
+                (
+                    t.handle.schema.clone(),
+                    t.sql.clone(),
+                    t.stats.clone(),
+                    Some(table_description(t)),
+                )
             } else {
                 return Err(WeirError::user(format!(
-                    "there is no source or materialized view '{name}'"
+                    "there is no source, materialized view or table '{name}'"
                 )));
             };
         let mut lines: Vec<String> = schema
@@ -1168,11 +1521,19 @@ impl Pipeline {
         for v in &mut self.views {
             let (closed_through, open_groups, state) = match &mut v.plan.kind {
                 ViewPlanKind::Stateless { .. } => (None, 0, vec![]),
+                ViewPlanKind::Join { join, .. } => {
+                    snap.joins.insert(v.name.clone(), join.snapshot()?);
+                    (None, join.stored_rows() as u64, vec![])
+                }
                 ViewPlanKind::Windowed { aggregate, .. } => (
                     Some(aggregate.closed_through()),
                     aggregate.open_groups() as u64,
                     aggregate.snapshot()?,
                 ),
+            };
+            let emit_period = match &v.plan.kind {
+                ViewPlanKind::Windowed { aggregate, .. } => aggregate.emit_period(),
+                _ => None,
             };
             let retained = v.buffer.retained();
             snap.views.insert(
@@ -1189,6 +1550,8 @@ impl Pipeline {
                     rows_file: None,
                     rows_first_seq: retained.batches.first().map_or(0, |(seq, _)| *seq),
                     figures: figures(&v.stats),
+                    join_files: vec![],
+                    emit_period,
                 },
             );
             if !state.is_empty() {
@@ -1278,14 +1641,17 @@ impl Pipeline {
             let Some(cv) = m.views.get(&name) else {
                 continue;
             };
-            let input = self.views[vi].plan.input.clone();
+            let inputs = self.views[vi].plan.inputs.clone();
             if cv.sql != self.views[vi].sql {
                 report.skipped.push(format!(
                     "view {name}: its definition changed since the checkpoint"
                 ));
                 continue;
             }
-            if !report.sources.contains(&input) && !report.views.contains(&input) {
+            if let Some(input) = inputs
+                .iter()
+                .find(|i| !report.sources.contains(i) && !report.views.contains(i))
+            {
                 report
                     .skipped
                     .push(format!("view {name}: its input {input} was not restored"));
@@ -1294,9 +1660,18 @@ impl Pipeline {
             let state = restored.view_state(&name)?;
             let v = &mut self.views[vi];
             if let ViewPlanKind::Windowed { aggregate, .. } = &mut v.plan.kind {
-                aggregate.restore(&state, cv.closed_through.unwrap_or(i64::MIN))?;
+                aggregate.restore(
+                    &state,
+                    cv.closed_through.unwrap_or(i64::MIN),
+                    cv.emit_period,
+                )?;
                 report.open_groups += aggregate.open_groups() as u64;
                 state_figures(&v.stats, aggregate);
+            }
+            if let ViewPlanKind::Join { join, .. } = &mut v.plan.kind {
+                join.restore(restored.join_state(&name)?)?;
+                report.open_groups += join.stored_rows() as u64;
+                join_figures(&v.stats, join);
             }
             v.input_watermark = cv.input_watermark;
             v.watermark = cv.watermark;
@@ -1355,18 +1730,34 @@ impl Pipeline {
                 sql: s.sql.clone(),
                 schema: s.schema.clone(),
                 input: None,
+                inputs: vec![],
                 buffer: None,
+                key: vec![],
             })
             .collect();
         out.extend(self.views.iter().map(|v| ObjectInfo {
             kind: ObjectKind::View,
             name: v.name.clone(),
-            detail: v.plan.input.clone(),
+            detail: v.plan.inputs.join(", "),
             stats: v.stats.clone(),
             sql: v.sql.clone(),
             schema: v.plan.output_schema.clone(),
-            input: Some(v.plan.input.clone()),
+            input: v.plan.inputs.first().cloned(),
+            inputs: v.plan.inputs.clone(),
             buffer: Some(v.buffer.clone()),
+            key: v.plan.key_columns(),
+        }));
+        out.extend(self.tables.iter().map(|t| ObjectInfo {
+            kind: ObjectKind::Table,
+            name: t.name.clone(),
+            detail: t.connector.clone(),
+            stats: t.stats.clone(),
+            sql: t.sql.clone(),
+            schema: t.handle.schema.clone(),
+            input: None,
+            inputs: vec![],
+            buffer: None,
+            key: vec![],
         }));
         out.extend(self.sinks.iter().map(|s| ObjectInfo {
             kind: ObjectKind::Sink,
@@ -1376,7 +1767,9 @@ impl Pipeline {
             sql: s.sql.clone(),
             schema: view_schema(&s.view),
             input: Some(s.view.clone()),
+            inputs: vec![s.view.clone()],
             buffer: None,
+            key: vec![],
         }));
         out
     }
@@ -1386,7 +1779,9 @@ impl Pipeline {
         let mut out: Vec<(ObjectKind, String)> = self
             .views
             .iter()
-            .filter(|v| v.plan.input == name)
+            .filter(|v| {
+                v.plan.inputs.iter().any(|i| i == name) || v.tables.iter().any(|t| t == name)
+            })
             .map(|v| (ObjectKind::View, v.name.clone()))
             .collect();
         out.extend(
@@ -1606,40 +2001,54 @@ impl Pipeline {
         queue.push_back((input.to_string(), batch));
         while let Some((from, batch)) = queue.pop_front() {
             for vi in 0..self.views.len() {
-                if self.views[vi].plan.input != from {
-                    continue;
-                }
-                let emitted = self.view_batch(vi, batch.clone()).await?;
-                for b in emitted {
-                    queue.push_back((self.views[vi].name.clone(), b.clone()));
-                    let ids = self.views[vi].row_ids(origin, b.num_rows());
-                    out.push(Output {
-                        view: self.views[vi].name.clone(),
-                        batch: b,
-                        ids,
-                    });
+                // A self-join reads `from` on both sides: left first, then right.
+                let sides: Vec<usize> = (self.views[vi].plan.inputs.iter().enumerate())
+                    .filter(|(_, i)| **i == from)
+                    .map(|(side, _)| side)
+                    .collect();
+                for side in sides {
+                    let emitted = self.view_batch(vi, side, batch.clone()).await?;
+                    for b in emitted {
+                        queue.push_back((self.views[vi].name.clone(), b.clone()));
+                        let ids = self.views[vi].row_ids(origin, b.num_rows());
+                        out.push(Output {
+                            view: self.views[vi].name.clone(),
+                            batch: b,
+                            ids,
+                        });
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Run one input batch through a view; returns what it emits now.
-    async fn view_batch(&mut self, vi: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+    /// Run one input batch through a view (`side`: which of its inputs it came from);
+    /// returns what it emits now.
+    async fn view_batch(
+        &mut self,
+        vi: usize,
+        side: usize,
+        batch: RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
         let v = &mut self.views[vi];
         Stats::add(&v.stats.rows_in, batch.num_rows() as u64);
         let emitted = match &mut v.plan.kind {
             ViewPlanKind::Stateless { plan } => plan.run(batch).await?,
             ViewPlanKind::Windowed { pre, aggregate, .. } => {
-                for b in pre.run(batch).await? {
-                    let u = aggregate.update(&b)?;
-                    Stats::add(&v.stats.late_rows, u.late);
-                    if u.late > 0 {
-                        tracing::debug!(view = %v.name, late = u.late, "dropped late rows");
-                    }
-                }
+                fold_window_batch(&v.name, &v.stats, pre, aggregate, batch).await?;
                 state_figures(&v.stats, aggregate);
                 vec![]
+            }
+            ViewPlanKind::Join { sides, join, post } => {
+                let mut out = Vec::new();
+                for b in sides[side].run(batch).await? {
+                    if let Some(pairs) = join.push(side, &b)? {
+                        out.extend(post.run(pairs).await?);
+                    }
+                }
+                join_figures(&v.stats, join);
+                out
             }
         };
         let at = now_us();
@@ -1701,26 +2110,58 @@ impl Pipeline {
             }
         }
         for vi in 0..self.views.len() {
-            let input_wm = self.watermark_of(&self.views[vi].plan.input.clone());
-            if input_wm <= self.views[vi].input_watermark {
+            let input_wms: Vec<i64> = (self.views[vi].plan.inputs.iter())
+                .map(|i| self.watermark_of(i))
+                .collect();
+            let input_wm = input_wms.iter().copied().min().unwrap_or(i64::MIN);
+            let v = &mut self.views[vi];
+            if let ViewPlanKind::Join { join, .. } = &mut v.plan.kind
+                && let [l, r] = input_wms[..]
+            {
+                // Either side's watermark may let the other side's rows go.
+                join.advance([l, r])?;
+                join_figures(&v.stats, join);
+            }
+            // Windows close when the watermark moves; EMIT EVERY views also emit their
+            // changed open windows when a new interval of processing time has begun.
+            let closing = input_wm > self.views[vi].input_watermark;
+            let early = match &mut self.views[vi].plan.kind {
+                ViewPlanKind::Windowed { aggregate, .. } => aggregate.emit_due(now),
+                _ => false,
+            };
+            if !closing && !early {
                 continue;
             }
-            self.views[vi].input_watermark = input_wm;
+            if closing {
+                self.views[vi].input_watermark = input_wm;
+            }
             let name = self.views[vi].name.clone();
             let mut emitted = Vec::new();
             let closed_at = now_us();
             let new_wm = {
                 let v = &mut self.views[vi];
+                let schema = v.plan.output_schema.clone();
                 match &mut v.plan.kind {
-                    ViewPlanKind::Stateless { .. } => input_wm,
+                    ViewPlanKind::Stateless { .. } | ViewPlanKind::Join { .. } => input_wm,
                     ViewPlanKind::Windowed {
                         aggregate, post, ..
                     } => {
-                        for closed in aggregate.close(input_wm)? {
-                            emitted.extend(post.run(closed).await?);
+                        if closing {
+                            for closed in aggregate.close(input_wm)? {
+                                for b in post.run(closed).await? {
+                                    emitted.push(mark_final(&schema, b, true)?);
+                                }
+                            }
+                        }
+                        if early {
+                            for open in aggregate.early()? {
+                                for b in post.run(open).await? {
+                                    emitted.push(mark_final(&schema, b, false)?);
+                                }
+                            }
                         }
                         state_figures(&v.stats, aggregate);
-                        aggregate.output_watermark(input_wm)
+                        aggregate.output_watermark(v.input_watermark)
                     }
                 }
             };
@@ -1751,9 +2192,15 @@ impl Pipeline {
 
 struct PreparedView {
     ctx: SessionContext,
+    /// The reference tables the plan reads, filled while planning.
+    tables_used: Arc<std::sync::Mutex<BTreeSet<String>>>,
     query: Box<Query>,
     window: Option<sql::WindowSpec>,
     retention: usize,
+    /// `EMIT EVERY` interval.
+    emit_every: Option<Duration>,
+    /// `'late.policy' = 'dead-letter'`: where late rows go.
+    dead_letter: Option<crate::dead_letter::DeadLetterWriter>,
 }
 
 async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
@@ -1768,7 +2215,205 @@ async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
         .create_physical_plan(&logical)
         .await
         .map_err(df_user_error)?;
-    split_plan(physical, p.window.as_ref(), state.task_ctx())
+    let mut plan = split_plan(physical, p.window.as_ref(), state.task_ctx())?;
+    match &mut plan.kind {
+        ViewPlanKind::Windowed { aggregate, .. } => {
+            aggregate.configure(p.emit_every, p.dead_letter);
+            if p.emit_every.is_some() {
+                if plan.output_schema.field_with_name(IS_FINAL).is_ok() {
+                    return Err(WeirError::user(format!(
+                        "EMIT EVERY adds a column named {IS_FINAL}, and the query already has \
+                         one: rename it"
+                    )));
+                }
+                // Early and final rows of a window are told apart by a trailing column.
+                let mut fields: Vec<Field> = plan
+                    .output_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new(IS_FINAL, DataType::Boolean, false));
+                plan.output_schema = Arc::new(Schema::new(fields));
+            }
+        }
+        _ if p.emit_every.is_some() => {
+            return Err(WeirError::user(
+                "EMIT EVERY needs an aggregation over the window (GROUP BY window_start, \
+                 window_end, ...)",
+            ));
+        }
+        _ => {}
+    }
+    Ok(plan)
+}
+
+/// A planning context that leaves filters where the query puts them. Below the aggregate,
+/// a HOP row's `window_start` and `window_end` are its pane's and a SESSION row's are its
+/// own event time, so a filter on them (HAVING, or a query over the aggregate) must not be
+/// pushed below it, as DataFusion does with filters on grouping columns.
+fn without_filter_pushdown(ctx: SessionContext) -> SessionContext {
+    ctx.remove_optimizer_rule("push_down_filter");
+    let state = ctx.state();
+    let rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|r| !r.name().starts_with("FilterPushdown"))
+        .cloned()
+        .collect();
+    SessionContext::new_with_state(
+        datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_physical_optimizer_rules(rules)
+            .build(),
+    )
+}
+
+/// The column an `EMIT EVERY` view adds: false on early rows, true on a window's final row.
+pub const IS_FINAL: &str = "is_final";
+
+/// `batch` (the post plan's output) with the `is_final` column of `schema` appended when
+/// the view has one.
+fn mark_final(schema: &SchemaRef, batch: RecordBatch, is_final: bool) -> Result<RecordBatch> {
+    if schema.fields().len() == batch.num_columns() {
+        return Ok(batch);
+    }
+    let mut cols = batch.columns().to_vec();
+    cols.push(Arc::new(datafusion::arrow::array::BooleanArray::from(
+        vec![is_final; batch.num_rows()],
+    )));
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Fold a batch from a windowed view's input into its windows: run the pre plan, update the
+/// aggregate, count late rows and, with `'late.policy' = 'dead-letter'`, write each late
+/// input row to the view's dead-letter file.
+async fn fold_window_batch(
+    view: &str,
+    stats: &Stats,
+    pre: &crate::plan::SlotPlan,
+    aggregate: &mut crate::window::WindowAggregator,
+    batch: RecordBatch,
+) -> Result<()> {
+    if aggregate.dead_letter().is_none() {
+        for b in pre.run(batch).await? {
+            let u = aggregate.update(&b)?;
+            Stats::add(&stats.late_rows, u.late);
+            if u.late > 0 {
+                tracing::debug!(view = %view, late = u.late, "dropped late rows");
+            }
+        }
+        return Ok(());
+    }
+    // Only rows behind the watermark can be late. The pre plan keeps rows in order and
+    // makes at most one row of each, so when it drops none, its rows are the input's;
+    // otherwise the rows behind the watermark go through it one at a time, so a late row
+    // is known for the input row it came from.
+    let n = batch.num_rows();
+    let closed = aggregate.closed_through();
+    let behind: Vec<bool> = match batch.schema().index_of(aggregate.input_time_column()) {
+        Ok(i) => ts_millis(batch.column(i))?
+            .iter()
+            .map(|t| t.is_none_or(|t| t < closed))
+            .collect(),
+        Err(_) => vec![true; n],
+    };
+    let mut segments: Vec<(usize, usize)> = Vec::new();
+    if behind.iter().any(|b| *b) {
+        let out = pre.run(batch.clone()).await?;
+        if out.iter().map(|b| b.num_rows()).sum::<usize>() == n {
+            let mut offset = 0;
+            for b in out {
+                let u = aggregate.update(&b)?;
+                dead_letter_rows(view, stats, aggregate, &batch, offset, &u)?;
+                offset += b.num_rows();
+            }
+            return Ok(());
+        }
+        let mut i = 0;
+        while i < n {
+            let mut j = i + 1;
+            if !behind[i] {
+                while j < n && !behind[j] {
+                    j += 1;
+                }
+            }
+            segments.push((i, j - i));
+            i = j;
+        }
+    } else {
+        segments.push((0, n));
+    }
+    for (offset, len) in segments {
+        for b in pre.run(batch.slice(offset, len)).await? {
+            let u = aggregate.update(&b)?;
+            if len == 1 {
+                dead_letter_rows(view, stats, aggregate, &batch, offset, &u)?;
+            } else {
+                // Rows at or after the watermark are never late.
+                Stats::add(&stats.late_rows, u.late);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Count `u`'s late rows and write them to the view's dead-letter file; late row `r` of
+/// the update is input row `offset + r`.
+fn dead_letter_rows(
+    view: &str,
+    stats: &Stats,
+    aggregate: &mut crate::window::WindowAggregator,
+    input: &RecordBatch,
+    offset: usize,
+    u: &crate::window::UpdateStats,
+) -> Result<()> {
+    Stats::add(&stats.late_rows, u.late);
+    if u.late_rows.is_empty() {
+        return Ok(());
+    }
+    let idx = datafusion::arrow::array::UInt32Array::from(
+        u.late_rows
+            .iter()
+            .map(|l| (offset + l.row) as u32)
+            .collect::<Vec<_>>(),
+    );
+    let rows = datafusion::arrow::compute::take_record_batch(input, &idx)?;
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(&rows)?;
+        w.finish()?;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let watermark = opt_watermark(aggregate.closed_through()).map(crate::dead_letter::rfc3339_ms);
+    let Some(writer) = aggregate.dead_letter() else {
+        return Ok(());
+    };
+    for (line, late) in text.lines().zip(&u.late_rows) {
+        let row: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| WeirError::Internal(format!("late row as JSON: {e}")))?;
+        let (start, end) = match late.window {
+            Some((s, e)) => (
+                Some(crate::dead_letter::rfc3339_ms(s)),
+                Some(crate::dead_letter::rfc3339_ms(e)),
+            ),
+            None => (None, None),
+        };
+        writer.append(&serde_json::json!({
+            "view": view,
+            "row": row,
+            "window_start": start,
+            "window_end": end,
+            "watermark": watermark,
+            "reason": late.reason,
+            "time": crate::dead_letter::now_rfc3339(),
+        }))?;
+    }
+    writer.flush()?;
+    tracing::debug!(view = %view, late = u.late, "late rows written to the dead-letter file");
+    Ok(())
 }
 
 /// Run an ad-hoc query over the retained rows of `views` (each a table named after the
@@ -1824,6 +2469,30 @@ fn df_user_error(e: datafusion::error::DataFusionError) -> WeirError {
         statement: None,
         location,
     }
+}
+
+/// DESCRIBE's lines about a table's loads.
+fn table_description(t: &TableNode) -> String {
+    let info = t.handle.info();
+    let mut lines = vec![
+        format!("reads {}", t.loader.describe()),
+        format!(
+            "refresh {}",
+            t.refresh
+                .map(|d| format!("every {d:?}"))
+                .unwrap_or_else(|| "never (REFRESH TABLE reloads it)".into())
+        ),
+        format!(
+            "loaded rows={} loads={} at={}",
+            info.rows,
+            info.loads,
+            crate::stats::fmt_watermark(Some(info.loaded_at_ms))
+        ),
+    ];
+    if let Some(e) = info.last_error {
+        lines.push(format!("last_error {e}"));
+    }
+    lines.join("\n")
 }
 
 fn text_batch(column: &str, lines: Vec<String>) -> Result<RecordBatch> {

@@ -12,14 +12,27 @@
 //! whatever batches were put into its [`BatchSlot`] since it last ran. Executing `pre` after
 //! filling the slot runs DataFusion's own operators over that micro-batch. A view without an
 //! aggregate is all `pre`.
+//!
+//! A view that joins two streams is split at the join instead (see `join.rs`):
+//!
+//! ```text
+//!   post  (projection, filter above the join)            run once per join output batch
+//!   ----- join ------------------------------------------  StreamJoin: both sides' rows
+//!   left side | right side (scan, WHERE, projection)     run once per micro-batch of a side
+//! ```
+//!
+//! A join whose one side reads no stream (a lookup join with a reference table) is not
+//! split: it stays inside DataFusion's per-batch plan.
 
 use crate::error::{Result, WeirError};
+use crate::join::StreamJoin;
 use crate::sql::WindowSpec;
 use crate::window::WindowAggregator;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::JoinType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
@@ -27,7 +40,11 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, displayable,
@@ -128,6 +145,17 @@ impl SlotExec {
     }
 }
 
+impl SlotExec {
+    /// The name, in the input's own schema, of output column `i`.
+    fn input_column(&self, i: usize) -> Option<String> {
+        let i = match &self.projection {
+            Some(p) => *p.get(i)?,
+            None => i,
+        };
+        (i < self.full_schema.fields().len()).then(|| self.full_schema.field(i).name().clone())
+    }
+}
+
 impl DisplayAs for SlotExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "StreamInput: {}", self.input_name)
@@ -166,9 +194,11 @@ impl ExecutionPlan for SlotExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        // MemoryStream reports the schema it is given, so it must be the projected one
+        // (a hash join collecting this side concatenates with the stream's schema).
         Ok(Box::pin(MemoryStream::try_new(
             self.slot.take(),
-            self.full_schema.clone(),
+            self.schema(),
             self.projection.clone(),
         )?))
     }
@@ -240,8 +270,9 @@ impl SlotPlan {
 
 /// A planned view, ready to execute.
 pub struct ViewPlan {
-    /// The relation the view reads.
-    pub input: String,
+    /// The relations the view reads: one, or a join's left and right input (the same name
+    /// twice for a self-join).
+    pub inputs: Vec<String>,
     pub output_schema: SchemaRef,
     pub kind: ViewPlanKind,
 }
@@ -255,6 +286,14 @@ pub enum ViewPlanKind {
         aggregate: Box<WindowAggregator>,
         post: SlotPlan,
     },
+    /// A join of two streams.
+    Join {
+        /// Each side's stateless part, fed from `inputs[side]`: left, right.
+        sides: Vec<SlotPlan>,
+        join: Box<StreamJoin>,
+        /// What runs over the join's output (projection, filter above it).
+        post: SlotPlan,
+    },
 }
 
 impl ViewPlan {
@@ -262,7 +301,11 @@ impl ViewPlan {
     pub fn explain(&self) -> String {
         match &self.kind {
             ViewPlanKind::Stateless { plan } => {
-                format!("stateless view over {}:\n{}", self.input, plan.display())
+                format!(
+                    "stateless view over {}:\n{}",
+                    self.inputs[0],
+                    plan.display()
+                )
             }
             ViewPlanKind::Windowed {
                 pre,
@@ -272,16 +315,27 @@ impl ViewPlan {
                 "per window close:\n{}{}\nper micro-batch over {}:\n{}",
                 post.display(),
                 aggregate.describe(),
-                self.input,
+                self.inputs[0],
                 pre.display()
             ),
+            ViewPlanKind::Join { sides, join, post } => {
+                let mut s = format!("per join output:\n{}{}", post.display(), join.describe());
+                for (input, side) in self.inputs.iter().zip(sides) {
+                    let side = side.display();
+                    s.push_str(&format!(
+                        "\nper micro-batch over {input}:\n{}",
+                        side.trim_end()
+                    ));
+                }
+                s
+            }
         }
     }
 
     /// Window bounds and group keys: what identifies an output row.
     pub fn key_columns(&self) -> Vec<String> {
         match &self.kind {
-            ViewPlanKind::Stateless { .. } => vec![],
+            ViewPlanKind::Stateless { .. } | ViewPlanKind::Join { .. } => vec![],
             ViewPlanKind::Windowed { aggregate, .. } => {
                 let names = aggregate.group_names();
                 // Group columns as they appear in the output (they may be renamed by aliases,
@@ -333,17 +387,13 @@ pub fn split_plan(
             ));
         }
         [(name, _)] => name.clone(),
-        _ => {
-            return Err(WeirError::user(
-                "a view may read one stream; joins and unions of streams are not supported yet",
-            ));
-        }
+        _ => return split_join(physical, task_ctx),
     };
     let aggs = find_aggregates(&physical);
     let Some(top) = aggs.first().cloned() else {
         let slot = inputs[0].1.clone();
         return Ok(ViewPlan {
-            input,
+            inputs: vec![input],
             output_schema,
             kind: ViewPlanKind::Stateless {
                 plan: SlotPlan::new(physical, slot, task_ctx),
@@ -392,9 +442,27 @@ pub fn split_plan(
         None,
         slot.clone(),
     )?);
-    let post_plan = physical
+    let post_plan = replace_node(physical, &top, leaf)?;
+    Ok(ViewPlan {
+        inputs: vec![input],
+        output_schema,
+        kind: ViewPlanKind::Windowed {
+            pre: SlotPlan::new(pre_plan, inputs[0].1.clone(), task_ctx.clone()),
+            aggregate,
+            post: SlotPlan::new(post_plan, slot, task_ctx),
+        },
+    })
+}
+
+/// `plan` with the node `target` replaced by `leaf`.
+fn replace_node(
+    plan: Arc<dyn ExecutionPlan>,
+    target: &Arc<dyn ExecutionPlan>,
+    leaf: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(plan
         .transform_down(|node| {
-            if Arc::ptr_eq(&node, &top) {
+            if Arc::ptr_eq(&node, target) {
                 Ok(Transformed::new(
                     leaf.clone(),
                     true,
@@ -404,14 +472,174 @@ pub fn split_plan(
                 Ok(Transformed::no(node))
             }
         })?
-        .data;
+        .data)
+}
+
+/// Where output column `i` of `plan` comes from, if it is a column of the stream input
+/// passed through unchanged (renamed at most): that column's name in the input.
+fn column_origin(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Option<String> {
+    if let Some(s) = plan.downcast_ref::<SlotExec>() {
+        return s.input_column(i);
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let c = p.expr().get(i)?.expr.downcast_ref::<Column>()?;
+        return column_origin(p.input(), c.index());
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let i = match f.projection() {
+            Some(p) => *p.get(i)?,
+            None => i,
+        };
+        return column_origin(f.input(), i);
+    }
+    match (plan.name(), plan.children().as_slice()) {
+        (
+            "CooperativeExec"
+            | "CoalesceBatchesExec"
+            | "CoalescePartitionsExec"
+            | "RepartitionExec",
+            [child],
+        ) => column_origin(child, i),
+        _ => None,
+    }
+}
+
+/// Split the plan of a view that reads two streams at the join of the two.
+fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> Result<ViewPlan> {
+    let output_schema = physical.schema();
+    // Operators with two or more children that each read a stream.
+    let mut combining: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    let _ = physical.apply(|node| {
+        let children = node.children();
+        if children.len() >= 2
+            && children
+                .iter()
+                .filter(|c| !stream_inputs(c).is_empty())
+                .count()
+                >= 2
+        {
+            combining.push(node.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let Some(top) = combining.first().cloned() else {
+        return Err(WeirError::Internal(
+            "a plan with two stream inputs that combines neither".into(),
+        ));
+    };
+    if let Some(u) = combining
+        .iter()
+        .find(|n| n.downcast_ref::<HashJoinExec>().is_none())
+    {
+        return Err(WeirError::user(match u.name() {
+            "NestedLoopJoinExec" | "CrossJoinExec" => {
+                "a join of two streams needs an equality between them (ON a.key = b.key); \
+                 cross joins and joins on inequalities alone are not supported"
+                    .to_string()
+            }
+            "UnionExec" | "InterleaveExec" => {
+                "unions of streams are not supported yet; a view may read one stream or join two"
+                    .to_string()
+            }
+            other => format!(
+                "{other} over two streams is not supported; a view may read one stream or join two"
+            ),
+        }));
+    }
+    if combining.len() > 1 {
+        return Err(WeirError::user(
+            "a view may join two streams; to join more, join two in one view and join that \
+             view with the next stream in another view",
+        ));
+    }
+    let hj = top
+        .downcast_ref::<HashJoinExec>()
+        .ok_or_else(|| WeirError::Internal("join downcast".into()))?;
+    if hj.fetch().is_some() {
+        return Err(WeirError::user(
+            "LIMIT over a join of two streams is not supported",
+        ));
+    }
+    match hj.join_type() {
+        JoinType::Inner => {}
+        JoinType::Left | JoinType::Right | JoinType::Full => {
+            return Err(WeirError::user(format!(
+                "only inner joins of two streams are supported; a {} OUTER JOIN would have to \
+                 emit a row before knowing that no match will come",
+                match hj.join_type() {
+                    JoinType::Left => "LEFT",
+                    JoinType::Right => "RIGHT",
+                    _ => "FULL",
+                }
+            )));
+        }
+        other => {
+            return Err(WeirError::user(format!(
+                "only inner joins of two streams are supported, not a {other} join \
+                 (IN, EXISTS and their negations over a second stream plan as semi and anti joins)"
+            )));
+        }
+    }
+    // Aggregates above the join, or inside a side.
+    let side_plans = [hj.left().clone(), hj.right().clone()];
+    let mut below = 0;
+    for side in &side_plans {
+        below += find_aggregates(side).len();
+    }
+    if find_aggregates(&physical).len() > below {
+        return Err(WeirError::user(
+            "a view cannot aggregate the result of a join of two streams; create the join as \
+             its own materialized view and aggregate over that view in another",
+        ));
+    }
+    if below > 0 {
+        return Err(WeirError::user(
+            "each side of a join of two streams must be stateless (filters, projections); \
+             aggregate (or window) in a view of its own and join that view",
+        ));
+    }
+    let mut sides = Vec::with_capacity(2);
+    let mut names = Vec::with_capacity(2);
+    for side in &side_plans {
+        let leaves = stream_inputs(side);
+        let [(name, slot)] = leaves.as_slice() else {
+            return Err(WeirError::Internal(
+                "a join side with several streams".into(),
+            ));
+        };
+        names.push(name.clone());
+        sides.push(SlotPlan::new(side.clone(), slot.clone(), task_ctx.clone()));
+    }
+    let mut join = Box::new(StreamJoin::try_new(
+        hj,
+        [names[0].clone(), names[1].clone()],
+    )?);
+    join.key_origins = hj
+        .on()
+        .iter()
+        .map(|(l, r)| {
+            let origin = |side: &Arc<dyn ExecutionPlan>, e: &Arc<dyn PhysicalExpr>| {
+                e.downcast_ref::<Column>()
+                    .and_then(|c| column_origin(side, c.index()))
+            };
+            [origin(&side_plans[0], l), origin(&side_plans[1], r)]
+        })
+        .collect();
+    let slot = Arc::new(BatchSlot::default());
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+        "join output".into(),
+        join.output_schema(),
+        None,
+        slot.clone(),
+    )?);
+    let post = replace_node(physical, &top, leaf)?;
     Ok(ViewPlan {
-        input,
+        inputs: names,
         output_schema,
-        kind: ViewPlanKind::Windowed {
-            pre: SlotPlan::new(pre_plan, inputs[0].1.clone(), task_ctx.clone()),
-            aggregate,
-            post: SlotPlan::new(post_plan, slot, task_ctx),
+        kind: ViewPlanKind::Join {
+            sides,
+            join,
+            post: SlotPlan::new(post, slot, task_ctx),
         },
     })
 }

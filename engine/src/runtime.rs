@@ -442,6 +442,12 @@ fn start_new(
         let handle = spawn_source(name.clone(), s, tx.clone());
         sources.insert(name, handle);
     }
+    // A table's refresh task lives with the source tasks (names are unique across kinds)
+    // and is cancelled like them when the table is dropped.
+    for r in pipeline.take_new_table_refreshes() {
+        let name = r.name.clone();
+        sources.insert(name, tokio::spawn(r.run()));
+    }
     for s in pipeline.take_new_sinks() {
         let view = s.view.clone();
         sinks
@@ -459,10 +465,10 @@ fn stop_dropped(
     sinks: &mut HashMap<String, Vec<SinkTask>>,
 ) {
     sources.retain(|name, handle| {
-        let keep = pipeline.has_source(name);
+        let keep = pipeline.has_source(name) || pipeline.has_table(name);
         if !keep {
             handle.abort();
-            tracing::info!(source = %name, "source dropped");
+            tracing::info!(object = %name, "source or table dropped");
         }
         keep
     });

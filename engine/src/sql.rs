@@ -32,6 +32,9 @@ pub enum WeirStatement {
     CreateSource(CreateSource),
     CreateView(CreateView),
     CreateSink(CreateSink),
+    CreateTable(CreateTable),
+    /// `REFRESH TABLE name`: reload a reference table now.
+    RefreshTable(String),
     Show(ObjectKind),
     Describe(String),
     Drop {
@@ -51,12 +54,15 @@ impl WeirStatement {
             WeirStatement::CreateSource(_) => "CREATE SOURCE",
             WeirStatement::CreateView(_) => "CREATE MATERIALIZED VIEW",
             WeirStatement::CreateSink(_) => "CREATE SINK",
+            WeirStatement::CreateTable(_) => "CREATE TABLE",
+            WeirStatement::RefreshTable(_) => "REFRESH TABLE",
             WeirStatement::Show(_) => "SHOW",
             WeirStatement::Describe(_) => "DESCRIBE",
             WeirStatement::Drop { kind, .. } => match kind {
                 ObjectKind::Source => "DROP SOURCE",
                 ObjectKind::View => "DROP MATERIALIZED VIEW",
                 ObjectKind::Sink => "DROP SINK",
+                ObjectKind::Table => "DROP TABLE",
             },
             WeirStatement::Explain(_) => "EXPLAIN",
             WeirStatement::Select(_) => "SELECT",
@@ -69,6 +75,8 @@ pub enum ObjectKind {
     Source,
     View,
     Sink,
+    /// A reference table (`CREATE TABLE`), for lookup joins.
+    Table,
 }
 
 impl ObjectKind {
@@ -77,6 +85,7 @@ impl ObjectKind {
             ObjectKind::Source => "source",
             ObjectKind::View => "materialized view",
             ObjectKind::Sink => "sink",
+            ObjectKind::Table => "table",
         }
     }
 }
@@ -120,6 +129,16 @@ pub struct CreateView {
     pub emit: Option<Emit>,
     /// The query as the user wrote it.
     pub sql: String,
+}
+
+/// `CREATE TABLE name (columns) WITH (connector = ..., 'refresh.interval' = ...)`: a
+/// reference table loaded whole, for lookup joins (see `lookup.rs`).
+#[derive(Debug, Clone)]
+pub struct CreateTable {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub schema: Arc<Schema>,
+    pub options: Options,
 }
 
 #[derive(Debug, Clone)]
@@ -263,10 +282,13 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
             p.next_token();
             return parse_create_sink(p);
         }
+        if p.parse_keyword(Keyword::TABLE) {
+            return parse_create_table(p);
+        }
         let t = p.peek_token();
         return Err(WeirError::user_at(
             format!(
-                "expected SOURCE, MATERIALIZED VIEW or SINK after CREATE, found {}",
+                "expected SOURCE, MATERIALIZED VIEW, SINK or TABLE after CREATE, found {}",
                 t.token
             ),
             loc(&t),
@@ -279,6 +301,7 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
                 "SOURCES" => Some(ObjectKind::Source),
                 "VIEWS" => Some(ObjectKind::View),
                 "SINKS" => Some(ObjectKind::Sink),
+                "TABLES" => Some(ObjectKind::Table),
                 "MATERIALIZED" if p.parse_keyword(Keyword::VIEWS) => Some(ObjectKind::View),
                 _ => None,
             },
@@ -287,7 +310,7 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
         return kind.map(WeirStatement::Show).ok_or_else(|| {
             WeirError::user_at(
                 format!(
-                    "expected SOURCES, VIEWS or SINKS after SHOW, found {}",
+                    "expected SOURCES, VIEWS, SINKS or TABLES after SHOW, found {}",
                     t.token
                 ),
                 loc(&t),
@@ -308,11 +331,13 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
         } else if word_is(&p.peek_token(), "SINK") {
             p.next_token();
             ObjectKind::Sink
+        } else if p.parse_keyword(Keyword::TABLE) {
+            ObjectKind::Table
         } else {
             let t = p.peek_token();
             return Err(WeirError::user_at(
                 format!(
-                    "expected SOURCE, MATERIALIZED VIEW or SINK after DROP, found {}",
+                    "expected SOURCE, MATERIALIZED VIEW, SINK or TABLE after DROP, found {}",
                     t.token
                 ),
                 loc(&t),
@@ -325,6 +350,12 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
             name,
             if_exists,
         });
+    }
+    if word_is(&first, "REFRESH") {
+        p.next_token();
+        p.expect_keyword(Keyword::TABLE).map_err(pe)?;
+        let name = p.parse_identifier().map_err(pe)?.value;
+        return Ok(WeirStatement::RefreshTable(name));
     }
     if p.parse_keyword(Keyword::EXPLAIN) {
         if p.parse_keyword(Keyword::CREATE)
@@ -345,7 +376,7 @@ fn parse_statement(p: &mut Parser, sql: &str) -> Result<WeirStatement> {
     }
     Err(WeirError::user_at(
         format!(
-            "expected CREATE, DROP, SHOW, DESCRIBE, EXPLAIN or SELECT, found {}",
+            "expected CREATE, DROP, SHOW, DESCRIBE, EXPLAIN, REFRESH or SELECT, found {}",
             first.token
         ),
         fl,
@@ -474,6 +505,32 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
         metadata,
         metadata_at,
         options,
+    }))
+}
+
+/// `CREATE TABLE`: the column list of `CREATE SOURCE` without WATERMARK or METADATA.
+fn parse_create_table(p: &mut Parser) -> Result<WeirStatement> {
+    let at = loc(&p.peek_token());
+    let WeirStatement::CreateSource(s) = parse_create_source(p)? else {
+        return Err(WeirError::Internal("CREATE TABLE parse".into()));
+    };
+    if s.watermark.is_some() {
+        return Err(WeirError::user_at(
+            "a table has no event time: WATERMARK is for CREATE SOURCE",
+            at,
+        ));
+    }
+    if let Some(l) = s.metadata_at.first() {
+        return Err(WeirError::user_at(
+            "METADATA columns are for CREATE SOURCE, not tables",
+            *l,
+        ));
+    }
+    Ok(WeirStatement::CreateTable(CreateTable {
+        name: s.name,
+        if_not_exists: s.if_not_exists,
+        schema: s.schema,
+        options: s.options,
     }))
 }
 
@@ -665,18 +722,49 @@ fn parse_create_sink(p: &mut Parser) -> Result<WeirStatement> {
     }))
 }
 
+/// The kind of window a view reads through, with its sizes in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `TUMBLE(src, ts, size)`: back-to-back windows of `size`.
+    Tumble { size_ms: i64 },
+    /// `HOP(src, ts, slide, size)`: windows of `size` starting every `slide` (`size` a
+    /// multiple of `slide`), so each row is in `size / slide` windows.
+    Hop { slide_ms: i64, size_ms: i64 },
+    /// `SESSION(src, ts, gap)`: per GROUP BY key, runs of rows less than `gap` apart.
+    Session { gap_ms: i64 },
+}
+
+impl WindowKind {
+    /// The table function's name, as SQL writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WindowKind::Tumble { .. } => "TUMBLE",
+            WindowKind::Hop { .. } => "HOP",
+            WindowKind::Session { .. } => "SESSION",
+        }
+    }
+}
+
 /// A window table function found in a view's FROM clause.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
     /// The relation the window reads.
     pub input: String,
     pub time_column: String,
-    pub size: Duration,
+    pub kind: WindowKind,
 }
 
-/// Rewrite `TUMBLE(src, ts, INTERVAL ...)` in FROM into
-/// `(SELECT *, date_bin(size, ts) AS window_start, date_bin(size, ts) + size AS window_end
-/// FROM src) AS src`, returning the window found. At most one window per view.
+/// Rewrite the window table function in FROM into a derived table over its input that adds
+/// `window_start` and `window_end`, returning the window found. At most one window per view.
+///
+/// - `TUMBLE(src, ts, size)`: `date_bin(size, ts)` and that plus `size`: the row's window.
+/// - `HOP(src, ts, slide, size)`: `date_bin(slide, ts)` and that plus `size`: the first
+///   window of the row's pane; the aggregator expands panes into windows.
+/// - `SESSION(src, ts, gap)`: `ts` and `ts + gap`: the row's own extent; the aggregator
+///   merges rows into sessions.
+///
+/// Because HOP and SESSION rows do not carry their final window, their `window_start` and
+/// `window_end` may not be used in the WHERE clause of the query that reads the window.
 /// `columns(name)` gives a relation's column names, so that window columns it already has
 /// (a view over a windowed view) are replaced rather than duplicated.
 pub fn rewrite_windows(
@@ -690,6 +778,9 @@ pub fn rewrite_windows(
 
 type Columns<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
 
+/// A window found while rewriting, with where its function was written.
+type Found = Option<(WindowSpec, Location)>;
+
 fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
     if let Some(with) = q.with.as_mut() {
         for cte in with.cte_tables.iter_mut() {
@@ -702,11 +793,26 @@ fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>, cols: Columns) -
 fn rewrite_set_expr(s: &mut SetExpr, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
     match s {
         SetExpr::Select(sel) => {
+            let mut here: Found = None;
             for twj in sel.from.iter_mut() {
-                rewrite_factor(&mut twj.relation, found, cols)?;
+                rewrite_factor(&mut twj.relation, found, &mut here, cols)?;
                 for j in twj.joins.iter_mut() {
-                    rewrite_factor(&mut j.relation, found, cols)?;
+                    rewrite_factor(&mut j.relation, found, &mut here, cols)?;
                 }
+            }
+            if let Some((w, at)) = here
+                && !matches!(w.kind, WindowKind::Tumble { .. })
+                && let Some(selection) = &sel.selection
+                && mentions_window_bounds(selection)
+            {
+                return Err(WeirError::user_at(
+                    format!(
+                        "window_start and window_end of a {} window are known only after \
+                         aggregation: use them in GROUP BY, SELECT or HAVING, not in WHERE",
+                        w.kind.name()
+                    ),
+                    at,
+                ));
             }
             Ok(())
         }
@@ -719,6 +825,21 @@ fn rewrite_set_expr(s: &mut SetExpr, found: &mut Option<WindowSpec>, cols: Colum
     }
 }
 
+/// Whether an expression names `window_start` or `window_end` (as an identifier, not in a
+/// string).
+fn mentions_window_bounds(e: &Expr) -> bool {
+    let dialect = GenericDialect {};
+    datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &e.to_string())
+        .tokenize()
+        .is_ok_and(|tokens| {
+            tokens.iter().any(|t| {
+                matches!(t, Token::Word(w)
+                    if w.value.eq_ignore_ascii_case("window_start")
+                        || w.value.eq_ignore_ascii_case("window_end"))
+            })
+        })
+}
+
 fn object_last(n: &ObjectName) -> String {
     n.0.last()
         .and_then(|p| p.as_ident())
@@ -726,9 +847,24 @@ fn object_last(n: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
+/// An interval argument of a window function, in milliseconds; `what` names it in errors
+/// when the function takes several.
+fn interval_ms(e: Option<Expr>, usage: &str, what: Option<&str>, at: Location) -> Result<i64> {
+    let e = e.ok_or_else(|| WeirError::user_at(usage, at))?;
+    let d = interval_duration(&e).map_err(|m| {
+        let m = match what {
+            Some(w) => format!("{usage}: {w}: {m}"),
+            None => format!("{usage}: {m}"),
+        };
+        WeirError::user_at(m, at)
+    })?;
+    Ok(d.as_millis() as i64)
+}
+
 fn rewrite_factor(
     f: &mut TableFactor,
     found: &mut Option<WindowSpec>,
+    here: &mut Found,
     cols: Columns,
 ) -> Result<()> {
     match f {
@@ -736,9 +872,9 @@ fn rewrite_factor(
         TableFactor::NestedJoin {
             table_with_joins, ..
         } => {
-            rewrite_factor(&mut table_with_joins.relation, found, cols)?;
+            rewrite_factor(&mut table_with_joins.relation, found, here, cols)?;
             for j in table_with_joins.joins.iter_mut() {
-                rewrite_factor(&mut j.relation, found, cols)?;
+                rewrite_factor(&mut j.relation, found, here, cols)?;
             }
             Ok(())
         }
@@ -758,24 +894,22 @@ fn rewrite_factor(
                     column: i.span.start.column,
                 })
                 .unwrap_or_default();
-            match func.as_str() {
-                "TUMBLE" => {}
-                "HOP" | "SESSION" => {
-                    return Err(WeirError::user_at(
-                        format!("{func} windows are not supported yet; use TUMBLE"),
-                        at,
-                    ));
-                }
+            let (usage, arity) = match func.as_str() {
+                "TUMBLE" => ("TUMBLE takes (source, time_column, INTERVAL '...')", 3),
+                "HOP" => (
+                    "HOP takes (source, time_column, INTERVAL 'slide', INTERVAL 'size')",
+                    4,
+                ),
+                "SESSION" => ("SESSION takes (source, time_column, INTERVAL 'gap')", 3),
                 _ => return Ok(()),
-            }
+            };
             if found.is_some() {
                 return Err(WeirError::user_at(
                     "a view may use one window table function",
                     at,
                 ));
             }
-            let usage = "TUMBLE takes (source, time_column, INTERVAL '...')";
-            if args.args.len() != 3 {
+            if args.args.len() != arity {
                 return Err(WeirError::user_at(usage, at));
             }
             let arg = |i: usize| match &args.args[i] {
@@ -789,10 +923,28 @@ fn rewrite_factor(
             };
             let input = ident(arg(0)).ok_or_else(|| WeirError::user_at(usage, at))?;
             let time_column = ident(arg(1)).ok_or_else(|| WeirError::user_at(usage, at))?;
-            let size_expr = arg(2).ok_or_else(|| WeirError::user_at(usage, at))?;
-            let size = interval_duration(&size_expr)
-                .map_err(|m| WeirError::user_at(format!("{usage}: {m}"), at))?;
-            let ms = size.as_millis();
+            let kind = match func.as_str() {
+                "TUMBLE" => WindowKind::Tumble {
+                    size_ms: interval_ms(arg(2), usage, None, at)?,
+                },
+                "HOP" => {
+                    let slide_ms = interval_ms(arg(2), usage, Some("slide"), at)?;
+                    let size_ms = interval_ms(arg(3), usage, Some("size"), at)?;
+                    if size_ms % slide_ms != 0 {
+                        return Err(WeirError::user_at(
+                            format!(
+                                "HOP size ({size_ms} ms) must be a whole multiple of its slide \
+                                 ({slide_ms} ms)"
+                            ),
+                            at,
+                        ));
+                    }
+                    WindowKind::Hop { slide_ms, size_ms }
+                }
+                _ => WindowKind::Session {
+                    gap_ms: interval_ms(arg(2), usage, None, at)?,
+                },
+            };
             // Keep the input's columns, except window columns it already has (a window over
             // a windowed view): those are replaced by this window's.
             let keep = match cols(&input) {
@@ -804,10 +956,22 @@ fn rewrite_factor(
                     .join(", "),
                 _ => "*".to_string(),
             };
+            let ts = format!("\"{}\"", time_column.replace('"', "\"\""));
+            let ms = |v: i64| format!("INTERVAL '{v} milliseconds'");
+            let (start, end) = match kind {
+                WindowKind::Tumble { size_ms } => {
+                    let bin = format!("date_bin({}, {ts})", ms(size_ms));
+                    (bin.clone(), format!("{bin} + {}", ms(size_ms)))
+                }
+                WindowKind::Hop { slide_ms, size_ms } => {
+                    let bin = format!("date_bin({}, {ts})", ms(slide_ms));
+                    (bin.clone(), format!("{bin} + {}", ms(size_ms)))
+                }
+                WindowKind::Session { gap_ms } => (ts.clone(), format!("{ts} + {}", ms(gap_ms))),
+            };
             let sub_sql = format!(
-                "SELECT {keep}, date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") AS window_start, \
-                 date_bin(INTERVAL '{ms} milliseconds', \"{time_column}\") + INTERVAL '{ms} milliseconds' AS window_end \
-                 FROM \"{input}\""
+                "SELECT {keep}, {start} AS window_start, {end} AS window_end FROM \"{}\"",
+                input.replace('"', "\"\"")
             );
             let dialect = GenericDialect {};
             let subquery = Parser::new(&dialect)
@@ -826,11 +990,13 @@ fn rewrite_factor(
                 alias: Some(alias),
                 sample: None,
             };
-            *found = Some(WindowSpec {
+            let spec = WindowSpec {
                 input,
                 time_column,
-                size,
-            });
+                kind,
+            };
+            *here = Some((spec.clone(), at));
+            *found = Some(spec);
             Ok(())
         }
         _ => Ok(()),
@@ -892,7 +1058,7 @@ mod tests {
         };
         assert_eq!(v.emit, Some(Emit::OnWindowClose));
         let w = rewrite_windows(&mut v.query, &|_| None).unwrap().unwrap();
-        assert_eq!(w.size, Duration::from_secs(60));
+        assert_eq!(w.kind, WindowKind::Tumble { size_ms: 60_000 });
         assert_eq!(w.input, "d");
         assert!(v.query.to_string().contains("date_bin"));
     }

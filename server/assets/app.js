@@ -104,6 +104,10 @@ class ViewCard {
     this.rows = [];          // {seq, row}
     this.lastSeq = 0;
     this.schema = info.schema;
+    // Views with EMIT EVERY send a window's row again as it fills up (is_final false, then
+    // true): a newer row replaces the one with the same key.
+    this.key = info.key || [];
+    this.upserts = this.key.length > 0 && this.schema.some((c) => c.name === "is_final");
     this.card = el("article", { class: "card", "data-view": info.name, "data-last-seq": "0" });
     this.statusEl = el("span", { class: "status" }, info.status);
     this.metaEl = el("span", { class: "meta" });
@@ -150,9 +154,23 @@ class ViewCard {
       this.errEl.textContent = m.message;
       return;
     }
+    if (this.upserts) this.collapse();
     if (this.rows.length > MAX_ROWS) this.rows.splice(0, this.rows.length - MAX_ROWS);
     this.card.dataset.lastSeq = String(this.lastSeq);
     this.scheduleRender();
+  }
+
+  // Keep only the newest row of each key, in the order of their newest versions.
+  collapse() {
+    const seen = new Set();
+    const kept = [];
+    for (let i = this.rows.length - 1; i >= 0; i--) {
+      const k = JSON.stringify(this.key.map((c) => this.rows[i].row[c]));
+      if (seen.has(k)) continue;
+      seen.add(k);
+      kept.push(this.rows[i]);
+    }
+    this.rows = kept.reverse();
   }
 
   scheduleRender() {
@@ -234,7 +252,8 @@ class ViewCard {
     const table = el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, "seq"), ...cols.map((c) => el("th", {}, c)))),
       el("tbody", {}, ...latest.map(({ seq, row }) =>
-        el("tr", {}, el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
+        el("tr", row.is_final === false ? { class: "early" } : {},
+          el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
     this.tableEl.replaceChildren(latest.length ? table : el("p", { class: "empty" }, "No rows yet."));
   }
 

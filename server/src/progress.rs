@@ -45,6 +45,16 @@ fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
             s.open_windows,
             s.open_groups
         ),
+        ObjectKind::Table => format!(
+            "table {} ({}): {} rows, loaded {} times{}",
+            o.name,
+            o.detail,
+            human(s.rows_in as f64),
+            weir_engine::stats::Stats::get(&o.stats.batches),
+            s.last_error
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ),
         ObjectKind::Sink => format!(
             "sink {} ({}): {} rows written{}",
             o.name,

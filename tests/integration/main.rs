@@ -1,5 +1,6 @@
 //! Weir's integration tests, one binary: the streaming .slt suite in every mode, the
-//! differential test against batch DataFusion, Parquet read-back, the Kafka connector
+//! differential test against batch DataFusion, the Nexmark queries against their batch
+//! answers, Parquet read-back, the Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
 //! at random moments.
@@ -7,6 +8,8 @@
 mod crash;
 mod differential;
 mod kafka;
+mod lookup;
+mod nexmark;
 mod parquet_readback;
 mod postgres;
 mod server_api;

@@ -249,6 +249,19 @@ async fn read_health(db: &PgPool, table: &str) -> Vec<HealthRow> {
     )
 }
 
+/// The primary-key columns of `public.<table>`, in column order.
+async fn primary_key(db: &PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum",
+    )
+    .bind(format!("public.{table}"))
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
 /// (a) A windowed view upserted by its key equals the batch answer, row for row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowed_view_upserted_equals_batch_answer() {
@@ -267,16 +280,10 @@ async fn windowed_view_upserted_equals_batch_answer() {
     assert_eq!(got, expected);
 
     // Created with the view's key as primary key and NOT NULL where the view says so.
-    let pk: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
-         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-         WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum",
-    )
-    .bind(format!("public.{table}"))
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    assert_eq!(pk, vec!["window_start", "window_end", "region"]);
+    assert_eq!(
+        primary_key(&db, &table).await,
+        vec!["window_start", "window_end", "region"]
+    );
     let types: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
          FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 ORDER BY a.attnum",
@@ -946,4 +953,161 @@ async fn duplicate_keys_in_one_write_keep_the_last_row() {
         got,
         vec![("AP".into(), 6), ("EU".into(), 3), ("US".into(), 4)]
     );
+}
+
+/// (e) `EMIT EVERY`: early rows reach the table keyed by window and region, and each
+/// window's final row replaces them; the finished table equals the batch answer, every row
+/// final. The pipeline is stepped by hand (one micro-batch, then one second of processing
+/// time) so the early rows are known exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_results_are_replaced_by_final_rows() {
+    let Some(url) = pg_url() else { return };
+    // The crash tests stop the shared server; not while this runs.
+    let _pg = crate::crash::pg_lock().read().await;
+    let db = pool(&url).await;
+    let table = unique("pg_early");
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = weir_tests::slt::test_pipeline(dir.path());
+    let view = "SELECT window_start, window_end, region, count(*) AS n, sum(v) AS total \
+        FROM TUMBLE(ev, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, region";
+    p.execute(&format!(
+        "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT NOT NULL, v BIGINT NOT NULL, \
+           WATERMARK FOR ts AS ts) WITH (connector = 'test');
+         CREATE MATERIALIZED VIEW v AS {view} EMIT EVERY INTERVAL '1' SECOND;
+         CREATE SINK pg FROM v WITH (connector = 'postgres', url = '{url}', table = '{table}');"
+    ))
+    .await
+    .unwrap();
+    let mut sink = p.take_new_sinks().pop().unwrap().sink;
+    sink.recover(None).await.unwrap();
+
+    // 60 events 500 ms apart from 2024-01-01T00:00:00Z: three 10-second windows, regions in
+    // turn, v = the event's number.
+    let base = 1_704_067_200_000i64;
+    let schema = p.source_schema("ev").unwrap();
+    let regions = ["EU", "US", "AP"];
+    let batch = |from: i64, to: i64| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(
+                    (from..to).map(|i| base + i * 500).collect::<Vec<_>>(),
+                )) as ArrayRef,
+                Arc::new(StringArray::from(
+                    (from..to)
+                        .map(|i| regions[i as usize % 3])
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from((from..to).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    };
+    let read = |db: PgPool, table: String| async move {
+        let rows: Vec<(DateTime<Utc>, String, i64, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT window_start, region, n, total, is_final FROM {table} ORDER BY window_start, region"
+        ))
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|r| ((r.0.timestamp_millis() - base) / 1000, r.1, r.2, r.3, r.4))
+            .collect::<Vec<_>>()
+    };
+    // Five seconds of events per step, then a second of processing time.
+    for step in 0..6i64 {
+        let mut out = p
+            .push("ev", 0, batch(step * 10, step * 10 + 10), 0)
+            .await
+            .unwrap();
+        out.extend(p.tick((step + 1) * 1000).await.unwrap());
+        for o in out {
+            sink.write(o.batch, o.ids).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        match step {
+            // Events 0..20 (window 0, still open: the watermark is 9.5 s): early rows.
+            1 => assert_eq!(
+                read(db.clone(), table.clone()).await,
+                vec![
+                    (0, "AP".into(), 6, 57, false),
+                    (0, "EU".into(), 7, 63, false),
+                    (0, "US".into(), 7, 70, false),
+                ]
+            ),
+            // Window 0 closed (final rows replaced the early ones); window 1 early.
+            2 => assert_eq!(
+                read(db.clone(), table.clone()).await,
+                vec![
+                    (0, "AP".into(), 6, 57, true),
+                    (0, "EU".into(), 7, 63, true),
+                    (0, "US".into(), 7, 70, true),
+                    (10, "AP".into(), 4, 98, false),
+                    (10, "EU".into(), 3, 72, false),
+                    (10, "US".into(), 3, 75, false),
+                ]
+            ),
+            _ => {}
+        }
+    }
+    for o in p.end_source("ev").await.unwrap() {
+        sink.write(o.batch, o.ids).await.unwrap();
+    }
+    sink.close().await.unwrap();
+
+    // The batch answer over the same events.
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "ev",
+        Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch(0, 60)]]).unwrap()),
+    )
+    .unwrap();
+    let expected = ctx
+        .sql(&view.replace(
+            "TUMBLE(ev, ts, INTERVAL '10' SECOND)",
+            "(SELECT *, date_bin(INTERVAL '10 seconds', ts) AS window_start, \
+             date_bin(INTERVAL '10 seconds', ts) + INTERVAL '10 seconds' AS window_end FROM ev) AS ev",
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut expected: Vec<(i64, String, i64, i64, bool)> = expected
+        .iter()
+        .flat_map(|b| {
+            let ws = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let region = b.column(2).as_string::<i32>();
+            let n = b.column(3).as_primitive::<Int64Type>();
+            let total = b.column(4).as_primitive::<Int64Type>();
+            (0..b.num_rows())
+                .map(|i| {
+                    (
+                        (ws.value(i) - base) / 1000,
+                        region.value(i).to_string(),
+                        n.value(i),
+                        total.value(i),
+                        true,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 9);
+    assert_eq!(read(db.clone(), table.clone()).await, expected);
+    // Keyed by the window and the region, is_final a NOT NULL column.
+    assert_eq!(
+        primary_key(&db, &table).await,
+        vec!["window_start", "window_end", "region"]
+    );
+    let is_final: (String, bool) = sqlx::query_as(
+        "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass($1) AND a.attname = 'is_final'",
+    )
+    .bind(format!("public.{table}"))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(is_final, ("boolean".to_string(), true));
 }

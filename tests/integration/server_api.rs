@@ -463,12 +463,15 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
     let expected = [
         "DELETE /api/v1/sinks/{name}",
         "DELETE /api/v1/sources/{name}",
+        "DELETE /api/v1/tables/{name}",
         "DELETE /api/v1/views/{name}",
         "GET /api/v1/sinks",
         "GET /api/v1/sinks/{name}",
         "GET /api/v1/sources",
         "GET /api/v1/sources/{name}",
         "GET /api/v1/status/subscribe",
+        "GET /api/v1/tables",
+        "GET /api/v1/tables/{name}",
         "GET /api/v1/views",
         "GET /api/v1/views/{name}",
         "GET /api/v1/views/{name}/rows",
@@ -497,12 +500,15 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
             None,
         );
         // Served (a WebSocket route answers a plain GET with an upgrade error; there is no
-        // sink, so a sink is not found, but the route is).
+        // sink or table, so one is not found, but the route is).
         assert_ne!(
             body["error"]["message"], "no such route",
             "{p}: {status} {body}"
         );
-        if !path.contains("subscribe") && !path.starts_with("/api/v1/sinks/") {
+        if !path.contains("subscribe")
+            && !path.starts_with("/api/v1/sinks/")
+            && !path.starts_with("/api/v1/tables/")
+        {
             assert_eq!(status, 200, "{p}: {body}");
         }
     }

@@ -7,10 +7,12 @@
 //!   per row in the one-row mode); values are cast to the source's column types.
 //! - `PUSH src [PARTITION n]` followed by raw JSON lines — decoded by the real JSON decoder
 //!   with the source's `bad.records` policy.
-//! - `ADVANCE TIME '10s'` — move processing time (idle partitions).
+//! - `ADVANCE TIME '10s'` — move processing time (idle partitions, `EMIT EVERY`).
 //! - `END src` — the source ends (bounded sources closing their windows); `END src PARTITION n`
 //!   — one partition has no more data (a file read to its end).
 //! - `DEAD LETTERS src` — the dead-letter records written for a source: raw, reason, position.
+//! - `LATE ROWS view` — the late rows a view with `'late.policy' = 'dead-letter'` wrote to
+//!   its dead-letter file: the row as JSON, window_start, window_end, watermark, reason.
 //! - `CHECKPOINT` — write a checkpoint (to the file's data directory).
 //! - `RESTART` — throw the pipeline away and start a new one as after a crash: the
 //!   statements before the last checkpoint, the checkpoint restored, then everything after

@@ -328,18 +328,60 @@ impl WeirSlt {
         Ok(())
     }
 
-    fn dead_letters(&self, source: &str) -> Result<Vec<Vec<String>>> {
+    /// The records of the dead-letter file of a source or view (none if it has none).
+    fn dead_letter_file(&self, name: &str) -> Result<Vec<(String, serde_json::Value)>> {
         let path = self
             .data_dir
             .join("dead-letter")
-            .join(format!("{source}.jsonl"));
+            .join(format!("{name}.jsonl"));
         let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let v = serde_json::from_str(line)
+                    .map_err(|e| WeirError::Internal(format!("dead letter line: {e}")))?;
+                Ok((line.to_string(), v))
+            })
+            .collect()
+    }
+
+    fn dead_letters(&self, source: &str) -> Result<Vec<Vec<String>>> {
         let mut rows = Vec::new();
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| WeirError::Internal(format!("dead letter line: {e}")))?;
+        for (_, v) in self.dead_letter_file(source)? {
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
             rows.push(vec![s("raw"), s("reason"), s("position")]);
+        }
+        Ok(rows)
+    }
+
+    /// The late rows a view with `'late.policy' = 'dead-letter'` wrote: the row (JSON),
+    /// the window it missed, the watermark and the reason. Each record must name the view
+    /// and carry its wall-clock time in RFC 3339.
+    fn late_rows(&self, view: &str) -> Result<Vec<Vec<String>>> {
+        let mut rows = Vec::new();
+        for (line, v) in self.dead_letter_file(view)? {
+            if v.get("view").and_then(|x| x.as_str()) != Some(view) {
+                return Err(WeirError::Internal(format!(
+                    "late row record does not name view '{view}': {line}"
+                )));
+            }
+            let time = v.get("time").and_then(|x| x.as_str()).unwrap_or("");
+            if chrono::DateTime::parse_from_rfc3339(time).is_err() {
+                return Err(WeirError::Internal(format!(
+                    "late row record without an RFC 3339 time: {line}"
+                )));
+            }
+            let s = |k: &str| match v.get(k) {
+                Some(serde_json::Value::String(x)) => x.clone(),
+                Some(serde_json::Value::Null) | None => "NULL".to_string(),
+                Some(other) => other.to_string(),
+            };
+            rows.push(vec![
+                s("row"),
+                s("window_start"),
+                s("window_end"),
+                s("watermark"),
+                s("reason"),
+            ]);
         }
         Ok(rows)
     }
@@ -458,6 +500,13 @@ impl WeirSlt {
                 self.apply(Event::EndSource(name)).await?;
             }
             return Ok(DBOutput::StatementComplete(0));
+        }
+        if let Some(rest) = strip_prefix_ci(s, "LATE ROWS ") {
+            let rows = self.late_rows(rest.trim())?;
+            return Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Text; 5],
+                rows,
+            });
         }
         if let Some(rest) = strip_prefix_ci(s, "DEAD LETTERS ") {
             let rows = self.dead_letters(rest.trim())?;

@@ -17,9 +17,14 @@
 //! Each kind (a `Kind`) lists the columns it can produce; the declared schema may use any
 //! subset, in any order, and types that arrow can cast to (e.g. `INT` for a `BIGINT`).
 //! To add a kind: a module implementing `Kind` and one arm in [`GeneratorSourceFactory`].
+//! A kind may take options of its own and adjust the common ones (`Kind::configure`), have
+//! one column set per table, and time its rows itself: [`nexmark`] does all three (one
+//! source per Nexmark table, event time from the event number, `rows` derived from
+//! `nexmark.events`).
 
 mod columns;
 mod downloads;
+pub mod nexmark;
 mod rng;
 mod ticks;
 
@@ -29,12 +34,14 @@ use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use downloads::Downloads;
+use nexmark::Nexmark;
 use rng::{SplitMix64, mix};
 use std::collections::VecDeque;
 use std::time::Duration;
 use ticks::Ticks;
 use tokio::time::Instant;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
+use weir_engine::options::Options;
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -47,7 +54,11 @@ pub const VALID_KEYS: &[&str] = &[
     "max.out.of.orderness",
 ];
 
+/// The single-stream kinds (the embedded Kafka broker's feeds use these).
 pub const KINDS: &[&str] = &["downloads", "ticks"];
+
+/// Every kind the `kind` option takes.
+const ALL_KINDS: &[&str] = &["downloads", "ticks", "nexmark"];
 
 /// A column a generator kind can produce.
 #[derive(Debug, Clone)]
@@ -81,6 +92,35 @@ pub(crate) trait Kind: Send + 'static {
     fn append(&mut self, builders: &mut Self::Builders, n: u64, ts: i64);
     /// The wanted columns' arrays (None for the others), emptying the buffers.
     fn finish(builders: &mut Self::Builders) -> Result<Vec<Option<ArrayRef>>>;
+
+    /// `append` computes each row's event time itself and ignores `ts` (so the common
+    /// `start + n / rate` and `max.out.of.orderness` are not computed).
+    const OWN_EVENT_TIME: bool = false;
+    /// Any row can be generated without the rows before it, so a restore starts right at
+    /// the restored position instead of regenerating the rows before it.
+    const RANDOM_ACCESS: bool = false;
+
+    /// Every option key this kind takes, for the unknown-option error.
+    fn valid_keys() -> Vec<&'static str> {
+        VALID_KEYS.to_vec()
+    }
+    /// Build the kind from the common options, taking its own keys from `options`; it may
+    /// reject or fill in common ones (e.g. derive `rows`).
+    fn configure(opts: &mut GeneratorOptions, options: &mut Options) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        let _ = options;
+        Ok(Self::new(opts.seed))
+    }
+    /// The columns this instance produces (a kind with several tables picks one).
+    fn table_columns(&self) -> Vec<ColumnDef> {
+        Self::columns()
+    }
+    /// How errors name this generator.
+    fn describe(&self, kind: &str) -> String {
+        format!("the '{kind}' generator")
+    }
 }
 
 /// The parsed options.
@@ -99,14 +139,14 @@ pub struct GeneratorOptions {
 }
 
 impl GeneratorOptions {
-    pub fn parse(options: &mut weir_engine::options::Options) -> Result<Self> {
+    pub fn parse(options: &mut Options) -> Result<Self> {
         let kind = match options.take("kind") {
             Some(k) => {
                 let k = k.trim().to_ascii_lowercase();
-                if !KINDS.contains(&k.as_str()) {
+                if !ALL_KINDS.contains(&k.as_str()) {
                     return Err(WeirError::user(format!(
                         "option 'kind' must be one of {}, got '{k}'",
-                        KINDS.join(" | ")
+                        ALL_KINDS.join(" | ")
                     )));
                 }
                 k
@@ -114,13 +154,17 @@ impl GeneratorOptions {
             None => {
                 return Err(WeirError::user(format!(
                     "the generator source needs option 'kind' ({})",
-                    KINDS.join(" | ")
+                    ALL_KINDS.join(" | ")
                 )));
             }
         };
+        let default_rate = match kind.as_str() {
+            "nexmark" => nexmark::DEFAULT_ROWS_PER_SECOND,
+            _ => 1000,
+        };
         let rows_per_second = options
             .take_parse::<u64>("rows.per.second")?
-            .unwrap_or(1000);
+            .unwrap_or(default_rate);
         let seed = options.take_parse::<u64>("seed")?.unwrap_or(42);
         let rows = options.take_parse::<u64>("rows")?;
         let partitions = options.take_parse::<usize>("partitions")?.unwrap_or(1);
@@ -169,16 +213,26 @@ impl SourceFactory for GeneratorSourceFactory {
     fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>> {
         let mut options = spec.options.clone();
         let opts = GeneratorOptions::parse(&mut options)?;
-        options.finish("the generator source", VALID_KEYS)?;
         match opts.kind.as_str() {
-            "downloads" => Ok(Box::new(GeneratorSource::<Downloads>::new(&spec, opts)?)),
-            "ticks" => Ok(Box::new(GeneratorSource::<Ticks>::new(&spec, opts)?)),
+            "downloads" => create::<Downloads>(&spec, opts, options),
+            "ticks" => create::<Ticks>(&spec, opts, options),
+            "nexmark" => create::<Nexmark>(&spec, opts, options),
             other => Err(WeirError::user(format!(
                 "option 'kind' must be one of {}, got '{other}'",
-                KINDS.join(" | ")
+                ALL_KINDS.join(" | ")
             ))),
         }
     }
+}
+
+fn create<K: Kind>(
+    spec: &SourceSpec,
+    mut opts: GeneratorOptions,
+    mut options: Options,
+) -> Result<Box<dyn Source>> {
+    let kind = K::configure(&mut opts, &mut options)?;
+    options.finish("the generator source", &K::valid_keys())?;
+    Ok(Box::new(GeneratorSource::new(spec, opts, kind)?))
 }
 
 /// Which generator column feeds each declared column, and the declared type.
@@ -189,8 +243,8 @@ struct ColumnPlan {
     sources: Vec<usize>,
 }
 
-fn plan_columns<K: Kind>(schema: &SchemaRef, kind: &str) -> Result<ColumnPlan> {
-    let available = K::columns();
+/// `what` names the generator in errors ("the 'ticks' generator").
+fn plan_columns(schema: &SchemaRef, available: &[ColumnDef], what: &str) -> Result<ColumnPlan> {
     let mut wanted = vec![false; available.len()];
     let mut sources = Vec::with_capacity(schema.fields().len());
     let mut unknown = Vec::new();
@@ -200,15 +254,10 @@ fn plan_columns<K: Kind>(schema: &SchemaRef, kind: &str) -> Result<ColumnPlan> {
             continue;
         };
         let def = &available[i];
-        check_castable(
-            field.name(),
-            &def.data_type,
-            field.data_type(),
-            &format!("the '{kind}' generator"),
-        )?;
+        check_castable(field.name(), &def.data_type, field.data_type(), what)?;
         if def.nullable && !field.is_nullable() {
             return Err(WeirError::user(format!(
-                "column '{}' is declared NOT NULL but the '{kind}' generator produces nulls in it",
+                "column '{}' is declared NOT NULL but {what} produces nulls in it",
                 field.name()
             )));
         }
@@ -218,7 +267,7 @@ fn plan_columns<K: Kind>(schema: &SchemaRef, kind: &str) -> Result<ColumnPlan> {
     if !unknown.is_empty() {
         let names: Vec<&str> = available.iter().map(|c| c.name).collect();
         return Err(WeirError::user(format!(
-            "the '{kind}' generator cannot produce column{} {}; it produces: {}",
+            "{what} cannot produce column{} {}; it produces: {}",
             if unknown.len() > 1 { "s" } else { "" },
             unknown.join(", "),
             names.join(", ")
@@ -249,10 +298,14 @@ pub(crate) struct GeneratorSource<K: Kind> {
 }
 
 impl<K: Kind> GeneratorSource<K> {
-    fn new(spec: &SourceSpec, opts: GeneratorOptions) -> Result<Self> {
-        let plan = plan_columns::<K>(&spec.schema, &opts.kind)?;
+    fn new(spec: &SourceSpec, opts: GeneratorOptions, kind: K) -> Result<Self> {
+        let plan = plan_columns(
+            &spec.schema,
+            &kind.table_columns(),
+            &kind.describe(&opts.kind),
+        )?;
         Ok(GeneratorSource {
-            kind: K::new(opts.seed),
+            kind,
             schema: spec.schema.clone(),
             plan,
             jitter: SplitMix64::new(mix(opts.seed ^ 0x6A17_7E42_0F0F_1234)),
@@ -332,14 +385,24 @@ impl<K: Kind> GeneratorSource<K> {
             .as_millis()
             .min(u128::from(u64::MAX)) as u64;
         let first = self.next_row;
+        let mut p = (first % parts as u64) as usize;
         for n in first..first + count {
-            let p = (n % parts as u64) as usize;
-            let mut ts = self.event_time(start_ms, n);
-            if ooo > 0 {
-                ts = ts.saturating_sub(self.jitter.below(ooo + 1) as i64);
-            }
+            let ts = if K::OWN_EVENT_TIME {
+                0
+            } else {
+                let ts = self.event_time(start_ms, n);
+                if ooo > 0 {
+                    ts.saturating_sub(self.jitter.below(ooo + 1) as i64)
+                } else {
+                    ts
+                }
+            };
             self.kind.append(&mut builders[p], n, ts);
             rows_per_part[p] += 1;
+            p += 1;
+            if p == parts {
+                p = 0;
+            }
         }
         self.next_row = first + count;
         for (p, b) in builders.iter_mut().enumerate() {
@@ -389,7 +452,9 @@ impl<K: Kind> GeneratorSource<K> {
                 now_ms - (self.event_time(0, from))
             }
         };
-        if from > 0 {
+        if from > 0 && K::RANDOM_ACCESS {
+            self.next_row = from;
+        } else if from > 0 {
             tracing::info!(
                 rows = from,
                 "generator fast-forwarding to the restored position"
@@ -762,14 +827,14 @@ mod tests {
         let e = create(downloads_schema(), &[], 100).err().unwrap();
         assert_eq!(
             e.to_string(),
-            "the generator source needs option 'kind' (downloads | ticks)"
+            "the generator source needs option 'kind' (downloads | ticks | nexmark)"
         );
         let e = create(downloads_schema(), &[("kind", "clicks")], 100)
             .err()
             .unwrap();
         assert_eq!(
             e.to_string(),
-            "option 'kind' must be one of downloads | ticks, got 'clicks'"
+            "option 'kind' must be one of downloads | ticks | nexmark, got 'clicks'"
         );
         let e = create(
             downloads_schema(),

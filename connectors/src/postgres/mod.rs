@@ -85,6 +85,44 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         .map_err(|e| WeirError::External(format!("applying Weir's migrations: {e}")))
 }
 
+/// The `url` option (or [`URL_ENV`]) as connection options for Weir's sessions. `what`
+/// names the object in errors ("the postgres sink").
+pub(crate) fn connect_options(options: &mut Options, what: &str) -> Result<PgConnectOptions> {
+    let url = match options.take("url") {
+        Some(u) => u,
+        None => std::env::var(URL_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "{what} needs option 'url' (postgres://user@host:port/database) \
+                         or the environment variable {URL_ENV}"
+                ))
+            })?,
+    };
+    let url = url.trim();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(WeirError::user(
+            "option 'url' is not a PostgreSQL URL like postgres://user@host:port/database",
+        ));
+    }
+    let mut connect = PgConnectOptions::from_str(url).map_err(|e| {
+        WeirError::user(format!(
+            "option 'url' is not a PostgreSQL URL like postgres://user@host:port/database: {e}"
+        ))
+    })?;
+    if connect.get_application_name().is_none() {
+        connect = connect.application_name("weir");
+    }
+    // The sink's statements are simple and many: compiling them (JIT) would only add
+    // latency. sqlx's own statement logging is replaced by the sink's.
+    connect = connect
+        .options([("jit", "off")])
+        .disable_statement_logging();
+
+    Ok(connect)
+}
+
 /// The parsed options.
 #[derive(Debug, Clone)]
 pub struct PostgresSinkOptions {
@@ -102,38 +140,7 @@ pub struct PostgresSinkOptions {
 impl PostgresSinkOptions {
     /// Parse and check the options (no I/O). `table` defaults to the view's name.
     pub fn parse(options: &mut Options, spec: &SinkSpec) -> Result<Self> {
-        let url = match options.take("url") {
-            Some(u) => u,
-            None => std::env::var(URL_ENV)
-                .ok()
-                .filter(|u| !u.trim().is_empty())
-                .ok_or_else(|| {
-                    WeirError::user(format!(
-                        "the postgres sink needs option 'url' (postgres://user@host:port/database) \
-                         or the environment variable {URL_ENV}"
-                    ))
-                })?,
-        };
-        let url = url.trim();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(WeirError::user(
-                "option 'url' is not a PostgreSQL URL like postgres://user@host:port/database",
-            ));
-        }
-        let mut connect = PgConnectOptions::from_str(url).map_err(|e| {
-            WeirError::user(format!(
-                "option 'url' is not a PostgreSQL URL like postgres://user@host:port/database: {e}"
-            ))
-        })?;
-        if connect.get_application_name().is_none() {
-            connect = connect.application_name("weir");
-        }
-        // The sink's statements are simple and many: compiling them (JIT) would only add
-        // latency. sqlx's own statement logging is replaced by the sink's.
-        connect = connect
-            .options([("jit", "off")])
-            .disable_statement_logging();
-
+        let connect = connect_options(options, "the postgres sink")?;
         let table = TableName::parse(&options.take_or("table", &spec.view))?;
         let primary_key = options.take("primary.key").map(|k| {
             k.split(',')

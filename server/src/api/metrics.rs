@@ -93,6 +93,7 @@ pub fn render(catalog: &Catalog) -> String {
                     ObjectKind::Source => "source",
                     ObjectKind::View => "view",
                     ObjectKind::Sink => "sink",
+                    ObjectKind::Table => "table",
                 },
                 escape(&o.name),
                 s.as_str(),

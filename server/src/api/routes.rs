@@ -45,6 +45,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_source, delete_source))
         .routes(routes!(get_view, delete_view))
         .routes(routes!(get_sink, delete_sink))
+        .routes(routes!(list_tables))
+        .routes(routes!(get_table, delete_table))
         .routes(routes!(view_rows))
         .routes(routes!(ws::subscribe_view))
         .routes(routes!(ws::subscribe_status))
@@ -104,6 +106,9 @@ pub struct Object {
     pub last_seq: Option<u64>,
     /// Live WebSocket subscribers (views).
     pub subscribers: Option<usize>,
+    /// The columns that identify a view's row (window bounds and group keys; views only).
+    /// With `EMIT EVERY`, a newer row with the same key replaces the earlier one.
+    pub key: Option<Vec<String>>,
     pub figures: Figures,
 }
 
@@ -112,6 +117,7 @@ pub fn kind_word(k: ObjectKind) -> &'static str {
         ObjectKind::Source => "source",
         ObjectKind::View => "view",
         ObjectKind::Sink => "sink",
+        ObjectKind::Table => "table",
     }
 }
 
@@ -141,6 +147,7 @@ pub fn object(o: &ObjectInfo) -> Object {
         input: o.input.clone(),
         last_seq: o.buffer.as_ref().map(|b| b.last_seq()),
         subscribers: o.buffer.as_ref().map(|b| b.subscribers()),
+        key: (o.kind == ObjectKind::View).then(|| o.key.clone()),
         figures: Figures {
             rows_in: s.rows_in,
             rows_out: s.rows_out,
@@ -544,6 +551,20 @@ pub struct SinkList {
     pub sinks: Vec<Object>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableList {
+    pub tables: Vec<Object>,
+}
+
+/// GET /api/v1/tables
+#[utoipa::path(get, path = "/api/v1/tables", tag = "objects",
+    responses((status = 200, description = "Every reference table (CREATE TABLE) with its figures: rows_in is the rows loaded last", body = TableList)))]
+async fn list_tables(State(state): State<AppState>) -> axum::Json<TableList> {
+    axum::Json(TableList {
+        tables: objects_of(&state, ObjectKind::Table),
+    })
+}
+
 /// GET /api/v1/sources
 #[utoipa::path(get, path = "/api/v1/sources", tag = "objects",
     responses((status = 200, description = "Every source with its figures", body = SourceList)))]
@@ -598,7 +619,7 @@ async fn drop_one(
         .catalog
         .objects()
         .iter()
-        .filter(|o| o.input.as_deref() == Some(name))
+        .filter(|o| o.inputs.iter().any(|i| i == name))
         .map(|o| serde_json::json!({"kind": kind_word(o.kind), "name": o.name}))
         .collect();
     if !dependents.is_empty() {
@@ -616,6 +637,7 @@ async fn drop_one(
         ObjectKind::Source => "SOURCE",
         ObjectKind::View => "MATERIALIZED VIEW",
         ObjectKind::Sink => "SINK",
+        ObjectKind::Table => "TABLE",
     };
     let sql = format!("DROP {keyword} \"{}\"", name.replace('"', "\"\""));
     let mut results = apply(state, sql).await?;
@@ -674,6 +696,13 @@ object_routes!(
     ObjectKind::Sink,
     "/api/v1/sinks/{name}",
     "sink"
+);
+object_routes!(
+    get_table,
+    delete_table,
+    ObjectKind::Table,
+    "/api/v1/tables/{name}",
+    "table"
 );
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,0 +1,180 @@
+//! Dead-letter files: records a source or a view could not use, kept for a human to look at.
+//!
+//! Each source or view gets one append-only JSON-lines file,
+//! `<data_dir>/dead-letter/<name>.jsonl`, one object per record. The directory and file are
+//! created on the first record, so a clean stream leaves nothing behind.
+//!
+//! - A source's malformed records ([`DeadLetterWriter::write`], through `'bad.records' =
+//!   'dead-letter'`): `{"source", "raw", "reason", "position", "time"}`.
+//! - A windowed view's late rows (`'late.policy' = 'dead-letter'`, see `docs/windows.md`):
+//!   `{"view", "row", "window_start", "window_end", "watermark", "reason", "time"}`, written
+//!   by the pipeline through [`DeadLetterWriter::append`].
+//!
+//! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds).
+
+use crate::error::{Result, WeirError};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Appends records to `<data_dir>/dead-letter/<name>.jsonl`.
+#[derive(Debug)]
+pub struct DeadLetterWriter {
+    name: String,
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    written: u64,
+}
+
+/// Epoch milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T10:00:00.000Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The wall-clock time now, as [`rfc3339_ms`] writes it.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl DeadLetterWriter {
+    /// A writer for the source or view `name`. Does no I/O until the first record.
+    pub fn new(data_dir: &Path, name: &str) -> Self {
+        DeadLetterWriter {
+            name: name.to_string(),
+            path: data_dir
+                .join("dead-letter")
+                .join(format!("{}.jsonl", sanitize(name))),
+            out: None,
+            written: 0,
+        }
+    }
+
+    /// The file this writer appends to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many records this writer has written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Append one bad record of a source (buffered; call [`Self::flush`] after each chunk).
+    pub fn write(&mut self, raw: &[u8], reason: &str, position: &str) -> Result<()> {
+        let line = serde_json::json!({
+            "source": self.name,
+            "raw": String::from_utf8_lossy(raw),
+            "reason": reason,
+            "position": position,
+            "time": now_rfc3339(),
+        });
+        self.append(&line)
+    }
+
+    /// Append one JSON object as a line (buffered; call [`Self::flush`] after each chunk).
+    pub fn append(&mut self, record: &serde_json::Value) -> Result<()> {
+        let mut bytes = serde_json::to_vec(record)
+            .map_err(|e| WeirError::Internal(format!("encoding a dead letter: {e}")))?;
+        bytes.push(b'\n');
+        self.open()?;
+        if let Some(out) = &mut self.out {
+            out.write_all(&bytes).map_err(|e| io_error(&self.path, e))?;
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Make what was written so far reach the file.
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(out) = &mut self.out {
+            out.flush().map_err(|e| io_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<()> {
+        match self.out {
+            Some(_) => Ok(()),
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+                }
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| io_error(&self.path, e))?;
+                self.out = Some(BufWriter::new(file));
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for DeadLetterWriter {
+    fn drop(&mut self) {
+        if let Some(out) = &mut self.out
+            && let Err(e) = out.flush()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "flushing dead letters failed");
+        }
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> WeirError {
+    WeirError::External(format!("dead-letter file {}: {e}", path.display()))
+}
+
+/// Keep a source or view name usable as a file name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn appends_lines_and_creates_the_file_lazily() {
+        let dir = std::env::temp_dir().join(format!(
+            "weir-dead-letter-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ));
+        let mut w = DeadLetterWriter::new(&dir, "a/b");
+        assert!(!w.path().exists());
+        w.write(b"not json", "bad", "line 1").unwrap();
+        w.append(&serde_json::json!({"view": "v", "row": {"x": 1}}))
+            .unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.written(), 2);
+        let text = std::fs::read_to_string(dir.join("dead-letter/a_b.jsonl")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["source"], "a/b");
+        assert_eq!(lines[0]["raw"], "not json");
+        assert_eq!(lines[0]["position"], "line 1");
+        assert_eq!(lines[1]["row"]["x"], 1);
+    }
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339_ms(1_714_557_600_000), "2024-05-01T10:00:00.000Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+}
