@@ -100,8 +100,10 @@ pub struct Object {
     pub reason: Option<String>,
     /// The connector (sources and sinks).
     pub connector: Option<String>,
-    /// What it reads (views and sinks).
+    /// What it reads (views and sinks); a join view's first input.
     pub input: Option<String>,
+    /// Everything it reads: both inputs of a join view.
+    pub inputs: Vec<String>,
     /// The seq of the newest row the view emitted (views).
     pub last_seq: Option<u64>,
     /// Live WebSocket subscribers (views).
@@ -145,6 +147,7 @@ pub fn object(o: &ObjectInfo) -> Object {
             .flatten(),
         connector: (o.kind != ObjectKind::View).then(|| o.detail.clone()),
         input: o.input.clone(),
+        inputs: o.inputs.clone(),
         last_seq: o.buffer.as_ref().map(|b| b.last_seq()),
         subscribers: o.buffer.as_ref().map(|b| b.subscribers()),
         key: (o.kind == ObjectKind::View).then(|| o.key.clone()),
