@@ -2,7 +2,7 @@
 # Apache Flink SQL (PyFlink, local mini-cluster) for the Nexmark comparison with Weir.
 # No Flink distribution and no Docker: pip's apache-flink in a venv of its own (it ships the
 # Flink runtime jars and starts a mini-cluster inside one JVM), plus the Kafka SQL connector
-# jar from Maven Central. See docs/nexmark-flink.md.
+# jar from Maven Central. See docs/nexmark.md ("Apache Flink SQL").
 #
 # Usage: scripts/flink.sh COMMAND [ARGS...]
 #

@@ -1,17 +1,17 @@
 -- Nexmark q7: highest bid. Per 10-second tumbling window, the bids with the window's
--- highest price (all of them on a tie).
--- PLACEHOLDER formulation: the windowed maximum joined back to the bids.
+-- highest price (all of them on a tie): a top-N per window over the raw bids, so each
+-- window holds only its best bids so far, not every bid (docs/windows.md, "Top-N per
+-- window"). The suite writes it as the windowed maximum joined back to the bids; the
+-- result is the same.
 -- reads: bid
 -- result: q7
 -- window_end: window_end
 
-CREATE MATERIALIZED VIEW q7_max AS
-SELECT window_start, window_end, max(price) AS max_price
-FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
-GROUP BY window_start, window_end;
-
 CREATE MATERIALIZED VIEW q7 AS
-SELECT b.auction, b.bidder, b.price, b.date_time, b.extra, m.window_start, m.window_end
-FROM bid AS b
-JOIN q7_max AS m
-  ON b.price = m.max_price AND b.date_time >= m.window_start AND b.date_time < m.window_end;
+SELECT auction, bidder, price, date_time, extra, window_start, window_end
+FROM (
+    SELECT auction, bidder, price, date_time, extra, window_start, window_end,
+           RANK() OVER (PARTITION BY window_start ORDER BY price DESC) AS price_rank
+    FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
+)
+WHERE price_rank = 1;

@@ -17,7 +17,14 @@
 #   NEXMARK_LATENCY_RATE  events/s of the paced latency runs (default 100000)
 #   NEXMARK_LATENCY_SECS  seconds measured per latency run, after 15 s warm-up (default 60)
 #   NEXMARK_SKIP          any of: kafka flink latency (space separated) to leave those out
-#   NEXMARK_BOOTSTRAP     Kafka bootstrap servers (default 127.0.0.1:19092, scripts/kafka.sh's)
+#   NEXMARK_KAFKA_PORT    port of the broker this script starts for itself with scripts/kafka.sh
+#                         (default 19392; controller on the port + 2; storage kept between
+#                         runs in ${TMPDIR:-/tmp}/weir-kafka/<port>). A broker of its own, so
+#                         that tests restarting the shared broker on 19092 (with empty
+#                         storage) cannot stop a run or delete its topics
+#   NEXMARK_BOOTSTRAP     use this Kafka cluster instead (nothing is started)
+#   NEXMARK_TIMEOUT       seconds after which one run is killed and recorded as failed
+#                         (default 1800)
 #   CARGO_TARGET_DIR      where cargo builds (default $HOME/.cache/weir-target)
 #
 # Weir runs pinned to CPU 0 with one Tokio worker (`taskset -c 0 ... --threads 1`): one core
@@ -39,7 +46,9 @@ OUT=${NEXMARK_OUT:-$ROOT/data/nexmark-results/$(date -u +%Y%m%dT%H%M%SZ)}
 LATENCY_RATE=${NEXMARK_LATENCY_RATE:-100000}
 LATENCY_SECS=${NEXMARK_LATENCY_SECS:-60}
 SKIP=" ${NEXMARK_SKIP:-} "
-BOOTSTRAP=${NEXMARK_BOOTSTRAP:-127.0.0.1:19092}
+TIMEOUT=${NEXMARK_TIMEOUT:-1800}
+KAFKA_PORT=${NEXMARK_KAFKA_PORT:-19392}
+BOOTSTRAP=${NEXMARK_BOOTSTRAP:-}
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}
 BENCH=$TARGET/release/weir-bench
 # Topics named after the input, so a second run with the same events reuses them.
@@ -81,7 +90,7 @@ run() {
     shift
     say "$tag: $*"
     local line
-    if line=$("$@" 2>"$OUT/$tag.log" | tail -n 1) && [[ "$line" == "{"* ]]; then
+    if line=$(timeout "$TIMEOUT" "$@" 2>"$OUT/$tag.log" | tail -n 1) && [[ "$line" == "{"* ]]; then
         record "$tag" "$line"
         say "$tag: $line"
     else
@@ -91,7 +100,13 @@ run() {
 }
 
 if ! skip kafka || ! skip flink; then
-    bash scripts/kafka.sh start >&2
+    if [[ -z "$BOOTSTRAP" ]]; then
+        export WEIR_KAFKA_PORT=$KAFKA_PORT WEIR_KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 2))
+        bash scripts/kafka.sh start --keep >&2
+        # Stopped at the end (its topics stay on disk for the next run).
+        trap 'bash scripts/kafka.sh stop >&2' EXIT
+        BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+    fi
     if [[ ! -f "$DATA/.complete" ]]; then
         say "generating $EVENTS events into $DATA"
         "$BENCH" nexmark-gen --events "$EVENTS" --event-rate "$RATE" --partitions "$PARTITIONS" \
@@ -162,6 +177,24 @@ for q in sys.argv[2].split():
         for k in ("weir-generator", "weir-kafka", "flink-p1", "flink-p2")
     ) + " MiB"
     print(f"| {q} | {num(wg)} | {num(wk)} | {num(f1)} | {num(f2)} | {num(fcore)} | {ratio} | {lat} | {mem} |")
+# Weir's two inputs hold the same events: their results must agree, with no late rows.
+notes = []
+for q in sys.argv[2].split():
+    rows = {k: get(q, k, "result_rows") for k in ("weir-generator", "weir-kafka")}
+    late = {k: get(q, k, "late_rows") for k in ("weir-generator", "weir-kafka", "weir-latency")}
+    if None not in rows.values() and len(set(rows.values())) > 1:
+        notes.append(f"{q}: {rows['weir-generator']:,} result rows from the generator, "
+                     f"{rows['weir-kafka']:,} from Kafka")
+    for k, n in late.items():
+        if n:
+            notes.append(f"{q}: {n:,} late rows in the {k} run")
+    for k in ("weir-generator", "weir-kafka", "flink-p1", "flink-p2", "weir-latency"):
+        if f"{q}-{k}" in runs and "error" in runs[f"{q}-{k}"]:
+            notes.append(f"{q}: the {k} run failed")
+if notes:
+    print()
+    for n in notes:
+        print(f"- WARNING {n}")
 EOF
 cat "$OUT/machine.txt"
 cat "$OUT/table.md"

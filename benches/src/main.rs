@@ -36,6 +36,12 @@ use weir_engine::options::Options;
 use weir_engine::pipeline::{EngineConfig, Pipeline};
 use weir_engine::runtime::{RunOptions, run};
 
+/// mimalloc keeps freed pages for reuse, where glibc malloc hands each micro-batch's column
+/// buffers back to the kernel and faults fresh pages in for the next (docs/nexmark.md,
+/// "Generator figures").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod nexmark_gen;
 mod pg;
 mod serve;

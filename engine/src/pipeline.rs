@@ -304,7 +304,7 @@ fn now_us() -> i64 {
 }
 
 /// A windowed view's state figures: open windows, groups, bytes.
-fn state_figures(s: &Stats, aggregate: &crate::window::WindowAggregator) {
+fn state_figures(s: &Stats, aggregate: &dyn crate::window::WindowOperator) {
     use std::sync::atomic::Ordering::Relaxed;
     s.open_windows
         .store(aggregate.open_windows() as u64, Relaxed);
@@ -1666,7 +1666,7 @@ impl Pipeline {
                     cv.emit_period,
                 )?;
                 report.open_groups += aggregate.open_groups() as u64;
-                state_figures(&v.stats, aggregate);
+                state_figures(&v.stats, aggregate.as_ref());
             }
             if let ViewPlanKind::Join { join, .. } = &mut v.plan.kind {
                 join.restore(restored.join_state(&name)?)?;
@@ -2036,8 +2036,8 @@ impl Pipeline {
         let emitted = match &mut v.plan.kind {
             ViewPlanKind::Stateless { plan } => plan.run(batch).await?,
             ViewPlanKind::Windowed { pre, aggregate, .. } => {
-                fold_window_batch(&v.name, &v.stats, pre, aggregate, batch).await?;
-                state_figures(&v.stats, aggregate);
+                fold_window_batch(&v.name, &v.stats, pre, aggregate.as_mut(), batch).await?;
+                state_figures(&v.stats, aggregate.as_ref());
                 vec![]
             }
             ViewPlanKind::Join { sides, join, post } => {
@@ -2160,7 +2160,7 @@ impl Pipeline {
                                 }
                             }
                         }
-                        state_figures(&v.stats, aggregate);
+                        state_figures(&v.stats, aggregate.as_ref());
                         aggregate.output_watermark(v.input_watermark)
                     }
                 }
@@ -2218,7 +2218,7 @@ async fn plan_query(p: PreparedView) -> Result<ViewPlan> {
     let mut plan = split_plan(physical, p.window.as_ref(), state.task_ctx())?;
     match &mut plan.kind {
         ViewPlanKind::Windowed { aggregate, .. } => {
-            aggregate.configure(p.emit_every, p.dead_letter);
+            aggregate.configure(p.emit_every, p.dead_letter)?;
             if p.emit_every.is_some() {
                 if plan.output_schema.field_with_name(IS_FINAL).is_ok() {
                     return Err(WeirError::user(format!(
@@ -2291,7 +2291,7 @@ async fn fold_window_batch(
     view: &str,
     stats: &Stats,
     pre: &crate::plan::SlotPlan,
-    aggregate: &mut crate::window::WindowAggregator,
+    aggregate: &mut dyn crate::window::WindowOperator,
     batch: RecordBatch,
 ) -> Result<()> {
     if aggregate.dead_letter().is_none() {
@@ -2362,7 +2362,7 @@ async fn fold_window_batch(
 fn dead_letter_rows(
     view: &str,
     stats: &Stats,
-    aggregate: &mut crate::window::WindowAggregator,
+    aggregate: &mut dyn crate::window::WindowOperator,
     input: &RecordBatch,
     offset: usize,
     u: &crate::window::UpdateStats,

@@ -27,17 +27,23 @@
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::sql::WindowSpec;
-use crate::window::WindowAggregator;
+use crate::window::{RankLimit, WindowAggregator, WindowOperator, WindowRows};
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::JoinType;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+use datafusion::physical_expr::split_conjunction;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::WindowExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::expressions::Column;
@@ -45,6 +51,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, displayable,
@@ -283,7 +290,7 @@ pub enum ViewPlanKind {
     },
     Windowed {
         pre: SlotPlan,
-        aggregate: Box<WindowAggregator>,
+        aggregate: Box<dyn WindowOperator>,
         post: SlotPlan,
     },
     /// A join of two streams.
@@ -337,7 +344,7 @@ impl ViewPlan {
         match &self.kind {
             ViewPlanKind::Stateless { .. } | ViewPlanKind::Join { .. } => vec![],
             ViewPlanKind::Windowed { aggregate, .. } => {
-                let names = aggregate.group_names();
+                let names = aggregate.key_names();
                 // Group columns as they appear in the output (they may be renamed by aliases,
                 // so only keep those present).
                 names
@@ -390,7 +397,12 @@ pub fn split_plan(
         _ => return split_join(physical, task_ctx),
     };
     let aggs = find_aggregates(&physical);
+    let ranked = window_function_nodes(&physical);
     let Some(top) = aggs.first().cloned() else {
+        if !ranked.is_empty() {
+            return split_window_rows(physical, window, inputs[0].clone(), &ranked, task_ctx);
+        }
+        reject_per_batch_limits(&physical)?;
         let slot = inputs[0].1.clone();
         return Ok(ViewPlan {
             inputs: vec![input],
@@ -433,6 +445,12 @@ pub fn split_plan(
         .downcast_ref::<AggregateExec>()
         .ok_or_else(|| WeirError::Internal("aggregate downcast".into()))?;
     let pre_plan = raw_exec.input().clone();
+    if !window_function_nodes(&pre_plan).is_empty() {
+        return Err(WeirError::user(
+            "window functions (OVER) below a streaming aggregation are not supported: rank in \
+             a view of its own (PARTITION BY window_start) and aggregate over that view",
+        ));
+    }
     let aggregate = Box::new(WindowAggregator::try_new(raw_exec, top.schema(), window)?);
     let slot = Arc::new(BatchSlot::default());
     let agg_out = top.schema();
@@ -452,6 +470,276 @@ pub fn split_plan(
             post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     })
+}
+
+/// The window-function operators of a plan, outermost first.
+fn window_function_nodes(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
+    let mut out = Vec::new();
+    let _ = plan.apply(|node| {
+        if window_exprs(node).is_some() {
+            out.push(node.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// A window-function operator's expressions and its input.
+type WindowOperatorParts = (Vec<Arc<dyn WindowExpr>>, Arc<dyn ExecutionPlan>);
+
+fn window_exprs(node: &Arc<dyn ExecutionPlan>) -> Option<WindowOperatorParts> {
+    if let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() {
+        return Some((w.window_expr().to_vec(), w.input().clone()));
+    }
+    if let Some(w) = node.downcast_ref::<WindowAggExec>() {
+        return Some((w.window_expr().to_vec(), w.input().clone()));
+    }
+    None
+}
+
+/// Operators that pass rows through in the same schema.
+fn is_pass_through(node: &Arc<dyn ExecutionPlan>) -> bool {
+    matches!(
+        node.name(),
+        "SortExec"
+            | "CooperativeExec"
+            | "CoalesceBatchesExec"
+            | "CoalescePartitionsExec"
+            | "RepartitionExec"
+            | "SortPreservingMergeExec"
+    ) && node.children().len() == 1
+}
+
+/// Whether `column` of `schema` is a window bound.
+fn is_window_bound(e: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> bool {
+    e.downcast_ref::<Column>().is_some_and(|c| {
+        c.index() < schema.fields().len()
+            && matches!(
+                schema.field(c.index()).name().as_str(),
+                "window_start" | "window_end"
+            )
+    })
+}
+
+/// A LIMIT over unwindowed rows would apply to each micro-batch.
+fn reject_per_batch_limits(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        let limited = match node.name() {
+            "GlobalLimitExec" | "LocalLimitExec" => true,
+            "SortExec" | "SortExec(TopK)" => node.fetch().is_some(),
+            _ => false,
+        };
+        found |= limited;
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if found {
+        return Err(WeirError::user(
+            "LIMIT over a stream is not supported: a stream has no end to count from. For the \
+             first N rows of each window, rank them: SELECT * FROM (SELECT *, ROW_NUMBER() OVER \
+             (PARTITION BY window_start ORDER BY ...) AS rn FROM TUMBLE(...)) WHERE rn <= N",
+        ));
+    }
+    Ok(())
+}
+
+/// Split a view whose window functions read unaggregated rows of a window (top-N per
+/// window) at the lowest window-function operator: the pre plan (scan, WHERE, window
+/// columns) runs per micro-batch, [`WindowRows`] holds each window's rows (or its top-N
+/// candidates), and the post plan (sort, window functions, the filter and projection above)
+/// runs over each closed window.
+fn split_window_rows(
+    physical: Arc<dyn ExecutionPlan>,
+    window: Option<&WindowSpec>,
+    (input, input_slot): (String, Arc<BatchSlot>),
+    nodes: &[Arc<dyn ExecutionPlan>],
+    task_ctx: Arc<TaskContext>,
+) -> Result<ViewPlan> {
+    const NEEDS_WINDOW: &str = "window functions (OVER) over a stream need a window to rank \
+        in: read FROM TUMBLE(source, time_column, INTERVAL '...') and PARTITION BY window_start";
+    let Some(window) = window else {
+        return Err(WeirError::user(NEEDS_WINDOW));
+    };
+    for node in nodes {
+        let Some((exprs, node_input)) = window_exprs(node) else {
+            continue;
+        };
+        let schema = node_input.schema();
+        for e in &exprs {
+            if !e.partition_by().iter().any(|p| is_window_bound(p, &schema)) {
+                return Err(WeirError::user(format!(
+                    "{NEEDS_WINDOW}; {} is not partitioned by window_start",
+                    e.name().split(" PARTITION BY").next().unwrap_or(e.name())
+                )));
+            }
+        }
+    }
+    let lowest = nodes[nodes.len() - 1].clone();
+    let Some((_, mut pre_top)) = window_exprs(&lowest) else {
+        return Err(WeirError::Internal("window operator downcast".into()));
+    };
+    while is_pass_through(&pre_top) {
+        pre_top = pre_top.children()[0].clone();
+    }
+    let limit = rank_limit(&physical, &lowest);
+    let schema = pre_top.schema();
+    let rows = WindowRows::try_new(
+        window.kind,
+        window.time_column.clone(),
+        schema.clone(),
+        limit,
+    )?;
+    let output_schema = physical.schema();
+    let slot = Arc::new(BatchSlot::default());
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+        "window rows".into(),
+        schema,
+        None,
+        slot.clone(),
+    )?);
+    let post_plan = replace_node(physical, &pre_top, leaf)?;
+    Ok(ViewPlan {
+        inputs: vec![input],
+        output_schema,
+        kind: ViewPlanKind::Windowed {
+            pre: SlotPlan::new(pre_top, input_slot, task_ctx.clone()),
+            aggregate: Box::new(rows),
+            post: SlotPlan::new(post_plan, slot, task_ctx),
+        },
+    })
+}
+
+/// The top-N a view keeps, when only ranking functions (ROW_NUMBER, RANK, DENSE_RANK, all
+/// over the same partitions and order) run in `lowest` and a filter right above it keeps
+/// ranks up to N: then only each partition's N best rows (ties included) need keeping.
+fn rank_limit(
+    physical: &Arc<dyn ExecutionPlan>,
+    lowest: &Arc<dyn ExecutionPlan>,
+) -> Option<RankLimit> {
+    let (exprs, input) = window_exprs(lowest)?;
+    let first = exprs.first()?;
+    let same = |e: &Arc<dyn WindowExpr>| {
+        let p = |e: &Arc<dyn WindowExpr>| {
+            e.partition_by()
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+        };
+        let o = |e: &Arc<dyn WindowExpr>| {
+            e.order_by()
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+        };
+        p(e) == p(first) && o(e) == o(first)
+    };
+    let mut dense = false;
+    for e in &exprs {
+        let name = e.name().to_ascii_lowercase();
+        if name.starts_with("dense_rank(") {
+            dense = true;
+        } else if !(name.starts_with("row_number(") || name.starts_with("rank(")) {
+            return None;
+        }
+        if !same(e) {
+            return None;
+        }
+    }
+    if first.order_by().is_empty() {
+        return None;
+    }
+    let schema = input.schema();
+    let width = schema.fields().len();
+    let is_rank = |i: usize| i >= width && i < width + exprs.len();
+    // Filters above the window operator (through projections and other filters), and the
+    // smallest rank bound in them.
+    let mut n: Option<i64> = None;
+    let _ = physical.apply(|node| {
+        if let Some(f) = node.downcast_ref::<FilterExec>() {
+            for c in split_conjunction(f.predicate()) {
+                let column_of_rank =
+                    |i: usize| column_through(f.input(), i, lowest).is_some_and(is_rank);
+                if let Some(bound) = rank_bound(c, &column_of_rank) {
+                    n = Some(n.map_or(bound, |m| m.min(bound)));
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    Some(RankLimit {
+        n: n?.max(1) as usize,
+        dense,
+        partition: first
+            .partition_by()
+            .iter()
+            .filter(|p| !is_window_bound(p, &schema))
+            .cloned()
+            .collect(),
+        order: first.order_by().to_vec(),
+    })
+}
+
+/// Column `i` of `plan`'s output as a column of `target`'s output, following projections,
+/// filters and pass-through operators down to `target`.
+fn column_through(
+    plan: &Arc<dyn ExecutionPlan>,
+    i: usize,
+    target: &Arc<dyn ExecutionPlan>,
+) -> Option<usize> {
+    if Arc::ptr_eq(plan, target) {
+        return Some(i);
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let c = p.expr().get(i)?.expr.downcast_ref::<Column>()?;
+        return column_through(p.input(), c.index(), target);
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let i = match f.projection() {
+            Some(p) => *p.get(i)?,
+            None => i,
+        };
+        return column_through(f.input(), i, target);
+    }
+    if is_pass_through(plan) {
+        return column_through(&plan.children()[0].clone(), i, target);
+    }
+    None
+}
+
+/// N from `rank <= N`, `rank < N + 1` or `rank = N` (either way round), where `rank(i)`
+/// tells whether column `i` is a rank.
+fn rank_bound(e: &Arc<dyn PhysicalExpr>, rank_column: &dyn Fn(usize) -> bool) -> Option<i64> {
+    let b = e.downcast_ref::<BinaryExpr>()?;
+    let rank = |x: &Arc<dyn PhysicalExpr>| {
+        x.downcast_ref::<Column>()
+            .is_some_and(|c| rank_column(c.index()))
+    };
+    let value = |x: &Arc<dyn PhysicalExpr>| match x
+        .downcast_ref::<Literal>()?
+        .value()
+        .cast_to(&DataType::Int64)
+    {
+        Ok(ScalarValue::Int64(Some(v))) => Some(v),
+        _ => None,
+    };
+    let (op, v) = if rank(b.left()) {
+        (*b.op(), value(b.right())?)
+    } else if rank(b.right()) {
+        let flipped = match b.op() {
+            Operator::Gt => Operator::Lt,
+            Operator::GtEq => Operator::LtEq,
+            Operator::Eq => Operator::Eq,
+            _ => return None,
+        };
+        (flipped, value(b.left())?)
+    } else {
+        return None;
+    };
+    match op {
+        Operator::LtEq | Operator::Eq => Some(v),
+        Operator::Lt => Some(v - 1),
+        _ => None,
+    }
 }
 
 /// `plan` with the node `target` replaced by `leaf`.
@@ -550,6 +838,12 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
         return Err(WeirError::user(
             "a view may join two streams; to join more, join two in one view and join that \
              view with the next stream in another view",
+        ));
+    }
+    if !window_function_nodes(&physical).is_empty() {
+        return Err(WeirError::user(
+            "window functions (OVER) in a view that joins two streams are not supported: \
+             create the join as its own view and rank over that view",
         ));
     }
     let hj = top

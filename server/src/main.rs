@@ -4,6 +4,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use weir_server::app::{self, Args};
 
+/// mimalloc keeps freed pages for reuse, where glibc malloc hands each micro-batch's column
+/// buffers back to the kernel and faults fresh pages in for the next (docs/nexmark.md,
+/// "Generator figures").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "weir",

@@ -188,6 +188,24 @@ const VIEWS: &[(&str, &str)] = &[
          FROM SESSION(events, ts, INTERVAL '3' SECOND) \
          GROUP BY user_id, window_start, window_end HAVING count(*) >= 3",
     ),
+    (
+        "top_bytes",
+        "SELECT * FROM (SELECT window_start, region, user_id, bytes, ts, \
+         ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY bytes DESC, ts, user_id, region) AS rn \
+         FROM TUMBLE(events, ts, INTERVAL '10' SECOND)) AS t WHERE rn <= 3",
+    ),
+    (
+        "fastest_per_region",
+        "SELECT window_start, region, speed, r FROM (SELECT window_start, region, speed, \
+         RANK() OVER (PARTITION BY window_start, region ORDER BY speed DESC NULLS LAST) AS r \
+         FROM TUMBLE(events, ts, INTERVAL '10' SECOND)) AS t WHERE r < 3",
+    ),
+    (
+        "hop_top_bytes",
+        "SELECT window_start, window_end, bytes, dr FROM (SELECT window_start, window_end, bytes, \
+         DENSE_RANK() OVER (PARTITION BY window_start ORDER BY bytes DESC) AS dr \
+         FROM HOP(events, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND)) AS t WHERE dr <= 2",
+    ),
 ];
 
 /// The batch answer: the same SQL with the window function written out.

@@ -1,7 +1,7 @@
 """Run one Nexmark query on Apache Flink SQL (PyFlink, local mini-cluster) and print one JSON line.
 
 Called through `scripts/flink.sh run ARGS...`, which runs it in the venv that
-`scripts/flink.sh install` made and passes --jars-dir. See docs/nexmark-flink.md.
+`scripts/flink.sh install` made and passes --jars-dir. See docs/nexmark.md ("Apache Flink SQL").
 
     run.py --query q5 --parallelism 2 --source kafka --bootstrap 127.0.0.1:19092
     run.py --query q5 --parallelism 1 --source files --dir /tmp/nexmark-100k \\
@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="flink.sh run",
         description="Run one Nexmark query on Flink SQL (local mini-cluster) and print one "
-        "JSON line of results. See docs/nexmark-flink.md.",
+        "JSON line of results. See docs/nexmark.md ("Apache Flink SQL").",
     )
     p.add_argument("--query", choices=QUERIES, help="the Nexmark query")
     p.add_argument("--parallelism", type=int, choices=(1, 2), default=1)

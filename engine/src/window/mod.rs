@@ -20,6 +20,7 @@
 
 mod groups;
 mod panes;
+mod rows;
 mod session;
 
 use crate::dead_letter::DeadLetterWriter;
@@ -38,6 +39,8 @@ use panes::Panes;
 use session::Sessions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
 const LATE_HOP: &str = "late: every window containing it had already closed";
@@ -102,6 +105,131 @@ pub struct WindowAggregator {
     dead_letter: Option<DeadLetterWriter>,
 }
 
+/// What a windowed view runs between its pre plan (per micro-batch) and its post plan (per
+/// closed window): the window aggregate ([`WindowAggregator`]), or the rows of each window
+/// for window functions over unaggregated rows ([`WindowRows`], top-N per window).
+pub trait WindowOperator: Send {
+    /// Early results every `every` of processing time (`EMIT EVERY`), and where late rows
+    /// go (`None`: dropped).
+    fn configure(
+        &mut self,
+        every: Option<std::time::Duration>,
+        dead_letter: Option<DeadLetterWriter>,
+    ) -> Result<()>;
+    /// The writer late rows go to, with `'late.policy' = 'dead-letter'`.
+    fn dead_letter(&mut self) -> Option<&mut DeadLetterWriter>;
+    /// The column of the view's input the window reads event time from.
+    fn input_time_column(&self) -> &str;
+    /// The output columns that identify a result row (empty: rows are only appended).
+    fn key_names(&self) -> Vec<String>;
+    fn describe(&self) -> String;
+    /// Open windows.
+    fn open_windows(&self) -> usize;
+    /// Groups (or rows, for [`WindowRows`]) held.
+    fn open_groups(&self) -> usize;
+    /// Approximate bytes of state.
+    fn state_bytes(&self) -> usize;
+    /// Take one batch of the pre plan's output; late rows are left out and listed.
+    fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats>;
+    /// Close every window ending at or before `watermark_ms`, oldest first: one batch per
+    /// window for the post plan.
+    fn close(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>>;
+    /// Start the `EMIT EVERY` clock at processing time `now_ms` (a new view).
+    fn start_clock(&mut self, _now_ms: i64) {}
+    /// Whether early results are due at processing time `now_ms`.
+    fn emit_due(&mut self, _now_ms: i64) -> bool {
+        false
+    }
+    /// The `EMIT EVERY` clock, for checkpoints.
+    fn emit_period(&self) -> Option<i64> {
+        None
+    }
+    /// Early results of the open windows that changed.
+    fn early(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(vec![])
+    }
+    /// Windows ending at or before this (ms) have closed.
+    fn closed_through(&self) -> i64;
+    /// The open state as batches (the state stays).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>>;
+    /// Load state written by `snapshot` into an operator built from the same view.
+    fn restore(
+        &mut self,
+        batches: &[RecordBatch],
+        closed_through: i64,
+        emit_period: Option<i64>,
+    ) -> Result<()>;
+    /// The watermark this operator can promise downstream.
+    fn output_watermark(&self, input_watermark: i64) -> i64;
+}
+
+impl WindowOperator for WindowAggregator {
+    fn configure(
+        &mut self,
+        every: Option<std::time::Duration>,
+        dead_letter: Option<DeadLetterWriter>,
+    ) -> Result<()> {
+        WindowAggregator::configure(self, every, dead_letter);
+        Ok(())
+    }
+    fn dead_letter(&mut self) -> Option<&mut DeadLetterWriter> {
+        WindowAggregator::dead_letter(self)
+    }
+    fn input_time_column(&self) -> &str {
+        WindowAggregator::input_time_column(self)
+    }
+    fn key_names(&self) -> Vec<String> {
+        self.group_names()
+    }
+    fn describe(&self) -> String {
+        WindowAggregator::describe(self)
+    }
+    fn open_windows(&self) -> usize {
+        WindowAggregator::open_windows(self)
+    }
+    fn open_groups(&self) -> usize {
+        WindowAggregator::open_groups(self)
+    }
+    fn state_bytes(&self) -> usize {
+        WindowAggregator::state_bytes(self)
+    }
+    fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+        WindowAggregator::update(self, batch)
+    }
+    fn close(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>> {
+        WindowAggregator::close(self, watermark_ms)
+    }
+    fn start_clock(&mut self, now_ms: i64) {
+        WindowAggregator::start_clock(self, now_ms)
+    }
+    fn emit_due(&mut self, now_ms: i64) -> bool {
+        WindowAggregator::emit_due(self, now_ms)
+    }
+    fn emit_period(&self) -> Option<i64> {
+        WindowAggregator::emit_period(self)
+    }
+    fn early(&mut self) -> Result<Vec<RecordBatch>> {
+        WindowAggregator::early(self)
+    }
+    fn closed_through(&self) -> i64 {
+        WindowAggregator::closed_through(self)
+    }
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        WindowAggregator::snapshot(self)
+    }
+    fn restore(
+        &mut self,
+        batches: &[RecordBatch],
+        closed_through: i64,
+        emit_period: Option<i64>,
+    ) -> Result<()> {
+        WindowAggregator::restore(self, batches, closed_through, emit_period)
+    }
+    fn output_watermark(&self, input_watermark: i64) -> i64 {
+        WindowAggregator::output_watermark(self, input_watermark)
+    }
+}
+
 /// Epoch ms from a timestamp column's raw values.
 fn to_ms(v: i64, unit: TimeUnit) -> i64 {
     match unit {
@@ -110,6 +238,24 @@ fn to_ms(v: i64, unit: TimeUnit) -> i64 {
         TimeUnit::Microsecond => v.div_euclid(1_000),
         TimeUnit::Nanosecond => v.div_euclid(1_000_000),
     }
+}
+
+/// A timestamp column's values in epoch ms, minus `shift`.
+fn shifted_ms(col: &ArrayRef, shift: i64) -> Result<Vec<Option<i64>>> {
+    let DataType::Timestamp(unit, _) = col.data_type().clone() else {
+        return Err(WeirError::Internal(
+            "window column is not a timestamp".into(),
+        ));
+    };
+    let raw = cast(col, &DataType::Int64)?;
+    let raw = raw
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| WeirError::Internal("window column cast".into()))?;
+    Ok(raw
+        .iter()
+        .map(|v| v.map(|v| to_ms(v, unit).saturating_sub(shift)))
+        .collect())
 }
 
 /// A column of type `t` (a timestamp) holding epoch ms `values`.
@@ -367,21 +513,7 @@ impl WindowAggregator {
         let col = self.group_exprs[self.time_column]
             .evaluate(batch)?
             .into_array(n)?;
-        let DataType::Timestamp(unit, _) = col.data_type().clone() else {
-            return Err(WeirError::Internal(
-                "window column is not a timestamp".into(),
-            ));
-        };
-        let raw = cast(&col, &DataType::Int64)?;
-        let raw = raw
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| WeirError::Internal("window column cast".into()))?;
-        let shift = self.time_shift;
-        Ok(raw
-            .iter()
-            .map(|v| v.map(|v| to_ms(v, unit).saturating_sub(shift)))
-            .collect())
+        shifted_ms(&col, self.time_shift)
     }
 
     fn inputs(&self, batch: &RecordBatch, n: usize) -> Result<Inputs> {
@@ -457,22 +589,8 @@ impl WindowAggregator {
                     )?;
                     n
                 } else {
-                    let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-                    for (i, t) in times.iter().enumerate() {
-                        match t {
-                            Some(p) if on_time(t) => by_pane.entry(*p).or_default().push(i as u32),
-                            Some(p) => late.push(LateRow {
-                                row: i,
-                                window: Some((*p, p.saturating_add(size))),
-                                reason,
-                            }),
-                            None => late.push(LateRow {
-                                row: i,
-                                window: None,
-                                reason: LATE_NO_TIME,
-                            }),
-                        }
-                    }
+                    let (by_pane, mut missed) = split_by_pane(&times, size, closed, reason);
+                    late.append(&mut missed);
                     let mut accepted = 0;
                     for (p, rows) in by_pane {
                         let m = rows.len();
@@ -782,11 +900,7 @@ impl WindowAggregator {
         match &self.store {
             // The first window still open: the smallest aligned start with an end after
             // the watermark.
-            Store::Panes(p) => input_watermark
-                .saturating_sub(p.size)
-                .div_euclid(p.slide)
-                .saturating_mul(p.slide)
-                .saturating_add(p.slide),
+            Store::Panes(p) => panes::first_open_window(p.slide, p.size, input_watermark),
             // New sessions start after the watermark minus the gap; an open session can
             // grow backwards by less than a gap.
             Store::Sessions(s) => {
@@ -806,6 +920,36 @@ fn batch_in(schema: &SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
         .map(|(c, f)| cast_to(c, f.data_type()))
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Rows by pane (`times`: each row's pane start), and the late ones: a row is late when the
+/// last window holding it, `[pane, pane + size)`, ended at or before `closed`.
+fn split_by_pane(
+    times: &[Option<i64>],
+    size: i64,
+    closed: i64,
+    reason: &'static str,
+) -> (BTreeMap<i64, Vec<u32>>, Vec<LateRow>) {
+    let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    let mut late = Vec::new();
+    for (i, t) in times.iter().enumerate() {
+        match t {
+            Some(p) if p.saturating_add(size) > closed => {
+                by_pane.entry(*p).or_default().push(i as u32)
+            }
+            Some(p) => late.push(LateRow {
+                row: i,
+                window: Some((*p, p.saturating_add(size))),
+                reason,
+            }),
+            None => late.push(LateRow {
+                row: i,
+                window: None,
+                reason: LATE_NO_TIME,
+            }),
+        }
+    }
+    (by_pane, late)
 }
 
 /// Keep only rows where `mask` is true in every array (helper for callers).

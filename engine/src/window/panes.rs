@@ -71,6 +71,25 @@ impl Pane {
     }
 }
 
+/// The starts of the `size`-long windows every `slide` containing pane `p` that end after
+/// `after`, oldest first.
+pub(crate) fn windows_of(slide: i64, size: i64, p: i64, after: i64) -> impl Iterator<Item = i64> {
+    (0..size / slide)
+        .rev()
+        .map(move |j| p - j * slide)
+        .filter(move |s| s.saturating_add(size) > after)
+}
+
+/// The start of the first window (`size` long, every `slide`) still open at `watermark`:
+/// the smallest aligned start with an end after it.
+pub(crate) fn first_open_window(slide: i64, size: i64, watermark: i64) -> i64 {
+    watermark
+        .saturating_sub(size)
+        .div_euclid(slide)
+        .saturating_mul(slide)
+        .saturating_add(slide)
+}
+
 pub(crate) struct Panes {
     pub slide: i64,
     pub size: i64,
@@ -92,11 +111,8 @@ impl Panes {
     }
 
     /// The starts of the windows containing pane `p` that end after `after`, oldest first.
-    fn windows_of(&self, p: i64, after: i64) -> impl Iterator<Item = i64> + '_ {
-        (0..self.per_pane())
-            .rev()
-            .map(move |j| p - j * self.slide)
-            .filter(move |s| s.saturating_add(self.size) > after)
+    fn windows_of(&self, p: i64, after: i64) -> impl Iterator<Item = i64> + use<> {
+        windows_of(self.slide, self.size, p, after)
     }
 
     /// Fold rows of pane `p` in.
