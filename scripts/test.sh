@@ -62,6 +62,14 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "Python and shell syntax of the benchmark scripts (the Flink runner is not run in CI)"
+python3 -c 'import ast, sys
+for f in sys.argv[1:]:
+    ast.parse(open(f).read(), f)' benches/nexmark/flink/*.py
+for f in scripts/*.sh benches/*.sh benches/nexmark/*.sh; do
+    bash -n "$f"
+done
+
 step "building the tests"
 cargo test --workspace --no-run
 

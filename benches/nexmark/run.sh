@@ -25,6 +25,8 @@
 #   NEXMARK_BOOTSTRAP     use this Kafka cluster instead (nothing is started)
 #   NEXMARK_TIMEOUT       seconds after which one run is killed and recorded as failed
 #                         (default 1800)
+#   NEXMARK_BENCHMARKS    1 (default): write the table, the machine and the command into
+#                         BENCHMARKS.md, between its nexmark-table markers; 0: leave it
 #   CARGO_TARGET_DIR      where cargo builds (default $HOME/.cache/weir-target)
 #
 # Weir runs pinned to CPU 0 with one Tokio worker (`taskset -c 0 ... --threads 1`): one core
@@ -198,4 +200,34 @@ if notes:
 EOF
 cat "$OUT/machine.txt"
 cat "$OUT/table.md"
+
+if [[ "${NEXMARK_BENCHMARKS:-1}" == 1 ]]; then
+    # Replace what is between the markers in BENCHMARKS.md with this run.
+    python3 - "$ROOT/BENCHMARKS.md" "$OUT" "$EVENTS" "$RATE" "$QUERIES" <<'EOF'
+import pathlib, sys
+md, out, events, rate, queries = sys.argv[1:]
+begin, end = "<!-- nexmark-table:begin -->", "<!-- nexmark-table:end -->"
+text = pathlib.Path(md).read_text()
+if begin not in text or end not in text:
+    sys.exit(f"run.sh: {md} has no {begin} ... {end} markers; table left in {out}/table.md")
+machine = pathlib.Path(out, "machine.txt").read_text().strip()
+table = pathlib.Path(out, "table.md").read_text().strip()
+rel = pathlib.Path(out).name
+block = f"""{begin}
+Written by `benches/nexmark/run.sh` (`NEXMARK_EVENTS={events} NEXMARK_EVENT_RATE={rate}
+NEXMARK_QUERIES="{queries}"`); every run's JSON line is in
+`data/nexmark-results/{rel}/results.jsonl` on the machine that ran it.
+
+```text
+{machine}
+```
+
+{table}
+{end}"""
+head, rest = text.split(begin, 1)
+tail = rest.split(end, 1)[1]
+pathlib.Path(md).write_text(head + block + tail)
+print(f"run.sh: table written to {md}", file=sys.stderr)
+EOF
+fi
 say "results: $RESULTS; table: $OUT/table.md"

@@ -511,6 +511,10 @@ async fn kafka_load(bootstrap: &str, topic: &str, partitions: i32, input: &Path)
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         rdkafka::ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
+            // Without idempotence a retried produce request can land after later ones:
+            // a partition's events would then be out of event-time order (seen: 25 s
+            // back on 3 of 8 partitions under load), and readers would see late rows.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "20")
             .set("batch.size", "1000000")
             .set("compression.type", "lz4")

@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="flink.sh run",
         description="Run one Nexmark query on Flink SQL (local mini-cluster) and print one "
-        "JSON line of results. See docs/nexmark.md ("Apache Flink SQL").",
+        "JSON line of results. See docs/nexmark.md, 'Apache Flink SQL'.",
     )
     p.add_argument("--query", choices=QUERIES, help="the Nexmark query")
     p.add_argument("--parallelism", type=int, choices=(1, 2), default=1)
