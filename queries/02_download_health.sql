@@ -21,6 +21,20 @@ ORDER BY downloads DESC, content_id
 LIMIT 10
 EMIT ON WINDOW CLOSE;
 
+-- The three slowest successful downloads of each minute in each region: a top-N over the
+-- raw events (each open minute keeps only its three slowest per region so far, see
+-- docs/windows.md).
+CREATE MATERIALIZED VIEW slowest_downloads AS
+SELECT window_start, window_end, region, event_id, content_id, speed_mbps, speed_rank
+FROM (
+    SELECT window_start, window_end, region, event_id, content_id, speed_mbps,
+           ROW_NUMBER() OVER (PARTITION BY window_start, region
+                              ORDER BY speed_mbps ASC NULLS LAST, event_id) AS speed_rank
+    FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE)
+    WHERE status = 'success'
+)
+WHERE speed_rank <= 3;
+
 -- Alert when a region's error rate goes over 5% in a minute.
 CREATE MATERIALIZED VIEW download_alerts AS
 SELECT window_start, region, downloads, failures,

@@ -556,7 +556,8 @@ fn split_window_rows(
     task_ctx: Arc<TaskContext>,
 ) -> Result<ViewPlan> {
     const NEEDS_WINDOW: &str = "window functions (OVER) over a stream need a window to rank \
-        in: read FROM TUMBLE(source, time_column, INTERVAL '...') and PARTITION BY window_start";
+        in: read FROM TUMBLE(source, time_column, INTERVAL '...') (over a windowed view: \
+        TUMBLE(view, window_start, INTERVAL 'its window size')) and PARTITION BY window_start";
     let Some(window) = window else {
         return Err(WeirError::user(NEEDS_WINDOW));
     };
