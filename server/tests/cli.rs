@@ -470,7 +470,7 @@ fn check_plans_the_kafka_demo_without_a_broker() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("ok: 11 objects"), "{stdout}");
+    assert!(stdout.contains("ok: 12 objects"), "{stdout}");
     assert!(
         !stdout.contains("embedded Kafka-protocol broker"),
         "{stdout}"
