@@ -680,6 +680,27 @@ fn rank_limit(
     })
 }
 
+/// One step down: the child of a projection, filter or pass-through operator and the index
+/// there of `plan`'s output column `i`, when that column is a child column passed through
+/// unchanged (renamed at most).
+fn column_below(
+    plan: &Arc<dyn ExecutionPlan>,
+    i: usize,
+) -> Option<(Arc<dyn ExecutionPlan>, usize)> {
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let c = p.expr().get(i)?.expr.downcast_ref::<Column>()?;
+        return Some((p.input().clone(), c.index()));
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let i = match f.projection() {
+            Some(p) => *p.get(i)?,
+            None => i,
+        };
+        return Some((f.input().clone(), i));
+    }
+    is_pass_through(plan).then(|| (plan.children()[0].clone(), i))
+}
+
 /// Column `i` of `plan`'s output as a column of `target`'s output, following projections,
 /// filters and pass-through operators down to `target`.
 fn column_through(
@@ -687,24 +708,11 @@ fn column_through(
     i: usize,
     target: &Arc<dyn ExecutionPlan>,
 ) -> Option<usize> {
-    if Arc::ptr_eq(plan, target) {
-        return Some(i);
+    let (mut plan, mut i) = (plan.clone(), i);
+    while !Arc::ptr_eq(&plan, target) {
+        (plan, i) = column_below(&plan, i)?;
     }
-    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
-        let c = p.expr().get(i)?.expr.downcast_ref::<Column>()?;
-        return column_through(p.input(), c.index(), target);
-    }
-    if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        let i = match f.projection() {
-            Some(p) => *p.get(i)?,
-            None => i,
-        };
-        return column_through(f.input(), i, target);
-    }
-    if is_pass_through(plan) {
-        return column_through(&plan.children()[0].clone(), i, target);
-    }
-    None
+    Some(i)
 }
 
 /// N from `rank <= N`, `rank < N + 1` or `rank = N` (either way round), where `rank(i)`
@@ -767,29 +775,12 @@ fn replace_node(
 /// Where output column `i` of `plan` comes from, if it is a column of the stream input
 /// passed through unchanged (renamed at most): that column's name in the input.
 fn column_origin(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Option<String> {
-    if let Some(s) = plan.downcast_ref::<SlotExec>() {
-        return s.input_column(i);
-    }
-    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
-        let c = p.expr().get(i)?.expr.downcast_ref::<Column>()?;
-        return column_origin(p.input(), c.index());
-    }
-    if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        let i = match f.projection() {
-            Some(p) => *p.get(i)?,
-            None => i,
-        };
-        return column_origin(f.input(), i);
-    }
-    match (plan.name(), plan.children().as_slice()) {
-        (
-            "CooperativeExec"
-            | "CoalesceBatchesExec"
-            | "CoalescePartitionsExec"
-            | "RepartitionExec",
-            [child],
-        ) => column_origin(child, i),
-        _ => None,
+    let (mut plan, mut i) = (plan.clone(), i);
+    loop {
+        if let Some(s) = plan.downcast_ref::<SlotExec>() {
+            return s.input_column(i);
+        }
+        (plan, i) = column_below(&plan, i)?;
     }
 }
 
