@@ -153,7 +153,7 @@ impl TableLoader for FileTable {
         let mut out = Vec::new();
         for f in &files {
             let batches = self.read(f).await.map_err(|e| {
-                WeirError::External(format!("reading {}: {}", f.display(), e.strip_backtrace()))
+                WeirError::external(format!("reading {}: {}", f.display(), e.strip_backtrace()))
             })?;
             out.extend(batches);
         }
@@ -232,7 +232,7 @@ struct PostgresTable {
 impl TableLoader for PostgresTable {
     async fn load(&self) -> Result<Vec<RecordBatch>> {
         let err = |doing: &str, e: sqlx::Error| {
-            WeirError::External(format!("{doing} {}: {e}", self.from))
+            WeirError::external(format!("{doing} {}: {e}", self.from))
         };
         let pool = PgPoolOptions::new()
             .max_connections(1)
@@ -246,7 +246,7 @@ impl TableLoader for PostgresTable {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (i, f) in self.schema.fields().iter().enumerate() {
             let get_err = |e: sqlx::Error| {
-                WeirError::External(format!(
+                WeirError::external(format!(
                     "reading column '{}' of {}: {e}",
                     f.name(),
                     self.from
@@ -277,7 +277,7 @@ impl TableLoader for PostgresTable {
                         .map_err(get_err)?;
                     let text: ArrayRef = Arc::new(StringArray::from(v));
                     cast_with_options(&text, t, &STRICT).map_err(|e| {
-                        WeirError::External(format!(
+                        WeirError::external(format!(
                             "column '{}' of {}: a value is not a {t}: {e}",
                             f.name(),
                             self.from

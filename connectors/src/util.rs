@@ -33,7 +33,7 @@ pub(crate) fn cast_to(array: &ArrayRef, to: &DataType, column: &str) -> Result<A
         format_options: FormatOptions::default(),
     };
     cast_with_options(array, to, &options).map_err(|e| {
-        WeirError::External(format!(
+        WeirError::external(format!(
             "column '{column}': cannot cast {} to {to}: {e}",
             array.data_type()
         ))
@@ -41,5 +41,5 @@ pub(crate) fn cast_to(array: &ArrayRef, to: &DataType, column: &str) -> Result<A
 }
 
 pub(crate) fn io_error(what: &str, path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::External(format!("{what} {}: {e}", path.display()))
+    WeirError::external(format!("{what} {}: {e}", path.display()))
 }

@@ -200,7 +200,7 @@ pub struct CheckpointStore {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::External(format!("checkpoint: {what} {}: {e}", path.display()))
+    WeirError::external(format!("checkpoint: {what} {}: {e}", path.display()))
 }
 
 fn manifest_name(epoch: u64) -> String {
@@ -268,7 +268,7 @@ impl CheckpointStore {
         let path = self.dir.join(manifest_name(epoch));
         let text = std::fs::read_to_string(&path).map_err(|e| io_err("reading", &path, e))?;
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-            WeirError::External(format!(
+            WeirError::external(format!(
                 "checkpoint manifest {} is unreadable: {e}",
                 path.display()
             ))

@@ -124,7 +124,7 @@ impl Drop for DeadLetterWriter {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::External(format!("dead-letter file {}: {e}", path.display()))
+    WeirError::external(format!("dead-letter file {}: {e}", path.display()))
 }
 
 /// Keep a source or view name usable as a file name.

@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod join;
 pub mod lookup;
+pub mod object;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

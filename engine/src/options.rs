@@ -8,6 +8,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     map: BTreeMap<String, String>,
+    /// Keys the engine took before handing the options on (`connector`, `idle.timeout`),
+    /// named in the unknown-key error with `also_takes`'s words.
+    also: Option<(&'static str, &'static [&'static str])>,
 }
 
 impl Options {
@@ -17,7 +20,15 @@ impl Options {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
+            also: None,
         }
+    }
+
+    /// Say in the unknown-key error that `what` also takes `keys` (the engine's own keys,
+    /// taken before a connector sees the rest): `every source also takes: connector, ...`.
+    pub fn also_takes(mut self, what: &'static str, keys: &'static [&'static str]) -> Self {
+        self.also = Some((what, keys));
+        self
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -79,8 +90,12 @@ impl Options {
         if let Some((k, _)) = self.map.iter().next() {
             let mut keys: Vec<&str> = valid.to_vec();
             keys.sort_unstable();
+            let also = match self.also {
+                Some((who, extra)) => format!("; {who} also takes: {}", extra.join(", ")),
+                None => String::new(),
+            };
             return Err(WeirError::user(format!(
-                "unknown option '{k}' for {what}; valid options: {}",
+                "unknown option '{k}' for {what}; valid options: {}{also}",
                 keys.join(", ")
             )));
         }

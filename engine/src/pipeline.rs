@@ -903,29 +903,16 @@ impl Pipeline {
             m.key = key.to_string();
         }
         let stats = Arc::new(Stats::with_status(Status::Starting));
-        let source = factory
-            .create(SourceSpec {
-                name: c.name.clone(),
-                schema: c.schema.clone(),
-                event_time: c.watermark.as_ref().map(|w| w.column.clone()),
-                metadata,
-                options,
-                data_dir: self.config.data_dir.clone(),
-                batch: self.config.batch,
-                stats: stats.clone(),
-            })
-            .map_err(|e| match e {
-                WeirError::User {
-                    message,
-                    statement,
-                    location,
-                } if message.contains("valid options:") => WeirError::User {
-                    message: format!("{message}; every source also takes: connector, idle.timeout"),
-                    statement,
-                    location,
-                },
-                other => other,
-            })?;
+        let source = factory.create(SourceSpec {
+            name: c.name.clone(),
+            schema: c.schema.clone(),
+            event_time: c.watermark.as_ref().map(|w| w.column.clone()),
+            metadata,
+            options: options.also_takes("every source", &["connector", "idle.timeout"]),
+            data_dir: self.config.data_dir.clone(),
+            batch: self.config.batch,
+            stats: stats.clone(),
+        })?;
         let watermark_col = match &c.watermark {
             Some(w) => Some((
                 Some(c.schema.index_of(&w.column)?),
@@ -1331,17 +1318,14 @@ impl Pipeline {
                 kind.noun()
             )));
         }
-        let dependents: Vec<String> = self
-            .dependents(name)
-            .into_iter()
-            .map(|(k, n)| format!("{} {n}", k.noun()))
-            .collect();
+        let dependents = self.dependents(name);
         if !dependents.is_empty() {
-            return Err(WeirError::user(format!(
-                "cannot drop {} '{name}': it is used by {}; drop those first",
-                kind.noun(),
-                dependents.join(", ")
-            )));
+            return Err(WeirError::Conflict {
+                object: (kind, name.to_string()),
+                dependents,
+                statement: None,
+                location: None,
+            });
         }
         match kind {
             ObjectKind::Source => self.sources.retain(|s| s.name != name),

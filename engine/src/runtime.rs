@@ -189,7 +189,7 @@ fn spawn_sink(new: crate::pipeline::NewSink, capacity: usize) -> SinkTask {
                         let failed = r.as_ref().err().map(|e| e.to_string());
                         let _ = reply.send(r);
                         if let Some(e) = failed {
-                            return Err(WeirError::External(format!(
+                            return Err(WeirError::external(format!(
                                 "pre-commit of checkpoint {epoch}: {e}"
                             )));
                         }
@@ -326,7 +326,7 @@ pub async fn run_with(
                     }
                     Some(SourceMsg::Failed(name, _)) if !pipeline.has_source(&name) => vec![],
                     Some(SourceMsg::Failed(name, e)) if options.until_done => {
-                        return Err(WeirError::External(format!("source '{name}' failed: {e}")));
+                        return Err(WeirError::external(format!("source '{name}' failed: {e}")));
                     }
                     Some(SourceMsg::Failed(name, e)) => {
                         tracing::error!(
@@ -495,7 +495,7 @@ async fn close_sink(t: SinkTask) -> Result<()> {
     let _ = t.tx.send(SinkMsg::Close).await;
     match t.handle.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(WeirError::External(format!("sink '{}': {e}", t.name))),
+        Ok(Err(e)) => Err(WeirError::external(format!("sink '{}': {e}", t.name))),
         Err(e) => Err(WeirError::Internal(format!("sink '{}': {e}", t.name))),
     }
 }
@@ -503,7 +503,7 @@ async fn close_sink(t: SinkTask) -> Result<()> {
 async fn send(t: &SinkTask, msg: SinkMsg) -> Result<()> {
     if t.tx.send(msg).await.is_err() {
         // The sink task stopped: it failed; its error is reported when it is joined.
-        return Err(WeirError::External(format!("sink '{}' stopped", t.name)));
+        return Err(WeirError::external(format!("sink '{}' stopped", t.name)));
     }
     Ok(())
 }
@@ -535,13 +535,13 @@ async fn checkpoint(
             let precommit = match rx.await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
-                    return Err(WeirError::External(format!(
+                    return Err(WeirError::external(format!(
                         "sink '{}' failed checkpoint {this}: {e}",
                         t.name
                     )));
                 }
                 Err(_) => {
-                    return Err(WeirError::External(format!("sink '{}' stopped", t.name)));
+                    return Err(WeirError::external(format!("sink '{}' stopped", t.name)));
                 }
             };
             states.insert(t.name.clone(), precommit);
@@ -551,7 +551,7 @@ async fn checkpoint(
     let precommits = match deadline {
         None => barrier.await?,
         Some(d) => tokio::time::timeout(d, barrier).await.map_err(|_| {
-            WeirError::External(format!(
+            WeirError::external(format!(
                 "not every sink answered checkpoint {this} within {d:?} (a sink is retrying or \
                  cannot reach its destination)"
             ))

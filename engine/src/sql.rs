@@ -70,25 +70,7 @@ impl WeirStatement {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectKind {
-    Source,
-    View,
-    Sink,
-    /// A reference table (`CREATE TABLE`), for lookup joins.
-    Table,
-}
-
-impl ObjectKind {
-    pub fn noun(self) -> &'static str {
-        match self {
-            ObjectKind::Source => "source",
-            ObjectKind::View => "materialized view",
-            ObjectKind::Sink => "sink",
-            ObjectKind::Table => "table",
-        }
-    }
-}
+pub use crate::object::ObjectKind;
 
 #[derive(Debug, Clone)]
 pub struct CreateSource {

@@ -115,7 +115,7 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
     })?;
     let mut files = Vec::new();
     for entry in paths {
-        let path = entry.map_err(|e| WeirError::External(format!("listing '{pattern}': {e}")))?;
+        let path = entry.map_err(|e| WeirError::external(format!("listing '{pattern}': {e}")))?;
         if path.is_file() {
             files.push(path);
         }
@@ -132,9 +132,9 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
 /// Every declared column must be in the file, with a type that casts to the declared one.
 fn check_parquet_schema(path: &Path, schema: &SchemaRef) -> Result<()> {
     let file = std::fs::File::open(path)
-        .map_err(|e| WeirError::External(format!("opening {}: {e}", path.display())))?;
+        .map_err(|e| WeirError::external(format!("opening {}: {e}", path.display())))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        WeirError::External(format!("reading Parquet file {}: {e}", path.display()))
+        WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
     })?;
     let file_schema = builder.schema();
     let mut missing = Vec::new();
@@ -203,7 +203,7 @@ impl FileSource {
         std::thread::Builder::new()
             .name(format!("weir-file-{}", self.name))
             .spawn(move || reader.run())
-            .map_err(|e| WeirError::External(format!("starting the file reader thread: {e}")))?;
+            .map_err(|e| WeirError::external(format!("starting the file reader thread: {e}")))?;
         Ok(rx)
     }
 }

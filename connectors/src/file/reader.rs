@@ -171,7 +171,7 @@ impl FileReader {
 
     fn read_parquet(&self, partition: usize, path: &Path) -> Result<Continue> {
         let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
-            WeirError::External(format!("reading Parquet file {}: {e}", path.display()))
+            WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
         };
         let file = File::open(path).map_err(|e| io_error("opening", path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
@@ -180,7 +180,7 @@ impl FileReader {
         let mut indices = Vec::with_capacity(self.schema.fields().len());
         for field in self.schema.fields() {
             let (i, _) = file_schema.column_with_name(field.name()).ok_or_else(|| {
-                WeirError::External(format!(
+                WeirError::external(format!(
                     "Parquet file {} has no column '{}'",
                     path.display(),
                     field.name()
@@ -198,12 +198,12 @@ impl FileReader {
             .map_err(parquet_error)?;
         for batch in reader {
             let batch = batch.map_err(|e| {
-                WeirError::External(format!("reading Parquet file {}: {e}", path.display()))
+                WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
             })?;
             let mut columns = Vec::with_capacity(self.schema.fields().len());
             for field in self.schema.fields() {
                 let column = batch.column_by_name(field.name()).ok_or_else(|| {
-                    WeirError::External(format!(
+                    WeirError::external(format!(
                         "Parquet file {} has no column '{}'",
                         path.display(),
                         field.name()
@@ -212,7 +212,7 @@ impl FileReader {
                 columns.push(cast_to(column, field.data_type(), field.name())?);
             }
             let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| {
-                WeirError::External(format!(
+                WeirError::external(format!(
                     "Parquet file {} does not fit the declared columns: {e}",
                     path.display()
                 ))

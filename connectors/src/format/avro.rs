@@ -127,7 +127,7 @@ impl Registry {
             r.send(body.as_str())
         })?;
         if status != 200 {
-            return Err(WeirError::External(format!(
+            return Err(WeirError::external(format!(
                 "registering the Avro schema for subject '{subject}' failed (HTTP {status}): {text}"
             )));
         }
@@ -136,7 +136,7 @@ impl Registry {
             .and_then(|v| v["id"].as_u64())
             .map(|id| id as u32)
             .ok_or_else(|| {
-                WeirError::External(format!(
+                WeirError::external(format!(
                     "schema registry answered without an id for subject '{subject}': {text}"
                 ))
             })
@@ -171,7 +171,7 @@ impl Registry {
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(WeirError::External(format!(
+        Err(WeirError::external(format!(
             "the schema registry at {} cannot be reached: {last}",
             self.options.url
         )))
@@ -458,7 +458,7 @@ impl RecordEncoder for AvroRecordEncoder {
             for (f, col) in self.schema.fields().iter().zip(batch.columns()) {
                 let s = ScalarValue::try_from_array(col, row)?;
                 let v = to_avro(s, f.data_type())
-                    .map_err(|e| WeirError::External(format!("column '{}': {e}", f.name())))?;
+                    .map_err(|e| WeirError::external(format!("column '{}': {e}", f.name())))?;
                 let v = if f.is_nullable() {
                     match v {
                         Value::Null => Value::Union(0, Box::new(Value::Null)),
@@ -471,7 +471,7 @@ impl RecordEncoder for AvroRecordEncoder {
             }
             #[allow(deprecated)]
             let datum = apache_avro::to_avro_datum(&self.avro, Value::Record(fields))
-                .map_err(|e| WeirError::External(format!("Avro encoding: {e}")))?;
+                .map_err(|e| WeirError::external(format!("Avro encoding: {e}")))?;
             let mut record = Vec::with_capacity(5 + datum.len());
             record.push(0);
             record.extend_from_slice(&id.to_be_bytes());

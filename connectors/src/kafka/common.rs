@@ -94,5 +94,5 @@ impl Connection {
 
 /// Render an error from librdkafka for logs and statuses.
 pub fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> WeirError {
-    WeirError::External(format!("{what}: {e}"))
+    WeirError::external(format!("{what}: {e}"))
 }

@@ -408,7 +408,7 @@ fn txn_error(
         .map(|(c, _)| *c)
         .or_else(|| e.rdkafka_error_code());
     if code.is_some_and(is_fenced) {
-        return WeirError::External(format!(
+        return WeirError::external(format!(
             "sink '{sink}': {doing}: the Kafka producer with transactional.id '{id}' was \
              fenced: another producer with the same transactional.id took over (a second \
              Weir running this sink, or another sink with the same 'transactional.id'), or \
@@ -418,10 +418,10 @@ fn txn_error(
         ));
     }
     match fatal {
-        Some((c, reason)) => WeirError::External(format!(
+        Some((c, reason)) => WeirError::external(format!(
             "sink '{sink}': {doing}: fatal Kafka producer error ({c:?}): {reason}"
         )),
-        None => WeirError::External(format!("sink '{sink}': {doing}: {e}")),
+        None => WeirError::external(format!("sink '{sink}': {doing}: {e}")),
     }
 }
 
@@ -537,7 +537,7 @@ impl Ctl {
                     "aborting the kafka transaction failed"),
             }
         }
-        WeirError::External(format!(
+        WeirError::external(format!(
             "sink '{}': {why}; the Kafka transaction was aborted and the pipeline stops (a \
              restart recovers from the last checkpoint)",
             self.sink
@@ -779,7 +779,7 @@ impl KafkaSink {
                 })
                 .await
                 .map_err(|e| WeirError::Internal(format!("kafka progress reader: {e}")))?
-                .map_err(|e| WeirError::External(format!("sink '{}': {e}", self.name)))?;
+                .map_err(|e| WeirError::external(format!("sink '{}': {e}", self.name)))?;
                 if last == Some(epoch) {
                     tracing::info!(sink = %self.name, epoch,
                         "kafka had committed the checkpoint's transaction before the restart");

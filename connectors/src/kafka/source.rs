@@ -327,7 +327,7 @@ impl rdkafka::consumer::ConsumerContext for SourceContext {}
 impl SourceContext {
     fn check(&self, what: &str) -> Result<()> {
         match self.fatal.lock().ok().and_then(|f| f.clone()) {
-            Some(e) => Err(WeirError::External(format!("{what}: {e}"))),
+            Some(e) => Err(WeirError::external(format!("{what}: {e}"))),
             None => Ok(()),
         }
     }
@@ -411,15 +411,13 @@ impl Source for KafkaSource {
                         let _ = tx.blocking_send(Err(e));
                     }
                 })
-                .map_err(|e| WeirError::External(format!("starting the kafka consumer: {e}")))?;
+                .map_err(|e| WeirError::external(format!("starting the kafka consumer: {e}")))?;
             self.rx = Some(rx);
         }
         match self.rx.as_mut() {
             Some(rx) => match rx.recv().await {
                 Some(ev) => ev,
-                None => Err(WeirError::External(
-                    "the kafka consumer thread stopped".into(),
-                )),
+                None => Err(WeirError::external("the kafka consumer thread stopped")),
             },
             None => Err(WeirError::Internal("kafka source has no channel".into())),
         }
@@ -845,7 +843,7 @@ impl Consumer_ {
                 }
             }
             if self.tx.is_closed() {
-                return Err(WeirError::External("stopped".into()));
+                return Err(WeirError::external("stopped"));
             }
             consumer.context().check(&self.what())?;
             std::thread::sleep(Duration::from_millis(500));

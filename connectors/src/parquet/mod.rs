@@ -340,7 +340,7 @@ impl Writers {
             }
         };
         file.writer.write(batch).map_err(|e| {
-            WeirError::External(format!("writing {}: {e}", file.tmp_path.display()))
+            WeirError::external(format!("writing {}: {e}", file.tmp_path.display()))
         })?;
         file.rows += batch.num_rows();
         if file.rows >= self.opts.rollover_rows {
@@ -359,7 +359,7 @@ impl Writers {
         let final_path = dir.join(name);
         let file = File::create(&tmp_path).map_err(|e| io_error("creating", &tmp_path, e))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
-            .map_err(|e| WeirError::External(format!("creating {}: {e}", tmp_path.display())))?;
+            .map_err(|e| WeirError::external(format!("creating {}: {e}", tmp_path.display())))?;
         Ok(OpenFile {
             writer,
             tmp_path,
@@ -383,7 +383,7 @@ impl Writers {
         } = file;
         let inner = writer
             .into_inner()
-            .map_err(|e| WeirError::External(format!("finishing {}: {e}", tmp_path.display())))?;
+            .map_err(|e| WeirError::external(format!("finishing {}: {e}", tmp_path.display())))?;
         if rows == 0 {
             drop(inner);
             return std::fs::remove_file(&tmp_path).map_err(|e| io_error("removing", &tmp_path, e));

@@ -82,7 +82,7 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     migrator()
         .run(pool)
         .await
-        .map_err(|e| WeirError::External(format!("applying Weir's migrations: {e}")))
+        .map_err(|e| WeirError::external(format!("applying Weir's migrations: {e}")))
 }
 
 /// The `url` option (or [`URL_ENV`]) as connection options for Weir's sessions. `what`
@@ -363,7 +363,7 @@ impl PostgresSink {
     fn failure(&self, doing: &str, e: sqlx::Error) -> Failure {
         match classify(e) {
             Failure::Retry(m) => Failure::Retry(format!("{doing}: {m}")),
-            Failure::Fatal(e) => Failure::Fatal(WeirError::External(format!(
+            Failure::Fatal(e) => Failure::Fatal(WeirError::external(format!(
                 "{}: {doing}: {e}",
                 self.what()
             ))),
@@ -449,7 +449,7 @@ impl PostgresSink {
                 info = self.read_table(conn).await?;
             }
             let Some(info) = info else {
-                return Err(Failure::Fatal(WeirError::External(format!(
+                return Err(Failure::Fatal(WeirError::external(format!(
                     "{}: the table is not there after CREATE TABLE",
                     self.what()
                 ))));
@@ -644,7 +644,7 @@ impl PostgresSink {
                     if let Some(max) = self.opts.retry_max
                         && attempt > max
                     {
-                        return Err(WeirError::External(format!(
+                        return Err(WeirError::external(format!(
                             "{msg} (gave up after {attempt} attempts; retry.max = {max})"
                         )));
                     }
@@ -852,7 +852,7 @@ fn classify(e: sqlx::Error) -> Failure {
     if transient(&e) {
         Failure::Retry(msg)
     } else {
-        Failure::Fatal(WeirError::External(msg))
+        Failure::Fatal(WeirError::external(msg))
     }
 }
 
@@ -892,7 +892,7 @@ impl Sink for PostgresSink {
         if self.opts.mode == Mode::Upsert {
             for (&i, k) in self.key_idx.iter().zip(&self.opts.key) {
                 if batch.column(i).null_count() > 0 {
-                    return Err(WeirError::External(format!(
+                    return Err(WeirError::external(format!(
                         "{}: a row of view '{}' has NULL in key column '{k}', which a primary \
                          key cannot hold; filter it out or COALESCE it in the view",
                         self.what(),

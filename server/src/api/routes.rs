@@ -12,6 +12,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use weir_engine::WeirError;
+use weir_engine::error::LimitKind;
 use weir_engine::pipeline::{Applied, ObjectInfo, StatementResult, query_views};
 use weir_engine::sql::{ObjectKind, WeirStatement};
 use weir_engine::stats::Status;
@@ -114,22 +115,13 @@ pub struct Object {
     pub figures: Figures,
 }
 
-pub fn kind_word(k: ObjectKind) -> &'static str {
-    match k {
-        ObjectKind::Source => "source",
-        ObjectKind::View => "view",
-        ObjectKind::Sink => "sink",
-        ObjectKind::Table => "table",
-    }
-}
-
 pub fn object(o: &ObjectInfo) -> Object {
     let s = o.stats.snapshot();
     let status = o.stats.status();
     let watermark = s.watermark.filter(|w| *w != i64::MAX);
     Object {
         name: o.name.clone(),
-        kind: kind_word(o.kind).into(),
+        kind: o.kind.word().into(),
         sql: o.sql.clone(),
         schema: o
             .schema
@@ -365,14 +357,15 @@ fn statement_out(a: &Applied) -> StatementOut {
     StatementOut {
         statement: a.statement.into(),
         name: name.cloned(),
-        kind: kind.map(|k| kind_word(*k).into()),
+        kind: kind.map(|k| k.word().into()),
         outcome: outcome.map(Into::into),
         columns,
         rows,
     }
 }
 
-/// An engine error as a response: the caller's mistakes are 400 with their position.
+/// An engine error as a response: the caller's mistakes are 4xx with their position, by
+/// the error's kind (never by its text).
 fn engine_error(state: &AppState, e: WeirError) -> ApiError {
     match e {
         WeirError::User {
@@ -380,16 +373,7 @@ fn engine_error(state: &AppState, e: WeirError) -> ApiError {
             statement,
             location,
         } => {
-            let conflict = message.contains("it is used by");
-            let mut err = ApiError::new(
-                if conflict {
-                    StatusCode::CONFLICT
-                } else {
-                    StatusCode::BAD_REQUEST
-                },
-                if conflict { "conflict" } else { "sql_error" },
-                message,
-            );
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "sql_error", message);
             if let Some(l) = location {
                 err = err
                     .with("line", l.line.into())
@@ -400,8 +384,43 @@ fn engine_error(state: &AppState, e: WeirError) -> ApiError {
             }
             err
         }
+        ref conflict @ WeirError::Conflict {
+            ref dependents,
+            statement,
+            ..
+        } => {
+            let dependents: Vec<serde_json::Value> = dependents
+                .iter()
+                .map(|(k, n)| serde_json::json!({"kind": k.word(), "name": n}))
+                .collect();
+            let mut err = ApiError::new(StatusCode::CONFLICT, "conflict", conflict.to_string())
+                .with("dependents", dependents.into());
+            if let Some(s) = statement {
+                err = err.with("statement", s.into());
+            }
+            err
+        }
+        ref limit @ WeirError::Limit {
+            kind, statement, ..
+        } => {
+            let status = match kind {
+                LimitKind::QueryTime => StatusCode::REQUEST_TIMEOUT,
+                LimitKind::QueryMemory | LimitKind::QueryRows | LimitKind::ValueSize => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                LimitKind::ExpressionDepth => StatusCode::BAD_REQUEST,
+            };
+            let mut err = ApiError::new(status, "limit", limit.to_string())
+                .with("limit", kind.as_str().into());
+            if let Some(s) = statement {
+                err = err.with("statement", s.into());
+            }
+            err
+        }
         WeirError::BadRecord(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_record", m),
-        WeirError::External(m) => ApiError::new(StatusCode::BAD_REQUEST, "external", m),
+        e @ WeirError::External { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "external", e.to_string())
+        }
         other => ApiError::internal(state, other),
     }
 }
@@ -618,24 +637,6 @@ async fn drop_one(
     name: &str,
 ) -> Result<axum::Json<Dropped>, ApiError> {
     find(state, kind, name)?;
-    let dependents: Vec<serde_json::Value> = state
-        .catalog
-        .objects()
-        .iter()
-        .filter(|o| o.inputs.iter().any(|i| i == name))
-        .map(|o| serde_json::json!({"kind": kind_word(o.kind), "name": o.name}))
-        .collect();
-    if !dependents.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "cannot drop {} '{name}': others read it; drop them first",
-                kind.noun()
-            ),
-        )
-        .with("dependents", dependents.into()));
-    }
     let keyword = match kind {
         ObjectKind::Source => "SOURCE",
         ObjectKind::View => "MATERIALIZED VIEW",
