@@ -454,6 +454,14 @@ fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
     } else {
         Options::default()
     };
+    // The event-time column of a source with a WATERMARK is implicitly NOT NULL: a record
+    // without its event time cannot be placed in time, so it is a bad record (it follows
+    // 'bad.records' with the reason) rather than a row every window would call late.
+    if let Some(w) = &watermark {
+        for f in fields.iter_mut().filter(|f| f.name() == &w.column) {
+            *f = f.clone().with_nullable(false);
+        }
+    }
     let schema = Arc::new(Schema::new(fields));
     if let Some(w) = &watermark {
         match schema.field_with_name(&w.column) {
