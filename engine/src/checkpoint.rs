@@ -4,11 +4,10 @@
 //! ```text
 //! <dir>/                          (default <data_dir>/checkpoints)
 //!   epoch-000000000042/           one directory per checkpoint
-//!     view-0-region_health.arrow  a windowed view's open panes or sessions (Arrow IPC file)
-//!     rows-0-region_health.arrow  a view's retained result rows (for queries and
+//!     node-3-0-region_health.arrow  part 0 of node 3's state (Arrow IPC file): a windowed
+//!                                 view's open panes or sessions, a join's left side, ...
+//!     rows-region_health.arrow    a view's retained result rows (for queries and
 //!                                 subscribers' since_seq)
-//!     join-0-0-bids_people.arrow  a join view's stored rows of its left side
-//!                                 (join-0-1-...: its right side); the index is rebuilt
 //!   manifest-000000000042.json    written last, atomically: the checkpoint is complete
 //! ```
 //!
@@ -18,14 +17,17 @@
 //! complete checkpoint or the new one; directories without a manifest are debris from a
 //! crash and are removed. The newest `retain` complete checkpoints are kept.
 //!
-//! The manifest (JSON) lists, per object (by name, with the SQL that created it, so a
-//! changed definition is not restored into): for sources the position, newest event time
-//! and end flag of each partition and the watermark; for views the watermarks, the seq of
-//! the last row emitted, the row-id counters and the state file; for sinks what their
-//! pre-commit returned (files staged, transactions).
+//! The manifest (JSON) holds, per dataflow node (by name, with the SQL that created it, so
+//! a changed definition is not restored into), what its operator's snapshot gave: small
+//! fields as JSON (partitions and watermarks, where windows closed through) and the files
+//! of its Arrow state; per view its [`Sequencer`] (seq numbers and row ids: persisted here
+//! and nowhere else) and retained rows; per sink what its pre-commit returned (files
+//! staged, transactions). Taking one is a loop over the nodes: see `Pipeline::snapshot`.
 
 use crate::connector::SinkCheckpoint;
 use crate::error::{Result, WeirError};
+use crate::object::ObjectKind;
+use crate::sequencer::Sequencer;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -36,8 +38,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The manifest format version; bumped when the layout changes incompatibly (2: window
-/// state holds panes and sessions, keyed without the window columns).
-pub const FORMAT_VERSION: u32 = 2;
+/// state holds panes and sessions, keyed without the window columns; 3: one entry per
+/// dataflow node with its operator's state, sequencers and retained rows apart).
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -45,17 +48,52 @@ pub struct Manifest {
     pub epoch: u64,
     /// Wall-clock time the checkpoint was taken (epoch ms).
     pub taken_at_ms: i64,
-    pub sources: BTreeMap<String, SourceState>,
-    pub views: BTreeMap<String, ViewState>,
+    /// Sources and views, by name.
+    pub nodes: BTreeMap<String, NodeCheckpoint>,
+    /// Every view's numbering, including views dropped since (so a view created again
+    /// under the name goes on numbering).
+    pub sequencers: BTreeMap<String, Sequencer>,
+    /// Every view's retained rows.
+    pub rows: BTreeMap<String, RowsCheckpoint>,
     pub sinks: BTreeMap<String, SinkState>,
 }
 
+/// One dataflow node in a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SourceState {
+pub struct NodeCheckpoint {
+    pub kind: NodeKind,
+    /// The statement that created it: a node is restored only into the same definition.
     pub sql: String,
-    pub partitions: Vec<PartitionCheckpoint>,
-    pub watermark: i64,
+    /// The operator's small state (see `dataflow::NodeState::meta`).
+    pub state: serde_json::Value,
     pub figures: Figures,
+    /// The files of the operator's Arrow state, one per part (`None`: the part was empty),
+    /// relative to the checkpoint directory.
+    pub files: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Source,
+    View,
+}
+
+impl From<ObjectKind> for NodeKind {
+    fn from(k: ObjectKind) -> Self {
+        match k {
+            ObjectKind::Source => NodeKind::Source,
+            _ => NodeKind::View,
+        }
+    }
+}
+
+/// A view's retained rows in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RowsCheckpoint {
+    /// The seq of the first row in the file.
+    pub first_seq: u64,
+    pub file: Option<String>,
 }
 
 /// Counters carried across restarts, so totals do not start again from zero.
@@ -67,42 +105,24 @@ pub struct Figures {
     pub bad_rows: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct PartitionCheckpoint {
-    /// Where the partition resumes (see `SourceEvent::Batch::position`); `None` if nothing
-    /// from it was processed.
-    pub position: Option<i64>,
-    pub max_event: Option<i64>,
-    pub ended: bool,
-    /// Processing time the partition last delivered (for idle timeouts).
-    pub last_active: i64,
-}
+impl Figures {
+    pub fn of(s: &crate::stats::Stats) -> Self {
+        use crate::stats::Stats;
+        Figures {
+            rows_in: Stats::get(&s.rows_in),
+            rows_out: Stats::get(&s.rows_out),
+            late_rows: Stats::get(&s.late_rows),
+            bad_rows: Stats::get(&s.bad_rows),
+        }
+    }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ViewState {
-    pub sql: String,
-    pub input_watermark: i64,
-    pub watermark: i64,
-    pub last_seq: u64,
-    /// Rows emitted so far per row-id origin (see `RowIds`).
-    pub row_counters: BTreeMap<u32, u64>,
-    /// Windowed views: where windows closed through, and the file of open windows
-    /// (relative to the checkpoint directory); `None` when no window was open.
-    pub closed_through: Option<i64>,
-    pub state_file: Option<String>,
-    pub open_groups: u64,
-    /// The retained rows' file and the seq of its first row.
-    pub rows_file: Option<String>,
-    pub rows_first_seq: u64,
-    pub figures: Figures,
-    /// Join views: the files of the rows each side holds (left, right; `None` for a side
-    /// that holds none). Absent for other views.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub join_files: Vec<Option<String>>,
-    /// `EMIT EVERY` views: the processing-time interval (`now / interval`) of the last
-    /// early emission.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub emit_period: Option<i64>,
+    pub fn apply(&self, s: &crate::stats::Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        s.rows_in.store(self.rows_in, Relaxed);
+        s.rows_out.store(self.rows_out, Relaxed);
+        s.late_rows.store(self.late_rows, Relaxed);
+        s.bad_rows.store(self.bad_rows, Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,17 +132,24 @@ pub struct SinkState {
     pub precommit: SinkCheckpoint,
 }
 
-/// A checkpoint being written: the manifest and the window state it refers to.
+/// One node's part of a checkpoint being written.
+#[derive(Debug)]
+pub struct NodeSnapshot {
+    pub name: String,
+    pub kind: NodeKind,
+    pub sql: String,
+    pub state: serde_json::Value,
+    pub figures: Figures,
+    pub parts: Vec<Vec<RecordBatch>>,
+}
+
+/// A checkpoint being written.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub sources: BTreeMap<String, SourceState>,
-    pub views: BTreeMap<String, ViewState>,
-    /// View name -> open windows.
-    pub state: BTreeMap<String, Vec<RecordBatch>>,
-    /// View name -> retained rows (contiguous, from `rows_first_seq`).
-    pub rows: BTreeMap<String, Vec<RecordBatch>>,
-    /// Join view name -> the rows each side holds (left, right).
-    pub joins: BTreeMap<String, [Vec<RecordBatch>; 2]>,
+    pub nodes: Vec<NodeSnapshot>,
+    pub sequencers: BTreeMap<String, Sequencer>,
+    /// View name -> the seq of the first retained row, and the rows (contiguous).
+    pub rows: BTreeMap<String, (u64, Vec<RecordBatch>)>,
 }
 
 /// A complete checkpoint read back.
@@ -133,36 +160,18 @@ pub struct Restored {
 }
 
 impl Restored {
-    /// The open windows saved for `view`.
-    pub fn view_state(&self, view: &str) -> Result<Vec<RecordBatch>> {
-        let file = self
-            .manifest
-            .views
-            .get(view)
-            .and_then(|v| v.state_file.as_ref());
-        self.read(file)
+    /// The Arrow state of node `name`, one list of batches per part.
+    pub fn node_parts(&self, name: &str) -> Result<Vec<Vec<RecordBatch>>> {
+        let Some(n) = self.manifest.nodes.get(name) else {
+            return Ok(vec![]);
+        };
+        n.files.iter().map(|f| self.read(f.as_ref())).collect()
     }
 
     /// The retained rows saved for `view`.
     pub fn view_rows(&self, view: &str) -> Result<Vec<RecordBatch>> {
-        let file = self
-            .manifest
-            .views
-            .get(view)
-            .and_then(|v| v.rows_file.as_ref());
+        let file = self.manifest.rows.get(view).and_then(|r| r.file.as_ref());
         self.read(file)
-    }
-
-    /// The rows each side of join view `view` held (left, right).
-    pub fn join_state(&self, view: &str) -> Result<[Vec<RecordBatch>; 2]> {
-        let files = self
-            .manifest
-            .views
-            .get(view)
-            .map(|v| v.join_files.clone())
-            .unwrap_or_default();
-        let side = |i: usize| self.read(files.get(i).and_then(|f| f.as_ref()));
-        Ok([side(0)?, side(1)?])
     }
 
     fn read(&self, file: Option<&String>) -> Result<Vec<RecordBatch>> {
@@ -211,9 +220,10 @@ fn epoch_dir_name(epoch: u64) -> String {
     format!("epoch-{epoch:012}")
 }
 
-/// A file name for a view's state or rows: its position (unique) and its name made safe.
-fn state_file_name(kind: &str, index: usize, view: &str) -> String {
-    let safe: String = view
+/// A file name for a node's state part or a view's rows: its position (unique) and its
+/// name made safe.
+fn state_file_name(kind: &str, index: usize, name: &str) -> String {
+    let safe: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(64)
@@ -304,50 +314,49 @@ impl CheckpointStore {
         let dir = self.dir.join(epoch_dir_name(epoch));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        let mut views = snapshot.views;
         let mut bytes = 0u64;
-        for (index, (name, batches)) in snapshot.state.iter().enumerate() {
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                continue;
-            }
-            let file_name = state_file_name("view", index, name);
-            bytes += write_ipc(&dir.join(&file_name), batches)?;
-            if let Some(v) = views.get_mut(name) {
-                v.state_file = Some(file_name);
-            }
-        }
-        for (index, (name, batches)) in snapshot.rows.iter().enumerate() {
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                continue;
-            }
-            let file_name = state_file_name("rows", index, name);
-            bytes += write_ipc(&dir.join(&file_name), batches)?;
-            if let Some(v) = views.get_mut(name) {
-                v.rows_file = Some(file_name);
-            }
-        }
-        for (index, (name, sides)) in snapshot.joins.iter().enumerate() {
-            let mut files = Vec::with_capacity(2);
-            for (side, batches) in sides.iter().enumerate() {
+        let mut nodes = BTreeMap::new();
+        for (index, n) in snapshot.nodes.into_iter().enumerate() {
+            let mut files = Vec::with_capacity(n.parts.len());
+            for (part, batches) in n.parts.iter().enumerate() {
                 if batches.iter().all(|b| b.num_rows() == 0) {
                     files.push(None);
                     continue;
                 }
-                let file_name = state_file_name(&format!("join-{index}"), side, name);
+                let file_name = state_file_name(&format!("node-{index}"), part, &n.name);
                 bytes += write_ipc(&dir.join(&file_name), batches)?;
                 files.push(Some(file_name));
             }
-            if let Some(v) = views.get_mut(name) {
-                v.join_files = files;
-            }
+            nodes.insert(
+                n.name,
+                NodeCheckpoint {
+                    kind: n.kind,
+                    sql: n.sql,
+                    state: n.state,
+                    figures: n.figures,
+                    files,
+                },
+            );
+        }
+        let mut rows = BTreeMap::new();
+        for (index, (name, (first_seq, batches))) in snapshot.rows.into_iter().enumerate() {
+            let file = if batches.iter().all(|b| b.num_rows() == 0) {
+                None
+            } else {
+                let file_name = state_file_name("rows", index, &name);
+                bytes += write_ipc(&dir.join(&file_name), &batches)?;
+                Some(file_name)
+            };
+            rows.insert(name, RowsCheckpoint { first_seq, file });
         }
         sync_dir(&dir)?;
         let manifest = Manifest {
             version: FORMAT_VERSION,
             epoch,
             taken_at_ms,
-            sources: snapshot.sources,
-            views,
+            nodes,
+            sequencers: snapshot.sequencers,
+            rows,
             sinks,
         };
         let text = serde_json::to_vec_pretty(&manifest)
@@ -443,45 +452,24 @@ mod tests {
             vec![Arc::new(Int64Array::from_iter_values(0..groups))],
         )
         .unwrap();
-        let mut s = Snapshot::default();
-        s.sources.insert(
-            "src".into(),
-            SourceState {
-                sql: "CREATE SOURCE src ...".into(),
-                partitions: vec![PartitionCheckpoint {
-                    position: Some(42),
-                    max_event: Some(1000),
-                    ended: false,
-                    last_active: 0,
-                }],
-                watermark: 900,
-                figures: Figures::default(),
-            },
-        );
-        s.views.insert(
-            "v".into(),
-            ViewState {
-                sql: "CREATE MATERIALIZED VIEW v ...".into(),
-                input_watermark: 900,
-                watermark: 0,
-                last_seq: 7,
-                row_counters: BTreeMap::from([(3, 10)]),
-                closed_through: Some(900),
-                state_file: None,
-                open_groups: groups as u64,
-                rows_file: None,
-                rows_first_seq: 0,
-                figures: Figures::default(),
-                join_files: vec![],
-                emit_period: None,
-            },
-        );
-        s.state.insert("v".into(), vec![batch.clone()]);
-        // A join view whose right side holds nothing.
-        s.views.insert("j".into(), s.views["v"].clone());
-        s.joins
-            .insert("j".into(), [vec![batch.slice(0, 2)], vec![]]);
-        s
+        let node = |name: &str, kind, parts| NodeSnapshot {
+            name: name.into(),
+            kind,
+            sql: format!("CREATE ... {name}"),
+            state: serde_json::json!({"watermark": 900}),
+            figures: Figures::default(),
+            parts,
+        };
+        Snapshot {
+            nodes: vec![
+                node("src", NodeKind::Source, vec![]),
+                node("v", NodeKind::View, vec![vec![batch.clone()]]),
+                // A join view whose right side holds nothing.
+                node("j", NodeKind::View, vec![vec![batch.slice(0, 2)], vec![]]),
+            ],
+            sequencers: BTreeMap::from([("v".to_string(), Sequencer::default())]),
+            rows: BTreeMap::from([("v".to_string(), (5, vec![batch.slice(0, 1)]))]),
+        }
     }
 
     #[test]
@@ -500,17 +488,22 @@ mod tests {
         std::fs::create_dir_all(dir.join("epoch-000000000004")).unwrap();
         let r = store.latest().unwrap().unwrap();
         assert_eq!(r.manifest.epoch, 3);
-        assert_eq!(r.manifest.sources["src"].partitions[0].position, Some(42));
-        let state = r.view_state("v").unwrap();
-        assert_eq!(state.iter().map(|b| b.num_rows()).sum::<usize>(), 30);
+        assert_eq!(r.manifest.nodes["src"].state["watermark"], 900);
+        assert_eq!(r.manifest.nodes["src"].kind, NodeKind::Source);
+        let state = r.node_parts("v").unwrap();
+        assert_eq!(state.len(), 1);
+        assert_eq!(state[0].iter().map(|b| b.num_rows()).sum::<usize>(), 30);
         assert_eq!(
-            r.manifest.views["j"].join_files,
-            [Some("join-0-0-j.arrow".to_string()), None]
+            r.manifest.nodes["j"].files,
+            [Some("node-2-0-j.arrow".to_string()), None]
         );
-        let [left, right] = r.join_state("j").unwrap();
-        assert_eq!(left, [state[0].slice(0, 2)]);
-        assert!(right.is_empty());
-        assert!(r.join_state("v").unwrap().iter().all(|s| s.is_empty()));
+        let join = r.node_parts("j").unwrap();
+        assert_eq!(join[0], [state[0][0].slice(0, 2)]);
+        assert!(join[1].is_empty());
+        assert!(r.node_parts("src").unwrap().is_empty());
+        assert_eq!(r.manifest.rows["v"].first_seq, 5);
+        assert_eq!(r.view_rows("v").unwrap()[0].num_rows(), 1);
+        assert!(r.view_rows("j").unwrap().is_empty());
         assert_eq!(store.next_epoch().unwrap(), 4);
         store.remove_incomplete().unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)

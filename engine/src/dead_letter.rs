@@ -7,12 +7,15 @@
 //! - A source's malformed records ([`DeadLetterWriter::write`], through `'bad.records' =
 //!   'dead-letter'`): `{"source", "raw", "reason", "position", "time"}`.
 //! - A windowed view's late rows (`'late.policy' = 'dead-letter'`, see `docs/windows.md`):
-//!   `{"view", "row", "window_start", "window_end", "watermark", "reason", "time"}`, written
-//!   by the pipeline through [`DeadLetterWriter::append`].
+//!   `{"view", "row", "window_start", "window_end", "watermark", "reason", "time"}`. The
+//!   dataflow hands them over as an effect ([`LateRows`]); whoever drives it (the runtime,
+//!   the test runner) writes them with [`LateRowFiles`].
 //!
 //! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds).
 
+use crate::dataflow::LateRows;
 use crate::error::{Result, WeirError};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -120,6 +123,64 @@ impl Drop for DeadLetterWriter {
         {
             tracing::warn!(path = %self.path.display(), error = %e, "flushing dead letters failed");
         }
+    }
+}
+
+/// The dead-letter files of views' late rows, one writer per view.
+#[derive(Debug)]
+pub struct LateRowFiles {
+    data_dir: PathBuf,
+    writers: HashMap<String, DeadLetterWriter>,
+}
+
+impl LateRowFiles {
+    pub fn new(data_dir: &Path) -> Self {
+        LateRowFiles {
+            data_dir: data_dir.to_path_buf(),
+            writers: HashMap::new(),
+        }
+    }
+
+    /// Append one line per late row to `<data_dir>/dead-letter/<view>.jsonl`, and flush.
+    pub fn write(&mut self, late: &LateRows) -> Result<()> {
+        let mut buf = Vec::new();
+        {
+            let mut w = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buf);
+            w.write(&late.rows)?;
+            w.finish()?;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| WeirError::Internal(format!("late row as JSON: {e}")))?;
+        let watermark = late.watermark.map(rfc3339_ms);
+        let writer = self
+            .writers
+            .entry(late.view.clone())
+            .or_insert_with(|| DeadLetterWriter::new(&self.data_dir, &late.view));
+        for l in &late.late {
+            let row = rows.get(l.row).cloned().unwrap_or(serde_json::Value::Null);
+            let (start, end) = match l.window {
+                Some((s, e)) => (Some(rfc3339_ms(s)), Some(rfc3339_ms(e))),
+                None => (None, None),
+            };
+            writer.append(&serde_json::json!({
+                "view": late.view,
+                "row": row,
+                "window_start": start,
+                "window_end": end,
+                "watermark": watermark,
+                "reason": l.reason,
+                "time": now_rfc3339(),
+            }))?;
+        }
+        writer.flush()?;
+        tracing::debug!(view = %late.view, late = late.late.len(), "late rows written to the dead-letter file");
+        Ok(())
     }
 }
 

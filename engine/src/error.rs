@@ -216,6 +216,20 @@ impl WeirError {
         }
     }
 
+    /// A DataFusion error from planning a user's SQL: a user error, at the position
+    /// DataFusion's diagnostic points to when it has one.
+    pub fn planning(e: DataFusionError) -> Self {
+        let location = e.diagnostic().and_then(|d| d.span).map(|s| Location {
+            line: s.start.line,
+            column: s.start.column,
+        });
+        WeirError::User {
+            message: e.strip_backtrace().to_string(),
+            statement: None,
+            location,
+        }
+    }
+
     pub fn is_user(&self) -> bool {
         matches!(self, WeirError::User { .. })
     }

@@ -596,7 +596,7 @@ impl StreamJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{BatchSlot, StreamTable};
+    use crate::planner::slot::{BatchSlot, StreamTable};
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -632,7 +632,7 @@ mod tests {
 
     /// The join DataFusion plans for `sql` over streams `a` and `b` (both [`schema`]).
     async fn join_for(sql: &str) -> StreamJoin {
-        let ctx = SessionContext::new_with_config(crate::pipeline::df_config());
+        let ctx = SessionContext::new_with_config(crate::planner::df_config());
         for name in ["a", "b"] {
             let t = StreamTable {
                 name: name.into(),

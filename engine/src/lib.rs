@@ -1,12 +1,21 @@
 //! weir-engine: SQL to streaming plans and incremental execution over Arrow micro-batches.
 //!
-//! The main types: [`connector`] (the `Source`/`Sink` seams and the registry connectors
-//! plug into), [`options`] (WITH options), [`error`] (the crate's error type),
-//! [`pipeline`] (the catalog and the dataflow), [`runtime`] (tasks, backpressure and the
-//! checkpoint coordinator), [`checkpoint`] (checkpoints on disk).
+//! A statement goes through [`sql`] (parsing, window rewrite) and [`planner`] (a typed
+//! [`planner::ViewPlan`] on DataFusion), is recorded in the [`catalog`], and becomes a node
+//! of the [`dataflow`] (an operator graph: source watermarks in [`watermark`], window
+//! operators in [`window`], joins in [`join`]). [`pipeline`] ties them together with one
+//! [`sequencer`] per view and the [`serving`] buffers readers use; [`ddl`] interprets
+//! statements. The [`runtime`] drives a pipeline from real sources into real sinks
+//! ([`connector`] is the seam connectors implement) and takes [`checkpoint`]s.
+//! `docs/engine.md` walks through it.
 
+pub mod adhoc;
+pub mod catalog;
 pub mod checkpoint;
+pub mod clock;
 pub mod connector;
+pub mod dataflow;
+mod ddl;
 pub mod dead_letter;
 pub mod error;
 pub mod join;
@@ -14,10 +23,14 @@ pub mod lookup;
 pub mod object;
 pub mod options;
 pub mod pipeline;
-pub mod plan;
+pub mod planner;
 pub mod runtime;
+pub mod sequencer;
+pub mod serving;
 pub mod sql;
 pub mod stats;
+pub mod tables;
+pub mod watermark;
 pub mod window;
 
 pub use error::{Location, Result, WeirError};

@@ -35,9 +35,10 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// A reference table's current contents, shared by the catalog, the refresh task and
 /// every plan that reads the table.
@@ -71,21 +72,15 @@ impl TableHandle {
 
     /// The table as it is now.
     pub fn current(&self) -> Arc<Vec<RecordBatch>> {
-        self.data
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.data.read().clone()
     }
 
     /// Replace the whole table.
     pub fn replace(&self, batches: Vec<RecordBatch>, now_ms: i64) {
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        match self.data.write() {
-            Ok(mut d) => *d = Arc::new(batches),
-            Err(p) => *p.into_inner() = Arc::new(batches),
-        }
-        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        *self.data.write() = Arc::new(batches);
+        let mut info = self.info.lock();
         info.rows = rows;
         info.loads += 1;
         info.loaded_at_ms = now_ms;
@@ -94,12 +89,11 @@ impl TableHandle {
 
     /// A load failed: the table keeps its contents, the error is reported.
     pub fn failed(&self, error: String) {
-        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
-        info.last_error = Some(error);
+        self.info.lock().last_error = Some(error);
     }
 
     pub fn info(&self) -> TableInfo {
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.info.lock().clone()
     }
 }
 
@@ -129,9 +123,7 @@ impl TableProvider for LookupTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        if let Ok(mut u) = self.used.lock() {
-            u.insert(self.name.clone());
-        }
+        self.used.lock().insert(self.name.clone());
         Ok(Arc::new(LookupExec::new(
             self.name.clone(),
             self.handle.clone(),

@@ -5,7 +5,9 @@
 //! bounded channel. A slow sink therefore blocks the driver, which stops reading the
 //! source channel, which blocks the sources: backpressure end to end, bounded memory.
 //! A timer ticks processing time into the pipeline so idle partitions release the
-//! watermark, and asks sinks to flush.
+//! watermark, and asks sinks to flush. Side effects the dataflow asks for are carried out
+//! here, off the driver: late rows go to a dead-letter task that writes their files on a
+//! blocking thread; reference tables are reloaded by a task per table.
 //!
 //! Checkpoints: every `interval` the driver takes a checkpoint between two messages. The
 //! driver owns every operator's state and handles one message at a time, so the point
@@ -18,7 +20,10 @@
 //! sinks are told to commit. A graceful stop takes a final checkpoint.
 
 use crate::checkpoint::{CheckpointStore, SinkState};
+use crate::clock::wall_ms;
 use crate::connector::{RowIds, SinkCheckpoint, Source, SourceEvent};
+use crate::dataflow::Effect;
+use crate::dead_letter::LateRowFiles;
 use crate::error::{Result, WeirError};
 use crate::pipeline::{Output, Pipeline, ScriptOutcome};
 use crate::stats::{CheckpointStats, Stats, Status};
@@ -26,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -79,13 +84,6 @@ pub enum RunEnd {
     Done,
     /// The shutdown signal arrived.
     Stopped,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A request to the driver task, which owns the pipeline (the HTTP server sends these).
@@ -151,6 +149,7 @@ fn spawn_source(
                     }
                 }
                 Err(e) => {
+                    // The driver is gone (the run is over): nobody is left to tell.
                     let _ = tx.send(SourceMsg::Failed(name.clone(), e)).await;
                     return;
                 }
@@ -187,6 +186,8 @@ fn spawn_sink(new: crate::pipeline::NewSink, capacity: usize) -> SinkTask {
                     SinkMsg::Precommit(epoch, reply) => {
                         let r = sink.precommit(epoch).await;
                         let failed = r.as_ref().err().map(|e| e.to_string());
+                        // A checkpoint that timed out stopped waiting for the answer; the
+                        // next checkpoint covers what this one would have.
                         let _ = reply.send(r);
                         if let Some(e) = failed {
                             return Err(WeirError::external(format!(
@@ -245,7 +246,8 @@ pub async fn run_with(
     start_new(&mut pipeline, &tx, &mut sources, &mut sinks, &options);
     // With no control channel, the source channel closes when every source task is gone.
     let tx = control.is_some().then_some(tx);
-    pipeline.start_clock(now_ms());
+    pipeline.start();
+    let late_rows = spawn_late_row_writer(pipeline.config().data_dir.clone());
     let mut epoch = options.checkpoint.as_ref().map_or(1, |c| c.first_epoch);
     let mut checkpointer = tokio::time::interval(
         options
@@ -272,12 +274,12 @@ pub async fn run_with(
                 _ = &mut shutdown => return Ok(RunEnd::Stopped),
                 Some(cmd) = recv_control(&mut control) => match cmd {
                     Control::Execute { sql, reply } => {
-                        pipeline.set_processing_time(now_ms());
                         let outcome = pipeline.execute_script(&sql).await;
                         if let Some(tx) = &tx {
                             start_new(&mut pipeline, tx, &mut sources, &mut sinks, &options);
                         }
                         stop_dropped(&pipeline, &mut sources, &mut sinks);
+                        // The requester gave up waiting: the statements were applied anyway.
                         let _ = reply.send(outcome);
                         vec![]
                     }
@@ -293,7 +295,6 @@ pub async fn run_with(
                         }
                         match ev {
                             SourceEvent::Batch { partition, batch, bad_records, position } => {
-                                pipeline.set_processing_time(now_ms());
                                 pipeline
                                     .push_at(&name, partition, batch, bad_records, position)
                                     .await?
@@ -302,17 +303,14 @@ pub async fn run_with(
                                 pipeline.end_partition(&name, partition).await?
                             }
                             SourceEvent::Active { partition } => {
-                                pipeline.set_processing_time(now_ms());
                                 pipeline.keep_active(&name, partition)?;
                                 vec![]
                             }
                             SourceEvent::Partitions { count } => {
-                                pipeline.set_processing_time(now_ms());
                                 pipeline.set_partitions(&name, count)?;
                                 vec![]
                             }
                             SourceEvent::Progress { partition, event_time_ms } => {
-                                pipeline.set_processing_time(now_ms());
                                 pipeline.progress(&name, partition, event_time_ms).await?
                             }
                             SourceEvent::End => {
@@ -348,7 +346,7 @@ pub async fn run_with(
                         return Ok(RunEnd::Stopped);
                     }
                 },
-                _ = ticker.tick() => pipeline.tick(now_ms()).await?,
+                _ = ticker.tick() => pipeline.tick().await?,
                 _ = checkpointer.tick(), if options.checkpoint.is_some() => {
                     if let Some(c) = &options.checkpoint
                         && let Err(e) =
@@ -366,6 +364,11 @@ pub async fn run_with(
                     vec![]
                 }
             };
+            for e in pipeline.take_effects() {
+                if late_rows.tx.send(e).await.is_err() {
+                    return Err(WeirError::Internal("the dead-letter writer stopped".into()));
+                }
+            }
             for o in outputs {
                 if let Some(tasks) = sinks.get(&o.view) {
                     for t in tasks {
@@ -416,11 +419,49 @@ pub async fn run_with(
             sink_error.get_or_insert(e);
         }
     }
+    if let Err(e) = late_rows.close().await {
+        sink_error.get_or_insert(e);
+    }
     let end = result?;
     match sink_error {
         Some(e) => Err(e),
         None => Ok(end),
     }
+}
+
+/// The task that writes late rows to views' dead-letter files, behind a bounded channel
+/// (a slow disk slows the driver rather than growing memory).
+struct LateRowWriter {
+    tx: mpsc::Sender<Effect>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl LateRowWriter {
+    /// Write what is queued and stop; the first write error, if any.
+    async fn close(self) -> Result<()> {
+        drop(self.tx);
+        self.handle
+            .await
+            .map_err(|e| WeirError::Internal(format!("dead-letter writer: {e}")))?
+    }
+}
+
+fn spawn_late_row_writer(data_dir: std::path::PathBuf) -> LateRowWriter {
+    let (tx, mut rx) = mpsc::channel::<Effect>(64);
+    let handle = tokio::spawn(async move {
+        let mut files = LateRowFiles::new(&data_dir);
+        while let Some(Effect::LateRows(late)) = rx.recv().await {
+            // File I/O on a blocking thread, one write at a time, in order.
+            files = tokio::task::spawn_blocking(move || -> Result<LateRowFiles> {
+                files.write(&late)?;
+                Ok(files)
+            })
+            .await
+            .map_err(|e| WeirError::Internal(format!("dead-letter writer: {e}")))??;
+        }
+        Ok(())
+    });
+    LateRowWriter { tx, handle }
 }
 
 async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
@@ -571,7 +612,7 @@ async fn checkpoint(
         }
     }
     let store = c.store.clone();
-    let taken_at = now_ms();
+    let taken_at = wall_ms();
     let written = tokio::task::spawn_blocking(move || {
         let r = store.write(this, snapshot, sink_states, taken_at);
         if r.is_ok()

@@ -163,15 +163,19 @@ fn restore_checkpoint(
     let stats = pipeline.catalog().checkpoint_stats();
     let started = std::time::Instant::now();
     store.remove_incomplete()?;
-    let latest = if restore {
-        store.latest()?
-    } else {
-        tracing::info!(
-            "the embedded Kafka broker keeps no data across restarts, so its topics' offsets \
-             in a checkpoint mean nothing now: starting afresh (checkpoints are still taken, \
-             for the sinks)"
-        );
-        None
+    let latest = store.latest()?;
+    let latest = match latest {
+        Some(r) if !restore => {
+            tracing::info!(
+                "the embedded Kafka broker keeps no data across restarts, so its topics' \
+                 offsets in checkpoint {} mean nothing now: starting afresh, with the views' \
+                 row numbering carried on (checkpoints are still taken, for the sinks)",
+                r.manifest.epoch
+            );
+            pipeline.restore_sequencers(&r);
+            None
+        }
+        other => other,
     };
     match latest {
         Some(r) => {
@@ -248,7 +252,6 @@ async fn load_pipeline(
     let files = sql_files(&args.paths)?;
     let (kafka, embedded, hint) = kafka_setup(&cfg, &files, mode)?;
     let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
-    pipeline.set_processing_time(weir_engine::runtime::now_ms());
     for file in &files {
         if let Err(e) = load_file(&mut pipeline, file).await {
             if let Some(k) = embedded {
@@ -371,7 +374,6 @@ pub async fn run(
                 );
             }
         }
-        state.restore_seqs(&mut pipeline);
         let checkpoint = if checkpoints_enabled(&cfg, mode) {
             Some(restore_checkpoint(&mut pipeline, &cfg, embedded.is_none())?)
         } else {
@@ -459,18 +461,6 @@ async fn run_pipeline(
     };
     let reporter = (!progress_every.is_zero())
         .then(|| tokio::spawn(progress::report(catalog.clone(), progress_every)));
-    let saver = {
-        let (state, catalog) = (state.clone(), catalog.clone());
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                t.tick().await;
-                if let Err(e) = state.save_seqs(&catalog) {
-                    tracing::warn!("saving view seqs: {e:#}");
-                }
-            }
-        })
-    };
     if let Some(c) = &checkpoint {
         tracing::info!(
             dir = %c.store.dir().display(),
@@ -495,11 +485,8 @@ async fn run_pipeline(
     );
     let control = serve.then_some(control);
     let end = weir_engine::runtime::run_with(pipeline, options, shutdown, control).await;
+    // Subscribers are told the server is stopping; none listening is fine.
     let _ = stop_tx.send(true);
-    saver.abort();
-    if let Err(e) = state.save_seqs(&catalog) {
-        tracing::warn!("saving view seqs: {e:#}");
-    }
     if let Some(r) = reporter {
         r.abort();
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use weir_engine::pipeline::{Catalog, ObjectInfo};
+use weir_engine::catalog::{CatalogHandle, ObjectInfo};
 use weir_engine::sql::ObjectKind;
 use weir_engine::stats::fmt_watermark;
 
@@ -69,7 +69,7 @@ fn line(o: &ObjectInfo, rate: Option<f64>) -> String {
 
 /// Print a line per object every `every`; objects created or dropped while running (over
 /// the API) come and go.
-pub async fn report(catalog: Catalog, every: Duration) {
+pub async fn report(catalog: CatalogHandle, every: Duration) {
     let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;

@@ -4,24 +4,23 @@
 //!   DELETE), appended in order and fsynced before the response is sent. At start-up, after
 //!   the SQL files, the journal is replayed statement by statement; one that no longer
 //!   applies (say a file now declares the same name) is logged and skipped.
-//! - `seq.json`: the last row sequence number of every view, so numbering continues after
-//!   a restart. Written every second while it changes and at a clean stop.
+//!
+//! Views' row numbering (seqs) is not kept here: each view's sequencer lives in the
+//! checkpoints (see the engine's `sequencer.rs`).
 //!
 //! With `[database] url` configured, the journal is the `weir.statements` table instead
 //! (created by the migrations in migrations/ at start-up): statements survive the loss of
 //! the local disk, and several restarts of a container share them.
 
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use weir_engine::pipeline::{Catalog, Pipeline};
+use weir_engine::pipeline::Pipeline;
 
 pub struct StateDir {
     dir: PathBuf,
     journal: Mutex<()>,
-    seqs: Mutex<BTreeMap<String, u64>>,
     db: Option<sqlx::PgPool>,
 }
 
@@ -30,16 +29,9 @@ impl StateDir {
         let dir = data_dir.join("state");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        let seqs = match std::fs::read(dir.join("seq.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", dir.join("seq.json").display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).context("reading seq.json"),
-        };
         Ok(StateDir {
             dir,
             journal: Mutex::new(()),
-            seqs: Mutex::new(seqs),
             db: None,
         })
     }
@@ -144,41 +136,6 @@ impl StateDir {
             }
         }
         Ok(applied)
-    }
-
-    /// Continue every view's numbering where the last run left it.
-    pub fn restore_seqs(&self, pipeline: &mut Pipeline) {
-        if let Ok(seqs) = self.seqs.lock() {
-            pipeline.resume_seqs(seqs.iter().map(|(k, v)| (k.clone(), *v)));
-        }
-    }
-
-    /// Save the views' last seqs if any changed (views dropped keep their entry, so a view
-    /// created again under the same name does not reuse numbers).
-    pub fn save_seqs(&self, catalog: &Catalog) -> Result<()> {
-        let Ok(mut seqs) = self.seqs.lock() else {
-            return Ok(());
-        };
-        let mut changed = false;
-        for o in catalog.objects().iter() {
-            if let Some(b) = &o.buffer {
-                let seq = b.last_seq();
-                if seqs.get(&o.name) != Some(&seq) && seq > 0 {
-                    seqs.insert(o.name.clone(), seq);
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            return Ok(());
-        }
-        let tmp = self.dir.join("seq.json.tmp");
-        let bytes = serde_json::to_vec_pretty(&*seqs)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, self.dir.join("seq.json"))?;
-        Ok(())
     }
 }
 

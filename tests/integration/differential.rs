@@ -301,36 +301,46 @@ async fn run_case(seed: u64) {
     }
     p.execute(&ddl).await.expect("ddl");
 
-    // Feed random splits, tracking which rows the stream should accept: a row is late for
-    // a TUMBLE window that ended at or before the watermark in force when its batch arrived;
-    // a HOP row counts in its windows that were still open then; SESSION rows follow the
-    // session rule.
+    // Feed random splits, tracking which rows the stream should accept. Lateness is
+    // decided per row in arrival order, whatever the batching: a row sees the watermark
+    // implied by every row before it (in earlier batches or earlier in its own). A row is
+    // late for a TUMBLE window that ended at or before that watermark; a HOP row counts in
+    // its windows still open then; SESSION rows follow the session rule.
     let mut accepted = Vec::new();
     let mut arrivals: Vec<(Event, i64)> = Vec::new();
     let mut in_sessions = Vec::new();
     let mut sessions = SessionRule::default();
     let mut watermark = i64::MIN;
+    // Rows late by the rows before them in their own batch: what batch-at-a-time lateness
+    // would have accepted. The test must include some, or it cannot tell the two apart.
+    let mut late_within_batch = 0;
     let mut i = 0;
     while i < all.len() {
         let len = 1 + rng.below(60) as usize;
         let chunk = &all[i..(i + len).min(all.len())];
         i += chunk.len();
+        let at_batch_start = watermark;
         for e in chunk {
             let start = e.ts - e.ts.rem_euclid(WINDOW_MS);
             if start + WINDOW_MS > watermark {
                 accepted.push(e.clone());
+            } else if start + WINDOW_MS > at_batch_start {
+                late_within_batch += 1;
             }
             // Before any watermark, every window is open (the epoch is before them all).
             arrivals.push((e.clone(), watermark.max(0)));
             if sessions.offer(&e.user, e.ts, watermark) {
                 in_sessions.push(e.clone());
             }
+            watermark = watermark.max(e.ts - DELAY_MS);
+            sessions.close(watermark);
         }
         p.push("events", 0, to_batch(chunk), 0).await.expect("push");
-        let max_ts = chunk.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
-        watermark = watermark.max(max_ts - DELAY_MS);
-        sessions.close(watermark);
     }
+    assert!(
+        late_within_batch > 0,
+        "seed {seed}: the data should include rows made late by earlier rows of their own batch"
+    );
     p.end_source("events").await.expect("end");
     assert!(
         accepted.len() < all.len() && in_sessions.len() < all.len(),

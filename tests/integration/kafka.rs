@@ -164,7 +164,7 @@ impl Sink for CollectSink {
 
 struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    catalog: weir_engine::pipeline::Catalog,
+    catalog: weir_engine::catalog::CatalogHandle,
     handle: tokio::task::JoinHandle<weir_engine::Result<RunEnd>>,
     out: Collected,
     _dir: tempfile::TempDir,

@@ -967,7 +967,7 @@ async fn early_results_are_replaced_by_final_rows() {
     let db = pool(&url).await;
     let table = unique("pg_early");
     let dir = tempfile::tempdir().unwrap();
-    let mut p = weir_tests::slt::test_pipeline(dir.path());
+    let (mut p, clock) = weir_tests::slt::test_pipeline_clocked(dir.path());
     let view = "SELECT window_start, window_end, region, count(*) AS n, sum(v) AS total \
         FROM TUMBLE(ev, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, region";
     p.execute(&format!(
@@ -1020,7 +1020,8 @@ async fn early_results_are_replaced_by_final_rows() {
             .push("ev", 0, batch(step * 10, step * 10 + 10), 0)
             .await
             .unwrap();
-        out.extend(p.tick((step + 1) * 1000).await.unwrap());
+        clock.set((step + 1) * 1000);
+        out.extend(p.tick().await.unwrap());
         for o in out {
             sink.write(o.batch, o.ids).await.unwrap();
         }

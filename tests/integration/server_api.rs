@@ -352,9 +352,10 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
             .unwrap_or("")
             .starts_with("CREATE SOURCE dl")
     );
+    // The WATERMARK column is implicitly NOT NULL.
     assert_eq!(
         dl["schema"][1],
-        json!({"name": "ts", "type": "timestamp", "nullable": true})
+        json!({"name": "ts", "type": "timestamp", "nullable": false})
     );
     let names = view_names(&server);
     assert_eq!(names, ["health", "raw"]);

@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use weir_connectors::dead_letter::DeadLetterWriter;
 use weir_connectors::format::json::{BadRecords, JsonDecoder, parse_bad_records};
 use weir_engine::checkpoint::CheckpointStore;
+use weir_engine::clock::ManualClock;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
+use weir_engine::dataflow::Effect;
+use weir_engine::dead_letter::LateRowFiles;
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
 use weir_engine::{Result, WeirError};
 
@@ -107,7 +110,12 @@ pub struct WeirSlt {
     configs: Configs,
     mode: Mode,
     data_dir: PathBuf,
+    /// Processing time: ADVANCE TIME moves it.
     now_ms: i64,
+    clock: ManualClock,
+    /// Where the pipeline's late rows go (its effects are carried out here, as the
+    /// runtime would).
+    late_files: LateRowFiles,
     decoders: HashMap<String, JsonDecoder>,
     events: Vec<Event>,
     /// How many events the last checkpoint covers.
@@ -116,32 +124,43 @@ pub struct WeirSlt {
     epoch: u64,
 }
 
-/// A pipeline with every real connector plus the `test` source, at processing time 0.
+/// A pipeline with every real connector plus the `test` source, on a manual clock at
+/// processing time 0.
 pub fn test_pipeline(data_dir: &Path) -> Pipeline {
-    test_pipeline_with(data_dir, Arc::default())
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0))
 }
 
-fn test_pipeline_with(data_dir: &Path, configs: Configs) -> Pipeline {
+/// [`test_pipeline`] and the clock it reads, to move processing time by hand.
+pub fn test_pipeline_clocked(data_dir: &Path) -> (Pipeline, ManualClock) {
+    let clock = ManualClock::new(0);
+    (
+        test_pipeline_with(data_dir, Arc::default(), clock.clone()),
+        clock,
+    )
+}
+
+fn test_pipeline_with(data_dir: &Path, configs: Configs, clock: ManualClock) -> Pipeline {
     let registry = weir_connectors::registry().with_source(TestSourceFactory { configs });
     let config = EngineConfig {
         data_dir: data_dir.to_path_buf(),
         ..EngineConfig::default()
     };
-    let mut pipeline = Pipeline::new(config, registry);
-    pipeline.set_processing_time(0);
-    pipeline
+    Pipeline::new(config, registry).with_clock(Arc::new(clock))
 }
 
 impl WeirSlt {
     pub fn new(mode: Mode, data_dir: &Path) -> Self {
         let configs: Configs = Arc::default();
-        let pipeline = test_pipeline_with(data_dir, configs.clone());
+        let clock = ManualClock::new(0);
+        let pipeline = test_pipeline_with(data_dir, configs.clone(), clock.clone());
         WeirSlt {
             pipeline,
             configs,
             mode,
             data_dir: data_dir.to_path_buf(),
             now_ms: 0,
+            clock,
+            late_files: LateRowFiles::new(data_dir),
             decoders: HashMap::new(),
             events: Vec::new(),
             checkpointed: None,
@@ -152,12 +171,17 @@ impl WeirSlt {
 
     /// Apply one event to the pipeline, logging it.
     async fn apply(&mut self, ev: Event) -> Result<()> {
-        Self::apply_to(&mut self.pipeline, &ev).await?;
+        Self::apply_to(&mut self.pipeline, &self.clock, &ev).await?;
         self.events.push(ev);
+        for effect in self.pipeline.take_effects() {
+            match effect {
+                Effect::LateRows(late) => self.late_files.write(&late)?,
+            }
+        }
         Ok(())
     }
 
-    async fn apply_to(pipeline: &mut Pipeline, ev: &Event) -> Result<()> {
+    async fn apply_to(pipeline: &mut Pipeline, clock: &ManualClock, ev: &Event) -> Result<()> {
         match ev {
             Event::Sql(sql) => {
                 pipeline.execute(sql).await?;
@@ -173,7 +197,8 @@ impl WeirSlt {
                     .await?;
             }
             Event::Tick(now) => {
-                pipeline.tick(*now).await?;
+                clock.set(*now);
+                pipeline.tick().await?;
             }
             Event::EndPartition(source, p) => {
                 pipeline.end_partition(source, *p).await?;
@@ -199,14 +224,15 @@ impl WeirSlt {
     /// RESTART: a new pipeline, as after a crash: the statements before the last
     /// checkpoint, the checkpoint restored, then everything after it replayed.
     async fn restart(&mut self) -> Result<()> {
-        let mut pipeline = test_pipeline_with(&self.data_dir, self.configs.clone());
-        pipeline.set_processing_time(self.now_ms);
+        // As after a crash: the replay runs at the time it is now.
+        let clock = ManualClock::new(self.now_ms);
+        let mut pipeline = test_pipeline_with(&self.data_dir, self.configs.clone(), clock.clone());
         let upto = match self.store.latest()? {
             Some(r) => {
                 let upto = self.checkpointed.unwrap_or(0);
                 for ev in &self.events[..upto] {
                     if let Event::Sql(_) = ev {
-                        Self::apply_to(&mut pipeline, ev).await?;
+                        Self::apply_to(&mut pipeline, &clock, ev).await?;
                     }
                 }
                 pipeline.restore(&r)?;
@@ -215,9 +241,10 @@ impl WeirSlt {
             None => 0,
         };
         for ev in &self.events[upto..] {
-            Self::apply_to(&mut pipeline, ev).await?;
+            Self::apply_to(&mut pipeline, &clock, ev).await?;
         }
         self.pipeline = pipeline;
+        self.clock = clock;
         Ok(())
     }
 

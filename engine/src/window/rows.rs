@@ -22,7 +22,6 @@
 
 use super::{LATE_HOP, LATE_TUMBLE, UpdateStats, WindowOperator, split_by_pane};
 use super::{bound_array, shifted_ms};
-use crate::dead_letter::DeadLetterWriter;
 use crate::error::{Result, WeirError};
 use crate::sql::WindowKind;
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
@@ -194,7 +193,6 @@ pub struct WindowRows {
     limit: Option<RankLimit>,
     panes: BTreeMap<i64, Pane>,
     closed_through: i64,
-    dead_letter: Option<DeadLetterWriter>,
 }
 
 impl WindowRows {
@@ -251,7 +249,6 @@ impl WindowRows {
             limit,
             panes: BTreeMap::new(),
             closed_through: i64::MIN,
-            dead_letter: None,
         })
     }
 
@@ -324,23 +321,14 @@ impl WindowRows {
 }
 
 impl WindowOperator for WindowRows {
-    fn configure(
-        &mut self,
-        every: Option<std::time::Duration>,
-        dead_letter: Option<DeadLetterWriter>,
-    ) -> Result<()> {
+    fn configure(&mut self, every: Option<std::time::Duration>) -> Result<()> {
         if every.is_some() {
             return Err(WeirError::user(
                 "EMIT EVERY is not supported yet on views that rank unaggregated rows (top-N \
                  per window): their results come when each window closes",
             ));
         }
-        self.dead_letter = dead_letter;
         Ok(())
-    }
-
-    fn dead_letter(&mut self) -> Option<&mut DeadLetterWriter> {
-        self.dead_letter.as_mut()
     }
 
     fn input_time_column(&self) -> &str {
@@ -364,11 +352,7 @@ impl WindowOperator for WindowRows {
             Some(l) => l.describe(),
             None => "keeps every row".to_string(),
         };
-        let mut s = format!("WindowRows: {window}, {held}");
-        if self.dead_letter.is_some() {
-            s.push_str(", late rows to the dead-letter file");
-        }
-        s
+        format!("WindowRows: {window}, {held}")
     }
 
     fn open_windows(&self) -> usize {

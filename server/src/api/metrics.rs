@@ -3,12 +3,12 @@
 
 use std::fmt::Write;
 use std::time::Duration;
-use weir_engine::pipeline::{Catalog, ObjectInfo};
+use weir_engine::catalog::{CatalogHandle, ObjectInfo};
 use weir_engine::sql::ObjectKind;
 use weir_engine::stats::Status;
 
 /// Sample every object's input rate once a second.
-pub async fn sample_rates(catalog: Catalog) {
+pub async fn sample_rates(catalog: CatalogHandle) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -62,7 +62,7 @@ fn counter(c: &std::sync::atomic::AtomicU64) -> f64 {
 }
 
 /// Render every figure of every source, view and sink.
-pub fn render(catalog: &Catalog) -> String {
+pub fn render(catalog: &CatalogHandle) -> String {
     let objects = catalog.objects();
     let of =
         |k: ObjectKind| -> Vec<&ObjectInfo> { objects.iter().filter(|o| o.kind == k).collect() };

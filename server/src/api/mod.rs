@@ -2,7 +2,7 @@
 //! axum inside `weir run`.
 //!
 //! Reads (lists, rows, ad-hoc queries, subscriptions, metrics) go to the pipeline's
-//! [`Catalog`] and the views' buffers directly, never through the driver task, so serving
+//! [`CatalogHandle`] and the views' buffers directly, never through the driver task, so serving
 //! cannot slow the pipeline down. Changes (POST /api/v1/sql, DELETE) go to the driver
 //! through a [`Controller`] and are applied between micro-batches, exactly as the SQL files
 //! are at start-up, then journaled in the state directory so they survive a restart.
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use weir_engine::pipeline::Catalog;
+use weir_engine::catalog::CatalogHandle;
 use weir_engine::runtime::Controller;
 
 /// A token's rights.
@@ -74,18 +74,20 @@ impl Default for ApiSettings {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub catalog: Catalog,
+    pub catalog: CatalogHandle,
     pub controller: Controller,
     pub settings: Arc<ApiSettings>,
     pub state: Arc<StateDir>,
     /// Flips to true when the process is stopping: subscriptions close.
     pub stopping: watch::Receiver<bool>,
+    /// JSON of emitted batches shared by a view's subscribers.
+    pub encoded: ws::EncodedBatches,
     errors: Arc<AtomicU64>,
 }
 
 impl AppState {
     pub fn new(
-        catalog: Catalog,
+        catalog: CatalogHandle,
         controller: Controller,
         settings: ApiSettings,
         state: Arc<StateDir>,
@@ -97,6 +99,7 @@ impl AppState {
             settings: Arc::new(settings),
             state,
             stopping,
+            encoded: ws::EncodedBatches::default(),
             errors: Arc::new(AtomicU64::new(0)),
         }
     }

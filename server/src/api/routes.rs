@@ -12,8 +12,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use weir_engine::WeirError;
+use weir_engine::adhoc::query_views;
+use weir_engine::catalog::ObjectInfo;
 use weir_engine::error::LimitKind;
-use weir_engine::pipeline::{Applied, ObjectInfo, StatementResult, query_views};
+use weir_engine::pipeline::{Applied, StatementResult};
 use weir_engine::sql::{ObjectKind, WeirStatement};
 use weir_engine::stats::Status;
 
@@ -149,7 +151,7 @@ pub fn object(o: &ObjectInfo) -> Object {
             rows_per_sec: (o.stats.rows_per_sec() * 10.0).round() / 10.0,
             lag: o.stats.lag(),
             watermark: watermark.and_then(rfc3339_ms),
-            watermark_delay_ms: watermark.map(|w| weir_engine::runtime::now_ms() - w),
+            watermark_delay_ms: watermark.map(|w| weir_engine::clock::wall_ms() - w),
             late_rows: s.late_rows,
             bad_rows: s.bad_rows,
             open_windows: s.open_windows,
@@ -519,7 +521,7 @@ async fn post_query(
     let objects = state.catalog.objects();
     let views = objects
         .iter()
-        .filter_map(|o| o.buffer.as_ref().map(|b| (o.name.as_str(), b.as_ref())));
+        .filter_map(|o| o.buffer.clone().map(|b| (o.name.clone(), b)));
     let batches = query_views(views, *q)
         .await
         .map_err(|e| engine_error(&state, e))?;

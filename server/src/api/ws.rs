@@ -3,7 +3,8 @@
 //! A view subscriber first subscribes to the view's fan-out channel, then reads the
 //! retained rows, then forwards live batches, skipping any it already sent by seq: no gap,
 //! no duplicate. Each emitted batch is encoded to JSON once, by the first subscriber that
-//! sends it, and shared by the rest. The fan-out channel holds
+//! sends it, and shared by the rest through the server's [`EncodedBatches`] cache. The
+//! fan-out channel holds
 //! [`SUBSCRIBER_QUEUE_BATCHES`] batches: a subscriber further behind than that, or one
 //! whose socket does not take a message within `server.ws_send_timeout`, is sent an error
 //! message and closed (it may reconnect with `since_seq`), so slow clients cost bounded
@@ -16,11 +17,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
-use weir_engine::pipeline::{Emitted, SUBSCRIBER_QUEUE_BATCHES, ViewBuffer, ViewEvent};
+use weir_engine::serving::{Emitted, SUBSCRIBER_QUEUE_BATCHES, ViewBuffer, ViewEvent};
 use weir_engine::sql::ObjectKind;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -136,20 +139,52 @@ fn text(bytes: Vec<u8>) -> Utf8Bytes {
     Utf8Bytes::from(String::from_utf8(bytes).unwrap_or_default())
 }
 
-/// The shared encoding of an emitted batch.
-fn encoded(e: &Emitted) -> Utf8Bytes {
-    let any = e.encoded.get_or_init(|| {
-        Box::new(text(rows_message(
+/// How many encoded batches the cache keeps per view: subscribers near the head of the
+/// stream share them; one further behind encodes its own.
+const ENCODED_PER_VIEW: usize = 32;
+
+/// The JSON `rows` messages of recently emitted batches, per view and first seq, so a
+/// batch sent to many subscribers is encoded once. Bounded: [`ENCODED_PER_VIEW`] per view.
+#[derive(Debug, Default, Clone)]
+pub struct EncodedBatches(Arc<Mutex<HashMap<String, Recent>>>);
+
+/// A view's recently encoded batches: `(first_seq, message)`, oldest first.
+type Recent = VecDeque<(u64, Utf8Bytes)>;
+
+impl EncodedBatches {
+    /// The message for `e`, a batch of view `view`, encoded now if no one has yet.
+    fn get(&self, view: &str, e: &Emitted) -> Utf8Bytes {
+        let cached = self
+            .0
+            .lock()
+            .get(view)
+            .and_then(|q| q.iter().find(|(seq, _)| *seq == e.first_seq).cloned());
+        if let Some((_, msg)) = cached {
+            return msg;
+        }
+        // Encoded outside the lock; two subscribers racing here encode the same bytes.
+        let msg = text(rows_message(
             std::slice::from_ref(&e.batch),
             e.first_seq,
             e.last_seq(),
             e.watermark,
             Some(e.emitted_at_us),
-        )))
-    });
-    any.downcast_ref::<Utf8Bytes>()
-        .cloned()
-        .unwrap_or_else(|| Utf8Bytes::from_static("{}"))
+        ));
+        let mut g = self.0.lock();
+        let q = g.entry(view.to_string()).or_default();
+        if !q.iter().any(|(seq, _)| *seq == e.first_seq) {
+            q.push_back((e.first_seq, msg.clone()));
+            while q.len() > ENCODED_PER_VIEW {
+                q.pop_front();
+            }
+        }
+        msg
+    }
+
+    /// Forget a view's batches (it was dropped).
+    pub fn forget(&self, view: &str) {
+        self.0.lock().remove(view);
+    }
 }
 
 impl Subscriber {
@@ -240,7 +275,7 @@ impl Subscriber {
                             continue;
                         }
                         let msg = if e.first_seq > cursor {
-                            encoded(&e)
+                            self.state.encoded.get(&self.name, &e)
                         } else {
                             let skip = (cursor + 1 - e.first_seq) as usize;
                             let part = e.batch.slice(skip, e.batch.num_rows() - skip);
@@ -252,6 +287,7 @@ impl Subscriber {
                         }
                     }
                     Ok(ViewEvent::Dropped) | Err(RecvError::Closed) => {
+                        self.state.encoded.forget(&self.name);
                         return End::Close(1000, format!("materialized view '{}' was dropped", self.name));
                     }
                     Err(RecvError::Lagged(n)) => {
@@ -322,7 +358,7 @@ fn status_message(state: &AppState) -> StatusMessage {
         sources: of(ObjectKind::Source),
         views: of(ObjectKind::View),
         sinks: of(ObjectKind::Sink),
-        time: rfc3339_ms(weir_engine::runtime::now_ms()).unwrap_or_default(),
+        time: rfc3339_ms(weir_engine::clock::wall_ms()).unwrap_or_default(),
     }
 }
 

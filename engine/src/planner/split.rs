@@ -1,5 +1,4 @@
-//! Planning a view: DataFusion plans the (window-rewritten) query body, then the physical
-//! plan is split at the aggregate into three parts that the executor drives:
+//! Splitting a view's DataFusion physical plan into the parts the dataflow drives:
 //!
 //! ```text
 //!   post  (HAVING, projection, ORDER BY/LIMIT, top-N)   run once per closed window
@@ -8,12 +7,10 @@
 //!   pre   (scan, WHERE, projection, window columns)      run once per micro-batch
 //! ```
 //!
-//! Each streaming input is a [`StreamTable`] whose scan is a [`SlotExec`]: a leaf that yields
-//! whatever batches were put into its [`BatchSlot`] since it last ran. Executing `pre` after
-//! filling the slot runs DataFusion's own operators over that micro-batch. A view without an
-//! aggregate is all `pre`.
-//!
-//! A view that joins two streams is split at the join instead (see `join.rs`):
+//! A view without an aggregate is all `pre` (stateless). A view whose window functions
+//! rank a window's raw rows (top-N) is split at its lowest window-function operator
+//! ([`WindowRows`] holds each window's rows). A view that joins two streams is split at
+//! the join instead (see `join.rs`):
 //!
 //! ```text
 //!   post  (projection, filter above the join)            run once per join output batch
@@ -24,336 +21,39 @@
 //! A join whose one side reads no stream (a lookup join with a reference table) is not
 //! split: it stays inside DataFusion's per-batch plan.
 
+use super::ViewPlanKind;
+use super::slot::{BatchSlot, SlotExec, SlotPlan};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::sql::WindowSpec;
-use crate::window::{RankLimit, WindowAggregator, WindowOperator, WindowRows};
-use async_trait::async_trait;
+use crate::window::{RankLimit, WindowAggregator, WindowRows};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::JoinType;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
 use datafusion::physical_expr::split_conjunction;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::WindowExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream, displayable,
-};
-use futures::TryStreamExt;
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// Batches waiting to be read by the next execution of a plan.
-#[derive(Debug, Default)]
-pub struct BatchSlot {
-    batches: Mutex<Vec<RecordBatch>>,
-}
-
-impl BatchSlot {
-    pub fn put(&self, batch: RecordBatch) {
-        if let Ok(mut b) = self.batches.lock() {
-            b.push(batch);
-        }
-    }
-
-    fn take(&self) -> Vec<RecordBatch> {
-        self.batches
-            .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .unwrap_or_default()
-    }
-}
-
-/// A streaming relation (a source or a view) as DataFusion sees it while planning a view.
-#[derive(Debug)]
-pub struct StreamTable {
-    pub name: String,
-    pub schema: SchemaRef,
-    pub slot: Arc<BatchSlot>,
-}
-
-#[async_trait]
-impl TableProvider for StreamTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(SlotExec::new(
-            self.name.clone(),
-            self.schema.clone(),
-            projection.cloned(),
-            self.slot.clone(),
-        )?))
-    }
-}
-
-/// A leaf that yields the batches in its slot, projected.
-#[derive(Debug)]
-pub struct SlotExec {
-    pub input_name: String,
-    full_schema: SchemaRef,
-    projection: Option<Vec<usize>>,
-    pub slot: Arc<BatchSlot>,
-    props: Arc<PlanProperties>,
-}
-
-impl SlotExec {
-    pub fn new(
-        input_name: String,
-        full_schema: SchemaRef,
-        projection: Option<Vec<usize>>,
-        slot: Arc<BatchSlot>,
-    ) -> datafusion::error::Result<Self> {
-        let schema = match &projection {
-            Some(p) => Arc::new(full_schema.project(p)?),
-            None => full_schema.clone(),
-        };
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Ok(SlotExec {
-            input_name,
-            full_schema,
-            projection,
-            slot,
-            props: Arc::new(props),
-        })
-    }
-}
-
-impl SlotExec {
-    /// The name, in the input's own schema, of output column `i`.
-    fn input_column(&self, i: usize) -> Option<String> {
-        let i = match &self.projection {
-            Some(p) => *p.get(i)?,
-            None => i,
-        };
-        (i < self.full_schema.fields().len()).then(|| self.full_schema.field(i).name().clone())
-    }
-}
-
-impl DisplayAs for SlotExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "StreamInput: {}", self.input_name)
-    }
-}
-
-impl ExecutionPlan for SlotExec {
-    fn name(&self) -> &str {
-        "StreamInput"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
-    ) -> datafusion::error::Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        _partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> datafusion::error::Result<SendableRecordBatchStream> {
-        // MemoryStream reports the schema it is given, so it must be the projected one
-        // (a hash join collecting this side concatenates with the stream's schema).
-        Ok(Box::pin(MemoryStream::try_new(
-            self.slot.take(),
-            self.schema(),
-            self.projection.clone(),
-        )?))
-    }
-}
-
-/// A physical plan fed through one slot, run once per input.
-pub struct SlotPlan {
-    pub plan: Arc<dyn ExecutionPlan>,
-    pub slot: Arc<BatchSlot>,
-    task_ctx: Arc<TaskContext>,
-    /// Whether some operator keeps state between executions (a TopK's threshold, say) that
-    /// must be reset before each run.
-    needs_reset: bool,
-}
-
-/// Operators that keep nothing from one execution to the next.
-const STATELESS_OPERATORS: &[&str] = &[
-    "StreamInput",
-    "ProjectionExec",
-    "FilterExec",
-    "CooperativeExec",
-    "CoalesceBatchesExec",
-    "CoalescePartitionsExec",
-    "RepartitionExec",
-];
-
-impl SlotPlan {
-    pub fn new(
-        plan: Arc<dyn ExecutionPlan>,
-        slot: Arc<BatchSlot>,
-        task_ctx: Arc<TaskContext>,
-    ) -> Self {
-        let mut needs_reset = false;
-        let _ = plan.apply(|node| {
-            if !STATELESS_OPERATORS.contains(&node.name()) {
-                needs_reset = true;
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        SlotPlan {
-            plan,
-            slot,
-            task_ctx,
-            needs_reset,
-        }
-    }
-
-    pub fn schema(&self) -> SchemaRef {
-        self.plan.schema()
-    }
-
-    /// Run the plan over `batch`; returns the non-empty output batches.
-    pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.slot.put(batch);
-        let plan = if self.needs_reset {
-            reset_plan_states(self.plan.clone())?
-        } else {
-            self.plan.clone()
-        };
-        let stream = plan.execute(0, self.task_ctx.clone())?;
-        let out: Vec<RecordBatch> = stream.try_collect().await?;
-        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
-    }
-
-    pub fn display(&self) -> String {
-        displayable(self.plan.as_ref()).indent(true).to_string()
-    }
-}
-
-/// A planned view, ready to execute.
-pub struct ViewPlan {
+/// A view's plan cut into its streaming parts.
+pub struct Split {
     /// The relations the view reads: one, or a join's left and right input (the same name
     /// twice for a self-join).
     pub inputs: Vec<String>,
     pub output_schema: SchemaRef,
     pub kind: ViewPlanKind,
-}
-
-pub enum ViewPlanKind {
-    Stateless {
-        plan: SlotPlan,
-    },
-    Windowed {
-        pre: SlotPlan,
-        aggregate: Box<dyn WindowOperator>,
-        post: SlotPlan,
-    },
-    /// A join of two streams.
-    Join {
-        /// Each side's stateless part, fed from `inputs[side]`: left, right.
-        sides: Vec<SlotPlan>,
-        join: Box<StreamJoin>,
-        /// What runs over the join's output (projection, filter above it).
-        post: SlotPlan,
-    },
-}
-
-impl ViewPlan {
-    /// The streaming plan, for EXPLAIN and DESCRIBE.
-    pub fn explain(&self) -> String {
-        match &self.kind {
-            ViewPlanKind::Stateless { plan } => {
-                format!(
-                    "stateless view over {}:\n{}",
-                    self.inputs[0],
-                    plan.display()
-                )
-            }
-            ViewPlanKind::Windowed {
-                pre,
-                aggregate,
-                post,
-            } => format!(
-                "per window close:\n{}{}\nper micro-batch over {}:\n{}",
-                post.display(),
-                aggregate.describe(),
-                self.inputs[0],
-                pre.display()
-            ),
-            ViewPlanKind::Join { sides, join, post } => {
-                let mut s = format!("per join output:\n{}{}", post.display(), join.describe());
-                for (input, side) in self.inputs.iter().zip(sides) {
-                    let side = side.display();
-                    s.push_str(&format!(
-                        "\nper micro-batch over {input}:\n{}",
-                        side.trim_end()
-                    ));
-                }
-                s
-            }
-        }
-    }
-
-    /// Window bounds and group keys: what identifies an output row.
-    pub fn key_columns(&self) -> Vec<String> {
-        match &self.kind {
-            ViewPlanKind::Stateless { .. } | ViewPlanKind::Join { .. } => vec![],
-            ViewPlanKind::Windowed { aggregate, .. } => {
-                let names = aggregate.key_names();
-                // Group columns as they appear in the output (they may be renamed by aliases,
-                // so only keep those present).
-                names
-                    .into_iter()
-                    .filter(|n| self.output_schema.field_with_name(n).is_ok())
-                    .collect()
-            }
-        }
-    }
 }
 
 /// Find every stream input leaf in a plan.
@@ -384,7 +84,7 @@ pub fn split_plan(
     physical: Arc<dyn ExecutionPlan>,
     window: Option<&WindowSpec>,
     task_ctx: Arc<TaskContext>,
-) -> Result<ViewPlan> {
+) -> Result<Split> {
     let output_schema = physical.schema();
     let inputs = stream_inputs(&physical);
     let input = match inputs.as_slice() {
@@ -404,7 +104,7 @@ pub fn split_plan(
         }
         reject_per_batch_limits(&physical)?;
         let slot = inputs[0].1.clone();
-        return Ok(ViewPlan {
+        return Ok(Split {
             inputs: vec![input],
             output_schema,
             kind: ViewPlanKind::Stateless {
@@ -461,7 +161,7 @@ pub fn split_plan(
         slot.clone(),
     )?);
     let post_plan = replace_node(physical, &top, leaf)?;
-    Ok(ViewPlan {
+    Ok(Split {
         inputs: vec![input],
         output_schema,
         kind: ViewPlanKind::Windowed {
@@ -554,7 +254,7 @@ fn split_window_rows(
     (input, input_slot): (String, Arc<BatchSlot>),
     nodes: &[Arc<dyn ExecutionPlan>],
     task_ctx: Arc<TaskContext>,
-) -> Result<ViewPlan> {
+) -> Result<Split> {
     const NEEDS_WINDOW: &str = "window functions (OVER) over a stream need a window to rank \
         in: read FROM TUMBLE(source, time_column, INTERVAL '...') (over a windowed view: \
         TUMBLE(view, window_start, INTERVAL 'its window size')) and PARTITION BY window_start";
@@ -599,7 +299,7 @@ fn split_window_rows(
         slot.clone(),
     )?);
     let post_plan = replace_node(physical, &pre_top, leaf)?;
-    Ok(ViewPlan {
+    Ok(Split {
         inputs: vec![input],
         output_schema,
         kind: ViewPlanKind::Windowed {
@@ -785,7 +485,7 @@ fn column_origin(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Option<String> {
 }
 
 /// Split the plan of a view that reads two streams at the join of the two.
-fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> Result<ViewPlan> {
+fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> Result<Split> {
     let output_schema = physical.schema();
     // Operators with two or more children that each read a stream.
     let mut combining: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -919,7 +619,7 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
         slot.clone(),
     )?);
     let post = replace_node(physical, &top, leaf)?;
-    Ok(ViewPlan {
+    Ok(Split {
         inputs: names,
         output_schema,
         kind: ViewPlanKind::Join {

@@ -1,0 +1,93 @@
+//! A view that joins two streams (see `join.rs` for the symmetric hash join): a batch from
+//! either side runs through that side's stateless part, probes the other side's stored
+//! rows, and the matches run through the part above the join and are emitted at once. Its
+//! watermark is the least of its inputs'; either side's watermark may let the other side's
+//! stored rows go (window joins).
+
+use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
+use crate::error::{Result, WeirError};
+use crate::join::StreamJoin;
+use crate::planner::slot::SlotPlan;
+use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
+
+pub struct JoinOp {
+    sides: Vec<SlotPlan>,
+    join: Box<StreamJoin>,
+    post: SlotPlan,
+    watermark: i64,
+}
+
+impl JoinOp {
+    pub fn new(sides: Vec<SlotPlan>, join: Box<StreamJoin>, post: SlotPlan) -> Self {
+        JoinOp {
+            sides,
+            join,
+            post,
+            watermark: i64::MIN,
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for JoinOp {
+    async fn on_batch(
+        &mut self,
+        port: usize,
+        batch: RecordBatch,
+        _cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        let side = self
+            .sides
+            .get(port)
+            .ok_or_else(|| WeirError::Internal(format!("a join has no input {port}")))?;
+        let mut out = Vec::new();
+        for b in side.run(batch).await? {
+            if let Some(pairs) = self.join.push(port, &b)? {
+                out.extend(self.post.run(pairs).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn on_watermark(
+        &mut self,
+        inputs: &[i64],
+        _cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        if let [l, r] = inputs {
+            self.join.advance([*l, *r])?;
+        }
+        let input = inputs.iter().copied().min().unwrap_or(i64::MIN);
+        self.watermark = self.watermark.max(input);
+        Ok(vec![])
+    }
+
+    fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    fn figures(&self) -> StateFigures {
+        StateFigures {
+            open_windows: 0,
+            open_groups: self.join.stored_rows() as u64,
+            bytes: self.join.state_bytes() as u64,
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<NodeState> {
+        let [left, right] = self.join.snapshot()?;
+        Ok(NodeState {
+            meta: serde_json::json!({ "watermark": self.watermark }),
+            parts: vec![left, right],
+        })
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
+        let mut parts = state.parts.into_iter();
+        let left = parts.next().unwrap_or_default();
+        let right = parts.next().unwrap_or_default();
+        self.join.restore([left, right])
+    }
+}

@@ -1,0 +1,541 @@
+//! The dataflow: a [`Graph`] of nodes (sources and views) whose operators implement one
+//! [`Operator`] trait, and the synchronous loop that moves micro-batches and watermarks
+//! through them. It never sleeps, spawns or does I/O: the runtime (`runtime.rs`) feeds it
+//! from source tasks and carries out its [`Effect`]s, and the test runner steps it by hand.
+//!
+//! One step (a batch from a source partition, a tick of processing time, a partition's
+//! end):
+//!
+//! 1. A batch is cut where rows earlier in it made a later row late (see
+//!    `watermark.rs`), and each piece goes through steps 2 and 3 in turn.
+//! 2. The source's node records the piece's event times; the piece goes to every node
+//!    reading the source, and what they emit to the nodes reading them (breadth first, in
+//!    node order).
+//! 3. Watermarks advance: every node in topological order hears its inputs' watermarks
+//!    (windows close, joins evict) and processing time (early results), and what it emits
+//!    goes downstream before the next node advances, so a view over a view sees rows
+//!    before the watermark that follows them.
+//!
+//! Every view's output is recorded as an [`Emission`] in order; the pipeline numbers them
+//! (`sequencer.rs`), hands them to the serving layer and to sinks.
+//!
+//! Adding an operator kind: a file implementing [`Operator`] and one arm in
+//! [`view_operator`].
+
+pub mod graph;
+pub mod join;
+pub mod operator;
+pub mod source;
+pub mod stateless;
+pub mod windowed;
+
+use crate::connector::RowIds;
+use crate::error::{Result, WeirError};
+use crate::object::ObjectKind;
+use crate::planner::{ViewPlan, ViewPlanKind};
+use crate::stats::Stats;
+use crate::window::shifted_ms;
+use datafusion::arrow::record_batch::RecordBatch;
+pub use graph::{Graph, NodeId};
+pub use operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures};
+use source::SourceOp;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// One batch a view emitted, in emission order.
+#[derive(Debug, Clone)]
+pub struct Emission {
+    pub view: String,
+    pub batch: RecordBatch,
+    /// Where its rows came from, for row ids: a source partition, or [`RowIds::CLOSES`].
+    pub origin: u32,
+    /// The view's watermark when it emitted (`None` before the first).
+    pub watermark: Option<i64>,
+}
+
+enum NodeOp {
+    Source(SourceOp),
+    View(Box<dyn Operator>),
+}
+
+impl NodeOp {
+    fn operator(&mut self) -> &mut dyn Operator {
+        match self {
+            NodeOp::Source(s) => s,
+            NodeOp::View(v) => v.as_mut(),
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    kind: ObjectKind,
+    op: NodeOp,
+    stats: Arc<Stats>,
+    /// Views: no state, rows pass straight through (lateness looks through them).
+    stateless: bool,
+    /// Windowed views: the input column their window reads time from.
+    window_time_column: Option<String>,
+}
+
+/// The operator for a planned view: the one registration point for operator kinds.
+pub fn view_operator(plan: ViewPlan, now_ms: i64) -> Box<dyn Operator> {
+    match plan.kind {
+        ViewPlanKind::Stateless { plan } => Box::new(stateless::StatelessOp::new(plan)),
+        ViewPlanKind::Windowed {
+            pre,
+            aggregate,
+            post,
+        } => Box::new(windowed::WindowedOp::new(
+            pre,
+            aggregate,
+            post,
+            plan.output_schema,
+            plan.props.late_policy,
+            now_ms,
+        )),
+        ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
+    }
+}
+
+/// Sources, views and what flows between them.
+#[derive(Default)]
+pub struct Dataflow {
+    graph: Graph,
+    nodes: BTreeMap<NodeId, Node>,
+    emissions: Vec<Emission>,
+    effects: Vec<Effect>,
+    /// Per source: the columns whose values decide lateness downstream (see
+    /// [`Dataflow::probe_columns`]); recomputed when views change.
+    probes: BTreeMap<NodeId, Vec<usize>>,
+}
+
+fn graph_error(e: graph::GraphError) -> WeirError {
+    WeirError::Internal(format!("dataflow graph: {e:?}"))
+}
+
+impl Dataflow {
+    pub fn add_source(&mut self, name: &str, op: SourceOp, stats: Arc<Stats>) -> Result<NodeId> {
+        let id = self.graph.add(name, &[]).map_err(graph_error)?;
+        stats.watermark.store(op.clock.watermark(), Relaxed);
+        self.nodes.insert(
+            id,
+            Node {
+                name: name.to_string(),
+                kind: ObjectKind::Source,
+                op: NodeOp::Source(op),
+                stats,
+                stateless: false,
+                window_time_column: None,
+            },
+        );
+        self.refresh_probes();
+        Ok(id)
+    }
+
+    /// Add a planned view reading `plan.inputs`, at processing time `now_ms`.
+    pub fn add_view(
+        &mut self,
+        name: &str,
+        plan: ViewPlan,
+        stats: Arc<Stats>,
+        now_ms: i64,
+    ) -> Result<NodeId> {
+        let inputs = plan
+            .inputs
+            .iter()
+            .map(|i| {
+                self.graph
+                    .id(i)
+                    .ok_or_else(|| WeirError::Internal(format!("view input '{i}' has no node")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stateless = matches!(plan.kind, ViewPlanKind::Stateless { .. });
+        let window_time_column = plan.props.window_time_column.clone();
+        let id = self.graph.add(name, &inputs).map_err(graph_error)?;
+        self.nodes.insert(
+            id,
+            Node {
+                name: name.to_string(),
+                kind: ObjectKind::View,
+                op: NodeOp::View(view_operator(plan, now_ms)),
+                stats,
+                stateless,
+                window_time_column,
+            },
+        );
+        self.refresh_probes();
+        Ok(id)
+    }
+
+    /// Remove a node that nothing reads.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        let Some(id) = self.graph.id(name) else {
+            return Ok(());
+        };
+        self.graph.remove(id).map_err(graph_error)?;
+        self.nodes.remove(&id);
+        self.refresh_probes();
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.graph.id(name).is_some()
+    }
+
+    /// A node's watermark (`i64::MIN` if it has none or does not exist).
+    pub fn watermark_of(&mut self, name: &str) -> i64 {
+        match self.graph.id(name) {
+            Some(id) => self.watermark(id),
+            None => i64::MIN,
+        }
+    }
+
+    fn watermark(&mut self, id: NodeId) -> i64 {
+        self.nodes
+            .get_mut(&id)
+            .map_or(i64::MIN, |n| n.op.operator().watermark())
+    }
+
+    /// True when every source has ended.
+    pub fn all_sources_ended(&self) -> bool {
+        self.nodes.values().all(|n| match &n.op {
+            NodeOp::Source(s) => s.clock.watermark() == i64::MAX,
+            NodeOp::View(_) => true,
+        })
+    }
+
+    fn source_mut(&mut self, name: &str) -> Result<(NodeId, &mut SourceOp)> {
+        let id = self
+            .graph
+            .id(name)
+            .ok_or_else(|| WeirError::user(format!("there is no source '{name}'")))?;
+        match self.nodes.get_mut(&id).map(|n| &mut n.op) {
+            Some(NodeOp::Source(s)) => Ok((id, s)),
+            _ => Err(WeirError::user(format!("'{name}' is not a source"))),
+        }
+    }
+
+    /// What was emitted since the last call, in order.
+    pub fn take_emissions(&mut self) -> Vec<Emission> {
+        std::mem::take(&mut self.emissions)
+    }
+
+    /// Side effects asked for since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The runtime starts at `now`: idle timeouts run from here.
+    pub fn start(&mut self, now: i64) {
+        for n in self.nodes.values_mut() {
+            if let NodeOp::Source(s) = &mut n.op {
+                s.clock.start(now);
+            }
+        }
+    }
+
+    /// The columns of a source whose values decide whether a row is late for some view:
+    /// the window time column of every windowed view that reads the source directly or
+    /// through stateless views, when the source has a column of that name (else its
+    /// event-time column). Empty when no windowed view reads it.
+    fn probe_columns(&self, source: NodeId) -> Vec<usize> {
+        let Some(Node {
+            op: NodeOp::Source(s),
+            ..
+        }) = self.nodes.get(&source)
+        else {
+            return vec![];
+        };
+        let crate::watermark::EventTime::Column { index: event, .. } = s.clock.event_time else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        let mut queue: VecDeque<NodeId> = VecDeque::from([source]);
+        while let Some(id) = queue.pop_front() {
+            for e in self.graph.consumers(id) {
+                let Some(n) = self.nodes.get(&e.to) else {
+                    continue;
+                };
+                if n.stateless {
+                    queue.push_back(e.to);
+                } else if let Some(col) = &n.window_time_column {
+                    let i = match s.schema.index_of(col) {
+                        Ok(i)
+                            if matches!(
+                                s.schema.field(i).data_type(),
+                                datafusion::arrow::datatypes::DataType::Timestamp(_, _)
+                            ) =>
+                        {
+                            i
+                        }
+                        // A column the view computed or renamed: judge by event time.
+                        _ => event,
+                    };
+                    if !out.contains(&i) {
+                        out.push(i);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn refresh_probes(&mut self) {
+        let sources: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kind == ObjectKind::Source)
+            .map(|(id, _)| *id)
+            .collect();
+        self.probes = sources
+            .into_iter()
+            .map(|id| (id, self.probe_columns(id)))
+            .collect();
+    }
+
+    /// One micro-batch from a source partition, at processing time `now`; `position` is
+    /// where the partition resumes after it (recorded for checkpoints).
+    pub async fn push(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        position: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        let (id, s) = self.source_mut(source)?;
+        if partition >= s.clock.partitions.len() {
+            return Err(WeirError::Internal(format!(
+                "source '{source}' sent partition {partition} of {}",
+                s.clock.partitions.len()
+            )));
+        }
+        let times = s.event_times(&batch)?;
+        let probes = self.probes.get(&id).cloned().unwrap_or_default();
+        let cuts = match &times {
+            Some(t) if !probes.is_empty() && batch.num_rows() > 1 => {
+                let event_only = match (&self.nodes.get(&id).map(|n| &n.op), probes.as_slice()) {
+                    (Some(NodeOp::Source(s)), [only]) => match s.clock.event_time {
+                        crate::watermark::EventTime::Column { index, .. } => index == *only,
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                let probe = if event_only {
+                    None
+                } else {
+                    Some(min_times(&batch, &probes)?)
+                };
+                let (_, s) = self.source_mut(source)?;
+                s.split_points(partition, t, probe.as_deref(), now)
+            }
+            _ => vec![],
+        };
+        let origin = (partition as u32).min(RowIds::CLOSES - 1);
+        let mut start = 0;
+        for end in cuts.into_iter().chain([batch.num_rows()]) {
+            let piece = batch.slice(start, end - start);
+            let (_, s) = self.source_mut(source)?;
+            s.observe(partition, times.as_deref().map(|t| &t[start..end]), now);
+            if piece.num_rows() > 0 {
+                self.deliver(id, piece, origin, now).await?;
+            }
+            self.advance(now).await?;
+            start = end;
+        }
+        if position.is_some() {
+            let (_, s) = self.source_mut(source)?;
+            if let Some(p) = s.clock.partitions.get_mut(partition) {
+                p.position = position;
+            }
+        }
+        Ok(())
+    }
+
+    /// The source knows it has `count` partitions.
+    pub fn set_partitions(&mut self, source: &str, count: usize, now: i64) -> Result<()> {
+        self.source_mut(source)?.1.clock.set_partitions(count, now);
+        Ok(())
+    }
+
+    /// A partition is alive though quiet.
+    pub fn keep_active(&mut self, source: &str, partition: usize, now: i64) -> Result<()> {
+        self.source_mut(source)?.1.clock.keep_active(partition, now);
+        Ok(())
+    }
+
+    /// The connector's event time for a partition.
+    pub async fn progress(
+        &mut self,
+        source: &str,
+        partition: usize,
+        event_time_ms: i64,
+        now: i64,
+    ) -> Result<()> {
+        self.source_mut(source)?
+            .1
+            .clock
+            .progress(partition, event_time_ms, now);
+        self.advance(now).await
+    }
+
+    pub async fn end_partition(&mut self, source: &str, partition: usize, now: i64) -> Result<()> {
+        self.source_mut(source)?.1.clock.end_partition(partition);
+        self.advance(now).await
+    }
+
+    pub async fn end_source(&mut self, source: &str, now: i64) -> Result<()> {
+        self.source_mut(source)?.1.clock.end_all();
+        self.advance(now).await
+    }
+
+    /// Processing time moved on: partitions may have gone idle, early results be due.
+    pub async fn tick(&mut self, now: i64) -> Result<()> {
+        self.advance(now).await
+    }
+
+    /// Hand a batch from node `from` to every node reading it, and onward, breadth first.
+    async fn deliver(
+        &mut self,
+        from: NodeId,
+        batch: RecordBatch,
+        origin: u32,
+        now: i64,
+    ) -> Result<()> {
+        let mut queue: VecDeque<(NodeId, RecordBatch)> = VecDeque::from([(from, batch)]);
+        while let Some((from, batch)) = queue.pop_front() {
+            for edge in self.graph.consumers(from) {
+                let Some(node) = self.nodes.get_mut(&edge.to) else {
+                    continue;
+                };
+                Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
+                let mut cx = Context {
+                    name: &node.name,
+                    now_ms: now,
+                    stats: &node.stats,
+                    effects: &mut self.effects,
+                };
+                let out = node
+                    .op
+                    .operator()
+                    .on_batch(edge.port, batch.clone(), &mut cx)
+                    .await?;
+                let watermark = node.op.operator().watermark();
+                publish_figures(node);
+                for b in out.into_iter().filter(|b| b.num_rows() > 0) {
+                    Stats::add(&node.stats.rows_out, b.num_rows() as u64);
+                    self.emissions.push(Emission {
+                        view: node.name.clone(),
+                        batch: b.clone(),
+                        origin,
+                        watermark: (watermark != i64::MIN).then_some(watermark),
+                    });
+                    queue.push_back((edge.to, b));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Advance every node's watermark in topological order (see the module docs).
+    async fn advance(&mut self, now: i64) -> Result<()> {
+        for id in self.graph.order() {
+            let inputs: Vec<i64> = self
+                .graph
+                .inputs(id)
+                .to_vec()
+                .into_iter()
+                .map(|i| self.watermark(i))
+                .collect();
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let mut cx = Context {
+                name: &node.name,
+                now_ms: now,
+                stats: &node.stats,
+                effects: &mut self.effects,
+            };
+            let op = node.op.operator();
+            let mut out = op.on_watermark(&inputs, &mut cx).await?;
+            out.extend(op.on_tick(&mut cx).await?);
+            let watermark = op.watermark();
+            node.stats.watermark.store(watermark, Relaxed);
+            publish_figures(node);
+            let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();
+            for b in &out {
+                Stats::add(&node.stats.rows_out, b.num_rows() as u64);
+                self.emissions.push(Emission {
+                    view: node.name.clone(),
+                    batch: b.clone(),
+                    origin: RowIds::CLOSES,
+                    watermark: (watermark != i64::MIN).then_some(watermark),
+                });
+            }
+            for b in out {
+                self.deliver(id, b, RowIds::CLOSES, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's state, in topological order: `(name, kind, state, figures)`.
+    pub fn snapshot(&mut self) -> Result<Vec<(String, ObjectKind, NodeState)>> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        for node in self.nodes.values_mut() {
+            out.push((node.name.clone(), node.kind, node.op.operator().snapshot()?));
+        }
+        Ok(out)
+    }
+
+    /// Put back one node's state.
+    pub fn restore_node(&mut self, name: &str, state: NodeState) -> Result<()> {
+        let id = self
+            .graph
+            .id(name)
+            .ok_or_else(|| WeirError::Internal(format!("no node '{name}' to restore")))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| WeirError::Internal(format!("no node '{name}' to restore")))?;
+        let op = node.op.operator();
+        op.restore(state)?;
+        node.stats.watermark.store(op.watermark(), Relaxed);
+        publish_figures(node);
+        Ok(())
+    }
+
+    /// A node's state figures.
+    pub fn figures(&mut self, name: &str) -> StateFigures {
+        match self.graph.id(name).and_then(|id| self.nodes.get_mut(&id)) {
+            Some(n) => n.op.operator().figures(),
+            None => StateFigures::default(),
+        }
+    }
+}
+
+fn publish_figures(node: &mut Node) {
+    if node.kind != ObjectKind::View {
+        return;
+    }
+    let f = node.op.operator().figures();
+    node.stats.open_windows.store(f.open_windows, Relaxed);
+    node.stats.open_groups.store(f.open_groups, Relaxed);
+    node.stats.state_bytes.store(f.bytes, Relaxed);
+}
+
+/// Each row's least value over the timestamp columns `columns` (epoch ms).
+fn min_times(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Option<i64>>> {
+    let mut out: Vec<Option<i64>> = vec![None; batch.num_rows()];
+    for &c in columns {
+        for (o, t) in out.iter_mut().zip(shifted_ms(batch.column(c), 0)?) {
+            if let Some(t) = t {
+                *o = Some(o.map_or(t, |x| x.min(t)));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,248 @@
+//! A windowed view: the pre plan (scan, WHERE, window columns) runs per micro-batch, a
+//! [`WindowOperator`] (window aggregate or window rows) holds the open windows, and the
+//! post plan (HAVING, projection, top-N) runs once per window the watermark closes, and
+//! per early emission (`EMIT EVERY`) on processing time. Rows too late for every window
+//! that would take them are counted, and with `'late.policy' = 'dead-letter'` handed to
+//! the runtime as an [`Effect`].
+
+use super::operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures, meta_field};
+use crate::error::Result;
+use crate::planner::slot::SlotPlan;
+use crate::planner::{LatePolicy, mark_final};
+use crate::stats::Stats;
+use crate::window::{UpdateStats, WindowOperator, shifted_ms};
+use async_trait::async_trait;
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+pub struct WindowedOp {
+    pre: SlotPlan,
+    aggregate: Box<dyn WindowOperator>,
+    post: SlotPlan,
+    /// The view's output schema (with `is_final` for `EMIT EVERY`).
+    schema: SchemaRef,
+    late_policy: LatePolicy,
+    input_watermark: i64,
+    watermark: i64,
+}
+
+impl WindowedOp {
+    pub fn new(
+        pre: SlotPlan,
+        mut aggregate: Box<dyn WindowOperator>,
+        post: SlotPlan,
+        schema: SchemaRef,
+        late_policy: LatePolicy,
+        now_ms: i64,
+    ) -> Self {
+        // EMIT EVERY intervals count from the view's creation.
+        aggregate.start_clock(now_ms);
+        WindowedOp {
+            pre,
+            aggregate,
+            post,
+            schema,
+            late_policy,
+            input_watermark: i64::MIN,
+            watermark: i64::MIN,
+        }
+    }
+
+    /// Run `batch` through the pre plan and fold it into the windows, counting late rows;
+    /// with the dead-letter policy, each late row is matched to the input row it came from.
+    async fn fold(&mut self, batch: RecordBatch, cx: &mut Context<'_>) -> Result<()> {
+        if self.late_policy == LatePolicy::Drop {
+            for b in self.pre.run(batch).await? {
+                let u = self.aggregate.update(&b)?;
+                count_late(cx, &u);
+            }
+            return Ok(());
+        }
+        // Only rows behind the watermark can be late. The pre plan keeps rows in order and
+        // makes at most one row of each, so when it drops none, its rows are the input's;
+        // otherwise the rows behind the watermark go through it one at a time, so a late
+        // row is known for the input row it came from.
+        let n = batch.num_rows();
+        let closed = self.aggregate.closed_through();
+        let behind: Vec<bool> = match batch.schema().index_of(self.aggregate.input_time_column()) {
+            Ok(i) => shifted_ms(batch.column(i), 0)?
+                .iter()
+                .map(|t| t.is_none_or(|t| t < closed))
+                .collect(),
+            Err(_) => vec![true; n],
+        };
+        let mut segments: Vec<(usize, usize)> = Vec::new();
+        if behind.iter().any(|b| *b) {
+            let out = self.pre.run(batch.clone()).await?;
+            if out.iter().map(|b| b.num_rows()).sum::<usize>() == n {
+                let mut offset = 0;
+                for b in out {
+                    let u = self.aggregate.update(&b)?;
+                    self.late_rows(cx, &batch, offset, &u)?;
+                    offset += b.num_rows();
+                }
+                return Ok(());
+            }
+            let mut i = 0;
+            while i < n {
+                let mut j = i + 1;
+                if !behind[i] {
+                    while j < n && !behind[j] {
+                        j += 1;
+                    }
+                }
+                segments.push((i, j - i));
+                i = j;
+            }
+        } else {
+            segments.push((0, n));
+        }
+        for (offset, len) in segments {
+            for b in self.pre.run(batch.slice(offset, len)).await? {
+                let u = self.aggregate.update(&b)?;
+                if len == 1 {
+                    self.late_rows(cx, &batch, offset, &u)?;
+                } else {
+                    // Rows at or after the watermark are never late.
+                    count_late(cx, &u);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Count `u`'s late rows and hand them to the runtime for the dead-letter file; late
+    /// row `r` of the update is input row `offset + r`.
+    fn late_rows(
+        &self,
+        cx: &mut Context<'_>,
+        input: &RecordBatch,
+        offset: usize,
+        u: &UpdateStats,
+    ) -> Result<()> {
+        count_late(cx, u);
+        if u.late_rows.is_empty() {
+            return Ok(());
+        }
+        let idx = UInt32Array::from(
+            u.late_rows
+                .iter()
+                .map(|l| (offset + l.row) as u32)
+                .collect::<Vec<_>>(),
+        );
+        let rows = take_record_batch(input, &idx)?;
+        let late = u
+            .late_rows
+            .iter()
+            .enumerate()
+            .map(|(i, l)| crate::window::LateRow {
+                row: i,
+                ..l.clone()
+            })
+            .collect();
+        let closed = self.aggregate.closed_through();
+        cx.effects.push(Effect::LateRows(LateRows {
+            view: cx.name.to_string(),
+            rows,
+            late,
+            watermark: (closed != i64::MIN).then_some(closed),
+        }));
+        Ok(())
+    }
+
+    fn update_watermark(&mut self) {
+        self.watermark = self
+            .watermark
+            .max(self.aggregate.output_watermark(self.input_watermark));
+    }
+}
+
+fn count_late(cx: &Context<'_>, u: &UpdateStats) {
+    Stats::add(&cx.stats.late_rows, u.late);
+    if u.late > 0 {
+        tracing::debug!(view = %cx.name, late = u.late, "late rows");
+    }
+}
+
+#[async_trait]
+impl Operator for WindowedOp {
+    async fn on_batch(
+        &mut self,
+        _port: usize,
+        batch: RecordBatch,
+        cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        self.fold(batch, cx).await?;
+        Ok(vec![])
+    }
+
+    async fn on_watermark(
+        &mut self,
+        inputs: &[i64],
+        _cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        let input = inputs.iter().copied().min().unwrap_or(i64::MIN);
+        if input <= self.input_watermark {
+            return Ok(vec![]);
+        }
+        self.input_watermark = input;
+        let mut out = Vec::new();
+        for closed in self.aggregate.close(input)? {
+            for b in self.post.run(closed).await? {
+                out.push(mark_final(&self.schema, b, true)?);
+            }
+        }
+        self.update_watermark();
+        Ok(out)
+    }
+
+    async fn on_tick(&mut self, cx: &mut Context<'_>) -> Result<Vec<RecordBatch>> {
+        if !self.aggregate.emit_due(cx.now_ms) {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for open in self.aggregate.early()? {
+            for b in self.post.run(open).await? {
+                out.push(mark_final(&self.schema, b, false)?);
+            }
+        }
+        self.update_watermark();
+        Ok(out)
+    }
+
+    fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    fn figures(&self) -> StateFigures {
+        StateFigures {
+            open_windows: self.aggregate.open_windows() as u64,
+            open_groups: self.aggregate.open_groups() as u64,
+            bytes: self.aggregate.state_bytes() as u64,
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<NodeState> {
+        Ok(NodeState {
+            meta: serde_json::json!({
+                "input_watermark": self.input_watermark,
+                "watermark": self.watermark,
+                "closed_through": self.aggregate.closed_through(),
+                "emit_period": self.aggregate.emit_period(),
+            }),
+            parts: vec![self.aggregate.snapshot()?],
+        })
+    }
+
+    fn restore(&mut self, state: NodeState) -> Result<()> {
+        let m = &state.meta;
+        self.input_watermark = meta_field(m, "input_watermark")?.unwrap_or(i64::MIN);
+        self.watermark = meta_field(m, "watermark")?.unwrap_or(i64::MIN);
+        let closed = meta_field(m, "closed_through")?.unwrap_or(i64::MIN);
+        let emit_period = meta_field(m, "emit_period")?;
+        let batches = state.parts.into_iter().next().unwrap_or_default();
+        self.aggregate.restore(&batches, closed, emit_period)
+    }
+}

@@ -1,0 +1,475 @@
+//! The statement interpreter: applies a script's statements to a [`Pipeline`] in order.
+//! CREATE builds the object (a connector from the registry, a view plan from the planner),
+//! adds it to the catalog and, for sources and views, to the dataflow; DROP checks
+//! dependents and removes it; SHOW, DESCRIBE and EXPLAIN answer from the catalog and the
+//! planner; SELECT runs an ad-hoc query over retained rows.
+
+use crate::catalog::{Entry, ObjectInfo, text_batch};
+use crate::connector::{SinkSpec, SourceSpec, TableSpec};
+use crate::dataflow::source::SourceOp;
+use crate::error::{Result, WeirError};
+use crate::lookup::TableHandle;
+use crate::object::ObjectKind;
+use crate::pipeline::{Applied, NewSink, Pipeline, ScriptOutcome, StatementResult};
+use crate::planner::{PlannerEnv, Relation, RelationKind, plan_view};
+use crate::serving::ViewBuffer;
+use crate::sql::{self, CreateSink, CreateSource, CreateTable, CreateView, Located, WeirStatement};
+use crate::stats::{Stats, Status};
+use crate::tables::{RefTable, reload_table, table_description};
+use crate::watermark::{EventTime, SourceWatermark};
+use std::sync::Arc;
+
+impl Pipeline {
+    /// Parse and apply a script. Statements apply in order; the first error stops it and
+    /// names the statement, line and column.
+    pub async fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        let outcome = self.execute_script(sql).await;
+        match outcome.error {
+            Some(e) => Err(e),
+            None => Ok(outcome.applied.into_iter().map(|a| a.result).collect()),
+        }
+    }
+
+    /// Like [`Pipeline::execute`], but says which statements were applied before an error
+    /// stopped the script, with their texts.
+    pub async fn execute_script(&mut self, sql: &str) -> ScriptOutcome {
+        let mut outcome = ScriptOutcome::default();
+        let statements = match sql::parse_script(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                outcome.error = Some(e);
+                return outcome;
+            }
+        };
+        for st in statements {
+            let (index, location) = (st.index, st.location);
+            let statement = st.statement.label();
+            let text = st.text.clone();
+            match self.apply(st).await {
+                Ok(result) => outcome.applied.push(Applied {
+                    statement,
+                    text,
+                    result,
+                }),
+                Err(e) => {
+                    outcome.error = Some(e.in_statement(index, location));
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn apply(&mut self, st: Located) -> Result<StatementResult> {
+        match st.statement {
+            WeirStatement::CreateSource(c) => self.create_source(c, st.text),
+            WeirStatement::CreateView(v) => self.create_view(v, st.text).await,
+            WeirStatement::CreateSink(s) => self.create_sink(s, st.text),
+            WeirStatement::CreateTable(t) => self.create_table(t, st.text).await,
+            WeirStatement::RefreshTable(name) => self.refresh_table(&name).await,
+            WeirStatement::Show(kind) => Ok(StatementResult::Rows(vec![self.catalog.show(kind)?])),
+            WeirStatement::Describe(name) => {
+                let table = self.tables.iter().find(|t| t.name == name);
+                let plan = table.map(table_description);
+                Ok(StatementResult::Rows(vec![
+                    self.catalog.describe(&name, plan)?,
+                ]))
+            }
+            WeirStatement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop_object(kind, &name, if_exists),
+            WeirStatement::Explain(v) => {
+                let plan = plan_view(&v, &self.planner_env()).await?;
+                Ok(StatementResult::Rows(vec![text_batch(
+                    "plan",
+                    plan.explain().lines().map(str::to_string).collect(),
+                )?]))
+            }
+            WeirStatement::Select(q) => Ok(StatementResult::Rows(self.query(*q).await?)),
+        }
+    }
+
+    /// `IF NOT EXISTS` on an existing name: nothing to do.
+    fn unchanged_if_exists(
+        &self,
+        if_not_exists: bool,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Option<StatementResult> {
+        (if_not_exists && self.catalog.kind_of(name).is_some()).then(|| {
+            StatementResult::Unchanged {
+                kind,
+                name: name.to_string(),
+            }
+        })
+    }
+
+    fn create_source(&mut self, c: CreateSource, text: String) -> Result<StatementResult> {
+        if let Some(r) = self.unchanged_if_exists(c.if_not_exists, ObjectKind::Source, &c.name) {
+            return Ok(r);
+        }
+        self.catalog.check_new_name(&c.name)?;
+        let mut options = c.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE SOURCE needs WITH (connector = '...'); available: {}",
+                self.registry.source_names().join(", ")
+            ))
+        })?;
+        let idle = options
+            .take_duration("idle.timeout")?
+            .unwrap_or(self.config.idle_timeout);
+        let factory = self.registry.source(&connector)?;
+        let valid_keys = factory.metadata_keys();
+        let mut metadata = c.metadata.clone();
+        for (i, m) in metadata.iter_mut().enumerate() {
+            let Some((key, _)) = valid_keys
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&m.key))
+            else {
+                let at = c.metadata_at.get(i).copied().unwrap_or_default();
+                let message = if valid_keys.is_empty() {
+                    format!(
+                        "column '{}': the {connector} connector has no message metadata, so \
+                         METADATA FROM cannot be used",
+                        m.column
+                    )
+                } else {
+                    format!(
+                        "column '{}': unknown METADATA key '{}'; valid keys: {}",
+                        m.column,
+                        m.key,
+                        valid_keys
+                            .iter()
+                            .map(|(k, t)| format!("{k} ({t})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(WeirError::user_at(message, at));
+            };
+            m.key = key.to_string();
+        }
+        let stats = Arc::new(Stats::with_status(Status::Starting));
+        let source = factory.create(SourceSpec {
+            name: c.name.clone(),
+            schema: c.schema.clone(),
+            event_time: c.watermark.as_ref().map(|w| w.column.clone()),
+            metadata,
+            options: options.also_takes("every source", &["connector", "idle.timeout"]),
+            data_dir: self.config.data_dir.clone(),
+            batch: self.config.batch,
+            stats: stats.clone(),
+        })?;
+        let event_time = match &c.watermark {
+            Some(w) => EventTime::Column {
+                index: c.schema.index_of(&w.column)?,
+                delay_ms: w.delay.as_millis() as i64,
+            },
+            None if source.connector_event_time() => EventTime::Connector,
+            None => EventTime::None,
+        };
+        let clock = SourceWatermark::new(
+            event_time,
+            idle.as_millis() as i64,
+            source.partitions(),
+            self.clock.now_ms(),
+        );
+        self.dataflow.add_source(
+            &c.name,
+            SourceOp::new(c.schema.clone(), clock),
+            stats.clone(),
+        )?;
+        self.new_sources.push((c.name.clone(), source));
+        self.catalog.add(Entry {
+            info: ObjectInfo {
+                kind: ObjectKind::Source,
+                name: c.name.clone(),
+                detail: connector.to_ascii_lowercase(),
+                stats,
+                sql: text,
+                schema: c.schema,
+                input: None,
+                inputs: vec![],
+                buffer: None,
+                key: vec![],
+            },
+            props: None,
+            relation: Some(RelationKind::Source {
+                event_time: event_time != EventTime::None,
+            }),
+            tables: vec![],
+            plan: None,
+            shown: connector.to_ascii_lowercase(),
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Source,
+            name: c.name,
+        })
+    }
+
+    /// What the planner may read: every source and view, and the reference tables.
+    fn planner_env(&self) -> PlannerEnv {
+        PlannerEnv {
+            relations: self
+                .catalog
+                .entries()
+                .filter_map(|e| {
+                    Some(Relation {
+                        name: e.info.name.clone(),
+                        schema: e.info.schema.clone(),
+                        kind: e.relation?,
+                    })
+                })
+                .collect(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| (t.name.clone(), t.handle.clone()))
+                .collect(),
+            retention_rows: self.config.retention_rows,
+        }
+    }
+
+    async fn create_view(&mut self, v: CreateView, text: String) -> Result<StatementResult> {
+        if let Some(r) = self.unchanged_if_exists(v.if_not_exists, ObjectKind::View, &v.name) {
+            return Ok(r);
+        }
+        self.catalog.check_new_name(&v.name)?;
+        let plan = plan_view(&v, &self.planner_env()).await?;
+        let explain = plan.explain();
+        let props = plan.props.clone();
+        let inputs = plan.inputs.clone();
+        let tables = plan.tables.clone();
+        let schema = plan.output_schema.clone();
+        let buffer = Arc::new(ViewBuffer::new(schema.clone(), props.retention_rows));
+        // A view created again under a dropped view's name goes on numbering.
+        if let Some(seq) = self.sequencers.get(&v.name) {
+            buffer.resume(seq.last_seq());
+        }
+        let stats = Arc::new(Stats::default());
+        let shown = inputs.join(", ");
+        self.dataflow
+            .add_view(&v.name, plan, stats.clone(), self.clock.now_ms())?;
+        self.sequencers.entry(v.name.clone()).or_default();
+        self.catalog.add(Entry {
+            info: ObjectInfo {
+                kind: ObjectKind::View,
+                name: v.name.clone(),
+                detail: inputs.join(", "),
+                stats,
+                sql: text,
+                schema,
+                input: inputs.first().cloned(),
+                inputs,
+                buffer: Some(buffer),
+                key: props.key_columns.clone(),
+            },
+            relation: Some(RelationKind::View {
+                windowed: props.window.is_some(),
+                emits_updates: props.emits_updates(),
+            }),
+            props: Some(props),
+            tables,
+            plan: Some(explain),
+            shown,
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::View,
+            name: v.name,
+        })
+    }
+
+    async fn create_table(&mut self, t: CreateTable, text: String) -> Result<StatementResult> {
+        if let Some(r) = self.unchanged_if_exists(t.if_not_exists, ObjectKind::Table, &t.name) {
+            return Ok(r);
+        }
+        self.catalog.check_new_name(&t.name)?;
+        let mut options = t.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE TABLE needs WITH (connector = '...'); available: {}",
+                self.registry.table_names().join(", ")
+            ))
+        })?;
+        let refresh = match options.take_duration("refresh.interval")? {
+            Some(d) if d.is_zero() => {
+                return Err(WeirError::user(
+                    "option 'refresh.interval' must be longer than zero (leave it out to load \
+                     the table once)",
+                ));
+            }
+            other => other,
+        };
+        let loader = self.registry.table(&connector)?.create(TableSpec {
+            name: t.name.clone(),
+            schema: t.schema.clone(),
+            options,
+            data_dir: self.config.data_dir.clone(),
+        })?;
+        let handle = Arc::new(TableHandle::new(t.schema.clone()));
+        let stats = Arc::new(Stats::default());
+        // Loaded now, so views created next see the table and a bad table is an error of
+        // this statement.
+        reload_table(&t.name, loader.as_ref(), &handle, &stats)
+            .await
+            .map_err(|e| match e {
+                WeirError::User { .. } => e,
+                other => WeirError::user(format!("loading table '{}': {other}", t.name)),
+            })?;
+        let table = RefTable {
+            name: t.name.clone(),
+            sql: text.clone(),
+            connector: connector.to_ascii_lowercase(),
+            loader,
+            handle,
+            refresh,
+            stats: stats.clone(),
+            started: false,
+        };
+        self.catalog.add(Entry {
+            info: ObjectInfo {
+                kind: ObjectKind::Table,
+                name: t.name.clone(),
+                detail: table.connector.clone(),
+                stats,
+                sql: text,
+                schema: t.schema,
+                input: None,
+                inputs: vec![],
+                buffer: None,
+                key: vec![],
+            },
+            props: None,
+            relation: None,
+            tables: vec![],
+            plan: None,
+            shown: table.loader.describe(),
+        });
+        self.tables.push(table);
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Table,
+            name: t.name,
+        })
+    }
+
+    async fn refresh_table(&mut self, name: &str) -> Result<StatementResult> {
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| WeirError::user(format!("there is no table '{name}'")))?;
+        let rows = reload_table(&t.name, t.loader.as_ref(), &t.handle, &t.stats).await?;
+        Ok(StatementResult::Rows(vec![text_batch(
+            "refreshed",
+            vec![format!("table {name}: {rows} rows")],
+        )?]))
+    }
+
+    fn create_sink(&mut self, s: CreateSink, text: String) -> Result<StatementResult> {
+        if let Some(r) = self.unchanged_if_exists(s.if_not_exists, ObjectKind::Sink, &s.name) {
+            return Ok(r);
+        }
+        self.catalog.check_new_name(&s.name)?;
+        let view = self
+            .catalog
+            .get_kind(ObjectKind::View, &s.from)
+            .ok_or_else(|| {
+                WeirError::user(format!(
+                    "CREATE SINK reads FROM a materialized view; there is no view '{}'",
+                    s.from
+                ))
+            })?;
+        let schema = view.info.schema.clone();
+        let key_columns = view.info.key.clone();
+        let mut options = s.options.clone();
+        let connector = options.take("connector").ok_or_else(|| {
+            WeirError::user(format!(
+                "CREATE SINK needs WITH (connector = '...'); available: {}",
+                self.registry.sink_names().join(", ")
+            ))
+        })?;
+        let stats = Arc::new(Stats::default());
+        let sink = self.registry.sink(&connector)?.create(SinkSpec {
+            name: s.name.clone(),
+            view: s.from.clone(),
+            schema: schema.clone(),
+            key_columns,
+            options,
+            data_dir: self.config.data_dir.clone(),
+            stats: stats.clone(),
+            checkpointed: self.config.checkpoints,
+        })?;
+        self.new_sinks.push(NewSink {
+            name: s.name.clone(),
+            view: s.from.clone(),
+            stats: stats.clone(),
+            sink,
+            restored: None,
+        });
+        self.catalog.add(Entry {
+            info: ObjectInfo {
+                kind: ObjectKind::Sink,
+                name: s.name.clone(),
+                detail: connector.to_ascii_lowercase(),
+                stats,
+                sql: text,
+                schema,
+                input: Some(s.from.clone()),
+                inputs: vec![s.from.clone()],
+                buffer: None,
+                key: vec![],
+            },
+            props: None,
+            relation: None,
+            tables: vec![],
+            plan: None,
+            shown: format!("{} <- {}", connector.to_ascii_lowercase(), s.from),
+        });
+        Ok(StatementResult::Created {
+            kind: ObjectKind::Sink,
+            name: s.name,
+        })
+    }
+
+    fn drop_object(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<StatementResult> {
+        if self.catalog.kind_of(name) != Some(kind) {
+            if if_exists {
+                return Ok(StatementResult::Unchanged {
+                    kind,
+                    name: name.to_string(),
+                });
+            }
+            return Err(WeirError::user(format!(
+                "there is no {} '{name}'",
+                kind.noun()
+            )));
+        }
+        let entry = self.catalog.remove(kind, name)?;
+        match kind {
+            ObjectKind::Source => {
+                self.dataflow.remove(name)?;
+                self.new_sources.retain(|(n, _)| n != name);
+            }
+            ObjectKind::View => {
+                self.dataflow.remove(name)?;
+                if let Some(b) = &entry.info.buffer {
+                    b.close();
+                }
+            }
+            ObjectKind::Sink => self.new_sinks.retain(|s| s.name != name),
+            ObjectKind::Table => self.tables.retain(|t| t.name != name),
+        }
+        Ok(StatementResult::Dropped {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
