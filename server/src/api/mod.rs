@@ -10,6 +10,7 @@
 pub mod json;
 mod metrics;
 mod routes;
+mod types;
 mod ws;
 
 use crate::state::StateDir;

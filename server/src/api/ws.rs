@@ -11,7 +11,7 @@
 //! memory and never slow the pipeline.
 
 use super::json::{rfc3339_ms, rfc3339_us, write_rows};
-use super::routes::{ErrorBody, Object, object};
+use super::types::{ErrorBody, Object, object};
 use super::{ApiError, AppState};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
