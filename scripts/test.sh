@@ -60,7 +60,7 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "Python and shell syntax of the benchmark scripts (the Flink runner is not run in CI)"
 python3 -c 'import ast, sys
@@ -71,7 +71,7 @@ for f in scripts/*.sh benches/*.sh benches/nexmark/*.sh; do
 done
 
 step "building the tests"
-cargo test --workspace --no-run
+cargo test --locked --workspace --no-run
 
 stop_services() {
     bash scripts/kafka.sh stop >/dev/null 2>&1 || true
@@ -89,7 +89,7 @@ WEIR_POSTGRES_URL=$(bash scripts/postgres.sh start)
 export WEIR_POSTGRES_URL
 
 step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, Postgres, CLI)"
-cargo test --workspace
+cargo test --locked --workspace
 
 step "dashboard in headless Chromium (tests/browser, playwright-core)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error

@@ -41,5 +41,11 @@ async fn run_query(ctx: SessionContext, q: Query) -> Result<Vec<RecordBatch>> {
         .execute_logical_plan(plan)
         .await
         .map_err(WeirError::planning)?;
-    Ok(df.collect().await?)
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    // An empty answer still has columns.
+    if batches.is_empty() {
+        return Ok(vec![RecordBatch::new_empty(schema)]);
+    }
+    Ok(batches)
 }

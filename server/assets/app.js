@@ -103,6 +103,11 @@ class ViewCard {
     this.name = info.name;
     this.rows = [];          // {seq, row}
     this.lastSeq = 0;
+    // Every seq from the first one seen through lastSeq must arrive exactly once (across
+    // reconnects): `received` counts them and `gaps` counts any the server skipped.
+    this.firstSeq = 0;
+    this.received = 0;
+    this.gaps = 0;
     this.schema = info.schema;
     // Views with EMIT EVERY send a window's row again as it fills up (is_final false, then
     // true): a newer row replaces the one with the same key.
@@ -142,11 +147,20 @@ class ViewCard {
       const first = m.last_seq - m.rows.length + 1;
       m.rows.forEach((r, i) => this.rows.push({ seq: first + i, row: r }));
       this.lastSeq = m.last_seq;
+      this.firstSeq = first;
+      this.received = m.rows.length;
       this.errEl.textContent = "";
     } else if (m.type === "rows") {
+      if (this.lastSeq > 0 && m.first_seq > this.lastSeq + 1) {
+        this.gaps += m.first_seq - this.lastSeq - 1;
+        console.warn(`view ${this.name}: seqs ${this.lastSeq + 1}..${m.first_seq - 1} never arrived`);
+      }
       m.rows.forEach((r, i) => {
         const seq = m.first_seq + i;
-        if (seq > this.lastSeq) this.rows.push({ seq, row: r });
+        if (seq > this.lastSeq) {
+          this.rows.push({ seq, row: r });
+          this.received += 1;
+        }
       });
       this.lastSeq = Math.max(this.lastSeq, m.last_seq);
       this.errEl.textContent = "";

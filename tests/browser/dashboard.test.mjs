@@ -127,9 +127,17 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
     await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30000 });
     await page.waitForFunction((n) => Number(document.querySelector('[data-view="health"]').dataset.lastSeq) > n + 5, seqBefore, { timeout: 45000 });
     const seqAfter = await lastSeq(page);
-    // The server numbered on from where it stopped: the page's rows have no duplicate seqs.
+    // The server numbered on from where it stopped: the page's rows have no duplicate seqs,
+    // and every seq from the first the page saw through the newest arrived exactly once
+    // (across the restart and the reconnect: no gap, no repeat).
     const seqs = await page.evaluate(() => window.weir.views.get("health").rows.map((r) => r.seq));
     assert.equal(new Set(seqs).size, seqs.length, "no row twice");
+    const got = await page.evaluate(() => {
+      const v = window.weir.views.get("health");
+      return { first: v.firstSeq, last: v.lastSeq, received: v.received, gaps: v.gaps };
+    });
+    assert.equal(got.gaps, 0, `no seq skipped: ${JSON.stringify(got)}`);
+    assert.equal(got.received, got.last - got.first + 1, `every seq once: ${JSON.stringify(got)}`);
     assert.ok(seqAfter > seqBefore);
     const rest = await (await fetch(`http://127.0.0.1:${port}/api/v1/views/health/rows?limit=1`)).json();
     assert.ok(rest.first_seq > seqBefore, `numbering continued after the restart: ${rest.first_seq} > ${seqBefore}`);

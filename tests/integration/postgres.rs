@@ -32,7 +32,7 @@ use weir_engine::stats::{Stats, Status};
 pub(crate) fn pg_url() -> Option<String> {
     match std::env::var("WEIR_POSTGRES_URL") {
         Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") => {
+        _ if weir_tests::in_ci() => {
             panic!(
                 "WEIR_POSTGRES_URL is not set: CI must run these tests against a real PostgreSQL \
                  (scripts/test.sh starts one with scripts/postgres.sh)"

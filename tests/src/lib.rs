@@ -29,3 +29,10 @@
 
 pub mod schema_registry;
 pub mod slt;
+
+/// Whether the tests run in CI (`CI` set to anything but empty, `false` or `0`). In CI a
+/// missing service (Kafka broker, PostgreSQL) fails the tests that need it; elsewhere they
+/// are skipped with a loud message. Every service helper asks this one function.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
@@ -18,6 +18,7 @@ use weir_engine::clock::ManualClock;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
 use weir_engine::dataflow::Effect;
 use weir_engine::dead_letter::LateRowFiles;
+use weir_engine::object::ObjectKind;
 use weir_engine::pipeline::{EngineConfig, Pipeline, StatementResult};
 use weir_engine::{Result, WeirError};
 
@@ -235,7 +236,27 @@ impl WeirSlt {
                         Self::apply_to(&mut pipeline, &clock, ev).await?;
                     }
                 }
-                pipeline.restore(&r)?;
+                let report = pipeline.restore(&r)?;
+                // Every source and view must come back from the checkpoint: one that
+                // silently started afresh would pass only by luck.
+                let mut missing = report.skipped.clone();
+                for o in pipeline.objects() {
+                    let restored = match o.kind {
+                        ObjectKind::Source => report.sources.contains(&o.name),
+                        ObjectKind::View => report.views.contains(&o.name),
+                        _ => true,
+                    };
+                    if !restored {
+                        missing.push(format!("{} {} was not restored", o.kind.noun(), o.name));
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(WeirError::Internal(format!(
+                        "RESTART from checkpoint {}: {}",
+                        r.manifest.epoch,
+                        missing.join("; ")
+                    )));
+                }
                 upto
             }
             None => 0,
@@ -414,22 +435,47 @@ impl WeirSlt {
     }
 }
 
-/// Split `NAME [PARTITION n] rest` into its parts.
-fn target(rest: &str) -> Result<(String, usize, String)> {
+/// Split `NAME [PARTITION n] rest` into its parts; the partition is `None` when not given.
+fn target(rest: &str) -> Result<(String, Option<usize>, String)> {
     let rest = rest.trim_start();
     let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
     let name = rest[..end].to_string();
     let mut tail = rest[end..].trim_start();
-    let mut partition = 0usize;
-    if tail.len() >= 9 && tail[..9].eq_ignore_ascii_case("PARTITION") {
-        let t = tail[9..].trim_start();
+    let mut partition = None;
+    if let Some(t) = strip_prefix_ci(tail, "PARTITION")
+        && t.starts_with(|c: char| c.is_whitespace())
+    {
+        let t = t.trim_start();
         let e = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        partition = t[..e]
-            .parse()
-            .map_err(|_| WeirError::user("PARTITION takes a number"))?;
+        partition = Some(
+            t[..e]
+                .parse()
+                .map_err(|_| WeirError::user("PARTITION takes a number"))?,
+        );
         tail = t[e..].trim_start();
     }
     Ok((name, partition, tail.to_string()))
+}
+
+/// The sqllogictest column type of each column: `I` integers, `R` floating point and
+/// decimals, `T` everything else, so `query TTII` is checked.
+fn column_types(schema: &SchemaRef) -> Vec<DefaultColumnType> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = f.data_type();
+            if t.is_integer() {
+                DefaultColumnType::Integer
+            } else if t.is_floating()
+                || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
+            {
+                DefaultColumnType::FloatingPoint
+            } else {
+                DefaultColumnType::Text
+            }
+        })
+        .collect()
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -498,6 +544,7 @@ impl WeirSlt {
         }
         if let Some(rest) = strip_prefix_ci(s, "INSERT INTO ") {
             let (name, partition, tail) = target(rest)?;
+            let partition = partition.unwrap_or(0);
             if strip_prefix_ci(&tail, "VALUES").is_none() {
                 return Err(WeirError::user(
                     "INSERT INTO src [PARTITION n] VALUES (...)",
@@ -508,8 +555,13 @@ impl WeirSlt {
         }
         if let Some(rest) = strip_prefix_ci(s, "PUSH ") {
             let (header, body) = rest.split_once('\n').unwrap_or((rest, ""));
-            let (name, partition, _) = target(header)?;
-            self.push_json(&name, partition, body).await?;
+            let (name, partition, tail) = target(header)?;
+            if !tail.is_empty() {
+                return Err(WeirError::user(format!(
+                    "PUSH src [PARTITION n], then JSON lines; unexpected '{tail}'"
+                )));
+            }
+            self.push_json(&name, partition.unwrap_or(0), body).await?;
             return Ok(DBOutput::StatementComplete(0));
         }
         if let Some(rest) = strip_prefix_ci(s, "ADVANCE TIME ") {
@@ -520,11 +572,15 @@ impl WeirSlt {
             return Ok(DBOutput::StatementComplete(0));
         }
         if let Some(rest) = strip_prefix_ci(s, "END ") {
-            let (name, partition, _) = target(rest)?;
-            if rest.to_ascii_uppercase().contains("PARTITION") {
-                self.apply(Event::EndPartition(name, partition)).await?;
-            } else {
-                self.apply(Event::EndSource(name)).await?;
+            let (name, partition, tail) = target(rest)?;
+            if !tail.is_empty() {
+                return Err(WeirError::user(format!(
+                    "END src [PARTITION n]; unexpected '{tail}'"
+                )));
+            }
+            match partition {
+                Some(p) => self.apply(Event::EndPartition(name, p)).await?,
+                None => self.apply(Event::EndSource(name)).await?,
             }
             return Ok(DBOutput::StatementComplete(0));
         }
@@ -558,13 +614,13 @@ impl WeirSlt {
         }
         let results: Vec<StatementResult> = outcome.applied.into_iter().map(|a| a.result).collect();
         match results.into_iter().last() {
-            Some(StatementResult::Rows(batches)) => {
-                let ncols = batches.first().map(|b| b.num_columns()).unwrap_or(0);
-                Ok(DBOutput::Rows {
-                    types: vec![DefaultColumnType::Any; ncols],
-                    rows: format_batches(&batches)?,
-                })
-            }
+            Some(StatementResult::Rows(batches)) => Ok(DBOutput::Rows {
+                types: batches
+                    .first()
+                    .map(|b| column_types(&b.schema()))
+                    .unwrap_or_default(),
+                rows: format_batches(&batches)?,
+            }),
             _ => Ok(DBOutput::StatementComplete(0)),
         }
     }
@@ -578,7 +634,7 @@ pub async fn run_file(path: &Path, mode: Mode) -> std::result::Result<(), String
         let data = data.clone();
         async move { Ok::<_, WeirError>(WeirSlt::new(mode, &data)) }
     });
-    runner.with_column_validator(sqllogictest::default_column_validator);
+    runner.with_column_validator(sqllogictest::strict_column_validator);
     runner
         .run_file_async(path)
         .await
@@ -599,7 +655,7 @@ pub async fn complete_file(path: &Path) -> std::result::Result<(), String> {
             " ",
             sqllogictest::default_validator,
             sqllogictest::default_normalizer,
-            sqllogictest::default_column_validator,
+            sqllogictest::strict_column_validator,
         )
         .await
         .map_err(|e| e.to_string())

@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format, and the once-a-second rate sampler behind
 //! every `rows_per_sec` figure.
 
+// Writing to a String cannot fail: the `fmt::Result`s of `writeln!` below are ignored.
 use std::fmt::Write;
 use std::time::Duration;
 use weir_engine::catalog::{CatalogHandle, ObjectInfo};
@@ -62,7 +63,10 @@ fn counter(c: &std::sync::atomic::AtomicU64) -> f64 {
 }
 
 /// Render every figure of every source, view and sink.
-pub fn render(catalog: &CatalogHandle) -> String {
+pub fn render(
+    catalog: &CatalogHandle,
+    dropped_subscribers: &[std::sync::atomic::AtomicU64; 2],
+) -> String {
     let objects = catalog.objects();
     let of =
         |k: ObjectKind| -> Vec<&ObjectInfo> { objects.iter().filter(|o| o.kind == k).collect() };
@@ -282,6 +286,19 @@ pub fn render(catalog: &CatalogHandle) -> String {
         family(&mut out, objects, f);
     }
     checkpoint_metrics(&mut out, &catalog.checkpoint_stats());
+    let _ = writeln!(
+        out,
+        "# HELP weir_ws_subscribers_dropped_total WebSocket subscribers closed for being slow: \
+         fell further behind than the queue holds (lagged), or did not take a message within \
+         server.ws_send_timeout (send_timeout).\n# TYPE weir_ws_subscribers_dropped_total counter"
+    );
+    for (reason, n) in ["lagged", "send_timeout"].iter().zip(dropped_subscribers) {
+        let _ = writeln!(
+            out,
+            "weir_ws_subscribers_dropped_total{{reason=\"{reason}\"}} {}",
+            n.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     out
 }
 

@@ -83,6 +83,9 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// JSON of emitted batches shared by a view's subscribers.
     pub encoded: ws::EncodedBatches,
+    /// Subscribers dropped for being slow: `[fell behind the queue, did not take a message
+    /// in time]`.
+    pub dropped_subscribers: Arc<[AtomicU64; 2]>,
     errors: Arc<AtomicU64>,
 }
 
@@ -101,6 +104,7 @@ impl AppState {
             state,
             stopping,
             encoded: ws::EncodedBatches::default(),
+            dropped_subscribers: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             errors: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -151,7 +151,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&state.catalog),
+        metrics::render(&state.catalog, &state.dropped_subscribers),
     )
         .into_response()
 }

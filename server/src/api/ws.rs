@@ -104,6 +104,13 @@ struct Subscriber {
     name: String,
 }
 
+/// The close code for a subscriber that did not take a message within the send timeout
+/// (policy violation).
+const CLOSE_SEND_TIMEOUT: u16 = 1008;
+/// The close code for a subscriber that fell further behind than the queue holds (try
+/// again later).
+const CLOSE_LAGGED: u16 = 1013;
+
 /// Why a subscription ended on our side.
 enum End {
     /// The client went away or the send failed: nothing more to say.
@@ -198,7 +205,7 @@ impl Subscriber {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::Close(
-                1008,
+                CLOSE_SEND_TIMEOUT,
                 format!(
                     "the client did not take a message within {:?} (server.ws_send_timeout)",
                     self.state.settings.ws_send_timeout
@@ -216,6 +223,15 @@ impl Subscriber {
     ) {
         let end = self.stream(buffer, stats, rx, since).await;
         if let End::Close(code, reason) = end {
+            let slow = match code {
+                CLOSE_LAGGED => Some(0),
+                CLOSE_SEND_TIMEOUT => Some(1),
+                _ => None,
+            };
+            if let Some(i) = slow {
+                self.state.dropped_subscribers[i]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let msg = serde_json::json!({"type": "error", "message": reason}).to_string();
             tracing::debug!(view = %self.name, "closing a subscription: {reason}");
             let _ = tokio::time::timeout(
@@ -291,7 +307,7 @@ impl Subscriber {
                         return End::Close(1000, format!("materialized view '{}' was dropped", self.name));
                     }
                     Err(RecvError::Lagged(n)) => {
-                        return End::Close(1013, format!(
+                        return End::Close(CLOSE_LAGGED, format!(
                             "this subscriber fell {n} batches behind (the queue holds {SUBSCRIBER_QUEUE_BATCHES}); \
                              reconnect with since_seq={cursor} to resume"
                         ));
