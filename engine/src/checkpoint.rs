@@ -312,6 +312,7 @@ impl CheckpointStore {
         taken_at_ms: i64,
     ) -> Result<u64> {
         let dir = self.dir.join(epoch_dir_name(epoch));
+        // Debris of an earlier attempt at this epoch, if any; absent is the usual case.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
         let mut bytes = 0u64;
@@ -426,11 +427,15 @@ impl CheckpointStore {
                 || name.starts_with(".manifest-");
             if incomplete {
                 let p = e.path();
-                let _ = if p.is_dir() {
+                let removed = if p.is_dir() {
                     std::fs::remove_dir_all(&p)
                 } else {
                     std::fs::remove_file(&p)
                 };
+                // Debris left is only wasted space: the manifest decides what is restored.
+                if let Err(e) = removed {
+                    tracing::warn!(path = %p.display(), error = %e, "could not remove an incomplete checkpoint");
+                }
             }
         }
         Ok(())

@@ -533,6 +533,7 @@ fn stop_dropped(
 }
 
 async fn close_sink(t: SinkTask) -> Result<()> {
+    // A sink task that already stopped has its error in its join result, read next.
     let _ = t.tx.send(SinkMsg::Close).await;
     match t.handle.await {
         Ok(Ok(())) => Ok(()),

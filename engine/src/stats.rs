@@ -2,7 +2,7 @@
 //! terminal progress line now, REST and /metrics later). Atomics so readers never block
 //! the pipeline.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -132,6 +132,7 @@ impl Stats {
     /// A starting object has been heard from: it is running (a finished or failed one
     /// stays so).
     pub fn mark_running(&self) {
+        // Fails only when the status is no longer `Starting`, which is what we want kept.
         let _ = self.status.compare_exchange(
             Status::Starting as u8,
             Status::Running as u8,
@@ -154,9 +155,7 @@ impl Stats {
     /// sampler); [`Stats::rows_per_sec`] reads the last value.
     pub fn sample_rate(&self) -> f64 {
         let rows = Self::get(&self.rows_in);
-        let Ok(mut r) = self.rate.lock() else {
-            return 0.0;
-        };
+        let mut r = self.rate.lock();
         let now = Instant::now();
         let dt = now.duration_since(r.at).as_secs_f64();
         if dt > 0.0 {
@@ -168,17 +167,15 @@ impl Stats {
     }
 
     pub fn rows_per_sec(&self) -> f64 {
-        self.rate.lock().map(|r| r.per_sec).unwrap_or(0.0)
+        self.rate.lock().per_sec
     }
 
     pub fn set_error(&self, e: impl Into<String>) {
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(e.into());
-        }
+        *self.last_error.lock() = Some(e.into());
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        self.last_error.lock().clone()
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

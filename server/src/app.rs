@@ -301,6 +301,8 @@ pub async fn shutdown_signal() {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(t) => t,
                 Err(_) => {
+                    // Without a SIGTERM handler, Ctrl-C alone stops (or nothing, if even
+                    // that cannot be listened for).
                     let _ = ctrl_c.await;
                     return;
                 }

@@ -199,6 +199,7 @@ impl SlotPlan {
         task_ctx: Arc<TaskContext>,
     ) -> Self {
         let mut needs_reset = false;
+        // The visitor never fails: `apply` returns Ok.
         let _ = plan.apply(|node| {
             if !STATELESS_OPERATORS.contains(&node.name()) {
                 needs_reset = true;

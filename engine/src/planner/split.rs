@@ -59,6 +59,7 @@ pub struct Split {
 /// Find every stream input leaf in a plan.
 fn stream_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Arc<BatchSlot>)> {
     let mut out: Vec<(String, Arc<BatchSlot>)> = Vec::new();
+    // The visitor never fails: `apply` returns Ok.
     let _ = plan.apply(|node| {
         if let Some(s) = node.downcast_ref::<SlotExec>() {
             out.push((s.input_name.clone(), s.slot.clone()));
@@ -70,6 +71,7 @@ fn stream_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Arc<BatchSlot>)>
 
 fn find_aggregates(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
     let mut out = Vec::new();
+    // The visitor never fails: `apply` returns Ok.
     let _ = plan.apply(|node| {
         if node.downcast_ref::<AggregateExec>().is_some() {
             out.push(node.clone());
@@ -175,6 +177,7 @@ pub fn split_plan(
 /// The window-function operators of a plan, outermost first.
 fn window_function_nodes(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
     let mut out = Vec::new();
+    // The visitor never fails: `apply` returns Ok.
     let _ = plan.apply(|node| {
         if window_exprs(node).is_some() {
             out.push(node.clone());
@@ -224,6 +227,7 @@ fn is_window_bound(e: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> bool {
 /// A LIMIT over unwindowed rows would apply to each micro-batch.
 fn reject_per_batch_limits(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     let mut found = false;
+    // The visitor never fails: `apply` returns Ok.
     let _ = plan.apply(|node| {
         let limited = match node.name() {
             "GlobalLimitExec" | "LocalLimitExec" => true,
@@ -355,6 +359,7 @@ fn rank_limit(
     // Filters above the window operator (through projections and other filters), and the
     // smallest rank bound in them.
     let mut n: Option<i64> = None;
+    // The visitor never fails: `apply` returns Ok.
     let _ = physical.apply(|node| {
         if let Some(f) = node.downcast_ref::<FilterExec>() {
             for c in split_conjunction(f.predicate()) {
@@ -489,6 +494,7 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
     let output_schema = physical.schema();
     // Operators with two or more children that each read a stream.
     let mut combining: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    // The visitor never fails: `apply` returns Ok.
     let _ = physical.apply(|node| {
         let children = node.children();
         if children.len() >= 2

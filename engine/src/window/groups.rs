@@ -276,3 +276,49 @@ pub(crate) fn cast_to(c: ArrayRef, t: &DataType) -> Result<ArrayRef> {
         cast(&c, t).map_err(|e| WeirError::Internal(format!("window state cast: {e}")))
     }
 }
+
+/// A layout for unit tests: one key column `k` (text), one aggregate `sum(v)`.
+#[cfg(test)]
+pub(crate) fn test_layout() -> Layout {
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::col;
+    let input = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+    let sum = AggregateExprBuilder::new(sum_udaf(), vec![col("v", &input).expect("v")])
+        .schema(input)
+        .alias("s")
+        .build()
+        .expect("sum");
+    let keys = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
+    Layout::new(keys, vec![Arc::new(sum)]).expect("layout")
+}
+
+/// Key and argument arrays for unit tests: rows `(k, v)`.
+#[cfg(test)]
+pub(crate) fn test_rows(rows: &[(&str, i64)]) -> (Vec<ArrayRef>, Vec<Vec<ArrayRef>>) {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    let k: ArrayRef = Arc::new(StringArray::from(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+    ));
+    let v: ArrayRef = Arc::new(Int64Array::from(
+        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+    ));
+    (vec![k], vec![vec![v]])
+}
+
+/// `(key, sum)` pairs of evaluated groups, sorted, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_sums(keys: &[ArrayRef], values: &[ArrayRef]) -> Vec<(String, i64)> {
+    use datafusion::arrow::array::{Array, AsArray, Int64Array};
+    let k = keys[0].as_string::<i32>();
+    let v = values[0]
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("sum is Int64");
+    let mut out: Vec<(String, i64)> = (0..k.len())
+        .map(|i| (k.value(i).to_string(), v.value(i)))
+        .collect();
+    out.sort();
+    out
+}

@@ -249,3 +249,124 @@ impl Panes {
         self.panes.values().map(Pane::size).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::groups::{test_layout, test_rows, test_sums};
+
+    /// Windows as `(start, [(key, sum)])`.
+    fn sums(windows: Vec<PaneWindow>) -> Vec<(i64, Vec<(String, i64)>)> {
+        windows
+            .into_iter()
+            .map(|(s, k, v, _)| (s, test_sums(&k, &v)))
+            .collect()
+    }
+
+    fn add(p: &mut Panes, layout: &Layout, pane: i64, rows: &[(&str, i64)]) {
+        let (keys, args) = test_rows(rows);
+        p.update(layout, pane, &keys, &args, &[None], rows.len())
+            .expect("update");
+    }
+
+    fn kv(k: &str, v: i64) -> (String, i64) {
+        (k.to_string(), v)
+    }
+
+    #[test]
+    fn pane_arithmetic() {
+        // Windows of 30 every 10: pane 20 is in the windows starting at 0, 10 and 20.
+        assert_eq!(
+            windows_of(10, 30, 20, i64::MIN).collect::<Vec<_>>(),
+            [0, 10, 20]
+        );
+        // Those ending after 35 only.
+        assert_eq!(windows_of(10, 30, 20, 35).collect::<Vec<_>>(), [10, 20]);
+        // Tumbling: one window per pane.
+        assert_eq!(windows_of(10, 10, 20, i64::MIN).collect::<Vec<_>>(), [20]);
+        assert_eq!(first_open_window(10, 30, 35), 10);
+        assert_eq!(first_open_window(10, 30, 40), 20);
+        assert_eq!(first_open_window(10, 10, 40), 40);
+    }
+
+    #[test]
+    fn hop_windows_merge_their_panes_and_each_row_counts_once_per_window() {
+        let layout = test_layout();
+        let mut p = Panes::new(10, 30);
+        add(&mut p, &layout, 0, &[("a", 1)]);
+        add(&mut p, &layout, 10, &[("a", 2), ("b", 8)]);
+        add(&mut p, &layout, 20, &[("b", 4)]);
+        assert_eq!(p.open_windows(i64::MIN), 5, "windows -20, -10, 0, 10, 20");
+        // Close the windows ending by 30: [-20, 10), [-10, 20), [0, 30).
+        assert_eq!(
+            sums(p.close(&layout, i64::MIN, 30).expect("close")),
+            vec![
+                (-20, vec![kv("a", 1)]),
+                (-10, vec![kv("a", 3), kv("b", 8)]),
+                (0, vec![kv("a", 3), kv("b", 12)]),
+            ]
+        );
+        // A row for pane 10 after it was frozen by a window: on time for [10, 40).
+        add(&mut p, &layout, 10, &[("a", 16)]);
+        assert_eq!(
+            sums(p.close(&layout, 30, 50).expect("close")),
+            vec![(10, vec![kv("a", 18), kv("b", 12)]), (20, vec![kv("b", 4)]),]
+        );
+        assert_eq!(p.groups(), 0, "every pane's last window has closed");
+        assert_eq!(p.open_windows(50), 0);
+    }
+
+    #[test]
+    fn early_results_cover_the_open_windows_of_changed_panes_only() {
+        let layout = test_layout();
+        let mut p = Panes::new(10, 20);
+        add(&mut p, &layout, 0, &[("a", 1)]);
+        add(&mut p, &layout, 10, &[("a", 2)]);
+        // Pane 0 is in windows -10 and 0; pane 10 in 0 and 10; window -10 has closed.
+        assert_eq!(
+            sums(p.early(&layout, 10).expect("early")),
+            vec![(0, vec![kv("a", 3)]), (10, vec![kv("a", 2)])]
+        );
+        assert!(
+            p.early(&layout, 10).expect("early").is_empty(),
+            "nothing changed"
+        );
+        add(&mut p, &layout, 10, &[("b", 4)]);
+        assert_eq!(
+            sums(p.early(&layout, 10).expect("early")),
+            vec![
+                (0, vec![kv("a", 3), kv("b", 4)]),
+                (10, vec![kv("a", 2), kv("b", 4)])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restored_snapshot_closes_to_the_same_windows() {
+        let layout = test_layout();
+        let mut p = Panes::new(10, 20);
+        add(&mut p, &layout, 0, &[("a", 1), ("b", 2)]);
+        add(&mut p, &layout, 10, &[("a", 4)]);
+        // Freeze pane 10 by reading it early, then add to it: frozen and live state both.
+        p.early(&layout, i64::MIN).expect("early");
+        add(&mut p, &layout, 10, &[("b", 8)]);
+        let saved = p.snapshot(&layout).expect("snapshot");
+        let mut q = Panes::new(10, 20);
+        for (pane, dirty, state) in &saved {
+            q.restore(&layout, *pane, *dirty, state).expect("restore");
+        }
+        let expected = sums(p.close(&layout, i64::MIN, 30).expect("close"));
+        assert_eq!(
+            sums(q.close(&layout, i64::MIN, 30).expect("close")),
+            expected
+        );
+        assert_eq!(
+            expected,
+            vec![
+                (-10, vec![kv("a", 1), kv("b", 2)]),
+                (0, vec![kv("a", 5), kv("b", 10)]),
+                (10, vec![kv("a", 4), kv("b", 8)]),
+            ]
+        );
+    }
+}

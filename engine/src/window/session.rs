@@ -662,3 +662,156 @@ fn take_rows(arrays: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<ArrayRef>> {
         .map(|a| take(a.as_ref(), &idx, None))
         .collect::<std::result::Result<Vec<_>, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::groups::{test_layout, test_rows, test_sums};
+
+    /// Sessions as `(start, end, [(key, sum)])`, one entry per session.
+    type Out = Vec<(i64, i64, Vec<(String, i64)>)>;
+
+    fn out(rows: Option<SessionRows>) -> Out {
+        let Some((starts, ends, keys, values)) = rows else {
+            return vec![];
+        };
+        let mut v: Out = (0..starts.len())
+            .map(|i| {
+                let k: Vec<ArrayRef> = keys.iter().map(|a| a.slice(i, 1)).collect();
+                let x: Vec<ArrayRef> = values.iter().map(|a| a.slice(i, 1)).collect();
+                (starts[i], ends[i], test_sums(&k, &x))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Fold `rows` of `(key, time, value)`; returns the late ones' reasons by row.
+    fn add(
+        s: &mut Sessions,
+        rows: &[(&str, i64, i64)],
+        closed_through: i64,
+    ) -> Vec<(usize, &'static str)> {
+        let (keys, args) = test_rows(&rows.iter().map(|r| (r.0, r.2)).collect::<Vec<_>>());
+        let times: Vec<Option<i64>> = rows.iter().map(|r| Some(r.1)).collect();
+        let mut late = vec![];
+        s.update(&times, &keys, &args, &[None], closed_through, &mut late)
+            .expect("update");
+        late.iter().map(|l| (l.row, l.reason)).collect()
+    }
+
+    fn kv(k: &str, v: i64) -> Vec<(String, i64)> {
+        vec![(k.to_string(), v)]
+    }
+
+    #[test]
+    fn rows_make_sessions_per_key_and_close_after_the_gap() {
+        let layout = test_layout();
+        let mut s = Sessions::new(&layout, 10).expect("sessions");
+        assert!(
+            add(
+                &mut s,
+                &[("a", 0, 1), ("b", 3, 2), ("a", 5, 4), ("a", 30, 8)],
+                i64::MIN
+            )
+            .is_empty()
+        );
+        assert_eq!(s.open_sessions(), 3);
+        assert_eq!(s.first_start(), Some(0));
+        // Sessions end at their last row plus the gap: a [0, 15), b [3, 13) close by 20.
+        assert_eq!(
+            out(s.close(&layout, 20).expect("close")),
+            vec![(0, 15, kv("a", 5)), (3, 13, kv("b", 2))]
+        );
+        assert_eq!(s.open_sessions(), 1);
+        assert_eq!(
+            out(s.close(&layout, 40).expect("close")),
+            vec![(30, 40, kv("a", 8))]
+        );
+        assert_eq!(s.open_sessions(), 0);
+    }
+
+    #[test]
+    fn an_out_of_order_row_bridges_two_sessions_into_one() {
+        let layout = test_layout();
+        let mut s = Sessions::new(&layout, 10).expect("sessions");
+        add(&mut s, &[("a", 0, 1), ("a", 25, 2)], i64::MIN);
+        assert_eq!(s.open_sessions(), 2);
+        // 8 extends [0]; 17 is within the gap of both [0, 8] and [25]: they merge.
+        add(&mut s, &[("a", 8, 4), ("a", 17, 8)], i64::MIN);
+        assert_eq!(s.open_sessions(), 1);
+        assert_eq!(
+            out(s.close(&layout, 100).expect("close")),
+            vec![(0, 35, kv("a", 15))]
+        );
+    }
+
+    #[test]
+    fn late_rows_name_why() {
+        let layout = test_layout();
+        let mut s = Sessions::new(&layout, 10).expect("sessions");
+        add(&mut s, &[("a", 0, 1), ("a", 5, 2)], i64::MIN);
+        assert_eq!(out(s.close(&layout, 20).expect("close")).len(), 1);
+        // 12 is less than a gap after a's closed session (last row 5); c at 2 would be a
+        // session of its own ending at 12, before 20; d at 15 is on time.
+        let late = add(&mut s, &[("a", 12, 4), ("c", 2, 8), ("d", 15, 16)], 20);
+        assert_eq!(late, vec![(0, LATE_CLOSED), (1, LATE_OVER)]);
+        assert_eq!(
+            out(s.close(&layout, 30).expect("close")),
+            vec![(15, 25, kv("d", 16))]
+        );
+    }
+
+    #[test]
+    fn early_results_and_a_restored_snapshot_give_the_same_sessions() {
+        let layout = test_layout();
+        let mut s = Sessions::new(&layout, 10).expect("sessions");
+        add(&mut s, &[("a", 0, 1), ("b", 2, 2)], i64::MIN);
+        assert_eq!(
+            out(s.early(&layout).expect("early")),
+            vec![(0, 10, kv("a", 1)), (2, 12, kv("b", 2))]
+        );
+        assert!(
+            out(s.early(&layout).expect("early")).is_empty(),
+            "nothing changed"
+        );
+        add(&mut s, &[("a", 4, 4)], i64::MIN);
+        assert_eq!(
+            out(s.early(&layout).expect("early")),
+            vec![(0, 14, kv("a", 5))]
+        );
+        // Close b, so the snapshot holds an open session and a closed one.
+        assert_eq!(
+            out(s.close(&layout, 12).expect("close")),
+            vec![(2, 12, kv("b", 2))]
+        );
+        let saved = s.snapshot(&layout).expect("snapshot");
+        let mut r = Sessions::new(&layout, 10).expect("sessions");
+        let state_fields = layout.state_fields().expect("fields");
+        for part in &saved {
+            let n = part.starts.len();
+            let closed = vec![part.closed; n];
+            let states: Vec<ArrayRef> = if part.states.is_empty() {
+                state_fields
+                    .iter()
+                    .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), n))
+                    .collect()
+            } else {
+                part.states.clone()
+            };
+            r.restore(
+                &layout,
+                (&part.starts, &part.lasts, &part.dirty, &closed),
+                &part.keys,
+                &states,
+            )
+            .expect("restore");
+        }
+        // b's closed session still makes a row less than a gap after it late.
+        assert_eq!(add(&mut r, &[("b", 10, 8)], 12), vec![(0, LATE_CLOSED)]);
+        assert_eq!(add(&mut s, &[("b", 10, 8)], 12), vec![(0, LATE_CLOSED)]);
+        let restored = out(r.close(&layout, 100).expect("close"));
+        assert_eq!(restored, out(s.close(&layout, 100).expect("close")));
+        assert_eq!(restored, vec![(0, 14, kv("a", 5))]);
+    }
+}
