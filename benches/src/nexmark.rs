@@ -326,7 +326,8 @@ pub fn sources_sql(reads: &[Table], input: &Input) -> String {
 pub type Captured = Arc<Mutex<Vec<(i64, RecordBatch)>>>;
 
 fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+    use weir_engine::clock::Clock;
+    weir_engine::clock::SystemClock.now_us()
 }
 
 /// A sink that keeps every batch it is given, with the time it arrived.

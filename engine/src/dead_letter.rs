@@ -38,7 +38,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// The wall-clock time now, as [`rfc3339_ms`] writes it.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339_ms(crate::clock::wall_ms())
 }
 
 impl DeadLetterWriter {
