@@ -57,6 +57,7 @@ impl Graph {
                     to: id,
                     port,
                 });
+                e.consumers.sort();
             }
         }
         self.nodes.insert(
@@ -106,14 +107,8 @@ impl Graph {
 
     /// The edges out of `id`, in the order data is delivered: by consumer id, then port
     /// (a self-join hears its left side first).
-    pub fn consumers(&self, id: NodeId) -> Vec<Edge> {
-        let mut out = self
-            .nodes
-            .get(&id)
-            .map(|e| e.consumers.clone())
-            .unwrap_or_default();
-        out.sort();
-        out
+    pub fn consumers(&self, id: NodeId) -> &[Edge] {
+        self.nodes.get(&id).map_or(&[], |e| e.consumers.as_slice())
     }
 
     /// Every node, in topological order.
@@ -145,7 +140,7 @@ mod tests {
         assert_eq!(g.order(), vec![s, t, v, j, self_join]);
         assert_eq!(
             g.consumers(s),
-            vec![
+            [
                 Edge {
                     from: s,
                     to: v,
@@ -160,7 +155,7 @@ mod tests {
         );
         assert_eq!(
             g.consumers(t),
-            vec![
+            [
                 Edge {
                     from: t,
                     to: self_join,

@@ -338,8 +338,9 @@ impl Dataflow {
         let mut start = 0;
         for end in cuts.into_iter().chain([batch.num_rows()]) {
             let piece = batch.slice(start, end - start);
+            let piece_times = times.as_ref().map(|t| t.slice(start, end - start));
             let (_, s) = self.source_mut(source)?;
-            s.observe(partition, times.as_deref().map(|t| &t[start..end]), now);
+            s.observe(partition, piece_times.as_ref(), now);
             if piece.num_rows() > 0 {
                 self.deliver(id, piece, origin, now).await?;
             }

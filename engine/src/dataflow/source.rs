@@ -32,18 +32,23 @@ impl SourceOp {
         SourceOp { schema, clock }
     }
 
-    /// The batch's event times (epoch ms; a null counts as no time), if the source reads
-    /// event time from a column.
-    pub fn event_times(&self, batch: &RecordBatch) -> Result<Option<Vec<Option<i64>>>> {
+    /// The batch's event-time column as epoch milliseconds, if the source reads event time
+    /// from a column.
+    pub fn event_times(&self, batch: &RecordBatch) -> Result<Option<TimestampMillisecondArray>> {
         let EventTime::Column { index, .. } = self.clock.event_time else {
             return Ok(None);
         };
-        Ok(Some(ts_millis(batch.column(index))?.iter().collect()))
+        Ok(Some(ts_millis(batch.column(index))?))
     }
 
     /// Rows of `partition` arrived at `now`, with these event times.
-    pub fn observe(&mut self, partition: usize, times: Option<&[Option<i64>]>, now: i64) {
-        let newest = times.and_then(|t| t.iter().flatten().max().copied());
+    pub fn observe(
+        &mut self,
+        partition: usize,
+        times: Option<&TimestampMillisecondArray>,
+        now: i64,
+    ) {
+        let newest = times.and_then(datafusion::arrow::compute::max);
         self.clock.observe(partition, newest, now);
     }
 
@@ -53,10 +58,16 @@ impl SourceOp {
     pub fn split_points(
         &self,
         partition: usize,
-        times: &[Option<i64>],
+        times: &TimestampMillisecondArray,
         probe: Option<&[Option<i64>]>,
         now: i64,
     ) -> Vec<usize> {
+        if times.null_count() == 0 {
+            return self
+                .clock
+                .split_points(partition, times.values(), probe, now);
+        }
+        // A null event time holds nothing back (such rows are bad records at the source).
         let event: Vec<i64> = times.iter().map(|t| t.unwrap_or(i64::MIN)).collect();
         self.clock.split_points(partition, &event, probe, now)
     }
