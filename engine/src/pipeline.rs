@@ -451,13 +451,7 @@ impl Pipeline {
             epoch: m.epoch,
             ..Default::default()
         };
-        let names: Vec<String> = self
-            .dataflow
-            .snapshot()?
-            .into_iter()
-            .map(|(n, _, _)| n)
-            .collect();
-        for name in names {
+        for name in self.dataflow.names() {
             let Some(cp) = m.nodes.get(&name) else {
                 continue;
             };

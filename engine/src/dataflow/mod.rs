@@ -180,6 +180,11 @@ impl Dataflow {
         Ok(())
     }
 
+    /// Every node's name, in topological order.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.name.clone()).collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.graph.id(name).is_some()
     }
