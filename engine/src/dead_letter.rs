@@ -10,7 +10,9 @@
 //!   `{"view", "row", "window_start", "window_end", "watermark", "reason", "time"}`, written
 //!   by the pipeline through [`DeadLetterWriter::append`].
 //!
-//! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds).
+//! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds). A
+//! row in a record (`row`) is written by [`crate::json::row_objects`], the encoding
+//! `docs/json.md` describes.
 
 use crate::error::{Result, WeirError};
 use std::fs::{File, OpenOptions};
@@ -26,16 +28,15 @@ pub struct DeadLetterWriter {
     written: u64,
 }
 
-/// Epoch milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T10:00:00.000Z`).
+/// Epoch milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T10:00:00.000Z`),
+/// as [`crate::json`] writes timestamps; the number itself out of chrono's range.
 pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
+    crate::json::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// The wall-clock time now, as [`rfc3339_ms`] writes it.
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339_ms(chrono::Utc::now().timestamp_millis())
 }
 
 impl DeadLetterWriter {
@@ -124,7 +125,7 @@ impl Drop for DeadLetterWriter {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::external(format!("dead-letter file {}: {e}", path.display()))
+    WeirError::external_source(format!("dead-letter file {}", path.display()), e)
 }
 
 /// Keep a source or view name usable as a file name.

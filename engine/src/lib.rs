@@ -4,12 +4,19 @@
 //! plug into), [`options`] (WITH options), [`error`] (the crate's error type),
 //! [`pipeline`] (the catalog and the dataflow), [`runtime`] (tasks, backpressure and the
 //! checkpoint coordinator), [`checkpoint`] (checkpoints on disk).
+//!
+//! Shared by the connectors and the server: [`json`] (Arrow rows as the JSON users see),
+//! [`fsutil`] (durable files and the staged-file protocol of exactly-once sinks),
+//! [`backoff`] (how anything that talks to an outside system retries).
 
+pub mod backoff;
 pub mod checkpoint;
 pub mod connector;
 pub mod dead_letter;
 pub mod error;
+pub mod fsutil;
 pub mod join;
+pub mod json;
 pub mod lookup;
 pub mod object;
 pub mod options;
