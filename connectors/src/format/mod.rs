@@ -14,10 +14,11 @@ pub mod csv;
 pub mod json;
 pub mod record_json;
 
-pub use json::{BadRecords, JsonDecoder, parse_bad_records};
+pub use json::{BadRecordHandler, BadRecords, JsonDecoder, parse_bad_records};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 use weir_engine::Result;
 use weir_engine::options::Options;
 
@@ -55,6 +56,29 @@ impl RecordChunk {
         self.data.clear();
         self.ends.clear();
     }
+}
+
+/// Why a record is bad when its NOT NULL `column` (a source's event time always is) is
+/// missing or null: every format and the file source say it the same way.
+pub(crate) fn not_null_reason(column: &str) -> String {
+    format!("missing or null value for NOT NULL column '{column}'")
+}
+
+/// `schema` with every column nullable: what decoders decode into, so that a null in a
+/// NOT NULL column is found by checking the decoded columns (and named in a reason by
+/// [`not_null_reason`]) rather than from a decoder's error text.
+pub(crate) fn all_nullable(schema: &SchemaRef) -> SchemaRef {
+    if schema.fields().iter().all(|f| f.is_nullable()) {
+        return schema.clone();
+    }
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
 }
 
 /// What decoding a chunk gave.

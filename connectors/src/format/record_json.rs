@@ -183,6 +183,33 @@ mod tests {
         assert_eq!(out.get(2), br#"{"id":2,"name":null}"#);
     }
 
+    /// A message without its event time (missing or null) is a bad record naming the
+    /// column, in a chunk whose other messages decode.
+    #[test]
+    fn messages_without_their_event_time_are_bad() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let mut d = JsonRecordDecoder::new(schema).unwrap();
+        let out = d
+            .decode(&chunk(&[
+                r#"{"id": 1, "ts": 1714557600000}"#,
+                r#"{"id": 2}"#,
+                r#"{"id": 3, "ts": null}"#,
+                r#"{"id": 4, "ts": "2024-05-01T10:00:01Z"}"#,
+            ]))
+            .unwrap();
+        let ids = out.batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids, &Int64Array::from(vec![1, 4]));
+        let reason = "missing or null value for NOT NULL column 'ts'".to_string();
+        assert_eq!(out.bad, vec![(1, reason.clone()), (2, reason)]);
+    }
+
     /// Regression: the sink wrote timestamps as arrow's JSON writer does, without a time
     /// zone (`2024-05-01T10:00:00`), unlike the API; now as every JSON Weir writes.
     #[test]
