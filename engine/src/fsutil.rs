@@ -246,25 +246,45 @@ impl StagedFiles {
 
 /// Remove every file under `dir` (recursively) whose name `is_hidden` matches.
 fn remove_hidden(dir: &Path, is_hidden: fn(&str) -> bool, removed: &mut usize) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error("listing", dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error("listing", dir, e))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| io_error("listing", &path, e))?;
-        if kind.is_dir() {
-            remove_hidden(&path, is_hidden, removed)?;
-        } else if is_hidden(&entry.file_name().to_string_lossy()) {
-            remove_file(&path)?;
+    for file in files_below(dir)? {
+        if file
+            .file_name()
+            .is_some_and(|n| is_hidden(&n.to_string_lossy()))
+        {
+            remove_file(&dir.join(file))?;
             *removed += 1;
         }
     }
     Ok(())
+}
+
+/// Every file below `dir`, recursively, as paths relative to it, sorted; none when `dir`
+/// does not exist.
+pub fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir == root => return Ok(()),
+            Err(e) => return Err(io_error("listing", dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("listing", dir, e))?;
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_error("listing", &path, e))?;
+            if kind.is_dir() {
+                walk(root, &path, out)?;
+            } else if let Ok(relative) = path.strip_prefix(root) {
+                out.push(relative.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -277,22 +297,12 @@ mod tests {
         name.starts_with('.') && (name.ends_with(".writing") || name.ends_with(".staged"))
     }
 
-    /// Every file under `dir`, relative, sorted.
     fn files(dir: &Path) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(root, &p, out);
-                } else {
-                    out.push(p.strip_prefix(root).unwrap().display().to_string());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(dir, dir, &mut out);
-        out.sort();
-        out
+        files_below(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     /// Write `name` in `dir` as the sink would (`.name.writing`) and stage it.

@@ -9,45 +9,45 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use std::path::Path;
 use std::sync::Arc;
-use weir_engine::pipeline::{EngineConfig, Pipeline};
-use weir_engine::runtime::{RunEnd, RunOptions, run};
 use weir_tests::slt::format_batches;
 
 const T0: i64 = 1_714_557_600_000; // 2024-05-01T10:00:00Z
 
-/// Run `source_sql` (a file source named `ev` with columns id, ts, region) to its end with a
-/// view counting rows per 10-second window into Parquet; the view's rows (window_start, n)
-/// and the dead-letter records (parsed, `time` checked and removed).
-async fn run_to_end(dir: &Path, source_sql: &str) -> (Vec<Vec<String>>, Vec<serde_json::Value>) {
+/// The dead letter of source `ev`'s record `raw` at `position` without its event time
+/// (`time` aside).
+fn no_event_time(raw: &str, position: String) -> serde_json::Value {
+    serde_json::json!({
+        "source": "ev",
+        "raw": raw,
+        "reason": "missing or null value for NOT NULL column 'ts'",
+        "position": position,
+    })
+}
+
+/// Read `input` (`format`) with a file source `ev` (id, ts, region; watermark on ts; bad
+/// records to the dead-letter file) to its end, with a view counting rows per 10-second
+/// window into Parquet; the view's rows (window_start, n) and the dead-letter records
+/// (parsed, `time` checked and removed).
+async fn run_to_end(
+    dir: &Path,
+    input: &Path,
+    format: &str,
+) -> (Vec<Vec<String>>, Vec<serde_json::Value>) {
     let lake = dir.join("lake");
     let sql = format!(
-        "{source_sql}; \
+        "CREATE SOURCE ev (id BIGINT, ts TIMESTAMP, region TEXT, \
+           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (connector = 'file', path = '{}', format = '{format}', \
+           'bad.records' = 'dead-letter'); \
          CREATE MATERIALIZED VIEW counts AS SELECT window_start, count(*) AS n \
            FROM TUMBLE(ev, ts, INTERVAL '10' SECOND) GROUP BY window_start; \
          CREATE SINK out FROM counts WITH (connector = 'parquet', path = '{}');",
+        input.display(),
         lake.display()
     );
     let data_dir = dir.join("data");
-    let mut p = Pipeline::new(
-        EngineConfig {
-            data_dir: data_dir.clone(),
-            ..EngineConfig::default()
-        },
-        weir_connectors::registry(),
-    );
-    p.execute(&sql).await.expect("ddl");
     let before = chrono::Utc::now();
-    let end = run(
-        p,
-        RunOptions {
-            until_done: true,
-            ..RunOptions::default()
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
-    assert_eq!(end, RunEnd::Done);
+    weir_tests::run_until_done(&data_dir, &sql).await;
     let after = chrono::Utc::now();
 
     let ctx = SessionContext::new();
@@ -100,34 +100,14 @@ async fn json_lines_without_event_time_go_to_the_dead_letter_file() {
         ),
     )
     .expect("write input");
-    let (rows, dead) = run_to_end(
-        dir.path(),
-        &format!(
-            "CREATE SOURCE ev (id BIGINT, ts TIMESTAMP, region TEXT, \
-               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH (connector = 'file', path = '{}', format = 'json', \
-               'bad.records' = 'dead-letter')",
-            input.display()
-        ),
-    )
-    .await;
+    let (rows, dead) = run_to_end(dir.path(), &input, "json").await;
     assert_eq!(rows, vec![vec!["2024-05-01T10:00:00", "2"]]);
     let position = |line: u32| format!("file {} line {line}", input.display());
     assert_eq!(
         dead,
         vec![
-            serde_json::json!({
-                "source": "ev",
-                "raw": "{\"id\": 2, \"region\": \"US\"}",
-                "reason": "missing or null value for NOT NULL column 'ts'",
-                "position": position(2),
-            }),
-            serde_json::json!({
-                "source": "ev",
-                "raw": "{\"id\": 3, \"ts\": null, \"region\": \"AP\"}",
-                "reason": "missing or null value for NOT NULL column 'ts'",
-                "position": position(3),
-            }),
+            no_event_time(r#"{"id": 2, "region": "US"}"#, position(2)),
+            no_event_time(r#"{"id": 3, "ts": null, "region": "AP"}"#, position(3)),
         ]
     );
 }
@@ -161,17 +141,7 @@ async fn parquet_rows_without_event_time_go_to_the_dead_letter_file() {
     w.write(&batch).expect("write");
     w.close().expect("close");
 
-    let (rows, dead) = run_to_end(
-        dir.path(),
-        &format!(
-            "CREATE SOURCE ev (id BIGINT, ts TIMESTAMP, region TEXT, \
-               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH (connector = 'file', path = '{}', format = 'parquet', \
-               'bad.records' = 'dead-letter')",
-            input.display()
-        ),
-    )
-    .await;
+    let (rows, dead) = run_to_end(dir.path(), &input, "parquet").await;
     assert_eq!(
         rows,
         vec![
@@ -180,21 +150,12 @@ async fn parquet_rows_without_event_time_go_to_the_dead_letter_file() {
         ]
     );
     let position = |row: u32| format!("file {} row {row}", input.display());
+    // The row as JSON, in column order.
     assert_eq!(
         dead,
         vec![
-            serde_json::json!({
-                "source": "ev",
-                "raw": "{\"id\":2,\"ts\":null,\"region\":\"US\"}",
-                "reason": "missing or null value for NOT NULL column 'ts'",
-                "position": position(2),
-            }),
-            serde_json::json!({
-                "source": "ev",
-                "raw": "{\"id\":4,\"ts\":null,\"region\":null}",
-                "reason": "missing or null value for NOT NULL column 'ts'",
-                "position": position(4),
-            }),
+            no_event_time(r#"{"id":2,"ts":null,"region":"US"}"#, position(2)),
+            no_event_time(r#"{"id":4,"ts":null,"region":null}"#, position(4)),
         ]
     );
 }

@@ -354,7 +354,8 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
     );
     assert_eq!(
         dl["schema"][1],
-        json!({"name": "ts", "type": "timestamp", "nullable": true})
+        // The WATERMARK column is NOT NULL (a3d23df).
+        json!({"name": "ts", "type": "timestamp", "nullable": false})
     );
     let names = view_names(&server);
     assert_eq!(names, ["health", "raw"]);

@@ -197,6 +197,15 @@ impl Registry {
     }
 }
 
+/// A datum in the Confluent wire format: the magic 0, the schema id, the datum.
+fn confluent_record(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(5 + datum.len());
+    record.push(0);
+    record.extend_from_slice(&id.to_be_bytes());
+    record.extend_from_slice(datum);
+    record
+}
+
 pub struct AvroRecordDecoder {
     schema: SchemaRef,
     registry: Registry,
@@ -463,11 +472,7 @@ impl RecordEncoder for AvroRecordEncoder {
             #[allow(deprecated)]
             let datum = apache_avro::to_avro_datum(&self.avro, Value::Record(fields))
                 .map_err(|e| WeirError::external_source("Avro encoding", e))?;
-            let mut record = Vec::with_capacity(5 + datum.len());
-            record.push(0);
-            record.extend_from_slice(&id.to_be_bytes());
-            record.extend_from_slice(&datum);
-            out.push(&record);
+            out.push(&confluent_record(id, &datum));
         }
         Ok(())
     }
@@ -531,10 +536,7 @@ mod tests {
                 .collect();
             #[allow(deprecated)]
             let datum = apache_avro::to_avro_datum(writer, Value::Record(fields)).unwrap();
-            let mut r = vec![0];
-            r.extend_from_slice(&id.to_be_bytes());
-            r.extend_from_slice(&datum);
-            r
+            confluent_record(id, &datum)
         };
         let ts = |ms: Option<i64>| match ms {
             Some(ms) => Value::Union(1, Box::new(Value::TimestampMillis(ms))),

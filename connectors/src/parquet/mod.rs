@@ -554,22 +554,11 @@ mod tests {
 
     /// Every file under `dir`, relative, sorted.
     fn files(dir: &Path) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(root, &p, out);
-                } else {
-                    out.push(p.strip_prefix(root).unwrap().display().to_string());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        if dir.exists() {
-            walk(dir, dir, &mut out);
-        }
-        out.sort();
-        out
+        weir_engine::fsutil::files_below(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     fn read_all(dir: &Path) -> RecordBatch {
