@@ -91,6 +91,9 @@ pub struct Decoded {
 }
 
 /// Decodes chunks of records, one record per message, into batches of one schema.
+///
+/// May block (the Avro decoder fetches writer schemas over HTTP, with retries): call it
+/// from a thread of its own or under `spawn_blocking`, never on an async worker.
 pub trait RecordDecoder: Send {
     fn schema(&self) -> &SchemaRef;
     /// Decode every record. A record that does not decode is reported in
@@ -100,6 +103,10 @@ pub trait RecordDecoder: Send {
 }
 
 /// Encodes the rows of batches as records, one per row.
+///
+/// The Avro encoder may block (it registers its schema over HTTP on first use): call an
+/// encoder of a format chosen by the user from a thread of its own or under
+/// `spawn_blocking`, never on an async worker (the JSON and CSV encoders never block).
 pub trait RecordEncoder: Send {
     /// Append one record per row of `batch` to `out`, in row order.
     fn encode(&mut self, batch: &RecordBatch, out: &mut RecordChunk) -> Result<()>;
