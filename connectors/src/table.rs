@@ -149,12 +149,17 @@ impl FileTable {
 #[async_trait]
 impl TableLoader for FileTable {
     async fn load(&self) -> Result<Vec<RecordBatch>> {
-        let files = resolve_files(&self.pattern)?;
+        // Listing the files is blocking I/O: off the async workers.
+        let pattern = self.pattern.clone();
+        let files = tokio::task::spawn_blocking(move || resolve_files(&pattern))
+            .await
+            .map_err(|e| WeirError::Internal(format!("listing table files: {e}")))??;
         let mut out = Vec::new();
         for f in &files {
-            let batches = self.read(f).await.map_err(|e| {
-                WeirError::external(format!("reading {}: {}", f.display(), e.strip_backtrace()))
-            })?;
+            let batches = self
+                .read(f)
+                .await
+                .map_err(|e| WeirError::external_source(format!("reading {}", f.display()), e))?;
             out.extend(batches);
         }
         Ok(out)
@@ -232,7 +237,7 @@ struct PostgresTable {
 impl TableLoader for PostgresTable {
     async fn load(&self) -> Result<Vec<RecordBatch>> {
         let err = |doing: &str, e: sqlx::Error| {
-            WeirError::external(format!("{doing} {}: {e}", self.from))
+            WeirError::external_source(format!("{doing} {}", self.from), e)
         };
         let pool = PgPoolOptions::new()
             .max_connections(1)
@@ -246,11 +251,10 @@ impl TableLoader for PostgresTable {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (i, f) in self.schema.fields().iter().enumerate() {
             let get_err = |e: sqlx::Error| {
-                WeirError::external(format!(
-                    "reading column '{}' of {}: {e}",
-                    f.name(),
-                    self.from
-                ))
+                WeirError::external_source(
+                    format!("reading column '{}' of {}", f.name(), self.from),
+                    e,
+                )
             };
             let col: ArrayRef = match f.data_type() {
                 DataType::Timestamp(TimeUnit::Millisecond, tz) => {
@@ -277,11 +281,14 @@ impl TableLoader for PostgresTable {
                         .map_err(get_err)?;
                     let text: ArrayRef = Arc::new(StringArray::from(v));
                     cast_with_options(&text, t, &STRICT).map_err(|e| {
-                        WeirError::external(format!(
-                            "column '{}' of {}: a value is not a {t}: {e}",
-                            f.name(),
-                            self.from
-                        ))
+                        WeirError::external_source(
+                            format!(
+                                "column '{}' of {}: a value is not a {t}",
+                                f.name(),
+                                self.from
+                            ),
+                            e,
+                        )
                     })?
                 }
             };

@@ -4,7 +4,6 @@ use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::{CastOptions, can_cast_types, cast_with_options};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::FormatOptions;
-use std::path::Path;
 use weir_engine::{Result, WeirError};
 
 /// Error unless a `from` column can be cast to the declared `to` type.
@@ -33,13 +32,14 @@ pub(crate) fn cast_to(array: &ArrayRef, to: &DataType, column: &str) -> Result<A
         format_options: FormatOptions::default(),
     };
     cast_with_options(array, to, &options).map_err(|e| {
-        WeirError::external(format!(
-            "column '{column}': cannot cast {} to {to}: {e}",
-            array.data_type()
-        ))
+        WeirError::external_source(
+            format!(
+                "column '{column}': cannot cast {} to {to}",
+                array.data_type()
+            ),
+            e,
+        )
     })
 }
 
-pub(crate) fn io_error(what: &str, path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::external(format!("{what} {}: {e}", path.display()))
-}
+pub(crate) use weir_engine::fsutil::io_error;

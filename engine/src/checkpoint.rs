@@ -231,10 +231,9 @@ fn state_file_name(kind: &str, index: usize, name: &str) -> String {
     format!("{kind}-{index}-{safe}.arrow")
 }
 
+/// [`crate::fsutil::sync_dir`], its error saying it was a checkpoint's.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("syncing", dir, e))
+    crate::fsutil::sync_dir(dir).map_err(|e| e.context("checkpoint"))
 }
 
 impl CheckpointStore {

@@ -11,7 +11,9 @@
 //!   dataflow hands them over as an effect ([`LateRows`]); whoever drives it (the runtime,
 //!   the test runner) writes them with [`LateRowFiles`].
 //!
-//! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds).
+//! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds). A
+//! row in a record (`row`) is written by [`crate::json::row_objects`], the encoding
+//! `docs/json.md` describes.
 
 use crate::dataflow::LateRows;
 use crate::error::{Result, WeirError};
@@ -29,11 +31,10 @@ pub struct DeadLetterWriter {
     written: u64,
 }
 
-/// Epoch milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T10:00:00.000Z`).
+/// Epoch milliseconds as RFC 3339 in UTC with milliseconds (`2024-05-01T10:00:00.000Z`),
+/// as [`crate::json`] writes timestamps; the number itself out of chrono's range.
 pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
+    crate::json::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// The wall-clock time now, as [`rfc3339_ms`] writes it.
@@ -143,20 +144,7 @@ impl LateRowFiles {
 
     /// Append one line per late row to `<data_dir>/dead-letter/<view>.jsonl`, and flush.
     pub fn write(&mut self, late: &LateRows) -> Result<()> {
-        let mut buf = Vec::new();
-        {
-            let mut w = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buf);
-            w.write(&late.rows)?;
-            w.finish()?;
-        }
-        let text = String::from_utf8_lossy(&buf);
-        let rows: Vec<serde_json::Value> = text
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| WeirError::Internal(format!("late row as JSON: {e}")))?;
+        let rows = crate::json::row_objects(&late.rows);
         let watermark = late.watermark.map(rfc3339_ms);
         let writer = self
             .writers
@@ -185,7 +173,7 @@ impl LateRowFiles {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> WeirError {
-    WeirError::external(format!("dead-letter file {}: {e}", path.display()))
+    WeirError::external_source(format!("dead-letter file {}", path.display()), e)
 }
 
 /// Keep a source or view name usable as a file name.

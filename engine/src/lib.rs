@@ -8,8 +8,13 @@
 //! statements. The [`runtime`] drives a pipeline from real sources into real sinks
 //! ([`connector`] is the seam connectors implement) and takes [`checkpoint`]s.
 //! `docs/engine.md` walks through it.
+//!
+//! Shared by the connectors and the server: [`json`] (Arrow rows as the JSON users see),
+//! [`fsutil`] (durable files and the staged-file protocol of exactly-once sinks),
+//! [`backoff`] (how anything that talks to an outside system retries).
 
 pub mod adhoc;
+pub mod backoff;
 pub mod catalog;
 pub mod checkpoint;
 pub mod clock;
@@ -18,7 +23,9 @@ pub mod dataflow;
 mod ddl;
 pub mod dead_letter;
 pub mod error;
+pub mod fsutil;
 pub mod join;
+pub mod json;
 pub mod lookup;
 pub mod object;
 pub mod options;

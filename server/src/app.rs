@@ -72,7 +72,7 @@ enum Mode {
     Check,
 }
 
-/// Shown with a load error when `--until-done` left Kafka objects without a cluster.
+/// Said by a Kafka source or sink that finds no cluster under `--until-done`.
 const BACKFILL_KAFKA_HINT: &str = "with --until-done the embedded Kafka broker is not started \
     (its generator feeds never end); set [kafka] bootstrap.servers in the config or \
     'bootstrap.servers' in the WITH clause";
@@ -88,10 +88,11 @@ fn kafka_setup(
     cfg: &config::Config,
     files: &[PathBuf],
     mode: Mode,
-) -> Result<(KafkaSettings, Option<EmbeddedKafka>, Option<&'static str>)> {
+) -> Result<(KafkaSettings, Option<EmbeddedKafka>)> {
     let mut settings = KafkaSettings {
         bootstrap_servers: None,
         properties: cfg.kafka.properties.clone(),
+        no_cluster_hint: None,
     };
     if let Some(b) = &cfg.kafka.bootstrap_servers {
         if b.trim().is_empty() {
@@ -103,18 +104,22 @@ fn kafka_setup(
             );
         }
         settings.bootstrap_servers = Some(b.trim().to_string());
-        return Ok((settings, None, None));
+        return Ok((settings, None));
     }
     let usage = embedded_kafka::kafka_usage(files);
     if !usage.default_cluster || !cfg.kafka.embedded.enabled {
-        return Ok((settings, None, None));
+        return Ok((settings, None));
     }
     match mode {
         Mode::Check => {
             settings.bootstrap_servers = Some(CHECK_PLACEHOLDER_BOOTSTRAP.to_string());
-            Ok((settings, None, None))
+            Ok((settings, None))
         }
-        Mode::Backfill => Ok((settings, None, Some(BACKFILL_KAFKA_HINT))),
+        Mode::Backfill => {
+            // A Kafka source or sink without a cluster fails to load, saying why.
+            settings.no_cluster_hint = Some(BACKFILL_KAFKA_HINT.to_string());
+            Ok((settings, None))
+        }
         Mode::Run => {
             let k = EmbeddedKafka::start(
                 &cfg.kafka.embedded,
@@ -133,7 +138,7 @@ fn kafka_setup(
                 k.bootstrap_servers()
             );
             settings.bootstrap_servers = Some(k.bootstrap_servers().to_string());
-            Ok((settings, Some(k), None))
+            Ok((settings, Some(k)))
         }
     }
 }
@@ -250,19 +255,14 @@ async fn load_pipeline(
         checkpoints: checkpoints_enabled(&cfg, mode),
     };
     let files = sql_files(&args.paths)?;
-    let (kafka, embedded, hint) = kafka_setup(&cfg, &files, mode)?;
+    let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;
     let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
     for file in &files {
         if let Err(e) = load_file(&mut pipeline, file).await {
             if let Some(k) = embedded {
                 k.stop().await;
             }
-            return Err(match hint {
-                Some(h) if format!("{e:#}").contains("no Kafka cluster") => {
-                    anyhow::anyhow!("{e:#}\n  note: {h}")
-                }
-                _ => e,
-            });
+            return Err(e);
         }
     }
     Ok((pipeline, cfg, embedded))

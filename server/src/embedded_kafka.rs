@@ -18,6 +18,7 @@ use crate::config::EmbeddedSection;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
+use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -28,7 +29,6 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -197,6 +197,8 @@ impl EmbeddedKafka {
         }
         let EmbeddedKafka { feeds, mock, .. } = self;
         for h in feeds {
+            // Aborted: the result is the cancellation (or the error the feed already
+            // logged); only the wait for the task to finish matters.
             let _ = h.await;
         }
         std::mem::forget(mock);
@@ -284,9 +286,8 @@ impl ProducerContext for FeedContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Ok(mut last) = self.last_log.lock()
-                && last.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-            {
+            let mut last = self.last_log.lock();
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 *last = Some(Instant::now());
                 tracing::warn!(topic = %self.topic, failed, error = %e,
                     "embedded Kafka feed: messages could not be delivered");

@@ -204,13 +204,13 @@ async fn read_kafka(b: &str, topic: &str, want: usize) -> Vec<WindowRow> {
                 .map(|p| {
                     let v: serde_json::Value = serde_json::from_str(p).expect("a JSON message");
                     let field = |k: &str| v[k].clone();
-                    let start = chrono::NaiveDateTime::parse_from_str(
+                    // The json format writes timestamps as RFC 3339 in UTC (docs/json.md).
+                    let start = chrono::DateTime::parse_from_rfc3339(
                         field("window_start").as_str().expect("window_start"),
-                        "%Y-%m-%dT%H:%M:%S%.f",
                     )
-                    .expect("an ISO 8601 window_start");
+                    .expect("an RFC 3339 window_start");
                     (
-                        start.and_utc().timestamp_millis(),
+                        start.timestamp_millis(),
                         field("region").as_str().expect("region").to_string(),
                         field("downloads").as_i64().expect("downloads"),
                         field("failures").as_i64().expect("failures"),

@@ -1,12 +1,14 @@
 //! Weir's integration tests, one binary: the streaming .slt suite in every mode, the
 //! differential test against batch DataFusion, the Nexmark queries against their batch
-//! answers, Parquet read-back, the Kafka connector
+//! answers, Parquet read-back, records without their event time in the file source, the
+//! Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
 //! at random moments.
 
 mod crash;
 mod differential;
+mod event_time;
 mod kafka;
 mod lookup;
 mod nexmark;

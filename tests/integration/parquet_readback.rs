@@ -7,8 +7,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use std::io::Write;
 use std::sync::Arc;
-use weir_engine::pipeline::{EngineConfig, Pipeline};
-use weir_engine::runtime::{RunEnd, RunOptions, run};
 use weir_tests::slt::format_batches;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,25 +59,7 @@ async fn parquet_sink_files_read_back_by_listing_table() {
         input.display(),
         lake.display()
     );
-    let mut p = Pipeline::new(
-        EngineConfig {
-            data_dir: dir.path().join("data"),
-            ..EngineConfig::default()
-        },
-        weir_connectors::registry(),
-    );
-    p.execute(&sql).await.expect("ddl");
-    let end = run(
-        p,
-        RunOptions {
-            until_done: true,
-            ..RunOptions::default()
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
-    assert_eq!(end, RunEnd::Done);
+    weir_tests::run_until_done(&dir.path().join("data"), &sql).await;
 
     // Hive-style day folders, no in-progress files left behind.
     let mut days: Vec<String> = std::fs::read_dir(&lake)

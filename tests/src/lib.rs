@@ -36,3 +36,24 @@ pub mod slt;
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
+
+/// Run `sql` in a pipeline over every connector, with `data_dir`, until every source has
+/// ended (`weir run --until-done`); panics on an error or another ending.
+pub async fn run_until_done(data_dir: &std::path::Path, sql: &str) {
+    use weir_engine::pipeline::{EngineConfig, Pipeline};
+    use weir_engine::runtime::{RunEnd, RunOptions, run};
+    let mut p = Pipeline::new(
+        EngineConfig {
+            data_dir: data_dir.to_path_buf(),
+            ..EngineConfig::default()
+        },
+        weir_connectors::registry(),
+    );
+    p.execute(sql).await.expect("ddl");
+    let options = RunOptions {
+        until_done: true,
+        ..RunOptions::default()
+    };
+    let end = run(p, options, std::future::pending()).await.expect("run");
+    assert_eq!(end, RunEnd::Done);
+}

@@ -16,7 +16,9 @@
 //!   policy; bad lines are reported as `file <path> line <n>`.
 //! - Parquet files are read with the arrow reader, projecting the declared columns by name
 //!   and casting them to the declared types. A declared column missing from a file is an
-//!   error at `CREATE SOURCE`.
+//!   error at `CREATE SOURCE`. A row with a null in a NOT NULL column (the event time
+//!   always is) is a bad record under the `bad.records` policy, reported as
+//!   `file <path> row <n>` (1-based) with the row as JSON for `raw`.
 //!
 //! A batch's position is the number of rows read from its file so far. Restoring a
 //! checkpoint re-reads each file from its start and skips the rows the checkpoint covers
@@ -25,8 +27,8 @@
 mod reader;
 
 use crate::dead_letter::DeadLetterWriter;
-use crate::format::{BadRecords, JsonDecoder, parse_bad_records};
-use crate::util::check_castable;
+use crate::format::{BadRecordHandler, BadRecords, JsonDecoder, parse_bad_records};
+use crate::util::{check_castable, io_error};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -73,17 +75,18 @@ impl SourceFactory for FileSourceFactory {
         options.finish("the file source", VALID_KEYS)?;
 
         let files = resolve_files(&path)?;
-        let json = match format {
-            FileFormat::Json => {
-                let dead_letter = (policy == BadRecords::DeadLetter)
-                    .then(|| DeadLetterWriter::new(&spec.data_dir, &spec.name));
-                Some(JsonDecoder::new(spec.schema.clone(), policy, dead_letter)?)
-            }
+        let dead_letter = (policy == BadRecords::DeadLetter)
+            .then(|| DeadLetterWriter::new(&spec.data_dir, &spec.name));
+        let (json, parquet_bad) = match format {
+            FileFormat::Json => (
+                Some(JsonDecoder::new(spec.schema.clone(), policy, dead_letter)?),
+                None,
+            ),
             FileFormat::Parquet => {
                 for file in &files {
                     check_parquet_schema(file, &spec.schema)?;
                 }
-                None
+                (None, Some(BadRecordHandler::new(policy, dead_letter)))
             }
         };
         Ok(Box::new(FileSource {
@@ -92,6 +95,7 @@ impl SourceFactory for FileSourceFactory {
             files,
             max_rows: spec.batch.max_rows.max(1),
             json,
+            parquet_bad,
             format,
             rx: None,
             ended: false,
@@ -115,7 +119,8 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
     })?;
     let mut files = Vec::new();
     for entry in paths {
-        let path = entry.map_err(|e| WeirError::external(format!("listing '{pattern}': {e}")))?;
+        let path =
+            entry.map_err(|e| WeirError::external_source(format!("listing '{pattern}'"), e))?;
         if path.is_file() {
             files.push(path);
         }
@@ -131,10 +136,9 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
 
 /// Every declared column must be in the file, with a type that casts to the declared one.
 fn check_parquet_schema(path: &Path, schema: &SchemaRef) -> Result<()> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| WeirError::external(format!("opening {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path).map_err(|e| io_error("opening", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
+        WeirError::external_source(format!("reading Parquet file {}", path.display()), e)
     })?;
     let file_schema = builder.schema();
     let mut missing = Vec::new();
@@ -175,6 +179,8 @@ pub struct FileSource {
     format: FileFormat,
     /// Moved to the reader thread when it starts.
     json: Option<JsonDecoder>,
+    /// The bad-record policy for Parquet rows (moved to the reader thread too).
+    parquet_bad: Option<BadRecordHandler>,
     rx: Option<mpsc::Receiver<Result<SourceEvent>>>,
     ended: bool,
     /// Rows per file a restored checkpoint already covers.
@@ -194,6 +200,7 @@ impl FileSource {
             max_rows: self.max_rows,
             format: self.format,
             json: self.json.take(),
+            parquet_bad: self.parquet_bad.take(),
             tx,
             delivered: self.files.iter().map(|_| Cell::new(0)).collect(),
             skip: (0..self.files.len())
@@ -203,7 +210,7 @@ impl FileSource {
         std::thread::Builder::new()
             .name(format!("weir-file-{}", self.name))
             .spawn(move || reader.run())
-            .map_err(|e| WeirError::external(format!("starting the file reader thread: {e}")))?;
+            .map_err(|e| WeirError::external_source("starting the file reader thread", e))?;
         Ok(rx)
     }
 }
@@ -524,6 +531,90 @@ mod tests {
             vec![1, 2, 3, 4, 5]
         );
         assert_eq!(all.column(2).as_string::<i32>().value(4), "n5");
+    }
+
+    /// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
+    /// watermark column) follow `bad.records` like bad JSON lines.
+    #[tokio::test]
+    async fn parquet_rows_without_their_event_time_are_bad_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.parquet");
+        let file_schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            file_schema.clone(),
+            vec![
+                Arc::new(datafusion::arrow::array::Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from(
+                    vec![Some(10), None, Some(30), None],
+                )),
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None, None])),
+            ],
+        )
+        .unwrap();
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), file_schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let p = path.to_str().unwrap();
+
+        let mut source = FileSourceFactory
+            .create(spec(dir.path(), &[("path", p), ("format", "parquet")], 10))
+            .unwrap();
+        assert_eq!(drain(&mut source).await, vec![(0, vec![1, 3], 2)]);
+        let dead = std::fs::read_to_string(dir.path().join("dead-letter/replay.jsonl")).unwrap();
+        let records: Vec<serde_json::Value> = dead
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(&str, &str, &str)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["raw"].as_str().unwrap(),
+                    r["reason"].as_str().unwrap(),
+                    r["position"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let reason = "missing or null value for NOT NULL column 'ts'";
+        assert_eq!(
+            got,
+            vec![
+                (
+                    r#"{"id":2,"ts":null,"name":"b"}"#,
+                    reason,
+                    format!("file {p} row 2").as_str()
+                ),
+                (
+                    r#"{"id":4,"ts":null,"name":null}"#,
+                    reason,
+                    format!("file {p} row 4").as_str()
+                ),
+            ]
+        );
+
+        let mut source = FileSourceFactory
+            .create(spec(
+                dir.path(),
+                &[("path", p), ("format", "parquet"), ("bad.records", "fail")],
+                10,
+            ))
+            .unwrap();
+        let e = loop {
+            match source.next().await {
+                Ok(SourceEvent::End) => panic!("the bad row must fail the source"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("bad record: file {p} row 2: {reason}")
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The file source's reader thread: blocking reads and decoding, off the async runtime.
 
 use super::{CHUNK_BYTES, FileFormat};
-use crate::format::JsonDecoder;
 use crate::format::json::count_newlines;
+use crate::format::{BadRecordHandler, JsonDecoder, all_nullable, not_null_reason};
 use crate::util::{cast_to, io_error};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
@@ -22,6 +24,7 @@ pub(super) struct FileReader {
     pub(super) max_rows: usize,
     pub(super) format: FileFormat,
     pub(super) json: Option<JsonDecoder>,
+    pub(super) parquet_bad: Option<BadRecordHandler>,
     pub(super) tx: mpsc::Sender<Result<SourceEvent>>,
     /// Per file: good rows handed on so far (the position), and how many of the first
     /// rows to skip because a checkpoint already covers them.
@@ -53,12 +56,14 @@ impl FileReader {
                 }
                 Ok(false) => return,
                 Err(e) => {
-                    // The receiver reports the error; nothing more to read after it.
+                    // The receiver reports the error; nothing more to read after it. A
+                    // failed send means the source is gone, and nobody is left to tell.
                     let _ = self.tx.blocking_send(Err(e));
                     return;
                 }
             }
         }
+        // As above: a failed send means the source is gone and wants nothing more.
         let _ = self.tx.blocking_send(Ok(SourceEvent::End));
     }
 
@@ -169,9 +174,31 @@ impl FileReader {
         Ok(true)
     }
 
-    fn read_parquet(&self, partition: usize, path: &Path) -> Result<Continue> {
+    fn read_parquet(&mut self, partition: usize, path: &Path) -> Result<Continue> {
+        let Some(mut bad) = self.parquet_bad.take() else {
+            return Err(WeirError::Internal(
+                "file source without a Parquet bad-record policy".into(),
+            ));
+        };
+        let result = self.read_parquet_with(&mut bad, partition, path);
+        self.parquet_bad = Some(bad);
+        result
+    }
+
+    fn read_parquet_with(
+        &self,
+        bad: &mut BadRecordHandler,
+        partition: usize,
+        path: &Path,
+    ) -> Result<Continue> {
         let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
-            WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
+            WeirError::external_source(format!("reading Parquet file {}", path.display()), e)
+        };
+        let missing = |name: &str| {
+            WeirError::external(format!(
+                "Parquet file {} has no column '{name}'",
+                path.display()
+            ))
         };
         let file = File::open(path).map_err(|e| io_error("opening", path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
@@ -179,13 +206,9 @@ impl FileReader {
         let roots = builder.parquet_schema().root_schema().get_fields().len();
         let mut indices = Vec::with_capacity(self.schema.fields().len());
         for field in self.schema.fields() {
-            let (i, _) = file_schema.column_with_name(field.name()).ok_or_else(|| {
-                WeirError::external(format!(
-                    "Parquet file {} has no column '{}'",
-                    path.display(),
-                    field.name()
-                ))
-            })?;
+            let (i, _) = file_schema
+                .column_with_name(field.name())
+                .ok_or_else(|| missing(field.name()))?;
             if i < roots {
                 indices.push(i);
             }
@@ -196,32 +219,86 @@ impl FileReader {
             .with_batch_size(self.max_rows)
             .build()
             .map_err(parquet_error)?;
+        let nullable = all_nullable(&self.schema);
+        let shown = path.display().to_string();
+        // Rows read from the file before the batch, for the positions of bad rows.
+        let mut rows_before: u64 = 0;
         for batch in reader {
             let batch = batch.map_err(|e| {
-                WeirError::external(format!("reading Parquet file {}: {e}", path.display()))
+                WeirError::external_source(format!("reading Parquet file {shown}"), e)
             })?;
             let mut columns = Vec::with_capacity(self.schema.fields().len());
             for field in self.schema.fields() {
-                let column = batch.column_by_name(field.name()).ok_or_else(|| {
-                    WeirError::external(format!(
-                        "Parquet file {} has no column '{}'",
-                        path.display(),
-                        field.name()
-                    ))
-                })?;
+                let column = batch
+                    .column_by_name(field.name())
+                    .ok_or_else(|| missing(field.name()))?;
                 columns.push(cast_to(column, field.data_type(), field.name())?);
             }
-            let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| {
-                WeirError::external(format!(
-                    "Parquet file {} does not fit the declared columns: {e}",
-                    path.display()
-                ))
+            let read = RecordBatch::try_new(nullable.clone(), columns)?;
+            let (good, bad_rows) = self.drop_null_rows(read, bad, |row| {
+                format!("file {shown} row {}", rows_before + row as u64 + 1)
             })?;
-            if !self.send(partition, batch, 0) {
+            rows_before += batch.num_rows() as u64;
+            if !self.send(partition, good, bad_rows) {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// The rows of `batch` (decoded with every column nullable) that have a value in every
+    /// NOT NULL column, in the declared schema, and how many did not; those are handed to
+    /// `bad` with the row as JSON, a reason naming the column and `position(row)`.
+    fn drop_null_rows(
+        &self,
+        batch: RecordBatch,
+        bad: &mut BadRecordHandler,
+        position: impl Fn(usize) -> String,
+    ) -> Result<(RecordBatch, u64)> {
+        let required: Vec<(&str, &ArrayRef)> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, c)| !f.is_nullable() && c.null_count() > 0)
+            .map(|(f, c)| (f.name().as_str(), c))
+            .collect();
+        if required.is_empty() {
+            let good = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
+            return Ok((good, 0));
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        let mut bad_rows: Vec<(u32, &str)> = Vec::new();
+        for (row, k) in keep.iter_mut().enumerate() {
+            if let Some((name, _)) = required.iter().find(|(_, c)| c.is_null(row)) {
+                *k = false;
+                bad_rows.push((row as u32, name));
+            }
+        }
+        let rows = take_record_batch(
+            &batch,
+            &UInt32Array::from(bad_rows.iter().map(|(r, _)| *r).collect::<Vec<_>>()),
+        )?;
+        // Each bad row as JSON, in column order, for the dead letter's `raw`.
+        let mut raw = Vec::new();
+        let mut ends = vec![0];
+        weir_engine::json::write_row_records(&rows, &mut raw, |r| ends.push(r.len()));
+        let mut handled = Ok(());
+        for (k, (row, name)) in bad_rows.iter().enumerate() {
+            handled = bad.handle(
+                &raw[ends[k]..ends[k + 1]],
+                &not_null_reason(name),
+                &position(*row as usize),
+            );
+            if handled.is_err() {
+                break;
+            }
+        }
+        bad.flush()?;
+        handled?;
+        let good = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let good = RecordBatch::try_new(self.schema.clone(), good.columns().to_vec())?;
+        Ok((good, bad_rows.len() as u64))
     }
 }
 

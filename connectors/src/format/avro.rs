@@ -12,6 +12,10 @@
 //! `["null", T]`, timestamps as `long` with `timestamp-millis`), registers it under the
 //! subject (`<topic>-value`, `<topic>-key`) on first use, and writes magic, id and datum per
 //! row.
+//!
+//! The registry client is blocking (ureq) and retries with the engine's [`Backoff`]: the
+//! decoder runs on the Kafka source's own thread and the encoder under the Kafka sink's
+//! blocking task, never on an async worker.
 
 use super::{Decoded, RecordChunk, RecordDecoder, RecordEncoder};
 use apache_avro::Schema as AvroSchema;
@@ -23,6 +27,7 @@ use datafusion::common::ScalarValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_engine::backoff::{Backoff, retry_blocking};
 use weir_engine::options::Options;
 use weir_engine::{Result, WeirError};
 
@@ -51,6 +56,11 @@ impl AvroOptions {
     }
 }
 
+/// Retrying a registry request that failed in transport or with a 5xx answer: 5 attempts
+/// over about 3 seconds.
+const REGISTRY_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(2)).max_retries(4);
+
 /// A small blocking client for the two registry calls Weir makes.
 struct Registry {
     options: AvroOptions,
@@ -73,11 +83,13 @@ impl Registry {
     }
 
     fn auth(&self) -> Option<String> {
-        use base64_lite::encode;
-        self.options
-            .basic_auth
-            .as_ref()
-            .map(|a| format!("Basic {}", encode(a.as_bytes())))
+        use base64::Engine;
+        self.options.basic_auth.as_ref().map(|a| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        })
     }
 
     /// The writer schema for `id`: `Ok(Err(reason))` when the registry does not know it
@@ -128,7 +140,8 @@ impl Registry {
         })?;
         if status != 200 {
             return Err(WeirError::external(format!(
-                "registering the Avro schema for subject '{subject}' failed (HTTP {status}): {text}"
+                "registering the Avro schema for subject '{subject}' failed (HTTP {status}): \
+                 {text}"
             )));
         }
         serde_json::from_str::<serde_json::Value>(&text)
@@ -142,7 +155,8 @@ impl Registry {
             })
     }
 
-    /// One request with retries on transport errors and 5xx answers.
+    /// One request with retries on transport errors and 5xx answers (blocking: see the
+    /// module docs).
     fn request(
         &self,
         call: impl Fn(
@@ -151,56 +165,45 @@ impl Registry {
         ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<(u16, String)> {
         let auth = self.auth();
-        let mut delay = Duration::from_millis(200);
-        let mut last = String::new();
-        for attempt in 0..5 {
-            if attempt > 0 {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            match call(&self.agent, auth.as_deref()) {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.body_mut().read_to_string().unwrap_or_default();
-                    if status >= 500 {
-                        last = format!("HTTP {status}: {body}");
-                        continue;
-                    }
-                    return Ok((status, body));
+        let url = &self.options.url;
+        let attempt = || match call(&self.agent, auth.as_deref()) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.body_mut().read_to_string().map_err(|e| {
+                    WeirError::external_source(
+                        format!("reading the answer of the schema registry at {url}"),
+                        e,
+                    )
+                    .retryable()
+                })?;
+                if status >= 500 {
+                    return Err(WeirError::external(format!(
+                        "the schema registry at {url} answered HTTP {status}: {body}"
+                    ))
+                    .retryable());
                 }
-                Err(e) => last = e.to_string(),
+                Ok((status, body))
             }
-        }
-        Err(WeirError::external(format!(
-            "the schema registry at {} cannot be reached: {last}",
-            self.options.url
-        )))
+            Err(e) => Err(WeirError::external_source(
+                format!("the schema registry at {url} cannot be reached"),
+                e,
+            )
+            .retryable()),
+        };
+        retry_blocking(&REGISTRY_BACKOFF, attempt, |e, retry, wait| {
+            tracing::warn!(error = %e, retry, wait_ms = wait.as_millis() as u64,
+                "schema registry request failed; retrying");
+        })
     }
 }
 
-/// Base64 for the Basic auth header (no dependency for 20 lines).
-mod base64_lite {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
+/// A datum in the Confluent wire format: the magic 0, the schema id, the datum.
+fn confluent_record(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(5 + datum.len());
+    record.push(0);
+    record.extend_from_slice(&id.to_be_bytes());
+    record.extend_from_slice(datum);
+    record
 }
 
 pub struct AvroRecordDecoder {
@@ -252,10 +255,7 @@ impl AvroRecordDecoder {
                 },
             };
             if scalar.is_null() && !f.is_nullable() {
-                return Ok(Err(format!(
-                    "missing or null value for NOT NULL column '{}'",
-                    f.name()
-                )));
+                return Ok(Err(super::not_null_reason(f.name())));
             }
             row.push(scalar);
         }
@@ -471,12 +471,8 @@ impl RecordEncoder for AvroRecordEncoder {
             }
             #[allow(deprecated)]
             let datum = apache_avro::to_avro_datum(&self.avro, Value::Record(fields))
-                .map_err(|e| WeirError::external(format!("Avro encoding: {e}")))?;
-            let mut record = Vec::with_capacity(5 + datum.len());
-            record.push(0);
-            record.extend_from_slice(&id.to_be_bytes());
-            record.extend_from_slice(&datum);
-            out.push(&record);
+                .map_err(|e| WeirError::external_source("Avro encoding", e))?;
+            out.push(&confluent_record(id, &datum));
         }
         Ok(())
     }
@@ -487,13 +483,96 @@ impl RecordEncoder for AvroRecordEncoder {
 mod tests {
     use super::*;
 
+    fn registry(auth: Option<&str>) -> Registry {
+        Registry::new(AvroOptions {
+            url: "http://127.0.0.1:1".into(),
+            basic_auth: auth.map(str::to_string),
+        })
+    }
+
     #[test]
-    fn base64_matches_rfc_4648() {
-        assert_eq!(base64_lite::encode(b""), "");
-        assert_eq!(base64_lite::encode(b"f"), "Zg==");
-        assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
-        assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
-        assert_eq!(base64_lite::encode(b"user:pass"), "dXNlcjpwYXNz");
+    fn basic_auth_header() {
+        assert_eq!(
+            registry(Some("user:pass")).auth().as_deref(),
+            Some("Basic dXNlcjpwYXNz")
+        );
+        assert_eq!(registry(None).auth(), None);
+    }
+
+    /// A record without its event time (null, or a writer schema without the field) is a
+    /// bad record naming the column; the others decode.
+    #[test]
+    fn records_without_their_event_time_are_bad() {
+        use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("region", DataType::Utf8, true),
+        ]));
+        let with_ts = AvroSchema::parse_str(
+            r#"{"type": "record", "name": "r", "fields": [
+                {"name": "ts", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}]},
+                {"name": "region", "type": "string"}]}"#,
+        )
+        .unwrap();
+        let without_ts = AvroSchema::parse_str(
+            r#"{"type": "record", "name": "r", "fields": [{"name": "region", "type": "string"}]}"#,
+        )
+        .unwrap();
+        let mut d = AvroRecordDecoder::new(schema.clone(), registry(None).options);
+        // The registry's answers, as if fetched: no network in this test.
+        d.registry.schemas.insert(1, Ok(Arc::new(with_ts.clone())));
+        d.registry
+            .schemas
+            .insert(2, Ok(Arc::new(without_ts.clone())));
+        let record = |id: u32, writer: &AvroSchema, fields: Vec<(&str, Value)>| {
+            let fields = fields
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect();
+            #[allow(deprecated)]
+            let datum = apache_avro::to_avro_datum(writer, Value::Record(fields)).unwrap();
+            confluent_record(id, &datum)
+        };
+        let ts = |ms: Option<i64>| match ms {
+            Some(ms) => Value::Union(1, Box::new(Value::TimestampMillis(ms))),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        let mut chunk = RecordChunk::default();
+        chunk.push(&record(
+            1,
+            &with_ts,
+            vec![
+                ("ts", ts(Some(1_000))),
+                ("region", Value::String("EU".into())),
+            ],
+        ));
+        chunk.push(&record(
+            1,
+            &with_ts,
+            vec![("ts", ts(None)), ("region", Value::String("US".into()))],
+        ));
+        chunk.push(&record(
+            2,
+            &without_ts,
+            vec![("region", Value::String("AP".into()))],
+        ));
+        let out = d.decode(&chunk).unwrap();
+        let reason = "missing or null value for NOT NULL column 'ts'".to_string();
+        assert_eq!(out.bad, vec![(1, reason.clone()), (2, reason)]);
+        let expected = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![1_000])),
+                Arc::new(StringArray::from(vec!["EU"])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.batch, expected);
     }
 
     #[test]

@@ -139,10 +139,7 @@ impl CsvRecordDecoder {
                 _ => col.clone(),
             };
             if !f.is_nullable() && col.null_count() > 0 {
-                return Err(format!(
-                    "missing or null value for NOT NULL column '{}'",
-                    f.name()
-                ));
+                return Err(super::not_null_reason(f.name()));
             }
             cols.push(col);
         }
@@ -369,6 +366,41 @@ mod tests {
         for (_, reason) in &out.bad {
             assert!(!reason.is_empty());
         }
+    }
+
+    /// A line without its event time (empty, the null text, or too few fields) is a bad
+    /// record naming the column.
+    #[test]
+    fn lines_without_their_event_time_are_bad() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("region", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let mut d = CsvRecordDecoder::new(schema, opts(&[("csv.null", "NULL")])).unwrap();
+        let out = d
+            .decode(&chunk(&[
+                "EU,1714521600000",
+                "US,NULL",
+                "AP,",
+                "SA",
+                "EU,2024-05-01T00:00:01Z",
+            ]))
+            .unwrap();
+        let ts = out
+            .batch
+            .column(1)
+            .as_primitive::<TimestampMillisecondType>();
+        assert_eq!(ts.values().to_vec(), vec![1714521600000, 1714521601000]);
+        let bad: Vec<usize> = out.bad.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad, vec![1, 2, 3]);
+        assert_eq!(
+            out.bad[0].1,
+            "missing or null value for NOT NULL column 'ts'"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! follow [`BadRecords`]: fail the source, skip them, or skip them and write them to the
 //! dead-letter output.
 //!
+//! NOT NULL columns (a source's event-time column always is) are checked here, not by
+//! arrow-json: decoding runs with every column nullable, then a null (or missing value) in
+//! a NOT NULL column makes the record bad with a reason naming the column.
+//!
 //! Timestamp columns (`Timestamp(Millisecond, None)`) accept epoch milliseconds and RFC 3339
 //! strings; an RFC 3339 string with an offset is converted to UTC.
 
@@ -59,12 +63,55 @@ pub fn parse_bad_records(options: &mut Options) -> Result<BadRecords> {
     })
 }
 
+/// Applies a [`BadRecords`] policy to bad records one at a time (the file source's JSON
+/// lines and Parquet rows).
+#[derive(Debug)]
+pub struct BadRecordHandler {
+    policy: BadRecords,
+    dead_letter: Option<DeadLetterWriter>,
+}
+
+impl BadRecordHandler {
+    /// With [`BadRecords::DeadLetter`] and no writer, bad records are only counted.
+    pub fn new(policy: BadRecords, dead_letter: Option<DeadLetterWriter>) -> Self {
+        BadRecordHandler {
+            policy,
+            dead_letter,
+        }
+    }
+
+    pub fn policy(&self) -> BadRecords {
+        self.policy
+    }
+
+    /// One bad record: `raw` as read, why it is bad, and where it was (`file x line 3`).
+    /// `Err` with [`WeirError::BadRecord`] under [`BadRecords::Fail`]; dead letters are
+    /// buffered until [`Self::flush`].
+    pub fn handle(&mut self, raw: &[u8], reason: &str, position: &str) -> Result<()> {
+        match self.policy {
+            BadRecords::Fail => Err(WeirError::BadRecord(format!("{position}: {reason}"))),
+            BadRecords::Skip => Ok(()),
+            BadRecords::DeadLetter => match &mut self.dead_letter {
+                Some(dl) => dl.write(raw, reason, position),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Make the dead letters written so far reach their file.
+    pub fn flush(&mut self) -> Result<()> {
+        match &mut self.dead_letter {
+            Some(dl) => dl.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Decodes chunks of JSON lines into batches of exactly one schema.
 #[derive(Debug)]
 pub struct JsonDecoder {
     schema: SchemaRef,
-    policy: BadRecords,
-    dead_letter: Option<DeadLetterWriter>,
+    bad: BadRecordHandler,
 }
 
 impl JsonDecoder {
@@ -83,8 +130,7 @@ impl JsonDecoder {
             })?;
         Ok(JsonDecoder {
             schema,
-            policy,
-            dead_letter,
+            bad: BadRecordHandler::new(policy, dead_letter),
         })
     }
 
@@ -93,7 +139,7 @@ impl JsonDecoder {
     }
 
     pub fn policy(&self) -> BadRecords {
-        self.policy
+        self.bad.policy()
     }
 
     /// Decode a chunk of newline-delimited JSON (complete lines; a final line without a
@@ -134,29 +180,15 @@ impl JsonDecoder {
                 }
                 Err(reason) => {
                     bad += 1;
-                    match self.policy {
-                        BadRecords::Fail => {
-                            result =
-                                Err(WeirError::BadRecord(format!("{}: {reason}", position(i))));
-                            break;
-                        }
-                        BadRecords::Skip => {}
-                        BadRecords::DeadLetter => {
-                            if let Some(dl) = &mut self.dead_letter {
-                                let raw = line.strip_suffix(b"\r").unwrap_or(line);
-                                if let Err(e) = dl.write(raw, &reason, &position(i)) {
-                                    result = Err(e);
-                                    break;
-                                }
-                            }
-                        }
+                    let raw = line.strip_suffix(b"\r").unwrap_or(line);
+                    if let Err(e) = self.bad.handle(raw, &reason, &position(i)) {
+                        result = Err(e);
+                        break;
                     }
                 }
             }
         }
-        if let Some(dl) = &mut self.dead_letter {
-            dl.flush()?;
-        }
+        self.bad.flush()?;
         result?;
         let batch = decode_all(&self.schema, &good, good_lines + 1).map_err(|e| {
             WeirError::Internal(format!(
@@ -167,9 +199,31 @@ impl JsonDecoder {
     }
 }
 
-/// Decode every record in `bytes` into one batch. `rows_hint` sizes the decoder; more rows
-/// than that still work (several batches are concatenated).
+/// The first NOT NULL column of `schema` that has a null in `batch` (decoded with the
+/// same columns).
+fn null_in_not_null<'a>(schema: &'a SchemaRef, batch: &RecordBatch) -> Option<&'a str> {
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .find(|(f, c)| !f.is_nullable() && c.null_count() > 0)
+        .map(|(f, _)| f.name().as_str())
+}
+
+/// Decode every record in `bytes` into one batch of `schema`. `rows_hint` sizes the
+/// decoder; more rows than that still work (several batches are concatenated). A null in
+/// a NOT NULL column is an error.
 pub(crate) fn decode_all(
+    schema: &SchemaRef,
+    bytes: &[u8],
+    rows_hint: usize,
+) -> Result<RecordBatch, ArrowError> {
+    let batch = decode_lenient(&super::all_nullable(schema), bytes, rows_hint)?;
+    // Fails on a null in a NOT NULL column.
+    RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+}
+
+fn decode_lenient(
     schema: &SchemaRef,
     bytes: &[u8],
     rows_hint: usize,
@@ -205,9 +259,9 @@ pub(crate) fn decode_all(
     }
 }
 
-/// Why one line does not decode, if it does not.
+/// Why one line does not decode into `schema`, if it does not.
 pub(crate) fn check_line(schema: &SchemaRef, line: &[u8]) -> Result<(), String> {
-    let mut decoder = ReaderBuilder::new(schema.clone())
+    let mut decoder = ReaderBuilder::new(super::all_nullable(schema))
         .with_batch_size(1)
         .build_decoder()
         .map_err(reason)?;
@@ -216,29 +270,21 @@ pub(crate) fn check_line(schema: &SchemaRef, line: &[u8]) -> Result<(), String> 
         return Err("more than one JSON value on one line".to_string());
     }
     match decoder.flush() {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(batch)) => match null_in_not_null(schema, &batch) {
+            Some(column) => Err(super::not_null_reason(column)),
+            None => Ok(()),
+        },
         Ok(None) => Err("no JSON object on the line".to_string()),
         Err(e) => Err(reason(e)),
     }
 }
 
-/// A readable reason for a record's decoding error.
+/// A record's decoding error as a reason: arrow-json's message without its prefix.
 fn reason(e: ArrowError) -> String {
-    let text = match e {
+    match e {
         ArrowError::JsonError(m) => m,
         other => other.to_string(),
-    };
-    // arrow-json reports a missing or null NOT NULL field as
-    // `Encountered unmasked nulls in non-nullable StructArray child: Field { "ts": ... }`.
-    if text.contains("unmasked nulls in non-nullable")
-        && let Some(name) = text
-            .split_once("Field { \"")
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .map(|(name, _)| name)
-    {
-        return format!("missing or null value for NOT NULL column '{name}'");
     }
-    text
 }
 
 pub(crate) fn count_newlines(bytes: &[u8]) -> usize {
@@ -402,10 +448,37 @@ mod tests {
             lines[1]["reason"],
             "whilst decoding field 'id': failed to parse \"three\" as Int64"
         );
+        // The event time missing, then null: the reason names the column.
         assert_eq!(
             lines[2]["reason"],
             "missing or null value for NOT NULL column 'ts'"
         );
+        assert_eq!(
+            lines[3]["reason"],
+            "missing or null value for NOT NULL column 'ts'"
+        );
+    }
+
+    /// Regression: the column was named by parsing arrow-json's error text; now the
+    /// decoded columns are checked, so the first NOT NULL column without a value is named
+    /// whatever arrow's message says, and nested nulls stay arrow's own reason.
+    #[test]
+    fn the_missing_not_null_column_is_named_from_the_data() {
+        for (line, column) in [
+            (r#"{"ts": 1}"#, "id"),
+            (r#"{"id": 1, "ts": null, "name": "x"}"#, "ts"),
+            (r#"{"id": null, "ts": null}"#, "id"),
+            (r#"{"name": "only"}"#, "id"),
+        ] {
+            assert_eq!(
+                check_line(&schema(), line.as_bytes()),
+                Err(format!(
+                    "missing or null value for NOT NULL column '{column}'"
+                )),
+                "{line}"
+            );
+        }
+        assert_eq!(check_line(&schema(), br#"{"id": 1, "ts": 2}"#), Ok(()));
     }
 
     #[test]

@@ -14,10 +14,11 @@ pub mod csv;
 pub mod json;
 pub mod record_json;
 
-pub use json::{BadRecords, JsonDecoder, parse_bad_records};
+pub use json::{BadRecordHandler, BadRecords, JsonDecoder, parse_bad_records};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 use weir_engine::Result;
 use weir_engine::options::Options;
 
@@ -57,6 +58,29 @@ impl RecordChunk {
     }
 }
 
+/// Why a record is bad when its NOT NULL `column` (a source's event time always is) is
+/// missing or null: every format and the file source say it the same way.
+pub(crate) fn not_null_reason(column: &str) -> String {
+    format!("missing or null value for NOT NULL column '{column}'")
+}
+
+/// `schema` with every column nullable: what decoders decode into, so that a null in a
+/// NOT NULL column is found by checking the decoded columns (and named in a reason by
+/// [`not_null_reason`]) rather than from a decoder's error text.
+pub(crate) fn all_nullable(schema: &SchemaRef) -> SchemaRef {
+    if schema.fields().iter().all(|f| f.is_nullable()) {
+        return schema.clone();
+    }
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
 /// What decoding a chunk gave.
 #[derive(Debug)]
 pub struct Decoded {
@@ -67,6 +91,9 @@ pub struct Decoded {
 }
 
 /// Decodes chunks of records, one record per message, into batches of one schema.
+///
+/// May block (the Avro decoder fetches writer schemas over HTTP, with retries): call it
+/// from a thread of its own or under `spawn_blocking`, never on an async worker.
 pub trait RecordDecoder: Send {
     fn schema(&self) -> &SchemaRef;
     /// Decode every record. A record that does not decode is reported in
@@ -76,6 +103,10 @@ pub trait RecordDecoder: Send {
 }
 
 /// Encodes the rows of batches as records, one per row.
+///
+/// The Avro encoder may block (it registers its schema over HTTP on first use): call an
+/// encoder of a format chosen by the user from a thread of its own or under
+/// `spawn_blocking`, never on an async worker (the JSON and CSV encoders never block).
 pub trait RecordEncoder: Send {
     /// Append one record per row of `batch` to `out`, in row order.
     fn encode(&mut self, batch: &RecordBatch, out: &mut RecordChunk) -> Result<()>;

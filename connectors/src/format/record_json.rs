@@ -96,32 +96,20 @@ impl RecordDecoder for JsonRecordDecoder {
     }
 }
 
-/// One JSON object per row; timestamps as ISO 8601 strings, nulls written out.
-pub struct JsonRecordEncoder {
-    buf: Vec<u8>,
-}
+/// One JSON object per row, in the engine's one row encoding ([`weir_engine::json`],
+/// `docs/json.md`): timestamps as RFC 3339 in UTC, nulls written out.
+pub struct JsonRecordEncoder;
 
 impl JsonRecordEncoder {
     pub fn new(_schema: SchemaRef) -> Self {
-        JsonRecordEncoder { buf: Vec::new() }
+        JsonRecordEncoder
     }
 }
 
 impl RecordEncoder for JsonRecordEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut RecordChunk) -> Result<()> {
-        self.buf.clear();
-        {
-            let mut w = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut self.buf);
-            w.write(batch)?;
-            w.finish()?;
-        }
-        for line in self.buf.split(|b| *b == b'\n') {
-            if !line.is_empty() {
-                out.push(line);
-            }
-        }
+        let RecordChunk { data, ends } = out;
+        weir_engine::json::write_row_records(batch, data, |d| ends.push(d.len()));
         Ok(())
     }
 }
@@ -130,8 +118,8 @@ impl RecordEncoder for JsonRecordEncoder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{AsArray, Int64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
     use std::sync::Arc;
 
     fn schema() -> SchemaRef {
@@ -185,11 +173,66 @@ mod tests {
         )
         .unwrap();
         let mut out = RecordChunk::default();
+        // Appends after what the chunk holds.
+        out.push(b"before");
         JsonRecordEncoder::new(schema())
             .encode(&batch, &mut out)
             .unwrap();
-        assert_eq!(out.len(), 2);
-        assert_eq!(out.get(0), br#"{"id":1,"name":"a"}"#);
-        assert_eq!(out.get(1), br#"{"id":2,"name":null}"#);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out.get(1), br#"{"id":1,"name":"a"}"#);
+        assert_eq!(out.get(2), br#"{"id":2,"name":null}"#);
+    }
+
+    /// A message without its event time (missing or null) is a bad record naming the
+    /// column, in a chunk whose other messages decode.
+    #[test]
+    fn messages_without_their_event_time_are_bad() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let mut d = JsonRecordDecoder::new(schema).unwrap();
+        let out = d
+            .decode(&chunk(&[
+                r#"{"id": 1, "ts": 1714557600000}"#,
+                r#"{"id": 2}"#,
+                r#"{"id": 3, "ts": null}"#,
+                r#"{"id": 4, "ts": "2024-05-01T10:00:01Z"}"#,
+            ]))
+            .unwrap();
+        let ids = out.batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids, &Int64Array::from(vec![1, 4]));
+        let reason = "missing or null value for NOT NULL column 'ts'".to_string();
+        assert_eq!(out.bad, vec![(1, reason.clone()), (2, reason)]);
+    }
+
+    /// Regression: the sink wrote timestamps as arrow's JSON writer does, without a time
+    /// zone (`2024-05-01T10:00:00`), unlike the API; now as every JSON Weir writes.
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(TimestampMillisecondArray::from(vec![
+                1_714_557_600_250,
+            ]))],
+        )
+        .unwrap();
+        let mut out = RecordChunk::default();
+        JsonRecordEncoder::new(schema)
+            .encode(&batch, &mut out)
+            .unwrap();
+        assert_eq!(out.get(0), br#"{"ts":"2024-05-01T10:00:00.250Z"}"#);
+        // The source side reads it back as the same instant.
+        let mut d = JsonRecordDecoder::new(batch.schema()).unwrap();
+        assert_eq!(d.decode(&out).unwrap().batch, batch);
     }
 }

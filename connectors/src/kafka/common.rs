@@ -13,6 +13,9 @@ pub struct KafkaSettings {
     pub bootstrap_servers: Option<String>,
     /// librdkafka properties for every client (`security.protocol`, `sasl.username`, ...).
     pub properties: BTreeMap<String, String>,
+    /// Said after "no Kafka cluster" when a source or sink finds no `bootstrap.servers`
+    /// (why the server has none, and what to do).
+    pub no_cluster_hint: Option<String>,
 }
 
 /// The connection part of a source's or sink's options.
@@ -35,9 +38,14 @@ pub fn take_connection(
         .take("bootstrap.servers")
         .or_else(|| settings.bootstrap_servers.clone())
         .ok_or_else(|| {
+            let hint = settings
+                .no_cluster_hint
+                .as_deref()
+                .map(|h| format!("; note: {h}"))
+                .unwrap_or_default();
             WeirError::user(format!(
                 "{what}: no Kafka cluster: set 'bootstrap.servers' in the WITH clause or \
-                 bootstrap.servers in the [kafka] section of the config"
+                 bootstrap.servers in the [kafka] section of the config{hint}"
             ))
         })?;
     if bootstrap_servers.trim().is_empty() {
@@ -92,7 +100,7 @@ impl Connection {
     }
 }
 
-/// Render an error from librdkafka for logs and statuses.
+/// An error from librdkafka while doing `what`, kept as the source.
 pub fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> WeirError {
-    WeirError::external(format!("{what}: {e}"))
+    WeirError::external_source(what, e)
 }

@@ -27,22 +27,29 @@
 //!
 //! 1. Every message of the open transaction is also appended to a local spool file,
 //!    `<data_dir>/kafka-sink/<sink>/open.spool` (the [`spool`] format), which pre-commit
-//!    E syncs and renames to `epoch-<E>.spool`.
+//!    E syncs and renames to `epoch-<E>.spool` (the engine's
+//!    [`StagedFiles`](weir_engine::fsutil::StagedFiles), whose files are deleted rather
+//!    than renamed when they are published: their rows are published by Kafka).
 //! 2. Each transaction also writes one record to the progress topic (`progress.topic`,
 //!    default `weir-sink-progress`, one partition, compacted; created when missing) with
 //!    key = the transactional id and value = the epoch, so it becomes visible exactly when
 //!    the rows do.
 //! 3. `precommit(E)`: produce the progress record for E, wait until every message of the
 //!    transaction is delivered, sync the spool; the checkpoint records
-//!    `{"epoch", "spool", "transactional_id"}`.
-//! 4. `commit(E)`: `commit_transaction` (retriable errors are retried), delete the spools of
-//!    E and older, begin the next transaction.
-//! 5. `recover(Some((E, _)))`: after `init_transactions`, if the spool of E is still there
-//!    (commit(E) had not finished), read the progress topic with `read_committed`; unless
-//!    its last record for this transactional id is E, produce the spools of E and older
-//!    again in a new transaction with the progress record for E, and commit it. Then every
-//!    spool file is deleted. Rows written after the last pre-commit were in the transaction
-//!    the fencing aborted; the engine's replay computes them again.
+//!    `{"epoch", "spool", "files", "transactional_id"}` (`files`: every spool not
+//!    committed yet, E's and those of earlier pre-commits whose checkpoint failed; `spool`:
+//!    E's, null when E wrote no message).
+//! 4. `commit(E)`: `commit_transaction` (retriable errors are retried with backoff), delete
+//!    the spools of E and older, begin the next transaction.
+//! 5. `recover(Some((E, _)))`: after `init_transactions`, if a spool the checkpoint lists
+//!    is still there (commit(E) had not finished), read the progress topic with
+//!    `read_committed`; unless its last record for this transactional id is E, produce
+//!    those spools again in a new transaction with the progress record for E, and commit
+//!    it. Then every spool file is deleted. Rows written after the last pre-commit were in
+//!    the transaction the fencing aborted; the engine's replay computes them again.
+//!
+//! Encoding (the Avro encoder may call the schema registry) and the spool's file I/O run
+//! on a blocking thread, one task per batch, never on an async worker.
 //!
 //! A fenced producer (another producer took the transactional id) is fatal. An abortable
 //! error aborts the transaction and fails the sink: the pipeline stops and a restart
@@ -52,8 +59,8 @@ use super::common::{Connection, KafkaSettings, kafka_error, take_connection};
 use crate::format::{RecordChunk, RecordEncoder, encoder_for};
 use crate::util::io_error;
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -66,9 +73,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_engine::backoff::{Backoff, retry};
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
+use weir_engine::fsutil::{Staged, StagedFiles, blocking};
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -98,6 +107,18 @@ const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long retriable commit errors are retried before the sink fails.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Retrying `commit_transaction`.
+const COMMIT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    .give_up_after(COMMIT_RETRY_FOR);
+
+/// Retrying `init_transactions` (the coordinator is loading): once a second.
+const INIT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).give_up_after(COMMIT_RETRY_FOR);
+
+/// Sending again messages whose delivery failed (at least once): forever.
+const REDELIVERY_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// The spool of the open transaction's messages since the last pre-commit.
 const OPEN_SPOOL: &str = "open.spool";
@@ -179,25 +200,28 @@ impl SinkFactory for KafkaSinkFactory {
         )?;
         options.finish(&format!("the kafka sink '{}'", spec.name), VALID_KEYS)?;
         connection.validate(&what)?;
-        let _: &Schema = &spec.schema;
         let txn = spec.checkpointed.then(|| Txn {
             id: transactional_id,
             progress_topic,
-            dir: spool_dir(&spec.data_dir, &spec.name),
-            spool: None,
             open: false,
             precommitted: Vec::new(),
         });
+        let spool = spec
+            .checkpointed
+            .then(|| Spool::new(spool_dir(&spec.data_dir, &spec.name)));
         Ok(Box::new(KafkaSink {
             name: spec.name,
             topic,
             connection,
-            encoder,
-            key_encoder,
-            key_columns,
             producer: None,
-            values: RecordChunk::default(),
-            keys: RecordChunk::default(),
+            work: Some(Work {
+                encoder,
+                key_encoder,
+                key_columns,
+                values: RecordChunk::default(),
+                keys: RecordChunk::default(),
+                spool,
+            }),
             txn,
         }))
     }
@@ -251,32 +275,26 @@ fn list_spools(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Delete every spool file in `dir` (pre-committed ones and the open one).
-fn remove_spools(dir: &Path) -> Result<usize> {
-    let mut removed = 0;
-    for (_, p) in list_spools(dir)? {
-        remove_file(&p)?;
-        removed += 1;
-    }
-    let open = dir.join(OPEN_SPOOL);
-    if open.exists() {
-        remove_file(&open)?;
-    }
-    Ok(removed)
+/// The sink's files in its spool directory: `open.spool` and `epoch-<E>.spool`.
+fn is_spool_name(name: &str) -> bool {
+    name == OPEN_SPOOL || spool_epoch(name).is_some()
 }
 
-fn remove_file(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("removing", p, e)),
+/// The spools a checkpoint of `epoch` lists. A checkpoint written before checkpoints
+/// listed them (`files`) names only its own spool; the spools of earlier epochs it covered
+/// are those with a lower epoch in `dir`.
+fn listed_spools(state: &SinkCheckpoint, dir: &Path, epoch: u64) -> Result<Vec<Staged>> {
+    if let Some(listed) = state.get("files").and_then(Staged::list_from_json) {
+        return Ok(listed);
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("syncing", dir, e))
+    Ok(list_spools(dir)?
+        .into_iter()
+        .filter(|(e, _)| *e <= epoch)
+        .map(|(_, path)| Staged {
+            path,
+            publish_to: None,
+        })
+        .collect())
 }
 
 /// Collects messages whose delivery failed, to send again (at least once) or to fail the
@@ -292,20 +310,15 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result
-            && let Ok(mut f) = self.failed.lock()
-        {
-            f.push((m.detach(), e.to_string()));
+        if let Err((e, m)) = result {
+            self.failed.lock().push((m.detach(), e.to_string()));
         }
     }
 }
 
 impl Deliveries {
     fn take_failed(&self) -> Vec<(OwnedMessage, String)> {
-        self.failed
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
+        std::mem::take(&mut *self.failed.lock())
     }
 }
 
@@ -315,10 +328,6 @@ type KafkaProducer = ThreadedProducer<Deliveries>;
 struct Txn {
     id: String,
     progress_topic: String,
-    /// `<data_dir>/kafka-sink/<sink>`.
-    dir: PathBuf,
-    /// `open.spool`: the messages written since the last pre-commit, opened at the first.
-    spool: Option<BufWriter<File>>,
     /// `init_transactions` is done and a transaction is open.
     open: bool,
     /// Epochs pre-committed into the open transaction and not committed yet (more than one
@@ -327,59 +336,122 @@ struct Txn {
     precommitted: Vec<u64>,
 }
 
-impl Txn {
+/// The spool of a checkpointed sink: the open transaction's messages on disk.
+struct Spool {
+    /// `<data_dir>/kafka-sink/<sink>`.
+    dir: PathBuf,
+    /// `open.spool`: the messages written since the last pre-commit, opened at the first.
+    open: Option<BufWriter<File>>,
+    /// The sealed spools (`epoch-<E>.spool`) not committed yet.
+    files: StagedFiles,
+}
+
+impl Spool {
+    fn new(dir: PathBuf) -> Self {
+        Spool {
+            files: StagedFiles::new(&dir, is_spool_name),
+            dir,
+            open: None,
+        }
+    }
+
     /// Append one message to the open spool, creating it at the first.
-    fn spool(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
-        if self.spool.is_none() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| io_error("creating", &self.dir, e))?;
-            let path = self.dir.join(OPEN_SPOOL);
-            let mut w = BufWriter::with_capacity(
-                1 << 20,
-                File::create(&path).map_err(|e| io_error("creating", &path, e))?,
-            );
-            spool::write_header(&mut w).map_err(|e| io_error("writing", &path, e))?;
-            self.spool = Some(w);
+    fn append(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        let path = self.dir.join(OPEN_SPOOL);
+        let w = match &mut self.open {
+            Some(w) => w,
+            None => {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| io_error("creating", &self.dir, e))?;
+                let mut w = BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(&path).map_err(|e| io_error("creating", &path, e))?,
+                );
+                spool::write_header(&mut w).map_err(|e| io_error("writing", &path, e))?;
+                self.open.insert(w)
+            }
+        };
+        spool::write_record(w, key, value).map_err(|e| io_error("writing", &path, e))
+    }
+
+    /// Seal the open spool as the spool of `epoch` (if `epoch` wrote anything) and
+    /// pre-commit: returns every spool not committed yet.
+    fn precommit(&mut self, epoch: u64) -> Result<Vec<Staged>> {
+        if let Some(w) = self.open.take() {
+            let open = self.dir.join(OPEN_SPOOL);
+            let file = w
+                .into_inner()
+                .map_err(|e| io_error("writing", &open, e.into_error()))?;
+            let sealed = Staged {
+                path: spool_path(&self.dir, epoch),
+                publish_to: None,
+            };
+            self.files.stage(file, &open, sealed)?;
         }
-        if let Some(w) = &mut self.spool {
-            spool::write_record(w, key, value)
-                .map_err(|e| io_error("writing", &self.dir.join(OPEN_SPOOL), e))?;
+        self.files.precommit(epoch)
+    }
+
+    /// Forget the open spool without writing out what is buffered: its messages belong to
+    /// no checkpoint, and the recovery deletes the file.
+    fn discard_open(&mut self) {
+        if let Some(w) = self.open.take() {
+            drop(w.into_parts());
         }
-        Ok(())
+    }
+
+    /// After a restart: delete every spool (after the ones `listed` by the restored
+    /// checkpoint were published again, or found committed).
+    fn recover(&mut self, listed: &[Staged]) -> Result<usize> {
+        self.discard_open();
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_error("creating", &self.dir, e))?;
+        let r = self.files.recover(listed)?;
+        Ok(r.published.len() + r.removed)
     }
 }
 
-/// Sync the open spool (or an empty one) and rename it to the spool of `epoch`.
-fn seal_spool(spool: Option<BufWriter<File>>, dir: &Path, epoch: u64) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-    let open = dir.join(OPEN_SPOOL);
-    let sealed = spool_path(dir, epoch);
-    let file = match spool {
-        Some(w) => w
-            .into_inner()
-            .map_err(|e| io_error("writing", &open, e.into_error()))?,
-        None => {
-            let mut f = File::create(&open).map_err(|e| io_error("creating", &open, e))?;
-            spool::write_header(&mut f).map_err(|e| io_error("writing", &open, e))?;
-            f
+/// Encoders, their output and the spool: moved to a blocking thread for each batch.
+struct Work {
+    encoder: Box<dyn RecordEncoder>,
+    key_encoder: Option<Box<dyn RecordEncoder>>,
+    key_columns: Vec<usize>,
+    values: RecordChunk,
+    keys: RecordChunk,
+    /// Checkpoints on only.
+    spool: Option<Spool>,
+}
+
+impl Work {
+    /// Encode `batch` into `values` (and `keys`), and append the messages to the spool.
+    fn encode(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.values.clear();
+        self.encoder.encode(batch, &mut self.values)?;
+        self.keys.clear();
+        if let Some(k) = &mut self.key_encoder {
+            k.encode(&batch.project(&self.key_columns)?, &mut self.keys)?;
         }
-    };
-    file.sync_all().map_err(|e| io_error("syncing", &open, e))?;
-    drop(file);
-    std::fs::rename(&open, &sealed).map_err(|e| io_error("renaming", &open, e))?;
-    sync_dir(dir)?;
-    Ok(sealed)
+        if let Some(spool) = &mut self.spool {
+            for i in 0..self.values.len() {
+                let key = (!self.keys.is_empty()).then(|| self.keys.get(i));
+                spool.append(key, self.values.get(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spool(&mut self) -> Result<&mut Spool> {
+        self.spool
+            .as_mut()
+            .ok_or_else(|| WeirError::Internal("kafka sink without a spool".into()))
+    }
 }
 
 struct KafkaSink {
     name: String,
     topic: String,
     connection: Connection,
-    encoder: Box<dyn RecordEncoder>,
-    key_encoder: Option<Box<dyn RecordEncoder>>,
-    key_columns: Vec<usize>,
     producer: Option<Arc<KafkaProducer>>,
-    values: RecordChunk,
-    keys: RecordChunk,
+    /// `None` only while a blocking task has it.
+    work: Option<Work>,
     /// Set when the pipeline takes checkpoints.
     txn: Option<Txn>,
 }
@@ -408,20 +480,24 @@ fn txn_error(
         .map(|(c, _)| *c)
         .or_else(|| e.rdkafka_error_code());
     if code.is_some_and(is_fenced) {
-        return WeirError::external(format!(
-            "sink '{sink}': {doing}: the Kafka producer with transactional.id '{id}' was \
-             fenced: another producer with the same transactional.id took over (a second \
-             Weir running this sink, or another sink with the same 'transactional.id'), or \
-             the transaction stayed open longer than transaction.timeout.ms. This instance \
-             stops; give every sink its own 'transactional.id' and keep \
-             properties.transaction.timeout.ms above the checkpoint interval"
-        ));
+        return WeirError::external_source(
+            format!(
+                "sink '{sink}': {doing}: the Kafka producer with transactional.id '{id}' was \
+                 fenced: another producer with the same transactional.id took over (a second \
+                 Weir running this sink, or another sink with the same 'transactional.id'), \
+                 or the transaction stayed open longer than transaction.timeout.ms. This \
+                 instance stops; give every sink its own 'transactional.id' and keep \
+                 properties.transaction.timeout.ms above the checkpoint interval"
+            ),
+            e,
+        );
     }
     match fatal {
-        Some((c, reason)) => WeirError::external(format!(
-            "sink '{sink}': {doing}: fatal Kafka producer error ({c:?}): {reason}"
-        )),
-        None => WeirError::external(format!("sink '{sink}': {doing}: {e}")),
+        Some((c, reason)) => WeirError::external_source(
+            format!("sink '{sink}': {doing}: fatal Kafka producer error ({c:?}): {reason}"),
+            e,
+        ),
+        None => WeirError::external_source(format!("sink '{sink}': {doing}"), e),
     }
 }
 
@@ -505,7 +581,8 @@ impl Ctl {
     /// `Producer::flush` would do, but rdkafka polls it in 100 ms slices, which would add
     /// 100 ms to every checkpoint.
     async fn drain(&self) -> Result<()> {
-        // Asks librdkafka to send what lingers now; returns at once.
+        // Asks librdkafka to send what lingers now and returns at once: its error is the
+        // expected timeout while messages are in flight, which the loop below waits for.
         let _ = self.producer.flush(Duration::ZERO);
         let mut waiting = Instant::now();
         while self.producer.in_flight_count() > 0 {
@@ -564,32 +641,36 @@ impl Ctl {
 
     /// `commit_transaction`, retrying retriable errors; an abortable error aborts.
     async fn commit(&self, epoch: u64) -> Result<()> {
-        let deadline = Instant::now() + COMMIT_RETRY_FOR;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let e = match self
-                .blocking(|p| p.commit_transaction(TXN_CALL_TIMEOUT))
-                .await?
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let doing = format!("committing the transaction of checkpoint {epoch}");
-            match &e {
-                KafkaError::Transaction(t) if t.is_fatal() => {
-                    return Err(self.error(&doing, e));
-                }
-                KafkaError::Transaction(t) if t.txn_requires_abort() => {
-                    return Err(self.abort(format!("{doing}: {e}")).await);
-                }
-                KafkaError::Transaction(t) if t.is_retriable() && Instant::now() < deadline => {
-                    tracing::warn!(sink = %self.sink, epoch, error = %e,
-                        "committing the kafka transaction failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                _ => return Err(self.error(&doing, e)),
+        retry(
+            &COMMIT_BACKOFF,
+            || self.try_commit(epoch),
+            |e, _, _| {
+                tracing::warn!(sink = %self.sink, epoch, error = %e,
+                    "committing the kafka transaction failed; retrying");
+            },
+        )
+        .await
+    }
+
+    /// One `commit_transaction`; a retriable failure is a retryable error.
+    async fn try_commit(&self, epoch: u64) -> Result<()> {
+        let e = match self
+            .blocking(|p| p.commit_transaction(TXN_CALL_TIMEOUT))
+            .await?
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let doing = format!("committing the transaction of checkpoint {epoch}");
+        match &e {
+            KafkaError::Transaction(t) if t.is_fatal() => Err(self.error(&doing, e)),
+            KafkaError::Transaction(t) if t.txn_requires_abort() => {
+                Err(self.abort(format!("{doing}: {e}")).await)
             }
+            KafkaError::Transaction(t) if t.is_retriable() => {
+                Err(self.error(&doing, e).retryable())
+            }
+            _ => Err(self.error(&doing, e)),
         }
     }
 
@@ -602,39 +683,34 @@ impl Ctl {
     /// `init_transactions`: fences earlier producers with this id and aborts their open
     /// transaction. Retriable errors (the coordinator is loading, a timeout) are retried.
     async fn init(&self) -> Result<()> {
-        let deadline = Instant::now() + COMMIT_RETRY_FOR;
-        loop {
+        let attempt = || async {
             match self
                 .blocking(|p| p.init_transactions(TXN_CALL_TIMEOUT))
                 .await?
             {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && !e.is_fatal() && Instant::now() < deadline =>
-                {
-                    tracing::warn!(sink = %self.sink, error = %e.string(),
-                        "initialising kafka transactions failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(self.error("initialising transactions", e)),
+                Ok(()) => Ok(()),
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && !t.is_fatal() => Err(self
+                    .error("initialising transactions", KafkaError::Transaction(t))
+                    .retryable()),
+                Err(e) => Err(self.error("initialising transactions", e)),
             }
-        }
+        };
+        retry(&INIT_BACKOFF, attempt, |e, _, _| {
+            tracing::warn!(sink = %self.sink, error = %e,
+                "initialising kafka transactions failed; retrying");
+        })
+        .await
     }
 
-    /// Produce the spools of `epoch` and older again, with the progress record of `epoch`,
-    /// in one transaction, and commit it.
+    /// Produce the messages of the spool `files` again, with the progress record of
+    /// `epoch`, in one transaction, and commit it.
     async fn republish(
         &self,
         topic: &str,
         progress_topic: &str,
-        dir: &Path,
+        files: Vec<PathBuf>,
         epoch: u64,
     ) -> Result<()> {
-        let files: Vec<PathBuf> = list_spools(dir)?
-            .into_iter()
-            .filter(|(e, _)| *e <= epoch)
-            .map(|(_, p)| p)
-            .collect();
         self.begin()?;
         let (ctl, topic_owned) = (self.clone(), topic.to_string());
         let sent = self
@@ -651,6 +727,8 @@ impl Ctl {
                         while !enqueue(p, &topic_owned, None, key.as_deref(), &value)
                             .map_err(|e| ctl.error("publishing the spool again", e))?
                         {
+                            // A blocking thread (not an async worker): wait for the
+                            // local queue to drain.
                             std::thread::sleep(Duration::from_millis(1));
                         }
                         sent += 1;
@@ -746,8 +824,7 @@ impl KafkaSink {
         let Some(t) = &self.txn else {
             return Ok(());
         };
-        let (id, progress_topic, dir) = (t.id.clone(), t.progress_topic.clone(), t.dir.clone());
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+        let (id, progress_topic) = (t.id.clone(), t.progress_topic.clone());
         // The progress topic is created in the background: it is needed from the first
         // pre-commit on (producing to it creates it where the cluster allows, uncompacted,
         // if this has not finished by then), and a recovery that finds it missing knows
@@ -761,6 +838,7 @@ impl KafkaSink {
         tokio::spawn(async move { ensure_progress_topic(&connection, &topic, &sink).await });
         let ctl = self.ctl()?;
         ctl.init().await?;
+        let mut listed = Vec::new();
         if let Some((epoch, state)) = restored {
             if let Some(was) = state.get("transactional_id").and_then(|v| v.as_str())
                 && was != id
@@ -768,9 +846,16 @@ impl KafkaSink {
                 tracing::warn!(sink = %self.name, was, now = %id,
                     "the checkpoint was taken with another transactional.id");
             }
-            // No spool of E: commit(E) had finished (it deletes the spools after Kafka
-            // committed).
-            if spool_path(&dir, epoch).exists() {
+            // What the checkpoint staged and is still there: commit(E) had not finished
+            // (it deletes the spools after Kafka committed).
+            let (listed_now, pending) = blocking(&mut self.work, "kafka sink", move |w| {
+                let listed = listed_spools(&state, &w.spool()?.dir, epoch)?;
+                let pending = StagedFiles::still_staged(&listed);
+                Ok((listed, pending))
+            })
+            .await?;
+            listed = listed_now;
+            if !pending.is_empty() {
                 let wait = self.transaction_timeout() + Duration::from_secs(60);
                 let (connection, topic, key) =
                     (self.connection.clone(), progress_topic.clone(), id.clone());
@@ -779,24 +864,27 @@ impl KafkaSink {
                 })
                 .await
                 .map_err(|e| WeirError::Internal(format!("kafka progress reader: {e}")))?
-                .map_err(|e| WeirError::external(format!("sink '{}': {e}", self.name)))?;
+                .map_err(|e| e.context(format!("sink '{}'", self.name)))?;
                 if last == Some(epoch) {
                     tracing::info!(sink = %self.name, epoch,
                         "kafka had committed the checkpoint's transaction before the restart");
                 } else {
-                    ctl.republish(&self.topic, &progress_topic, &dir, epoch)
+                    let files = pending.into_iter().map(|s| s.path).collect();
+                    ctl.republish(&self.topic, &progress_topic, files, epoch)
                         .await?;
                 }
             }
         }
-        let removed = remove_spools(&dir)?;
+        let removed = blocking(&mut self.work, "kafka sink", move |w| {
+            w.spool()?.recover(&listed)
+        })
+        .await?;
         if removed > 0 {
             tracing::debug!(sink = %self.name, removed, "removed kafka sink spools");
         }
         ctl.begin()?;
         if let Some(t) = &mut self.txn {
             t.open = true;
-            t.spool = None;
             t.precommitted.clear();
         }
         Ok(())
@@ -817,24 +905,29 @@ impl KafkaSink {
             return Ok(SinkCheckpoint::Null);
         };
         // The spool is synced on a blocking thread while the messages are delivered.
-        let spool = t.spool.take();
-        let dir = t.dir.clone();
-        let sealing = tokio::task::spawn_blocking(move || seal_spool(spool, &dir, epoch));
+        let sealing = blocking(&mut self.work, "kafka sink", move |w| {
+            let spool = w.spool()?;
+            let listed = spool.precommit(epoch)?;
+            let own = spool_path(&spool.dir, epoch);
+            Ok((listed, own))
+        });
         let delivered = async {
             ctl.produce_progress(&t.progress_topic, epoch).await?;
             ctl.drain().await?;
             ctl.check_deliveries().await
-        }
-        .await;
-        let sealed = sealing
-            .await
-            .map_err(|e| WeirError::Internal(format!("kafka spool task: {e}")))?;
+        };
+        let (sealed, delivered) = tokio::join!(sealing, delivered);
         delivered?;
-        let sealed = sealed?;
+        let (listed, own) = sealed?;
         t.precommitted.push(epoch);
+        let own = listed
+            .iter()
+            .any(|s| s.path == own)
+            .then(|| own.display().to_string());
         Ok(serde_json::json!({
             "epoch": epoch,
-            "spool": sealed.display().to_string(),
+            "spool": own,
+            "files": Staged::list_to_json(&listed),
             "transactional_id": t.id,
         }))
     }
@@ -852,12 +945,14 @@ impl KafkaSink {
         }
         let ctl = self.ctl()?;
         ctl.commit(epoch).await?;
+        // The runtime commits an epoch before it pre-commits the next, so the committed
+        // transaction held exactly the pre-committed epochs: their spools go.
+        blocking(&mut self.work, "kafka sink", move |w| {
+            w.spool()?.files.commit(epoch).map(drop)
+        })
+        .await?;
         if let Some(t) = &mut self.txn {
-            // The runtime commits an epoch before it pre-commits the next, so the committed
-            // transaction held exactly these epochs.
-            for e in std::mem::take(&mut t.precommitted) {
-                remove_file(&spool_path(&t.dir, e))?;
-            }
+            t.precommitted.clear();
         }
         ctl.begin()
     }
@@ -949,8 +1044,8 @@ fn last_committed_epoch(
     topic: &str,
     id: &str,
     wait: Duration,
-) -> std::result::Result<Option<u64>, String> {
-    let consumer = |isolation: &str| -> std::result::Result<BaseConsumer<ReaderContext>, String> {
+) -> Result<Option<u64>> {
+    let consumer = |isolation: &str| -> Result<BaseConsumer<ReaderContext>> {
         connection
             .client_config(&[
                 ("group.id", "weir-sink-progress-reader"),
@@ -963,13 +1058,15 @@ fn last_committed_epoch(
                 ("isolation.level", isolation),
             ])
             .create_with_context(ReaderContext)
-            .map_err(|e| format!("progress topic reader: {e}"))
+            .map_err(|e| WeirError::external_source("progress topic reader", e))
     };
     let committed = consumer("read_committed")?;
     let timeout = Duration::from_secs(30);
     let meta = committed
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("metadata of the progress topic '{topic}': {e}"))?;
+        .map_err(|e| {
+            WeirError::external_source(format!("metadata of the progress topic '{topic}'"), e)
+        })?;
     let exists = meta
         .topics()
         .iter()
@@ -980,21 +1077,26 @@ fn last_committed_epoch(
     let uncommitted = consumer("read_uncommitted")?;
     let (_, high) = uncommitted
         .fetch_watermarks(topic, 0, timeout)
-        .map_err(|e| format!("high watermark of the progress topic '{topic}': {e}"))?;
+        .map_err(|e| {
+            WeirError::external_source(format!("high watermark of the progress topic '{topic}'"), e)
+        })?;
     let deadline = Instant::now() + wait;
     let mut logged = Instant::now();
     loop {
-        let (_, stable) = committed
-            .fetch_watermarks(topic, 0, timeout)
-            .map_err(|e| format!("last stable offset of the progress topic '{topic}': {e}"))?;
+        let (_, stable) = committed.fetch_watermarks(topic, 0, timeout).map_err(|e| {
+            WeirError::external_source(
+                format!("last stable offset of the progress topic '{topic}'"),
+                e,
+            )
+        })?;
         if stable >= high {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(WeirError::external(format!(
                 "the progress topic '{topic}' has had an open transaction for {wait:?} (at \
                  offset {stable}, before {high})"
-            ));
+            )));
         }
         if logged.elapsed() > Duration::from_secs(10) {
             tracing::info!(
@@ -1009,10 +1111,10 @@ fn last_committed_epoch(
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .map_err(|e| format!("progress topic '{topic}': {e}"))?;
+        .map_err(|e| WeirError::external_source(format!("progress topic '{topic}'"), e))?;
     committed
         .assign(&tpl)
-        .map_err(|e| format!("progress topic '{topic}': {e}"))?;
+        .map_err(|e| WeirError::external_source(format!("progress topic '{topic}'"), e))?;
     let mut last = None;
     loop {
         match committed.poll(Duration::from_millis(500)) {
@@ -1024,9 +1126,16 @@ fn last_committed_epoch(
             }
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
-            Some(Err(e)) => return Err(format!("reading the progress topic '{topic}': {e}")),
+            Some(Err(e)) => {
+                return Err(WeirError::external_source(
+                    format!("reading the progress topic '{topic}'"),
+                    e,
+                ));
+            }
             None if Instant::now() > deadline => {
-                return Err(format!("reading the progress topic '{topic}' timed out"));
+                return Err(WeirError::external(format!(
+                    "reading the progress topic '{topic}' timed out"
+                )));
             }
             None => {}
         }
@@ -1049,24 +1158,30 @@ impl Sink for KafkaSink {
             Some(_) => Some(self.ctl()?),
             None => None,
         };
-        self.values.clear();
-        self.encoder.encode(&batch, &mut self.values)?;
-        self.keys.clear();
-        if let Some(k) = &mut self.key_encoder {
-            k.encode(&batch.project(&self.key_columns)?, &mut self.keys)?;
-        }
-        for i in 0..self.values.len() {
-            let key = (!self.keys.is_empty()).then(|| self.keys.get(i));
-            let value = self.values.get(i);
-            match (&mut self.txn, &ctl) {
-                (Some(t), Some(ctl)) => {
-                    t.spool(key, value)?;
-                    ctl.produce(&self.topic, None, key, value).await?;
+        // Encoded (and spooled) on a blocking thread; the buffers come back to be reused.
+        let (values, keys) = blocking(&mut self.work, "kafka sink", move |w| {
+            w.encode(&batch)?;
+            Ok((std::mem::take(&mut w.values), std::mem::take(&mut w.keys)))
+        })
+        .await?;
+        let mut sent = Ok(());
+        for i in 0..values.len() {
+            let key = (!keys.is_empty()).then(|| keys.get(i));
+            let value = values.get(i);
+            match &ctl {
+                Some(ctl) => {
+                    sent = ctl.produce(&self.topic, None, key, value).await;
+                    if sent.is_err() {
+                        break;
+                    }
                 }
-                _ => Self::send(&producer, &self.topic, key, value).await,
+                None => Self::send(&producer, &self.topic, key, value).await,
             }
         }
-        Ok(())
+        if let Some(w) = &mut self.work {
+            (w.values, w.keys) = (values, keys);
+        }
+        sent
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -1077,7 +1192,7 @@ impl Sink for KafkaSink {
             // Rows become visible at commit; here only fail early on a broken transaction.
             return self.ctl()?.check_deliveries().await;
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut redelivery = REDELIVERY_BACKOFF.start();
         loop {
             let p = producer.clone();
             tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30)))
@@ -1095,10 +1210,13 @@ impl Sink for KafkaSink {
                 return Ok(());
             }
             if !failed.is_empty() {
+                // At least once: failed deliveries are sent again, for as long as it takes
+                // (the pipeline waits meanwhile).
+                let wait = redelivery.next_delay().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(sink = %self.name, topic = %self.topic, failed = failed.len(),
-                    error = %failed[0].1, "kafka deliveries failed; sending them again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                    error = %failed[0].1, retry_in_ms = wait.as_millis() as u64,
+                    "kafka deliveries failed; sending them again");
+                tokio::time::sleep(wait).await;
                 for (m, _) in &failed {
                     Self::send(&producer, &self.topic, m.key(), m.payload().unwrap_or(&[])).await;
                 }
@@ -1140,7 +1258,9 @@ impl Sink for KafkaSink {
         }
         if let Some(t) = &mut self.txn {
             t.open = false;
-            t.spool = None;
+        }
+        if let Some(spool) = self.work.as_mut().and_then(|w| w.spool.as_mut()) {
+            spool.discard_open();
         }
         self.producer = None;
         Ok(())
@@ -1343,36 +1463,79 @@ mod tests {
         assert_eq!(epochs, vec![1, 2, 10]);
         assert_eq!(spool_epoch("epoch-7.spool"), Some(7));
         assert_eq!(spool_epoch("open.spool"), None);
-        assert_eq!(remove_spools(dir.path()).unwrap(), 3);
-        assert!(!dir.path().join(OPEN_SPOOL).exists());
-        assert!(dir.path().join("epoch-x.spool").exists());
+        assert!(is_spool_name("open.spool") && is_spool_name("epoch-7.spool"));
+        assert!(!is_spool_name("epoch-x.spool"));
+        // A recovery without a checkpoint deletes every spool of the sink, nothing else.
+        let mut s = Spool::new(dir.path().to_path_buf());
+        assert_eq!(s.recover(&[]).unwrap(), 4);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, vec!["epoch-x.spool"]);
     }
 
     #[test]
-    fn sealing_an_epoch_without_messages_writes_an_empty_spool() {
+    fn precommit_seals_the_open_spool_and_lists_every_uncommitted_one() {
         let dir = tempfile::tempdir().unwrap();
-        let p = seal_spool(None, dir.path(), 4).unwrap();
-        assert_eq!(p, spool_path(dir.path(), 4));
-        assert!(decode(&std::fs::read(&p).unwrap()).unwrap().is_empty());
-        let mut t = Txn {
-            id: "weir-s".into(),
-            progress_topic: DEFAULT_PROGRESS_TOPIC.into(),
-            dir: dir.path().join("s"),
-            spool: None,
-            open: true,
-            precommitted: vec![],
-        };
-        t.spool(Some(b"k"), b"v1").unwrap();
-        t.spool(None, b"v2").unwrap();
-        let p = seal_spool(t.spool.take(), &t.dir, 5).unwrap();
-        assert!(!t.dir.join(OPEN_SPOOL).exists());
+        let d = dir.path().join("s");
+        let mut s = Spool::new(d.clone());
+        // An epoch that wrote nothing stages nothing.
+        assert!(s.precommit(4).unwrap().is_empty());
+        assert!(!d.exists());
+        s.append(Some(b"k"), b"v1").unwrap();
+        s.append(None, b"v2").unwrap();
+        let listed = s.precommit(5).unwrap();
         assert_eq!(
-            decode(&std::fs::read(&p).unwrap()).unwrap(),
+            listed,
+            vec![Staged {
+                path: spool_path(&d, 5),
+                publish_to: None
+            }]
+        );
+        assert!(!d.join(OPEN_SPOOL).exists());
+        assert_eq!(
+            decode(&std::fs::read(spool_path(&d, 5)).unwrap()).unwrap(),
             vec![
                 (Some(b"k".to_vec()), b"v1".to_vec()),
                 (None, b"v2".to_vec())
             ]
         );
+        // Epoch 5's checkpoint failed: epoch 6 lists both.
+        s.append(None, b"v3").unwrap();
+        let listed = s.precommit(6).unwrap();
+        assert_eq!(listed.len(), 2);
+        // Committing deletes them.
+        s.files.commit(6).unwrap();
+        assert!(list_spools(&d).unwrap().is_empty());
+        // A message after the last pre-commit is discarded at close, its file at recovery.
+        s.append(None, b"v4").unwrap();
+        s.discard_open();
+        assert_eq!(s.recover(&[]).unwrap(), 1);
+        assert!(!d.join(OPEN_SPOOL).exists());
+    }
+
+    #[test]
+    fn checkpoints_list_their_spools_and_older_ones_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for e in [1, 2, 3] {
+            std::fs::write(spool_path(d, e), spool::MAGIC).unwrap();
+        }
+        let listed = vec![Staged {
+            path: spool_path(d, 2),
+            publish_to: None,
+        }];
+        let state = serde_json::json!({"epoch": 2, "files": Staged::list_to_json(&listed)});
+        assert_eq!(listed_spools(&state, d, 2).unwrap(), listed);
+        // A checkpoint from before `files`: the spools of its epoch and earlier.
+        let legacy = serde_json::json!({"epoch": 2, "spool": spool_path(d, 2)});
+        let paths: Vec<PathBuf> = listed_spools(&legacy, d, 2)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        assert_eq!(paths, vec![spool_path(d, 1), spool_path(d, 2)]);
     }
 
     #[test]

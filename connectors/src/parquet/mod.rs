@@ -20,13 +20,14 @@
 //! Writes run under `spawn_blocking`, so the async runtime never waits on the disk.
 //!
 //! With checkpoints on (`weir run`), a finished file is not published at once: it is
-//! synced and renamed to the hidden `.part-...parquet.pending`, and the checkpoint's
+//! synced and staged as the hidden `.part-...parquet.pending`, and the checkpoint's
 //! pre-commit finishes every open file and records the pending ones. Only when the
 //! checkpoint is complete are they renamed into place, so readers never see rows a crash
 //! could take back. After a crash, `recover` publishes the files the last complete
 //! checkpoint recorded (if the commit had not got to them) and deletes every other hidden
 //! file: rows after the checkpoint are recomputed from the sources' replay, so nothing is
-//! lost and nothing appears twice. Each sink needs a `path` of its own.
+//! lost and nothing appears twice. Each sink needs a `path` of its own. The protocol is
+//! the engine's [`StagedFiles`].
 
 use crate::util::io_error;
 use async_trait::async_trait;
@@ -42,6 +43,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
+use weir_engine::fsutil::{Staged, StagedFiles, blocking};
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -192,13 +194,12 @@ impl ParquetSink {
             state: Some(Writers {
                 schema,
                 props,
+                files: StagedFiles::new(&opts.path, is_hidden),
                 opts,
                 open: BTreeMap::new(),
                 seq: 0,
                 files_written: Vec::new(),
                 checkpointed,
-                staged: Vec::new(),
-                precommitted: BTreeMap::new(),
             }),
         }
     }
@@ -215,18 +216,7 @@ impl ParquetSink {
         &mut self,
         f: impl FnOnce(&mut Writers) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let mut writers = self
-            .state
-            .take()
-            .ok_or_else(|| WeirError::Internal("parquet sink used after a failed write".into()))?;
-        let (writers, result) = tokio::task::spawn_blocking(move || {
-            let result = f(&mut writers);
-            (writers, result)
-        })
-        .await
-        .map_err(|e| WeirError::Internal(format!("parquet sink write task failed: {e}")))?;
-        self.state = Some(writers);
-        result
+        blocking(&mut self.state, "parquet sink", f).await
     }
 }
 
@@ -263,9 +253,6 @@ impl Sink for ParquetSink {
     }
 }
 
-/// A finished file waiting for its checkpoint: hidden name, then published name.
-type Staged = (PathBuf, PathBuf);
-
 /// The open files, one per partition folder.
 struct Writers {
     schema: SchemaRef,
@@ -277,10 +264,8 @@ struct Writers {
     files_written: Vec<PathBuf>,
     /// Publish only on checkpoint commit.
     checkpointed: bool,
-    /// Files finished since the last pre-commit.
-    staged: Vec<Staged>,
-    /// Files pre-committed per epoch, waiting for the commit.
-    precommitted: BTreeMap<u64, Vec<Staged>>,
+    /// Finished files waiting for their checkpoint (checkpointed only).
+    files: StagedFiles,
 }
 
 struct OpenFile {
@@ -340,7 +325,7 @@ impl Writers {
             }
         };
         file.writer.write(batch).map_err(|e| {
-            WeirError::external(format!("writing {}: {e}", file.tmp_path.display()))
+            WeirError::external_source(format!("writing {}", file.tmp_path.display()), e)
         })?;
         file.rows += batch.num_rows();
         if file.rows >= self.opts.rollover_rows {
@@ -359,7 +344,9 @@ impl Writers {
         let final_path = dir.join(name);
         let file = File::create(&tmp_path).map_err(|e| io_error("creating", &tmp_path, e))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
-            .map_err(|e| WeirError::external(format!("creating {}: {e}", tmp_path.display())))?;
+            .map_err(|e| {
+                WeirError::external_source(format!("creating {}", tmp_path.display()), e)
+            })?;
         Ok(OpenFile {
             writer,
             tmp_path,
@@ -381,62 +368,44 @@ impl Writers {
             rows,
             ..
         } = file;
-        let inner = writer
-            .into_inner()
-            .map_err(|e| WeirError::external(format!("finishing {}: {e}", tmp_path.display())))?;
+        let inner = writer.into_inner().map_err(|e| {
+            WeirError::external_source(format!("finishing {}", tmp_path.display()), e)
+        })?;
         if rows == 0 {
             drop(inner);
             return std::fs::remove_file(&tmp_path).map_err(|e| io_error("removing", &tmp_path, e));
+        }
+        if self.checkpointed {
+            let pending = pending_path(&final_path);
+            tracing::debug!(file = %pending.display(), rows, "parquet file staged");
+            let staged = Staged {
+                path: pending,
+                publish_to: Some(final_path),
+            };
+            return self.files.stage(inner, &tmp_path, staged);
         }
         inner
             .sync_all()
             .map_err(|e| io_error("syncing", &tmp_path, e))?;
         drop(inner);
-        if self.checkpointed {
-            let pending = pending_path(&final_path);
-            std::fs::rename(&tmp_path, &pending).map_err(|e| io_error("renaming", &tmp_path, e))?;
-            tracing::debug!(file = %pending.display(), rows, "parquet file staged");
-            self.staged.push((pending, final_path));
-            return Ok(());
-        }
         std::fs::rename(&tmp_path, &final_path).map_err(|e| io_error("renaming", &tmp_path, e))?;
         tracing::debug!(file = %final_path.display(), rows, "parquet file written");
         self.files_written.push(final_path);
         Ok(())
     }
 
-    /// Finish every open file and record what this checkpoint publishes.
+    /// Finish every open file and record what this checkpoint publishes:
+    /// `{"files": [[pending, final], ...]}`, every file not committed yet.
     fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
         self.roll_all()?;
-        let files = std::mem::take(&mut self.staged);
-        for dir in files
-            .iter()
-            .filter_map(|(p, _)| p.parent())
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            sync_dir(dir)?;
-        }
-        self.precommitted.insert(epoch, files);
-        // Every file not committed yet: an earlier pre-commit whose checkpoint did not
-        // complete (it timed out) is covered by this one.
-        let listed: Vec<[String; 2]> = self
-            .precommitted
-            .values()
-            .flatten()
-            .map(|(p, f)| [p.display().to_string(), f.display().to_string()])
-            .collect();
-        Ok(serde_json::json!({ "files": listed }))
+        let listed = self.files.precommit(epoch)?;
+        Ok(serde_json::json!({ "files": Staged::list_to_json(&listed) }))
     }
 
     /// Publish the files of every pre-committed epoch up to `epoch`.
     fn commit(&mut self, epoch: u64) -> Result<()> {
-        let later = self.precommitted.split_off(&(epoch + 1));
-        let due = std::mem::replace(&mut self.precommitted, later);
-        for (_, files) in due {
-            for (pending, final_path) in files {
-                publish(&pending, &final_path)?;
-                self.files_written.push(final_path);
-            }
+        for f in self.files.commit(epoch)? {
+            self.files_written.extend(f.publish_to);
         }
         Ok(())
     }
@@ -447,40 +416,27 @@ impl Writers {
         if !self.checkpointed {
             return Ok(());
         }
-        if let Some((epoch, v)) = restored {
-            let files = v
-                .get("files")
-                .and_then(|f| f.as_array())
-                .cloned()
-                .unwrap_or_default();
-            let mut published = 0;
-            for f in files {
-                let (Some(pending), Some(final_path)) = (
-                    f.get(0).and_then(|p| p.as_str()),
-                    f.get(1).and_then(|p| p.as_str()),
-                ) else {
-                    continue;
-                };
-                let (pending, final_path) = (PathBuf::from(pending), PathBuf::from(final_path));
-                if pending.exists() {
-                    publish(&pending, &final_path)?;
-                    published += 1;
-                }
-            }
-            if published > 0 {
-                tracing::info!(
-                    epoch,
-                    files = published,
-                    "published parquet files the checkpoint had staged"
-                );
-            }
+        let (epoch, listed) = match &restored {
+            Some((epoch, v)) => (
+                Some(*epoch),
+                v.get("files")
+                    .and_then(Staged::list_from_json)
+                    .unwrap_or_default(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let r = self.files.recover(&listed)?;
+        if !r.published.is_empty() {
+            tracing::info!(
+                epoch,
+                files = r.published.len(),
+                "published parquet files the checkpoint had staged"
+            );
         }
-        let mut removed = 0;
-        remove_hidden(&self.opts.path, &mut removed)?;
-        if removed > 0 {
+        if r.removed > 0 {
             tracing::info!(
                 path = %self.opts.path.display(),
-                files = removed,
+                files = r.removed,
                 "removed parquet files written after the last checkpoint (they are recomputed)"
             );
         }
@@ -520,45 +476,10 @@ fn pending_path(final_path: &std::path::Path) -> PathBuf {
     final_path.with_file_name(format!(".{name}.pending"))
 }
 
-fn sync_dir(dir: &std::path::Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("syncing", dir, e))
-}
-
-/// Rename a staged file into place (idempotent: done already is fine).
-fn publish(pending: &std::path::Path, final_path: &std::path::Path) -> Result<()> {
-    match std::fs::rename(pending, final_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && final_path.exists() => {}
-        Err(e) => return Err(io_error("publishing", pending, e)),
-    }
-    if let Some(dir) = final_path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Remove the sink's hidden in-progress and pending files under `dir`.
-fn remove_hidden(dir: &std::path::Path, removed: &mut usize) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error("listing", dir, e)),
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let path = e.path();
-        let name = e.file_name().to_string_lossy().to_string();
-        if path.is_dir() {
-            remove_hidden(&path, removed)?;
-        } else if name.starts_with(".part-")
-            && (name.ends_with(".inprogress") || name.ends_with(".pending"))
-        {
-            std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
-            *removed += 1;
-        }
-    }
-    Ok(())
+/// The sink's hidden files: in progress (`.part-X.parquet.inprogress`) and staged
+/// (`.part-X.parquet.pending`).
+fn is_hidden(name: &str) -> bool {
+    name.starts_with(".part-") && (name.ends_with(".inprogress") || name.ends_with(".pending"))
 }
 
 /// `dt=YYYY-MM-DD` or `dt=YYYY-MM-DD/hr=HH` for a day or hour number since the epoch.
@@ -633,22 +554,11 @@ mod tests {
 
     /// Every file under `dir`, relative, sorted.
     fn files(dir: &Path) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(root, &p, out);
-                } else {
-                    out.push(p.strip_prefix(root).unwrap().display().to_string());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        if dir.exists() {
-            walk(dir, dir, &mut out);
-        }
-        out.sort();
-        out
+        weir_engine::fsutil::files_below(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     fn read_all(dir: &Path) -> RecordBatch {
