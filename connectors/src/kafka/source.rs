@@ -600,11 +600,13 @@ impl Consumer_ {
                 // queue is full (default 1 s): with a consumer that drains the queue in
                 // large batches that pause, not the broker, limited throughput.
                 ("fetch.queue.backoff.ms", "10"),
-                // High watermarks for the lag figure (see `report_lag`).
-                ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
                 ("client.id", &format!("weir-{}", cfg.source)),
             ])
             .set("group.id", &cfg.group_id)
+            // High watermarks and broker states for the health checks and the lag (see
+            // `health_check`), whatever the properties say: without them no quiet
+            // partition could ever go idle.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(SourceContext::new(&cfg.topic, &cfg.connection))
             .map_err(|e| kafka_error(&self.what(), e))?;
         let partitions = self.wait_for_topic(&consumer)?;
