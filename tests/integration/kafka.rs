@@ -171,6 +171,25 @@ struct Running {
 }
 
 impl Running {
+    /// Every object's status, last error and watermark, for failure messages.
+    fn objects(&self) -> String {
+        self.catalog
+            .objects()
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}: {:?}, watermark {}, error {:?}",
+                    o.kind.noun(),
+                    o.name,
+                    o.stats.status(),
+                    o.stats.watermark.load(std::sync::atomic::Ordering::Relaxed),
+                    o.stats.last_error()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Wait until `sink` has `rows` rows (or fail after `secs`).
     async fn wait_rows(&self, sink: &str, rows: usize, secs: u64) {
         let start = Instant::now();
@@ -183,8 +202,9 @@ impl Running {
             }
             if start.elapsed() > Duration::from_secs(secs) {
                 panic!(
-                    "{sink}: {} rows after {secs}s, expected {rows}",
-                    self.out.count(sink)
+                    "{sink}: {} rows after {secs}s, expected {rows} ({})",
+                    self.out.count(sink),
+                    self.objects()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
