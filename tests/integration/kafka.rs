@@ -20,7 +20,7 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,7 +43,7 @@ pub(crate) fn broker_lock() -> &'static RwLock<()> {
 pub(crate) fn bootstrap() -> Option<String> {
     match std::env::var("WEIR_KAFKA_BOOTSTRAP") {
         Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+        _ if weir_tests::in_ci() => {
             panic!(
                 "WEIR_KAFKA_BOOTSTRAP is not set: CI must run these tests against a real \
                  broker (scripts/test.sh starts one with scripts/kafka.sh)"
@@ -171,6 +171,25 @@ struct Running {
 }
 
 impl Running {
+    /// Every object's status, last error and watermark, for failure messages.
+    fn objects(&self) -> String {
+        self.catalog
+            .objects()
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}: {:?}, watermark {}, error {:?}",
+                    o.kind.noun(),
+                    o.name,
+                    o.stats.status(),
+                    o.stats.watermark.load(std::sync::atomic::Ordering::Relaxed),
+                    o.stats.last_error()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Wait until `sink` has `rows` rows (or fail after `secs`).
     async fn wait_rows(&self, sink: &str, rows: usize, secs: u64) {
         let start = Instant::now();
@@ -183,10 +202,66 @@ impl Running {
             }
             if start.elapsed() > Duration::from_secs(secs) {
                 panic!(
-                    "{sink}: {} rows after {secs}s, expected {rows}",
-                    self.out.count(sink)
+                    "{sink}: {} rows after {secs}s, expected {rows} ({})",
+                    self.out.count(sink),
+                    self.objects()
                 );
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `view` has closed every window ending at or before `end` (its watermark,
+    /// the start of its first open window, is at `end` or later) and `sink` has written every
+    /// row the view emitted (or fail after `secs`). Rows emitted by then, duplicates
+    /// included, are all in `out`; only windows after `end` are still open.
+    async fn settled(&self, view: &str, sink: &str, end: i64, secs: u64) {
+        let stats = |name: &str| {
+            self.catalog
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not in the catalog"))
+                .stats
+        };
+        let (v, s) = (stats(view), stats(sink));
+        let start = Instant::now();
+        loop {
+            let watermark = v.watermark.load(std::sync::atomic::Ordering::Relaxed);
+            let emitted = Stats::get(&v.rows_out);
+            let written = Stats::get(&s.rows_in);
+            if watermark >= end && written == emitted {
+                break;
+            }
+            assert!(
+                !self.handle.is_finished(),
+                "the pipeline stopped early (view watermark {watermark}, {emitted} rows \
+                 emitted, {written} written)"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "{view}: watermark {watermark} after {secs}s, expected {end} or later; {emitted} \
+                 rows emitted, {written} written by {sink}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(self.out.count(sink) as u64, Stats::get(&s.rows_in));
+    }
+
+    /// Wait until `source` has taken its positions: it reports its lag, which it does once
+    /// librdkafka has fetched from every partition (so `latest` is resolved to an offset),
+    /// and the lag is 0 (or fail after `secs`).
+    async fn wait_caught_up(&self, source: &str, secs: u64) {
+        let start = Instant::now();
+        loop {
+            // The source is in the catalog once the pipeline has applied the script.
+            let lag = self.catalog.get(source).and_then(|o| o.stats.lag());
+            if lag == Some(0) {
+                break;
+            }
+            assert!(!self.handle.is_finished(), "the pipeline stopped early");
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "{source}: lag {lag:?} after {secs}s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -247,6 +322,80 @@ fn settings(bootstrap: &str) -> KafkaSettings {
         bootstrap_servers: Some(bootstrap.to_string()),
         ..KafkaSettings::default()
     }
+}
+
+/// Every message of `topic`, partition by partition in offset order, from the beginning to
+/// the end offsets (high watermarks) taken first, for a topic whose writers have finished:
+/// the end of each partition is reached (not a count of messages), and the end offsets must
+/// not have moved by then, so extra messages cannot go unseen.
+pub(crate) fn read_topic_to_end(b: &str, topic: &str) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .unwrap();
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .unwrap_or_else(|| panic!("topic {topic} does not exist"));
+    let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    assert!(!ids.is_empty(), "topic {topic} has no partitions");
+    let ends = |c: &BaseConsumer| -> Vec<(i32, i64)> {
+        ids.iter()
+            .map(|&p| {
+                let (_, high) = c
+                    .fetch_watermarks(topic, p, Duration::from_secs(30))
+                    .unwrap();
+                (p, high)
+            })
+            .collect()
+    };
+    let end = ends(&c);
+    let mut tpl = TopicPartitionList::new();
+    for &p in &ids {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out: Vec<OwnedMessage> = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let t = Instant::now();
+    while at_end.len() < ids.len() {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{topic}: partitions {at_end:?} of {ids:?} read to their end after 60 s"
+        );
+    }
+    assert_eq!(
+        ends(&c),
+        end,
+        "{topic}: messages were added while it was read"
+    );
+    for m in &out {
+        let high = end.iter().find(|(p, _)| *p == m.partition()).unwrap().1;
+        assert!(
+            m.offset() < high,
+            "{topic}: offset {} past the end",
+            m.offset()
+        );
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    out
 }
 
 /// A download event as produced to Kafka.
@@ -421,7 +570,7 @@ async fn kafka_windows_multi_partition_disorder_idle() {
     // Partition 3 is silent: only after the idle timeout do windows close.
     produce_all(&p, &topic, &sentinels(3, T0 + 3_600_000)).await;
     run.wait_rows("out", expected.len(), 60).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.settled("health", "out", T0 + 60_000, 60).await;
     let got = sorted(&run.out.rows("out"));
     assert_eq!(got, expected);
     // Live figures: every message read, the payload bytes counted, and no lag once caught
@@ -644,35 +793,24 @@ async fn kafka_bad_records_dead_letter_topic() {
     );
 
     // The dead letters, in order, with their headers.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&[&format!("{topic}.dlq")]).unwrap();
     let mut dead = Vec::new();
-    let start_t = Instant::now();
-    while dead.len() < 5 && start_t.elapsed() < Duration::from_secs(30) {
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            let h = m.headers().unwrap();
-            let header = |name: &str| {
-                h.iter()
-                    .find(|x| x.key == name)
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).to_string())
-                    .unwrap_or_default()
-            };
-            dead.push((
-                String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string(),
-                m.key().map(|k| String::from_utf8_lossy(k).to_string()),
-                header("weir.topic"),
-                header("weir.partition"),
-                header("weir.offset"),
-                header("weir.reason"),
-            ));
-        }
+    for m in read_topic_to_end(&b, &format!("{topic}.dlq")) {
+        let h = m.headers().unwrap();
+        let header = |name: &str| {
+            h.iter()
+                .find(|x| x.key == name)
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_default()
+        };
+        dead.push((
+            String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string(),
+            m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+            header("weir.topic"),
+            header("weir.partition"),
+            header("weir.offset"),
+            header("weir.reason"),
+        ));
     }
     assert_eq!(dead.len(), 5, "dead letters: {dead:?}");
     let expected_offsets = ["1", "2", "3", "4", "5"];
@@ -738,7 +876,7 @@ async fn kafka_broker_restart_mid_stream() {
     produce_all(&p, &topic, &sentinels(3, T0 + 3_600_000)).await;
     let expected = batch_reference(&evs).await;
     run.wait_rows("out", expected.len(), 120).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.settled("health", "out", T0 + 80_000, 60).await;
     assert_eq!(sorted(&run.out.rows("out")), expected);
     run.stop().await.unwrap();
 }
@@ -814,23 +952,12 @@ async fn kafka_sink_round_trip() {
     r.handle.await.unwrap().unwrap();
     let expected = batch_reference(&evs).await;
     // Read the output topic back.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", unique("sink-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&[&output]).unwrap();
     let mut got = Vec::new();
-    let t = Instant::now();
-    while got.len() < expected.len() && t.elapsed() < Duration::from_secs(30) {
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            let key: serde_json::Value = serde_json::from_slice(m.key().unwrap()).unwrap();
-            assert_eq!(key["region"], v["region"]);
-            got.push(v);
-        }
+    for m in read_topic_to_end(&b, &output) {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let key: serde_json::Value = serde_json::from_slice(m.key().unwrap()).unwrap();
+        assert_eq!(key["region"], v["region"]);
+        got.push(v);
     }
     assert_eq!(got.len(), expected.len());
     // Compare through the same formatting: rebuild rows in the expected column order.
@@ -873,14 +1000,15 @@ async fn kafka_latest_with_a_caught_up_quiet_partition() {
         settings(&b),
         false,
     );
-    // Give the consumer time to take its positions at the end.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The consumer has taken its positions at the end of both partitions before anything
+    // new is produced.
+    run.wait_caught_up("downloads", 60).await;
     let new: Vec<Ev> = events(1, 3, 10, 9);
     produce_all(&p, &topic, &new).await;
     produce_all(&p, &topic, &sentinels(1, T0 + 3_600_000)).await;
     let expected = batch_reference(&new).await;
     run.wait_rows("out", expected.len(), 60).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.settled("health", "out", T0 + 30_000, 60).await;
     assert_eq!(sorted(&run.out.rows("out")), expected);
     run.stop().await.unwrap();
 }
@@ -917,20 +1045,10 @@ async fn kafka_csv_in_and_out() {
         true,
     );
     r.handle.await.unwrap().unwrap();
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", unique("csv-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&[&output]).unwrap();
-    let mut got = Vec::new();
-    let t = Instant::now();
-    while got.len() < 3 && t.elapsed() < Duration::from_secs(30) {
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            got.push(String::from_utf8(m.unwrap().payload().unwrap().to_vec()).unwrap());
-        }
-    }
+    let got: Vec<String> = read_topic_to_end(&b, &output)
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -1024,31 +1142,21 @@ async fn kafka_avro_with_schema_registry() {
     let ids = registry.versions(&format!("{output}-value"));
     assert_eq!(ids.len(), 1);
     let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
-    let read_topic = |topic: String, n: usize| {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", unique("avro-reader"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        c.subscribe(&[&topic]).unwrap();
-        let mut got = Vec::new();
-        let t = Instant::now();
-        while got.len() < n && t.elapsed() < Duration::from_secs(30) {
-            if let Some(m) = c.poll(Duration::from_millis(200)) {
-                let m = m.unwrap();
+    let read_topic = |topic: String| -> Vec<(Vec<u8>, Option<String>)> {
+        read_topic_to_end(&b, &topic)
+            .iter()
+            .map(|m| {
                 let reason = m.headers().and_then(|h| {
                     h.iter()
                         .find(|x| x.key == "weir.reason")
                         .and_then(|x| x.value)
                         .map(|v| String::from_utf8_lossy(v).to_string())
                 });
-                got.push((m.payload().unwrap_or(&[]).to_vec(), reason));
-            }
-        }
-        got
+                (m.payload().unwrap_or(&[]).to_vec(), reason)
+            })
+            .collect()
     };
-    let out = read_topic(output.clone(), 2);
+    let out = read_topic(output.clone());
     let rows: Vec<Value> = out
         .iter()
         .map(|(bytes, _)| {
@@ -1083,7 +1191,7 @@ async fn kafka_avro_with_schema_registry() {
     );
 
     // The three bad records, with their reasons.
-    let dead = read_topic(format!("{input}.dlq"), 3);
+    let dead = read_topic(format!("{input}.dlq"));
     let reasons: Vec<String> = dead.iter().map(|(_, r)| r.clone().unwrap()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(
@@ -1152,7 +1260,7 @@ async fn kafka_timestamp_is_event_time_without_watermark() {
     }
     let expected = batch_reference(&evs).await;
     run.wait_rows("out", expected.len(), 60).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.settled("health", "out", T0 + 20_000, 60).await;
     assert_eq!(sorted(&run.out.rows("out")), expected);
     run.stop().await.unwrap();
 }
