@@ -8,6 +8,7 @@
 //! - [`windows`]: window table functions (`TUMBLE`, `HOP`, `SESSION`) rewritten into a
 //!   derived table that adds `window_start` and `window_end`.
 
+pub mod depth;
 mod source;
 mod windows;
 
@@ -15,14 +16,14 @@ pub use source::arrow_type;
 use source::{parse_create_source, parse_create_table};
 pub use windows::{WindowKind, WindowSpec, rewrite_windows};
 
-use crate::error::{Location, Result, WeirError};
+use crate::error::{LimitKind, Location, Result, WeirError};
 use crate::options::{Options, parse_duration};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::{Expr, Query, SqlOption, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,6 +150,21 @@ pub(super) fn loc(t: &TokenWithSpan) -> Location {
 /// Turn a sqlparser error into a user error; sqlparser already puts "Line: x, Column: y" in
 /// its messages, which we lift into the location.
 pub(super) fn parse_err(e: ParserError, fallback: Location) -> WeirError {
+    if e == ParserError::RecursionLimitExceeded {
+        return WeirError::Limit {
+            kind: LimitKind::ExpressionDepth,
+            message: format!(
+                "the statement nests too deeply: brackets, subqueries or function calls more \
+                 than {} deep in the statement at line {}, column {}; the limit is {} \
+                 (sqlparser's recursion limit)",
+                depth::PARSER_RECURSION_LIMIT,
+                fallback.line,
+                fallback.column,
+                depth::PARSER_RECURSION_LIMIT
+            ),
+            statement: None,
+        };
+    }
     let msg = e.to_string();
     let location = extract_location(&msg).unwrap_or(fallback);
     let clean = msg
@@ -174,22 +190,34 @@ fn extract_location(msg: &str) -> Option<Location> {
     Some(Location { line, column })
 }
 
-/// Parse a script of `;`-separated statements.
+/// A parser over `tokens` with Weir's recursion limit.
+pub(super) fn parser(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Parser<'_> {
+    Parser::new(dialect)
+        .with_recursion_limit(depth::PARSER_RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens)
+}
+
+/// Parse a script of `;`-separated statements. A statement that nests deeper than
+/// [`depth::MAX_DEPTH`] is refused before it is parsed (a `Limit` error).
 pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
     let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| {
-        // The text could not be tokenized, so statements were never split: count the
-        // semicolons before the error to name the statement.
-        let err = parse_err(e, Location { line: 1, column: 1 });
-        let at = match &err {
-            WeirError::User {
-                location: Some(l), ..
-            } => *l,
-            _ => Location { line: 1, column: 1 },
-        };
-        let index = sql[..offset_of(sql, at)].matches(';').count() + 1;
-        err.in_statement(index, at)
-    })?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| {
+            // The text could not be tokenized, so statements were never split: count the
+            // semicolons before the error to name the statement.
+            let err = parse_err(e.into(), Location { line: 1, column: 1 });
+            let at = match &err {
+                WeirError::User {
+                    location: Some(l), ..
+                } => *l,
+                _ => Location { line: 1, column: 1 },
+            };
+            let index = sql[..offset_of(sql, at)].matches(';').count() + 1;
+            err.in_statement(index, at)
+        })?;
+    let depths = depth::check_script(&tokens, depth::MAX_DEPTH);
+    let mut parser = parser(&dialect, tokens);
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -199,6 +227,13 @@ pub fn parse_script(sql: &str) -> Result<Vec<Located>> {
         }
         let index = out.len() + 1;
         let location = loc(&start);
+        if let Some(Err(too_deep)) = depths.get(out.len()) {
+            return Err(WeirError::Limit {
+                kind: LimitKind::ExpressionDepth,
+                message: too_deep.message(),
+                statement: Some(index),
+            });
+        }
         let statement = parse_statement(&mut parser, sql).map_err(|e| {
             let e = match e {
                 WeirError::User { .. } => e,
@@ -512,7 +547,7 @@ fn parse_query_before_emit(p: &mut Parser) -> std::result::Result<Box<Query>, Pa
     let end = p.peek_nth_token(k);
     tokens.push(TokenWithSpan::new(Token::EOF, end.span));
     let dialect = GenericDialect {};
-    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut sub = parser(&dialect, tokens);
     let q = sub.parse_query()?;
     let rest = sub.peek_token();
     if rest.token != Token::EOF {
@@ -582,5 +617,127 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// Run `f` on a thread with the stack Weir gives threads that handle statements (a test
+    /// thread has 2 MiB; displaying or planning the deepest statements needs more).
+    fn with_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(depth::STACK_SIZE)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// `1 + 1 + ...` with `n` terms.
+    fn chain(n: usize) -> String {
+        vec!["1"; n].join(" + ")
+    }
+
+    /// The longest chain `statement` (with `{}` where the chain goes) may hold, and that
+    /// it parses with it and is refused with one more term, naming the limit and the place.
+    fn just_under_and_over(statement: &'static str) {
+        with_stack(move || just_under_and_over_here(statement))
+    }
+
+    fn just_under_and_over_here(statement: &str) {
+        let sql = |n: usize| format!("SHOW VIEWS;\n{}", statement.replace("{}", &chain(n)));
+        let tokens = Tokenizer::new(&GenericDialect {}, &sql(1))
+            .tokenize_with_location()
+            .unwrap();
+        let base = depth::check_script(&tokens, usize::MAX)[1].clone().unwrap();
+        // Each term after the first adds one level.
+        let longest = depth::MAX_DEPTH - base + 1;
+        assert!(longest > depth::MAX_DEPTH - 12, "{statement}: {base}");
+        let ok = parse_script(&sql(longest));
+        assert!(
+            matches!(&ok, Ok(s) if s.len() == 2) || matches!(&ok, Err(WeirError::User { .. })),
+            "{statement}: {ok:?}"
+        );
+        match parse_script(&sql(longest + 1)) {
+            Err(WeirError::Limit {
+                kind: LimitKind::ExpressionDepth,
+                message,
+                statement: Some(2),
+            }) => {
+                assert!(
+                    message.contains("500 levels at line 2, column "),
+                    "{message}"
+                );
+            }
+            other => panic!("{statement}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_statement_kind_is_bounded_in_depth() {
+        just_under_and_over("SELECT {}");
+        just_under_and_over("SELECT region FROM v WHERE {} > 3");
+        just_under_and_over("CREATE MATERIALIZED VIEW v AS SELECT {} AS n FROM src");
+        just_under_and_over(
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(*) FROM \
+             TUMBLE(src, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end \
+             HAVING count(*) > {} EMIT ON WINDOW CLOSE",
+        );
+        just_under_and_over("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT * FROM src WHERE a = {}");
+        just_under_and_over("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT ({}) AS n FROM src");
+        // WATERMARK takes only `column - INTERVAL ...`: under the limit a deep expression is
+        // the user's error, over it the limit's.
+        just_under_and_over(
+            "CREATE SOURCE s (ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND - {}) \
+             WITH (connector = 'generator')",
+        );
+    }
+
+    #[test]
+    fn the_longest_accepted_chain_parses_whole() {
+        with_stack(|| {
+            let sql = format!("SELECT {}", chain(depth::MAX_DEPTH - 1));
+            let s = parse_script(&sql).unwrap();
+            let WeirStatement::Select(q) = &s[0].statement else {
+                panic!()
+            };
+            assert_eq!(q.to_string(), sql);
+        })
+    }
+
+    #[test]
+    fn brackets_deeper_than_the_parser_allows_are_a_depth_limit() {
+        let n = depth::PARSER_RECURSION_LIMIT + 5;
+        let sql = format!("SHOW VIEWS; SELECT {}1{}", "(".repeat(n), ")".repeat(n));
+        match parse_script(&sql) {
+            Err(WeirError::Limit {
+                kind: LimitKind::ExpressionDepth,
+                message,
+                statement: Some(2),
+            }) => assert!(message.contains("more than 50 deep"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        let n = depth::PARSER_RECURSION_LIMIT / 2 - 1;
+        let sql = format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse_script(&sql).is_ok());
+    }
+
+    #[test]
+    fn twenty_thousand_ors_are_refused_at_once() {
+        let ors: Vec<String> = (0..20_000).map(|i| format!("a = {i}")).collect();
+        let sql = format!(
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM src WHERE {}",
+            ors.join(" OR ")
+        );
+        let started = std::time::Instant::now();
+        let e = parse_script(&sql).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WeirError::Limit {
+                    kind: LimitKind::ExpressionDepth,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }
