@@ -202,6 +202,7 @@ pub fn mark_final(schema: &SchemaRef, batch: RecordBatch, is_final: bool) -> Res
 /// the plan reads.
 fn planning_context(env: &PlannerEnv) -> Result<(SessionContext, Arc<Mutex<BTreeSet<String>>>)> {
     let ctx = SessionContext::new_with_config(df_config());
+    sql::functions::register_bounded_functions(&ctx);
     let used = Arc::new(Mutex::new(BTreeSet::new()));
     for (name, handle) in &env.tables {
         let table = LookupTable {

@@ -5,10 +5,14 @@
 //!
 //! - this file: the statements, splitting a script and parsing each statement;
 //! - [`source`]: `CREATE SOURCE` / `CREATE TABLE` column lists and types;
+//! - [`depth`]: how deeply a statement nests, bounded before it is parsed;
+//! - [`functions`]: bounded versions of functions one argument can make allocate without
+//!   limit (`repeat`, `lpad`, ...);
 //! - [`windows`]: window table functions (`TUMBLE`, `HOP`, `SESSION`) rewritten into a
 //!   derived table that adds `window_start` and `window_end`.
 
 pub mod depth;
+pub mod functions;
 mod source;
 mod windows;
 
