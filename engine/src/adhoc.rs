@@ -1,45 +1,347 @@
 //! Ad-hoc queries (`SELECT` statements, `POST /api/v1/query`) over views' retained rows:
 //! each view is a table of the rows its serving buffer holds, and DataFusion runs the
 //! query in batch over a snapshot of them.
+//!
+//! Every query is bounded ([`QueryLimits`]): by time (the query is dropped at the deadline;
+//! DataFusion's operators yield to tokio regularly, so a running query stops within
+//! moments), by memory (DataFusion's memory pool for its operators, no spilling, plus the
+//! rows collected), by the rows it returns, and by the size of values functions build
+//! ([`crate::sql::functions`]). Each bound reached is a [`WeirError::Limit`] that names
+//! it and its value.
+//!
+//! The limits are per tokio runtime ([`set_limits`]): `weir` sets them from its
+//! configuration for the runtime it runs on, so its pipeline's SELECT statements and its
+//! API's queries use them; elsewhere the defaults apply.
 
-use crate::error::{Result, WeirError};
+use crate::error::{LimitKind, Result, WeirError};
 use crate::serving::ViewBuffer;
+use crate::sql::functions::{ValueTooLarge, register_bounded_functions};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
-use std::sync::Arc;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// The bounds of one ad-hoc query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Longest a query may run (`engine.query_timeout`).
+    pub timeout: Duration,
+    /// Most memory its operators may hold (sorts, aggregates, joins) and, separately, its
+    /// result (`engine.max_query_bytes`).
+    pub max_bytes: usize,
+    /// Most rows it may return (`engine.max_query_rows`).
+    pub max_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(10),
+            max_bytes: 256 << 20,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+static LIMITS: LazyLock<Mutex<HashMap<tokio::runtime::Id, QueryLimits>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Removes the limits [`set_limits`] set when dropped.
+#[derive(Debug)]
+pub struct LimitsGuard(Option<tokio::runtime::Id>);
+
+impl Drop for LimitsGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            LIMITS.lock().remove(&id);
+        }
+    }
+}
+
+/// Use `limits` for every ad-hoc query run on the current tokio runtime (outside a runtime:
+/// nothing changes) until the guard is dropped.
+pub fn set_limits(limits: QueryLimits) -> LimitsGuard {
+    let id = tokio::runtime::Handle::try_current().ok().map(|h| h.id());
+    if let Some(id) = id {
+        LIMITS.lock().insert(id, limits);
+    }
+    LimitsGuard(id)
+}
+
+/// The limits of ad-hoc queries run on the current runtime.
+pub fn limits() -> QueryLimits {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .and_then(|h| LIMITS.lock().get(&h.id()).copied())
+        .unwrap_or_default()
+}
 
 /// Run an ad-hoc query over the retained rows of `views` (each a table named after the
-/// view). The future owns snapshots of the rows, so it borrows nothing.
+/// view), with the current runtime's [`limits`]. The future owns snapshots of the rows, so
+/// it borrows nothing.
 pub fn query_views(
     views: impl IntoIterator<Item = (String, Arc<ViewBuffer>)>,
     q: Query,
 ) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let registered: Result<()> = views.into_iter().try_for_each(|(name, buffer)| {
-        let t = MemTable::try_new(buffer.schema.clone(), vec![buffer.snapshot()])?;
-        ctx.register_table(name.as_str(), Arc::new(t))?;
-        Ok(())
+    query_views_with(views, q, limits())
+}
+
+/// [`query_views`] with the given limits.
+pub fn query_views_with(
+    views: impl IntoIterator<Item = (String, Arc<ViewBuffer>)>,
+    q: Query,
+    limits: QueryLimits,
+) -> impl std::future::Future<Output = Result<Vec<RecordBatch>>> + Send + 'static {
+    let ctx = context(&limits);
+    let registered: Result<SessionContext> = ctx.and_then(|ctx| {
+        views.into_iter().try_for_each(|(name, buffer)| {
+            let t = MemTable::try_new(buffer.schema.clone(), vec![buffer.snapshot()])?;
+            ctx.register_table(name.as_str(), Arc::new(t))?;
+            Ok::<(), WeirError>(())
+        })?;
+        Ok(ctx)
     });
     async move {
-        registered?;
-        run_query(ctx, q).await
+        let ctx = registered?;
+        match tokio::time::timeout(limits.timeout, run_query(ctx, q, limits)).await {
+            Ok(result) => result,
+            Err(_) => Err(limit(
+                LimitKind::QueryTime,
+                format!(
+                    "the query ran longer than {:?} and was stopped: the query time limit \
+                     (engine.query_timeout) is {:?}",
+                    limits.timeout, limits.timeout
+                ),
+            )),
+        }
     }
 }
 
-async fn run_query(ctx: SessionContext, q: Query) -> Result<Vec<RecordBatch>> {
+fn limit(kind: LimitKind, message: String) -> WeirError {
+    WeirError::Limit {
+        kind,
+        message,
+        statement: None,
+    }
+}
+
+/// A context whose operators share a memory pool of `max_bytes`, with no spilling to
+/// disk, and Weir's bounded functions.
+fn context(limits: &QueryLimits) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.max_bytes)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?;
+    let ctx =
+        SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(1), runtime);
+    register_bounded_functions(&ctx);
+    Ok(ctx)
+}
+
+/// A DataFusion error of a query as Weir's: the limits it hit, or a user error.
+fn query_error(e: DataFusionError, limits: &QueryLimits) -> WeirError {
+    if let Some(v) = ValueTooLarge::find(&e) {
+        return limit(LimitKind::ValueSize, v.to_string());
+    }
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        return memory_limit(limits);
+    }
+    WeirError::planning(e)
+}
+
+fn memory_limit(limits: &QueryLimits) -> WeirError {
+    limit(
+        LimitKind::QueryMemory,
+        format!(
+            "the query needed more than {} bytes of memory: the query memory limit \
+             (engine.max_query_bytes) is {} bytes",
+            limits.max_bytes, limits.max_bytes
+        ),
+    )
+}
+
+async fn run_query(ctx: SessionContext, q: Query, limits: QueryLimits) -> Result<Vec<RecordBatch>> {
+    let error = |e| query_error(e, &limits);
     let state = ctx.state();
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(
             Box::new(q),
         ))))
         .await
-        .map_err(WeirError::planning)?;
-    let df = ctx
-        .execute_logical_plan(plan)
+        .map_err(error)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(error)?;
+    let mut stream = df.execute_stream().await.map_err(error)?;
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(error)?;
+        rows += batch.num_rows();
+        if rows > limits.max_rows {
+            return Err(limit(
+                LimitKind::QueryRows,
+                format!(
+                    "the query returned more than {} rows: the query row limit \
+                     (engine.max_query_rows) is {}",
+                    limits.max_rows, limits.max_rows
+                ),
+            ));
+        }
+        bytes += batch.get_array_memory_size();
+        if bytes > limits.max_bytes {
+            return Err(memory_limit(&limits));
+        }
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::sql::{WeirStatement, parse_script};
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::time::Instant;
+
+    fn query(sql: &str) -> Query {
+        match parse_script(sql).unwrap().remove(0).statement {
+            WeirStatement::Select(q) => *q,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A view `v` holding `n` rows of one column `a` (0..n).
+    fn view(n: i64) -> (String, Arc<ViewBuffer>) {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let buffer = Arc::new(ViewBuffer::new(schema.clone(), n as usize));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..n))])
+                .unwrap();
+        buffer.push(1, batch, None, 0);
+        ("v".to_string(), buffer)
+    }
+
+    async fn run(sql: &str, limits: QueryLimits) -> Result<Vec<RecordBatch>> {
+        query_views_with([view(1000)], query(sql), limits).await
+    }
+
+    fn kind(r: Result<Vec<RecordBatch>>) -> (LimitKind, String) {
+        match r {
+            Err(WeirError::Limit { kind, message, .. }) => (kind, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_within_its_limits_runs() {
+        let b = run(
+            "SELECT count(*) AS n, sum(a) AS s FROM v",
+            QueryLimits::default(),
+        )
         .await
-        .map_err(WeirError::planning)?;
-    Ok(df.collect().await?)
+        .unwrap();
+        assert_eq!(b[0].num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_time_is_stopped_at_the_deadline() {
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(500),
+            ..QueryLimits::default()
+        };
+        let started = Instant::now();
+        let (k, message) = kind(
+            run(
+                "SELECT count(*) FROM generate_series(1, 1000000000000)",
+                limits,
+            )
+            .await,
+        );
+        assert_eq!(k, LimitKind::QueryTime);
+        assert!(message.contains("500ms"), "{message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_rows_or_memory_is_stopped() {
+        let limits = QueryLimits {
+            max_rows: 100,
+            ..QueryLimits::default()
+        };
+        let (k, message) = kind(run("SELECT a FROM v", limits).await);
+        assert_eq!(k, LimitKind::QueryRows);
+        assert!(
+            message.contains("limit (engine.max_query_rows) is 100"),
+            "{message}"
+        );
+        assert_eq!(
+            run("SELECT a FROM v LIMIT 100", limits).await.unwrap()[0].num_rows(),
+            100
+        );
+
+        let limits = QueryLimits {
+            max_bytes: 1 << 20,
+            ..QueryLimits::default()
+        };
+        // A sort that must hold everything in memory.
+        let (k, message) = kind(
+            run(
+                "SELECT value FROM generate_series(1, 10000000) ORDER BY value DESC LIMIT 5 OFFSET 1000000",
+                limits,
+            )
+            .await,
+        );
+        assert_eq!(k, LimitKind::QueryMemory);
+        assert!(message.contains("is 1048576 bytes"), "{message}");
+        // The collected result counts too.
+        let (k, _) = kind(run("SELECT value FROM generate_series(1, 1000000)", limits).await);
+        assert_eq!(k, LimitKind::QueryMemory);
+    }
+
+    #[tokio::test]
+    async fn functions_are_bounded_in_queries() {
+        let (k, message) =
+            kind(run("SELECT repeat('a', 2000000000)", QueryLimits::default()).await);
+        assert_eq!(k, LimitKind::ValueSize);
+        assert!(message.contains("repeat(...)"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn limits_are_per_runtime() {
+        let mine = QueryLimits {
+            max_rows: 7,
+            ..QueryLimits::default()
+        };
+        assert_eq!(limits(), QueryLimits::default());
+        let guard = set_limits(mine);
+        assert_eq!(limits(), mine);
+        let other = std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { limits() })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other, QueryLimits::default());
+        drop(guard);
+        assert_eq!(limits(), QueryLimits::default());
+    }
 }
