@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use weir_connectors::kafka::KafkaSettings;
+use weir_engine::adhoc::{self, LimitsGuard, QueryLimits};
 use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::connector::BatchLimits;
 use weir_engine::options::parse_duration;
@@ -219,6 +220,43 @@ fn restore_checkpoint(
     })
 }
 
+/// The tokio runtime `weir` runs on (`worker_threads`: tokio's default, one per core,
+/// when `None`). Its worker and blocking threads get the stack that parsing, planning and
+/// running the deepest statement Weir accepts needs
+/// ([`weir_engine::sql::depth::STACK_SIZE`]): statements are applied and queries run on
+/// them. Whatever calls `block_on` should have as much (see [`with_stack`]).
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    b.thread_stack_size(weir_engine::sql::depth::STACK_SIZE)
+        .enable_all()
+        .build()
+}
+
+/// Run `f` on a thread with [`weir_engine::sql::depth::STACK_SIZE`] of stack (the thread
+/// that calls `block_on` loads the SQL files), and wait for it.
+pub fn with_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let thread = std::thread::Builder::new()
+        .name("weir".into())
+        .stack_size(weir_engine::sql::depth::STACK_SIZE)
+        .spawn(f)
+        .context("starting the main thread")?;
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the main thread panicked"))
+}
+
+/// The limits of ad-hoc queries from `[engine]`.
+fn query_limits(cfg: &config::EngineSection) -> Result<QueryLimits> {
+    Ok(QueryLimits {
+        timeout: duration("engine.query_timeout", &cfg.query_timeout)?,
+        max_bytes: cfg.max_query_bytes.max(1),
+        max_rows: cfg.max_query_rows.max(1),
+    })
+}
+
 /// The configuration: the file, then `WEIR__...` variables, then flags.
 pub fn load_config(args: &Args) -> Result<config::Config> {
     let mut cfg = config::load(args.config.as_deref(), std::env::vars())?;
@@ -234,11 +272,14 @@ pub fn load_config(args: &Args) -> Result<config::Config> {
     Ok(cfg)
 }
 
-async fn load_pipeline(
-    args: &Args,
-    mode: Mode,
-) -> Result<(Pipeline, config::Config, Option<EmbeddedKafka>)> {
+/// A loaded pipeline, its configuration, the embedded broker if one was started, and the
+/// ad-hoc query limits set for this runtime (kept while the pipeline runs).
+type Loaded = (Pipeline, config::Config, Option<EmbeddedKafka>, LimitsGuard);
+
+async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
     let cfg = load_config(args)?;
+    // SELECT statements in the files, and later the API's queries, run with these.
+    let limits = adhoc::set_limits(query_limits(&cfg.engine)?);
     let engine = EngineConfig {
         data_dir: cfg.engine.data_dir.clone(),
         batch: BatchLimits {
@@ -265,7 +306,7 @@ async fn load_pipeline(
             });
         }
     }
-    Ok((pipeline, cfg, embedded))
+    Ok((pipeline, cfg, embedded, limits))
 }
 
 async fn load_file(pipeline: &mut Pipeline, file: &Path) -> Result<()> {
@@ -354,7 +395,7 @@ pub async fn run(
     } else {
         Mode::Run
     };
-    let (mut pipeline, cfg, embedded) = load_pipeline(args, mode).await?;
+    let (mut pipeline, cfg, embedded, _limits) = load_pipeline(args, mode).await?;
     let result = async {
         let mut state = StateDir::open(&cfg.engine.data_dir)?;
         if let Some(url) = &cfg.database.url {
@@ -512,7 +553,7 @@ async fn run_pipeline(
 
 /// `weir check`: parse and plan, print each view's plan.
 pub async fn check(args: &Args) -> Result<()> {
-    let (mut pipeline, _, _) = load_pipeline(args, Mode::Check).await?;
+    let (mut pipeline, _, _, _limits) = load_pipeline(args, Mode::Check).await?;
     for o in pipeline.objects() {
         if o.kind == weir_engine::sql::ObjectKind::View {
             let r = pipeline
