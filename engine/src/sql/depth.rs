@@ -29,16 +29,17 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 /// The deepest a statement may nest (see the module documentation for what counts). At
-/// this depth the slowest shape (`SELECT 1 + 1 + ...`) plans in about TODO in a release
-/// build.
+/// this depth the slowest shape found (`SELECT 1 + 1 + ...`, 498 terms) plans and runs in
+/// about 0.25 s in a release build and 1 s in a debug build (2,000 terms: 3.4 s release);
+/// 495 `OR`s in 65 ms. Ordinary SQL, `IN` lists and `CASE`s of any length stay far below.
 pub const MAX_DEPTH: usize = 500;
 
 /// The stack a thread needs to parse, plan and run the deepest statement accepted
 /// ([`MAX_DEPTH`]); DataFusion's planner recurses once or more per level. Threads that
 /// apply statements or run queries (tokio's worker and blocking threads, the thread that
 /// loads SQL files) must have at least this much: `weir` gives them this. Measured need at
-/// the limit: about 16 MiB in a debug build, TODO in a release build; only the pages a
-/// thread touches are allocated.
+/// the limit: about 16 MiB in a debug build, 2 MiB in a release build (tokio's default,
+/// too tight); only the pages a thread touches are allocated.
 pub const STACK_SIZE: usize = 64 << 20;
 
 /// How deeply sqlparser may recurse: brackets, subqueries and functions within functions.
