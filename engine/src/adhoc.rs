@@ -344,4 +344,62 @@ mod tests {
         drop(guard);
         assert_eq!(limits(), QueryLimits::default());
     }
+
+    /// Measures what the README states: planning and running the deepest accepted
+    /// statements, and refusing deeper ones. Run with
+    /// `cargo test --release -p weir-engine --lib -- --ignored --nocapture planning_time`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn planning_time_at_the_depth_limit() {
+        use crate::sql::depth::{MAX_DEPTH, STACK_SIZE};
+        let measure = || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let chain = |n: usize| vec!["1"; n].join(" + ");
+            let ors = |n: usize| {
+                (0..n)
+                    .map(|i| format!("a = {i}"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            };
+            let accepted = [
+                format!("SELECT {} AS n", chain(MAX_DEPTH - 2)),
+                format!("SELECT a FROM v WHERE {}", ors(MAX_DEPTH - 5)),
+            ];
+            for sql in accepted {
+                let started = Instant::now();
+                let r = rt.block_on(query_views_with(
+                    [view(1000)],
+                    query(&sql),
+                    QueryLimits::default(),
+                ));
+                assert!(r.is_ok(), "{r:?}");
+                eprintln!("{:.40}...: planned and ran in {:?}", sql, started.elapsed());
+            }
+            let refused = [
+                format!("SELECT {}", chain(2000)),
+                format!("SELECT a FROM v WHERE {}", ors(2000)),
+                format!("SELECT a FROM v WHERE {}", ors(20_000)),
+            ];
+            for sql in refused {
+                let started = Instant::now();
+                let r = parse_script(&sql);
+                assert!(matches!(r, Err(WeirError::Limit { .. })));
+                eprintln!(
+                    "{:.40}... ({} bytes): refused in {:?}",
+                    sql,
+                    sql.len(),
+                    started.elapsed()
+                );
+            }
+        };
+        std::thread::Builder::new()
+            .stack_size(STACK_SIZE)
+            .spawn(measure)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

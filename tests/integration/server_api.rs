@@ -771,7 +771,6 @@ fn api_statements_kept_in_postgres() {
 
 /// A request refused by a limit: its exact status, error code and limit kind, a message that
 /// names the limit, and an answer within `within`.
-#[allow(clippy::too_many_arguments)]
 fn refused(
     s: &Server,
     path: &str,
@@ -794,6 +793,7 @@ fn refused(
         (status, json!("limit"), json!(limit)),
         "{path} {shown}: {body}"
     );
+    eprintln!("{path} {:.60}...: {got} in {took:?}", shown);
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(says), "{path} {shown}: {message}");
     assert!(took < within, "{path} {shown}: answered after {took:?}");
@@ -863,7 +863,7 @@ fn hostile_sql_is_refused_and_the_pipeline_runs_on() {
         400,
         "expression_depth",
         depth,
-        Duration::from_secs(2),
+        fast,
     );
     // Values, time, rows and memory.
     refused(
@@ -925,7 +925,7 @@ fn hostile_sql_is_refused_and_the_pipeline_runs_on() {
         400,
         "expression_depth",
         "statement 2: the statement nests too deeply: more than 500 levels at line 2, column",
-        Duration::from_secs(2),
+        fast,
     );
     assert_eq!(body["error"]["statement"], 2);
     assert_eq!(

@@ -8,7 +8,8 @@
 //! overflows a 2 MiB stack. So the depth is bounded before parsing: one pass over the
 //! tokens with an explicit stack of open brackets computes an upper bound of the depth of
 //! any tree the parser could build from them, and the statement is refused when the bound
-//! passes [`MAX_DEPTH`].
+//! passes [`MAX_DEPTH`]. (User SQL is parsed only here, with sqlparser: DataFusion's own
+//! parser and its `sql_parser.recursion_limit` never see it.)
 //!
 //! What adds a level:
 //!
