@@ -692,6 +692,8 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .max_blocking_threads(threads)
+        // As weir's own runtime: statements up to the depth limit plan on these threads.
+        .thread_stack_size(weir_engine::sql::depth::STACK_SIZE)
         .enable_all()
         .build()?;
     rt.block_on(async move {

@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub retention_rows: usize,
     /// Whether the runtime takes checkpoints (sinks are told, see `SinkSpec::checkpointed`).
     pub checkpoints: bool,
+    /// The bounds of ad-hoc queries (`SELECT` statements).
+    pub query_limits: crate::adhoc::QueryLimits,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(10),
             retention_rows: 100_000,
             checkpoints: false,
+            query_limits: crate::adhoc::QueryLimits::default(),
         }
     }
 }
@@ -205,7 +208,7 @@ impl Pipeline {
             .of_kind(ObjectKind::View)
             .filter_map(|e| Some((e.info.name.clone(), e.info.buffer.clone()?)))
             .collect();
-        crate::adhoc::query_views(buffers, q)
+        crate::adhoc::query_views(buffers, q, self.config.query_limits)
     }
 
     /// Sources that have not been started yet; the runtime takes them to poll.

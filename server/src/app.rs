@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use weir_connectors::kafka::KafkaSettings;
+use weir_engine::adhoc::QueryLimits;
 use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::connector::BatchLimits;
 use weir_engine::options::parse_duration;
@@ -224,6 +225,43 @@ fn restore_checkpoint(
     })
 }
 
+/// The tokio runtime `weir` runs on (`worker_threads`: tokio's default, one per core,
+/// when `None`). Its worker and blocking threads get the stack that parsing, planning and
+/// running the deepest statement Weir accepts needs
+/// ([`weir_engine::sql::depth::STACK_SIZE`]): statements are applied and queries run on
+/// them. Whatever calls `block_on` should have as much (see [`with_stack`]).
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    b.thread_stack_size(weir_engine::sql::depth::STACK_SIZE)
+        .enable_all()
+        .build()
+}
+
+/// Run `f` on a thread with [`weir_engine::sql::depth::STACK_SIZE`] of stack (the thread
+/// that calls `block_on` loads the SQL files), and wait for it.
+pub fn with_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let thread = std::thread::Builder::new()
+        .name("weir".into())
+        .stack_size(weir_engine::sql::depth::STACK_SIZE)
+        .spawn(f)
+        .context("starting the main thread")?;
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the main thread panicked"))
+}
+
+/// The limits of ad-hoc queries from `[engine]`.
+fn query_limits(cfg: &config::EngineSection) -> Result<QueryLimits> {
+    Ok(QueryLimits {
+        timeout: duration("engine.query_timeout", &cfg.query_timeout)?,
+        max_bytes: cfg.max_query_bytes.max(1),
+        max_rows: cfg.max_query_rows.max(1),
+    })
+}
+
 /// The configuration: the file, then `WEIR__...` variables, then flags.
 pub fn load_config(args: &Args) -> Result<config::Config> {
     let mut cfg = config::load(args.config.as_deref(), std::env::vars())?;
@@ -239,10 +277,10 @@ pub fn load_config(args: &Args) -> Result<config::Config> {
     Ok(cfg)
 }
 
-async fn load_pipeline(
-    args: &Args,
-    mode: Mode,
-) -> Result<(Pipeline, config::Config, Option<EmbeddedKafka>)> {
+/// A loaded pipeline, its configuration, and the embedded broker if one was started.
+type Loaded = (Pipeline, config::Config, Option<EmbeddedKafka>);
+
+async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
     let cfg = load_config(args)?;
     let engine = EngineConfig {
         data_dir: cfg.engine.data_dir.clone(),
@@ -253,6 +291,8 @@ async fn load_pipeline(
         idle_timeout: duration("engine.idle_timeout", &cfg.engine.idle_timeout)?,
         retention_rows: cfg.engine.retention_rows,
         checkpoints: checkpoints_enabled(&cfg, mode),
+        // SELECT statements in the files and over the API run within these.
+        query_limits: query_limits(&cfg.engine)?,
     };
     let files = sql_files(&args.paths)?;
     let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;
@@ -323,7 +363,10 @@ pub async fn shutdown_signal() {
 }
 
 /// The API settings from `[server]`.
-fn api_settings(cfg: &config::ServerSection) -> Result<ApiSettings> {
+fn api_settings(
+    cfg: &config::ServerSection,
+    engine: &config::EngineSection,
+) -> Result<ApiSettings> {
     let mut tokens: Vec<(String, Role)> = cfg
         .admin_tokens
         .iter()
@@ -339,6 +382,7 @@ fn api_settings(cfg: &config::ServerSection) -> Result<ApiSettings> {
         ws_send_timeout: duration("server.ws_send_timeout", &cfg.ws_send_timeout)?,
         request_timeout: duration("server.request_timeout", &cfg.request_timeout)?,
         max_result_rows: cfg.max_result_rows.max(1),
+        query_limits: query_limits(engine)?,
         ..ApiSettings::default()
     })
 }
@@ -431,7 +475,7 @@ async fn run_pipeline(
     let (controller, control) = Controller::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = if serve {
-        let settings = api_settings(&cfg.server)?;
+        let settings = api_settings(&cfg.server, &cfg.engine)?;
         let listener = api::bind(&cfg.server.listen, &settings).await?;
         let addr = listener.local_addr()?;
         if settings.tokens.is_empty() {

@@ -244,6 +244,12 @@ pub struct EngineSection {
     pub idle_timeout: String,
     /// Result rows each view keeps in memory for queries.
     pub retention_rows: usize,
+    /// An ad-hoc query (POST /api/v1/query, a SELECT statement) running longer is stopped.
+    pub query_timeout: String,
+    /// Most memory an ad-hoc query's operators may hold, and most bytes it may return.
+    pub max_query_bytes: usize,
+    /// Most rows an ad-hoc query may return.
+    pub max_query_rows: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -263,6 +269,9 @@ impl Default for EngineSection {
             batch_delay: "50ms".into(),
             idle_timeout: "10s".into(),
             retention_rows: 100_000,
+            query_timeout: "10s".into(),
+            max_query_bytes: 256 << 20,
+            max_query_rows: 1_000_000,
         }
     }
 }
@@ -381,6 +390,33 @@ mod tests {
         assert_eq!(c.engine.idle_timeout, "3s");
         assert_eq!(c.run.progress_interval, "1s");
         assert_eq!(c.engine.retention_rows, 100_000);
+    }
+
+    #[test]
+    fn query_limits_default_to_the_engine_defaults_and_can_be_set() {
+        let c = load(None, std::iter::empty()).unwrap();
+        let d = weir_engine::adhoc::QueryLimits::default();
+        assert_eq!(c.engine.query_timeout, "10s");
+        assert_eq!(
+            (c.engine.max_query_bytes, c.engine.max_query_rows),
+            (d.max_bytes, d.max_rows)
+        );
+        let c = load(
+            None,
+            vec![
+                ("WEIR__ENGINE__QUERY_TIMEOUT".to_string(), "2s".to_string()),
+                ("WEIR__ENGINE__MAX_QUERY_ROWS".to_string(), "50".to_string()),
+                (
+                    "WEIR__ENGINE__MAX_QUERY_BYTES".to_string(),
+                    "1048576".to_string(),
+                ),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(c.engine.query_timeout, "2s");
+        assert_eq!(c.engine.max_query_rows, 50);
+        assert_eq!(c.engine.max_query_bytes, 1 << 20);
     }
 
     #[test]

@@ -72,8 +72,7 @@ impl Common {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,12 +81,21 @@ async fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { common, until_done } => {
-            app::run(&common.args(), until_done, app::shutdown_signal(), None).await
-        }
-        Command::Check { common } => app::check(&common.args()).await,
-    };
+    // Statements are parsed and planned on the runtime's threads and, for the SQL files,
+    // on the thread that runs it: all get the stack the deepest accepted statement needs
+    // (app::runtime).
+    let result = app::with_stack(move || -> anyhow::Result<()> {
+        let rt = app::runtime(None)?;
+        rt.block_on(async move {
+            match cli.command {
+                Command::Run { common, until_done } => {
+                    app::run(&common.args(), until_done, app::shutdown_signal(), None).await
+                }
+                Command::Check { common } => app::check(&common.args()).await,
+            }
+        })
+    })
+    .and_then(|r| r);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -274,6 +274,76 @@ fn bad_sql_names_file_statement_line_and_column() {
     );
 }
 
+/// A SQL file whose statement nests past the depth limit stops `weir check` and
+/// `weir run --until-done` with the limit, the file, statement, line and column, and exit
+/// code 1 (not a crash); one level less plans, and runs to its end.
+#[test]
+fn too_deep_sql_fails_with_the_limit_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = jsonl(dir.path());
+    // `SELECT region, speed + 1 + ... AS s FROM ev` with n `+ 1` is n + 4 levels deep.
+    let sql = |n: usize| {
+        format!(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, speed DOUBLE,\n\
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+             WITH (connector = 'file', path = '{input}', 'bad.records' = 'dead-letter');\n\
+             CREATE MATERIALIZED VIEW fast AS SELECT region, speed{} AS s FROM ev;\n",
+            " + 1".repeat(n)
+        )
+    };
+    write(dir.path(), "deep.sql", &sql(497));
+    write(dir.path(), "edge.sql", &sql(496));
+    let ors: Vec<String> = (0..20_000).map(|i| format!("speed = {i}")).collect();
+    write(
+        dir.path(),
+        "ors.sql",
+        &format!(
+            "{}CREATE MATERIALIZED VIEW many AS SELECT * FROM ev WHERE {};\n",
+            sql(0),
+            ors.join(" OR ")
+        ),
+    );
+    let data = dir.path().join("state");
+    let weir_on = |args: &[&str], file: &str| {
+        let started = Instant::now();
+        let out = weir()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(dir.path().join(file))
+            .output()
+            .expect("run weir");
+        (out, started.elapsed())
+    };
+    for args in [
+        &["check"][..],
+        &["run", "--until-done", "--progress-interval", "0s"][..],
+    ] {
+        let (out, _) = weir_on(args, "deep.sql");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "deep.sql: statement 2: the statement nests too deeply: more than 500 levels \
+                 at line 4, column"
+            ),
+            "{args:?}: {stderr}"
+        );
+        let (out, took) = weir_on(args, "ors.sql");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("ors.sql: statement 3: the statement nests too deeply"),
+            "{args:?}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(30), "{args:?}: {took:?}");
+        let (out, _) = weir_on(args, "edge.sql");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    }
+}
+
 #[test]
 fn bad_record_with_fail_policy_exits_non_zero_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");

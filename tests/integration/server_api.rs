@@ -23,20 +23,21 @@ impl Server {
     fn start(args: Args) -> Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(app::run(
-                &args,
-                false,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                Some(addr_tx),
-            ))
-        });
+        // As `weir` runs: threads with the stack statements at the depth limit need.
+        let thread = std::thread::Builder::new()
+            .stack_size(weir_engine::sql::depth::STACK_SIZE)
+            .spawn(move || {
+                let rt = app::runtime(Some(2))?;
+                rt.block_on(app::run(
+                    &args,
+                    false,
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    Some(addr_tx),
+                ))
+            })
+            .expect("start the server thread");
         let addr = match addr_rx.blocking_recv() {
             Ok(a) => a,
             Err(_) => panic!("weir did not start: {:?}", thread.join()),
@@ -789,4 +790,315 @@ fn api_statements_kept_in_postgres() {
             .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
             .await;
     });
+}
+
+/// A request refused by a limit: its exact status, error code and limit kind, a message that
+/// names the limit, and an answer within `within`.
+fn refused(
+    s: &Server,
+    path: &str,
+    sql: &str,
+    status: u16,
+    limit: &str,
+    says: &str,
+    within: Duration,
+) -> Value {
+    let started = Instant::now();
+    let (got, body) = post(s, path, sql);
+    let took = started.elapsed();
+    let shown = &sql[..sql.len().min(100)];
+    assert_eq!(
+        (
+            got,
+            body["error"]["code"].clone(),
+            body["error"]["limit"].clone()
+        ),
+        (status, json!("limit"), json!(limit)),
+        "{path} {shown}: {body}"
+    );
+    eprintln!("{path} {:.60}...: {got} in {took:?}", shown);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{path} {shown}: {message}");
+    assert!(took < within, "{path} {shown}: answered after {took:?}");
+    body
+}
+
+/// `1 + 1 + ...` with `n` terms.
+fn chain(n: usize) -> String {
+    vec!["1"; n].join(" + ")
+}
+
+/// `column = 0 OR column = 1 OR ...` with `n` terms.
+fn ors(column: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{column} = {i}"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// Statements that used to crash `weir`, hang it or keep it busy are refused, each with the
+/// limit it hit and quickly, over both SQL routes, while the pipeline runs; afterwards the
+/// server answers, nothing new was created and the view's rows are exactly the batch answer.
+/// The deepest statements accepted plan and run, as a query and as a view over new data.
+#[test]
+fn hostile_sql_is_refused_and_the_pipeline_runs_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline_sql(dir.path());
+    let server = start_with_config(
+        dir.path(),
+        "[engine]\nquery_timeout = '2s'\nmax_query_bytes = 16777216\nmax_query_rows = 100000\n",
+        file,
+    );
+    let fast = Duration::from_secs(5);
+    let q = "/api/v1/query";
+    let depth = "the statement nests too deeply: more than 500 levels at line 1, column";
+
+    // Depth: 2,000 terms crashed the process; 20,000 ORs took 25 s to plan.
+    let body = refused(
+        &server,
+        q,
+        &format!("SELECT {}", chain(2000)),
+        400,
+        "expression_depth",
+        // SELECT and the statement are two levels, so the 499th `+` is the 501st.
+        "statement 1: the statement nests too deeply: more than 500 levels at line 1, column 2002",
+        fast,
+    );
+    assert_eq!(body["error"]["statement"], 1);
+    let where_2000 = format!("SELECT region FROM raw WHERE {}", ors("speed_mbps", 2000));
+    refused(
+        &server,
+        q,
+        &where_2000,
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    let where_20000 = format!(
+        "SELECT region FROM raw WHERE {}",
+        vec!["a=1"; 20_000].join(" OR ")
+    );
+    refused(
+        &server,
+        q,
+        &where_20000,
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    // Values, time, rows and memory.
+    refused(
+        &server,
+        q,
+        "SELECT repeat('a', 2000000000)",
+        413,
+        "value_size",
+        "repeat(...) would build 2000000000 bytes in one call; the value size limit is 67108864 bytes",
+        fast,
+    );
+    refused(
+        &server,
+        q,
+        "SELECT count(*) FROM generate_series(1, 10000000000)",
+        408,
+        "query_time",
+        "the query time limit (engine.query_timeout) is 2s",
+        Duration::from_secs(10),
+    );
+    refused(
+        &server,
+        q,
+        "SELECT * FROM generate_series(1, 10000000000)",
+        413,
+        "query_rows",
+        "the query row limit (engine.max_query_rows) is 100000",
+        Duration::from_secs(10),
+    );
+    refused(
+        &server,
+        q,
+        "SELECT value FROM generate_series(1, 5000000) ORDER BY value DESC",
+        413,
+        "query_memory",
+        "the query memory limit (engine.max_query_bytes) is 16777216 bytes",
+        Duration::from_secs(10),
+    );
+
+    // The same through POST /api/v1/sql, as view bodies and other statements.
+    let sql = "/api/v1/sql";
+    let view_2000 = format!("CREATE MATERIALIZED VIEW deep AS {where_2000}");
+    refused(
+        &server,
+        sql,
+        &view_2000,
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    let body = refused(
+        &server,
+        sql,
+        &format!(
+            "CREATE MATERIALIZED VIEW fine AS SELECT region FROM raw;\n\
+                  CREATE MATERIALIZED VIEW deep AS {where_20000}"
+        ),
+        400,
+        "expression_depth",
+        "statement 2: the statement nests too deeply: more than 500 levels at line 2, column",
+        fast,
+    );
+    assert_eq!(body["error"]["statement"], 2);
+    assert_eq!(
+        body["applied"],
+        json!([]),
+        "refused before anything was applied"
+    );
+    refused(
+        &server,
+        sql,
+        &format!(
+            "EXPLAIN CREATE MATERIALIZED VIEW deep AS SELECT {} AS n FROM raw",
+            chain(2000)
+        ),
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    refused(
+        &server,
+        sql,
+        &format!(
+            "CREATE SOURCE deep (ts TIMESTAMP, WATERMARK FOR ts AS ts - {}) \
+                  WITH (connector = 'generator')",
+            chain(2000)
+        ),
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    refused(
+        &server,
+        sql,
+        "SELECT repeat('a', 2000000000)",
+        413,
+        "value_size",
+        "the value size limit is 67108864 bytes",
+        fast,
+    );
+    refused(
+        &server,
+        sql,
+        "SELECT count(*) FROM generate_series(1, 10000000000)",
+        408,
+        "query_time",
+        "the query time limit (engine.query_timeout) is 2s",
+        Duration::from_secs(10),
+    );
+    // A view that would build a huge value from literals is refused when planned, as the
+    // same limit.
+    refused(
+        &server,
+        sql,
+        "CREATE MATERIALIZED VIEW big AS SELECT repeat('a', 2000000000) AS s FROM raw",
+        413,
+        "value_size",
+        "the value size limit is 67108864 bytes",
+        fast,
+    );
+
+    // Still serving, nothing created, the pipeline ran to its end, and the view's rows are
+    // exactly the batch answer over every event.
+    assert_eq!(get(&server, "/health"), json!({"status": "ok"}));
+    wait_for("the source to finish", Duration::from_secs(60), || {
+        get(&server, "/api/v1/sources/dl")["status"] == "finished"
+    });
+    assert_eq!(get(&server, "/ready")["status"], "ready");
+    assert_eq!(view_names(&server), ["health", "raw"]);
+    assert_eq!(
+        get(&server, "/api/v1/sources/dl")["figures"]["rows_in"],
+        ROWS
+    );
+    let streamed = rows_of(&get(&server, "/api/v1/views/health/rows?limit=10000"));
+    let (status, batch) = post(
+        &server,
+        q,
+        "SELECT date_bin(INTERVAL '250 milliseconds', ts, TIMESTAMP '1970-01-01') AS window_start, \
+         region, count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
+         avg(speed_mbps) AS avg_speed FROM raw GROUP BY 1, 2",
+    );
+    assert_eq!(status, 200, "{batch}");
+    let cols = [
+        "window_start",
+        "region",
+        "downloads",
+        "failures",
+        "avg_speed",
+    ];
+    assert_eq!(
+        normalized(&rows_of(&batch), &cols),
+        normalized(&streamed, &cols)
+    );
+    let total: u64 = streamed
+        .iter()
+        .map(|r| r["downloads"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, ROWS);
+
+    // The deepest accepted query plans and runs on the server's threads; one term more is
+    // refused. (`SELECT <t terms> AS n` is t + 2 levels deep.)
+    let (status, body) = post(&server, q, &format!("SELECT {} AS n", chain(498)));
+    assert_eq!(
+        (status, body["rows"].clone()),
+        (200, json!([{"n": 498}])),
+        "{body}"
+    );
+    refused(
+        &server,
+        q,
+        &format!("SELECT {} AS n", chain(499)),
+        400,
+        "expression_depth",
+        depth,
+        fast,
+    );
+    // And the deepest accepted view, over a new source, on the pipeline's driver:
+    // `SELECT event_id, <t terms> AS n FROM nums` is t + 3 levels deep. The source starts
+    // once the script is applied, so the view sees all of its rows.
+    let edge = |t: usize| {
+        format!(
+            "CREATE SOURCE nums (event_id VARCHAR, ts TIMESTAMP) WITH (connector = 'generator', \
+             kind = 'downloads', seed = '3', rows = '50', 'rows.per.second' = '0', \
+             start = '2024-01-01T00:00:00Z');\n\
+             CREATE MATERIALIZED VIEW edge AS SELECT event_id, 0 + {} AS n FROM nums",
+            chain(t - 1)
+        )
+    };
+    refused(
+        &server,
+        sql,
+        &edge(498),
+        400,
+        "expression_depth",
+        "statement 2: the statement nests too deeply: more than 500 levels at line 2, column",
+        fast,
+    );
+    let (status, body) = post(&server, sql, &edge(497));
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        "the view to take the new source's rows",
+        Duration::from_secs(60),
+        || {
+            get(&server, "/api/v1/sources/nums")["status"] == "finished"
+                && get(&server, "/api/v1/views/edge")["figures"]["rows_out"] == 50
+        },
+    );
+    let rows = rows_of(&get(&server, "/api/v1/views/edge/rows?limit=100"));
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r["n"] == 496), "{rows:?}");
+    server.stop();
 }

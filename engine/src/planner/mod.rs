@@ -202,6 +202,7 @@ pub fn mark_final(schema: &SchemaRef, batch: RecordBatch, is_final: bool) -> Res
 /// the plan reads.
 fn planning_context(env: &PlannerEnv) -> Result<(SessionContext, Arc<Mutex<BTreeSet<String>>>)> {
     let ctx = SessionContext::new_with_config(df_config());
+    sql::functions::register_bounded_functions(&ctx);
     let used = Arc::new(Mutex::new(BTreeSet::new()));
     for (name, handle) in &env.tables {
         let table = LookupTable {
@@ -300,11 +301,11 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
     let logical = state
         .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(query))))
         .await
-        .map_err(WeirError::planning)?;
+        .map_err(crate::sql::functions::ValueTooLarge::or_planning)?;
     let physical = state
         .create_physical_plan(&logical)
         .await
-        .map_err(WeirError::planning)?;
+        .map_err(crate::sql::functions::ValueTooLarge::or_planning)?;
     let split::Split {
         inputs,
         mut output_schema,

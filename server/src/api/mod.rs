@@ -55,6 +55,8 @@ pub struct ApiSettings {
     pub max_result_rows: usize,
     /// How often `/api/v1/status/subscribe` pushes figures.
     pub status_interval: Duration,
+    /// The bounds of `POST /api/v1/query` (the `[engine]` query limits).
+    pub query_limits: weir_engine::adhoc::QueryLimits,
 }
 
 impl Default for ApiSettings {
@@ -69,6 +71,7 @@ impl Default for ApiSettings {
             request_timeout: Duration::from_secs(30),
             max_result_rows: 10_000,
             status_interval: Duration::from_secs(1),
+            query_limits: weir_engine::adhoc::QueryLimits::default(),
         }
     }
 }

@@ -346,9 +346,10 @@ async fn apply(state: &AppState, sql: String) -> Result<Vec<StatementOut>, ApiEr
     request_body(content = String, content_type = "text/plain",
                  description = "SQL text; or JSON {\"sql\": \"...\"} with Content-Type: application/json"),
     responses((status = 200, description = "Every statement applied", body = SqlResponse),
-              (status = 400, description = "A statement failed", body = ErrorBody),
+              (status = 400, description = "A statement failed, or nests too deeply (code limit, limit expression_depth)", body = ErrorBody),
+              (status = 408, description = "A SELECT ran past engine.query_timeout (code limit, limit query_time)", body = ErrorBody),
               (status = 409, description = "A DROP of an object others read", body = ErrorBody),
-              (status = 413, description = "Too large", body = ErrorBody)))]
+              (status = 413, description = "The SQL text is too large (too_large), or a SELECT went past a bound (code limit, limit query_memory, query_rows or value_size)", body = ErrorBody)))]
 async fn post_sql(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -367,12 +368,16 @@ pub struct QueryResponse {
     pub truncated: bool,
 }
 
-/// POST /api/v1/query: a SELECT over the views' retained rows (each view is a table).
+/// POST /api/v1/query: a SELECT over the views' retained rows (each view is a table),
+/// bounded by the engine's query limits (depth, time, memory, rows, value size), which
+/// `weir` sets for the runtime this handler runs on.
 #[utoipa::path(post, path = "/api/v1/query", tag = "sql",
     request_body(content = String, content_type = "text/plain",
                  description = "One SELECT; or JSON {\"sql\": \"...\"}"),
     responses((status = 200, description = "The result", body = QueryResponse),
-              (status = 400, description = "Not a SELECT, or it failed", body = ErrorBody)))]
+              (status = 400, description = "Not a SELECT, it failed, or it nests too deeply (code limit, limit expression_depth)", body = ErrorBody),
+              (status = 408, description = "It ran past engine.query_timeout (code limit, limit query_time)", body = ErrorBody),
+              (status = 413, description = "The SQL text is too large (too_large), or the query went past a bound (code limit, limit query_memory, query_rows or value_size)", body = ErrorBody)))]
 async fn post_query(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -396,7 +401,7 @@ async fn post_query(
     let views = objects
         .iter()
         .filter_map(|o| o.buffer.clone().map(|b| (o.name.clone(), b)));
-    let batches = query_views(views, *q)
+    let batches = query_views(views, *q, state.settings.query_limits)
         .await
         .map_err(|e| engine_error(&state, e))?;
     let limit = state.settings.max_result_rows;
