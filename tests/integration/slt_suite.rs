@@ -16,8 +16,27 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn slt_files_in_every_mode() {
+/// The suite runs on a thread with the stack `weir` gives its own threads, so a statement as
+/// deep as the planner accepts plans here as it does there.
+#[test]
+fn slt_files_in_every_mode() {
+    std::thread::Builder::new()
+        .name("slt".into())
+        .stack_size(weir_engine::sql::depth::STACK_SIZE)
+        .spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_stack_size(weir_engine::sql::depth::STACK_SIZE)
+                .build()
+                .expect("runtime")
+                .block_on(run_every_file())
+        })
+        .expect("thread")
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+async fn run_every_file() {
     let files = slt_files();
     assert!(!files.is_empty(), "no .slt files found");
     let filter = std::env::var("WEIR_SLT").ok();
