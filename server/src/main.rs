@@ -6,7 +6,9 @@ use weir_server::app::{self, Args};
 
 /// mimalloc keeps freed pages for reuse, where glibc malloc hands each micro-batch's column
 /// buffers back to the kernel and faults fresh pages in for the next (docs/nexmark.md,
-/// "Generator figures").
+/// "Generator figures"). Off without the `mimalloc` feature (`--no-default-features`), for
+/// heap profilers that interpose malloc (BENCHMARKS.md, "Profiling memory").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
