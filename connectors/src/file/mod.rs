@@ -8,8 +8,11 @@
 //! `path` is a file or a glob (hidden files, e.g. a Parquet sink's in-progress files, are not
 //! matched); the matches are read one after another in sorted order, and each file is its own
 //! partition (batches are tagged with the file's index). When every file is read the source
-//! ends. The reading runs on a dedicated thread that feeds a small bounded channel, so the
-//! async runtime never blocks on the disk and memory stays bounded.
+//! ends. With `format = 'json'`, `path` may also name a named pipe (FIFO), read like a file
+//! until its writer closes it: a stream from another process (`weir-bench soak --pipeline
+//! file` feeds one), which a restore cannot re-read. The reading runs on a dedicated thread
+//! that feeds a small bounded channel, so the async runtime never blocks on the disk and
+//! memory stays bounded.
 //!
 //! - JSON lines are read in chunks of about [`CHUNK_BYTES`], cut at the last newline, and
 //!   decoded with [`JsonDecoder`](crate::format::JsonDecoder) under the `bad.records`
@@ -84,6 +87,12 @@ impl SourceFactory for FileSourceFactory {
             ),
             FileFormat::Parquet => {
                 for file in &files {
+                    if !file.is_file() {
+                        return Err(WeirError::user(format!(
+                            "{} is not a regular file: Parquet is read from files only",
+                            file.display()
+                        )));
+                    }
                     check_parquet_schema(file, &spec.schema)?;
                 }
                 (None, Some(BadRecordHandler::new(policy, dead_letter)))
@@ -121,8 +130,7 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
     for entry in paths {
         let path =
             entry.map_err(|e| WeirError::external_source(format!("listing '{pattern}'"), e))?;
-        if path.is_file() {
-            files.push(path);
+        if is_readable_file(&path) {            files.push(path);
         }
     }
     files.sort();
@@ -132,6 +140,12 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
         )));
     }
     Ok(files)
+}
+
+/// A regular file, or a named pipe (FIFO).
+fn is_readable_file(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() || m.file_type().is_fifo())
 }
 
 /// Every declared column must be in the file, with a type that casts to the declared one.
@@ -382,6 +396,48 @@ mod tests {
             record["position"],
             format!("file {}/b.jsonl line 2", d.display())
         );
+    }
+
+    #[tokio::test]
+    async fn json_from_a_named_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("live.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut source = FileSourceFactory
+            .create(spec(dir.path(), &[("path", fifo.to_str().unwrap())], 8192))
+            .unwrap();
+        // Opening a pipe for writing waits for the reader (the source's thread), and
+        // closing it ends the source.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            w.write_all(b"{\"id\": 1, \"ts\": 1}\n{\"id\": 2, ")
+                .unwrap();
+            w.flush().unwrap();
+            w.write_all(b"\"ts\": 2}\n{\"id\": 3, \"ts\": 3}\n")
+                .unwrap();
+        });
+        let events = drain(&mut source).await;
+        writer.join().unwrap();
+        let ids: Vec<i64> = events.iter().flat_map(|(_, ids, _)| ids.clone()).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+
+        let e = FileSourceFactory
+            .create(spec(
+                dir.path(),
+                &[
+                    ("path", dir.path().join("live.jsonl").to_str().unwrap()),
+                    ("format", "parquet"),
+                ],
+                8192,
+            ))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     #[tokio::test]
