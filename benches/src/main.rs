@@ -18,6 +18,8 @@
 //! weir-bench ws-fanout --subscribers 1000 --rows 30000000     many subscribers on one view
 //! weir-bench pg-upsert --rows 2000000 --batch-rows 50000 [--url URL]   Postgres sink upserts
 //! benches/rest-load.sh                                          GET .../rows under wrk
+//! weir-bench soak --minutes 10 [--pipeline generator|file] [--demo] [--max-growth-mib 5]
+//!                                                              RSS of `weir run` over time
 //! ```
 //! Figures go to BENCHMARKS.md with the machine and the command.
 
@@ -47,6 +49,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod nexmark_gen;
 mod pg;
 mod serve;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "weir-bench", about = "Weir benchmarks; see BENCHMARKS.md")]
@@ -57,6 +60,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Memory over time: run the release `weir` binary as a child process for N minutes,
+    /// print its RSS (from /proc) every --interval-secs, then RSS at start, after the
+    /// warm-up and at the end and the growth after the warm-up (MiB, MiB/min); exit
+    /// non-zero when that growth exceeds --max-growth-mib. Default pipeline: a generator
+    /// at --rate rows/s into a 1-minute TUMBLE view (8 groups) into a blackhole sink.
+    /// See BENCHMARKS.md, "Soak (memory over time)".
+    Soak {
+        /// How long weir runs, minutes.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Growth is measured from the first sample at or after this many minutes.
+        #[arg(long, default_value_t = 3.0)]
+        warmup_minutes: f64,
+        #[arg(long, default_value_t = 20.0)]
+        interval_secs: f64,
+        /// Fail (exit non-zero) when RSS grew by more than this after the warm-up.
+        #[arg(long, default_value_t = 5.0)]
+        max_growth_mib: f64,
+        /// Run the demo instead: `weir run queries/` with the embedded defaults (Kafka
+        /// broker fed by the downloads and ticks generators, Parquet sinks).
+        #[arg(long)]
+        demo: bool,
+        /// generator: generator source -> view -> blackhole; file: the same from a file
+        /// source reading a named pipe that this program fills with JSON lines.
+        #[arg(long, value_enum, default_value = "generator")]
+        pipeline: soak::SoakPipeline,
+        /// Input rows per second (event time follows the wall clock).
+        #[arg(long, default_value_t = 2500)]
+        rate: u64,
+        /// The weir binary; default: `weir` next to this program.
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        /// --demo: the queries directory; default: this checkout's queries/.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Working directory of the run (data dir, log, Parquet output), kept afterwards;
+        /// default: a temporary one, removed after a passing run.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// More arguments for `weir run`, e.g. --weir-arg=--progress-interval=0s.
+        #[arg(long = "weir-arg", allow_hyphen_values = true)]
+        weir_args: Vec<String>,
+    },
     /// Latency from a window closing to its rows reaching a WebSocket subscriber.
     WsLatency {
         /// Generator events per second (event time follows the wall clock).
@@ -682,6 +728,37 @@ fn main() -> Result<()> {
             rows,
             window_secs,
         } => return serve::ws_fanout(subscribers, rows, window_secs),
+        Cmd::Soak {
+            minutes,
+            warmup_minutes,
+            interval_secs,
+            max_growth_mib,
+            demo,
+            pipeline,
+            rate,
+            weir,
+            queries,
+            dir,
+            weir_args,
+        } => {
+            let passed = soak::soak(soak::SoakArgs {
+                minutes,
+                warmup_minutes,
+                interval_secs,
+                max_growth_mib,
+                demo,
+                pipeline,
+                rate,
+                weir,
+                queries,
+                dir,
+                weir_args,
+            })?;
+            if !passed {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let threads = match &cli.cmd {
@@ -792,7 +869,7 @@ fn main() -> Result<()> {
                 batch_rows,
                 url,
             } => pg::pg_upsert(rows, batch_rows, url).await,
-            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } => Ok(()),
+            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak { .. } => Ok(()),
         }
     })
 }
