@@ -18,7 +18,7 @@
 //! weir-bench ws-fanout --subscribers 1000 --rows 30000000     many subscribers on one view
 //! weir-bench pg-upsert --rows 2000000 --batch-rows 50000 [--url URL]   Postgres sink upserts
 //! benches/rest-load.sh                                          GET .../rows under wrk
-//! weir-bench soak --minutes 10 [--pipeline generator|file] [--demo] [--max-growth-mib 5]
+//! weir-bench soak [--minutes 10] [--pipeline generator|file] [--demo] [--max-growth-mib 5]
 //!                                                              RSS of `weir run` over time
 //! ```
 //! Figures go to BENCHMARKS.md with the machine and the command.
@@ -67,12 +67,14 @@ enum Cmd {
     /// at --rate rows/s into a 1-minute TUMBLE view (8 groups) into a blackhole sink.
     /// See BENCHMARKS.md, "Soak (memory over time)".
     Soak {
-        /// How long weir runs, minutes.
-        #[arg(long, default_value_t = 10.0)]
-        minutes: f64,
-        /// Growth is measured from the first sample at or after this many minutes.
-        #[arg(long, default_value_t = 3.0)]
-        warmup_minutes: f64,
+        /// How long weir runs, minutes; default 10, with --demo 20.
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Growth is measured from the first sample at or after this many minutes; default
+        /// 3, with --demo 10 (the embedded broker keeps up to 5 MB per partition, and its
+        /// ticks topic takes about 8 minutes to fill).
+        #[arg(long)]
+        warmup_minutes: Option<f64>,
         #[arg(long, default_value_t = 20.0)]
         interval_secs: f64,
         /// Fail (exit non-zero) when RSS grew by more than this after the warm-up.
@@ -742,8 +744,8 @@ fn main() -> Result<()> {
             weir_args,
         } => {
             let passed = soak::soak(soak::SoakArgs {
-                minutes,
-                warmup_minutes,
+                minutes: minutes.unwrap_or(if demo { 20.0 } else { 10.0 }),
+                warmup_minutes: warmup_minutes.unwrap_or(if demo { 10.0 } else { 3.0 }),
                 interval_secs,
                 max_growth_mib,
                 demo,

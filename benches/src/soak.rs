@@ -5,11 +5,11 @@
 //! shows up here as a steady slope.
 //!
 //! ```text
-//! weir-bench soak --minutes 10                      generator -> 1-minute TUMBLE view -> blackhole
-//! weir-bench soak --minutes 10 --pipeline file      the same from a file source (a named pipe
-//!                                                   this program writes paced JSON lines into)
-//! weir-bench soak --minutes 15 --demo               the demo: weir run queries/ with the
-//!                                                   embedded Kafka broker and its feeds
+//! weir-bench soak                          10 min: generator -> 1-minute TUMBLE view -> blackhole
+//! weir-bench soak --pipeline file          the same from a file source (a named pipe this
+//!                                          program writes paced JSON lines into)
+//! weir-bench soak --demo                   20 min: weir run queries/ with the embedded Kafka
+//!                                          broker and its feeds (warm-up 10 min)
 //! ```
 //!
 //! Output: one line per sample (`t=<s> rss_mib=<MiB>`), then a summary line with RSS at
