@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod checkpoint;
 pub mod clock;
+pub mod compact;
 pub mod connector;
 pub mod dataflow;
 mod ddl;

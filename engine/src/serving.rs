@@ -87,6 +87,8 @@ impl ViewBuffer {
         if batch.num_rows() == 0 {
             return;
         }
+        // Retained for hours: only its rows, not the buffers of a whole DataFusion batch.
+        let batch = crate::compact::compact(batch);
         let mut g = self.inner.write();
         g.last_seq = first_seq + batch.num_rows() as u64 - 1;
         if self.max_rows > 0 {

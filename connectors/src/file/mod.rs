@@ -130,7 +130,8 @@ pub fn resolve_files(pattern: &str) -> Result<Vec<PathBuf>> {
     for entry in paths {
         let path =
             entry.map_err(|e| WeirError::external_source(format!("listing '{pattern}'"), e))?;
-        if is_readable_file(&path) {            files.push(path);
+        if is_readable_file(&path) {
+            files.push(path);
         }
     }
     files.sort();

@@ -176,21 +176,7 @@ pub struct SlotPlan {
     pub plan: Arc<dyn ExecutionPlan>,
     pub slot: Arc<BatchSlot>,
     task_ctx: Arc<TaskContext>,
-    /// Whether some operator keeps state between executions (a TopK's threshold, say) that
-    /// must be reset before each run.
-    needs_reset: bool,
 }
-
-/// Operators that keep nothing from one execution to the next.
-const STATELESS_OPERATORS: &[&str] = &[
-    "StreamInput",
-    "ProjectionExec",
-    "FilterExec",
-    "CooperativeExec",
-    "CoalesceBatchesExec",
-    "CoalescePartitionsExec",
-    "RepartitionExec",
-];
 
 impl SlotPlan {
     pub fn new(
@@ -198,19 +184,10 @@ impl SlotPlan {
         slot: Arc<BatchSlot>,
         task_ctx: Arc<TaskContext>,
     ) -> Self {
-        let mut needs_reset = false;
-        // The visitor never fails: `apply` returns Ok.
-        let _ = plan.apply(|node| {
-            if !STATELESS_OPERATORS.contains(&node.name()) {
-                needs_reset = true;
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
         SlotPlan {
             plan,
             slot,
             task_ctx,
-            needs_reset,
         }
     }
 
@@ -221,11 +198,14 @@ impl SlotPlan {
     /// Run the plan over `batch`; returns the non-empty output batches.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.slot.put(batch);
-        let plan = if self.needs_reset {
-            reset_plan_states(self.plan.clone())?
-        } else {
-            self.plan.clone()
-        };
+        // Every run executes fresh copies of the plan's nodes, never `self.plan` itself:
+        // besides the state some operators keep between executions (a TopK's threshold),
+        // each DataFusion operator registers new metrics (BaselineMetrics and its own) into
+        // its node's metrics set on every `execute` and nothing removes them, so a node
+        // executed once per micro-batch grew without bound (a few KiB per run).
+        // `reset_plan_states` rebuilds every node with an empty metrics set, keeping the
+        // computed plan properties (cheap: no re-planning).
+        let plan = reset_plan_states(self.plan.clone())?;
         let stream = plan.execute(0, self.task_ctx.clone())?;
         let out: Vec<RecordBatch> = stream.try_collect().await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
@@ -233,5 +213,72 @@ impl SlotPlan {
 
     pub fn display(&self) -> String {
         displayable(self.plan.as_ref()).indent(true).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    /// Metrics registered anywhere in `plan`'s nodes.
+    fn metrics_in(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let mut n = 0;
+        plan.apply(|node| {
+            n += node.metrics().map_or(0, |m| m.iter().count());
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        n
+    }
+
+    /// A plan run once per micro-batch for months must keep nothing per run: DataFusion
+    /// operators register new metrics on every `execute`, so the long-lived plan's nodes
+    /// must never be the ones executed, stateless plans (projection, filter) included.
+    #[tokio::test]
+    async fn runs_leave_nothing_in_the_plan() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let slot = Arc::new(BatchSlot::default());
+        let ctx = SessionContext::new_with_config(crate::planner::df_config());
+        ctx.register_table(
+            "s",
+            Arc::new(StreamTable {
+                name: "s".into(),
+                schema: schema.clone(),
+                slot: slot.clone(),
+            }),
+        )
+        .unwrap();
+        for sql in [
+            "SELECT a + 1 AS b FROM s WHERE a % 2 = 0",
+            "SELECT a FROM s ORDER BY a DESC LIMIT 2",
+        ] {
+            let physical = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let plan = SlotPlan::new(physical, slot.clone(), ctx.task_ctx());
+            let before = metrics_in(&plan.plan);
+            for i in 0..5 {
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from(vec![
+                        2 * i,
+                        2 * i + 1,
+                        2 * i + 2,
+                    ]))],
+                )
+                .unwrap();
+                let out = plan.run(batch).await.unwrap();
+                assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 2, "{sql}");
+            }
+            assert_eq!(metrics_in(&plan.plan), before, "{sql}\n{}", plan.display());
+        }
     }
 }
