@@ -684,18 +684,21 @@ async fn kafka_metadata_and_startup_modes() {
     }
     // The standard tool shows the lag: two new messages per partition.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
-    let out = std::process::Command::new("bash")
-        .args([
-            script,
-            "groups",
-            "--bootstrap-server",
-            &b,
-            "--describe",
-            "--group",
-            &group,
-        ])
-        .output()
-        .unwrap();
+    // A JVM tool taking seconds: off the runtime's workers, which run the pipeline.
+    let args = [
+        script.to_string(),
+        "groups".into(),
+        "--bootstrap-server".into(),
+        b.clone(),
+        "--describe".into(),
+        "--group".into(),
+        group.clone(),
+    ];
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new("bash").args(args).output())
+            .await
+            .unwrap()
+            .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lags: Vec<(String, String, String)> = text
         .lines()
@@ -942,11 +945,17 @@ async fn kafka_broker_restart_mid_stream() {
     // Let the first part be consumed (some windows close), then restart the broker.
     run.wait_rows("out", 3, 60).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
-    let status = std::process::Command::new("bash")
-        .arg(script)
-        .arg("restart")
-        .status()
-        .unwrap();
+    // Seconds of stopping and starting a JVM: off the runtime's workers, which run the
+    // pipeline (a blocked worker can hold a task no other worker steals).
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .arg("restart")
+            .status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert!(status.success(), "kafka.sh restart failed");
     produce_all(&p, &topic, &second).await;
     produce_all(&p, &topic, &sentinels(3, T0 + 3_600_000)).await;

@@ -10,6 +10,10 @@
 //! are merged back into slots at the end (their slots collapse to one). Slots are handed
 //! out in order of creation, so the oldest sessions, which close first, sit at the front.
 //!
+//! Why one file of over 800 lines: about 670 are code, the session list, the slot map and
+//! the accumulators' `EmitTo::First` shifting, which keep one invariant (a slot index
+//! means the same thing in all three); the rest are their unit tests.
+//!
 //! Keys are encoded with Arrow's row format and live in a table until they have no open
 //! session and their last closed session can no longer matter (see [`Sessions::update`]).
 
