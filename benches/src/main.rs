@@ -67,12 +67,12 @@ enum Cmd {
     /// at --rate rows/s into a 1-minute TUMBLE view (8 groups) into a blackhole sink.
     /// See BENCHMARKS.md, "Soak (memory over time)".
     Soak {
-        /// How long weir runs, minutes; default 10, with --demo 20.
+        /// How long weir runs, minutes; default 10, with --demo 30.
         #[arg(long)]
         minutes: Option<f64>,
         /// Growth is measured from the first sample at or after this many minutes; default
-        /// 3, with --demo 10 (the embedded broker keeps up to 5 MB per partition, and its
-        /// ticks topic takes about 8 minutes to fill).
+        /// 3, with --demo 15 (the embedded broker keeps up to 5 MB per partition in memory,
+        /// and the ticks topic's quietest partition takes about 14 minutes to fill).
         #[arg(long)]
         warmup_minutes: Option<f64>,
         #[arg(long, default_value_t = 20.0)]
@@ -744,8 +744,8 @@ fn main() -> Result<()> {
             weir_args,
         } => {
             let passed = soak::soak(soak::SoakArgs {
-                minutes: minutes.unwrap_or(if demo { 20.0 } else { 10.0 }),
-                warmup_minutes: warmup_minutes.unwrap_or(if demo { 10.0 } else { 3.0 }),
+                minutes: minutes.unwrap_or(if demo { 30.0 } else { 10.0 }),
+                warmup_minutes: warmup_minutes.unwrap_or(if demo { 15.0 } else { 3.0 }),
                 interval_secs,
                 max_growth_mib,
                 demo,

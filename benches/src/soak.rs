@@ -8,8 +8,8 @@
 //! weir-bench soak                          10 min: generator -> 1-minute TUMBLE view -> blackhole
 //! weir-bench soak --pipeline file          the same from a file source (a named pipe this
 //!                                          program writes paced JSON lines into)
-//! weir-bench soak --demo                   20 min: weir run queries/ with the embedded Kafka
-//!                                          broker and its feeds (warm-up 10 min)
+//! weir-bench soak --demo                   30 min: weir run queries/ with the embedded Kafka
+//!                                          broker and its feeds (warm-up 15 min)
 //! ```
 //!
 //! Output: one line per sample (`t=<s> rss_mib=<MiB>`), then a summary line with RSS at
