@@ -227,7 +227,9 @@ pub trait SourceFactory: Send + Sync {
     fn metadata_keys(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
-    /// Check the options and build the source. No I/O here beyond cheap checks.
+    /// Check the options and build the source. Runs on Tokio's blocking pool, so it may do
+    /// blocking I/O to check what it will read (list files, read a Parquet footer); reading
+    /// the data itself belongs to [`Source::next`].
     fn create(&self, spec: SourceSpec) -> Result<Box<dyn Source>>;
 }
 
@@ -261,6 +263,8 @@ pub trait TableFactory: Send + Sync {
 
 pub trait SinkFactory: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Check the options and build the sink. Runs on Tokio's blocking pool, like
+    /// [`SourceFactory::create`].
     fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>>;
 }
 

@@ -62,9 +62,9 @@ impl Pipeline {
 
     async fn apply(&mut self, st: Located) -> Result<StatementResult> {
         match st.statement {
-            WeirStatement::CreateSource(c) => self.create_source(c, st.text),
+            WeirStatement::CreateSource(c) => self.create_source(c, st.text).await,
             WeirStatement::CreateView(v) => self.create_view(v, st.text).await,
-            WeirStatement::CreateSink(s) => self.create_sink(s, st.text),
+            WeirStatement::CreateSink(s) => self.create_sink(s, st.text).await,
             WeirStatement::CreateTable(t) => self.create_table(t, st.text).await,
             WeirStatement::RefreshTable(name) => self.refresh_table(&name).await,
             WeirStatement::Show(kind) => Ok(StatementResult::Rows(vec![self.catalog.show(kind)?])),
@@ -106,7 +106,7 @@ impl Pipeline {
         })
     }
 
-    fn create_source(&mut self, c: CreateSource, text: String) -> Result<StatementResult> {
+    async fn create_source(&mut self, c: CreateSource, text: String) -> Result<StatementResult> {
         if let Some(r) = self.unchanged_if_exists(c.if_not_exists, ObjectKind::Source, &c.name) {
             return Ok(r);
         }
@@ -153,7 +153,7 @@ impl Pipeline {
             m.key = key.to_string();
         }
         let stats = Arc::new(Stats::with_status(Status::Starting));
-        let source = factory.create(SourceSpec {
+        let spec = SourceSpec {
             name: c.name.clone(),
             schema: c.schema.clone(),
             event_time: c.watermark.as_ref().map(|w| w.column.clone()),
@@ -162,7 +162,8 @@ impl Pipeline {
             data_dir: self.config.data_dir.clone(),
             batch: self.config.batch,
             stats: stats.clone(),
-        })?;
+        };
+        let source = off_worker("creating the source", move || factory.create(spec)).await?;
         let event_time = match &c.watermark {
             Some(w) => EventTime::Column {
                 index: c.schema.index_of(&w.column)?,
@@ -368,7 +369,7 @@ impl Pipeline {
         )?]))
     }
 
-    fn create_sink(&mut self, s: CreateSink, text: String) -> Result<StatementResult> {
+    async fn create_sink(&mut self, s: CreateSink, text: String) -> Result<StatementResult> {
         if let Some(r) = self.unchanged_if_exists(s.if_not_exists, ObjectKind::Sink, &s.name) {
             return Ok(r);
         }
@@ -392,7 +393,8 @@ impl Pipeline {
             ))
         })?;
         let stats = Arc::new(Stats::default());
-        let sink = self.registry.sink(&connector)?.create(SinkSpec {
+        let factory = self.registry.sink(&connector)?;
+        let spec = SinkSpec {
             name: s.name.clone(),
             view: s.from.clone(),
             schema: schema.clone(),
@@ -401,7 +403,8 @@ impl Pipeline {
             data_dir: self.config.data_dir.clone(),
             stats: stats.clone(),
             checkpointed: self.config.checkpoints,
-        })?;
+        };
+        let sink = off_worker("creating the sink", move || factory.create(spec)).await?;
         self.new_sinks.push(NewSink {
             name: s.name.clone(),
             view: s.from.clone(),
@@ -471,5 +474,77 @@ impl Pipeline {
             kind,
             name: name.to_string(),
         })
+    }
+}
+
+/// Runs a connector factory's `create` on Tokio's blocking pool: it may list files, read
+/// Parquet footers or create directories, which must not hold up an async worker (the
+/// REST API and the running dataflow share them).
+async fn off_worker<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WeirError::Internal(format!("{what}: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connector::{ConnectorRegistry, Source, SourceEvent, SourceFactory, SourceSpec};
+    use crate::error::{Result, WeirError};
+    use crate::pipeline::{EngineConfig, Pipeline};
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    struct Idle;
+
+    #[async_trait::async_trait]
+    impl Source for Idle {
+        fn partitions(&self) -> usize {
+            1
+        }
+        async fn next(&mut self) -> Result<SourceEvent> {
+            futures::future::pending().await
+        }
+    }
+
+    /// A factory whose `create` blocks until a task on the runtime signals it.
+    struct Blocking(Mutex<mpsc::Receiver<()>>);
+
+    impl SourceFactory for Blocking {
+        fn name(&self) -> &'static str {
+            "blocking"
+        }
+        fn create(&self, _spec: SourceSpec) -> Result<Box<dyn Source>> {
+            let rx = self
+                .0
+                .lock()
+                .map_err(|_| WeirError::Internal("lock".into()))?;
+            rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+                WeirError::Internal("create ran on the runtime's only worker".into())
+            })?;
+            Ok(Box::new(Idle))
+        }
+    }
+
+    /// A connector factory's `create` may block (a file source lists its files and reads
+    /// Parquet footers), so it must run off the async workers: on a one-thread runtime, a
+    /// task spawned before CREATE SOURCE still runs while `create` waits for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn factories_create_off_the_async_workers() {
+        let (tx, rx) = mpsc::channel();
+        let mut p = Pipeline::new(
+            EngineConfig::default(),
+            ConnectorRegistry::new().with_source(Blocking(Mutex::new(rx))),
+        );
+        let signal = tokio::spawn(async move { tx.send(()) });
+        p.execute(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, v BIGINT) WITH (connector = 'blocking')",
+        )
+        .await
+        .unwrap();
+        signal.await.unwrap().unwrap();
     }
 }
