@@ -25,6 +25,7 @@
 pub mod graph;
 pub mod join;
 pub mod operator;
+pub mod partition;
 pub mod source;
 pub mod stateless;
 pub mod windowed;
