@@ -22,6 +22,7 @@
 //! Adding an operator kind: a file implementing [`Operator`] and one arm in
 //! [`view_operator`].
 
+pub mod exchange;
 pub mod graph;
 pub mod join;
 pub mod operator;
