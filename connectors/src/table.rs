@@ -31,6 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_engine::connector::{TableFactory, TableLoader, TableSpec};
+use weir_engine::fsutil::run_blocking;
 use weir_engine::{Result, WeirError};
 
 pub const FILE_KEYS: &[&str] = &["path", "format", "csv.delimiter"];
@@ -151,9 +152,7 @@ impl TableLoader for FileTable {
     async fn load(&self) -> Result<Vec<RecordBatch>> {
         // Listing the files is blocking I/O: off the async workers.
         let pattern = self.pattern.clone();
-        let files = tokio::task::spawn_blocking(move || resolve_files(&pattern))
-            .await
-            .map_err(|e| WeirError::Internal(format!("listing table files: {e}")))??;
+        let files = run_blocking("listing table files", move || resolve_files(&pattern)).await??;
         let mut out = Vec::new();
         for f in &files {
             let batches = self

@@ -8,6 +8,7 @@ use crate::catalog::{Entry, ObjectInfo, text_batch};
 use crate::connector::{SinkSpec, SourceSpec, TableSpec};
 use crate::dataflow::source::SourceOp;
 use crate::error::{Result, WeirError};
+use crate::fsutil::run_blocking;
 use crate::lookup::TableHandle;
 use crate::object::ObjectKind;
 use crate::pipeline::{Applied, NewSink, Pipeline, ScriptOutcome, StatementResult};
@@ -163,7 +164,7 @@ impl Pipeline {
             batch: self.config.batch,
             stats: stats.clone(),
         };
-        let source = off_worker("creating the source", move || factory.create(spec)).await?;
+        let source = run_blocking("creating the source", move || factory.create(spec)).await??;
         let event_time = match &c.watermark {
             Some(w) => EventTime::Column {
                 index: c.schema.index_of(&w.column)?,
@@ -404,7 +405,7 @@ impl Pipeline {
             stats: stats.clone(),
             checkpointed: self.config.checkpoints,
         };
-        let sink = off_worker("creating the sink", move || factory.create(spec)).await?;
+        let sink = run_blocking("creating the sink", move || factory.create(spec)).await??;
         self.new_sinks.push(NewSink {
             name: s.name.clone(),
             view: s.from.clone(),
@@ -475,18 +476,6 @@ impl Pipeline {
             name: name.to_string(),
         })
     }
-}
-
-/// Runs a connector factory's `create` on Tokio's blocking pool: it may list files, read
-/// Parquet footers or create directories, which must not hold up an async worker (the
-/// REST API and the running dataflow share them).
-async fn off_worker<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| WeirError::Internal(format!("{what}: {e}")))?
 }
 
 #[cfg(test)]

@@ -50,6 +50,18 @@ pub fn remove_file(path: &Path) -> Result<()> {
     }
 }
 
+/// Run `f` on Tokio's blocking pool and wait for it, so blocking work (file I/O, a
+/// synchronous client call) never holds an async worker. A panic in `f` is an internal
+/// error naming `what`.
+pub async fn run_blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WeirError::Internal(format!("{what}: {e}")))
+}
+
 /// Run `f` on `state` on a blocking thread, so file I/O (and anything else that blocks)
 /// never holds an async worker. `state` is moved to the thread and back; if `f` panics it
 /// is lost, and later calls fail with an internal error naming `what`.
@@ -65,12 +77,11 @@ where
     let mut s = state
         .take()
         .ok_or_else(|| WeirError::Internal(format!("{what} used after a failed task")))?;
-    let (s, result) = tokio::task::spawn_blocking(move || {
+    let (s, result) = run_blocking(&format!("{what} task"), move || {
         let result = f(&mut s);
         (s, result)
     })
-    .await
-    .map_err(|e| WeirError::Internal(format!("{what} task: {e}")))?;
+    .await?;
     *state = Some(s);
     result
 }

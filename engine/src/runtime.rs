@@ -25,6 +25,7 @@ use crate::connector::{RowIds, SinkCheckpoint, Source, SourceEvent};
 use crate::dataflow::Effect;
 use crate::dead_letter::LateRowFiles;
 use crate::error::{Result, WeirError};
+use crate::fsutil::run_blocking;
 use crate::pipeline::{Output, Pipeline, ScriptOutcome};
 use crate::stats::{CheckpointStats, Stats, Status};
 use std::collections::{BTreeMap, HashMap};
@@ -452,12 +453,11 @@ fn spawn_late_row_writer(data_dir: std::path::PathBuf) -> LateRowWriter {
         let mut files = LateRowFiles::new(&data_dir);
         while let Some(Effect::LateRows(late)) = rx.recv().await {
             // File I/O on a blocking thread, one write at a time, in order.
-            files = tokio::task::spawn_blocking(move || -> Result<LateRowFiles> {
+            files = run_blocking("dead-letter writer", move || -> Result<LateRowFiles> {
                 files.write(&late)?;
                 Ok(files)
             })
-            .await
-            .map_err(|e| WeirError::Internal(format!("dead-letter writer: {e}")))??;
+            .await??;
         }
         Ok(())
     });
@@ -614,7 +614,7 @@ async fn checkpoint(
     }
     let store = c.store.clone();
     let taken_at = wall_ms();
-    let written = tokio::task::spawn_blocking(move || {
+    let written = run_blocking("checkpoint writer", move || {
         let r = store.write(this, snapshot, sink_states, taken_at);
         if r.is_ok()
             && let Err(e) = store.prune()
@@ -623,8 +623,7 @@ async fn checkpoint(
         }
         r
     })
-    .await
-    .map_err(|e| WeirError::Internal(format!("checkpoint writer: {e}")))?;
+    .await?;
     let bytes = written?;
     for t in sinks.values().flatten() {
         send(t, SinkMsg::Commit(this)).await?;

@@ -77,7 +77,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_engine::backoff::{Backoff, retry};
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
-use weir_engine::fsutil::{Staged, StagedFiles, blocking};
+use weir_engine::fsutil::{Staged, StagedFiles, blocking, run_blocking};
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -543,9 +543,7 @@ impl Ctl {
         f: impl FnOnce(&KafkaProducer) -> T + Send + 'static,
     ) -> Result<T> {
         let p = self.producer.clone();
-        tokio::task::spawn_blocking(move || f(&p))
-            .await
-            .map_err(|e| WeirError::Internal(format!("kafka producer task: {e}")))
+        run_blocking("kafka producer task", move || f(&p)).await
     }
 
     /// Produce in the open transaction, waiting while the local queue is full.
@@ -859,11 +857,10 @@ impl KafkaSink {
                 let wait = self.transaction_timeout() + Duration::from_secs(60);
                 let (connection, topic, key) =
                     (self.connection.clone(), progress_topic.clone(), id.clone());
-                let last = tokio::task::spawn_blocking(move || {
+                let last = run_blocking("kafka progress reader", move || {
                     last_committed_epoch(&connection, &topic, &key, wait)
                 })
-                .await
-                .map_err(|e| WeirError::Internal(format!("kafka progress reader: {e}")))?
+                .await?
                 .map_err(|e| e.context(format!("sink '{}'", self.name)))?;
                 if last == Some(epoch) {
                     tracing::info!(sink = %self.name, epoch,
