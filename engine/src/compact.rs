@@ -36,7 +36,8 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::connector::{ConnectorRegistry, Source, SourceEvent, SourceFactory, SourceSpec};
+    use crate::connector::ConnectorRegistry;
+    use crate::connector::testing::Pushed;
     use crate::pipeline::{EngineConfig, Pipeline};
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -74,28 +75,6 @@ mod tests {
         // Nothing to gain: the same buffers.
         let kept = compact(big.clone());
         assert!(Arc::ptr_eq(big.column(0), kept.column(0)));
-    }
-
-    struct Pushed;
-    struct PushedSource;
-
-    #[async_trait::async_trait]
-    impl Source for PushedSource {
-        fn partitions(&self) -> usize {
-            1
-        }
-        async fn next(&mut self) -> crate::Result<SourceEvent> {
-            futures::future::pending().await
-        }
-    }
-
-    impl SourceFactory for Pushed {
-        fn name(&self) -> &'static str {
-            "pushed"
-        }
-        fn create(&self, _spec: SourceSpec) -> crate::Result<Box<dyn Source>> {
-            Ok(Box::new(PushedSource))
-        }
     }
 
     /// A view keeping one row of each micro-batch retains that row, not the 8192-row

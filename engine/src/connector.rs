@@ -351,3 +351,35 @@ impl ConnectorRegistry {
         self.sinks.iter().map(|f| f.name()).collect()
     }
 }
+
+/// Connectors for the engine's own unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Source, SourceEvent, SourceFactory, SourceSpec};
+    use crate::error::Result;
+
+    /// `connector = 'pushed'`: a source that never yields, for tests that push batches
+    /// into the pipeline themselves (`Pipeline::push`).
+    pub struct Pushed;
+
+    pub struct PushedSource;
+
+    #[async_trait::async_trait]
+    impl Source for PushedSource {
+        fn partitions(&self) -> usize {
+            1
+        }
+        async fn next(&mut self) -> Result<SourceEvent> {
+            futures::future::pending().await
+        }
+    }
+
+    impl SourceFactory for Pushed {
+        fn name(&self) -> &'static str {
+            "pushed"
+        }
+        fn create(&self, _spec: SourceSpec) -> Result<Box<dyn Source>> {
+            Ok(Box::new(PushedSource))
+        }
+    }
+}

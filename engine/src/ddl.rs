@@ -480,24 +480,13 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use crate::connector::{ConnectorRegistry, Source, SourceEvent, SourceFactory, SourceSpec};
+    use crate::connector::testing::PushedSource;
+    use crate::connector::{ConnectorRegistry, Source, SourceFactory, SourceSpec};
     use crate::error::{Result, WeirError};
     use crate::pipeline::{EngineConfig, Pipeline};
     use std::sync::Mutex;
     use std::sync::mpsc;
     use std::time::Duration;
-
-    struct Idle;
-
-    #[async_trait::async_trait]
-    impl Source for Idle {
-        fn partitions(&self) -> usize {
-            1
-        }
-        async fn next(&mut self) -> Result<SourceEvent> {
-            futures::future::pending().await
-        }
-    }
 
     /// A factory whose `create` blocks until a task on the runtime signals it.
     struct Blocking(Mutex<mpsc::Receiver<()>>);
@@ -514,7 +503,7 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
                 WeirError::Internal("create ran on the runtime's only worker".into())
             })?;
-            Ok(Box::new(Idle))
+            Ok(Box::new(PushedSource))
         }
     }
 

@@ -392,33 +392,12 @@ mod unit {
 /// `cargo test --release -p weir-engine --lib window::bench -- --ignored --nocapture`.
 mod bench {
     #![allow(clippy::unwrap_used)]
-    use crate::connector::{ConnectorRegistry, Source, SourceEvent, SourceFactory, SourceSpec};
+    use crate::connector::ConnectorRegistry;
+    use crate::connector::testing::Pushed;
     use crate::pipeline::{EngineConfig, Pipeline};
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
     use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
-
-    struct Pushed;
-    struct PushedSource;
-
-    #[async_trait::async_trait]
-    impl Source for PushedSource {
-        fn partitions(&self) -> usize {
-            1
-        }
-        async fn next(&mut self) -> crate::Result<SourceEvent> {
-            futures::future::pending().await
-        }
-    }
-
-    impl SourceFactory for Pushed {
-        fn name(&self) -> &'static str {
-            "pushed"
-        }
-        fn create(&self, _spec: SourceSpec) -> crate::Result<Box<dyn Source>> {
-            Ok(Box::new(PushedSource))
-        }
-    }
 
     async fn rows_per_second(window: &str, rows: i64) -> f64 {
         let mut p = Pipeline::new(
