@@ -324,6 +324,20 @@ fn settings(bootstrap: &str) -> KafkaSettings {
     }
 }
 
+/// Header `name` of a message, as text (`None` when the message does not have it).
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|x| x.key == name)
+        .and_then(|x| x.value)
+        .map(|v| String::from_utf8_lossy(v).to_string())
+}
+
+/// A message's payload, as text.
+fn payload_text(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string()
+}
+
 /// Every message of `topic`, partition by partition in offset order, from the beginning to
 /// the end offsets (high watermarks) taken first, for a topic whose writers have finished:
 /// the end of each partition is reached (not a count of messages), and the end offsets must
@@ -798,16 +812,10 @@ async fn kafka_bad_records_dead_letter_topic() {
     // The dead letters, in order, with their headers.
     let mut dead = Vec::new();
     for m in read_topic_to_end(&b, &format!("{topic}.dlq")) {
-        let h = m.headers().unwrap();
-        let header = |name: &str| {
-            h.iter()
-                .find(|x| x.key == name)
-                .and_then(|x| x.value)
-                .map(|v| String::from_utf8_lossy(v).to_string())
-                .unwrap_or_default()
-        };
+        assert!(m.headers().is_some(), "a dead letter without headers");
+        let header = |name: &str| header(&m, name).unwrap_or_default();
         dead.push((
-            String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string(),
+            payload_text(&m),
             m.key().map(|k| String::from_utf8_lossy(k).to_string()),
             header("weir.topic"),
             header("weir.partition"),
@@ -895,16 +903,10 @@ async fn kafka_record_without_event_time_goes_to_the_dead_letter_topic() {
     let dead: Vec<(String, String, String)> = read_topic_to_end(&b, &format!("{topic}.dlq"))
         .iter()
         .map(|m| {
-            let h = m.headers().unwrap();
-            let header = |name: &str| {
-                h.iter()
-                    .find(|x| x.key == name)
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).to_string())
-                    .unwrap_or_default()
-            };
+            assert!(m.headers().is_some(), "a dead letter without headers");
+            let header = |name: &str| header(m, name).unwrap_or_default();
             (
-                String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string(),
+                payload_text(m),
                 header("weir.offset"),
                 header("weir.reason"),
             )
@@ -1245,13 +1247,10 @@ async fn kafka_avro_with_schema_registry() {
         read_topic_to_end(&b, &topic)
             .iter()
             .map(|m| {
-                let reason = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == "weir.reason")
-                        .and_then(|x| x.value)
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                });
-                (m.payload().unwrap_or(&[]).to_vec(), reason)
+                (
+                    m.payload().unwrap_or(&[]).to_vec(),
+                    header(m, "weir.reason"),
+                )
             })
             .collect()
     };
