@@ -66,45 +66,7 @@ enum Cmd {
     /// non-zero when that growth exceeds --max-growth-mib. Default pipeline: a generator
     /// at --rate rows/s into a 1-minute TUMBLE view (8 groups) into a blackhole sink.
     /// See BENCHMARKS.md, "Soak (memory over time)".
-    Soak {
-        /// How long weir runs, minutes; default 10, with --demo 30.
-        #[arg(long)]
-        minutes: Option<f64>,
-        /// Growth is measured from the first sample at or after this many minutes; default
-        /// 3, with --demo 15 (the embedded broker keeps up to 5 MB per partition in memory,
-        /// and the ticks topic's quietest partition takes about 14 minutes to fill).
-        #[arg(long)]
-        warmup_minutes: Option<f64>,
-        #[arg(long, default_value_t = 20.0)]
-        interval_secs: f64,
-        /// Fail (exit non-zero) when RSS grew by more than this after the warm-up.
-        #[arg(long, default_value_t = 5.0)]
-        max_growth_mib: f64,
-        /// Run the demo instead: `weir run queries/` with the embedded defaults (Kafka
-        /// broker fed by the downloads and ticks generators, Parquet sinks).
-        #[arg(long)]
-        demo: bool,
-        /// generator: generator source -> view -> blackhole; file: the same from a file
-        /// source reading a named pipe that this program fills with JSON lines.
-        #[arg(long, value_enum, default_value = "generator")]
-        pipeline: soak::SoakPipeline,
-        /// Input rows per second (event time follows the wall clock).
-        #[arg(long, default_value_t = 2500)]
-        rate: u64,
-        /// The weir binary; default: `weir` next to this program.
-        #[arg(long)]
-        weir: Option<PathBuf>,
-        /// --demo: the queries directory; default: this checkout's queries/.
-        #[arg(long)]
-        queries: Option<PathBuf>,
-        /// Working directory of the run (data dir, log, Parquet output), kept afterwards;
-        /// default: a temporary one, removed after a passing run.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// More arguments for `weir run`, e.g. --weir-arg=--progress-interval=0s.
-        #[arg(long = "weir-arg", allow_hyphen_values = true)]
-        weir_args: Vec<String>,
-    },
+    Soak(soak::SoakArgs),
     /// Latency from a window closing to its rows reaching a WebSocket subscriber.
     WsLatency {
         /// Generator events per second (event time follows the wall clock).
@@ -730,32 +692,8 @@ fn main() -> Result<()> {
             rows,
             window_secs,
         } => return serve::ws_fanout(subscribers, rows, window_secs),
-        Cmd::Soak {
-            minutes,
-            warmup_minutes,
-            interval_secs,
-            max_growth_mib,
-            demo,
-            pipeline,
-            rate,
-            weir,
-            queries,
-            dir,
-            weir_args,
-        } => {
-            let passed = soak::soak(soak::SoakArgs {
-                minutes: minutes.unwrap_or(if demo { 30.0 } else { 10.0 }),
-                warmup_minutes: warmup_minutes.unwrap_or(if demo { 15.0 } else { 3.0 }),
-                interval_secs,
-                max_growth_mib,
-                demo,
-                pipeline,
-                rate,
-                weir,
-                queries,
-                dir,
-                weir_args,
-            })?;
+        Cmd::Soak(args) => {
+            let passed = soak::soak(args)?;
             if !passed {
                 std::process::exit(1);
             }
@@ -871,7 +809,7 @@ fn main() -> Result<()> {
                 batch_rows,
                 url,
             } => pg::pg_upsert(rows, batch_rows, url).await,
-            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak { .. } => Ok(()),
+            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak(_) => Ok(()),
         }
     })
 }

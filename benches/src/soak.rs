@@ -36,17 +36,45 @@ pub enum SoakPipeline {
     File,
 }
 
+/// `weir-bench soak`'s options.
+#[derive(clap::Args)]
 pub struct SoakArgs {
-    pub minutes: f64,
-    pub warmup_minutes: f64,
+    /// How long weir runs, minutes; default 10, with --demo 30.
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Growth is measured from the first sample at or after this many minutes; default
+    /// 3, with --demo 15 (the embedded broker keeps up to 5 MB per partition in memory,
+    /// and the ticks topic's quietest partition takes about 14 minutes to fill).
+    #[arg(long)]
+    pub warmup_minutes: Option<f64>,
+    #[arg(long, default_value_t = 20.0)]
     pub interval_secs: f64,
+    /// Fail (exit non-zero) when RSS grew by more than this after the warm-up.
+    #[arg(long, default_value_t = 5.0)]
     pub max_growth_mib: f64,
+    /// Run the demo instead: `weir run queries/` with the embedded defaults (Kafka
+    /// broker fed by the downloads and ticks generators, Parquet sinks).
+    #[arg(long)]
     pub demo: bool,
+    /// generator: generator source -> view -> blackhole; file: the same from a file
+    /// source reading a named pipe that this program fills with JSON lines.
+    #[arg(long, value_enum, default_value = "generator")]
     pub pipeline: SoakPipeline,
+    /// Input rows per second (event time follows the wall clock).
+    #[arg(long, default_value_t = 2500)]
     pub rate: u64,
+    /// The weir binary; default: `weir` next to this program.
+    #[arg(long)]
     pub weir: Option<PathBuf>,
+    /// --demo: the queries directory; default: this checkout's queries/.
+    #[arg(long)]
     pub queries: Option<PathBuf>,
+    /// Working directory of the run (data dir, log, Parquet output), kept afterwards;
+    /// default: a temporary one, removed after a passing run.
+    #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// More arguments for `weir run`, e.g. --weir-arg=--progress-interval=0s.
+    #[arg(long = "weir-arg", allow_hyphen_values = true)]
     pub weir_args: Vec<String>,
 }
 
@@ -192,9 +220,11 @@ fn feed_fifo(fifo: PathBuf, rate: u64) -> Result<()> {
 
 /// Run the soak; `Ok(false)` when RSS grew by more than `max_growth_mib` after the warm-up.
 pub fn soak(a: SoakArgs) -> Result<bool> {
-    ensure!(a.minutes > 0.0, "--minutes must be positive");
+    let minutes = a.minutes.unwrap_or(if a.demo { 30.0 } else { 10.0 });
+    let warmup_minutes = a.warmup_minutes.unwrap_or(if a.demo { 15.0 } else { 3.0 });
+    ensure!(minutes > 0.0, "--minutes must be positive");
     ensure!(
-        a.warmup_minutes >= 0.0 && a.warmup_minutes < a.minutes,
+        warmup_minutes >= 0.0 && warmup_minutes < minutes,
         "--warmup-minutes must be less than --minutes"
     );
     ensure!(a.interval_secs >= 1.0, "--interval-secs must be at least 1");
@@ -286,14 +316,14 @@ pub fn soak(a: SoakArgs) -> Result<bool> {
     println!(
         "soak: {what}; {} pid {pid}; {} min, warm-up {} min, a sample every {} s; log {}",
         weir.display(),
-        a.minutes,
-        a.warmup_minutes,
+        minutes,
+        warmup_minutes,
         a.interval_secs,
         log.display()
     );
 
     let start = Instant::now();
-    let total = Duration::from_secs_f64(a.minutes * 60.0);
+    let total = Duration::from_secs_f64(minutes * 60.0);
     let interval = Duration::from_secs_f64(a.interval_secs);
     let mut samples: Vec<(f64, f64)> = Vec::new();
     let mut next = interval;
@@ -327,7 +357,7 @@ pub fn soak(a: SoakArgs) -> Result<bool> {
         }
     }
 
-    let warmup_secs = a.warmup_minutes * 60.0;
+    let warmup_secs = warmup_minutes * 60.0;
     let (t0, start_rss) = samples[0];
     let after: Vec<(f64, f64)> = samples
         .iter()
@@ -337,8 +367,12 @@ pub fn soak(a: SoakArgs) -> Result<bool> {
     let &(tw, warm_rss) = after.first().context("no sample after the warm-up")?;
     let &(te, end_rss) = after.last().context("no sample")?;
     let growth = end_rss - warm_rss;
-    let minutes = (te - tw) / 60.0;
-    let per_min = if minutes > 0.0 { growth / minutes } else { 0.0 };
+    let span_minutes = (te - tw) / 60.0;
+    let per_min = if span_minutes > 0.0 {
+        growth / span_minutes
+    } else {
+        0.0
+    };
     let fit = slope(&after).map_or(f64::NAN, |s| s * 60.0);
     let peak = samples.iter().map(|s| s.1).fold(f64::MIN, f64::max);
     println!(
