@@ -288,6 +288,7 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
         data_dir: std::env::temp_dir(),
         batch: Default::default(),
         stats: Default::default(),
+        workers: 1,
     })?;
     let file =
         std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -326,7 +327,7 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn throughput(input: PathBuf, format: &str, batch_rows: usize) -> Result<()> {
+async fn throughput(input: PathBuf, format: &str, batch_rows: usize, workers: usize) -> Result<()> {
     let sql = format!(
         "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
          WITH (connector = 'file', path = '{}', format = '{format}'); {HEALTH_VIEW}",
@@ -339,6 +340,7 @@ async fn throughput(input: PathBuf, format: &str, batch_rows: usize) -> Result<(
                 max_rows: batch_rows,
                 ..Default::default()
             },
+            workers,
             ..EngineConfig::default()
         },
         weir_connectors::registry(),
@@ -723,7 +725,7 @@ fn main() -> Result<()> {
                 format,
                 batch_rows,
                 ..
-            } => throughput(input, &format, batch_rows).await,
+            } => throughput(input, &format, batch_rows, threads).await,
             Cmd::Memory { groups } => memory(groups).await,
             Cmd::Restore { groups } => restore(groups).await,
             Cmd::KafkaLoad {

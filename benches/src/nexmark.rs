@@ -641,6 +641,7 @@ pub fn generator_source(table: Table, g: &Generator) -> Result<Box<dyn Source>> 
             data_dir: std::env::temp_dir(),
             batch: BatchLimits::default(),
             stats: Default::default(),
+            workers: 1,
         })?)
 }
 

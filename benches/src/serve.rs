@@ -38,6 +38,7 @@ impl Server {
             data_dir: Some(dir.join("data")),
             progress_interval: Some("0s".into()),
             listen: Some("127.0.0.1:0".into()),
+            workers: Some(workers),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();

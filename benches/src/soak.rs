@@ -191,6 +191,7 @@ fn feed_fifo(fifo: PathBuf, rate: u64) -> Result<()> {
                 data_dir: std::env::temp_dir(),
                 batch: Default::default(),
                 stats: Default::default(),
+                workers: 1,
             })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -67,6 +67,9 @@ pub struct SourceSpec {
     /// The source's live figures; connectors may fill [`Stats::lag`] and [`Stats::bytes`]
     /// (the engine counts rows).
     pub stats: Arc<Stats>,
+    /// The engine's worker count (`[engine] workers`): how many threads a connector may
+    /// decode on at once.
+    pub workers: usize,
 }
 
 /// What a source yields.

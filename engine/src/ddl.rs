@@ -163,6 +163,7 @@ impl Pipeline {
             data_dir: self.config.data_dir.clone(),
             batch: self.config.batch,
             stats: stats.clone(),
+            workers: self.config.workers,
         };
         let source = run_blocking("creating the source", move || factory.create(spec)).await??;
         let event_time = match &c.watermark {

@@ -16,6 +16,7 @@ use crate::catalog::{Catalog, CatalogHandle, ObjectInfo};
 use crate::checkpoint::{Figures, NodeKind, NodeSnapshot, Restored, Snapshot};
 use crate::clock::{Clock, SystemClock};
 use crate::connector::{BatchLimits, ConnectorRegistry, RowIds, Sink, SinkCheckpoint, Source};
+use crate::dataflow::prepare::Prepared;
 use crate::dataflow::{Dataflow, Effect, NodeState};
 use crate::error::{Result, WeirError};
 use crate::object::ObjectKind;
@@ -45,6 +46,24 @@ pub struct EngineConfig {
     pub checkpoints: bool,
     /// The bounds of ad-hoc queries (`SELECT` statements).
     pub query_limits: crate::adhoc::QueryLimits,
+    /// Worker threads the runtime computes on. Above one, micro-batches are prepared
+    /// (decoded rows through stateless plans and partial aggregates, `dataflow/prepare.rs`)
+    /// on all of them at once before the driver merges them in order.
+    pub workers: usize,
+}
+
+/// The number of cores this process may use (one if it cannot tell).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// [`EngineConfig::workers`] when not set: the worker threads of the Tokio runtime this is
+/// called on (they are what computes), else the available cores.
+pub fn default_workers() -> usize {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.metrics().num_workers(),
+        Err(_) => available_cores(),
+    }
 }
 
 impl Default for EngineConfig {
@@ -56,9 +75,14 @@ impl Default for EngineConfig {
             retention_rows: 100_000,
             checkpoints: false,
             query_limits: crate::adhoc::QueryLimits::default(),
+            workers: default_workers(),
         }
     }
 }
+
+/// Where the runtime's task for a source finds the stage-1 work for its batches (swapped
+/// when views over the source change; `None`: batches go to the driver as they are).
+pub type Stage1Cell = parking_lot::RwLock<Option<Arc<crate::dataflow::prepare::Stage1Program>>>;
 
 /// One batch a view emitted, for its sinks.
 #[derive(Debug, Clone)]
@@ -143,6 +167,8 @@ pub struct Pipeline {
     pub(crate) tables: Vec<RefTable>,
     /// Side effects the driver has not taken yet.
     effects: Vec<Effect>,
+    /// Per source, its stage-1 program (see [`Pipeline::refresh_stage1`]).
+    stage1: BTreeMap<String, Arc<Stage1Cell>>,
 }
 
 impl Pipeline {
@@ -159,6 +185,7 @@ impl Pipeline {
             new_sinks: vec![],
             tables: vec![],
             effects: vec![],
+            stage1: BTreeMap::new(),
         }
     }
 
@@ -298,7 +325,9 @@ impl Pipeline {
         })
     }
 
-    /// Feed one micro-batch from a source partition; returns what the views emitted.
+    /// Feed one micro-batch from a source partition; returns what the views emitted. With
+    /// several workers the batch goes through stage 1 first, here and now, as the runtime
+    /// would have on another worker (tests run both ways and compare).
     pub async fn push(
         &mut self,
         source: &str,
@@ -306,6 +335,14 @@ impl Pipeline {
         batch: RecordBatch,
         bad_records: u64,
     ) -> Result<Vec<Output>> {
+        if self.config.workers > 1
+            && let Some(program) = self.dataflow.stage1_program(source)
+        {
+            let prepared = program.prepare(&batch).await?;
+            return self
+                .push_prepared(source, partition, batch, prepared, bad_records, None)
+                .await;
+        }
         self.push_at(source, partition, batch, bad_records, None)
             .await
     }
@@ -319,6 +356,41 @@ impl Pipeline {
         bad_records: u64,
         position: Option<i64>,
     ) -> Result<Vec<Output>> {
+        self.push_batch(source, partition, batch, None, bad_records, position)
+            .await
+    }
+
+    /// [`Pipeline::push_at`] for a batch that stage 1 prepared from a source's
+    /// [`Stage1Cell`] program.
+    pub async fn push_prepared(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        prepared: Prepared,
+        bad_records: u64,
+        position: Option<i64>,
+    ) -> Result<Vec<Output>> {
+        self.push_batch(
+            source,
+            partition,
+            batch,
+            Some(prepared),
+            bad_records,
+            position,
+        )
+        .await
+    }
+
+    async fn push_batch(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        prepared: Option<Prepared>,
+        bad_records: u64,
+        position: Option<i64>,
+    ) -> Result<Vec<Output>> {
         let stats = self
             .source_stats(source)
             .ok_or_else(|| WeirError::user(format!("there is no source '{source}'")))?;
@@ -326,10 +398,18 @@ impl Pipeline {
         Stats::add(&stats.batches, 1);
         Stats::add(&stats.bad_rows, bad_records);
         let now = self.clock.now_ms();
-        let step = self
-            .dataflow
-            .push(source, partition, batch, position, now)
-            .await;
+        let step = match prepared {
+            Some(p) => {
+                self.dataflow
+                    .push_prepared(source, partition, batch, p, position, now)
+                    .await
+            }
+            None => {
+                self.dataflow
+                    .push(source, partition, batch, position, now)
+                    .await
+            }
+        };
         self.finish_step(step)
     }
 
@@ -367,6 +447,35 @@ impl Pipeline {
         let now = self.clock.now_ms();
         let step = self.dataflow.end_source(source, now).await;
         self.finish_step(step)
+    }
+
+    /// Batches merged as stage 1 prepared them, and prepared ones that views changing made
+    /// stale (run the ordinary way).
+    pub fn prepared_batches(&self) -> (u64, u64) {
+        self.dataflow.prepared_batches()
+    }
+
+    /// The cell a source's task reads its stage-1 program from.
+    pub fn stage1_cell(&mut self, source: &str) -> Arc<Stage1Cell> {
+        self.stage1.entry(source.to_string()).or_default().clone()
+    }
+
+    /// Rebuild every source's stage-1 program after views changed (the runtime calls this
+    /// after applying statements). With one worker there is no stage 1: the driver does
+    /// everything, as preparing ahead would only add work on the same core.
+    pub fn refresh_stage1(&mut self) {
+        self.stage1.retain(|name, _| self.dataflow.contains(name));
+        for (name, cell) in &self.stage1 {
+            let program = if self.config.workers > 1 {
+                self.dataflow.stage1_program(name).map(Arc::new)
+            } else {
+                None
+            };
+            if let Some(p) = &program {
+                tracing::debug!(source = %name, views = p.views(), "stage 1 prepares its batches");
+            }
+            *cell.write() = program;
+        }
     }
 
     /// One partition of a source has no more data.

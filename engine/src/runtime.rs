@@ -23,11 +23,13 @@ use crate::checkpoint::{CheckpointStore, SinkState};
 use crate::clock::wall_ms;
 use crate::connector::{RowIds, SinkCheckpoint, Source, SourceEvent};
 use crate::dataflow::Effect;
+use crate::dataflow::prepare::Prepared;
 use crate::dead_letter::LateRowFiles;
 use crate::error::{Result, WeirError};
 use crate::fsutil::run_blocking;
-use crate::pipeline::{Output, Pipeline, ScriptOutcome};
+use crate::pipeline::{Output, Pipeline, ScriptOutcome, Stage1Cell};
 use crate::stats::{CheckpointStats, Stats, Status};
+use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -118,11 +120,21 @@ impl Controller {
 
 enum SourceMsg {
     Event(String, SourceEvent),
+    /// A batch whose stage 1 runs in the task `prepared` (the driver waits for it when the
+    /// batch's turn comes, so batches are prepared several at once but taken in order).
+    Prepared {
+        source: String,
+        partition: usize,
+        batch: RecordBatch,
+        bad_records: u64,
+        position: Option<i64>,
+        prepared: JoinHandle<Result<Prepared>>,
+    },
     Failed(String, WeirError),
 }
 
 enum SinkMsg {
-    Batch(datafusion::arrow::record_batch::RecordBatch, RowIds),
+    Batch(RecordBatch, RowIds),
     Flush,
     Precommit(u64, oneshot::Sender<Result<SinkCheckpoint>>),
     Commit(u64),
@@ -138,11 +150,38 @@ struct SinkTask {
 fn spawn_source(
     name: String,
     mut source: Box<dyn Source>,
+    stage1: Arc<Stage1Cell>,
     tx: mpsc::Sender<SourceMsg>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match source.next().await {
+                Ok(SourceEvent::Batch {
+                    partition,
+                    batch,
+                    bad_records,
+                    position,
+                }) if stage1.read().is_some() => {
+                    let program = stage1.read().clone();
+                    let input = batch.clone();
+                    let prepared = tokio::spawn(async move {
+                        match program {
+                            Some(p) => p.prepare(&input).await,
+                            None => Err(WeirError::Internal("no stage-1 program".into())),
+                        }
+                    });
+                    let msg = SourceMsg::Prepared {
+                        source: name.clone(),
+                        partition,
+                        batch,
+                        bad_records,
+                        position,
+                        prepared,
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
                 Ok(ev) => {
                     let end = matches!(ev, SourceEvent::End);
                     if tx.send(SourceMsg::Event(name.clone(), ev)).await.is_err() || end {
@@ -323,6 +362,44 @@ pub async fn run_with(
                             }
                         }
                     }
+                    Some(SourceMsg::Prepared { source, .. }) if !pipeline.has_source(&source) => {
+                        vec![]
+                    }
+                    Some(SourceMsg::Prepared {
+                        source,
+                        partition,
+                        batch,
+                        bad_records,
+                        position,
+                        prepared,
+                    }) => {
+                        if let Some(stats) = pipeline.source_stats(&source) {
+                            stats.mark_running();
+                        }
+                        match prepared.await {
+                            Ok(Ok(prepared)) => {
+                                pipeline
+                                    .push_prepared(
+                                        &source, partition, batch, prepared, bad_records, position,
+                                    )
+                                    .await?
+                            }
+                            // Stage 1 failed (a plan error) or panicked: the driver runs the
+                            // batch itself, which reports the error as it always has.
+                            Ok(Err(e)) => {
+                                tracing::debug!(source = %source, error = %e, "stage 1 failed");
+                                pipeline
+                                    .push_at(&source, partition, batch, bad_records, position)
+                                    .await?
+                            }
+                            Err(e) => {
+                                tracing::warn!(source = %source, error = %e, "stage 1 task failed");
+                                pipeline
+                                    .push_at(&source, partition, batch, bad_records, position)
+                                    .await?
+                            }
+                        }
+                    }
                     Some(SourceMsg::Failed(name, _)) if !pipeline.has_source(&name) => vec![],
                     Some(SourceMsg::Failed(name, e)) if options.until_done => {
                         return Err(WeirError::external(format!("source '{name}' failed: {e}")));
@@ -480,9 +557,12 @@ fn start_new(
     options: &RunOptions,
 ) {
     for (name, s) in pipeline.take_new_sources() {
-        let handle = spawn_source(name.clone(), s, tx.clone());
+        let stage1 = pipeline.stage1_cell(&name);
+        let handle = spawn_source(name.clone(), s, stage1, tx.clone());
         sources.insert(name, handle);
     }
+    // Views may have changed: sources' stage-1 programs follow.
+    pipeline.refresh_stage1();
     // A table's refresh task lives with the source tasks (names are unique across kinds)
     // and is cancelled like them when the table is dropped.
     for r in pipeline.take_new_table_refreshes() {

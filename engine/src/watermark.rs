@@ -227,12 +227,11 @@ impl SourceWatermark {
         probe: Option<&[Option<i64>]>,
         now: i64,
     ) -> Vec<usize> {
-        let mut cuts = Vec::new();
         let EventTime::Column { delay_ms, .. } = self.event_time else {
-            return cuts;
+            return vec![];
         };
         let Some(own) = self.partitions.get(partition) else {
-            return cuts;
+            return vec![];
         };
         // What the other partitions had reached when the batch began; this partition is
         // active (it is delivering).
@@ -246,26 +245,52 @@ impl SourceWatermark {
             .unwrap_or(i64::MAX);
         // The views have seen the watermark of the last advance; the first row is judged
         // by it (a batch is delivered before watermarks advance).
-        let mut seen = self.watermark;
-        let mut newest = own.max_event.unwrap_or(i64::MIN);
-        for (i, &t) in event.iter().enumerate() {
-            if i > 0 {
-                let implied = self
-                    .watermark
-                    .max(others.min(newest.saturating_sub(delay_ms)));
-                let time = match probe {
-                    Some(p) => p.get(i).copied().flatten(),
-                    None => Some(t),
-                };
-                if implied > seen && time.is_some_and(|time| time < implied) {
-                    cuts.push(i);
-                    seen = implied;
-                }
-            }
-            newest = newest.max(t);
-        }
-        cuts
+        cut_points(
+            event,
+            probe,
+            delay_ms,
+            self.watermark,
+            others,
+            own.max_event.unwrap_or(i64::MIN),
+        )
     }
+}
+
+/// The rule of [`SourceWatermark::split_points`] as a pure function: `watermark` is what
+/// the views have heard, `others` the least the partition's siblings allow (`i64::MAX`:
+/// no limit), `newest` the partition's newest event time before the batch.
+///
+/// Stage 1 (`dataflow/prepare.rs`) cuts with `watermark = i64::MIN`, `others = i64::MAX`
+/// and `newest = i64::MIN`, which needs nothing but the batch: that cuts wherever these
+/// values cut and possibly more (every limit it uses is at or above the true one), and a
+/// cut only makes the views advance to the true watermark before the rows after it, so
+/// every row is still judged by the watermark its predecessors imply.
+pub fn cut_points(
+    event: &[i64],
+    probe: Option<&[Option<i64>]>,
+    delay_ms: i64,
+    watermark: i64,
+    others: i64,
+    newest: i64,
+) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut seen = watermark;
+    let mut newest = newest;
+    for (i, &t) in event.iter().enumerate() {
+        if i > 0 {
+            let implied = watermark.max(others.min(newest.saturating_sub(delay_ms)));
+            let time = match probe {
+                Some(p) => p.get(i).copied().flatten(),
+                None => Some(t),
+            };
+            if implied > seen && time.is_some_and(|time| time < implied) {
+                cuts.push(i);
+                seen = implied;
+            }
+        }
+        newest = newest.max(t);
+    }
+    cuts
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct Args {
     pub progress_interval: Option<String>,
     /// Overrides `[server] listen`.
     pub listen: Option<String>,
+    /// Overrides `[engine] workers`.
+    pub workers: Option<usize>,
 }
 
 fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -274,6 +276,9 @@ pub fn load_config(args: &Args) -> Result<config::Config> {
     if let Some(l) = &args.listen {
         cfg.server.listen = l.clone();
     }
+    if let Some(w) = args.workers {
+        cfg.engine.workers = w;
+    }
     Ok(cfg)
 }
 
@@ -293,6 +298,7 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
         checkpoints: checkpoints_enabled(&cfg, mode),
         // SELECT statements in the files and over the API run within these.
         query_limits: query_limits(&cfg.engine)?,
+        workers: cfg.engine.worker_count(),
     };
     let files = sql_files(&args.paths)?;
     let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;

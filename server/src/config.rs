@@ -250,6 +250,19 @@ pub struct EngineSection {
     pub max_query_bytes: usize,
     /// Most rows an ad-hoc query may return.
     pub max_query_rows: usize,
+    /// Worker threads that compute (0: one per available core). Above one, micro-batches
+    /// are prepared on all of them at once (docs/engine.md, "Workers").
+    pub workers: usize,
+}
+
+impl EngineSection {
+    /// `workers`, with 0 meaning every available core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => weir_engine::pipeline::available_cores(),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -272,6 +285,7 @@ impl Default for EngineSection {
             query_timeout: "10s".into(),
             max_query_bytes: 256 << 20,
             max_query_rows: 1_000_000,
+            workers: 0,
         }
     }
 }

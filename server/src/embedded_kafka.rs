@@ -251,6 +251,7 @@ fn build_feed(f: &crate::config::FeedConfig, data_dir: &Path) -> Result<Feed> {
                 max_delay: Duration::from_millis(50),
             },
             stats: Default::default(),
+            workers: 1,
         })
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(Feed {

@@ -42,7 +42,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct Common {
     /// SQL files or directories of *.sql files.
     #[arg(default_value = "queries")]
@@ -60,6 +60,9 @@ struct Common {
     /// [server] listen. With --until-done the server runs only when this is given.
     #[arg(long)]
     listen: Option<String>,
+    /// Worker threads that compute (0: one per core); overrides [engine] workers.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 impl Common {
@@ -70,6 +73,7 @@ impl Common {
             data_dir: self.data_dir,
             progress_interval: self.progress_interval,
             listen: self.listen,
+            workers: self.workers,
         }
     }
 }
@@ -87,7 +91,12 @@ fn main() -> std::process::ExitCode {
     // on the thread that runs it: all get the stack the deepest accepted statement needs
     // (app::runtime).
     let result = app::with_stack(move || -> anyhow::Result<()> {
-        let rt = app::runtime(None)?;
+        // The runtime's threads are the workers, so the configuration is read first.
+        let args = match &cli.command {
+            Command::Run { common, .. } | Command::Check { common } => common.clone().args(),
+        };
+        let workers = app::load_config(&args)?.engine.worker_count();
+        let rt = app::runtime(Some(workers))?;
         rt.block_on(async move {
             match cli.command {
                 Command::Run { common, until_done } => {

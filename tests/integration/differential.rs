@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_engine::pipeline::StatementResult;
-use weir_tests::slt::{format_batches, test_pipeline};
+use weir_tests::slt::{format_batches, test_pipeline, test_pipeline_workers};
 
 /// SplitMix64: a small fixed-seed generator, so failures reproduce.
 struct Rng(u64);
@@ -286,12 +286,14 @@ fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
     rows
 }
 
-async fn run_case(seed: u64) {
+/// One random case with `workers` workers; returns every view's rows in the order the
+/// view emitted them, and the late counts.
+async fn run_case(seed: u64, workers: usize) -> (Vec<Vec<Vec<String>>>, [u64; 3]) {
     let mut rng = Rng(seed);
     let n = 600 + rng.below(600) as usize;
     let all = events(&mut rng, n);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut p = test_pipeline(dir.path());
+    let mut p = test_pipeline_workers(dir.path(), workers);
     let mut ddl = String::from(
         "CREATE SOURCE events (ts TIMESTAMP NOT NULL, user_id TEXT, region TEXT, status TEXT, speed DOUBLE, bytes BIGINT, \
          WATERMARK FOR ts AS ts - INTERVAL '3' SECOND) WITH (connector = 'test');\n",
@@ -347,6 +349,7 @@ async fn run_case(seed: u64) {
         "seed {seed}: the data should include late rows"
     );
 
+    let mut emitted = Vec::new();
     for (name, sql) in VIEWS {
         // Lateness exists only for windows: a stateless view passes every row on.
         let ctx = SessionContext::new();
@@ -387,10 +390,9 @@ async fn run_case(seed: u64) {
             Some(StatementResult::Rows(b)) => b,
             other => panic!("unexpected {other:?}"),
         };
-        let (e, g) = (
-            sorted(format_batches(&expected).expect("fmt")),
-            sorted(format_batches(&got).expect("fmt")),
-        );
+        let got = format_batches(&got).expect("fmt");
+        emitted.push(got.clone());
+        let (e, g) = (sorted(format_batches(&expected).expect("fmt")), sorted(got));
         assert!(
             !e.is_empty(),
             "seed {seed} view {name}: the batch answer is empty"
@@ -407,21 +409,40 @@ async fn run_case(seed: u64) {
         .iter()
         .filter(|(e, w)| e.ts - e.ts.rem_euclid(SLIDE_MS) + WINDOW_MS <= *w)
         .count();
+    let lates = [late("health"), late("hop_health"), late("sessions")];
+    let (prepared, stale) = p.prepared_batches();
+    if workers > 1 {
+        assert!(
+            prepared > 0 && stale == 0,
+            "seed {seed}: with {workers} workers every batch goes through stage 1, \
+             {prepared} did ({stale} stale)"
+        );
+    } else {
+        assert_eq!(prepared, 0, "seed {seed}: one worker has no stage 1");
+    }
     assert_eq!(
-        [late("health"), late("hop_health"), late("sessions")],
+        lates,
         [
             (all.len() - accepted.len()) as u64,
             hop_late as u64,
             (all.len() - in_sessions.len()) as u64
         ],
-        "seed {seed}: late rows"
+        "seed {seed} workers {workers}: late rows"
     );
+    (emitted, lates)
 }
 
+/// Each case runs with one worker and with four (stage 1 preparing partial aggregates):
+/// both must equal batch SQL, and each other row for row, in emission order.
 #[tokio::test(flavor = "current_thread")]
 async fn streaming_equals_batch_over_accepted_rows() {
     for seed in 1..=12u64 {
-        run_case(seed).await;
+        let one = run_case(seed, 1).await;
+        let four = run_case(seed, 4).await;
+        assert!(
+            one == four,
+            "seed {seed}: four workers emitted other rows than one"
+        );
     }
 }
 

@@ -155,6 +155,7 @@ async fn generated_rows() -> (SchemaRef, Vec<RecordBatch>) {
             data_dir: std::env::temp_dir(),
             batch: Default::default(),
             stats: Default::default(),
+            workers: 1,
         })
         .unwrap();
     let mut batches = Vec::new();

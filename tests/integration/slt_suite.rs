@@ -1,5 +1,6 @@
-//! Runs every `tests/slt/*.slt` file as written, with one-row micro-batches, and with a
-//! checkpoint and a restart after every statement; the output must be the same.
+//! Runs every `tests/slt/*.slt` file as written, with one-row micro-batches, with a
+//! checkpoint and a restart after every statement, and with four workers (batches through
+//! stage 1's partial aggregates); the output must be the same.
 //! `WEIR_SLT_COMPLETE=1` rewrites expected output instead (then review the diff).
 
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ async fn run_every_file() {
             Mode::AsWritten,
             Mode::OneRowBatches,
             Mode::CheckpointRestart,
+            Mode::FourWorkers,
         ] {
             ran += 1;
             // A panic in one file is reported as that file's failure, not the suite's end.

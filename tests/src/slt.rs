@@ -30,6 +30,18 @@ pub enum Mode {
     OneRowBatches,
     /// A CHECKPOINT and a RESTART after every statement.
     CheckpointRestart,
+    /// As written, with four workers: batches go through stage 1 (partial aggregates)
+    /// before the driver merges them.
+    FourWorkers,
+}
+
+impl Mode {
+    fn workers(self) -> usize {
+        match self {
+            Mode::FourWorkers => 4,
+            _ => 1,
+        }
+    }
 }
 
 /// What the runner did to the pipeline, kept so RESTART can replay what came after the
@@ -128,22 +140,34 @@ pub struct WeirSlt {
 /// A pipeline with every real connector plus the `test` source, on a manual clock at
 /// processing time 0.
 pub fn test_pipeline(data_dir: &Path) -> Pipeline {
-    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0))
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), 1)
+}
+
+/// [`test_pipeline`] with `workers` workers: above one, pushed batches go through stage 1
+/// (`dataflow/prepare.rs`) as they do in the runtime.
+pub fn test_pipeline_workers(data_dir: &Path, workers: usize) -> Pipeline {
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), workers)
 }
 
 /// [`test_pipeline`] and the clock it reads, to move processing time by hand.
 pub fn test_pipeline_clocked(data_dir: &Path) -> (Pipeline, ManualClock) {
     let clock = ManualClock::new(0);
     (
-        test_pipeline_with(data_dir, Arc::default(), clock.clone()),
+        test_pipeline_with(data_dir, Arc::default(), clock.clone(), 1),
         clock,
     )
 }
 
-fn test_pipeline_with(data_dir: &Path, configs: Configs, clock: ManualClock) -> Pipeline {
+fn test_pipeline_with(
+    data_dir: &Path,
+    configs: Configs,
+    clock: ManualClock,
+    workers: usize,
+) -> Pipeline {
     let registry = weir_connectors::registry().with_source(TestSourceFactory { configs });
     let config = EngineConfig {
         data_dir: data_dir.to_path_buf(),
+        workers,
         ..EngineConfig::default()
     };
     Pipeline::new(config, registry).with_clock(Arc::new(clock))
@@ -153,7 +177,7 @@ impl WeirSlt {
     pub fn new(mode: Mode, data_dir: &Path) -> Self {
         let configs: Configs = Arc::default();
         let clock = ManualClock::new(0);
-        let pipeline = test_pipeline_with(data_dir, configs.clone(), clock.clone());
+        let pipeline = test_pipeline_with(data_dir, configs.clone(), clock.clone(), mode.workers());
         WeirSlt {
             pipeline,
             configs,
@@ -227,7 +251,12 @@ impl WeirSlt {
     async fn restart(&mut self) -> Result<()> {
         // As after a crash: the replay runs at the time it is now.
         let clock = ManualClock::new(self.now_ms);
-        let mut pipeline = test_pipeline_with(&self.data_dir, self.configs.clone(), clock.clone());
+        let mut pipeline = test_pipeline_with(
+            &self.data_dir,
+            self.configs.clone(),
+            clock.clone(),
+            self.mode.workers(),
+        );
         let upto = match self.store.latest()? {
             Some(r) => {
                 let upto = self.checkpointed.unwrap_or(0);
@@ -285,7 +314,7 @@ impl WeirSlt {
         bad: u64,
     ) -> Result<()> {
         let batches = match self.mode {
-            Mode::AsWritten | Mode::CheckpointRestart => vec![batch],
+            Mode::AsWritten | Mode::CheckpointRestart | Mode::FourWorkers => vec![batch],
             Mode::OneRowBatches => (0..batch.num_rows()).map(|i| batch.slice(i, 1)).collect(),
         };
         let n = batches.len();
@@ -353,7 +382,7 @@ impl WeirSlt {
             .get_mut(source)
             .ok_or_else(|| WeirError::Internal("decoder".into()))?;
         let chunks: Vec<&str> = match self.mode {
-            Mode::AsWritten | Mode::CheckpointRestart => vec![lines],
+            Mode::AsWritten | Mode::CheckpointRestart | Mode::FourWorkers => vec![lines],
             Mode::OneRowBatches => lines.lines().collect(),
         };
         let mut decoded = Vec::new();

@@ -109,6 +109,7 @@ impl SourceFactory for FileSourceFactory {
             rx: None,
             ended: false,
             skip: vec![],
+            decoders: spec.workers.max(1),
         }))
     }
 }
@@ -200,6 +201,8 @@ pub struct FileSource {
     ended: bool,
     /// Rows per file a restored checkpoint already covers.
     skip: Vec<u64>,
+    /// Threads a JSON file is decoded on at once (the engine's workers).
+    decoders: usize,
 }
 
 impl FileSource {
@@ -221,6 +224,7 @@ impl FileSource {
             skip: (0..self.files.len())
                 .map(|i| Cell::new(self.skip.get(i).copied().unwrap_or(0)))
                 .collect(),
+            decoders: self.decoders,
         };
         std::thread::Builder::new()
             .name(format!("weir-file-{}", self.name))
@@ -320,6 +324,7 @@ mod tests {
                 max_delay: Duration::from_millis(50),
             },
             stats: Default::default(),
+            workers: 1,
         }
     }
 
@@ -397,6 +402,58 @@ mod tests {
             record["position"],
             format!("file {}/b.jsonl line 2", d.display())
         );
+    }
+
+    /// A file of several chunks with bad lines in the middle of some: decoding it on three
+    /// threads gives the batches, bad-record counts and dead letters (line numbers and
+    /// order) of decoding it on one, and so does a restore that skips the first rows.
+    #[tokio::test]
+    async fn json_decoded_on_several_threads_as_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jsonl");
+        let mut text = String::new();
+        let mut id = 0;
+        // About 3.5 chunks of lines; every 20,000th line is bad.
+        while text.len() < CHUNK_BYTES * 7 / 2 {
+            if id % 20_000 == 7_000 {
+                text.push_str(&format!("{{\"id\": \"bad {id}\"}}\n"));
+            } else {
+                text.push_str(&format!(
+                    "{{\"id\": {id}, \"ts\": {id}, \"name\": \"name number {id}\"}}\n"
+                ));
+            }
+            id += 1;
+        }
+        write(&path, &text);
+        let run = |workers: usize, skip: i64| {
+            let d = dir.path().join(format!("run-{workers}-{skip}"));
+            let path = path.clone();
+            async move {
+                std::fs::create_dir_all(&d).unwrap();
+                let mut s = spec(&d, &[("path", path.to_str().unwrap())], 5_000);
+                s.workers = workers;
+                let mut source = FileSourceFactory.create(s).unwrap();
+                source.seek(&[(0, skip)]).unwrap();
+                let events = drain(&mut source).await;
+                let dead =
+                    std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl")).unwrap();
+                let dead: Vec<(String, String)> = dead
+                    .lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        (v["raw"].to_string(), v["position"].to_string())
+                    })
+                    .collect();
+                (events, dead)
+            }
+        };
+        let (one, dead_one) = run(1, 0).await;
+        assert!(dead_one.len() >= 3, "bad lines in several chunks");
+        assert!(dead_one[1].1.contains("line 27001"), "{:?}", dead_one[1]);
+        let good: usize = one.iter().map(|(_, ids, _)| ids.len()).sum();
+        assert_eq!(good + dead_one.len(), id as usize);
+        assert_eq!(run(3, 0).await, (one, dead_one));
+        assert_eq!(run(3, 12_345).await, run(1, 12_345).await);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! The file source's reader thread: blocking reads and decoding, off the async runtime.
 
 use super::{CHUNK_BYTES, FileFormat};
-use crate::format::json::count_newlines;
+use crate::format::json::{count_newlines, decode_all};
 use crate::format::{BadRecordHandler, JsonDecoder, all_nullable, not_null_reason};
 use crate::util::{cast_to, io_error};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
@@ -11,9 +11,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 use weir_engine::connector::SourceEvent;
 use weir_engine::{Result, WeirError};
@@ -30,7 +33,21 @@ pub(super) struct FileReader {
     /// rows to skip because a checkpoint already covers them.
     pub(super) delivered: Vec<Cell<u64>>,
     pub(super) skip: Vec<Cell<u64>>,
+    /// Threads JSON chunks are decoded on at once (1: on this thread, in turn).
+    pub(super) decoders: usize,
 }
+
+/// A chunk of JSON lines being decoded on a decoder thread: its bytes (kept in case the
+/// fast decode fails and the chunk must be decoded again, line by line), its first line's
+/// number, and where the decoded batch arrives.
+struct InFlight {
+    chunk: Arc<Vec<u8>>,
+    first_line: u64,
+    result: std_mpsc::Receiver<Option<RecordBatch>>,
+}
+
+/// A chunk for a decoder thread, and where to put its batch.
+type DecodeJob = (Arc<Vec<u8>>, std_mpsc::SyncSender<Option<RecordBatch>>);
 
 /// Whether to keep going: false once the source is gone.
 type Continue = bool;
@@ -127,6 +144,9 @@ impl FileReader {
         partition: usize,
         path: &Path,
     ) -> Result<Continue> {
+        if self.decoders > 1 {
+            return self.read_json_parallel(decoder, partition, path);
+        }
         let mut file = File::open(path).map_err(|e| io_error("opening", path, e))?;
         let shown = path.display().to_string();
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
@@ -136,19 +156,13 @@ impl FileReader {
         let mut pending_bad: u64 = 0;
         let mut eof = false;
         while !eof || !buf.is_empty() {
-            if !eof {
-                let start = buf.len();
-                buf.resize(start + CHUNK_BYTES, 0);
-                let n = read_full(&mut file, &mut buf[start..])
-                    .map_err(|e| io_error("reading", path, e))?;
-                buf.truncate(start + n);
-                eof = n == 0;
-            }
             let end = if eof {
                 buf.len()
             } else {
-                match buf.iter().rposition(|b| *b == b'\n') {
-                    Some(i) => i + 1,
+                let (ended, end) = fill_chunk(&mut file, &mut buf, path)?;
+                eof = ended;
+                match end {
+                    Some(end) => end,
                     // One line longer than a chunk: read more.
                     None => continue,
                 }
@@ -172,6 +186,108 @@ impl FileReader {
             return Ok(self.send(partition, empty, pending_bad));
         }
         Ok(true)
+    }
+
+    /// [`FileReader::read_json_with`] on `decoders` threads: this thread reads chunks (cut
+    /// at the last newline) and hands them out, up to two per decoder ahead, and takes the
+    /// decoded batches back in file order, so rows, positions and line numbers are those
+    /// of reading in turn. The decoder threads run the fast path only (the whole chunk
+    /// decodes, or nothing); a chunk with a bad line is decoded again here with the
+    /// source's decoder, which applies the `bad.records` policy in order.
+    fn read_json_parallel(
+        &self,
+        decoder: &mut JsonDecoder,
+        partition: usize,
+        path: &Path,
+    ) -> Result<Continue> {
+        let mut file = File::open(path).map_err(|e| io_error("opening", path, e))?;
+        let shown = path.display().to_string();
+        let schema = self.schema.clone();
+        std::thread::scope(|scope| -> Result<Continue> {
+            // Created in the scope so that every way out of it (an error too) closes the
+            // job channel, which ends the decoder threads the scope waits for.
+            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<DecodeJob>(self.decoders);
+            let jobs_rx = Arc::new(parking_lot::Mutex::new(jobs_rx));
+            for i in 0..self.decoders {
+                let jobs = jobs_rx.clone();
+                let schema = schema.clone();
+                std::thread::Builder::new()
+                    .name(format!("weir-json-{i}"))
+                    .spawn_scoped(scope, move || {
+                        loop {
+                            // The lock is held only to take the next job.
+                            let job = jobs.lock().recv();
+                            let Ok((chunk, reply)) = job else {
+                                return;
+                            };
+                            let lines = count_newlines(&chunk) + 1;
+                            let batch = decode_all(&schema, &chunk, lines).ok();
+                            // The reader stopped waiting (it failed or the source is gone).
+                            let _ = reply.send(batch);
+                        }
+                    })
+                    .map_err(|e| WeirError::external_source("starting a JSON decoder thread", e))?;
+            }
+            let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+            let mut line_no: u64 = 1;
+            let mut pending_bad: u64 = 0;
+            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+            let mut eof = false;
+            let result = loop {
+                // Keep the decoders busy: read ahead until enough chunks are in flight.
+                while !eof && in_flight.len() < 2 * self.decoders {
+                    let (ended, end) = fill_chunk(&mut file, &mut buf, path)?;
+                    eof = ended;
+                    let Some(end) = end.filter(|e| *e > 0) else {
+                        // No whole line yet (read more), or nothing left.
+                        continue;
+                    };
+                    let rest = buf.split_off(end);
+                    let chunk = Arc::new(std::mem::replace(&mut buf, rest));
+                    let first_line = line_no;
+                    line_no += count_newlines(&chunk) as u64;
+                    let (reply, result) = std_mpsc::sync_channel(1);
+                    if jobs_tx.send((chunk.clone(), reply)).is_err() {
+                        break;
+                    }
+                    in_flight.push_back(InFlight {
+                        chunk,
+                        first_line,
+                        result,
+                    });
+                }
+                let Some(next) = in_flight.pop_front() else {
+                    break Ok(true);
+                };
+                let decoded = next
+                    .result
+                    .recv()
+                    .map_err(|_| WeirError::Internal("a JSON decoder thread stopped".into()))?;
+                let (batch, bad) = match decoded {
+                    Some(batch) => (batch, 0),
+                    None => {
+                        let first = next.first_line;
+                        decoder.decode(&next.chunk, |i| {
+                            format!("file {shown} line {}", first + i as u64)
+                        })?
+                    }
+                };
+                pending_bad += bad;
+                if batch.num_rows() > 0 {
+                    if !self.send_sliced(partition, &batch, pending_bad) {
+                        break Ok(false);
+                    }
+                    pending_bad = 0;
+                }
+            };
+            match result {
+                Ok(true) if pending_bad > 0 => {
+                    let empty = RecordBatch::new_empty(self.schema.clone());
+                    Ok(self.send(partition, empty, pending_bad))
+                }
+                other => other,
+            }
+        })
     }
 
     fn read_parquet(&mut self, partition: usize, path: &Path) -> Result<Continue> {
@@ -300,6 +416,20 @@ impl FileReader {
         let good = RecordBatch::try_new(self.schema.clone(), good.columns().to_vec())?;
         Ok((good, bad_rows.len() as u64))
     }
+}
+
+/// Read up to [`CHUNK_BYTES`] more of `file` onto `buf`: whether the file has ended, and
+/// where the chunk of whole lines ends (`None`: no newline yet, read more; at the end, the
+/// rest is a chunk, even without a final newline).
+fn fill_chunk(file: &mut File, buf: &mut Vec<u8>, path: &Path) -> Result<(bool, Option<usize>)> {
+    let start = buf.len();
+    buf.resize(start + CHUNK_BYTES, 0);
+    let n = read_full(file, &mut buf[start..]).map_err(|e| io_error("reading", path, e))?;
+    buf.truncate(start + n);
+    if n == 0 {
+        return Ok((true, Some(buf.len())));
+    }
+    Ok((false, buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1)))
 }
 
 /// Read until `buf` is full or the file ends; returns the bytes read.

@@ -591,6 +591,7 @@ mod tests {
                 max_delay: Duration::from_millis(20),
             },
             stats: Default::default(),
+            workers: 1,
         }
     }
 

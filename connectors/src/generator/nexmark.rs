@@ -180,6 +180,7 @@ fn generator_source(
         data_dir: std::env::temp_dir(),
         batch,
         stats: Default::default(),
+        workers: 1,
     })
 }
 
@@ -1108,6 +1109,7 @@ mod tests {
                 data_dir: std::env::temp_dir(),
                 batch: BatchLimits::default(),
                 stats: Default::default(),
+                workers: 1,
             })
             .err()
             .unwrap();

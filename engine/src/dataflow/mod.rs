@@ -27,6 +27,7 @@ pub mod graph;
 pub mod join;
 pub mod operator;
 pub mod partition;
+pub mod prepare;
 pub mod source;
 pub mod stateless;
 pub mod windowed;
@@ -40,6 +41,7 @@ use crate::window::shifted_ms;
 use datafusion::arrow::record_batch::RecordBatch;
 pub use graph::{Graph, NodeId};
 pub use operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures};
+use prepare::{Prepared, Stage1Out, Stage1Program};
 use source::SourceOp;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -111,6 +113,11 @@ pub struct Dataflow {
     /// Per source: the columns whose values decide lateness downstream (see
     /// [`Dataflow::probe_columns`]); recomputed when views change.
     probes: BTreeMap<NodeId, Vec<usize>>,
+    /// Moves on whenever a node is added or removed: stage-1 programs built before are
+    /// stale (see `prepare.rs`).
+    generation: u64,
+    /// Batches taken as stage 1 prepared them, and prepared too early to use.
+    prepared: (u64, u64),
 }
 
 fn graph_error(e: graph::GraphError) -> WeirError {
@@ -291,6 +298,7 @@ impl Dataflow {
     }
 
     fn refresh_probes(&mut self) {
+        self.generation += 1;
         let sources: Vec<NodeId> = self
             .nodes
             .iter()
@@ -349,11 +357,117 @@ impl Dataflow {
             let (_, s) = self.source_mut(source)?;
             s.observe(partition, piece_times.as_ref(), now);
             if piece.num_rows() > 0 {
-                self.deliver(id, piece, origin, now).await?;
+                self.deliver(id, piece, origin, now, None).await?;
             }
             self.advance(now).await?;
             start = end;
         }
+        self.set_position(source, partition, position)
+    }
+
+    /// The stage-1 work for `source`'s batches (`prepare.rs`): `None` when no view reading
+    /// it can be prepared ahead of the driver.
+    pub fn stage1_program(&self, source: &str) -> Option<Stage1Program> {
+        let id = self.graph.id(source)?;
+        let Some(Node {
+            op: NodeOp::Source(s),
+            ..
+        }) = self.nodes.get(&id)
+        else {
+            return None;
+        };
+        let event = match s.clock.event_time {
+            crate::watermark::EventTime::Column { index, delay_ms } => Some((index, delay_ms)),
+            _ => None,
+        };
+        let mut steps = Vec::new();
+        // Breadth first from the source, through views with one input that stage 1 runs
+        // whole (stateless ones); a view that stage 1 folds (an aggregate) ends its path.
+        let mut queue: VecDeque<NodeId> = VecDeque::from([id]);
+        while let Some(from) = queue.pop_front() {
+            for e in self.graph.consumers(from) {
+                let Some(n) = self.nodes.get(&e.to) else {
+                    continue;
+                };
+                if self.graph.inputs(e.to).len() != 1 || steps.iter().any(|(v, _, _)| *v == e.to) {
+                    continue;
+                }
+                let NodeOp::View(op) = &n.op else {
+                    continue;
+                };
+                let Some(step) = op.stage1() else {
+                    continue;
+                };
+                if matches!(step, prepare::Stage1Step::Stateless(_)) {
+                    queue.push_back(e.to);
+                }
+                steps.push((e.to, from, step));
+            }
+        }
+        if steps.is_empty() {
+            return None;
+        }
+        Some(Stage1Program {
+            generation: self.generation,
+            event,
+            probes: self.probes.get(&id).cloned().unwrap_or_default(),
+            steps,
+            source: id,
+        })
+    }
+
+    /// [`Dataflow::push`] for a batch stage 1 prepared (`prepared` from a program of the
+    /// current generation; otherwise the batch is run the ordinary way).
+    pub async fn push_prepared(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        prepared: Prepared,
+        position: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        if prepared.generation != self.generation {
+            self.prepared.1 += 1;
+            return self.push(source, partition, batch, position, now).await;
+        }
+        self.prepared.0 += 1;
+        let (id, s) = self.source_mut(source)?;
+        if partition >= s.clock.partitions.len() {
+            return Err(WeirError::Internal(format!(
+                "source '{source}' sent partition {partition} of {}",
+                s.clock.partitions.len()
+            )));
+        }
+        let origin = (partition as u32).min(RowIds::CLOSES - 1);
+        let Prepared {
+            times,
+            cuts,
+            pieces,
+            ..
+        } = prepared;
+        let mut start = 0;
+        for (end, mut outputs) in cuts.into_iter().chain([batch.num_rows()]).zip(pieces) {
+            let piece = batch.slice(start, end - start);
+            let piece_times = times.as_ref().map(|t| t.slice(start, end - start));
+            let (_, s) = self.source_mut(source)?;
+            s.observe(partition, piece_times.as_ref(), now);
+            if piece.num_rows() > 0 {
+                self.deliver(id, piece, origin, now, Some(&mut outputs))
+                    .await?;
+            }
+            self.advance(now).await?;
+            start = end;
+        }
+        self.set_position(source, partition, position)
+    }
+
+    fn set_position(
+        &mut self,
+        source: &str,
+        partition: usize,
+        position: Option<i64>,
+    ) -> Result<()> {
         if position.is_some() {
             let (_, s) = self.source_mut(source)?;
             if let Some(p) = s.clock.partitions.get_mut(partition) {
@@ -361,6 +475,12 @@ impl Dataflow {
             }
         }
         Ok(())
+    }
+
+    /// Batches merged as stage 1 prepared them, and batches prepared for views that have
+    /// changed since (run the ordinary way).
+    pub fn prepared_batches(&self) -> (u64, u64) {
+        self.prepared
     }
 
     /// The source knows it has `count` partitions.
@@ -406,19 +526,32 @@ impl Dataflow {
     }
 
     /// Hand a batch from node `from` to every node reading it, and onward, breadth first.
+    /// `prepared`: what stage 1 made of it for some of those nodes (each is called once,
+    /// with its prepared output, however many batches its input emits).
     async fn deliver(
         &mut self,
         from: NodeId,
         batch: RecordBatch,
         origin: u32,
         now: i64,
+        mut prepared: Option<&mut BTreeMap<NodeId, Stage1Out>>,
     ) -> Result<()> {
+        let covered: Vec<NodeId> = prepared
+            .as_ref()
+            .map(|p| p.keys().copied().collect())
+            .unwrap_or_default();
         let mut queue: VecDeque<(NodeId, RecordBatch)> = VecDeque::from([(from, batch)]);
         while let Some((from, batch)) = queue.pop_front() {
             for edge in self.graph.consumers(from) {
                 let Some(node) = self.nodes.get_mut(&edge.to) else {
                     continue;
                 };
+                let ready = prepared.as_mut().and_then(|p| p.remove(&edge.to));
+                if ready.is_none() && covered.contains(&edge.to) {
+                    // Its prepared output was taken with an earlier batch of this piece.
+                    Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
+                    continue;
+                }
                 Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
                 let mut cx = Context {
                     name: &node.name,
@@ -426,11 +559,15 @@ impl Dataflow {
                     stats: &node.stats,
                     effects: &mut self.effects,
                 };
-                let out = node
-                    .op
-                    .operator()
-                    .on_batch(edge.port, batch.clone(), &mut cx)
-                    .await?;
+                let out = match ready {
+                    Some(ready) => node.op.operator().on_prepared(ready, &mut cx).await?,
+                    None => {
+                        node.op
+                            .operator()
+                            .on_batch(edge.port, batch.clone(), &mut cx)
+                            .await?
+                    }
+                };
                 let watermark = node.op.operator().watermark();
                 publish_figures(node);
                 for b in out.into_iter().filter(|b| b.num_rows() > 0) {
@@ -484,7 +621,7 @@ impl Dataflow {
                 });
             }
             for b in out {
-                self.deliver(id, b, RowIds::CLOSES, now).await?;
+                self.deliver(id, b, RowIds::CLOSES, now, None).await?;
             }
         }
         Ok(())
@@ -536,7 +673,7 @@ fn publish_figures(node: &mut Node) {
 }
 
 /// Each row's least value over the timestamp columns `columns` (epoch ms).
-fn min_times(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Option<i64>>> {
+pub(crate) fn min_times(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Option<i64>>> {
     let mut out: Vec<Option<i64>> = vec![None; batch.num_rows()];
     for &c in columns {
         for (o, t) in out.iter_mut().zip(shifted_ms(batch.column(c), 0)?) {

@@ -2,6 +2,7 @@
 //! besides rows: [`Effect`]s for the runtime to carry out (the dataflow itself does no
 //! I/O) and their checkpointed state ([`NodeState`]).
 
+use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
 use crate::stats::Stats;
 use crate::window::LateRow;
@@ -100,6 +101,24 @@ pub trait Operator: Send {
 
     /// Put back state from [`Operator::snapshot`] of a node built from the same definition.
     fn restore(&mut self, state: NodeState) -> Result<()>;
+
+    /// What stage 1 may do for this node ahead of the driver (`prepare.rs`), if anything.
+    fn stage1(&self) -> Option<Stage1Step> {
+        None
+    }
+
+    /// Instead of [`Operator::on_batch`]: what stage 1 made of the batches this node would
+    /// have been given for one piece of a source batch.
+    async fn on_prepared(
+        &mut self,
+        prepared: Stage1Out,
+        cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        let _ = (prepared, cx);
+        Err(crate::error::WeirError::Internal(
+            "a prepared batch for an operator without stage 1".into(),
+        ))
+    }
 }
 
 /// A field of a node's checkpointed JSON (`None` when absent or null).

@@ -3,20 +3,22 @@
 //! input's.
 
 use super::operator::{Context, NodeState, Operator, meta_field};
+use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
 use crate::planner::slot::SlotPlan;
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 
 pub struct StatelessOp {
-    plan: SlotPlan,
+    plan: Arc<SlotPlan>,
     watermark: i64,
 }
 
 impl StatelessOp {
     pub fn new(plan: SlotPlan) -> Self {
         StatelessOp {
-            plan,
+            plan: Arc::new(plan),
             watermark: i64::MIN,
         }
     }
@@ -57,5 +59,22 @@ impl Operator for StatelessOp {
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
         Ok(())
+    }
+
+    fn stage1(&self) -> Option<Stage1Step> {
+        Some(Stage1Step::Stateless(self.plan.clone()))
+    }
+
+    async fn on_prepared(
+        &mut self,
+        prepared: Stage1Out,
+        _cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        match prepared {
+            Stage1Out::Rows(rows) => Ok(rows),
+            Stage1Out::Partial(_) => Err(crate::error::WeirError::Internal(
+                "a partial aggregate for a stateless view".into(),
+            )),
+        }
     }
 }

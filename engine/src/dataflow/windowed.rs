@@ -6,6 +6,7 @@
 //! the runtime as an [`Effect`].
 
 use super::operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures, meta_field};
+use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
 use crate::planner::slot::SlotPlan;
 use crate::planner::{LatePolicy, mark_final};
@@ -16,9 +17,10 @@ use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 
 pub struct WindowedOp {
-    pre: SlotPlan,
+    pre: Arc<SlotPlan>,
     aggregate: Box<dyn WindowOperator>,
     post: SlotPlan,
     /// The view's output schema (with `is_final` for `EMIT EVERY`).
@@ -40,7 +42,7 @@ impl WindowedOp {
         // EMIT EVERY intervals count from the view's creation.
         aggregate.start_clock(now_ms);
         WindowedOp {
-            pre,
+            pre: Arc::new(pre),
             aggregate,
             post,
             schema,
@@ -244,5 +246,35 @@ impl Operator for WindowedOp {
         let emit_period = meta_field(m, "emit_period")?;
         let batches = state.parts.into_iter().next().unwrap_or_default();
         self.aggregate.restore(&batches, closed, emit_period)
+    }
+
+    fn stage1(&self) -> Option<Stage1Step> {
+        // Late rows for a dead-letter file must be matched to input rows: the driver
+        // folds those views' rows itself.
+        if self.late_policy != LatePolicy::Drop {
+            return None;
+        }
+        let empty = self.aggregate.partial_copy()?;
+        Some(Stage1Step::Aggregate {
+            pre: self.pre.clone(),
+            empty: Box::new(parking_lot::Mutex::new(empty)),
+        })
+    }
+
+    async fn on_prepared(
+        &mut self,
+        prepared: Stage1Out,
+        cx: &mut Context<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        match prepared {
+            Stage1Out::Partial(p) => {
+                let u = self.aggregate.merge_partial(&p)?;
+                count_late(cx, &u);
+                Ok(vec![])
+            }
+            Stage1Out::Rows(_) => Err(crate::error::WeirError::Internal(
+                "prepared rows for a windowed view".into(),
+            )),
+        }
     }
 }

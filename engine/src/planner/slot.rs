@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -113,6 +113,17 @@ impl SlotExec {
 }
 
 impl SlotExec {
+    /// The same leaf reading `slot`.
+    fn with_slot(&self, slot: Arc<BatchSlot>) -> Self {
+        SlotExec {
+            input_name: self.input_name.clone(),
+            full_schema: self.full_schema.clone(),
+            projection: self.projection.clone(),
+            slot,
+            props: self.props.clone(),
+        }
+    }
+
     /// The name, in the input's own schema, of output column `i`.
     pub(crate) fn input_column(&self, i: usize) -> Option<String> {
         let i = match &self.projection {
@@ -195,17 +206,33 @@ impl SlotPlan {
         self.plan.schema()
     }
 
-    /// Run the plan over `batch`; returns the non-empty output batches.
+    /// Run the plan over `batch`; returns the non-empty output batches. Runs may overlap
+    /// (stage 1 runs a view's pre plan over several micro-batches at once on different
+    /// workers, `dataflow/prepare.rs`): each run reads its batch from a slot of its own.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        self.slot.put(batch);
+        let slot = Arc::new(BatchSlot::default());
+        slot.put(batch);
         // Every run executes fresh copies of the plan's nodes, never `self.plan` itself:
         // besides the state some operators keep between executions (a TopK's threshold),
         // each DataFusion operator registers new metrics (BaselineMetrics and its own) into
         // its node's metrics set on every `execute` and nothing removes them, so a node
-        // executed once per micro-batch grew without bound (a few KiB per run).
-        // `reset_plan_states` rebuilds every node with an empty metrics set, keeping the
-        // computed plan properties (cheap: no re-planning).
-        let plan = reset_plan_states(self.plan.clone())?;
+        // executed once per micro-batch grew without bound (a few KiB per run). Each node is
+        // rebuilt with `reset_state` (an empty metrics set, the computed plan properties
+        // kept: no re-planning), and the input leaf with this run's slot.
+        let plan = self
+            .plan
+            .clone()
+            .transform_up(|node| {
+                if let Some(leaf) = node.downcast_ref::<SlotExec>()
+                    && Arc::ptr_eq(&leaf.slot, &self.slot)
+                {
+                    return Ok(Transformed::yes(
+                        Arc::new(leaf.with_slot(slot.clone())) as Arc<dyn ExecutionPlan>
+                    ));
+                }
+                Ok(Transformed::yes(node.reset_state()?))
+            })
+            .data()?;
         let stream = plan.execute(0, self.task_ctx.clone())?;
         let out: Vec<RecordBatch> = stream.try_collect().await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())

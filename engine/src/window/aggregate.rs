@@ -21,6 +21,17 @@ use datafusion::physical_plan::aggregates::AggregateExec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// One micro-batch piece folded by stage 1 ([`WindowAggregator::partial`]).
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    /// Its panes' states, in [`WindowAggregator::state_schema`].
+    pub states: Vec<RecordBatch>,
+    /// Rows per pane.
+    pub rows: Vec<(i64, u64)>,
+    /// Rows without an event time: late in any case.
+    pub no_time: u64,
+}
+
 /// What a GROUP BY column is to the window.
 #[derive(Debug, Clone, Copy)]
 enum GroupColumn {
@@ -116,6 +127,12 @@ impl WindowOperator for WindowAggregator {
     }
     fn output_watermark(&self, input_watermark: i64) -> i64 {
         WindowAggregator::output_watermark(self, input_watermark)
+    }
+    fn partial_copy(&self) -> Option<WindowAggregator> {
+        WindowAggregator::partial_copy(self)
+    }
+    fn merge_partial(&mut self, partial: &Partial) -> Result<UpdateStats> {
+        WindowAggregator::merge_partial(self, partial)
     }
 }
 
@@ -664,14 +681,12 @@ impl WindowAggregator {
                     batch.schema()
                 )));
             }
-            let ints = |i: usize| -> Result<Vec<i64>> {
-                let a = batch
-                    .column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| WeirError::Internal("window state column".into()))?;
-                Ok(a.values().to_vec())
-            };
+            if matches!(self.store, Store::Panes(_)) {
+                self.merge_panes(batch, |_| true)?;
+                continue;
+            }
+            let ints =
+                |i: usize| -> Result<Vec<i64>> { Ok(int_column(batch, i)?.values().to_vec()) };
             let bools = |i: usize| -> Result<Vec<bool>> {
                 let a = batch
                     .column(i)
@@ -680,43 +695,137 @@ impl WindowAggregator {
                     .ok_or_else(|| WeirError::Internal("window state column".into()))?;
                 Ok(a.iter().map(|v| v.unwrap_or(false)).collect())
             };
-            match &mut self.store {
-                Store::Panes(p) => {
-                    let (panes, dirty) = (ints(0)?, bools(1)?);
-                    let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-                    for (i, pane) in panes.iter().enumerate() {
-                        by_pane.entry(*pane).or_default().push(i as u32);
-                    }
-                    for (pane, rows) in by_pane {
-                        let changed = rows.iter().any(|&r| dirty[r as usize]);
-                        let part = datafusion::arrow::compute::take_record_batch(
-                            batch,
-                            &UInt32Array::from(rows),
-                        )?;
-                        let state = State {
-                            keys: self
-                                .layout
-                                .cast_keys(part.columns()[2..2 + nkeys].to_vec())?,
-                            states: part.columns()[2 + nkeys..].to_vec(),
-                            rows: part.num_rows(),
-                        };
-                        p.restore(&self.layout, pane, changed, &state)?;
-                    }
-                }
-                Store::Sessions(s) => {
-                    let keys = self
-                        .layout
-                        .cast_keys(batch.columns()[4..4 + nkeys].to_vec())?;
-                    s.restore(
-                        &self.layout,
-                        (&ints(0)?, &ints(1)?, &bools(2)?, &bools(3)?),
-                        &keys,
-                        &batch.columns()[4 + nkeys..],
-                    )?;
-                }
+            if let Store::Sessions(s) = &mut self.store {
+                let keys = self
+                    .layout
+                    .cast_keys(batch.columns()[4..4 + nkeys].to_vec())?;
+                s.restore(
+                    &self.layout,
+                    (&ints(0)?, &ints(1)?, &bools(2)?, &bools(3)?),
+                    &keys,
+                    &batch.columns()[4 + nkeys..],
+                )?;
             }
         }
         Ok(())
+    }
+
+    /// Merge pane state rows (in [`WindowAggregator::state_schema`]) into the panes, for
+    /// the panes `keep` accepts.
+    fn merge_panes(&mut self, batch: &RecordBatch, keep: impl Fn(i64) -> bool) -> Result<()> {
+        let Store::Panes(p) = &mut self.store else {
+            return Err(WeirError::Internal(
+                "pane state for a session window".into(),
+            ));
+        };
+        let nkeys = self.layout.key_schema.fields().len();
+        let panes = int_column(batch, 0)?;
+        let dirty = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| WeirError::Internal("window state column".into()))?;
+        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, pane) in panes.values().iter().enumerate() {
+            if keep(*pane) {
+                by_pane.entry(*pane).or_default().push(i as u32);
+            }
+        }
+        let whole = by_pane.len() == 1 && by_pane.values().all(|r| r.len() == batch.num_rows());
+        for (pane, rows) in by_pane {
+            let changed = rows.iter().any(|&r| dirty.value(r as usize));
+            let part = if whole {
+                batch.clone()
+            } else {
+                datafusion::arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
+            };
+            let state = State {
+                keys: self
+                    .layout
+                    .cast_keys(part.columns()[2..2 + nkeys].to_vec())?,
+                states: part.columns()[2 + nkeys..].to_vec(),
+                rows: part.num_rows(),
+            };
+            p.restore(&self.layout, pane, changed, &state)?;
+        }
+        Ok(())
+    }
+
+    /// For stage 1 (`dataflow/prepare.rs`): an empty aggregator of the same view, to fold
+    /// one micro-batch into a [`Partial`] with [`WindowAggregator::partial`]; `None` for
+    /// SESSION windows (a session can bridge two micro-batches' rows, so their partial
+    /// states are not independent: they are folded whole on the driver).
+    pub fn partial_copy(&self) -> Option<WindowAggregator> {
+        let Store::Panes(p) = &self.store else {
+            return None;
+        };
+        Some(WindowAggregator {
+            kind: self.kind,
+            input_time_column: self.input_time_column.clone(),
+            group_exprs: self.group_exprs.clone(),
+            group_names: self.group_names.clone(),
+            columns: self.columns.clone(),
+            time_column: self.time_column,
+            time_shift: self.time_shift,
+            key_exprs: self.key_exprs.clone(),
+            layout: self.layout.clone(),
+            arguments: self.arguments.clone(),
+            filters: self.filters.clone(),
+            output_schema: self.output_schema.clone(),
+            store: Store::Panes(Panes::new(p.slide, p.size)),
+            closed_through: i64::MIN,
+            emit_every: None,
+            emit_period: None,
+        })
+    }
+
+    /// Fold `batches` (the pre plan's output for one piece of a micro-batch) into this
+    /// empty copy ([`WindowAggregator::partial_copy`]) and give the result as partial
+    /// states per pane: what DataFusion's partial aggregate gives, keyed by pane.
+    pub fn partial(mut self, batches: &[RecordBatch]) -> Result<Partial> {
+        let mut rows: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut no_time = 0;
+        for b in batches {
+            for t in self.times(b, b.num_rows())? {
+                match t {
+                    Some(p) => *rows.entry(p).or_default() += 1,
+                    None => no_time += 1,
+                }
+            }
+            self.update(b)?;
+        }
+        Ok(Partial {
+            states: self.snapshot()?,
+            rows: rows.into_iter().collect(),
+            no_time,
+        })
+    }
+
+    /// Stage 2: merge a [`Partial`] into the open panes. The panes whose every window has
+    /// closed are late, as their rows would have been in [`WindowAggregator::update`].
+    pub fn merge_partial(&mut self, partial: &Partial) -> Result<UpdateStats> {
+        let Store::Panes(p) = &self.store else {
+            return Err(WeirError::Internal(
+                "a partial state for a session window".into(),
+            ));
+        };
+        let (size, closed) = (p.size, self.closed_through);
+        let on_time = |pane: i64| pane.saturating_add(size) > closed;
+        let mut stats = UpdateStats {
+            late: partial.no_time,
+            ..UpdateStats::default()
+        };
+        for (pane, n) in &partial.rows {
+            if on_time(*pane) {
+                stats.accepted += n;
+            } else {
+                stats.late += n;
+            }
+        }
+        for batch in &partial.states {
+            self.merge_panes(batch, on_time)?;
+        }
+        Ok(stats)
     }
 
     /// The watermark this operator can promise downstream: every row it emits from now on
@@ -738,4 +847,12 @@ impl WindowAggregator {
             }
         }
     }
+}
+
+fn int_column(batch: &RecordBatch, i: usize) -> Result<&Int64Array> {
+    batch
+        .column(i)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| WeirError::Internal("window state column".into()))
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 /// What every window's state is made of: its key columns (the GROUP BY columns other than
 /// the window bounds) and its aggregates.
+#[derive(Clone)]
 pub(crate) struct Layout {
     pub key_schema: SchemaRef,
     pub aggregates: Vec<Arc<AggregateFunctionExpr>>,

@@ -34,7 +34,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use groups::cast_to;
 use std::collections::BTreeMap;
 
-pub use aggregate::WindowAggregator;
+pub use aggregate::{Partial, WindowAggregator};
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
@@ -109,6 +109,18 @@ pub trait WindowOperator: Send {
     ) -> Result<()>;
     /// The watermark this operator can promise downstream.
     fn output_watermark(&self, input_watermark: i64) -> i64;
+    /// An empty aggregator that stage 1 folds micro-batches into (see
+    /// [`WindowAggregator::partial_copy`]); `None`: rows are folded here, on the driver.
+    fn partial_copy(&self) -> Option<WindowAggregator> {
+        None
+    }
+    /// Merge what stage 1 folded ([`WindowAggregator::merge_partial`]).
+    fn merge_partial(&mut self, _partial: &Partial) -> Result<UpdateStats> {
+        Err(WeirError::Internal(format!(
+            "{} takes no partial states",
+            self.describe()
+        )))
+    }
 }
 
 /// Epoch ms from a timestamp column's raw values.

@@ -248,6 +248,51 @@ mod unit {
         assert_eq!(hop_expected(&[(10_500, "a", 1)], 2_000, 6_000).len(), 3);
     }
 
+    /// Stage 1 and 2: folding each chunk into an empty copy and merging the partial states
+    /// closes the same windows, with the same late counts, as folding the rows directly;
+    /// a watermark a little behind makes some rows late (panes whose windows closed).
+    #[tokio::test]
+    async fn partial_states_merged_close_as_rows_folded() {
+        for window in [
+            "TUMBLE(t, ts, INTERVAL '5' SECOND)",
+            "HOP(t, ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND)",
+        ] {
+            for chunk in [1, 3, 5] {
+                let (mut direct, pre) = plan(window, ROWS).await;
+                let (mut merged, _) = plan(window, ROWS).await;
+                let (mut closed_direct, mut closed_merged) = (Vec::new(), Vec::new());
+                let (mut late_direct, mut late_merged) = (0, 0);
+                let marks = watermarks(ROWS, chunk, 1_000);
+                let mut i = 0;
+                for w in marks {
+                    let len = chunk.min(pre.num_rows() - i);
+                    let piece = pre.slice(i, len);
+                    i += len;
+                    let u = direct.update(&piece).unwrap();
+                    late_direct += u.late;
+                    let partial = merged.partial_copy().unwrap().partial(&[piece]).unwrap();
+                    let m = merged.merge_partial(&partial).unwrap();
+                    assert_eq!((m.accepted, m.late), (u.accepted, u.late), "{window}");
+                    late_merged += m.late;
+                    closed_direct.extend(direct.close(w).unwrap());
+                    closed_merged.extend(merged.close(w).unwrap());
+                }
+                closed_direct.extend(direct.close(i64::MAX).unwrap());
+                closed_merged.extend(merged.close(i64::MAX).unwrap());
+                assert_eq!(rows_of(&closed_merged), rows_of(&closed_direct), "{window}");
+                assert_eq!(late_merged, late_direct);
+                if chunk == 1 {
+                    assert!(late_direct > 0, "{window}: some rows are late");
+                }
+            }
+        }
+        let (session, _) = plan("SESSION(t, ts, INTERVAL '3' SECOND)", ROWS).await;
+        assert!(
+            session.partial_copy().is_none(),
+            "sessions fold on the driver"
+        );
+    }
+
     #[tokio::test]
     async fn tumble_is_one_pane_per_window() {
         let mut m: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
