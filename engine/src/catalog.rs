@@ -187,7 +187,13 @@ impl Catalog {
 
     /// `DESCRIBE name`: columns, SQL, status and plan (or `plan`, when given), one line
     /// each.
-    pub fn describe(&self, name: &str, plan: Option<String>) -> Result<RecordBatch> {
+    /// `parallelism`: how a view's work is shared among the workers.
+    pub fn describe(
+        &self,
+        name: &str,
+        plan: Option<String>,
+        parallelism: Option<&str>,
+    ) -> Result<RecordBatch> {
         let e = self
             .get(name)
             .filter(|e| e.info.kind != ObjectKind::Sink)
@@ -220,6 +226,9 @@ impl Catalog {
             s.bad_rows,
             crate::stats::fmt_watermark(s.watermark)
         ));
+        if let Some(p) = parallelism {
+            lines.push(format!("parallel {p}"));
+        }
         if let Some(p) = plan.as_ref().or(e.plan.as_ref()) {
             lines.extend(p.lines().map(|l| format!("plan {l}")));
         }

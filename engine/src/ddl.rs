@@ -72,9 +72,12 @@ impl Pipeline {
             WeirStatement::Describe(name) => {
                 let table = self.tables.iter().find(|t| t.name == name);
                 let plan = table.map(table_description);
-                Ok(StatementResult::Rows(vec![
-                    self.catalog.describe(&name, plan)?,
-                ]))
+                let parallelism = self.dataflow.parallelism(&name);
+                Ok(StatementResult::Rows(vec![self.catalog.describe(
+                    &name,
+                    plan,
+                    parallelism,
+                )?]))
             }
             WeirStatement::Drop {
                 kind,
@@ -525,5 +528,38 @@ mod tests {
         .await
         .unwrap();
         signal.await.unwrap().unwrap();
+    }
+
+    /// DESCRIBE says how each view's work is shared out: stateless views and TUMBLE/HOP
+    /// aggregates that drop late rows are prepared on the workers; SESSION windows, views
+    /// over stateful views and views that dead-letter late rows run on the driver.
+    #[tokio::test(flavor = "current_thread")]
+    async fn describe_says_what_runs_on_the_workers() {
+        let mut p = Pipeline::new(
+            EngineConfig::default(),
+            ConnectorRegistry::new().with_source(crate::connector::testing::Pushed),
+        );
+        p.execute(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, k TEXT, v BIGINT, \
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'pushed'); \
+             CREATE MATERIALIZED VIEW big AS SELECT * FROM ev WHERE v > 10; \
+             CREATE MATERIALIZED VIEW per_k AS SELECT window_start, window_end, k, count(*) AS n \
+               FROM TUMBLE(big, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k; \
+             CREATE MATERIALIZED VIEW sessions AS SELECT window_start, window_end, k, count(*) AS n \
+               FROM SESSION(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k; \
+             CREATE MATERIALIZED VIEW kept_late WITH ('late.policy' = 'dead-letter') AS \
+               SELECT window_start, window_end, count(*) AS n \
+               FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end; \
+             CREATE MATERIALIZED VIEW over_view AS SELECT * FROM per_k WHERE n > 1",
+        )
+        .await
+        .unwrap();
+        let parallel = |p: &Pipeline, view: &str| p.dataflow.parallelism(view).unwrap_or("-");
+        assert_eq!(parallel(&p, "big"), "stage 1 on any worker: the whole plan");
+        assert!(parallel(&p, "per_k").contains("partial aggregates per pane"));
+        for view in ["sessions", "kept_late", "over_view"] {
+            assert_eq!(parallel(&p, view), "driver only", "{view}");
+        }
+        assert_eq!(p.dataflow.parallelism("ev"), None, "sources have no line");
     }
 }

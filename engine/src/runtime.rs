@@ -287,6 +287,13 @@ pub async fn run_with(
     // With no control channel, the source channel closes when every source task is gone.
     let tx = control.is_some().then_some(tx);
     pipeline.start();
+    let workers = pipeline.config().workers;
+    if workers > 1 {
+        tracing::info!(
+            workers,
+            "computing on {workers} workers: batches are prepared on any of them, merged in order"
+        );
+    }
     let late_rows = spawn_late_row_writer(pipeline.config().data_dir.clone());
     let mut epoch = options.checkpoint.as_ref().map_or(1, |c| c.first_epoch);
     let mut checkpointer = tokio::time::interval(

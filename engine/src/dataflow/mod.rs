@@ -416,6 +416,39 @@ impl Dataflow {
         })
     }
 
+    /// How a view's work is shared out (for DESCRIBE): what stage 1 does for it on the
+    /// workers, or that it runs on the driver only.
+    pub fn parallelism(&self, view: &str) -> Option<&'static str> {
+        let id = self.graph.id(view)?;
+        let Some(Node {
+            op: NodeOp::View(_),
+            ..
+        }) = self.nodes.get(&id)
+        else {
+            return None;
+        };
+        let sources = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kind == ObjectKind::Source)
+            .map(|(_, n)| n.name.clone());
+        for source in sources {
+            let Some(program) = self.stage1_program(&source) else {
+                continue;
+            };
+            if let Some((_, _, step)) = program.steps.iter().find(|(v, _, _)| *v == id) {
+                return Some(match step {
+                    prepare::Stage1Step::Stateless(_) => "stage 1 on any worker: the whole plan",
+                    prepare::Stage1Step::Aggregate { .. } => {
+                        "stage 1 on any worker: pre plan and partial aggregates per pane; \
+                         stage 2 on the driver: merge and close windows"
+                    }
+                });
+            }
+        }
+        Some("driver only")
+    }
+
     /// [`Dataflow::push`] for a batch stage 1 prepared (`prepared` from a program of the
     /// current generation; otherwise the batch is run the ordinary way).
     pub async fn push_prepared(
