@@ -11,11 +11,11 @@
 //! - When every partition has ended, the watermark is the end of time (`i64::MAX`).
 //! - The watermark never goes backwards.
 //!
-//! Lateness is decided per row in arrival order within a partition:
-//! [`SourceWatermark::split_points`] finds where, inside one micro-batch, the watermark
-//! implied by the rows before a row has passed that row's time. The dataflow delivers the
-//! batch in pieces cut there and advances watermarks between them, so a row is late or on
-//! time exactly as if every batch held one row, whatever the batching.
+//! Lateness is decided per row in arrival order within a partition: [`cut_points`] finds
+//! where, inside one micro-batch, the watermark implied by the rows before a row could have
+//! passed that row's time. The dataflow delivers the batch in pieces cut there and advances
+//! watermarks between them, so a row is late or on time exactly as if every batch held one
+//! row, whatever the batching.
 
 /// One partition's event-time state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,73 +212,30 @@ impl SourceWatermark {
         self.watermark = w;
         changed
     }
-
-    /// Where to cut a micro-batch of `partition` arriving at `now` so that lateness is
-    /// decided per row: `event[i]` is row `i`'s event time (the WATERMARK column), and
-    /// `probe[i]` the earliest time a window could judge it by (the least of the window
-    /// time columns views read, `None` when it has none). Returns the row indexes (in
-    /// increasing order, never 0) at which a new piece starts: before each, the watermark
-    /// implied by the rows before that row has moved past what the views have seen and past
-    /// that row's time, so the views must advance first.
-    pub fn split_points(
-        &self,
-        partition: usize,
-        event: &[i64],
-        probe: Option<&[Option<i64>]>,
-        now: i64,
-    ) -> Vec<usize> {
-        let EventTime::Column { delay_ms, .. } = self.event_time else {
-            return vec![];
-        };
-        let Some(own) = self.partitions.get(partition) else {
-            return vec![];
-        };
-        // What the other partitions had reached when the batch began; this partition is
-        // active (it is delivering).
-        let others = self
-            .partitions
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != partition)
-            .filter_map(|(_, p)| self.contribution(p, now))
-            .min()
-            .unwrap_or(i64::MAX);
-        // The views have seen the watermark of the last advance; the first row is judged
-        // by it (a batch is delivered before watermarks advance).
-        cut_points(
-            event,
-            probe,
-            delay_ms,
-            self.watermark,
-            others,
-            own.max_event.unwrap_or(i64::MIN),
-        )
-    }
 }
 
-/// The rule of [`SourceWatermark::split_points`] as a pure function: `watermark` is what
-/// the views have heard, `others` the least the partition's siblings allow (`i64::MAX`:
-/// no limit), `newest` the partition's newest event time before the batch.
+/// Where to cut a micro-batch of one partition so that lateness is decided per row:
+/// `event[i]` is row `i`'s event time (the WATERMARK column) and `probe[i]` the earliest
+/// time a window could judge it by (the least of the window time columns views read,
+/// `None` when it has none). Returns the row indexes (increasing, never 0) at which a new
+/// piece starts: the rows before such a row imply a watermark past that row's time and
+/// past the one at the previous cut, so the views must advance before it.
 ///
-/// Stage 1 (`dataflow/prepare.rs`) cuts with `watermark = i64::MIN`, `others = i64::MAX`
-/// and `newest = i64::MIN`, which needs nothing but the batch: that cuts wherever these
-/// values cut and possibly more (every limit it uses is at or above the true one), and a
-/// cut only makes the views advance to the true watermark before the rows after it, so
-/// every row is still judged by the watermark its predecessors imply.
-pub fn cut_points(
-    event: &[i64],
-    probe: Option<&[Option<i64>]>,
-    delay_ms: i64,
-    watermark: i64,
-    others: i64,
-    newest: i64,
-) -> Vec<usize> {
+/// Only the batch's own rows are used (not the other partitions, not the watermark the
+/// views have heard): the rows before a row imply at least what the true watermark would
+/// be if they alone held it back, so this cuts wherever a row could be late by them, and an
+/// extra cut only makes the views advance to the true watermark sooner. Every row is
+/// judged by the watermark the rows before it imply, as if every batch held one row, and
+/// the cuts depend on nothing but the batch: stage 1 computes them on any worker and the
+/// driver uses them as they are, so the views advance at the same points, and emit the
+/// same rows in the same order, whatever the number of workers.
+pub fn cut_points(event: &[i64], probe: Option<&[Option<i64>]>, delay_ms: i64) -> Vec<usize> {
     let mut cuts = Vec::new();
-    let mut seen = watermark;
-    let mut newest = newest;
+    let mut seen = i64::MIN;
+    let mut newest = i64::MIN;
     for (i, &t) in event.iter().enumerate() {
         if i > 0 {
-            let implied = watermark.max(others.min(newest.saturating_sub(delay_ms)));
+            let implied = newest.saturating_sub(delay_ms);
             let time = match probe {
                 Some(p) => p.get(i).copied().flatten(),
                 None => Some(t),
@@ -382,44 +339,32 @@ mod tests {
     }
 
     #[test]
-    fn split_points_cut_where_earlier_rows_of_the_batch_made_a_row_late() {
+    fn cut_points_cut_where_earlier_rows_of_the_batch_made_a_row_late() {
         // One partition, delay 0: rows 10 s, 40 s, 12 s, 41 s, 5 s, 90 s, 80 s.
-        let w = SourceWatermark::new(column(0), 60_000, 1, 0);
         let t = [10_000, 40_000, 12_000, 41_000, 5_000, 90_000, 80_000];
         // Row 2 (12 s) is behind 40 s; row 4 (5 s) is behind 41 s; row 6 (80 s) is
         // behind 90 s.
-        assert_eq!(w.split_points(0, &t, None, 0), vec![2, 4, 6]);
+        assert_eq!(cut_points(&t, None, 0), vec![2, 4, 6]);
         // In order: no cuts.
-        assert!(w.split_points(0, &[1, 2, 3, 3, 4], None, 0).is_empty());
+        assert!(cut_points(&[1, 2, 3, 3, 4], None, 0).is_empty());
     }
 
     #[test]
-    fn split_points_respect_the_delay_other_partitions_and_runs_of_late_rows() {
-        let mut w = SourceWatermark::new(column(5_000), 60_000, 2, 0);
-        w.observe(1, Some(30_000), 0);
-        w.advance(0);
-        // Partition 1 holds the watermark at 25 s: rows of partition 0 can be late only
-        // behind 25 s, and a run of late rows needs one cut.
+    fn cut_points_respect_the_delay_and_runs_of_late_rows() {
+        // Row 1 (20 s) is behind the 35 s row 0 implies; rows 2 to 4 are behind it too, but
+        // the watermark the rows imply has not moved since: one cut for the run.
         let t = [40_000, 20_000, 24_000, 26_000, 10_000];
-        assert_eq!(w.split_points(0, &t, None, 0), vec![1]);
+        assert_eq!(cut_points(&t, None, 5_000), vec![1]);
         // Within the delay nothing is late.
-        let mut solo = SourceWatermark::new(column(5_000), 60_000, 1, 0);
-        solo.observe(0, Some(0), 0);
-        assert!(
-            solo.split_points(0, &[10_000, 6_000, 12_000], None, 0)
-                .is_empty()
-        );
+        assert!(cut_points(&[10_000, 6_000, 12_000], None, 5_000).is_empty());
         // A probe column other than event time decides lateness: row 1's window time
         // (4 s) is behind the 5 s that row 0 implies; row 2 has none.
         let probe = [Some(10_000), Some(4_000), None];
         assert_eq!(
-            solo.split_points(0, &[10_000, 20_000, 30_000], Some(&probe), 0),
+            cut_points(&[10_000, 20_000, 30_000], Some(&probe), 5_000),
             vec![1]
         );
         let probe = [Some(10_000), Some(9_000), None];
-        assert!(
-            solo.split_points(0, &[10_000, 20_000, 30_000], Some(&probe), 0)
-                .is_empty()
-        );
+        assert!(cut_points(&[10_000, 20_000, 30_000], Some(&probe), 5_000).is_empty());
     }
 }

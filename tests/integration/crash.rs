@@ -1,6 +1,7 @@
 //! Crash recovery end to end: a real Kafka topic with 300,000 events, `weir run` (the real
 //! binary) killed with SIGKILL at random moments more than 20 times and restarted each
-//! time, checkpointing every 300 ms. The final Postgres tables (an upserted windowed view
+//! time with 2, 4 or 1 workers in turn (so checkpoints written with one worker count are
+//! restored with another), checkpointing every 300 ms. The final Postgres tables (an upserted windowed view
 //! and an append-only view written by row id), the Parquet files and the Kafka topic written
 //! in transactions (read with `read_committed`) must equal the answer computed directly
 //! from the events: every row once, none missing. And PostgreSQL stopped for 30 s under a
@@ -73,7 +74,9 @@ fn expected(evs: &[Ev]) -> (Vec<WindowRow>, Vec<FailedRow>) {
     (rows, failed)
 }
 
-fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path) -> Child {
+/// Start `weir run` with `workers` workers (restarts change the count: a checkpoint written
+/// with one count restores into another).
+fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path, workers: usize) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -89,6 +92,8 @@ fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path) -> Child {
         .arg("127.0.0.1:0")
         .arg("--progress-interval")
         .arg("0s")
+        .arg("--workers")
+        .arg(workers.to_string())
         .arg(sql)
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().expect("log"))
@@ -313,8 +318,9 @@ async fn sigkill_at_random_moments_changes_no_result() {
     // checkpoints and sink writes, which happen all the time at this interval).
     let mut rng = Lcg(0x5eed);
     let mut progress = Vec::new();
-    for _ in 0..KILLS {
-        let mut child = start_weir(dir.path(), &sql, &config, &log);
+    for kill in 0..KILLS {
+        let workers = [2, 4, 2, 1][kill % 4];
+        let mut child = start_weir(dir.path(), &sql, &config, &log, workers);
         tokio::time::sleep(Duration::from_millis(150 + rng.below(1100))).await;
         child.kill().unwrap();
         child.wait().unwrap();
@@ -329,7 +335,7 @@ async fn sigkill_at_random_moments_changes_no_result() {
     );
 
     // The last run goes to the end.
-    let mut child = start_weir(dir.path(), &sql, &config, &log);
+    let mut child = start_weir(dir.path(), &sql, &config, &log, 2);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let got = read_windows(&db, &wtable).await;

@@ -38,6 +38,7 @@ use crate::object::ObjectKind;
 use crate::planner::{ViewPlan, ViewPlanKind};
 use crate::stats::Stats;
 use crate::window::shifted_ms;
+use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::record_batch::RecordBatch;
 pub use graph::{Graph, NodeId};
 pub use operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures};
@@ -322,42 +323,52 @@ impl Dataflow {
         now: i64,
     ) -> Result<()> {
         let (id, s) = self.source_mut(source)?;
+        let times = s.event_times(&batch)?;
+        let cuts = match (&times, s.clock.event_time) {
+            (Some(t), crate::watermark::EventTime::Column { index, delay_ms }) => {
+                let probes = self.probes.get(&id).map_or(&[][..], |p| p.as_slice());
+                prepare::batch_cuts(&batch, t, index, delay_ms, probes)?
+            }
+            _ => vec![],
+        };
+        self.deliver_pieces(source, partition, batch, times, cuts, None, position, now)
+            .await
+    }
+
+    /// Deliver `batch` of `partition` in the pieces `cuts` gives: per piece, the source
+    /// records its event times, the views take it (or what stage 1 `prepared` of it), and
+    /// watermarks advance.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_pieces(
+        &mut self,
+        source: &str,
+        partition: usize,
+        batch: RecordBatch,
+        times: Option<TimestampMillisecondArray>,
+        cuts: Vec<usize>,
+        prepared: Option<Vec<BTreeMap<NodeId, Stage1Out>>>,
+        position: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        let (id, s) = self.source_mut(source)?;
         if partition >= s.clock.partitions.len() {
             return Err(WeirError::Internal(format!(
                 "source '{source}' sent partition {partition} of {}",
                 s.clock.partitions.len()
             )));
         }
-        let times = s.event_times(&batch)?;
-        let probes = self.probes.get(&id).cloned().unwrap_or_default();
-        let cuts = match &times {
-            Some(t) if !probes.is_empty() && batch.num_rows() > 1 => {
-                let event_only = match (&self.nodes.get(&id).map(|n| &n.op), probes.as_slice()) {
-                    (Some(NodeOp::Source(s)), [only]) => match s.clock.event_time {
-                        crate::watermark::EventTime::Column { index, .. } => index == *only,
-                        _ => false,
-                    },
-                    _ => false,
-                };
-                let probe = if event_only {
-                    None
-                } else {
-                    Some(min_times(&batch, &probes)?)
-                };
-                let (_, s) = self.source_mut(source)?;
-                s.split_points(partition, t, probe.as_deref(), now)
-            }
-            _ => vec![],
-        };
         let origin = (partition as u32).min(RowIds::CLOSES - 1);
+        let mut prepared = prepared.map(|p| p.into_iter());
         let mut start = 0;
         for end in cuts.into_iter().chain([batch.num_rows()]) {
             let piece = batch.slice(start, end - start);
             let piece_times = times.as_ref().map(|t| t.slice(start, end - start));
+            let mut outputs = prepared.as_mut().and_then(|p| p.next());
             let (_, s) = self.source_mut(source)?;
             s.observe(partition, piece_times.as_ref(), now);
             if piece.num_rows() > 0 {
-                self.deliver(id, piece, origin, now, None).await?;
+                self.deliver(id, piece, origin, now, outputs.as_mut())
+                    .await?;
             }
             self.advance(now).await?;
             start = end;
@@ -465,34 +476,23 @@ impl Dataflow {
             return self.push(source, partition, batch, position, now).await;
         }
         self.prepared.0 += 1;
-        let (id, s) = self.source_mut(source)?;
-        if partition >= s.clock.partitions.len() {
-            return Err(WeirError::Internal(format!(
-                "source '{source}' sent partition {partition} of {}",
-                s.clock.partitions.len()
-            )));
-        }
-        let origin = (partition as u32).min(RowIds::CLOSES - 1);
         let Prepared {
             times,
             cuts,
             pieces,
             ..
         } = prepared;
-        let mut start = 0;
-        for (end, mut outputs) in cuts.into_iter().chain([batch.num_rows()]).zip(pieces) {
-            let piece = batch.slice(start, end - start);
-            let piece_times = times.as_ref().map(|t| t.slice(start, end - start));
-            let (_, s) = self.source_mut(source)?;
-            s.observe(partition, piece_times.as_ref(), now);
-            if piece.num_rows() > 0 {
-                self.deliver(id, piece, origin, now, Some(&mut outputs))
-                    .await?;
-            }
-            self.advance(now).await?;
-            start = end;
-        }
-        self.set_position(source, partition, position)
+        self.deliver_pieces(
+            source,
+            partition,
+            batch,
+            times,
+            cuts,
+            Some(pieces),
+            position,
+            now,
+        )
+        .await
     }
 
     fn set_position(

@@ -9,12 +9,13 @@
 //! folded the rows. Everything else (SESSION windows, top-N over rows, joins, views over
 //! views with state, views that dead-letter late rows) runs on the driver as before.
 //!
-//! The driver still takes the batches of a source in order and decides what is late: stage
-//! 1 cuts each batch where the batch's own rows could make a later row late
-//! (`watermark::cut_points` with no knowledge of other partitions or of the current
-//! watermark), and the driver advances the watermark at each cut before it merges the
+//! The driver still takes the batches of a source in order and decides what is late: a
+//! batch is cut where its own rows could make a later row late (`watermark::cut_points`,
+//! which needs nothing but the batch, so stage 1 cuts exactly where the driver does with
+//! one worker), and the driver advances the watermark at each cut before it merges the
 //! next piece. Whatever the number of workers, every row is judged by the same watermark
-//! as on one core, so the results are the same rows in the same order.
+//! and windows close at the same points, so the results are the same rows in the same
+//! order.
 //!
 //! A program is tied to the dataflow's generation: a batch prepared before a view was
 //! created or dropped is not used (the driver runs it the ordinary way).
@@ -76,6 +77,35 @@ pub struct Prepared {
     pub(super) pieces: Vec<BTreeMap<NodeId, Stage1Out>>,
 }
 
+/// Where `batch` is cut ([`cut_points`] over its event times `times`; `event` is the
+/// event-time column, `probes` the columns lateness is judged by): the same cuts on the
+/// driver and in stage 1.
+pub(super) fn batch_cuts(
+    batch: &RecordBatch,
+    times: &TimestampMillisecondArray,
+    event: usize,
+    delay_ms: i64,
+    probes: &[usize],
+) -> Result<Vec<usize>> {
+    if probes.is_empty() || batch.num_rows() < 2 {
+        return Ok(vec![]);
+    }
+    let probe = if probes == [event] {
+        None
+    } else {
+        Some(min_times(batch, probes)?)
+    };
+    // A null event time holds nothing back (such rows are bad records at the source).
+    let values: Vec<i64>;
+    let event_values = if times.null_count() == 0 {
+        times.values().as_ref()
+    } else {
+        values = times.iter().map(|v| v.unwrap_or(i64::MIN)).collect();
+        &values
+    };
+    Ok(cut_points(event_values, probe.as_deref(), delay_ms))
+}
+
 impl Stage1Program {
     /// The views this program prepares.
     pub fn views(&self) -> usize {
@@ -89,29 +119,7 @@ impl Stage1Program {
             None => None,
         };
         let cuts = match (&times, self.event) {
-            (Some(t), Some((event, delay))) if !self.probes.is_empty() && batch.num_rows() > 1 => {
-                let probe = if self.probes == [event] {
-                    None
-                } else {
-                    Some(min_times(batch, &self.probes)?)
-                };
-                // A null event time holds nothing back (such rows are bad records).
-                let values: Vec<i64>;
-                let event_values = if t.null_count() == 0 {
-                    t.values().as_ref()
-                } else {
-                    values = t.iter().map(|v| v.unwrap_or(i64::MIN)).collect();
-                    &values
-                };
-                cut_points(
-                    event_values,
-                    probe.as_deref(),
-                    delay,
-                    i64::MIN,
-                    i64::MAX,
-                    i64::MIN,
-                )
-            }
+            (Some(t), Some((event, delay))) => batch_cuts(batch, t, event, delay, &self.probes)?,
             _ => vec![],
         };
         let mut pieces = Vec::with_capacity(cuts.len() + 1);

@@ -1,6 +1,6 @@
 //! A source's node: it keeps the source's partitions and watermark (see `watermark.rs`) and
 //! passes its batches on unchanged. Batches reach it through [`SourceOp::observe`] (the
-//! dataflow cuts them first, see [`SourceOp::split_points`]) rather than
+//! dataflow cuts them first, see `watermark::cut_points`) rather than
 //! [`Operator::on_batch`], because they carry a partition.
 
 use super::operator::{Context, NodeState, Operator, meta_field};
@@ -50,26 +50,6 @@ impl SourceOp {
     ) {
         let newest = times.and_then(datafusion::arrow::compute::max);
         self.clock.observe(partition, newest, now);
-    }
-
-    /// Where to cut a batch so lateness is decided per row (see
-    /// [`SourceWatermark::split_points`]); `probe` gives each row's earliest window time
-    /// when views window on other columns.
-    pub fn split_points(
-        &self,
-        partition: usize,
-        times: &TimestampMillisecondArray,
-        probe: Option<&[Option<i64>]>,
-        now: i64,
-    ) -> Vec<usize> {
-        if times.null_count() == 0 {
-            return self
-                .clock
-                .split_points(partition, times.values(), probe, now);
-        }
-        // A null event time holds nothing back (such rows are bad records at the source).
-        let event: Vec<i64> = times.iter().map(|t| t.unwrap_or(i64::MIN)).collect();
-        self.clock.split_points(partition, &event, probe, now)
     }
 }
 
