@@ -3,6 +3,7 @@
 //! ```text
 //! weir-bench gen --format json|parquet --rows N --out FILE     input from the downloads generator
 //! weir-bench throughput --input FILE --format json|parquet --threads 1|2
+//! weir-bench scale --input FILE --format json|parquet [--max-workers N]   the curve, 1..N
 //! weir-bench memory --groups 1000000                           open-window state size
 //! weir-bench restore --groups 1000000                          checkpoint + restore time
 //! weir-bench kafka-load --bootstrap HOST:PORT --topic T --partitions 8 --input FILE.jsonl
@@ -48,6 +49,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod nexmark_gen;
 mod pg;
+mod scale;
 mod serve;
 mod soak;
 
@@ -126,6 +128,9 @@ enum Cmd {
         #[arg(long, default_value_t = 8192)]
         batch_rows: usize,
     },
+    /// The throughput curve over 1..N workers: `throughput` once per worker count, each
+    /// run pinned to that many cores with taskset.
+    Scale(scale::ScaleArgs),
     /// Fill open windows with N distinct groups and report the process's memory.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -694,6 +699,7 @@ fn main() -> Result<()> {
             rows,
             window_secs,
         } => return serve::ws_fanout(subscribers, rows, window_secs),
+        Cmd::Scale(args) => return scale::scale(args),
         Cmd::Soak(args) => {
             let passed = soak::soak(args)?;
             if !passed {
@@ -811,7 +817,7 @@ fn main() -> Result<()> {
                 batch_rows,
                 url,
             } => pg::pg_upsert(rows, batch_rows, url).await,
-            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak(_) => Ok(()),
+            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak(_) | Cmd::Scale(_) => Ok(()),
         }
     })
 }

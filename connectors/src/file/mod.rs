@@ -649,6 +649,92 @@ mod tests {
 
     /// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
     /// watermark column) follow `bad.records` like bad JSON lines.
+    /// A Parquet file of several row groups and units, with rows missing their event time
+    /// here and there: decoding it on three threads gives the batches, bad-row counts and
+    /// dead letters (positions, order) of decoding it on one, and so does a restore that
+    /// skips the first rows.
+    #[tokio::test]
+    async fn parquet_decoded_on_several_threads_as_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.parquet");
+        let file_schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let n: i64 = 300_000;
+        let batch = RecordBatch::try_new(
+            file_schema.clone(),
+            vec![
+                Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
+                Arc::new(
+                    datafusion::arrow::array::TimestampMillisecondArray::from_iter(
+                        (0..n).map(|i| (i % 50_000 != 123).then_some(i)),
+                    ),
+                ),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("n{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let props = datafusion::parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100_000))
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            file_schema,
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let run = |workers: usize, skip: i64| {
+            let d = dir.path().join(format!("run-{workers}-{skip}"));
+            let path = path.clone();
+            async move {
+                std::fs::create_dir_all(&d).unwrap();
+                let mut s = spec(
+                    &d,
+                    &[("path", path.to_str().unwrap()), ("format", "parquet")],
+                    7_000,
+                );
+                s.workers = workers;
+                let mut source = FileSourceFactory.create(s).unwrap();
+                source.seek(&[(0, skip)]).unwrap();
+                // Per batch: its first and last id, rows and bad-row count.
+                let events: Vec<(usize, i64, i64, usize, u64)> = drain(&mut source)
+                    .await
+                    .into_iter()
+                    .map(|(p, ids, bad)| {
+                        let first = ids.first().copied().unwrap_or(-1);
+                        let last = ids.last().copied().unwrap_or(-1);
+                        (p, first, last, ids.len(), bad)
+                    })
+                    .collect();
+                let dead =
+                    std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl")).unwrap();
+                // Without the wall-clock time each letter carries.
+                let dead: Vec<String> = dead
+                    .lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        format!("{} {} {}", v["position"], v["raw"], v["reason"])
+                    })
+                    .collect();
+                (events, dead)
+            }
+        };
+        let (one, dead_one) = run(1, 0).await;
+        assert_eq!(dead_one.len(), 6, "one row in 50,000 has no time");
+        assert!(dead_one[1].contains("row 50124"), "{dead_one:?}");
+        let good: usize = one.iter().map(|e| e.3).sum();
+        assert_eq!(good, n as usize - 6);
+        assert!(one.len() > 40, "batches of at most 7,000 rows");
+        assert_eq!(run(3, 0).await, (one, dead_one));
+        assert_eq!(run(3, 123_456).await, run(1, 123_456).await);
+    }
+
     #[tokio::test]
     async fn parquet_rows_without_their_event_time_are_bad_records() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,10 @@ use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -48,6 +51,84 @@ struct InFlight {
 
 /// A chunk for a decoder thread, and where to put its batch.
 type DecodeJob = (Arc<Vec<u8>>, std_mpsc::SyncSender<Option<RecordBatch>>);
+
+/// Rows of a Parquet file one decoder thread decodes at a time (rounded up to whole
+/// batches).
+const PARQUET_UNIT_ROWS: usize = 65_536;
+
+/// Rows of a Parquet file for one decoder thread: the row groups they lie in, the first
+/// row's offset in the first of them, and how many.
+struct ParquetSpan {
+    groups: Vec<usize>,
+    offset: usize,
+    len: usize,
+}
+
+/// A span of a Parquet file for a decoder thread, and where to put its batches.
+type ParquetJob = (ParquetSpan, std_mpsc::SyncSender<Result<Vec<RecordBatch>>>);
+
+/// What a Parquet decoder thread needs to decode part of a file.
+struct ParquetUnit<'a> {
+    path: &'a Path,
+    metadata: &'a ArrowReaderMetadata,
+    mask: &'a ProjectionMask,
+    schema: &'a SchemaRef,
+    max_rows: usize,
+}
+
+impl ParquetUnit<'_> {
+    /// Decode the rows of `span`, in the declared columns.
+    fn decode(&self, span: ParquetSpan) -> Result<Vec<RecordBatch>> {
+        let ParquetSpan {
+            groups,
+            offset,
+            len,
+        } = span;
+        let shown = self.path.display();
+        let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
+            WeirError::external_source(format!("reading Parquet file {shown}"), e)
+        };
+        let file = File::open(self.path).map_err(|e| io_error("opening", self.path, e))?;
+        let mut selection = Vec::with_capacity(2);
+        if offset > 0 {
+            selection.push(RowSelector::skip(offset));
+        }
+        selection.push(RowSelector::select(len));
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_row_groups(groups)
+                .with_row_selection(RowSelection::from(selection))
+                .with_projection(self.mask.clone())
+                .with_batch_size(self.max_rows)
+                .build()
+                .map_err(parquet_error)?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| {
+                WeirError::external_source(format!("reading Parquet file {shown}"), e)
+            })?;
+            out.push(declared_columns(self.schema, &batch, self.path)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `batch` (as read from a Parquet file) in `schema`'s columns and types, every column
+/// nullable.
+fn declared_columns(schema: &SchemaRef, batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = batch.column_by_name(field.name()).ok_or_else(|| {
+            WeirError::external(format!(
+                "Parquet file {} has no column '{}'",
+                path.display(),
+                field.name()
+            ))
+        })?;
+        columns.push(cast_to(column, field.data_type(), field.name())?);
+    }
+    Ok(RecordBatch::try_new(all_nullable(schema), columns)?)
+}
 
 /// Whether to keep going: false once the source is gone.
 type Continue = bool;
@@ -317,7 +398,9 @@ impl FileReader {
             ))
         };
         let file = File::open(path).map_err(|e| io_error("opening", path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+        let metadata =
+            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
         let file_schema = builder.schema().clone();
         let roots = builder.parquet_schema().root_schema().get_fields().len();
         let mut indices = Vec::with_capacity(self.schema.fields().len());
@@ -330,36 +413,139 @@ impl FileReader {
             }
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let shown = path.display().to_string();
+        // Rows read from the file before the batch, for the positions of bad rows.
+        let mut rows_before: u64 = 0;
+        let mut take = |read: RecordBatch| -> Result<Continue> {
+            let rows = read.num_rows() as u64;
+            let (good, bad_rows) = self.drop_null_rows(read, bad, |row| {
+                format!("file {shown} row {}", rows_before + row as u64 + 1)
+            })?;
+            rows_before += rows;
+            Ok(self.send(partition, good, bad_rows))
+        };
+        if self.decoders > 1 {
+            return self.read_parquet_parallel(path, &metadata, &mask, &mut take);
+        }
         let reader = builder
             .with_projection(mask)
             .with_batch_size(self.max_rows)
             .build()
             .map_err(parquet_error)?;
-        let nullable = all_nullable(&self.schema);
-        let shown = path.display().to_string();
-        // Rows read from the file before the batch, for the positions of bad rows.
-        let mut rows_before: u64 = 0;
         for batch in reader {
             let batch = batch.map_err(|e| {
                 WeirError::external_source(format!("reading Parquet file {shown}"), e)
             })?;
-            let mut columns = Vec::with_capacity(self.schema.fields().len());
-            for field in self.schema.fields() {
-                let column = batch
-                    .column_by_name(field.name())
-                    .ok_or_else(|| missing(field.name()))?;
-                columns.push(cast_to(column, field.data_type(), field.name())?);
-            }
-            let read = RecordBatch::try_new(nullable.clone(), columns)?;
-            let (good, bad_rows) = self.drop_null_rows(read, bad, |row| {
-                format!("file {shown} row {}", rows_before + row as u64 + 1)
-            })?;
-            rows_before += batch.num_rows() as u64;
-            if !self.send(partition, good, bad_rows) {
+            if !take(self.declared_columns(&batch, path)?)? {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// A batch as read from a Parquet file, in the declared columns and types (every
+    /// column nullable: NOT NULL is checked by [`FileReader::drop_null_rows`]).
+    fn declared_columns(&self, batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
+        declared_columns(&self.schema, batch, path)
+    }
+
+    /// [`FileReader::read_parquet_with`] on `decoders` threads: the file's rows are cut
+    /// into units of about [`PARQUET_UNIT_ROWS`] rows (whole batches), decoded on the
+    /// decoder threads (up to two units per decoder ahead) and handed to `take` in file
+    /// order, so batches, positions and bad rows are those of reading in turn.
+    fn read_parquet_parallel(
+        &self,
+        path: &Path,
+        metadata: &ArrowReaderMetadata,
+        mask: &ProjectionMask,
+        take: &mut dyn FnMut(RecordBatch) -> Result<Continue>,
+    ) -> Result<Continue> {
+        // Units of whole batches, so the batches are the ones a reader in turn makes
+        // (it fills each batch across row groups): a unit is rows [start, end) of the file,
+        // read from the row groups it overlaps.
+        let unit_rows = self.max_rows * PARQUET_UNIT_ROWS.div_ceil(self.max_rows);
+        let mut starts = Vec::new();
+        let mut total = 0usize;
+        for meta in metadata.metadata().row_groups() {
+            starts.push(total);
+            total += meta.num_rows().max(0) as usize;
+        }
+        let mut units: VecDeque<ParquetSpan> = VecDeque::new();
+        let mut start = 0;
+        while start < total {
+            let end = (start + unit_rows).min(total);
+            let groups: Vec<usize> = (0..starts.len())
+                .filter(|&g| {
+                    let g_end = starts.get(g + 1).copied().unwrap_or(total);
+                    starts[g] < end && g_end > start
+                })
+                .collect();
+            let first = groups.first().map_or(0, |&g| starts[g]);
+            units.push_back(ParquetSpan {
+                groups,
+                offset: start - first,
+                len: end - start,
+            });
+            start = end;
+        }
+        std::thread::scope(|scope| -> Result<Continue> {
+            // Created in the scope so that every way out of it closes the job channel,
+            // which ends the decoder threads the scope waits for.
+            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ParquetJob>(self.decoders);
+            let jobs_rx = Arc::new(parking_lot::Mutex::new(jobs_rx));
+            for i in 0..self.decoders {
+                let jobs = jobs_rx.clone();
+                let (schema, max_rows) = (&self.schema, self.max_rows);
+                std::thread::Builder::new()
+                    .name(format!("weir-parquet-{i}"))
+                    .spawn_scoped(scope, move || {
+                        loop {
+                            let job = jobs.lock().recv();
+                            let Ok((span, reply)) = job else {
+                                return;
+                            };
+                            let unit = ParquetUnit {
+                                path,
+                                metadata,
+                                mask,
+                                schema,
+                                max_rows,
+                            };
+                            let decoded = unit.decode(span);
+                            // The reader stopped waiting (it failed or the source is gone).
+                            let _ = reply.send(decoded);
+                        }
+                    })
+                    .map_err(|e| {
+                        WeirError::external_source("starting a Parquet decoder thread", e)
+                    })?;
+            }
+            let mut in_flight: VecDeque<std_mpsc::Receiver<Result<Vec<RecordBatch>>>> =
+                VecDeque::new();
+            loop {
+                while in_flight.len() < 2 * self.decoders {
+                    let Some(unit) = units.pop_front() else {
+                        break;
+                    };
+                    let (reply, result) = std_mpsc::sync_channel(1);
+                    if jobs_tx.send((unit, reply)).is_err() {
+                        return Err(WeirError::Internal("the Parquet decoders stopped".into()));
+                    }
+                    in_flight.push_back(result);
+                }
+                let Some(next) = in_flight.pop_front() else {
+                    return Ok(true);
+                };
+                let batches = next.recv().map_err(|_| {
+                    WeirError::Internal("a Parquet decoder thread stopped".into())
+                })??;
+                for b in batches {
+                    if !take(b)? {
+                        return Ok(false);
+                    }
+                }
+            }
+        })
     }
 
     /// The rows of `batch` (decoded with every column nullable) that have a value in every

@@ -247,16 +247,20 @@ fn rewrite_factor(
             };
             let ts = format!("\"{}\"", time_column.replace('"', "\"\""));
             let ms = |v: i64| format!("INTERVAL '{v} milliseconds'");
+            // The end adds a duration, not an interval: a timestamp plus a duration is one
+            // integer addition per row, where an interval (which may hold months) goes
+            // through calendar arithmetic per row, a quarter of a simple view's CPU.
+            let plus = |v: i64| format!("arrow_cast({v}, 'Duration(Millisecond)')");
             let (start, end) = match kind {
                 WindowKind::Tumble { size_ms } => {
                     let bin = format!("date_bin({}, {ts})", ms(size_ms));
-                    (bin.clone(), format!("{bin} + {}", ms(size_ms)))
+                    (bin.clone(), format!("{bin} + {}", plus(size_ms)))
                 }
                 WindowKind::Hop { slide_ms, size_ms } => {
                     let bin = format!("date_bin({}, {ts})", ms(slide_ms));
-                    (bin.clone(), format!("{bin} + {}", ms(size_ms)))
+                    (bin.clone(), format!("{bin} + {}", plus(size_ms)))
                 }
-                WindowKind::Session { gap_ms } => (ts.clone(), format!("{ts} + {}", ms(gap_ms))),
+                WindowKind::Session { gap_ms } => (ts.clone(), format!("{ts} + {}", plus(gap_ms))),
             };
             let sub_sql = format!(
                 "SELECT {keep}, {start} AS window_start, {end} AS window_end FROM \"{}\"",

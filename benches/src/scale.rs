@@ -1,0 +1,97 @@
+//! `weir-bench scale`: the throughput curve over worker counts, one process per count,
+//! pinned to that many cores, so it can be rerun on a bigger machine.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(clap::Args, Debug)]
+pub struct ScaleArgs {
+    /// The input file (JSON lines or Parquet from `weir-bench gen`).
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long, default_value = "json")]
+    pub format: String,
+    /// The largest worker count (default: the available cores).
+    #[arg(long)]
+    pub max_workers: Option<usize>,
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: usize,
+}
+
+/// One point of the curve.
+struct Point {
+    workers: usize,
+    events_per_sec: f64,
+    peak_rss_mib: f64,
+}
+
+/// Run `weir-bench throughput` for 1..=N workers, each pinned with `taskset` to cores
+/// 0..workers-1 (unpinned when taskset is missing, which the output says), and print the
+/// curve: events/s, the speed-up over one worker and the efficiency per worker.
+pub fn scale(args: ScaleArgs) -> Result<()> {
+    let max = args
+        .max_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let exe = std::env::current_exe().context("finding weir-bench itself")?;
+    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    if !pinned {
+        eprintln!("taskset not found: the runs are not pinned to cores");
+    }
+    let mut points: Vec<Point> = Vec::new();
+    for workers in 1..=max {
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(format!("0-{}", workers - 1)).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        cmd.arg("throughput")
+            .arg("--input")
+            .arg(&args.input)
+            .arg("--format")
+            .arg(&args.format)
+            .arg("--threads")
+            .arg(workers.to_string())
+            .arg("--batch-rows")
+            .arg(args.batch_rows.to_string());
+        let out = cmd.output().context("running weir-bench throughput")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            bail!(
+                "weir-bench throughput with {workers} workers failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let field = |name: &str| -> Result<f64> {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {name} in the output: {text}"))
+        };
+        let point = Point {
+            workers,
+            events_per_sec: field("events_per_sec")?,
+            peak_rss_mib: field("peak_rss_mib")?,
+        };
+        eprintln!("{workers} worker(s): {:.0} events/s", point.events_per_sec);
+        points.push(point);
+    }
+    let one = points.first().map_or(1.0, |p| p.events_per_sec);
+    println!("| workers | events/s | speed-up | per worker | peak RSS |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for p in &points {
+        let speedup = p.events_per_sec / one;
+        println!(
+            "| {} | {:.0} | {speedup:.2}x | {:.0}% | {:.0} MiB |",
+            p.workers,
+            p.events_per_sec,
+            100.0 * speedup / p.workers as f64,
+            p.peak_rss_mib
+        );
+    }
+    Ok(())
+}
