@@ -7,7 +7,11 @@
 //!
 //! `path` is a file or a glob (hidden files, e.g. a Parquet sink's in-progress files, are not
 //! matched); the matches are read one after another in sorted order, and each file is its own
-//! partition (batches are tagged with the file's index). When every file is read the source
+//! partition (batches are tagged with the file's index). With several engine workers a file
+//! is decoded on several threads and its batches come back in file order (the same batches
+//! as reading it in turn): JSON chunks on `workers` threads, and a Parquet file that has an
+//! offset index in units of about 65,536 rows on `workers - 1` threads when there are more
+//! than two workers. When every file is read the source
 //! ends. With `format = 'json'`, `path` may also name a named pipe (FIFO), read like a file
 //! until its writer closes it: a stream from another process (`weir-bench soak --pipeline
 //! file` feeds one), which a restore cannot re-read. The reading runs on a dedicated thread
@@ -201,7 +205,8 @@ pub struct FileSource {
     ended: bool,
     /// Rows per file a restored checkpoint already covers.
     skip: Vec<u64>,
-    /// Threads a JSON file is decoded on at once (the engine's workers).
+    /// The engine's workers: a JSON file decodes on that many threads, a Parquet file with
+    /// an offset index on one fewer when there are more than two.
     decoders: usize,
 }
 
@@ -650,9 +655,9 @@ mod tests {
     /// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
     /// watermark column) follow `bad.records` like bad JSON lines.
     /// A Parquet file of several row groups and units, with rows missing their event time
-    /// here and there: decoding it on three threads gives the batches, bad-row counts and
-    /// dead letters (positions, order) of decoding it on one, and so does a restore that
-    /// skips the first rows.
+    /// here and there: with three workers (two decoder threads) the batches, bad-row counts
+    /// and dead letters (positions, order) are those of reading it in turn, and so are a
+    /// restore's, which skips the first rows.
     #[tokio::test]
     async fn parquet_decoded_on_several_threads_as_on_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -689,6 +694,18 @@ mod tests {
         .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
+        // The decoder threads need the offset index (files without one are read in turn).
+        let options = datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_offset_index_policy(
+                datafusion::parquet::file::metadata::PageIndexPolicy::Optional,
+            );
+        let meta = datafusion::parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+            &std::fs::File::open(&path).unwrap(),
+            options,
+        )
+        .unwrap();
+        assert!(meta.metadata().offset_index().is_some());
+        assert_eq!(meta.metadata().num_row_groups(), 3);
         let run = |workers: usize, skip: i64| {
             let d = dir.path().join(format!("run-{workers}-{skip}"));
             let path = path.clone();

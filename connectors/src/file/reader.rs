@@ -13,6 +13,7 @@ use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
+use datafusion::parquet::file::metadata::PageIndexPolicy;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -36,7 +37,8 @@ pub(super) struct FileReader {
     /// rows to skip because a checkpoint already covers them.
     pub(super) delivered: Vec<Cell<u64>>,
     pub(super) skip: Vec<Cell<u64>>,
-    /// Threads JSON chunks are decoded on at once (1: on this thread, in turn).
+    /// The engine's workers: JSON chunks decode on that many threads (1: on this thread,
+    /// in turn); Parquet on one fewer, when there are more than two.
     pub(super) decoders: usize,
 }
 
@@ -398,8 +400,10 @@ impl FileReader {
             ))
         };
         let file = File::open(path).map_err(|e| io_error("opening", path, e))?;
-        let metadata =
-            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
+        // The offset index (where each page starts) lets a decoder thread skip to its rows
+        // without reading the pages before them; files without one are read in turn.
+        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load(&file, options).map_err(parquet_error)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone());
         let file_schema = builder.schema().clone();
         let roots = builder.parquet_schema().root_schema().get_fields().len();
@@ -424,7 +428,11 @@ impl FileReader {
             rows_before += rows;
             Ok(self.send(partition, good, bad_rows))
         };
-        if self.decoders > 1 {
+        // Decoding Parquet is a smaller share of the work than decoding JSON, and a decoder
+        // thread re-reads each column's dictionary for every unit: one worker is left to
+        // the rest of the pipeline (with two workers the file is read in turn, which
+        // measured faster than two decoders: BENCHMARKS.md, "Workers").
+        if self.decoders > 2 && metadata.metadata().offset_index().is_some() {
             return self.read_parquet_parallel(path, &metadata, &mask, &mut take);
         }
         let reader = builder
@@ -449,7 +457,7 @@ impl FileReader {
         declared_columns(&self.schema, batch, path)
     }
 
-    /// [`FileReader::read_parquet_with`] on `decoders` threads: the file's rows are cut
+    /// [`FileReader::read_parquet_with`] on `decoders - 1` threads: the file's rows are cut
     /// into units of about [`PARQUET_UNIT_ROWS`] rows (whole batches), decoded on the
     /// decoder threads (up to two units per decoder ahead) and handed to `take` in file
     /// order, so batches, positions and bad rows are those of reading in turn.
@@ -491,9 +499,10 @@ impl FileReader {
         std::thread::scope(|scope| -> Result<Continue> {
             // Created in the scope so that every way out of it closes the job channel,
             // which ends the decoder threads the scope waits for.
-            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ParquetJob>(self.decoders);
+            let decoders = self.decoders - 1;
+            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ParquetJob>(decoders);
             let jobs_rx = Arc::new(parking_lot::Mutex::new(jobs_rx));
-            for i in 0..self.decoders {
+            for i in 0..decoders {
                 let jobs = jobs_rx.clone();
                 let (schema, max_rows) = (&self.schema, self.max_rows);
                 std::thread::Builder::new()
@@ -523,7 +532,7 @@ impl FileReader {
             let mut in_flight: VecDeque<std_mpsc::Receiver<Result<Vec<RecordBatch>>>> =
                 VecDeque::new();
             loop {
-                while in_flight.len() < 2 * self.decoders {
+                while in_flight.len() < 2 * decoders {
                     let Some(unit) = units.pop_front() else {
                         break;
                     };
