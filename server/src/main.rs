@@ -78,6 +78,9 @@ impl Common {
     }
 }
 
+/// How long the exit waits for blocking calls still running after the run ended.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -97,14 +100,21 @@ fn main() -> std::process::ExitCode {
         };
         let workers = app::load_config(&args)?.engine.worker_count();
         let rt = app::runtime(Some(workers))?;
-        rt.block_on(async move {
+        let result = rt.block_on(async move {
             match cli.command {
                 Command::Run { common, until_done } => {
                     app::run(&common.args(), until_done, app::shutdown_signal(), None).await
                 }
                 Command::Check { common } => app::check(&common.args()).await,
             }
-        })
+        });
+        // The run is over (its sinks closed, or were given up on after their close
+        // timeout). Dropping the runtime would wait for every blocking call still running,
+        // such as a Kafka producer's flush to a broker that cannot be reached (about 30 s):
+        // what such a sink had not made durable is recomputed from the last checkpoint at
+        // the next start, so the process does not wait for it.
+        rt.shutdown_timeout(EXIT_GRACE);
+        result
     })
     .and_then(|r| r);
     match result {
