@@ -51,8 +51,58 @@ struct InFlight {
     result: std_mpsc::Receiver<Option<RecordBatch>>,
 }
 
-/// A chunk for a decoder thread, and where to put its batch.
-type DecodeJob = (Arc<Vec<u8>>, std_mpsc::SyncSender<Option<RecordBatch>>);
+/// Decoder threads that take jobs from one channel and answer each on its own, so the
+/// reader can hand out several and take the results back in order.
+struct DecoderPool<J, R> {
+    jobs: std_mpsc::SyncSender<(J, std_mpsc::SyncSender<R>)>,
+}
+
+impl<J: Send, R: Send> DecoderPool<J, R> {
+    /// Start `n` threads in `scope`, named `{name}-{i}`, each running `work` on the jobs it
+    /// takes. Dropping the pool closes the job channel, which ends the threads the scope
+    /// waits for: made inside the scope, every way out of it (an error too) does.
+    fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        name: &str,
+        n: usize,
+        work: impl Fn(J) -> R + Send + Sync + 'scope,
+    ) -> Result<Self>
+    where
+        J: 'scope,
+        R: 'scope,
+    {
+        let (jobs, rx) = std_mpsc::sync_channel::<(J, std_mpsc::SyncSender<R>)>(n);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        let work = Arc::new(work);
+        for i in 0..n {
+            let (rx, work) = (rx.clone(), work.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn_scoped(scope, move || {
+                    loop {
+                        // The lock is held only to take the next job.
+                        let job = rx.lock().recv();
+                        let Ok((job, reply)) = job else {
+                            return;
+                        };
+                        // The reader stopped waiting (it failed or the source is gone).
+                        let _ = reply.send(work(job));
+                    }
+                })
+                .map_err(|e| {
+                    WeirError::external_source(format!("starting decoder thread {name}-{i}"), e)
+                })?;
+        }
+        Ok(DecoderPool { jobs })
+    }
+
+    /// Hand out `job`; where its result arrives, or `None` when the threads are gone.
+    fn submit(&self, job: J) -> Option<std_mpsc::Receiver<R>> {
+        let (reply, result) = std_mpsc::sync_channel(1);
+        self.jobs.send((job, reply)).ok()?;
+        Some(result)
+    }
+}
 
 /// Rows of a Parquet file one decoder thread decodes at a time (rounded up to whole
 /// batches).
@@ -65,9 +115,6 @@ struct ParquetSpan {
     offset: usize,
     len: usize,
 }
-
-/// A span of a Parquet file for a decoder thread, and where to put its batches.
-type ParquetJob = (ParquetSpan, std_mpsc::SyncSender<Result<Vec<RecordBatch>>>);
 
 /// What a Parquet decoder thread needs to decode part of a file.
 struct ParquetUnit<'a> {
@@ -287,30 +334,13 @@ impl FileReader {
         let shown = path.display().to_string();
         let schema = self.schema.clone();
         std::thread::scope(|scope| -> Result<Continue> {
-            // Created in the scope so that every way out of it (an error too) closes the
-            // job channel, which ends the decoder threads the scope waits for.
-            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<DecodeJob>(self.decoders);
-            let jobs_rx = Arc::new(parking_lot::Mutex::new(jobs_rx));
-            for i in 0..self.decoders {
-                let jobs = jobs_rx.clone();
+            let pool = DecoderPool::start(scope, "weir-json", self.decoders, {
                 let schema = schema.clone();
-                std::thread::Builder::new()
-                    .name(format!("weir-json-{i}"))
-                    .spawn_scoped(scope, move || {
-                        loop {
-                            // The lock is held only to take the next job.
-                            let job = jobs.lock().recv();
-                            let Ok((chunk, reply)) = job else {
-                                return;
-                            };
-                            let lines = count_newlines(&chunk) + 1;
-                            let batch = decode_all(&schema, &chunk, lines).ok();
-                            // The reader stopped waiting (it failed or the source is gone).
-                            let _ = reply.send(batch);
-                        }
-                    })
-                    .map_err(|e| WeirError::external_source("starting a JSON decoder thread", e))?;
-            }
+                move |chunk: Arc<Vec<u8>>| {
+                    let lines = count_newlines(&chunk) + 1;
+                    decode_all(&schema, &chunk, lines).ok()
+                }
+            })?;
             let mut in_flight: VecDeque<InFlight> = VecDeque::new();
             let mut line_no: u64 = 1;
             let mut pending_bad: u64 = 0;
@@ -329,10 +359,9 @@ impl FileReader {
                     let chunk = Arc::new(std::mem::replace(&mut buf, rest));
                     let first_line = line_no;
                     line_no += count_newlines(&chunk) as u64;
-                    let (reply, result) = std_mpsc::sync_channel(1);
-                    if jobs_tx.send((chunk.clone(), reply)).is_err() {
+                    let Some(result) = pool.submit(chunk.clone()) else {
                         break;
-                    }
+                    };
                     in_flight.push_back(InFlight {
                         chunk,
                         first_line,
@@ -497,38 +526,17 @@ impl FileReader {
             start = end;
         }
         std::thread::scope(|scope| -> Result<Continue> {
-            // Created in the scope so that every way out of it closes the job channel,
-            // which ends the decoder threads the scope waits for.
             let decoders = self.decoders - 1;
-            let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<ParquetJob>(decoders);
-            let jobs_rx = Arc::new(parking_lot::Mutex::new(jobs_rx));
-            for i in 0..decoders {
-                let jobs = jobs_rx.clone();
-                let (schema, max_rows) = (&self.schema, self.max_rows);
-                std::thread::Builder::new()
-                    .name(format!("weir-parquet-{i}"))
-                    .spawn_scoped(scope, move || {
-                        loop {
-                            let job = jobs.lock().recv();
-                            let Ok((span, reply)) = job else {
-                                return;
-                            };
-                            let unit = ParquetUnit {
-                                path,
-                                metadata,
-                                mask,
-                                schema,
-                                max_rows,
-                            };
-                            let decoded = unit.decode(span);
-                            // The reader stopped waiting (it failed or the source is gone).
-                            let _ = reply.send(decoded);
-                        }
-                    })
-                    .map_err(|e| {
-                        WeirError::external_source("starting a Parquet decoder thread", e)
-                    })?;
-            }
+            let unit = ParquetUnit {
+                path,
+                metadata,
+                mask,
+                schema: &self.schema,
+                max_rows: self.max_rows,
+            };
+            let pool = DecoderPool::start(scope, "weir-parquet", decoders, move |span| {
+                unit.decode(span)
+            })?;
             let mut in_flight: VecDeque<std_mpsc::Receiver<Result<Vec<RecordBatch>>>> =
                 VecDeque::new();
             loop {
@@ -536,10 +544,9 @@ impl FileReader {
                     let Some(unit) = units.pop_front() else {
                         break;
                     };
-                    let (reply, result) = std_mpsc::sync_channel(1);
-                    if jobs_tx.send((unit, reply)).is_err() {
+                    let Some(result) = pool.submit(unit) else {
                         return Err(WeirError::Internal("the Parquet decoders stopped".into()));
-                    }
+                    };
                     in_flight.push_back(result);
                 }
                 let Some(next) = in_flight.pop_front() else {
