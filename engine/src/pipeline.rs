@@ -398,18 +398,10 @@ impl Pipeline {
         Stats::add(&stats.batches, 1);
         Stats::add(&stats.bad_rows, bad_records);
         let now = self.clock.now_ms();
-        let step = match prepared {
-            Some(p) => {
-                self.dataflow
-                    .push_prepared(source, partition, batch, p, position, now)
-                    .await
-            }
-            None => {
-                self.dataflow
-                    .push(source, partition, batch, position, now)
-                    .await
-            }
-        };
+        let step = self
+            .dataflow
+            .push(source, partition, batch, prepared, position, now)
+            .await;
         self.finish_step(step)
     }
 

@@ -155,21 +155,25 @@ fn spawn_source(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match source.next().await {
-                Ok(SourceEvent::Batch {
-                    partition,
-                    batch,
-                    bad_records,
-                    position,
-                }) if stage1.read().is_some() => {
-                    let program = stage1.read().clone();
+            let event = source.next().await;
+            // With a stage-1 program, a batch is prepared on any worker while the source
+            // goes on reading (the program is read once per batch: views may change it).
+            let program = match &event {
+                Ok(SourceEvent::Batch { .. }) => stage1.read().clone(),
+                _ => None,
+            };
+            match (event, program) {
+                (
+                    Ok(SourceEvent::Batch {
+                        partition,
+                        batch,
+                        bad_records,
+                        position,
+                    }),
+                    Some(program),
+                ) => {
                     let input = batch.clone();
-                    let prepared = tokio::spawn(async move {
-                        match program {
-                            Some(p) => p.prepare(&input).await,
-                            None => Err(WeirError::Internal("no stage-1 program".into())),
-                        }
-                    });
+                    let prepared = tokio::spawn(async move { program.prepare(&input).await });
                     let msg = SourceMsg::Prepared {
                         source: name.clone(),
                         partition,
@@ -182,13 +186,13 @@ fn spawn_source(
                         return;
                     }
                 }
-                Ok(ev) => {
+                (Ok(ev), _) => {
                     let end = matches!(ev, SourceEvent::End);
                     if tx.send(SourceMsg::Event(name.clone(), ev)).await.is_err() || end {
                         return;
                     }
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     // The driver is gone (the run is over): nobody is left to tell.
                     let _ = tx.send(SourceMsg::Failed(name.clone(), e)).await;
                     return;

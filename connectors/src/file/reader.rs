@@ -298,24 +298,40 @@ impl FileReader {
                 }
             };
             let chunk = &buf[..end];
-            let first = line_no;
-            let (batch, bad) =
-                decoder.decode(chunk, |i| format!("file {shown} line {}", first + i as u64))?;
+            let (batch, bad) = decode_lines(decoder, chunk, &shown, line_no)?;
             line_no += count_newlines(chunk) as u64;
             buf.drain(..end);
-            pending_bad += bad;
-            if batch.num_rows() > 0 {
-                if !self.send_sliced(partition, &batch, pending_bad) {
-                    return Ok(false);
-                }
-                pending_bad = 0;
+            if !self.send_decoded(partition, &batch, bad, &mut pending_bad) {
+                return Ok(false);
             }
         }
-        if pending_bad > 0 {
-            let empty = RecordBatch::new_empty(self.schema.clone());
-            return Ok(self.send(partition, empty, pending_bad));
+        Ok(self.send_pending_bad(partition, pending_bad))
+    }
+
+    /// A decoded JSON chunk: its good rows go on with the bad records counted since the
+    /// last batch sent (`pending`, which a chunk of bad lines only adds to).
+    fn send_decoded(
+        &self,
+        partition: usize,
+        batch: &RecordBatch,
+        bad: u64,
+        pending: &mut u64,
+    ) -> Continue {
+        *pending += bad;
+        if batch.num_rows() == 0 {
+            return true;
         }
-        Ok(true)
+        let bad = std::mem::take(pending);
+        self.send_sliced(partition, batch, bad)
+    }
+
+    /// The end of a JSON file: bad records not reported yet go with an empty batch.
+    fn send_pending_bad(&self, partition: usize, pending: u64) -> Continue {
+        if pending == 0 {
+            return true;
+        }
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        self.send(partition, empty, pending)
     }
 
     /// [`FileReader::read_json_with`] on `decoders` threads: this thread reads chunks (cut
@@ -334,19 +350,21 @@ impl FileReader {
         let shown = path.display().to_string();
         let schema = self.schema.clone();
         std::thread::scope(|scope| -> Result<Continue> {
-            let pool = DecoderPool::start(scope, "weir-json", self.decoders, {
-                let schema = schema.clone();
+            let pool = DecoderPool::start(
+                scope,
+                "weir-json",
+                self.decoders,
                 move |chunk: Arc<Vec<u8>>| {
                     let lines = count_newlines(&chunk) + 1;
                     decode_all(&schema, &chunk, lines).ok()
-                }
-            })?;
+                },
+            )?;
             let mut in_flight: VecDeque<InFlight> = VecDeque::new();
             let mut line_no: u64 = 1;
             let mut pending_bad: u64 = 0;
             let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
             let mut eof = false;
-            let result = loop {
+            loop {
                 // Keep the decoders busy: read ahead until enough chunks are in flight.
                 while !eof && in_flight.len() < 2 * self.decoders {
                     let (ended, end) = fill_chunk(&mut file, &mut buf, path)?;
@@ -360,7 +378,7 @@ impl FileReader {
                     let first_line = line_no;
                     line_no += count_newlines(&chunk) as u64;
                     let Some(result) = pool.submit(chunk.clone()) else {
-                        break;
+                        return Err(WeirError::Internal("the JSON decoders stopped".into()));
                     };
                     in_flight.push_back(InFlight {
                         chunk,
@@ -369,7 +387,7 @@ impl FileReader {
                     });
                 }
                 let Some(next) = in_flight.pop_front() else {
-                    break Ok(true);
+                    return Ok(self.send_pending_bad(partition, pending_bad));
                 };
                 let decoded = next
                     .result
@@ -377,27 +395,11 @@ impl FileReader {
                     .map_err(|_| WeirError::Internal("a JSON decoder thread stopped".into()))?;
                 let (batch, bad) = match decoded {
                     Some(batch) => (batch, 0),
-                    None => {
-                        let first = next.first_line;
-                        decoder.decode(&next.chunk, |i| {
-                            format!("file {shown} line {}", first + i as u64)
-                        })?
-                    }
+                    None => decode_lines(decoder, &next.chunk, &shown, next.first_line)?,
                 };
-                pending_bad += bad;
-                if batch.num_rows() > 0 {
-                    if !self.send_sliced(partition, &batch, pending_bad) {
-                        break Ok(false);
-                    }
-                    pending_bad = 0;
+                if !self.send_decoded(partition, &batch, bad, &mut pending_bad) {
+                    return Ok(false);
                 }
-            };
-            match result {
-                Ok(true) if pending_bad > 0 => {
-                    let empty = RecordBatch::new_empty(self.schema.clone());
-                    Ok(self.send(partition, empty, pending_bad))
-                }
-                other => other,
             }
         })
     }
@@ -618,6 +620,19 @@ impl FileReader {
         let good = RecordBatch::try_new(self.schema.clone(), good.columns().to_vec())?;
         Ok((good, bad_rows.len() as u64))
     }
+}
+
+/// Decode a chunk of JSON lines whose first line is line `first_line` of the file `shown`,
+/// under the source's `bad.records` policy.
+fn decode_lines(
+    decoder: &mut JsonDecoder,
+    chunk: &[u8],
+    shown: &str,
+    first_line: u64,
+) -> Result<(RecordBatch, u64)> {
+    decoder.decode(chunk, |i| {
+        format!("file {shown} line {}", first_line + i as u64)
+    })
 }
 
 /// Read up to [`CHUNK_BYTES`] more of `file` onto `buf`: whether the file has ended, and

@@ -38,7 +38,6 @@ use crate::object::ObjectKind;
 use crate::planner::{ViewPlan, ViewPlanKind};
 use crate::stats::Stats;
 use crate::window::shifted_ms;
-use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::record_batch::RecordBatch;
 pub use graph::{Graph, NodeId};
 pub use operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures};
@@ -112,7 +111,7 @@ pub struct Dataflow {
     emissions: Vec<Emission>,
     effects: Vec<Effect>,
     /// Per source: the columns whose values decide lateness downstream (see
-    /// [`Dataflow::probe_columns`]); recomputed when views change.
+    /// [`Dataflow::probe_columns`]); recomputed when the graph changes.
     probes: BTreeMap<NodeId, Vec<usize>>,
     /// Moves on whenever a node is added or removed: stage-1 programs built before are
     /// stale (see `prepare.rs`).
@@ -140,7 +139,7 @@ impl Dataflow {
                 window_time_column: None,
             },
         );
-        self.refresh_probes();
+        self.graph_changed();
         Ok(id)
     }
 
@@ -175,7 +174,7 @@ impl Dataflow {
                 window_time_column,
             },
         );
-        self.refresh_probes();
+        self.graph_changed();
         Ok(id)
     }
 
@@ -186,7 +185,7 @@ impl Dataflow {
         };
         self.graph.remove(id).map_err(graph_error)?;
         self.nodes.remove(&id);
-        self.refresh_probes();
+        self.graph_changed();
         Ok(())
     }
 
@@ -298,7 +297,9 @@ impl Dataflow {
         out
     }
 
-    fn refresh_probes(&mut self) {
+    /// A node was added or removed: stage-1 programs built before are stale, and the
+    /// columns deciding lateness are recomputed.
+    fn graph_changed(&mut self) {
         self.generation += 1;
         let sources: Vec<NodeId> = self
             .nodes
@@ -313,43 +314,31 @@ impl Dataflow {
     }
 
     /// One micro-batch from a source partition, at processing time `now`; `position` is
-    /// where the partition resumes after it (recorded for checkpoints).
+    /// where the partition resumes after it (recorded for checkpoints). `prepared`: what
+    /// stage 1 made of it (`prepare.rs`), used when its program is of the current
+    /// generation (else the batch is run the ordinary way). The batch is delivered in the
+    /// pieces its cuts give: per piece, the source records its event times, the views take
+    /// it (or their prepared output), and watermarks advance.
     pub async fn push(
         &mut self,
         source: &str,
         partition: usize,
         batch: RecordBatch,
+        prepared: Option<Prepared>,
         position: Option<i64>,
         now: i64,
     ) -> Result<()> {
-        let (id, s) = self.source_mut(source)?;
-        let times = s.event_times(&batch)?;
-        let cuts = match (&times, s.clock.event_time) {
-            (Some(t), crate::watermark::EventTime::Column { index, delay_ms }) => {
-                let probes = self.probes.get(&id).map_or(&[][..], |p| p.as_slice());
-                prepare::batch_cuts(&batch, t, index, delay_ms, probes)?
+        let prepared = match prepared {
+            Some(p) if p.generation == self.generation => {
+                self.prepared.0 += 1;
+                Some(p)
             }
-            _ => vec![],
+            Some(_) => {
+                self.prepared.1 += 1;
+                None
+            }
+            None => None,
         };
-        self.deliver_pieces(source, partition, batch, times, cuts, None, position, now)
-            .await
-    }
-
-    /// Deliver `batch` of `partition` in the pieces `cuts` gives: per piece, the source
-    /// records its event times, the views take it (or what stage 1 `prepared` of it), and
-    /// watermarks advance.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_pieces(
-        &mut self,
-        source: &str,
-        partition: usize,
-        batch: RecordBatch,
-        times: Option<TimestampMillisecondArray>,
-        cuts: Vec<usize>,
-        prepared: Option<Vec<BTreeMap<NodeId, Stage1Out>>>,
-        position: Option<i64>,
-        now: i64,
-    ) -> Result<()> {
         let (id, s) = self.source_mut(source)?;
         if partition >= s.clock.partitions.len() {
             return Err(WeirError::Internal(format!(
@@ -357,13 +346,32 @@ impl Dataflow {
                 s.clock.partitions.len()
             )));
         }
+        let (times, cuts, pieces) = match prepared {
+            Some(Prepared {
+                times,
+                cuts,
+                pieces,
+                ..
+            }) => (times, cuts, Some(pieces)),
+            None => {
+                let times = s.event_times(&batch)?;
+                let cuts = match (&times, s.clock.event_time) {
+                    (Some(t), crate::watermark::EventTime::Column { index, delay_ms }) => {
+                        let probes = self.probes.get(&id).map_or(&[][..], |p| p.as_slice());
+                        prepare::batch_cuts(&batch, t, index, delay_ms, probes)?
+                    }
+                    _ => vec![],
+                };
+                (times, cuts, None)
+            }
+        };
         let origin = (partition as u32).min(RowIds::CLOSES - 1);
-        let mut prepared = prepared.map(|p| p.into_iter());
+        let mut pieces = pieces.map(|p| p.into_iter());
         let mut start = 0;
         for end in cuts.into_iter().chain([batch.num_rows()]) {
             let piece = batch.slice(start, end - start);
             let piece_times = times.as_ref().map(|t| t.slice(start, end - start));
-            let mut outputs = prepared.as_mut().and_then(|p| p.next());
+            let mut outputs = pieces.as_mut().and_then(|p| p.next());
             let (_, s) = self.source_mut(source)?;
             s.observe(partition, piece_times.as_ref(), now);
             if piece.num_rows() > 0 {
@@ -373,7 +381,13 @@ impl Dataflow {
             self.advance(now).await?;
             start = end;
         }
-        self.set_position(source, partition, position)
+        if position.is_some() {
+            let (_, s) = self.source_mut(source)?;
+            if let Some(p) = s.clock.partitions.get_mut(partition) {
+                p.position = position;
+            }
+        }
+        Ok(())
     }
 
     /// The stage-1 work for `source`'s batches (`prepare.rs`): `None` when no view reading
@@ -460,56 +474,6 @@ impl Dataflow {
         Some("driver only")
     }
 
-    /// [`Dataflow::push`] for a batch stage 1 prepared (`prepared` from a program of the
-    /// current generation; otherwise the batch is run the ordinary way).
-    pub async fn push_prepared(
-        &mut self,
-        source: &str,
-        partition: usize,
-        batch: RecordBatch,
-        prepared: Prepared,
-        position: Option<i64>,
-        now: i64,
-    ) -> Result<()> {
-        if prepared.generation != self.generation {
-            self.prepared.1 += 1;
-            return self.push(source, partition, batch, position, now).await;
-        }
-        self.prepared.0 += 1;
-        let Prepared {
-            times,
-            cuts,
-            pieces,
-            ..
-        } = prepared;
-        self.deliver_pieces(
-            source,
-            partition,
-            batch,
-            times,
-            cuts,
-            Some(pieces),
-            position,
-            now,
-        )
-        .await
-    }
-
-    fn set_position(
-        &mut self,
-        source: &str,
-        partition: usize,
-        position: Option<i64>,
-    ) -> Result<()> {
-        if position.is_some() {
-            let (_, s) = self.source_mut(source)?;
-            if let Some(p) = s.clock.partitions.get_mut(partition) {
-                p.position = position;
-            }
-        }
-        Ok(())
-    }
-
     /// Batches merged as stage 1 prepared them, and batches prepared for views that have
     /// changed since (run the ordinary way).
     pub fn prepared_batches(&self) -> (u64, u64) {
@@ -579,13 +543,12 @@ impl Dataflow {
                 let Some(node) = self.nodes.get_mut(&edge.to) else {
                     continue;
                 };
+                Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
                 let ready = prepared.as_mut().and_then(|p| p.remove(&edge.to));
                 if ready.is_none() && covered.contains(&edge.to) {
                     // Its prepared output was taken with an earlier batch of this piece.
-                    Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
                     continue;
                 }
-                Stats::add(&node.stats.rows_in, batch.num_rows() as u64);
                 let mut cx = Context {
                     name: &node.name,
                     now_ms: now,

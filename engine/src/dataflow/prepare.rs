@@ -142,7 +142,9 @@ impl Stage1Program {
             return Ok(out);
         }
         for (node, input, step) in &self.steps {
-            let rows: Vec<RecordBatch> = if *input == self.source {
+            // The batches the view would be given (its input's output is never empty
+            // batches: `SlotPlan::run` drops them).
+            let input_rows: Vec<RecordBatch> = if *input == self.source {
                 vec![piece.clone()]
             } else {
                 match out.get(input) {
@@ -150,27 +152,21 @@ impl Stage1Program {
                     _ => vec![],
                 }
             };
-            let mut input_rows = Vec::with_capacity(rows.len());
-            for r in rows.into_iter().filter(|r| r.num_rows() > 0) {
-                input_rows.push(r);
-            }
             if input_rows.is_empty() {
                 // Nothing reaches the view in this piece: the driver does not call it.
                 continue;
             }
+            let plan = match step {
+                Stage1Step::Stateless(plan) => plan,
+                Stage1Step::Aggregate { pre, .. } => pre,
+            };
+            let mut rows = Vec::new();
+            for r in input_rows {
+                rows.extend(plan.run(r).await?);
+            }
             let result = match step {
-                Stage1Step::Stateless(plan) => {
-                    let mut rows = Vec::new();
-                    for r in input_rows {
-                        rows.extend(plan.run(r).await?);
-                    }
-                    Stage1Out::Rows(rows)
-                }
-                Stage1Step::Aggregate { pre, empty } => {
-                    let mut rows = Vec::new();
-                    for r in input_rows {
-                        rows.extend(pre.run(r).await?);
-                    }
+                Stage1Step::Stateless(_) => Stage1Out::Rows(rows),
+                Stage1Step::Aggregate { empty, .. } => {
                     let copy = empty.lock().partial_copy();
                     match copy {
                         Some(agg) => Stage1Out::Partial(agg.partial(&rows)?),

@@ -21,16 +21,8 @@ use datafusion::physical_plan::aggregates::AggregateExec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// One micro-batch piece folded by stage 1 ([`WindowAggregator::partial`]).
-#[derive(Debug, Clone, Default)]
-pub struct Partial {
-    /// Its panes' states, in [`WindowAggregator::state_schema`].
-    pub states: Vec<RecordBatch>,
-    /// Rows per pane.
-    pub rows: Vec<(i64, u64)>,
-    /// Rows without an event time: late in any case.
-    pub no_time: u64,
-}
+mod partial;
+pub use partial::Partial;
 
 /// What a GROUP BY column is to the window.
 #[derive(Debug, Clone, Copy)]
@@ -403,6 +395,16 @@ impl WindowAggregator {
     /// Fold one batch (the output of the pre plan) into the open windows. Late rows are
     /// left out and listed.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+        self.fold(batch, None)
+    }
+
+    /// [`WindowAggregator::update`], adding the rows taken per pane to `pane_rows` (TUMBLE
+    /// and HOP) when given.
+    fn fold(
+        &mut self,
+        batch: &RecordBatch,
+        mut pane_rows: Option<&mut BTreeMap<i64, u64>>,
+    ) -> Result<UpdateStats> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(UpdateStats::default());
@@ -424,6 +426,9 @@ impl WindowAggregator {
                 if on_time(&first) && times.iter().all(|t| *t == first) {
                     // The common case: the whole batch in one pane.
                     let p = first.unwrap_or_default();
+                    if let Some(c) = pane_rows.as_mut() {
+                        *c.entry(p).or_default() += n as u64;
+                    }
                     panes.update(
                         &self.layout,
                         p,
@@ -440,6 +445,9 @@ impl WindowAggregator {
                     for (p, rows) in by_pane {
                         let m = rows.len();
                         accepted += m;
+                        if let Some(c) = pane_rows.as_mut() {
+                            *c.entry(p).or_default() += m as u64;
+                        }
                         let part = inputs.take(&UInt32Array::from(rows))?;
                         panes.update(&self.layout, p, &part.keys, &part.args, &part.filters, m)?;
                     }
@@ -749,83 +757,6 @@ impl WindowAggregator {
             p.restore(&self.layout, pane, changed, &state)?;
         }
         Ok(())
-    }
-
-    /// For stage 1 (`dataflow/prepare.rs`): an empty aggregator of the same view, to fold
-    /// one micro-batch into a [`Partial`] with [`WindowAggregator::partial`]; `None` for
-    /// SESSION windows (a session can bridge two micro-batches' rows, so their partial
-    /// states are not independent: they are folded whole on the driver).
-    pub fn partial_copy(&self) -> Option<WindowAggregator> {
-        let Store::Panes(p) = &self.store else {
-            return None;
-        };
-        Some(WindowAggregator {
-            kind: self.kind,
-            input_time_column: self.input_time_column.clone(),
-            group_exprs: self.group_exprs.clone(),
-            group_names: self.group_names.clone(),
-            columns: self.columns.clone(),
-            time_column: self.time_column,
-            time_shift: self.time_shift,
-            key_exprs: self.key_exprs.clone(),
-            layout: self.layout.clone(),
-            arguments: self.arguments.clone(),
-            filters: self.filters.clone(),
-            output_schema: self.output_schema.clone(),
-            store: Store::Panes(Panes::new(p.slide, p.size)),
-            closed_through: i64::MIN,
-            emit_every: None,
-            emit_period: None,
-        })
-    }
-
-    /// Fold `batches` (the pre plan's output for one piece of a micro-batch) into this
-    /// empty copy ([`WindowAggregator::partial_copy`]) and give the result as partial
-    /// states per pane: what DataFusion's partial aggregate gives, keyed by pane.
-    pub fn partial(mut self, batches: &[RecordBatch]) -> Result<Partial> {
-        let mut rows: BTreeMap<i64, u64> = BTreeMap::new();
-        let mut no_time = 0;
-        for b in batches {
-            for t in self.times(b, b.num_rows())? {
-                match t {
-                    Some(p) => *rows.entry(p).or_default() += 1,
-                    None => no_time += 1,
-                }
-            }
-            self.update(b)?;
-        }
-        Ok(Partial {
-            states: self.snapshot()?,
-            rows: rows.into_iter().collect(),
-            no_time,
-        })
-    }
-
-    /// Stage 2: merge a [`Partial`] into the open panes. The panes whose every window has
-    /// closed are late, as their rows would have been in [`WindowAggregator::update`].
-    pub fn merge_partial(&mut self, partial: &Partial) -> Result<UpdateStats> {
-        let Store::Panes(p) = &self.store else {
-            return Err(WeirError::Internal(
-                "a partial state for a session window".into(),
-            ));
-        };
-        let (size, closed) = (p.size, self.closed_through);
-        let on_time = |pane: i64| pane.saturating_add(size) > closed;
-        let mut stats = UpdateStats {
-            late: partial.no_time,
-            ..UpdateStats::default()
-        };
-        for (pane, n) in &partial.rows {
-            if on_time(*pane) {
-                stats.accepted += n;
-            } else {
-                stats.late += n;
-            }
-        }
-        for batch in &partial.states {
-            self.merge_panes(batch, on_time)?;
-        }
-        Ok(stats)
     }
 
     /// The watermark this operator can promise downstream: every row it emits from now on
