@@ -39,6 +39,7 @@ impl Server {
             progress_interval: Some("0s".into()),
             listen: Some("127.0.0.1:0".into()),
             workers: Some(workers),
+            ..Args::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();

@@ -76,7 +76,7 @@ impl Pipeline {
                 Ok(StatementResult::Rows(vec![self.catalog.describe(
                     &name,
                     plan,
-                    parallelism,
+                    parallelism.as_deref(),
                 )?]))
             }
             WeirStatement::Drop {
@@ -257,8 +257,13 @@ impl Pipeline {
         }
         let stats = Arc::new(Stats::default());
         let shown = inputs.join(", ");
-        self.dataflow
-            .add_view(&v.name, plan, stats.clone(), self.clock.now_ms())?;
+        self.dataflow.add_view(
+            &v.name,
+            plan,
+            stats.clone(),
+            self.config.keying(),
+            self.clock.now_ms(),
+        )?;
         self.sequencers.entry(v.name.clone()).or_default();
         self.catalog.add(Entry {
             info: ObjectInfo {
@@ -554,12 +559,30 @@ mod tests {
         )
         .await
         .unwrap();
-        let parallel = |p: &Pipeline, view: &str| p.dataflow.parallelism(view).unwrap_or("-");
+        let parallel = |p: &Pipeline, view: &str| p.dataflow.parallelism(view).unwrap_or_default();
         assert_eq!(parallel(&p, "big"), "stage 1 on any worker: the whole plan");
-        assert!(parallel(&p, "per_k").contains("partial aggregates per pane"));
-        for view in ["sessions", "kept_late", "over_view"] {
-            assert_eq!(parallel(&p, view), "driver only", "{view}");
-        }
+        assert_eq!(
+            parallel(&p, "per_k"),
+            format!(
+                "stage 1 on any worker: pre plan and partial aggregates per pane; stage 2: \
+                 merge and close windows; state in 16 key partitions by [k], up to {} worked \
+                 on at once",
+                p.config().workers.min(16)
+            )
+        );
+        assert_eq!(
+            parallel(&p, "sessions"),
+            format!(
+                "no stage 1: rows are folded in stage 2; state in 16 key partitions by [k], up \
+                 to {} worked on at once",
+                p.config().workers.min(16)
+            )
+        );
+        assert_eq!(
+            parallel(&p, "kept_late"),
+            "no stage 1: rows are folded in stage 2; state in 1 key partition"
+        );
+        assert_eq!(parallel(&p, "over_view"), "driver only");
         assert_eq!(p.dataflow.parallelism("ev"), None, "sources have no line");
     }
 }

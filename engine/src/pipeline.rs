@@ -50,6 +50,22 @@ pub struct EngineConfig {
     /// (decoded rows through stateless plans and partial aggregates, `dataflow/prepare.rs`)
     /// on all of them at once before the driver merges them in order.
     pub workers: usize,
+    /// Key partitions a new windowed view's state is split into (`dataflow/keyed.rs`);
+    /// a view restored from a checkpoint keeps its own count unless `repartition`.
+    pub key_partitions: u32,
+    /// Restore re-splits each view's state into `key_partitions`.
+    pub repartition: bool,
+}
+
+impl EngineConfig {
+    /// How views' keyed state is split and worked on.
+    pub fn keying(&self) -> crate::dataflow::keyed::Keying {
+        crate::dataflow::keyed::Keying {
+            key_partitions: self.key_partitions,
+            workers: self.workers,
+            repartition: self.repartition,
+        }
+    }
 }
 
 /// The number of cores this process may use (one if it cannot tell).
@@ -76,6 +92,8 @@ impl Default for EngineConfig {
             checkpoints: false,
             query_limits: crate::adhoc::QueryLimits::default(),
             workers: default_workers(),
+            key_partitions: crate::dataflow::keyed::DEFAULT_KEY_PARTITIONS,
+            repartition: false,
         }
     }
 }
@@ -631,6 +649,7 @@ impl Pipeline {
             s.restored = Some((m.epoch, cs.precommit.clone()));
             report.sinks.push(s.name.clone());
         }
+        self.refresh_stage1();
         Ok(report)
     }
 

@@ -47,6 +47,9 @@ pub struct Stats {
     pub open_windows: AtomicU64,
     pub open_groups: AtomicU64,
     pub state_bytes: AtomicU64,
+    /// Key partitions of a windowed view's state, and the groups in the largest.
+    pub key_partitions: AtomicU64,
+    pub busiest_partition_groups: AtomicU64,
     /// Payload bytes read (sources) or written (sinks), where the connector knows them.
     pub bytes: AtomicU64,
     /// Messages the source has not read yet (Kafka: high watermark minus position, summed
@@ -77,6 +80,8 @@ impl Default for Stats {
             watermark: AtomicI64::new(i64::MIN),
             open_windows: AtomicU64::new(0),
             open_groups: AtomicU64::new(0),
+            key_partitions: AtomicU64::new(0),
+            busiest_partition_groups: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
@@ -188,6 +193,8 @@ impl Stats {
             open_windows: Self::get(&self.open_windows),
             open_groups: Self::get(&self.open_groups),
             state_bytes: Self::get(&self.state_bytes),
+            key_partitions: Self::get(&self.key_partitions),
+            busiest_partition_groups: Self::get(&self.busiest_partition_groups),
             last_error: self.last_error(),
         }
     }
@@ -221,6 +228,8 @@ pub struct StatsSnapshot {
     pub open_windows: u64,
     pub open_groups: u64,
     pub state_bytes: u64,
+    pub key_partitions: u64,
+    pub busiest_partition_groups: u64,
     pub last_error: Option<String>,
 }
 

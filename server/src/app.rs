@@ -35,6 +35,10 @@ pub struct Args {
     pub listen: Option<String>,
     /// Overrides `[engine] workers`.
     pub workers: Option<usize>,
+    /// Overrides `[engine] key_partitions`.
+    pub key_partitions: Option<u32>,
+    /// Sets `[engine] repartition`.
+    pub repartition: bool,
 }
 
 fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -279,6 +283,15 @@ pub fn load_config(args: &Args) -> Result<config::Config> {
     if let Some(w) = args.workers {
         cfg.engine.workers = w;
     }
+    if let Some(k) = args.key_partitions {
+        cfg.engine.key_partitions = k;
+    }
+    if args.repartition {
+        cfg.engine.repartition = true;
+    }
+    if cfg.engine.key_partitions == 0 {
+        bail!("engine.key_partitions must be at least 1 (it is 0)");
+    }
     Ok(cfg)
 }
 
@@ -299,6 +312,8 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
         // SELECT statements in the files and over the API run within these.
         query_limits: query_limits(&cfg.engine)?,
         workers: cfg.engine.worker_count(),
+        key_partitions: cfg.engine.key_partitions,
+        repartition: cfg.engine.repartition,
     };
     let files = sql_files(&args.paths)?;
     let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;

@@ -253,6 +253,13 @@ pub struct EngineSection {
     /// Worker threads that compute (0: one per available core). Above one, micro-batches
     /// are prepared on all of them at once (docs/engine.md, "Workers").
     pub workers: usize,
+    /// Key partitions a new windowed view's state is split into: the units stage 2 runs
+    /// on the workers and checkpoints store (docs/engine.md, "Key partitions"). A view
+    /// restored from a checkpoint keeps its own count unless `repartition` is set.
+    pub key_partitions: u32,
+    /// On restore, re-split every view's state into `key_partitions` (after a clean stop;
+    /// docs/engine.md, "Key partitions").
+    pub repartition: bool,
 }
 
 impl EngineSection {
@@ -286,6 +293,8 @@ impl Default for EngineSection {
             max_query_bytes: 256 << 20,
             max_query_rows: 1_000_000,
             workers: 0,
+            key_partitions: weir_engine::dataflow::keyed::DEFAULT_KEY_PARTITIONS,
+            repartition: false,
         }
     }
 }

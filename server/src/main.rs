@@ -63,6 +63,13 @@ struct Common {
     /// Worker threads that compute (0: one per core); overrides [engine] workers.
     #[arg(long)]
     workers: Option<usize>,
+    /// Key partitions of new windowed views' state; overrides [engine] key_partitions.
+    #[arg(long)]
+    key_partitions: Option<u32>,
+    /// On restore, re-split every view's state into the configured key partitions (use
+    /// after a clean stop); sets [engine] repartition.
+    #[arg(long)]
+    repartition: bool,
 }
 
 impl Common {
@@ -74,6 +81,8 @@ impl Common {
             progress_interval: self.progress_interval,
             listen: self.listen,
             workers: self.workers,
+            key_partitions: self.key_partitions,
+            repartition: self.repartition,
         }
     }
 }

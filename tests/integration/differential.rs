@@ -17,8 +17,9 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use std::collections::HashMap;
 use std::sync::Arc;
+use weir_engine::dataflow::keyed::DEFAULT_KEY_PARTITIONS;
 use weir_engine::pipeline::StatementResult;
-use weir_tests::slt::{format_batches, test_pipeline, test_pipeline_workers};
+use weir_tests::slt::{format_batches, test_pipeline, test_pipeline_keyed};
 
 /// SplitMix64: a small fixed-seed generator, so failures reproduce.
 struct Rng(u64);
@@ -288,16 +289,21 @@ fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
     rows
 }
 
-/// One random case with `workers` workers; returns every view's rows in the order the
-/// view emitted them, and the late counts.
-async fn run_case(seed: u64, workers: usize) -> (Vec<Vec<Vec<String>>>, [u64; 3]) {
+/// One random case with `workers` workers and windowed state in `key_partitions` key
+/// partitions; returns every view's rows in the order the view emitted them, and the late
+/// counts.
+async fn run_case(
+    seed: u64,
+    workers: usize,
+    key_partitions: u32,
+) -> (Vec<Vec<Vec<String>>>, [u64; 3]) {
     let mut rng = Rng(seed);
     let n = 600 + rng.below(600) as usize;
     // The last seeds put most rows in one group.
     let skewed = seed > 9;
     let all = events(&mut rng, n, skewed);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut p = test_pipeline_workers(dir.path(), workers);
+    let mut p = test_pipeline_keyed(dir.path(), workers, key_partitions);
     // One to three partitions; each batch comes from one of them, chosen at random.
     let parts = 1 + (seed % 3) as usize;
     let mut ddl = format!(
@@ -453,12 +459,27 @@ async fn run_case(seed: u64, workers: usize) -> (Vec<Vec<Vec<String>>>, [u64; 3]
 
 /// Each case runs with one worker and with four (stage 1 preparing partial aggregates):
 /// both must equal batch SQL, and each other row for row, in emission order. Seeds 10 to 12
-/// are skewed: nine rows in ten in one region and one user's sessions.
+/// are skewed: nine rows in ten in one region and one user's sessions. Each case also runs
+/// with the views' state in one key partition instead of the default count: the same rows
+/// (a window's rows come out in another order).
 #[tokio::test(flavor = "current_thread")]
 async fn streaming_equals_batch_over_accepted_rows() {
     for seed in 1..=12u64 {
-        let one = run_case(seed, 1).await;
-        let four = run_case(seed, 4).await;
+        let one = run_case(seed, 1, DEFAULT_KEY_PARTITIONS).await;
+        let four = run_case(seed, 4, DEFAULT_KEY_PARTITIONS).await;
+        let unsplit = run_case(seed, 1, 1).await;
+        for (v, (a, b)) in one.0.iter().zip(&unsplit.0).enumerate() {
+            assert_eq!(
+                sorted(a.clone()),
+                sorted(b.clone()),
+                "seed {seed}: view {} with {DEFAULT_KEY_PARTITIONS} key partitions and with one",
+                VIEWS[v].0
+            );
+        }
+        assert_eq!(
+            one.1, unsplit.1,
+            "seed {seed}: late rows, one key partition"
+        );
         for (v, (a, b)) in one.0.iter().zip(&four.0).enumerate() {
             if a != b {
                 let at = a.iter().zip(b).position(|(x, y)| x != y);

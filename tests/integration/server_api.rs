@@ -190,7 +190,7 @@ fn args(dir: &Path, files: Vec<PathBuf>, config: Option<PathBuf>) -> Args {
         data_dir: Some(dir.join("data")),
         progress_interval: Some("0s".into()),
         listen: Some("0.0.0.0:0".into()),
-        workers: None,
+        ..Args::default()
     }
 }
 

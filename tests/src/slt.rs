@@ -28,12 +28,16 @@ pub enum Mode {
     AsWritten,
     /// Every INSERT and PUSH split into one-row micro-batches.
     OneRowBatches,
-    /// A CHECKPOINT and a RESTART after every statement.
+    /// A CHECKPOINT and a RESTART after every statement; each restart re-splits the
+    /// views' state into another number of key partitions (`[engine] repartition`).
     CheckpointRestart,
     /// As written, with four workers: batches go through stage 1 (partial aggregates)
     /// before the driver merges them.
     FourWorkers,
 }
+
+/// The key partitions each RESTART re-splits views' state into, in turn.
+const RESTART_KEY_PARTITIONS: [u32; 4] = [16, 3, 1, 7];
 
 impl Mode {
     fn workers(self) -> usize {
@@ -134,41 +138,56 @@ pub struct WeirSlt {
     /// How many events the last checkpoint covers.
     checkpointed: Option<usize>,
     store: CheckpointStore,
+    /// RESTARTs so far (each picks the next of [`RESTART_KEY_PARTITIONS`]).
+    restarts: usize,
     epoch: u64,
 }
 
 /// A pipeline with every real connector plus the `test` source, on a manual clock at
 /// processing time 0.
 pub fn test_pipeline(data_dir: &Path) -> Pipeline {
-    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), 1)
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), workers(1))
 }
 
-/// [`test_pipeline`] with `workers` workers: above one, pushed batches go through stage 1
-/// (`dataflow/prepare.rs`) as they do in the runtime.
-pub fn test_pipeline_workers(data_dir: &Path, workers: usize) -> Pipeline {
-    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), workers)
+/// [`test_pipeline`] with `workers` workers (above one, pushed batches go through stage 1,
+/// `dataflow/prepare.rs`, as they do in the runtime) and windowed views' state in
+/// `key_partitions` key partitions.
+pub fn test_pipeline_keyed(data_dir: &Path, workers: usize, key_partitions: u32) -> Pipeline {
+    let config = EngineConfig {
+        workers,
+        key_partitions,
+        ..EngineConfig::default()
+    };
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), config)
 }
 
 /// [`test_pipeline`] and the clock it reads, to move processing time by hand.
 pub fn test_pipeline_clocked(data_dir: &Path) -> (Pipeline, ManualClock) {
     let clock = ManualClock::new(0);
     (
-        test_pipeline_with(data_dir, Arc::default(), clock.clone(), 1),
+        test_pipeline_with(data_dir, Arc::default(), clock.clone(), workers(1)),
         clock,
     )
 }
 
+fn workers(workers: usize) -> EngineConfig {
+    EngineConfig {
+        workers,
+        ..EngineConfig::default()
+    }
+}
+
+/// A pipeline with `config` (its data directory set to `data_dir`).
 fn test_pipeline_with(
     data_dir: &Path,
     configs: Configs,
     clock: ManualClock,
-    workers: usize,
+    config: EngineConfig,
 ) -> Pipeline {
     let registry = weir_connectors::registry().with_source(TestSourceFactory { configs });
     let config = EngineConfig {
         data_dir: data_dir.to_path_buf(),
-        workers,
-        ..EngineConfig::default()
+        ..config
     };
     Pipeline::new(config, registry).with_clock(Arc::new(clock))
 }
@@ -177,7 +196,12 @@ impl WeirSlt {
     pub fn new(mode: Mode, data_dir: &Path) -> Self {
         let configs: Configs = Arc::default();
         let clock = ManualClock::new(0);
-        let pipeline = test_pipeline_with(data_dir, configs.clone(), clock.clone(), mode.workers());
+        let pipeline = test_pipeline_with(
+            data_dir,
+            configs.clone(),
+            clock.clone(),
+            workers(mode.workers()),
+        );
         WeirSlt {
             pipeline,
             configs,
@@ -191,6 +215,7 @@ impl WeirSlt {
             checkpointed: None,
             store: CheckpointStore::new(data_dir.join("checkpoints"), 2),
             epoch: 0,
+            restarts: 0,
         }
     }
 
@@ -251,12 +276,14 @@ impl WeirSlt {
     async fn restart(&mut self) -> Result<()> {
         // As after a crash: the replay runs at the time it is now.
         let clock = ManualClock::new(self.now_ms);
-        let mut pipeline = test_pipeline_with(
-            &self.data_dir,
-            self.configs.clone(),
-            clock.clone(),
-            self.mode.workers(),
-        );
+        self.restarts += 1;
+        let config = EngineConfig {
+            key_partitions: RESTART_KEY_PARTITIONS[self.restarts % RESTART_KEY_PARTITIONS.len()],
+            repartition: true,
+            ..workers(self.mode.workers())
+        };
+        let mut pipeline =
+            test_pipeline_with(&self.data_dir, self.configs.clone(), clock.clone(), config);
         let upto = match self.store.latest()? {
             Some(r) => {
                 let upto = self.checkpointed.unwrap_or(0);

@@ -72,6 +72,7 @@ impl Operator for JoinOp {
             open_windows: 0,
             open_groups: self.join.stored_rows() as u64,
             bytes: self.join.state_bytes() as u64,
+            ..StateFigures::default()
         }
     }
 

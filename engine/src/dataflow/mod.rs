@@ -25,6 +25,7 @@
 pub mod exchange;
 pub mod graph;
 pub mod join;
+pub mod keyed;
 pub mod operator;
 pub mod partition;
 pub mod prepare;
@@ -40,6 +41,7 @@ use crate::stats::Stats;
 use crate::window::shifted_ms;
 use datafusion::arrow::record_batch::RecordBatch;
 pub use graph::{Graph, NodeId};
+use keyed::Keying;
 pub use operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures};
 use prepare::{Prepared, Stage1Out, Stage1Program};
 use source::SourceOp;
@@ -84,8 +86,8 @@ struct Node {
 }
 
 /// The operator for a planned view: the one registration point for operator kinds.
-pub fn view_operator(plan: ViewPlan, now_ms: i64) -> Box<dyn Operator> {
-    match plan.kind {
+pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<dyn Operator>> {
+    Ok(match plan.kind {
         ViewPlanKind::Stateless { plan } => Box::new(stateless::StatelessOp::new(plan)),
         ViewPlanKind::Windowed {
             pre,
@@ -97,10 +99,11 @@ pub fn view_operator(plan: ViewPlan, now_ms: i64) -> Box<dyn Operator> {
             post,
             plan.output_schema,
             plan.props.late_policy,
+            keying,
             now_ms,
-        )),
+        )?),
         ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
-    }
+    })
 }
 
 /// Sources, views and what flows between them.
@@ -149,6 +152,7 @@ impl Dataflow {
         name: &str,
         plan: ViewPlan,
         stats: Arc<Stats>,
+        keying: Keying,
         now_ms: i64,
     ) -> Result<NodeId> {
         let inputs = plan
@@ -162,13 +166,14 @@ impl Dataflow {
             .collect::<Result<Vec<_>>>()?;
         let stateless = matches!(plan.kind, ViewPlanKind::Stateless { .. });
         let window_time_column = plan.props.window_time_column.clone();
+        let op = view_operator(plan, keying, now_ms)?;
         let id = self.graph.add(name, &inputs).map_err(graph_error)?;
         self.nodes.insert(
             id,
             Node {
                 name: name.to_string(),
                 kind: ObjectKind::View,
-                op: NodeOp::View(view_operator(plan, now_ms)),
+                op: NodeOp::View(op),
                 stats,
                 stateless,
                 window_time_column,
@@ -442,11 +447,11 @@ impl Dataflow {
     }
 
     /// How a view's work is shared out (for DESCRIBE): what stage 1 does for it on the
-    /// workers, or that it runs on the driver only.
-    pub fn parallelism(&self, view: &str) -> Option<&'static str> {
+    /// workers, or that it runs on the driver only, and how its state is split.
+    pub fn parallelism(&self, view: &str) -> Option<String> {
         let id = self.graph.id(view)?;
         let Some(Node {
-            op: NodeOp::View(_),
+            op: NodeOp::View(op),
             ..
         }) = self.nodes.get(&id)
         else {
@@ -457,21 +462,31 @@ impl Dataflow {
             .iter()
             .filter(|(_, n)| n.kind == ObjectKind::Source)
             .map(|(_, n)| n.name.clone());
+        let partitioning = op.partitioning();
+        let mut stage1 = if partitioning.is_some() {
+            "no stage 1: rows are folded in stage 2"
+        } else {
+            "driver only"
+        };
         for source in sources {
             let Some(program) = self.stage1_program(&source) else {
                 continue;
             };
             if let Some((_, _, step)) = program.steps.iter().find(|(v, _, _)| *v == id) {
-                return Some(match step {
+                stage1 = match step {
                     prepare::Stage1Step::Stateless(_) => "stage 1 on any worker: the whole plan",
                     prepare::Stage1Step::Aggregate { .. } => {
                         "stage 1 on any worker: pre plan and partial aggregates per pane; \
-                         stage 2 on the driver: merge and close windows"
+                         stage 2: merge and close windows"
                     }
-                });
+                };
+                break;
             }
         }
-        Some("driver only")
+        Some(match partitioning {
+            Some(p) => format!("{stage1}; {p}"),
+            None => stage1.to_string(),
+        })
     }
 
     /// Batches merged as stage 1 prepared them, and batches prepared for views that have
@@ -643,9 +658,15 @@ impl Dataflow {
             .get_mut(&id)
             .ok_or_else(|| WeirError::Internal(format!("no node '{name}' to restore")))?;
         let op = node.op.operator();
-        op.restore(state)?;
+        {
+            let _span = tracing::info_span!("restore", node = name).entered();
+            op.restore(state)?;
+        }
         node.stats.watermark.store(op.watermark(), Relaxed);
         publish_figures(node);
+        // Stage-1 programs built before may cut partial states into another number of key
+        // partitions.
+        self.graph_changed();
         Ok(())
     }
 
@@ -666,6 +687,10 @@ fn publish_figures(node: &mut Node) {
     node.stats.open_windows.store(f.open_windows, Relaxed);
     node.stats.open_groups.store(f.open_groups, Relaxed);
     node.stats.state_bytes.store(f.bytes, Relaxed);
+    node.stats.key_partitions.store(f.key_partitions, Relaxed);
+    node.stats
+        .busiest_partition_groups
+        .store(f.busiest_partition_groups, Relaxed);
 }
 
 /// Each row's least value over the timestamp columns `columns` (epoch ms).

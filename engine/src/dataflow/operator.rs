@@ -55,6 +55,11 @@ pub struct StateFigures {
     /// Groups (windowed views), rows held (top-N, joins).
     pub open_groups: u64,
     pub bytes: u64,
+    /// Key partitions the state is split into (0: the operator has no keyed state).
+    pub key_partitions: u64,
+    /// Groups in the largest key partition: against `open_groups / key_partitions`, how
+    /// skewed the keys are.
+    pub busiest_partition_groups: u64,
 }
 
 /// One node of the dataflow: a source's watermark keeper or a view's operator.
@@ -94,6 +99,11 @@ pub trait Operator: Send {
 
     fn figures(&self) -> StateFigures {
         StateFigures::default()
+    }
+
+    /// How the operator's state is split (for DESCRIBE); `None`: it is not keyed.
+    fn partitioning(&self) -> Option<String> {
+        None
     }
 
     /// The state a checkpoint keeps (the operator keeps it too).

@@ -43,6 +43,8 @@ pub enum Stage1Step {
         /// An empty aggregator of the view, copied for each piece (the lock is held only
         /// to copy it: accumulators are not `Sync`).
         empty: Box<Mutex<WindowAggregator>>,
+        /// The view's key partitions: the partial states are cut into these.
+        key_partitions: u32,
     },
 }
 
@@ -166,10 +168,14 @@ impl Stage1Program {
             }
             let result = match step {
                 Stage1Step::Stateless(_) => Stage1Out::Rows(rows),
-                Stage1Step::Aggregate { empty, .. } => {
+                Stage1Step::Aggregate {
+                    empty,
+                    key_partitions,
+                    ..
+                } => {
                     let copy = empty.lock().partial_copy();
                     match copy {
-                        Some(agg) => Stage1Out::Partial(agg.partial(&rows)?),
+                        Some(agg) => Stage1Out::Partial(agg.partial(&rows, *key_partitions)?),
                         None => continue,
                     }
                 }

@@ -5,6 +5,7 @@
 //! that would take them are counted, and with `'late.policy' = 'dead-letter'` handed to
 //! the runtime as an [`Effect`].
 
+use super::keyed::{Keying, Windows};
 use super::operator::{Context, Effect, LateRows, NodeState, Operator, StateFigures, meta_field};
 use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 pub struct WindowedOp {
     pre: Arc<SlotPlan>,
-    aggregate: Box<dyn WindowOperator>,
+    aggregate: Windows,
     post: SlotPlan,
     /// The view's output schema (with `is_final` for `EMIT EVERY`).
     schema: SchemaRef,
@@ -33,15 +34,17 @@ pub struct WindowedOp {
 impl WindowedOp {
     pub fn new(
         pre: SlotPlan,
-        mut aggregate: Box<dyn WindowOperator>,
+        aggregate: Box<dyn WindowOperator>,
         post: SlotPlan,
         schema: SchemaRef,
         late_policy: LatePolicy,
+        keying: Keying,
         now_ms: i64,
-    ) -> Self {
+    ) -> Result<Self> {
+        let mut aggregate = Windows::new(aggregate, keying)?;
         // EMIT EVERY intervals count from the view's creation.
-        aggregate.start_clock(now_ms);
-        WindowedOp {
+        aggregate.start_clock(now_ms)?;
+        Ok(WindowedOp {
             pre: Arc::new(pre),
             aggregate,
             post,
@@ -49,7 +52,12 @@ impl WindowedOp {
             late_policy,
             input_watermark: i64::MIN,
             watermark: i64::MIN,
-        }
+        })
+    }
+
+    /// Key partitions of the view's state (`dataflow/keyed.rs`).
+    pub fn key_partitions(&self) -> u32 {
+        self.aggregate.key_partitions()
     }
 
     /// Run `batch` through the pre plan and fold it into the windows, counting late rows;
@@ -57,7 +65,7 @@ impl WindowedOp {
     async fn fold(&mut self, batch: RecordBatch, cx: &mut Context<'_>) -> Result<()> {
         if self.late_policy == LatePolicy::Drop {
             for b in self.pre.run(batch).await? {
-                let u = self.aggregate.update(&b)?;
+                let u = self.aggregate.update(&b).await?;
                 count_late(cx, &u);
             }
             return Ok(());
@@ -67,8 +75,11 @@ impl WindowedOp {
         // otherwise the rows behind the watermark go through it one at a time, so a late
         // row is known for the input row it came from.
         let n = batch.num_rows();
-        let closed = self.aggregate.closed_through();
-        let behind: Vec<bool> = match batch.schema().index_of(self.aggregate.input_time_column()) {
+        let closed = self.aggregate.closed_through()?;
+        let behind: Vec<bool> = match batch
+            .schema()
+            .index_of(&self.aggregate.input_time_column()?)
+        {
             Ok(i) => shifted_ms(batch.column(i), 0)?
                 .iter()
                 .map(|t| t.is_none_or(|t| t < closed))
@@ -81,7 +92,7 @@ impl WindowedOp {
             if out.iter().map(|b| b.num_rows()).sum::<usize>() == n {
                 let mut offset = 0;
                 for b in out {
-                    let u = self.aggregate.update(&b)?;
+                    let u = self.aggregate.update(&b).await?;
                     self.late_rows(cx, &batch, offset, &u)?;
                     offset += b.num_rows();
                 }
@@ -103,7 +114,7 @@ impl WindowedOp {
         }
         for (offset, len) in segments {
             for b in self.pre.run(batch.slice(offset, len)).await? {
-                let u = self.aggregate.update(&b)?;
+                let u = self.aggregate.update(&b).await?;
                 if len == 1 {
                     self.late_rows(cx, &batch, offset, &u)?;
                 } else {
@@ -144,7 +155,7 @@ impl WindowedOp {
                 ..l.clone()
             })
             .collect();
-        let closed = self.aggregate.closed_through();
+        let closed = self.aggregate.closed_through()?;
         cx.effects.push(Effect::LateRows(LateRows {
             view: cx.name.to_string(),
             rows,
@@ -154,10 +165,11 @@ impl WindowedOp {
         Ok(())
     }
 
-    fn update_watermark(&mut self) {
+    fn update_watermark(&mut self) -> Result<()> {
         self.watermark = self
             .watermark
-            .max(self.aggregate.output_watermark(self.input_watermark));
+            .max(self.aggregate.output_watermark(self.input_watermark)?);
+        Ok(())
     }
 }
 
@@ -191,26 +203,26 @@ impl Operator for WindowedOp {
         }
         self.input_watermark = input;
         let mut out = Vec::new();
-        for closed in self.aggregate.close(input)? {
+        for closed in self.aggregate.close(input).await? {
             for b in self.post.run(closed).await? {
                 out.push(mark_final(&self.schema, b, true)?);
             }
         }
-        self.update_watermark();
+        self.update_watermark()?;
         Ok(out)
     }
 
     async fn on_tick(&mut self, cx: &mut Context<'_>) -> Result<Vec<RecordBatch>> {
-        if !self.aggregate.emit_due(cx.now_ms) {
+        if !self.aggregate.emit_due(cx.now_ms)? {
             return Ok(vec![]);
         }
         let mut out = Vec::new();
-        for open in self.aggregate.early()? {
+        for open in self.aggregate.early().await? {
             for b in self.post.run(open).await? {
                 out.push(mark_final(&self.schema, b, false)?);
             }
         }
-        self.update_watermark();
+        self.update_watermark()?;
         Ok(out)
     }
 
@@ -219,11 +231,11 @@ impl Operator for WindowedOp {
     }
 
     fn figures(&self) -> StateFigures {
-        StateFigures {
-            open_windows: self.aggregate.open_windows() as u64,
-            open_groups: self.aggregate.open_groups() as u64,
-            bytes: self.aggregate.state_bytes() as u64,
-        }
+        self.aggregate.figures()
+    }
+
+    fn partitioning(&self) -> Option<String> {
+        Some(self.aggregate.describe_partitioning())
     }
 
     fn snapshot(&mut self) -> Result<NodeState> {
@@ -231,10 +243,11 @@ impl Operator for WindowedOp {
             meta: serde_json::json!({
                 "input_watermark": self.input_watermark,
                 "watermark": self.watermark,
-                "closed_through": self.aggregate.closed_through(),
-                "emit_period": self.aggregate.emit_period(),
+                "closed_through": self.aggregate.closed_through()?,
+                "emit_period": self.aggregate.emit_period()?,
+                "key_partitions": self.aggregate.key_partitions(),
             }),
-            parts: vec![self.aggregate.snapshot()?],
+            parts: self.aggregate.snapshot()?,
         })
     }
 
@@ -244,8 +257,10 @@ impl Operator for WindowedOp {
         self.watermark = meta_field(m, "watermark")?.unwrap_or(i64::MIN);
         let closed = meta_field(m, "closed_through")?.unwrap_or(i64::MIN);
         let emit_period = meta_field(m, "emit_period")?;
-        let batches = state.parts.into_iter().next().unwrap_or_default();
-        self.aggregate.restore(&batches, closed, emit_period)
+        // Checkpoints from before key partitions hold one.
+        let written: u32 = meta_field(m, "key_partitions")?.unwrap_or(1);
+        self.aggregate
+            .restore(state.parts, written, closed, emit_period)
     }
 
     fn stage1(&self) -> Option<Stage1Step> {
@@ -254,10 +269,11 @@ impl Operator for WindowedOp {
         if self.late_policy != LatePolicy::Drop {
             return None;
         }
-        let empty = self.aggregate.partial_copy()?;
+        let (empty, key_partitions) = self.aggregate.partial_copy()?;
         Some(Stage1Step::Aggregate {
             pre: self.pre.clone(),
             empty: Box::new(parking_lot::Mutex::new(empty)),
+            key_partitions,
         })
     }
 
@@ -268,7 +284,7 @@ impl Operator for WindowedOp {
     ) -> Result<Vec<RecordBatch>> {
         match prepared {
             Stage1Out::Partial(p) => {
-                let u = self.aggregate.merge_partial(&p)?;
+                let u = self.aggregate.merge_partial(p).await?;
                 count_late(cx, &u);
                 Ok(vec![])
             }

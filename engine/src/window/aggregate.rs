@@ -18,11 +18,11 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_plan::aggregates::AggregateExec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 mod partial;
-pub use partial::Partial;
+pub use partial::{Partial, split_indices};
 
 /// What a GROUP BY column is to the window.
 #[derive(Debug, Clone, Copy)]
@@ -120,11 +120,10 @@ impl WindowOperator for WindowAggregator {
     fn output_watermark(&self, input_watermark: i64) -> i64 {
         WindowAggregator::output_watermark(self, input_watermark)
     }
-    fn partial_copy(&self) -> Option<WindowAggregator> {
-        WindowAggregator::partial_copy(self)
-    }
-    fn merge_partial(&mut self, partial: &Partial) -> Result<UpdateStats> {
-        WindowAggregator::merge_partial(self, partial)
+    fn into_aggregator(
+        self: Box<Self>,
+    ) -> std::result::Result<WindowAggregator, Box<dyn WindowOperator>> {
+        Ok(*self)
     }
 }
 
@@ -490,7 +489,8 @@ impl WindowAggregator {
         batch_in(&self.output_schema, cols)
     }
 
-    fn pane_batches(&self, windows: Vec<panes::PaneWindow>) -> Result<Vec<RecordBatch>> {
+    /// One batch per window (tagged with its start, see [`WindowAggregator::close_windows`]).
+    fn pane_batches(&self, windows: Vec<panes::PaneWindow>) -> Result<Vec<(i64, RecordBatch)>> {
         let size = match self.kind {
             WindowKind::Tumble { size_ms } | WindowKind::Hop { size_ms, .. } => size_ms,
             WindowKind::Session { .. } => 0,
@@ -498,12 +498,13 @@ impl WindowAggregator {
         windows
             .into_iter()
             .map(|(s, keys, values, rows)| {
-                self.window_batch(
+                let b = self.window_batch(
                     vec![s; rows],
                     vec![s.saturating_add(size); rows],
                     keys,
                     values,
-                )
+                )?;
+                Ok((s, b))
             })
             .collect()
     }
@@ -512,6 +513,13 @@ impl WindowAggregator {
     /// closed window (SESSION: the sessions closing together) yields one batch in the
     /// output schema.
     pub fn close(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>> {
+        Ok(untag(self.close_windows(watermark_ms)?))
+    }
+
+    /// [`WindowAggregator::close`], each batch tagged with its window's start (SESSION:
+    /// [`SESSIONS_TAG`] for the one batch of sessions): how the key partitions of a view
+    /// put the pieces of one window back together (`dataflow/keyed.rs`).
+    pub fn close_windows(&mut self, watermark_ms: i64) -> Result<Vec<(i64, RecordBatch)>> {
         let before = self.closed_through;
         if watermark_ms <= before {
             return Ok(vec![]);
@@ -523,9 +531,10 @@ impl WindowAggregator {
                 self.pane_batches(windows)
             }
             Store::Sessions(s) => match s.close(&self.layout, watermark_ms)? {
-                Some((starts, ends, keys, values)) => {
-                    Ok(vec![self.window_batch(starts, ends, keys, values)?])
-                }
+                Some((starts, ends, keys, values)) => Ok(vec![(
+                    SESSIONS_TAG,
+                    self.window_batch(starts, ends, keys, values)?,
+                )]),
                 None => Ok(vec![]),
             },
         }
@@ -569,15 +578,40 @@ impl WindowAggregator {
     /// the last call, evaluated without consuming it; one batch per window (SESSION: one
     /// for all).
     pub fn early(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(untag(self.early_windows()?))
+    }
+
+    /// [`WindowAggregator::early`], tagged as by [`WindowAggregator::close_windows`].
+    pub fn early_windows(&mut self) -> Result<Vec<(i64, RecordBatch)>> {
+        match self.changed_windows() {
+            Some(starts) => self.early_windows_at(&starts),
+            None => self.early_windows_at(&BTreeSet::new()),
+        }
+    }
+
+    /// TUMBLE and HOP: the starts of the open windows with a pane that changed since the
+    /// last early emission (the flags are cleared); `None` for SESSION windows, which
+    /// keep a flag per session.
+    pub fn changed_windows(&mut self) -> Option<BTreeSet<i64>> {
+        match &mut self.store {
+            Store::Panes(p) => Some(p.changed_windows(self.closed_through)),
+            Store::Sessions(_) => None,
+        }
+    }
+
+    /// Early results: TUMBLE and HOP, the windows starting at `starts` (every group of
+    /// each, changed or not); SESSION, the sessions that changed.
+    pub fn early_windows_at(&mut self, starts: &BTreeSet<i64>) -> Result<Vec<(i64, RecordBatch)>> {
         match &mut self.store {
             Store::Panes(p) => {
-                let windows = p.early(&self.layout, self.closed_through)?;
+                let windows = p.windows_at(&self.layout, starts)?;
                 self.pane_batches(windows)
             }
             Store::Sessions(s) => match s.early(&self.layout)? {
-                Some((starts, ends, keys, values)) => {
-                    Ok(vec![self.window_batch(starts, ends, keys, values)?])
-                }
+                Some((starts, ends, keys, values)) => Ok(vec![(
+                    SESSIONS_TAG,
+                    self.window_batch(starts, ends, keys, values)?,
+                )]),
                 None => Ok(vec![]),
             },
         }
@@ -778,6 +812,13 @@ impl WindowAggregator {
             }
         }
     }
+}
+
+/// The tag of the batch of closing sessions (see [`WindowAggregator::close_windows`]).
+pub const SESSIONS_TAG: i64 = i64::MIN;
+
+fn untag(windows: Vec<(i64, RecordBatch)>) -> Vec<RecordBatch> {
+    windows.into_iter().map(|(_, b)| b).collect()
 }
 
 fn int_column(batch: &RecordBatch, i: usize) -> Result<&Int64Array> {

@@ -34,7 +34,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use groups::cast_to;
 use std::collections::BTreeMap;
 
-pub use aggregate::{Partial, WindowAggregator};
+pub use aggregate::{Partial, SESSIONS_TAG, WindowAggregator, split_indices};
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
@@ -109,18 +109,11 @@ pub trait WindowOperator: Send {
     ) -> Result<()>;
     /// The watermark this operator can promise downstream.
     fn output_watermark(&self, input_watermark: i64) -> i64;
-    /// An empty aggregator that stage 1 folds micro-batches into (see
-    /// [`WindowAggregator::partial_copy`]); `None`: rows are folded here, on the driver.
-    fn partial_copy(&self) -> Option<WindowAggregator> {
-        None
-    }
-    /// Merge what stage 1 folded ([`WindowAggregator::merge_partial`]).
-    fn merge_partial(&mut self, _partial: &Partial) -> Result<UpdateStats> {
-        Err(WeirError::Internal(format!(
-            "{} takes no partial states",
-            self.describe()
-        )))
-    }
+    /// The window aggregate itself, when this is one (its state can be split into key
+    /// partitions, `dataflow/keyed.rs`); window rows (top-N over rows) give themselves back.
+    fn into_aggregator(
+        self: Box<Self>,
+    ) -> std::result::Result<WindowAggregator, Box<dyn WindowOperator>>;
 }
 
 /// Epoch ms from a timestamp column's raw values.

@@ -179,7 +179,15 @@ impl Panes {
 
     /// Every window still open (ending after `closed_through`) with a pane that changed
     /// since the last call, evaluated without consuming anything, oldest first.
+    #[cfg(test)]
     pub fn early(&mut self, layout: &Layout, closed_through: i64) -> Result<Vec<PaneWindow>> {
+        let starts = self.changed_windows(closed_through);
+        self.windows_at(layout, &starts)
+    }
+
+    /// The starts of the windows still open (ending after `closed_through`) with a pane
+    /// that changed since the last call; clears the panes' flags.
+    pub fn changed_windows(&mut self, closed_through: i64) -> BTreeSet<i64> {
         let mut starts = BTreeSet::new();
         for (&p, pane) in self.panes.iter_mut() {
             if std::mem::take(&mut pane.dirty) {
@@ -190,8 +198,18 @@ impl Panes {
                 );
             }
         }
+        starts
+    }
+
+    /// The windows starting at `starts` with at least one row, evaluated without consuming
+    /// anything, oldest first.
+    pub fn windows_at(
+        &mut self,
+        layout: &Layout,
+        starts: &BTreeSet<i64>,
+    ) -> Result<Vec<PaneWindow>> {
         let mut out = Vec::with_capacity(starts.len());
-        for s in starts {
+        for &s in starts {
             out.extend(self.window(layout, s, Groups::new(layout)?, 0)?);
         }
         Ok(out)

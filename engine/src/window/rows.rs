@@ -321,6 +321,11 @@ impl WindowRows {
 }
 
 impl WindowOperator for WindowRows {
+    fn into_aggregator(
+        self: Box<Self>,
+    ) -> std::result::Result<crate::window::WindowAggregator, Box<dyn WindowOperator>> {
+        Err(self)
+    }
     fn configure(&mut self, every: Option<std::time::Duration>) -> Result<()> {
         if every.is_some() {
             return Err(WeirError::user(

@@ -224,6 +224,106 @@ mod unit {
             .collect()
     }
 
+    /// `n` rows over `keys` keys spread across a minute, out of order by up to 3 s, and a
+    /// few rows 20 s behind (late once the watermark has passed them).
+    fn many_rows(n: usize, keys: usize) -> (Vec<(i64, String, i64)>, Vec<i64>) {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            let base = 10_000 + (i as i64 * 60_000) / n as i64;
+            let r = next();
+            let jitter = (r % 3_000) as i64;
+            let ts = if r % 97 == 0 {
+                base - 20_000
+            } else {
+                base + jitter
+            };
+            // Skewed: half the rows in key 0.
+            let k = if r % 2 == 0 {
+                0
+            } else {
+                (r >> 8) as usize % keys
+            };
+            rows.push((ts, format!("k{k}"), (r % 100) as i64));
+        }
+        let marks = rows
+            .chunks(5_000)
+            .scan(i64::MIN, |max, c| {
+                *max = (*max).max(c.iter().map(|r| r.0).max().unwrap_or(i64::MIN));
+                Some(*max - 4_000)
+            })
+            .collect();
+        (rows, marks)
+    }
+
+    /// A view's state in key partitions, worked on as tasks on several workers (big
+    /// batches, so the partitions run in parallel), gives the same windows and late
+    /// counts as one aggregator; through stage 1's partial states too, and across a
+    /// checkpoint restored into another number of partitions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn key_partitions_on_workers_give_the_same_windows() {
+        use crate::dataflow::keyed::{Keying, Windows};
+        let (rows, marks) = many_rows(40_000, 700);
+        let borrowed: Vec<(i64, &str, i64)> =
+            rows.iter().map(|(t, k, v)| (*t, k.as_str(), *v)).collect();
+        for window in [
+            "TUMBLE(t, ts, INTERVAL '5' SECOND)",
+            "HOP(t, ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND)",
+            "SESSION(t, ts, INTERVAL '1' SECOND)",
+        ] {
+            let (mut one, pre) = plan(window, &borrowed).await;
+            let (agg, _) = plan(window, &borrowed).await;
+            let keying = |key_partitions| Keying {
+                key_partitions,
+                workers: 3,
+                repartition: true,
+            };
+            let mut keyed = Windows::new(Box::new(agg), keying(5)).unwrap();
+            assert_eq!(keyed.key_partitions(), 5);
+            let partials = !window.starts_with("SESSION");
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            let (mut late_one, mut late_keyed) = (0, 0);
+            for (step, w) in marks.iter().enumerate() {
+                let piece = pre.slice(step * 5_000, 5_000.min(pre.num_rows() - step * 5_000));
+                late_one += one.update(&piece).unwrap().late;
+                let u = if partials && step % 2 == 1 {
+                    let (empty, parts) = keyed.partial_copy().unwrap();
+                    let partial = empty.partial(&[piece], parts).unwrap();
+                    assert_eq!(partial.states.len(), parts as usize);
+                    keyed.merge_partial(partial).await.unwrap()
+                } else {
+                    keyed.update(&piece).await.unwrap()
+                };
+                late_keyed += u.late;
+                want.extend(one.close(*w).unwrap());
+                got.extend(keyed.close(*w).await.unwrap());
+                if step == 3 {
+                    // A checkpoint of 5 partitions restored into 2 (repartition).
+                    let state = keyed.snapshot().unwrap();
+                    assert_eq!(state.len(), 5);
+                    let closed = keyed.closed_through().unwrap();
+                    let (agg, _) = plan(window, &borrowed).await;
+                    keyed = Windows::new(Box::new(agg), keying(2)).unwrap();
+                    keyed.restore(state, 5, closed, None).unwrap();
+                    assert_eq!(keyed.key_partitions(), 2);
+                }
+            }
+            want.extend(one.close(i64::MAX).unwrap());
+            got.extend(keyed.close(i64::MAX).await.unwrap());
+            assert!(late_one > 0, "{window}: some rows are late");
+            assert_eq!(late_keyed, late_one, "{window}");
+            let want = rows_of(&want);
+            assert!(want.len() > 1_000, "{window}: {} rows", want.len());
+            assert_eq!(rows_of(&got), want, "{window}");
+        }
+    }
+
     #[tokio::test]
     async fn hop_panes_merge_into_every_window() {
         let expected = hop_expected(ROWS, 2_000, 6_000);
@@ -270,7 +370,7 @@ mod unit {
                     i += len;
                     let u = direct.update(&piece).unwrap();
                     late_direct += u.late;
-                    let partial = merged.partial_copy().unwrap().partial(&[piece]).unwrap();
+                    let partial = merged.partial_copy().unwrap().partial(&[piece], 3).unwrap();
                     let m = merged.merge_partial(&partial).unwrap();
                     assert_eq!((m.accepted, m.late), (u.accepted, u.late), "{window}");
                     late_merged += m.late;

@@ -105,7 +105,7 @@ pub fn render(
             );
         }
     }
-    let families: [(&[&ObjectInfo], Family); 17] = [
+    let families: [(&[&ObjectInfo], Family); 19] = [
         (
             &sources,
             Family {
@@ -234,6 +234,26 @@ pub fn render(
                 kind: "gauge",
                 label: "view",
                 value: |o| Some(counter(&o.stats.state_bytes)),
+            },
+        ),
+        (
+            &views,
+            Family {
+                name: "weir_view_key_partitions",
+                help: "Key partitions the view's window state is split into.",
+                kind: "gauge",
+                label: "view",
+                value: |o| Some(counter(&o.stats.key_partitions)),
+            },
+        ),
+        (
+            &views,
+            Family {
+                name: "weir_view_busiest_partition_groups",
+                help: "Groups in the view's largest key partition (skew: far above open groups / key partitions).",
+                kind: "gauge",
+                label: "view",
+                value: |o| Some(counter(&o.stats.busiest_partition_groups)),
             },
         ),
         (

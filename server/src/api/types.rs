@@ -35,6 +35,11 @@ pub struct Figures {
     pub open_windows: u64,
     pub open_groups: u64,
     pub state_bytes: u64,
+    /// Windowed views: key partitions of the state (0 for other objects).
+    pub key_partitions: u64,
+    /// Windowed views: groups in the largest key partition (skew shows as this far above
+    /// `open_groups / key_partitions`).
+    pub busiest_partition_groups: u64,
     pub bytes: u64,
     pub errors: u64,
     pub last_error: Option<String>,
@@ -109,6 +114,8 @@ pub fn object(o: &ObjectInfo) -> Object {
             open_windows: s.open_windows,
             open_groups: s.open_groups,
             state_bytes: s.state_bytes,
+            key_partitions: s.key_partitions,
+            busiest_partition_groups: s.busiest_partition_groups,
             bytes: weir_engine::stats::Stats::get(&o.stats.bytes),
             errors: weir_engine::stats::Stats::get(&o.stats.errors),
             last_error: s.last_error,

@@ -1,0 +1,521 @@
+//! A windowed view's state split into key partitions (`[engine] key_partitions`), and
+//! stage 2 run on the workers, one task per share of the partitions.
+//!
+//! A window aggregate with group keys besides the window keeps one [`WindowAggregator`]
+//! per key partition: a group's rows and state live in partition
+//! `key_partitions(group key)` (`partition.rs`, a specified hash that never changes).
+//! Each step of the view (fold a micro-batch, merge stage 1's partial states, close
+//! windows, early results) gives every partition its share, and when there is enough work
+//! and more than one worker, the partitions' shares run as tasks on the workers at once;
+//! the driver waits for all of them before the view's next step. The pieces of a window
+//! that closes are put back together in partition order, so the view's output (and the
+//! row ids sinks deduplicate by) depends on the number of key partitions, never on the
+//! number of workers.
+//!
+//! The number of partitions is part of the view's state: a checkpoint stores one state
+//! file per partition and records the count, and a restored view keeps that count (a
+//! changed `key_partitions` applies to views created afterwards) unless the run is told
+//! to repartition (`[engine] repartition`), which re-splits the state by key.
+//!
+//! Window rows (top-N over unaggregated rows) and aggregates without group keys stay in
+//! one partition.
+
+use super::operator::StateFigures;
+use crate::error::{Result, WeirError};
+use crate::window::split_indices;
+use crate::window::{LateRow, Partial, UpdateStats, WindowAggregator, WindowOperator};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// How a view's keyed state is split and worked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keying {
+    /// Key partitions of a new view (`[engine] key_partitions`).
+    pub key_partitions: u32,
+    /// Workers the partitions' work is spread over.
+    pub workers: usize,
+    /// Restore re-splits checkpointed state into `key_partitions` instead of keeping the
+    /// checkpoint's count (`[engine] repartition`).
+    pub repartition: bool,
+}
+
+impl Default for Keying {
+    fn default() -> Self {
+        Keying {
+            key_partitions: DEFAULT_KEY_PARTITIONS,
+            workers: 1,
+            repartition: false,
+        }
+    }
+}
+
+/// `[engine] key_partitions` when not set.
+pub const DEFAULT_KEY_PARTITIONS: u32 = 16;
+
+/// Rows (or groups) below which one step's partitions run one after another on the driver:
+/// handing them to other workers costs more than it saves.
+const PARALLEL_WORK: usize = 4096;
+
+/// A window operator's state: one aggregator per key partition, or window rows.
+pub enum Windows {
+    Keyed(KeyedWindows),
+    Rows(Box<dyn WindowOperator>),
+}
+
+pub struct KeyedWindows {
+    /// One per key partition; `None` only while a task works on it (or after that task
+    /// failed, which fails every later step of the view).
+    parts: Vec<Option<WindowAggregator>>,
+    /// The count a view of this definition gets when it starts afresh.
+    configured: u32,
+    workers: usize,
+    repartition: bool,
+}
+
+impl Windows {
+    pub fn new(op: Box<dyn WindowOperator>, keying: Keying) -> Result<Windows> {
+        let agg = match op.into_aggregator() {
+            Ok(agg) => agg,
+            Err(rows) => return Ok(Windows::Rows(rows)),
+        };
+        let configured = if agg.has_keys() {
+            keying.key_partitions.max(1)
+        } else {
+            1
+        };
+        let mut parts = Vec::with_capacity(configured as usize);
+        for _ in 1..configured {
+            parts.push(Some(agg.empty_copy()?));
+        }
+        parts.insert(0, Some(agg));
+        Ok(Windows::Keyed(KeyedWindows {
+            parts,
+            configured,
+            workers: keying.workers.max(1),
+            repartition: keying.repartition,
+        }))
+    }
+
+    /// For DESCRIBE: how the state is split and worked on.
+    pub fn describe_partitioning(&self) -> String {
+        match self {
+            Windows::Keyed(k) if k.parts.len() > 1 => {
+                let keys = k
+                    .first()
+                    .map(|f| f.partition_key_names().join(", "))
+                    .unwrap_or_default();
+                format!(
+                    "state in {} key partitions by [{keys}], up to {} worked on at once",
+                    k.parts.len(),
+                    k.workers.min(k.parts.len())
+                )
+            }
+            Windows::Keyed(_) => "state in 1 key partition".to_string(),
+            Windows::Rows(_) => {
+                "state in 1 key partition (the rows of a window are ranked together)".to_string()
+            }
+        }
+    }
+
+    /// Key partitions of the view's state.
+    pub fn key_partitions(&self) -> u32 {
+        match self {
+            Windows::Keyed(k) => k.parts.len() as u32,
+            Windows::Rows(_) => 1,
+        }
+    }
+
+    pub fn start_clock(&mut self, now_ms: i64) -> Result<()> {
+        match self {
+            Windows::Keyed(k) => {
+                for p in k.parts.iter_mut() {
+                    part(p)?.start_clock(now_ms);
+                }
+            }
+            Windows::Rows(r) => r.start_clock(now_ms),
+        }
+        Ok(())
+    }
+
+    pub fn input_time_column(&self) -> Result<String> {
+        Ok(match self {
+            Windows::Keyed(k) => k.first()?.input_time_column().to_string(),
+            Windows::Rows(r) => r.input_time_column().to_string(),
+        })
+    }
+
+    pub fn closed_through(&self) -> Result<i64> {
+        Ok(match self {
+            Windows::Keyed(k) => k.first()?.closed_through(),
+            Windows::Rows(r) => r.closed_through(),
+        })
+    }
+
+    /// Whether early results are due (moves every partition's clock on alike).
+    pub fn emit_due(&mut self, now_ms: i64) -> Result<bool> {
+        Ok(match self {
+            Windows::Keyed(k) => {
+                let mut due = false;
+                for p in k.parts.iter_mut() {
+                    due |= part(p)?.emit_due(now_ms);
+                }
+                due
+            }
+            Windows::Rows(r) => r.emit_due(now_ms),
+        })
+    }
+
+    pub fn emit_period(&self) -> Result<Option<i64>> {
+        Ok(match self {
+            Windows::Keyed(k) => k.first()?.emit_period(),
+            Windows::Rows(r) => r.emit_period(),
+        })
+    }
+
+    /// The watermark the view can promise downstream (the least over its partitions).
+    pub fn output_watermark(&self, input_watermark: i64) -> Result<i64> {
+        match self {
+            Windows::Keyed(k) => {
+                let mut w = i64::MAX;
+                for p in &k.parts {
+                    w = w.min(part_ref(p)?.output_watermark(input_watermark));
+                }
+                Ok(w)
+            }
+            Windows::Rows(r) => Ok(r.output_watermark(input_watermark)),
+        }
+    }
+
+    /// The state's size, summed over the partitions, and the largest partition's groups.
+    pub fn figures(&self) -> StateFigures {
+        match self {
+            Windows::Keyed(k) => {
+                let mut f = StateFigures::default();
+                let mut busiest = 0;
+                for p in k.parts.iter().flatten() {
+                    let groups = p.open_groups() as u64;
+                    f.open_windows = f.open_windows.max(p.open_windows() as u64);
+                    f.open_groups += groups;
+                    f.bytes += p.state_bytes() as u64;
+                    busiest = busiest.max(groups);
+                }
+                f.key_partitions = k.parts.len() as u64;
+                f.busiest_partition_groups = busiest;
+                f
+            }
+            Windows::Rows(r) => {
+                let groups = r.open_groups() as u64;
+                StateFigures {
+                    open_windows: r.open_windows() as u64,
+                    open_groups: groups,
+                    bytes: r.state_bytes() as u64,
+                    key_partitions: 1,
+                    busiest_partition_groups: groups,
+                }
+            }
+        }
+    }
+
+    /// Fold one batch of the pre plan's output; late rows are listed by their row in it.
+    pub async fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+        match self {
+            Windows::Keyed(k) => k.update(batch).await,
+            Windows::Rows(r) => r.update(batch),
+        }
+    }
+
+    /// Close the windows the watermark passed: one batch per window, oldest first.
+    pub async fn close(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>> {
+        match self {
+            Windows::Keyed(k) => {
+                let work = k.groups();
+                let done = k
+                    .each(k.all(|_| watermark_ms), work, |p, w| p.close_windows(w))
+                    .await?;
+                join_windows(done)
+            }
+            Windows::Rows(r) => r.close(watermark_ms),
+        }
+    }
+
+    /// Early results of the open windows that changed.
+    pub async fn early(&mut self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Windows::Keyed(k) => {
+                // A window's early result is all of its groups when any of them changed,
+                // whichever partitions they are in.
+                let mut starts = BTreeSet::new();
+                for p in k.parts.iter_mut() {
+                    if let Some(s) = part(p)?.changed_windows() {
+                        starts.extend(s);
+                    }
+                }
+                let starts = Arc::new(starts);
+                let work = k.groups();
+                let done = k
+                    .each(k.all(|_| starts.clone()), work, |p, s| {
+                        p.early_windows_at(&s)
+                    })
+                    .await?;
+                join_windows(done)
+            }
+            Windows::Rows(r) => r.early(),
+        }
+    }
+
+    /// An empty copy for stage 1 to fold micro-batches into, and the key partitions to cut
+    /// its partial states into; `None`: no stage 1 for this view.
+    pub fn partial_copy(&self) -> Option<(WindowAggregator, u32)> {
+        match self {
+            Windows::Keyed(k) => {
+                let first = k.parts.first()?.as_ref()?;
+                Some((first.partial_copy()?, k.parts.len() as u32))
+            }
+            Windows::Rows(_) => None,
+        }
+    }
+
+    /// Stage 2: merge what stage 1 folded, each partition its share.
+    pub async fn merge_partial(&mut self, partial: Partial) -> Result<UpdateStats> {
+        let Windows::Keyed(k) = self else {
+            return Err(WeirError::Internal(
+                "a partial state for window rows".into(),
+            ));
+        };
+        let first = k.first()?;
+        let stats = first.partial_stats(&partial);
+        let n = k.parts.len();
+        // A program prepared before the view's partitions changed (a restore) cut into
+        // another count.
+        let shares = if partial.states.len() == n {
+            partial.states
+        } else {
+            first.split_states(&partial.states.concat(), n as u32)?
+        };
+        let rows = |s: &[RecordBatch]| s.iter().map(|b| b.num_rows()).sum::<usize>();
+        let work = shares.iter().map(|s| rows(s)).sum();
+        let inputs = shares
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(kp, s)| {
+                let w = rows(&s);
+                (kp, s, w)
+            })
+            .collect();
+        k.each(inputs, work, |p, s| p.merge_states(&s)).await?;
+        Ok(stats)
+    }
+
+    /// The state, one list of batches per key partition.
+    pub fn snapshot(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
+        match self {
+            Windows::Keyed(k) => k.parts.iter_mut().map(|p| part(p)?.snapshot()).collect(),
+            Windows::Rows(r) => Ok(vec![r.snapshot()?]),
+        }
+    }
+
+    /// Put back [`Windows::snapshot`]'s state, written with `written` key partitions.
+    pub fn restore(
+        &mut self,
+        states: Vec<Vec<RecordBatch>>,
+        written: u32,
+        closed_through: i64,
+        emit_period: Option<i64>,
+    ) -> Result<()> {
+        let k = match self {
+            Windows::Rows(r) => {
+                let batches = states.into_iter().next().unwrap_or_default();
+                return r.restore(&batches, closed_through, emit_period);
+            }
+            Windows::Keyed(k) => k,
+        };
+        let count = if k.repartition {
+            k.configured
+        } else {
+            written.max(1)
+        };
+        let template = k.first()?.empty_copy()?;
+        let shares = if count == written && states.len() == count as usize {
+            states
+        } else {
+            if count != written {
+                tracing::info!(
+                    from = written,
+                    to = count,
+                    "repartitioning the view's state into {count} key partitions"
+                );
+            }
+            template.split_states(&states.concat(), count)?
+        };
+        let mut parts = Vec::with_capacity(shares.len());
+        for share in shares {
+            let mut p = template.empty_copy()?;
+            p.restore(&share, closed_through, emit_period)?;
+            parts.push(Some(p));
+        }
+        k.parts = parts;
+        Ok(())
+    }
+}
+
+impl KeyedWindows {
+    fn first(&self) -> Result<&WindowAggregator> {
+        part_ref(self.parts.first().ok_or_else(lost)?)
+    }
+
+    fn groups(&self) -> usize {
+        self.parts.iter().flatten().map(|p| p.open_groups()).sum()
+    }
+
+    /// Every partition with the same input, weighted by its groups.
+    fn all<I>(&self, input: impl Fn(usize) -> I) -> Vec<(usize, I, usize)> {
+        (0..self.parts.len())
+            .map(|kp| {
+                let w = self.parts[kp].as_ref().map_or(0, |p| p.open_groups());
+                (kp, input(kp), w)
+            })
+            .collect()
+    }
+
+    async fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+        let n = batch.num_rows();
+        if self.parts.len() == 1 {
+            return part(&mut self.parts[0])?.update(batch);
+        }
+        let keys = self.first()?.key_columns(batch)?;
+        let mut inputs = Vec::new();
+        for (kp, idx) in split_indices(&keys, n, self.parts.len() as u32)? {
+            let rows = take_record_batch(batch, &idx)?;
+            let w = idx.len();
+            inputs.push((kp, (rows, idx), w));
+        }
+        let done = self
+            .each(inputs, n, |p, (rows, idx)| Ok((p.update(&rows)?, idx)))
+            .await?;
+        let mut stats = UpdateStats::default();
+        for (_, (u, idx)) in done {
+            stats.accepted += u.accepted;
+            stats.late += u.late;
+            stats
+                .late_rows
+                .extend(u.late_rows.into_iter().map(|l| LateRow {
+                    row: idx.value(l.row) as usize,
+                    ..l
+                }));
+        }
+        stats.late_rows.sort_by_key(|l| l.row);
+        Ok(stats)
+    }
+
+    /// Run `f` on each listed partition with its input (`(partition, input, weight)`),
+    /// as tasks on the workers when `work` is large enough, else one after another here.
+    /// The results come back in partition order.
+    async fn each<I, O>(
+        &mut self,
+        inputs: Vec<(usize, I, usize)>,
+        work: usize,
+        f: fn(&mut WindowAggregator, I) -> Result<O>,
+    ) -> Result<Vec<(usize, O)>>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        let tasks = if work >= PARALLEL_WORK && tokio::runtime::Handle::try_current().is_ok() {
+            self.workers.min(inputs.len())
+        } else {
+            1
+        };
+        let mut results = Vec::with_capacity(inputs.len());
+        if tasks <= 1 {
+            for (kp, input, _) in inputs {
+                results.push((kp, f(part(&mut self.parts[kp])?, input)?));
+            }
+            return Ok(results);
+        }
+        // Deal the partitions to the tasks, heaviest first, each to the lightest task.
+        let mut jobs = Vec::with_capacity(inputs.len());
+        for (kp, input, w) in inputs {
+            let p = self.parts[kp].take().ok_or_else(lost)?;
+            jobs.push((kp, p, input, w));
+        }
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.3));
+        type Share<I> = Vec<(usize, WindowAggregator, I)>;
+        let mut shares: Vec<(usize, Share<I>)> = (0..tasks).map(|_| (0, Vec::new())).collect();
+        for (kp, p, input, w) in jobs {
+            let lightest = shares.iter_mut().min_by_key(|s| s.0).ok_or_else(lost)?;
+            lightest.0 += w;
+            lightest.1.push((kp, p, input));
+        }
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|(_, share)| {
+                tokio::spawn(async move {
+                    share
+                        .into_iter()
+                        .map(|(kp, mut p, input)| {
+                            let r = f(&mut p, input);
+                            (kp, p, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut failed = None;
+        let mut outcomes = Vec::new();
+        for h in handles {
+            match h.await {
+                Ok(done) => {
+                    for (kp, p, r) in done {
+                        self.parts[kp] = Some(p);
+                        outcomes.push((kp, r));
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(WeirError::Internal(format!(
+                "a task working on key partitions failed ({e}); their state is gone and the \
+                 view stops: restart from the last checkpoint"
+            )));
+        }
+        outcomes.sort_by_key(|(kp, _)| *kp);
+        for (kp, r) in outcomes {
+            results.push((kp, r?));
+        }
+        Ok(results)
+    }
+}
+
+/// The pieces of each window from every partition, in partition order, as one batch per
+/// window, oldest first.
+fn join_windows(done: Vec<(usize, Vec<(i64, RecordBatch)>)>) -> Result<Vec<RecordBatch>> {
+    let mut windows: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for (_, pieces) in done {
+        for (tag, b) in pieces {
+            windows.entry(tag).or_default().push(b);
+        }
+    }
+    windows
+        .into_values()
+        .map(|mut pieces| match pieces.len() {
+            1 => Ok(pieces.swap_remove(0)),
+            _ => Ok(concat_batches(&pieces[0].schema(), &pieces)?),
+        })
+        .collect()
+}
+
+fn lost() -> WeirError {
+    WeirError::Internal("a key partition's state is gone (an earlier task failed)".into())
+}
+
+fn part(p: &mut Option<WindowAggregator>) -> Result<&mut WindowAggregator> {
+    p.as_mut().ok_or_else(lost)
+}
+
+fn part_ref(p: &Option<WindowAggregator>) -> Result<&WindowAggregator> {
+    p.as_ref().ok_or_else(lost)
+}
