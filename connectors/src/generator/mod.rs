@@ -100,6 +100,16 @@ pub(crate) trait Kind: Send + 'static {
     /// the restored position instead of regenerating the rows before it.
     const RANDOM_ACCESS: bool = false;
 
+    /// A copy that generates the same rows, for another thread: with `OWN_EVENT_TIME` and
+    /// `RANDOM_ACCESS`, an unthrottled generator fills several cycles of rows at once, one
+    /// per worker. `None`: rows are generated on one thread.
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// Every option key this kind takes, for the unknown-option error.
     fn valid_keys() -> Vec<&'static str> {
         VALID_KEYS.to_vec()
@@ -276,6 +286,55 @@ fn plan_columns(schema: &SchemaRef, available: &[ColumnDef], what: &str) -> Resu
     Ok(ColumnPlan { wanted, sources })
 }
 
+/// Rows filled into per-partition buffers, and the rows in each.
+type Filled<K> = (Vec<<K as Kind>::Builders>, Vec<usize>);
+
+/// Fill rows `first .. first + count` (event time `ts_of(n)`) into one set of buffers per
+/// partition, dealing row `n` to partition `n % parts`.
+fn fill<K: Kind>(
+    kind: &mut K,
+    wanted: &[bool],
+    parts: usize,
+    first: u64,
+    count: u64,
+    mut ts_of: impl FnMut(u64) -> i64,
+) -> Filled<K> {
+    let per_part = (count as usize).div_ceil(parts);
+    let mut builders: Vec<K::Builders> = (0..parts)
+        .map(|_| kind.builders(wanted, per_part))
+        .collect();
+    let mut rows_per_part = vec![0usize; parts];
+    let mut p = (first % parts as u64) as usize;
+    for n in first..first + count {
+        let ts = ts_of(n);
+        kind.append(&mut builders[p], n, ts);
+        rows_per_part[p] += 1;
+        p += 1;
+        if p == parts {
+            p = 0;
+        }
+    }
+    (builders, rows_per_part)
+}
+
+/// How event time follows the row number (rows without their own event time).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    rows_per_second: u64,
+}
+
+impl Timing {
+    /// Event time of row `n` before jitter.
+    fn event_time(self, start_ms: i64, n: u64) -> i64 {
+        let rate = if self.rows_per_second == 0 {
+            1000
+        } else {
+            self.rows_per_second
+        };
+        start_ms.saturating_add((u128::from(n) * 1000 / u128::from(rate)) as i64)
+    }
+}
+
 /// A generator source for one [`Kind`].
 pub(crate) struct GeneratorSource<K: Kind> {
     kind: K,
@@ -295,6 +354,9 @@ pub(crate) struct GeneratorSource<K: Kind> {
     last_emit: Option<Instant>,
     /// Restored positions: partition `p` skips rows numbered below `resume[p]`.
     resume: Option<Vec<u64>>,
+    /// Copies of `kind` ([`Kind::fork`]) that generate further cycles of rows on other
+    /// threads, one per extra worker; empty: one thread.
+    forks: Vec<K>,
 }
 
 impl<K: Kind> GeneratorSource<K> {
@@ -304,7 +366,13 @@ impl<K: Kind> GeneratorSource<K> {
             &kind.table_columns(),
             &kind.describe(&opts.kind),
         )?;
+        let forks = if K::OWN_EVENT_TIME && K::RANDOM_ACCESS && opts.rows_per_second == 0 {
+            (1..spec.workers).filter_map(|_| kind.fork()).collect()
+        } else {
+            Vec::new()
+        };
         Ok(GeneratorSource {
+            forks,
             kind,
             schema: spec.schema.clone(),
             plan,
@@ -329,12 +397,7 @@ impl<K: Kind> GeneratorSource<K> {
 
     /// Event time of row `n` before jitter.
     fn event_time(&self, start_ms: i64, n: u64) -> i64 {
-        let rate = if self.opts.rows_per_second == 0 {
-            1000
-        } else {
-            self.opts.rows_per_second
-        };
-        start_ms.saturating_add((u128::from(n) * 1000 / u128::from(rate)) as i64)
+        self.clone_timing().event_time(start_ms, n)
     }
 
     /// Wall-clock offset from the start at which row `n` is due (rate-limited mode).
@@ -373,38 +436,98 @@ impl<K: Kind> GeneratorSource<K> {
 
     /// Generate rows `next_row .. next_row + count` and queue one batch per partition.
     fn generate(&mut self, count: u64, start_ms: i64) -> Result<()> {
-        let parts = self.opts.partitions;
-        let per_part = (count as usize).div_ceil(parts);
-        let mut builders: Vec<K::Builders> = (0..parts)
-            .map(|_| self.kind.builders(&self.plan.wanted, per_part))
-            .collect();
-        let mut rows_per_part = vec![0usize; parts];
         let ooo = self
             .opts
             .max_out_of_orderness
             .as_millis()
             .min(u128::from(u64::MAX)) as u64;
         let first = self.next_row;
-        let mut p = (first % parts as u64) as usize;
-        for n in first..first + count {
-            let ts = if K::OWN_EVENT_TIME {
-                0
-            } else {
-                let ts = self.event_time(start_ms, n);
-                if ooo > 0 {
-                    ts.saturating_sub(self.jitter.below(ooo + 1) as i64)
-                } else {
-                    ts
-                }
-            };
-            self.kind.append(&mut builders[p], n, ts);
-            rows_per_part[p] += 1;
-            p += 1;
-            if p == parts {
-                p = 0;
+        let (timing, jitter) = (self.clone_timing(), &mut self.jitter);
+        let ts_of = |n: u64| {
+            if K::OWN_EVENT_TIME {
+                return 0;
             }
-        }
+            let ts = timing.event_time(start_ms, n);
+            if ooo > 0 {
+                ts.saturating_sub(jitter.below(ooo + 1) as i64)
+            } else {
+                ts
+            }
+        };
+        let filled = fill(
+            &mut self.kind,
+            &self.plan.wanted,
+            self.opts.partitions,
+            first,
+            count,
+            ts_of,
+        );
         self.next_row = first + count;
+        self.queue(filled, first, self.next_row)
+    }
+
+    /// With forks ([`Kind::fork`]): the next cycles of rows (one per thread, each as
+    /// `generate` would make it, so the batches and positions are the same), filled at
+    /// once and queued in order.
+    fn generate_parallel(&mut self) -> Result<()> {
+        let cycle = (self.max_rows as u64).saturating_mul(self.opts.partitions as u64);
+        let mut ranges = Vec::with_capacity(self.forks.len() + 1);
+        let mut next = self.next_row;
+        for _ in 0..=self.forks.len() {
+            let count = match self.opts.rows {
+                Some(total) => cycle.min(total.saturating_sub(next)),
+                None => cycle,
+            };
+            if count == 0 {
+                break;
+            }
+            ranges.push((next, count));
+            next += count;
+        }
+        let (parts, wanted) = (self.opts.partitions, &self.plan.wanted);
+        let kinds = std::iter::once(&mut self.kind).chain(self.forks.iter_mut());
+        let filled: Vec<Filled<K>> = std::thread::scope(|scope| {
+            let mut jobs = ranges.iter().zip(kinds);
+            let Some((&(first, count), own)) = jobs.next() else {
+                return Ok(Vec::new());
+            };
+            let others: Vec<_> = jobs
+                .map(|(&(first, count), kind)| {
+                    std::thread::Builder::new()
+                        .name("weir-generator".into())
+                        .spawn_scoped(scope, move || {
+                            fill(kind, wanted, parts, first, count, |_| 0)
+                        })
+                })
+                .collect::<std::io::Result<_>>()
+                .map_err(|e| WeirError::Internal(format!("starting a generator thread: {e}")))?;
+            let mut out = vec![fill(own, wanted, parts, first, count, |_| 0)];
+            for t in others {
+                out.push(
+                    t.join()
+                        .map_err(|_| WeirError::Internal("a generator thread panicked".into()))?,
+                );
+            }
+            Ok::<_, WeirError>(out)
+        })?;
+        for (f, &(first, count)) in filled.into_iter().zip(&ranges) {
+            self.next_row = first + count;
+            self.queue(f, first, self.next_row)?;
+        }
+        Ok(())
+    }
+
+    fn clone_timing(&self) -> Timing {
+        Timing {
+            rows_per_second: self.opts.rows_per_second,
+        }
+    }
+
+    /// Queue the batches of rows `first..` (`filled`), each with position `position`,
+    /// leaving out the rows a restored checkpoint covers.
+    fn queue(&mut self, filled: Filled<K>, first: u64, position: u64) -> Result<()> {
+        let parts = self.opts.partitions;
+        let (mut builders, rows_per_part) = filled;
         for (p, b) in builders.iter_mut().enumerate() {
             if rows_per_part[p] == 0 {
                 continue;
@@ -424,7 +547,7 @@ impl<K: Kind> GeneratorSource<K> {
                     continue;
                 }
             }
-            self.ready.push_back((p, batch, self.next_row));
+            self.ready.push_back((p, batch, position));
         }
         Ok(())
     }
@@ -536,7 +659,11 @@ impl<K: Kind> Source for GeneratorSource<K> {
             };
             let count = self.rows_to_generate(t0).await;
             if count > 0 {
-                self.generate(count, start_ms)?;
+                if self.forks.is_empty() {
+                    self.generate(count, start_ms)?;
+                } else {
+                    self.generate_parallel()?;
+                }
                 self.last_emit = Some(Instant::now());
             }
         }

@@ -161,6 +161,7 @@ pub fn table_source(
         table_schema(table, skip),
         options.into_iter().chain([table_option]),
         BatchLimits::default(),
+        1,
     )
 }
 
@@ -169,6 +170,7 @@ fn generator_source(
     schema: SchemaRef,
     options: impl IntoIterator<Item = (String, String)>,
     batch: BatchLimits,
+    workers: usize,
 ) -> Result<Box<dyn Source>> {
     let kind = ("kind".to_string(), "nexmark".to_string());
     super::GeneratorSourceFactory.create(SourceSpec {
@@ -180,7 +182,7 @@ fn generator_source(
         data_dir: std::env::temp_dir(),
         batch,
         stats: Default::default(),
-        workers: 1,
+        workers,
     })
 }
 
@@ -267,6 +269,7 @@ impl NexmarkOptions {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Nexmark {
     table: Table,
     timeline: Timeline,
@@ -461,6 +464,10 @@ impl Kind for Nexmark {
     const OWN_EVENT_TIME: bool = true;
     const RANDOM_ACCESS: bool = true;
 
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
     /// The `bid` table's columns (the default table); a source uses its own table's.
     fn columns() -> Vec<ColumnDef> {
         table_columns(Table::Bid)
@@ -601,12 +608,56 @@ mod tests {
     }
 
     fn source(schema: SchemaRef, options: &[(&str, &str)]) -> Result<Box<dyn Source>> {
+        source_on(schema, options, 1)
+    }
+
+    fn source_on(
+        schema: SchemaRef,
+        options: &[(&str, &str)],
+        workers: usize,
+    ) -> Result<Box<dyn Source>> {
         let limits = BatchLimits {
             max_rows: 1000,
             max_delay: Duration::from_millis(20),
         };
         let options = options.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        generator_source(schema, options, limits)
+        generator_source(schema, options, limits, workers)
+    }
+
+    /// With several workers an unthrottled generator fills several cycles at once on as
+    /// many threads: the same batches, partitions and positions as on one, after a restore
+    /// too.
+    #[tokio::test]
+    async fn generated_on_several_threads_as_on_one() {
+        for parts in ["1", "3"] {
+            let opts = [
+                ("nexmark.table", "bid"),
+                ("nexmark.events", "45500"),
+                ("partitions", parts),
+            ];
+            let schema = schema(Table::Bid);
+            let one = run(&mut source_on(schema.clone(), &opts, 1).unwrap()).await;
+            let mut three = source_on(schema.clone(), &opts, 3).unwrap();
+            let all = run(&mut three).await;
+            assert!(one.len() > 10, "{} batches", one.len());
+            assert_eq!(all.len(), one.len(), "partitions {parts}");
+            for (a, b) in one.iter().zip(&all) {
+                assert_eq!((a.0, &a.1, a.2), (b.0, &b.1, b.2), "partitions {parts}");
+            }
+            // Restored half way: the rest, as one thread gives it.
+            let mid = &one[one.len() / 2];
+            let mut resumed = source_on(schema, &opts, 3).unwrap();
+            let positions: Vec<(usize, i64)> = (0..parts.parse::<usize>().unwrap())
+                .map(|p| (p, mid.2))
+                .collect();
+            resumed.seek(&positions).unwrap();
+            let rest = run(&mut resumed).await;
+            let want: Vec<_> = one.iter().filter(|(_, _, pos)| *pos > mid.2).collect();
+            assert_eq!(rest.len(), want.len(), "partitions {parts}");
+            for (a, b) in want.iter().zip(&rest) {
+                assert_eq!((a.0, &a.1, a.2), (b.0, &b.1, b.2), "partitions {parts}");
+            }
+        }
     }
 
     /// Every batch: partition, rows, position after it.

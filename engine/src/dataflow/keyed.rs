@@ -24,7 +24,7 @@ use super::operator::StateFigures;
 use crate::error::{Result, WeirError};
 use crate::window::split_indices;
 use crate::window::{LateRow, Partial, UpdateStats, WindowAggregator, WindowOperator};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -385,15 +385,18 @@ impl KeyedWindows {
         if self.parts.len() == 1 {
             return part(&mut self.parts[0])?.update(batch);
         }
-        let keys = self.first()?.key_columns(batch)?;
+        // Evaluated once; each partition gets its rows of the columns the aggregate reads.
+        let evaluated = self.first()?.evaluate(batch)?;
         let mut inputs = Vec::new();
-        for (kp, idx) in split_indices(&keys, n, self.parts.len() as u32)? {
-            let rows = take_record_batch(batch, &idx)?;
+        for (kp, idx) in split_indices(evaluated.keys(), n, self.parts.len() as u32)? {
+            let rows = evaluated.take(&idx)?;
             let w = idx.len();
             inputs.push((kp, (rows, idx), w));
         }
         let done = self
-            .each(inputs, n, |p, (rows, idx)| Ok((p.update(&rows)?, idx)))
+            .each(inputs, n, |p, (rows, idx)| {
+                Ok((p.update_evaluated(rows)?, idx))
+            })
             .await?;
         let mut stats = UpdateStats::default();
         for (_, (u, idx)) in done {

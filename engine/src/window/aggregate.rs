@@ -127,6 +127,36 @@ impl WindowOperator for WindowAggregator {
     }
 }
 
+/// What the aggregate reads of a batch ([`WindowAggregator::evaluate`]).
+pub struct Evaluated {
+    /// Each row's time in ms (TUMBLE: window start, HOP: pane start, SESSION: event time).
+    times: Vec<Option<i64>>,
+    inputs: Inputs,
+}
+
+impl Evaluated {
+    /// The group key columns.
+    pub fn keys(&self) -> &[ArrayRef] {
+        &self.inputs.keys
+    }
+
+    pub fn rows(&self) -> usize {
+        self.times.len()
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn take(&self, idx: &UInt32Array) -> Result<Evaluated> {
+        Ok(Evaluated {
+            times: idx
+                .values()
+                .iter()
+                .map(|&i| self.times[i as usize])
+                .collect(),
+            inputs: self.inputs.take(idx)?,
+        })
+    }
+}
+
 /// Evaluated inputs of a batch: key columns, aggregate arguments and FILTERs.
 struct Inputs {
     keys: Vec<ArrayRef>,
@@ -402,14 +432,40 @@ impl WindowAggregator {
     fn fold(
         &mut self,
         batch: &RecordBatch,
+        pane_rows: Option<&mut BTreeMap<i64, u64>>,
+    ) -> Result<UpdateStats> {
+        if batch.num_rows() == 0 {
+            return Ok(UpdateStats::default());
+        }
+        let evaluated = self.evaluate(batch)?;
+        self.fold_evaluated(evaluated, pane_rows)
+    }
+
+    /// What the aggregate reads of `batch` (the pre plan's output): each row's time, group
+    /// keys, aggregate arguments and FILTERs.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
+        let n = batch.num_rows();
+        Ok(Evaluated {
+            times: self.times(batch, n)?,
+            inputs: self.inputs(batch, n)?,
+        })
+    }
+
+    /// [`WindowAggregator::update`] of rows already evaluated ([`WindowAggregator::evaluate`]).
+    pub fn update_evaluated(&mut self, evaluated: Evaluated) -> Result<UpdateStats> {
+        self.fold_evaluated(evaluated, None)
+    }
+
+    fn fold_evaluated(
+        &mut self,
+        evaluated: Evaluated,
         mut pane_rows: Option<&mut BTreeMap<i64, u64>>,
     ) -> Result<UpdateStats> {
-        let n = batch.num_rows();
+        let Evaluated { times, inputs } = evaluated;
+        let n = times.len();
         if n == 0 {
             return Ok(UpdateStats::default());
         }
-        let times = self.times(batch, n)?;
-        let inputs = self.inputs(batch, n)?;
         let closed = self.closed_through;
         let mut late = Vec::new();
         let accepted = match &mut self.store {

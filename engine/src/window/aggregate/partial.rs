@@ -84,16 +84,6 @@ impl WindowAggregator {
             .collect()
     }
 
-    /// The group key columns of `batch` (the pre plan's output).
-    pub fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let n = batch.num_rows();
-        Ok(self
-            .key_exprs
-            .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<_>>>()?)
-    }
-
     /// The group key columns of a state batch (in [`WindowAggregator::state_schema`]).
     pub fn state_key_columns(&self, state: &RecordBatch) -> Vec<ArrayRef> {
         let first = match self.store {
