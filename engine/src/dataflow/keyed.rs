@@ -72,7 +72,18 @@ pub struct KeyedWindows {
     configured: u32,
     workers: usize,
     repartition: bool,
+    /// Whether the next batch is folded into an empty copy first and its partial states
+    /// cut by key (few groups per batch), or its rows cut by key (many).
+    combine: bool,
+    /// Batches cut by rows until the next combined one measures again.
+    probe_in: u32,
 }
+
+/// A batch whose partial states have more than this share of its rows (as 1 in N) is cut
+/// by rows, as cutting the states saves little.
+const COMBINE_MAX_GROUPS_PER_ROW: usize = 4;
+/// Batches cut by rows between two that measure the groups per row again.
+const PROBE_EVERY: u32 = 32;
 
 impl Windows {
     pub fn new(op: Box<dyn WindowOperator>, keying: Keying) -> Result<Windows> {
@@ -95,6 +106,8 @@ impl Windows {
             configured,
             workers: keying.workers.max(1),
             repartition: keying.repartition,
+            combine: true,
+            probe_in: 0,
         }))
     }
 
@@ -218,10 +231,11 @@ impl Windows {
         }
     }
 
-    /// Fold one batch of the pre plan's output; late rows are listed by their row in it.
-    pub async fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+    /// Fold one batch of the pre plan's output; with `list_late`, late rows are listed by
+    /// their row in it (else only counted).
+    pub async fn update(&mut self, batch: &RecordBatch, list_late: bool) -> Result<UpdateStats> {
         match self {
-            Windows::Keyed(k) => k.update(batch).await,
+            Windows::Keyed(k) => k.update(batch, list_late).await,
             Windows::Rows(r) => r.update(batch),
         }
     }
@@ -284,29 +298,7 @@ impl Windows {
                 "a partial state for window rows".into(),
             ));
         };
-        let first = k.first()?;
-        let stats = first.partial_stats(&partial);
-        let n = k.parts.len();
-        // A program prepared before the view's partitions changed (a restore) cut into
-        // another count.
-        let shares = if partial.states.len() == n {
-            partial.states
-        } else {
-            first.split_states(&partial.states.concat(), n as u32)?
-        };
-        let rows = |s: &[RecordBatch]| s.iter().map(|b| b.num_rows()).sum::<usize>();
-        let work = shares.iter().map(|s| rows(s)).sum();
-        let inputs = shares
-            .into_iter()
-            .enumerate()
-            .filter(|(_, s)| !s.is_empty())
-            .map(|(kp, s)| {
-                let w = rows(&s);
-                (kp, s, w)
-            })
-            .collect();
-        k.each(inputs, work, |p, s| p.merge_states(&s)).await?;
-        Ok(stats)
+        k.merge(partial).await
     }
 
     /// The state, one list of batches per key partition.
@@ -380,11 +372,54 @@ impl KeyedWindows {
             .collect()
     }
 
-    async fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
+    /// Merge partial states, each partition its share.
+    async fn merge(&mut self, partial: Partial) -> Result<UpdateStats> {
+        let k = self;
+        let first = k.first()?;
+        let stats = first.partial_stats(&partial);
+        let n = k.parts.len();
+        // A program prepared before the view's partitions changed (a restore) cut into
+        // another count.
+        let shares = if partial.states.len() == n {
+            partial.states
+        } else {
+            first.split_states(&partial.states.concat(), n as u32)?
+        };
+        let rows = |s: &[RecordBatch]| s.iter().map(|b| b.num_rows()).sum::<usize>();
+        let work = shares.iter().map(|s| rows(s)).sum();
+        let inputs = shares
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(kp, s)| {
+                let w = rows(&s);
+                (kp, s, w)
+            })
+            .collect();
+        k.each(inputs, work, |p, s| p.merge_states(&s)).await?;
+        Ok(stats)
+    }
+
+    async fn update(&mut self, batch: &RecordBatch, list_late: bool) -> Result<UpdateStats> {
         let n = batch.num_rows();
         if self.parts.len() == 1 {
             return part(&mut self.parts[0])?.update(batch);
         }
+        // A batch with few groups (a handful of regions per window) costs least folded
+        // whole into an empty copy, whose partial states are then cut by key: what stage 1
+        // does on another worker, here inline. Late rows are then only counted.
+        if !list_late && (self.combine || self.probe_in == 0) {
+            let first = self.first()?;
+            if let Some(scratch) = first.partial_copy() {
+                let parts = self.parts.len() as u32;
+                let partial = scratch.partial(std::slice::from_ref(batch), parts)?;
+                let groups: usize = partial.states.iter().flatten().map(|b| b.num_rows()).sum();
+                self.combine = groups.saturating_mul(COMBINE_MAX_GROUPS_PER_ROW) <= n;
+                self.probe_in = PROBE_EVERY;
+                return self.merge(partial).await;
+            }
+        }
+        self.probe_in = self.probe_in.saturating_sub(1);
         // Evaluated once; each partition gets its rows of the columns the aggregate reads.
         let evaluated = self.first()?.evaluate(batch)?;
         let mut inputs = Vec::new();

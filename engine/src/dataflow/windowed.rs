@@ -65,7 +65,7 @@ impl WindowedOp {
     async fn fold(&mut self, batch: RecordBatch, cx: &mut Context<'_>) -> Result<()> {
         if self.late_policy == LatePolicy::Drop {
             for b in self.pre.run(batch).await? {
-                let u = self.aggregate.update(&b).await?;
+                let u = self.aggregate.update(&b, false).await?;
                 count_late(cx, &u);
             }
             return Ok(());
@@ -92,7 +92,7 @@ impl WindowedOp {
             if out.iter().map(|b| b.num_rows()).sum::<usize>() == n {
                 let mut offset = 0;
                 for b in out {
-                    let u = self.aggregate.update(&b).await?;
+                    let u = self.aggregate.update(&b, true).await?;
                     self.late_rows(cx, &batch, offset, &u)?;
                     offset += b.num_rows();
                 }
@@ -114,7 +114,7 @@ impl WindowedOp {
         }
         for (offset, len) in segments {
             for b in self.pre.run(batch.slice(offset, len)).await? {
-                let u = self.aggregate.update(&b).await?;
+                let u = self.aggregate.update(&b, true).await?;
                 if len == 1 {
                     self.late_rows(cx, &batch, offset, &u)?;
                 } else {

@@ -298,7 +298,13 @@ mod unit {
                     assert_eq!(partial.states.len(), parts as usize);
                     keyed.merge_partial(partial).await.unwrap()
                 } else {
-                    keyed.update(&piece).await.unwrap()
+                    // Rows cut by key (late rows listed), or folded whole first.
+                    let list_late = step % 4 == 0;
+                    let u = keyed.update(&piece, list_late).await.unwrap();
+                    if list_late {
+                        assert_eq!(u.late_rows.len() as u64, u.late);
+                    }
+                    u
                 };
                 late_keyed += u.late;
                 want.extend(one.close(*w).unwrap());
