@@ -6,16 +6,17 @@
 //! ```
 //!
 //! `path` is a file or a glob (hidden files, e.g. a Parquet sink's in-progress files, are not
-//! matched); the matches are read one after another in sorted order, and each file is its own
-//! partition (batches are tagged with the file's index). With several engine workers a file
-//! is decoded on several threads and its batches come back in file order (the same batches
-//! as reading it in turn): JSON chunks on `workers` threads, and a Parquet file that has an
-//! offset index in units of about 65,536 rows on `workers - 1` threads when there are more
-//! than two workers. When every file is read the source
+//! matched); each match is its own partition (batches are tagged with the file's index in
+//! sorted order). The files are read by one thread per engine worker (at most one per
+//! file), each taking the next file not yet taken, so a glob of 8 files on 2 workers reads
+//! 2 at a time; the workers left over decode within a file, and its batches come back in
+//! file order (the same batches as reading it in turn): JSON chunks on the reader's share
+//! of the workers, and a Parquet file that has an offset index in units of about 65,536
+//! rows on one fewer when the share is more than two. When every file is read the source
 //! ends. With `format = 'json'`, `path` may also name a named pipe (FIFO), read like a file
 //! until its writer closes it: a stream from another process (`weir-bench soak --pipeline
-//! file` feeds one), which a restore cannot re-read. The reading runs on a dedicated thread
-//! that feeds a small bounded channel, so the async runtime never blocks on the disk and
+//! file` feeds one), which a restore cannot re-read. The reading runs on dedicated threads
+//! that feed a small bounded channel, so the async runtime never blocks on the disk and
 //! memory stays bounded.
 //!
 //! - JSON lines are read in chunks of about [`CHUNK_BYTES`], cut at the last newline, and
@@ -41,6 +42,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::mpsc;
 use weir_engine::connector::{Source, SourceEvent, SourceFactory, SourceSpec};
 use weir_engine::{Result, WeirError};
@@ -190,7 +193,7 @@ fn check_parquet_schema(path: &Path, schema: &SchemaRef) -> Result<()> {
     }
 }
 
-/// Reads its files on a dedicated thread, one after another.
+/// Reads its files on dedicated threads, one per worker (at most one per file).
 pub struct FileSource {
     name: String,
     schema: SchemaRef,
@@ -215,26 +218,39 @@ impl FileSource {
         &self.files
     }
 
+    /// Start the reader threads: one per worker up to one per file, each taking the next
+    /// file not yet taken; the workers left over decode for them (JSON chunks, Parquet
+    /// units).
     fn start(&mut self) -> Result<mpsc::Receiver<Result<SourceEvent>>> {
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let reader = reader::FileReader {
-            files: self.files.clone(),
-            schema: self.schema.clone(),
-            max_rows: self.max_rows,
-            format: self.format,
-            json: self.json.take(),
-            parquet_bad: self.parquet_bad.take(),
-            tx,
-            delivered: self.files.iter().map(|_| Cell::new(0)).collect(),
-            skip: (0..self.files.len())
-                .map(|i| Cell::new(self.skip.get(i).copied().unwrap_or(0)))
-                .collect(),
-            decoders: self.decoders,
-        };
-        std::thread::Builder::new()
-            .name(format!("weir-file-{}", self.name))
-            .spawn(move || reader.run())
-            .map_err(|e| WeirError::external_source("starting the file reader thread", e))?;
+        let readers = self.decoders.min(self.files.len()).max(1);
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES * readers);
+        let queue: Arc<reader::FileQueue> = Arc::new(parking_lot::Mutex::new(
+            self.files.iter().cloned().enumerate().collect(),
+        ));
+        let running = Arc::new(AtomicUsize::new(readers));
+        let (json, parquet_bad) = (self.json.take(), self.parquet_bad.take());
+        for i in 0..readers {
+            let reader = reader::FileReader {
+                files: queue.clone(),
+                readers: running.clone(),
+                schema: self.schema.clone(),
+                max_rows: self.max_rows,
+                format: self.format,
+                json: json.clone(),
+                parquet_bad: parquet_bad.clone(),
+                tx: tx.clone(),
+                delivered: self.files.iter().map(|_| Cell::new(0)).collect(),
+                skip: (0..self.files.len())
+                    .map(|i| Cell::new(self.skip.get(i).copied().unwrap_or(0)))
+                    .collect(),
+                // Each reader's share of the workers.
+                decoders: (self.decoders / readers).max(1),
+            };
+            std::thread::Builder::new()
+                .name(format!("weir-file-{}-{i}", self.name))
+                .spawn(move || reader.run())
+                .map_err(|e| WeirError::external_source("starting a file reader thread", e))?;
+        }
         Ok(rx)
     }
 }

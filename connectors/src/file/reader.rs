@@ -20,13 +20,21 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 use weir_engine::connector::SourceEvent;
 use weir_engine::{Result, WeirError};
 
+/// The files of a source not yet taken by one of its reader threads, in order, with their
+/// partition (index).
+pub(super) type FileQueue = parking_lot::Mutex<VecDeque<(usize, PathBuf)>>;
+
 pub(super) struct FileReader {
-    pub(super) files: Vec<PathBuf>,
+    /// Where this reader takes its next file from (shared by the source's readers).
+    pub(super) files: Arc<FileQueue>,
+    /// Readers of the source still reading: the last to finish ends the source.
+    pub(super) readers: Arc<AtomicUsize>,
     pub(super) schema: SchemaRef,
     pub(super) max_rows: usize,
     pub(super) format: FileFormat,
@@ -184,11 +192,15 @@ type Continue = bool;
 
 impl FileReader {
     pub(super) fn run(mut self) {
-        let files = std::mem::take(&mut self.files);
-        for (partition, path) in files.iter().enumerate() {
+        loop {
+            // The lock is held only to take the next file.
+            let next = self.files.lock().pop_front();
+            let Some((partition, path)) = next else {
+                break;
+            };
             let result = match self.format {
-                FileFormat::Json => self.read_json(partition, path),
-                FileFormat::Parquet => self.read_parquet(partition, path),
+                FileFormat::Json => self.read_json(partition, &path),
+                FileFormat::Parquet => self.read_parquet(partition, &path),
             };
             match result {
                 Ok(true) => {
@@ -210,8 +222,11 @@ impl FileReader {
                 }
             }
         }
-        // As above: a failed send means the source is gone and wants nothing more.
-        let _ = self.tx.blocking_send(Ok(SourceEvent::End));
+        // The last reader ends the source. As above: a failed send means the source is
+        // gone and wants nothing more.
+        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.tx.blocking_send(Ok(SourceEvent::End));
+        }
     }
 
     /// Hand a batch on, with the file's position after it; rows a restored checkpoint

@@ -21,6 +21,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 use weir_engine::options::Options;
 use weir_engine::{Result, WeirError};
 
@@ -65,10 +66,13 @@ pub fn parse_bad_records(options: &mut Options) -> Result<BadRecords> {
 
 /// Applies a [`BadRecords`] policy to bad records one at a time (the file source's JSON
 /// lines and Parquet rows).
-#[derive(Debug)]
+///
+/// Clones share one dead-letter writer (a record is written whole under its lock), so
+/// several reader threads of one source can hand bad records to one file.
+#[derive(Debug, Clone)]
 pub struct BadRecordHandler {
     policy: BadRecords,
-    dead_letter: Option<DeadLetterWriter>,
+    dead_letter: Option<Arc<parking_lot::Mutex<DeadLetterWriter>>>,
 }
 
 impl BadRecordHandler {
@@ -76,7 +80,7 @@ impl BadRecordHandler {
     pub fn new(policy: BadRecords, dead_letter: Option<DeadLetterWriter>) -> Self {
         BadRecordHandler {
             policy,
-            dead_letter,
+            dead_letter: dead_letter.map(|d| Arc::new(parking_lot::Mutex::new(d))),
         }
     }
 
@@ -91,8 +95,8 @@ impl BadRecordHandler {
         match self.policy {
             BadRecords::Fail => Err(WeirError::BadRecord(format!("{position}: {reason}"))),
             BadRecords::Skip => Ok(()),
-            BadRecords::DeadLetter => match &mut self.dead_letter {
-                Some(dl) => dl.write(raw, reason, position),
+            BadRecords::DeadLetter => match &self.dead_letter {
+                Some(dl) => dl.lock().write(raw, reason, position),
                 None => Ok(()),
             },
         }
@@ -100,15 +104,15 @@ impl BadRecordHandler {
 
     /// Make the dead letters written so far reach their file.
     pub fn flush(&mut self) -> Result<()> {
-        match &mut self.dead_letter {
-            Some(dl) => dl.flush(),
+        match &self.dead_letter {
+            Some(dl) => dl.lock().flush(),
             None => Ok(()),
         }
     }
 }
 
 /// Decodes chunks of JSON lines into batches of exactly one schema.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JsonDecoder {
     schema: SchemaRef,
     bad: BadRecordHandler,
