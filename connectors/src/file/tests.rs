@@ -71,6 +71,32 @@ async fn drain(source: &mut Box<dyn Source>) -> Vec<(usize, Vec<i64>, u64)> {
     }
 }
 
+/// A file source over `path` (a file or a glob) with its data directory `d`, restored to
+/// `positions`.
+fn opened(
+    d: &Path,
+    path: &Path,
+    max_rows: usize,
+    workers: usize,
+    positions: &[(usize, i64)],
+) -> Box<dyn Source> {
+    std::fs::create_dir_all(d).unwrap();
+    let mut s = spec(d, &[("path", path.to_str().unwrap())], max_rows);
+    s.workers = workers;
+    let mut source = FileSourceFactory.create(s).unwrap();
+    source.seek(positions).unwrap();
+    source
+}
+
+/// The dead letters the source wrote under the data directory `d`.
+fn dead_letters(d: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -146,19 +172,11 @@ async fn json_decoded_on_several_threads_as_on_one() {
         let d = dir.path().join(format!("run-{workers}-{skip}"));
         let path = path.clone();
         async move {
-            std::fs::create_dir_all(&d).unwrap();
-            let mut s = spec(&d, &[("path", path.to_str().unwrap())], 5_000);
-            s.workers = workers;
-            let mut source = FileSourceFactory.create(s).unwrap();
-            source.seek(&[(0, skip)]).unwrap();
+            let mut source = opened(&d, &path, 5_000, workers, &[(0, skip)]);
             let events = drain(&mut source).await;
-            let dead = std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl")).unwrap();
-            let dead: Vec<(String, String)> = dead
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    (v["raw"].to_string(), v["position"].to_string())
-                })
+            let dead: Vec<(String, String)> = dead_letters(&d)
+                .iter()
+                .map(|v| (v["raw"].to_string(), v["position"].to_string()))
                 .collect();
             (events, dead)
         }
@@ -203,11 +221,7 @@ async fn several_files_read_at_once_as_in_turn() {
         let d = dir.path().join(format!("run-{workers}-{skip}"));
         let glob = glob.clone();
         async move {
-            std::fs::create_dir_all(&d).unwrap();
-            let mut s = spec(&d, &[("path", glob.to_str().unwrap())], 1_000);
-            s.workers = workers;
-            let mut source = FileSourceFactory.create(s).unwrap();
-            source.seek(&[(2, skip)]).unwrap();
+            let mut source = opened(&d, &glob, 1_000, workers, &[(2, skip)]);
             // Per partition: (ids, bad, position) per batch; and the partitions ended.
             let mut per_file: Vec<Vec<FileBatch>> = vec![vec![]; files];
             let mut ended = Vec::new();
@@ -235,13 +249,9 @@ async fn several_files_read_at_once_as_in_turn() {
             }
             ended.sort();
             assert_eq!(ended, (0..files).collect::<Vec<_>>(), "workers {workers}");
-            let dead = std::fs::read_to_string(d.join("dead-letter").join("replay.jsonl")).unwrap();
-            let mut dead: Vec<String> = dead
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    format!("{} {}", v["position"], v["raw"])
-                })
+            let mut dead: Vec<String> = dead_letters(&d)
+                .iter()
+                .map(|v| format!("{} {}", v["position"], v["raw"]))
                 .collect();
             dead.sort();
             (per_file, dead, order)
