@@ -128,8 +128,8 @@ enum Cmd {
         #[arg(long, default_value_t = 8192)]
         batch_rows: usize,
     },
-    /// The throughput curve over 1..N workers: `throughput` once per worker count, each
-    /// run pinned to that many cores with taskset.
+    /// The throughput curve over 1..N workers: `throughput` (`--input`) or `nexmark`
+    /// (`--query`) once per worker count, each run pinned to that many cores with taskset.
     Scale(scale::ScaleArgs),
     /// Fill open windows with N distinct groups and report the process's memory.
     Memory {

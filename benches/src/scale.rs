@@ -1,5 +1,7 @@
 //! `weir-bench scale`: the throughput curve over worker counts, one process per count,
-//! pinned to that many cores, so it can be rerun on a bigger machine.
+//! pinned to that many cores, so it can be rerun on a bigger machine: of the file ->
+//! region-health pipeline (`--input`, as `weir-bench throughput`) or of one Nexmark query
+//! over the generator (`--query`, as `weir-bench nexmark`).
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -7,9 +9,13 @@ use std::process::Command;
 
 #[derive(clap::Args, Debug)]
 pub struct ScaleArgs {
-    /// The input file (JSON lines or Parquet from `weir-bench gen`).
+    /// The input file (JSON lines or Parquet from `weir-bench gen`), or a glob of them.
+    #[arg(long, required_unless_present = "query", conflicts_with = "query")]
+    pub input: Option<PathBuf>,
+    /// A Nexmark query (q0 ... q8) over the generator instead of a file, with its default
+    /// events and rate.
     #[arg(long)]
-    pub input: PathBuf,
+    pub query: Option<String>,
     #[arg(long, default_value = "json")]
     pub format: String,
     /// The largest worker count (default: the available cores).
@@ -48,28 +54,46 @@ pub fn scale(args: ScaleArgs) -> Result<()> {
         } else {
             Command::new(&exe)
         };
-        cmd.arg("throughput")
-            .arg("--input")
-            .arg(&args.input)
-            .arg("--format")
-            .arg(&args.format)
-            .arg("--threads")
-            .arg(workers.to_string())
-            .arg("--batch-rows")
-            .arg(args.batch_rows.to_string());
-        let out = cmd.output().context("running weir-bench throughput")?;
+        let what = match (&args.input, &args.query) {
+            (Some(input), _) => {
+                cmd.arg("throughput")
+                    .arg("--input")
+                    .arg(input)
+                    .arg("--format")
+                    .arg(&args.format)
+                    .arg("--batch-rows")
+                    .arg(args.batch_rows.to_string());
+                "throughput"
+            }
+            (None, Some(query)) => {
+                cmd.arg("nexmark").arg("--query").arg(query);
+                "nexmark"
+            }
+            (None, None) => bail!("give --input or --query"),
+        };
+        cmd.arg("--threads").arg(workers.to_string());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running weir-bench {what}"))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         if !out.status.success() {
             bail!(
-                "weir-bench throughput with {workers} workers failed: {}{}",
+                "weir-bench {what} with {workers} workers failed: {}{}",
                 text,
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // `throughput` prints name=value pairs, `nexmark` one JSON object.
+        let json: Option<serde_json::Value> = serde_json::from_str(text.trim()).ok();
         let field = |name: &str| -> Result<f64> {
-            text.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .and_then(|v| v.parse().ok())
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(|v| v.as_f64())
+                .or_else(|| {
+                    text.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .and_then(|v| v.parse().ok())
+                })
                 .with_context(|| format!("no {name} in the output: {text}"))
         };
         let point = Point {
