@@ -12,6 +12,13 @@
 //! row ids sinks deduplicate by) depends on the number of key partitions, never on the
 //! number of workers.
 //!
+//! A micro-batch is cut by key in one of two ways, whichever costs less: with few groups
+//! per row (a dozen regions per minute), it is folded whole into an empty copy and only
+//! the resulting partial states are cut (what stage 1 does on another worker, here
+//! inline); with many (an auction per bid), its rows are cut, with the aggregate's inputs
+//! evaluated once. Which one is measured on the batches themselves (`combine`); either
+//! gives the same state.
+//!
 //! The number of partitions is part of the view's state: a checkpoint stores one state
 //! file per partition and records the count, and a restored view keeps that count (a
 //! changed `key_partitions` applies to views created afterwards) unless the run is told
