@@ -50,6 +50,8 @@ pub struct Stats {
     /// Key partitions of a windowed view's state, and the groups in the largest.
     pub key_partitions: AtomicU64,
     pub busiest_partition_groups: AtomicU64,
+    /// Percent of stage 2's work done by the busiest key partition.
+    pub busiest_partition_share: AtomicU64,
     /// Payload bytes read (sources) or written (sinks), where the connector knows them.
     pub bytes: AtomicU64,
     /// Messages the source has not read yet (Kafka: high watermark minus position, summed
@@ -82,6 +84,7 @@ impl Default for Stats {
             open_groups: AtomicU64::new(0),
             key_partitions: AtomicU64::new(0),
             busiest_partition_groups: AtomicU64::new(0),
+            busiest_partition_share: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lag: AtomicI64::new(-1),
@@ -195,6 +198,7 @@ impl Stats {
             state_bytes: Self::get(&self.state_bytes),
             key_partitions: Self::get(&self.key_partitions),
             busiest_partition_groups: Self::get(&self.busiest_partition_groups),
+            busiest_partition_share: Self::get(&self.busiest_partition_share),
             last_error: self.last_error(),
         }
     }
@@ -230,6 +234,7 @@ pub struct StatsSnapshot {
     pub state_bytes: u64,
     pub key_partitions: u64,
     pub busiest_partition_groups: u64,
+    pub busiest_partition_share: u64,
     pub last_error: Option<String>,
 }
 

@@ -84,6 +84,9 @@ pub struct KeyedWindows {
     combine: bool,
     /// Batches cut by rows until the next combined one measures again.
     probe_in: u32,
+    /// Per partition, the rows cut to it and the partial states merged into it since the
+    /// view started here (not checkpointed): where stage 2's work goes, for skew.
+    work: Vec<u64>,
 }
 
 /// A batch whose partial states have more than this share of its rows (as 1 in N) is cut
@@ -115,6 +118,7 @@ impl Windows {
             repartition: keying.repartition,
             combine: true,
             probe_in: 0,
+            work: vec![0; configured as usize],
         }))
     }
 
@@ -223,6 +227,9 @@ impl Windows {
                 }
                 f.key_partitions = k.parts.len() as u64;
                 f.busiest_partition_groups = busiest;
+                let total: u64 = k.work.iter().sum();
+                let most = k.work.iter().copied().max().unwrap_or(0);
+                f.busiest_partition_share = (most * 100).checked_div(total).unwrap_or(0);
                 f
             }
             Windows::Rows(r) => {
@@ -233,6 +240,7 @@ impl Windows {
                     bytes: r.state_bytes() as u64,
                     key_partitions: 1,
                     busiest_partition_groups: groups,
+                    busiest_partition_share: 100,
                 }
             }
         }
@@ -355,6 +363,7 @@ impl Windows {
             p.restore(&share, closed_through, emit_period)?;
             parts.push(Some(p));
         }
+        k.work = vec![0; parts.len()];
         k.parts = parts;
         Ok(())
     }
@@ -363,6 +372,15 @@ impl Windows {
 impl KeyedWindows {
     fn first(&self) -> Result<&WindowAggregator> {
         part_ref(self.parts.first().ok_or_else(lost)?)
+    }
+
+    /// Add each partition's share of a step (`(partition, input, weight)`) to its work.
+    fn count_work<I>(&mut self, inputs: &[(usize, I, usize)]) {
+        for (kp, _, w) in inputs {
+            if let Some(n) = self.work.get_mut(*kp) {
+                *n += *w as u64;
+            }
+        }
     }
 
     fn groups(&self) -> usize {
@@ -402,7 +420,8 @@ impl KeyedWindows {
                 let w = rows(&s);
                 (kp, s, w)
             })
-            .collect();
+            .collect::<Vec<_>>();
+        k.count_work(&inputs);
         k.each(inputs, work, |p, s| p.merge_states(&s)).await?;
         Ok(stats)
     }
@@ -435,6 +454,7 @@ impl KeyedWindows {
             let w = idx.len();
             inputs.push((kp, (rows, idx), w));
         }
+        self.count_work(&inputs);
         let done = self
             .each(inputs, n, |p, (rows, idx)| {
                 Ok((p.update_evaluated(rows)?, idx))

@@ -691,6 +691,9 @@ fn publish_figures(node: &mut Node) {
     node.stats
         .busiest_partition_groups
         .store(f.busiest_partition_groups, Relaxed);
+    node.stats
+        .busiest_partition_share
+        .store(f.busiest_partition_share, Relaxed);
 }
 
 /// Each row's least value over the timestamp columns `columns` (epoch ms).

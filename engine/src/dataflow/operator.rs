@@ -60,6 +60,9 @@ pub struct StateFigures {
     /// Groups in the largest key partition: against `open_groups / key_partitions`, how
     /// skewed the keys are.
     pub busiest_partition_groups: u64,
+    /// The share (percent) of stage 2's work (rows cut to a partition, partial states
+    /// merged into it) the busiest key partition has done: a hot key shows here.
+    pub busiest_partition_share: u64,
 }
 
 /// One node of the dataflow: a source's watermark keeper or a view's operator.

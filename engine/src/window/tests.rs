@@ -307,6 +307,13 @@ mod unit {
                     u
                 };
                 late_keyed += u.late;
+                if step == 0 {
+                    // Half the rows are key 0's: its partition did at least half the work
+                    // (an even split would give each a fifth).
+                    let f = keyed.figures();
+                    assert_eq!(f.key_partitions, 5);
+                    assert!(f.busiest_partition_share >= 50, "{window}: {f:?}");
+                }
                 want.extend(one.close(*w).unwrap());
                 got.extend(keyed.close(*w).await.unwrap());
                 if step == 3 {

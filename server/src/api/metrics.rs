@@ -105,7 +105,7 @@ pub fn render(
             );
         }
     }
-    let families: [(&[&ObjectInfo], Family); 19] = [
+    let families: [(&[&ObjectInfo], Family); 20] = [
         (
             &sources,
             Family {
@@ -254,6 +254,16 @@ pub fn render(
                 kind: "gauge",
                 label: "view",
                 value: |o| Some(counter(&o.stats.busiest_partition_groups)),
+            },
+        ),
+        (
+            &views,
+            Family {
+                name: "weir_view_busiest_partition_share",
+                help: "Percent of the view's stage-2 work done by its busiest key partition.",
+                kind: "gauge",
+                label: "view",
+                value: |o| Some(counter(&o.stats.busiest_partition_share)),
             },
         ),
         (

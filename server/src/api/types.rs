@@ -40,6 +40,10 @@ pub struct Figures {
     /// Windowed views: groups in the largest key partition (skew shows as this far above
     /// `open_groups / key_partitions`).
     pub busiest_partition_groups: u64,
+    /// Windowed views: the percent of the merging and folding work the busiest key
+    /// partition has done (100 / `key_partitions` when the keys are even; a hot key
+    /// pushes it up).
+    pub busiest_partition_share: u64,
     pub bytes: u64,
     pub errors: u64,
     pub last_error: Option<String>,
@@ -116,6 +120,7 @@ pub fn object(o: &ObjectInfo) -> Object {
             state_bytes: s.state_bytes,
             key_partitions: s.key_partitions,
             busiest_partition_groups: s.busiest_partition_groups,
+            busiest_partition_share: s.busiest_partition_share,
             bytes: weir_engine::stats::Stats::get(&o.stats.bytes),
             errors: weir_engine::stats::Stats::get(&o.stats.errors),
             last_error: s.last_error,
