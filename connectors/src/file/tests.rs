@@ -464,8 +464,6 @@ async fn parquet_files_project_and_cast() {
     assert_eq!(all.column(2).as_string::<i32>().value(4), "n5");
 }
 
-/// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
-/// watermark column) follow `bad.records` like bad JSON lines.
 /// A Parquet file of several row groups and units, with rows missing their event time
 /// here and there: with three workers (two decoder threads) the batches, bad-row counts
 /// and dead letters (positions, order) are those of reading it in turn, and so are a
@@ -561,6 +559,8 @@ async fn parquet_decoded_on_several_threads_as_on_one() {
     assert_eq!(run(3, 123_456).await, run(1, 123_456).await);
 }
 
+/// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
+/// watermark column) follow `bad.records` like bad JSON lines.
 #[tokio::test]
 async fn parquet_rows_without_their_event_time_are_bad_records() {
     let dir = tempfile::tempdir().unwrap();

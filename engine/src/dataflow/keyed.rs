@@ -48,16 +48,6 @@ pub struct Keying {
     pub repartition: bool,
 }
 
-impl Default for Keying {
-    fn default() -> Self {
-        Keying {
-            key_partitions: DEFAULT_KEY_PARTITIONS,
-            workers: 1,
-            repartition: false,
-        }
-    }
-}
-
 /// `[engine] key_partitions` when not set.
 pub const DEFAULT_KEY_PARTITIONS: u32 = 16;
 
@@ -399,10 +389,9 @@ impl KeyedWindows {
 
     /// Merge partial states, each partition its share.
     async fn merge(&mut self, partial: Partial) -> Result<UpdateStats> {
-        let k = self;
-        let first = k.first()?;
+        let first = self.first()?;
         let stats = first.partial_stats(&partial);
-        let n = k.parts.len();
+        let n = self.parts.len();
         // A program prepared before the view's partitions changed (a restore) cut into
         // another count.
         let shares = if partial.states.len() == n {
@@ -421,8 +410,8 @@ impl KeyedWindows {
                 (kp, s, w)
             })
             .collect::<Vec<_>>();
-        k.count_work(&inputs);
-        k.each(inputs, work, |p, s| p.merge_states(&s)).await?;
+        self.count_work(&inputs);
+        self.each(inputs, work, |p, s| p.merge_states(&s)).await?;
         Ok(stats)
     }
 

@@ -664,9 +664,6 @@ impl Dataflow {
         }
         node.stats.watermark.store(op.watermark(), Relaxed);
         publish_figures(node);
-        // Stage-1 programs built before may cut partial states into another number of key
-        // partitions.
-        self.graph_changed();
         Ok(())
     }
 

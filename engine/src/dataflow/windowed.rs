@@ -55,11 +55,6 @@ impl WindowedOp {
         })
     }
 
-    /// Key partitions of the view's state (`dataflow/keyed.rs`).
-    pub fn key_partitions(&self) -> u32 {
-        self.aggregate.key_partitions()
-    }
-
     /// Run `batch` through the pre plan and fold it into the windows, counting late rows;
     /// with the dead-letter policy, each late row is matched to the input row it came from.
     async fn fold(&mut self, batch: RecordBatch, cx: &mut Context<'_>) -> Result<()> {

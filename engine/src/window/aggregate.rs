@@ -5,13 +5,11 @@ use super::groups::{Layout, State};
 use super::panes::{self, Panes};
 use super::session::Sessions;
 use super::{
-    LATE_HOP, LATE_TUMBLE, UpdateStats, WindowOperator, batch_in, bound_array, shifted_ms,
-    split_by_pane,
+    LATE_HOP, LATE_TUMBLE, UpdateStats, WindowOperator, batch_in, bound_array, split_by_pane,
 };
 use crate::error::{Result, WeirError};
 use crate::sql::{WindowKind, WindowSpec};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
-use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
@@ -21,7 +19,9 @@ use datafusion::physical_plan::aggregates::AggregateExec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod evaluate;
 mod partial;
+pub use evaluate::Evaluated;
 pub use partial::{Partial, split_indices};
 
 /// What a GROUP BY column is to the window.
@@ -124,68 +124,6 @@ impl WindowOperator for WindowAggregator {
         self: Box<Self>,
     ) -> std::result::Result<WindowAggregator, Box<dyn WindowOperator>> {
         Ok(*self)
-    }
-}
-
-/// What the aggregate reads of a batch ([`WindowAggregator::evaluate`]).
-pub struct Evaluated {
-    /// Each row's time in ms (TUMBLE: window start, HOP: pane start, SESSION: event time).
-    times: Vec<Option<i64>>,
-    inputs: Inputs,
-}
-
-impl Evaluated {
-    /// The group key columns.
-    pub fn keys(&self) -> &[ArrayRef] {
-        &self.inputs.keys
-    }
-
-    pub fn rows(&self) -> usize {
-        self.times.len()
-    }
-
-    /// The rows at `idx`, in that order.
-    pub fn take(&self, idx: &UInt32Array) -> Result<Evaluated> {
-        Ok(Evaluated {
-            times: idx
-                .values()
-                .iter()
-                .map(|&i| self.times[i as usize])
-                .collect(),
-            inputs: self.inputs.take(idx)?,
-        })
-    }
-}
-
-/// Evaluated inputs of a batch: key columns, aggregate arguments and FILTERs.
-struct Inputs {
-    keys: Vec<ArrayRef>,
-    args: Vec<Vec<ArrayRef>>,
-    filters: Vec<Option<BooleanArray>>,
-}
-
-impl Inputs {
-    fn take(&self, idx: &UInt32Array) -> Result<Inputs> {
-        let t = |a: &ArrayRef| take(a.as_ref(), idx, None);
-        Ok(Inputs {
-            keys: self.keys.iter().map(t).collect::<Result<_, _>>()?,
-            args: self
-                .args
-                .iter()
-                .map(|v| v.iter().map(t).collect::<Result<Vec<_>, _>>())
-                .collect::<Result<_, _>>()?,
-            filters: self
-                .filters
-                .iter()
-                .map(|f| match f {
-                    None => Ok(None),
-                    Some(b) => Ok(take(b, idx, None)?
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .cloned()),
-                })
-                .collect::<Result<_, datafusion::arrow::error::ArrowError>>()?,
-        })
     }
 }
 
@@ -374,53 +312,6 @@ impl WindowAggregator {
         }
     }
 
-    /// Each row's time in ms (TUMBLE: window start, HOP: pane start, SESSION: event time).
-    fn times(&self, batch: &RecordBatch, n: usize) -> Result<Vec<Option<i64>>> {
-        let col = self.group_exprs[self.time_column]
-            .evaluate(batch)?
-            .into_array(n)?;
-        shifted_ms(&col, self.time_shift)
-    }
-
-    fn inputs(&self, batch: &RecordBatch, n: usize) -> Result<Inputs> {
-        let keys = self
-            .key_exprs
-            .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let args = self
-            .arguments
-            .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let filters = self
-            .filters
-            .iter()
-            .map(|f| match f {
-                None => Ok(None),
-                Some(e) => {
-                    let a = e.evaluate(batch)?.into_array(n)?;
-                    let b = a
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .cloned()
-                        .ok_or_else(|| WeirError::Internal("FILTER is not boolean".into()))?;
-                    Ok(Some(b))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Inputs {
-            keys,
-            args,
-            filters,
-        })
-    }
-
     /// Fold one batch (the output of the pre plan) into the open windows. Late rows are
     /// left out and listed.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<UpdateStats> {
@@ -434,21 +325,8 @@ impl WindowAggregator {
         batch: &RecordBatch,
         pane_rows: Option<&mut BTreeMap<i64, u64>>,
     ) -> Result<UpdateStats> {
-        if batch.num_rows() == 0 {
-            return Ok(UpdateStats::default());
-        }
         let evaluated = self.evaluate(batch)?;
         self.fold_evaluated(evaluated, pane_rows)
-    }
-
-    /// What the aggregate reads of `batch` (the pre plan's output): each row's time, group
-    /// keys, aggregate arguments and FILTERs.
-    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
-        let n = batch.num_rows();
-        Ok(Evaluated {
-            times: self.times(batch, n)?,
-            inputs: self.inputs(batch, n)?,
-        })
     }
 
     /// [`WindowAggregator::update`] of rows already evaluated ([`WindowAggregator::evaluate`]).
@@ -634,15 +512,8 @@ impl WindowAggregator {
     /// the last call, evaluated without consuming it; one batch per window (SESSION: one
     /// for all).
     pub fn early(&mut self) -> Result<Vec<RecordBatch>> {
-        Ok(untag(self.early_windows()?))
-    }
-
-    /// [`WindowAggregator::early`], tagged as by [`WindowAggregator::close_windows`].
-    pub fn early_windows(&mut self) -> Result<Vec<(i64, RecordBatch)>> {
-        match self.changed_windows() {
-            Some(starts) => self.early_windows_at(&starts),
-            None => self.early_windows_at(&BTreeSet::new()),
-        }
+        let starts = self.changed_windows().unwrap_or_default();
+        Ok(untag(self.early_windows_at(&starts)?))
     }
 
     /// TUMBLE and HOP: the starts of the open windows with a pane that changed since the

@@ -34,7 +34,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use groups::cast_to;
 use std::collections::BTreeMap;
 
-pub use aggregate::{Evaluated, Partial, SESSIONS_TAG, WindowAggregator, split_indices};
+pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";

@@ -85,7 +85,7 @@ impl WindowAggregator {
     }
 
     /// The group key columns of a state batch (in [`WindowAggregator::state_schema`]).
-    pub fn state_key_columns(&self, state: &RecordBatch) -> Vec<ArrayRef> {
+    fn state_key_columns(&self, state: &RecordBatch) -> Vec<ArrayRef> {
         let first = match self.store {
             Store::Panes(_) => 2,
             Store::Sessions(_) => 4,
