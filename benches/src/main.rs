@@ -294,6 +294,7 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
         batch: Default::default(),
         stats: Default::default(),
         workers: 1,
+        idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
     })?;
     let file =
         std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -642,6 +642,7 @@ pub fn generator_source(table: Table, g: &Generator) -> Result<Box<dyn Source>> 
             batch: BatchLimits::default(),
             stats: Default::default(),
             workers: 1,
+            idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
         })?)
 }
 

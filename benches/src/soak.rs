@@ -192,6 +192,7 @@ fn feed_fifo(fifo: PathBuf, rate: u64) -> Result<()> {
                 batch: Default::default(),
                 stats: Default::default(),
                 workers: 1,
+                idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
             })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -70,7 +70,13 @@ pub struct SourceSpec {
     /// The engine's worker count (`[engine] workers`): how many threads a connector may
     /// decode on at once.
     pub workers: usize,
+    /// The source's `idle.timeout`: a partition the connector knows has rows to come (not
+    /// read yet) should be reported [`SourceEvent::Active`] more often than this.
+    pub idle_timeout: Duration,
 }
+
+/// `[engine] idle_timeout` unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a source yields.
 #[derive(Debug)]
@@ -103,6 +109,15 @@ pub enum SourceEvent {
     /// has handed over. Used as event time by sources declared without `WATERMARK`, for
     /// connectors whose [`Source::connector_event_time`] is true.
     Progress {
+        partition: usize,
+        event_time_ms: i64,
+    },
+    /// No row of `partition` still to come has an event time before `event_time_ms` (a
+    /// Parquet file's row-group statistics say so). Until it delivers rows, the partition
+    /// holds the watermark there (less the declared delay) instead of at the start of time.
+    /// Only for sources whose event time is a column; sent before the partition's first
+    /// batch.
+    EarliestEventTime {
         partition: usize,
         event_time_ms: i64,
     },

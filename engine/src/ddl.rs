@@ -167,6 +167,7 @@ impl Pipeline {
             batch: self.config.batch,
             stats: stats.clone(),
             workers: self.config.workers,
+            idle_timeout: idle,
         };
         let source = run_blocking("creating the source", move || factory.create(spec)).await??;
         let event_time = match &c.watermark {

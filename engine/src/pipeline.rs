@@ -87,7 +87,7 @@ impl Default for EngineConfig {
         EngineConfig {
             data_dir: PathBuf::from("data"),
             batch: BatchLimits::default(),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: crate::connector::DEFAULT_IDLE_TIMEOUT,
             retention_rows: 100_000,
             checkpoints: false,
             query_limits: crate::adhoc::QueryLimits::default(),
@@ -447,6 +447,22 @@ impl Pipeline {
         let step = self
             .dataflow
             .progress(source, partition, event_time_ms, now)
+            .await;
+        self.finish_step(step)
+    }
+
+    /// No row of the partition still to come is earlier than `event_time_ms`; the
+    /// watermark may move.
+    pub async fn earliest(
+        &mut self,
+        source: &str,
+        partition: usize,
+        event_time_ms: i64,
+    ) -> Result<Vec<Output>> {
+        let now = self.clock.now_ms();
+        let step = self
+            .dataflow
+            .earliest(source, partition, event_time_ms, now)
             .await;
         self.finish_step(step)
     }

@@ -364,6 +364,9 @@ pub async fn run_with(
                             SourceEvent::Progress { partition, event_time_ms } => {
                                 pipeline.progress(&name, partition, event_time_ms).await?
                             }
+                            SourceEvent::EarliestEventTime { partition, event_time_ms } => {
+                                pipeline.earliest(&name, partition, event_time_ms).await?
+                            }
                             SourceEvent::End => {
                                 tracing::info!(source = %name, "source ended");
                                 if let Some(stats) = pipeline.source_stats(&name) {

@@ -137,6 +137,18 @@ impl SourceWatermark {
         self.observe(partition, Some(event_time_ms), now);
     }
 
+    /// No row of `partition` still to come is earlier than `event_time_ms` (column event
+    /// time only): until it delivers rows, it holds the watermark there less the delay.
+    pub fn earliest(&mut self, partition: usize, event_time_ms: i64, now: i64) {
+        if !matches!(self.event_time, EventTime::Column { .. }) {
+            return;
+        }
+        if partition >= self.partitions.len() {
+            self.set_partitions(partition + 1, now);
+        }
+        self.observe(partition, Some(event_time_ms), now);
+    }
+
     pub fn end_partition(&mut self, partition: usize) {
         if let Some(p) = self.partitions.get_mut(partition) {
             p.ended = true;
@@ -270,6 +282,30 @@ mod tests {
         w.advance(1);
         assert_eq!(w.watermark(), 49_000);
         assert!(!w.advance(2), "nothing moved");
+    }
+
+    #[test]
+    fn an_earliest_event_time_holds_an_unread_partition_there() {
+        let mut w = SourceWatermark::new(column(1_000), 10_000, 3, 0);
+        w.observe(0, Some(50_000), 0);
+        w.earliest(1, 30_000, 0);
+        w.advance(0);
+        assert_eq!(w.watermark(), i64::MIN, "partition 2 says nothing yet");
+        w.earliest(2, 40_000, 0);
+        w.advance(0);
+        assert_eq!(
+            w.watermark(),
+            29_000,
+            "partition 1 holds at its earliest time"
+        );
+        // Its rows come: the newest of them counts as before.
+        w.observe(1, Some(45_000), 1);
+        w.advance(1);
+        assert_eq!(w.watermark(), 39_000);
+        // Sources without an event-time column ignore it.
+        let mut none = SourceWatermark::new(EventTime::None, 10_000, 1, 0);
+        none.earliest(0, 30_000, 0);
+        assert_eq!(none.partitions[0].max_event, None);
     }
 
     #[test]

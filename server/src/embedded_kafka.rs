@@ -252,6 +252,7 @@ fn build_feed(f: &crate::config::FeedConfig, data_dir: &Path) -> Result<Feed> {
             },
             stats: Default::default(),
             workers: 1,
+            idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
         })
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(Feed {

@@ -156,6 +156,7 @@ async fn generated_rows() -> (SchemaRef, Vec<RecordBatch>) {
             batch: Default::default(),
             stats: Default::default(),
             workers: 1,
+            idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
         })
         .unwrap();
     let mut batches = Vec::new();

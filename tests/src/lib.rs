@@ -40,12 +40,19 @@ pub fn in_ci() -> bool {
 /// Run `sql` in a pipeline over every connector, with `data_dir`, until every source has
 /// ended (`weir run --until-done`); panics on an error or another ending.
 pub async fn run_until_done(data_dir: &std::path::Path, sql: &str) {
+    run_until_done_on(data_dir, sql, None).await
+}
+
+/// [`run_until_done`] on `workers` engine workers (`None`: the default, every core).
+pub async fn run_until_done_on(data_dir: &std::path::Path, sql: &str, workers: Option<usize>) {
     use weir_engine::pipeline::{EngineConfig, Pipeline};
     use weir_engine::runtime::{RunEnd, RunOptions, run};
+    let defaults = EngineConfig::default();
     let mut p = Pipeline::new(
         EngineConfig {
             data_dir: data_dir.to_path_buf(),
-            ..EngineConfig::default()
+            workers: workers.unwrap_or(defaults.workers),
+            ..defaults
         },
         weir_connectors::registry(),
     );

@@ -1,6 +1,6 @@
 //! The file source's reader thread: blocking reads and decoding, off the async runtime.
 
-use super::{CHUNK_BYTES, FileFormat};
+use super::{CHUNK_BYTES, FileFormat, FilePart};
 use crate::format::json::{count_newlines, decode_all};
 use crate::format::{BadRecordHandler, JsonDecoder, all_nullable, not_null_reason};
 use crate::util::{cast_to, io_error};
@@ -18,7 +18,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -26,13 +26,13 @@ use tokio::sync::mpsc;
 use weir_engine::connector::SourceEvent;
 use weir_engine::{Result, WeirError};
 
-/// The files of a source not yet taken by one of its reader threads, in order, with their
-/// partition (index).
-pub(super) type FileQueue = parking_lot::Mutex<VecDeque<(usize, PathBuf)>>;
+/// The partitions of a source not yet taken by one of its reader threads, in order, with
+/// their index.
+pub(super) type PartQueue = parking_lot::Mutex<VecDeque<(usize, FilePart)>>;
 
 pub(super) struct FileReader {
-    /// Where this reader takes its next file from (shared by the source's readers).
-    pub(super) files: Arc<FileQueue>,
+    /// Where this reader takes its next partition from (shared by the source's readers).
+    pub(super) parts: Arc<PartQueue>,
     /// Readers of the source still reading: the last to finish ends the source.
     pub(super) readers: Arc<AtomicUsize>,
     pub(super) schema: SchemaRef,
@@ -41,7 +41,7 @@ pub(super) struct FileReader {
     pub(super) json: Option<JsonDecoder>,
     pub(super) parquet_bad: Option<BadRecordHandler>,
     pub(super) tx: mpsc::Sender<Result<SourceEvent>>,
-    /// Per file: good rows handed on so far (the position), and how many of the first
+    /// Per partition: rows handed on so far (the position), and how many of the first
     /// rows to skip because a checkpoint already covers them.
     pub(super) delivered: Vec<Cell<u64>>,
     pub(super) skip: Vec<Cell<u64>>,
@@ -193,18 +193,18 @@ type Continue = bool;
 impl FileReader {
     pub(super) fn run(mut self) {
         loop {
-            // The lock is held only to take the next file.
-            let next = self.files.lock().pop_front();
-            let Some((partition, path)) = next else {
+            // The lock is held only to take the next partition.
+            let next = self.parts.lock().pop_front();
+            let Some((partition, part)) = next else {
                 break;
             };
             let result = match self.format {
-                FileFormat::Json => self.read_json(partition, &path),
-                FileFormat::Parquet => self.read_parquet(partition, &path),
+                FileFormat::Json => self.read_json(partition, &part.path),
+                FileFormat::Parquet => self.read_parquet(partition, &part),
             };
             match result {
                 Ok(true) => {
-                    // This file is done: its partition stops holding the watermark back.
+                    // This partition is done: it stops holding the watermark back.
                     if self
                         .tx
                         .blocking_send(Ok(SourceEvent::PartitionEnd { partition }))
@@ -419,23 +419,25 @@ impl FileReader {
         })
     }
 
-    fn read_parquet(&mut self, partition: usize, path: &Path) -> Result<Continue> {
+    fn read_parquet(&mut self, partition: usize, part: &FilePart) -> Result<Continue> {
         let Some(mut bad) = self.parquet_bad.take() else {
             return Err(WeirError::Internal(
                 "file source without a Parquet bad-record policy".into(),
             ));
         };
-        let result = self.read_parquet_with(&mut bad, partition, path);
+        let result = self.read_parquet_with(&mut bad, partition, part);
         self.parquet_bad = Some(bad);
         result
     }
 
+    /// Read a Parquet partition: its row groups, or the whole file.
     fn read_parquet_with(
         &self,
         bad: &mut BadRecordHandler,
         partition: usize,
-        path: &Path,
+        part: &FilePart,
     ) -> Result<Continue> {
+        let path = part.path.as_path();
         let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
             WeirError::external_source(format!("reading Parquet file {}", path.display()), e)
         };
@@ -464,8 +466,12 @@ impl FileReader {
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
         let shown = path.display().to_string();
-        // Rows read from the file before the batch, for the positions of bad rows.
-        let mut rows_before: u64 = 0;
+        let (groups, first_row): (Vec<usize>, u64) = match &part.groups {
+            Some((range, first_row)) => (range.clone().collect(), *first_row),
+            None => ((0..metadata.metadata().num_row_groups()).collect(), 0),
+        };
+        // Rows of the file before the batch, for the positions of bad rows.
+        let mut rows_before: u64 = first_row;
         let mut take = |read: RecordBatch| -> Result<Continue> {
             let rows = read.num_rows() as u64;
             let (good, bad_rows) = self.drop_null_rows(read, bad, |row| {
@@ -479,9 +485,10 @@ impl FileReader {
         // the rest of the pipeline (with two workers the file is read in turn, which
         // measured faster than two decoders: BENCHMARKS.md, "Workers").
         if self.decoders > 2 && metadata.metadata().offset_index().is_some() {
-            return self.read_parquet_parallel(path, &metadata, &mask, &mut take);
+            return self.read_parquet_parallel(path, &metadata, &groups, &mask, &mut take);
         }
         let reader = builder
+            .with_row_groups(groups)
             .with_projection(mask)
             .with_batch_size(self.max_rows)
             .build()
@@ -503,38 +510,41 @@ impl FileReader {
         declared_columns(&self.schema, batch, path)
     }
 
-    /// [`FileReader::read_parquet_with`] on `decoders - 1` threads: the file's rows are cut
-    /// into units of about [`PARQUET_UNIT_ROWS`] rows (whole batches), decoded on the
-    /// decoder threads (up to two units per decoder ahead) and handed to `take` in file
-    /// order, so batches, positions and bad rows are those of reading in turn.
+    /// [`FileReader::read_parquet_with`] on `decoders - 1` threads: the rows of row groups
+    /// `row_groups` (consecutive) are cut into units of about [`PARQUET_UNIT_ROWS`] rows
+    /// (whole batches), decoded on the decoder threads (up to two units per decoder ahead)
+    /// and handed to `take` in file order, so batches, positions and bad rows are those of
+    /// reading in turn.
     fn read_parquet_parallel(
         &self,
         path: &Path,
         metadata: &ArrowReaderMetadata,
+        row_groups: &[usize],
         mask: &ProjectionMask,
         take: &mut dyn FnMut(RecordBatch) -> Result<Continue>,
     ) -> Result<Continue> {
         // Units of whole batches, so the batches are the ones a reader in turn makes
-        // (it fills each batch across row groups): a unit is rows [start, end) of the file,
-        // read from the row groups it overlaps.
+        // (it fills each batch across row groups): a unit is rows [start, end) of the
+        // partition, read from the row groups it overlaps.
         let unit_rows = self.max_rows * PARQUET_UNIT_ROWS.div_ceil(self.max_rows);
         let mut starts = Vec::new();
         let mut total = 0usize;
-        for meta in metadata.metadata().row_groups() {
+        for &g in row_groups {
             starts.push(total);
-            total += meta.num_rows().max(0) as usize;
+            total += metadata.metadata().row_group(g).num_rows().max(0) as usize;
         }
         let mut units: VecDeque<ParquetSpan> = VecDeque::new();
         let mut start = 0;
         while start < total {
             let end = (start + unit_rows).min(total);
-            let groups: Vec<usize> = (0..starts.len())
-                .filter(|&g| {
-                    let g_end = starts.get(g + 1).copied().unwrap_or(total);
-                    starts[g] < end && g_end > start
+            let overlapping: Vec<usize> = (0..starts.len())
+                .filter(|&i| {
+                    let i_end = starts.get(i + 1).copied().unwrap_or(total);
+                    starts[i] < end && i_end > start
                 })
                 .collect();
-            let first = groups.first().map_or(0, |&g| starts[g]);
+            let first = overlapping.first().map_or(0, |&i| starts[i]);
+            let groups = overlapping.iter().map(|&i| row_groups[i]).collect();
             units.push_back(ParquetSpan {
                 groups,
                 offset: start - first,

@@ -42,6 +42,7 @@ fn spec(data_dir: &Path, options: &[(&str, &str)], max_rows: usize) -> SourceSpe
         },
         stats: Default::default(),
         workers: 1,
+        idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
     }
 }
 
@@ -64,7 +65,9 @@ async fn drain(source: &mut Box<dyn Source>) -> Vec<(usize, Vec<i64>, u64)> {
                     .to_vec();
                 out.push((partition, ids, bad_records));
             }
-            SourceEvent::PartitionEnd { .. } => {}
+            SourceEvent::PartitionEnd { .. }
+            | SourceEvent::Active { .. }
+            | SourceEvent::EarliestEventTime { .. } => {}
             SourceEvent::End => return out,
             other => panic!("unexpected {other:?}"),
         }
@@ -243,6 +246,7 @@ async fn several_files_read_at_once_as_in_turn() {
                         order.push(partition);
                     }
                     SourceEvent::PartitionEnd { partition } => ended.push(partition),
+                    SourceEvent::Active { .. } | SourceEvent::EarliestEventTime { .. } => {}
                     SourceEvent::End => break,
                     other => panic!("unexpected {other:?}"),
                 }
@@ -438,6 +442,7 @@ async fn parquet_files_project_and_cast() {
                 partition, batch, ..
             } => batches.push((partition, batch)),
             SourceEvent::PartitionEnd { partition } => partition_ends.push(partition),
+            SourceEvent::Active { .. } | SourceEvent::EarliestEventTime { .. } => {}
             SourceEvent::End => break,
             other => panic!("unexpected {other:?}"),
         }
@@ -464,6 +469,21 @@ async fn parquet_files_project_and_cast() {
     assert_eq!(all.column(2).as_string::<i32>().value(4), "n5");
 }
 
+/// Write `batch` to a new Parquet file at `path`, in row groups of at most `group_rows`.
+fn write_parquet_groups(path: &Path, batch: &RecordBatch, group_rows: usize) {
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows))
+        .build();
+    let mut w = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
 /// A Parquet file of several row groups and units, with rows missing their event time
 /// here and there: with three workers (two decoder threads) the batches, bad-row counts
 /// and dead letters (positions, order) are those of reading it in turn, and so are a
@@ -479,7 +499,7 @@ async fn parquet_decoded_on_several_threads_as_on_one() {
     ]));
     let n: i64 = 300_000;
     let batch = RecordBatch::try_new(
-        file_schema.clone(),
+        file_schema,
         vec![
             Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
             Arc::new(
@@ -493,17 +513,7 @@ async fn parquet_decoded_on_several_threads_as_on_one() {
         ],
     )
     .unwrap();
-    let props = datafusion::parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(100_000))
-        .build();
-    let mut w = ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        file_schema,
-        Some(props),
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet_groups(&path, &batch, 100_000);
     // The decoder threads need the offset index (files without one are read in turn).
     let options = datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions::new()
         .with_offset_index_policy(datafusion::parquet::file::metadata::PageIndexPolicy::Optional);
@@ -561,6 +571,189 @@ async fn parquet_decoded_on_several_threads_as_on_one() {
 
 /// Parquet rows with a null event time (a nullable column in the file, NOT NULL as the
 /// watermark column) follow `bad.records` like bad JSON lines.
+/// Everything a source yields until it ends, keep-alive reports left out.
+async fn events_until_end(source: &mut Box<dyn Source>) -> Vec<SourceEvent> {
+    let mut out = Vec::new();
+    loop {
+        match source.next().await.unwrap() {
+            SourceEvent::Active { .. } => {}
+            SourceEvent::End => return out,
+            e => out.push(e),
+        }
+    }
+}
+
+/// One batch of a partition: its first id, rows, bad records and position.
+type PartBatch = (i64, usize, u64, Option<i64>);
+
+/// A Parquet file of ten row groups with `'parquet.partition.rows'` = 2,500 is four
+/// partitions (3, 3, 3 and 1 groups), each announced with the least event time of its
+/// groups' statistics before any batch. Read on one thread and on three, each partition
+/// gets the same batches and positions, bad rows are numbered in the file, and a restore
+/// skips per partition.
+#[tokio::test]
+async fn parquet_row_groups_are_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("groups.parquet");
+    let file_schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let n: i64 = 10_000;
+    // Event time 10 ms per row, in microseconds; row 4,000 (the first of partition 1's
+    // second group) and row 6,000 (partition 2's first) have none.
+    let ts = |i: i64| (i != 4_000 && i != 6_000).then_some(i * 10_000 + 7);
+    let batch = RecordBatch::try_new(
+        file_schema,
+        vec![
+            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
+            Arc::new(TimestampMicrosecondArray::from_iter((0..n).map(ts))),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("n{i}")),
+            )),
+        ],
+    )
+    .unwrap();
+    write_parquet_groups(&path, &batch, 1_000);
+
+    let run = |workers: usize, positions: Vec<(usize, i64)>| {
+        let d = dir.path().join(format!("run-{workers}-{positions:?}"));
+        let path = path.clone();
+        async move {
+            std::fs::create_dir_all(&d).unwrap();
+            let mut s = spec(
+                &d,
+                &[
+                    ("path", path.to_str().unwrap()),
+                    ("format", "parquet"),
+                    ("parquet.partition.rows", "2500"),
+                ],
+                700,
+            );
+            s.workers = workers;
+            let mut source = FileSourceFactory.create(s).unwrap();
+            assert_eq!(source.partitions(), 4);
+            source.seek(&positions).unwrap();
+            let mut earliest = Vec::new();
+            let mut batches: Vec<Vec<PartBatch>> = vec![vec![]; 4];
+            let mut ended = Vec::new();
+            for e in events_until_end(&mut source).await {
+                match e {
+                    SourceEvent::EarliestEventTime {
+                        partition,
+                        event_time_ms,
+                    } => {
+                        assert!(
+                            batches[partition].is_empty(),
+                            "announced before its batches"
+                        );
+                        earliest.push((partition, event_time_ms));
+                    }
+                    SourceEvent::Batch {
+                        partition,
+                        batch,
+                        bad_records,
+                        position,
+                    } => {
+                        let ids = batch.column(0).as_primitive::<Int64Type>();
+                        let first = if ids.is_empty() { -1 } else { ids.value(0) };
+                        batches[partition].push((first, ids.len(), bad_records, position));
+                    }
+                    SourceEvent::PartitionEnd { partition } => ended.push(partition),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            ended.sort_unstable();
+            assert_eq!(ended, vec![0, 1, 2, 3]);
+            earliest.sort_unstable();
+            let dead: Vec<String> = dead_letters(&d)
+                .iter()
+                .map(|v| v["position"].as_str().unwrap().to_string())
+                .collect();
+            (earliest, batches, dead)
+        }
+    };
+    let (earliest, batches, dead) = run(1, vec![]).await;
+    // Microseconds to milliseconds; partition 2's least time is its second row's.
+    assert_eq!(
+        earliest,
+        vec![(0, 0), (1, 30_000), (2, 60_010), (3, 90_000)]
+    );
+    let rows: Vec<usize> = batches
+        .iter()
+        .map(|b| b.iter().map(|x| x.1).sum())
+        .collect();
+    assert_eq!(rows, vec![3_000, 2_999, 2_999, 1_000]);
+    assert_eq!(batches[1][0], (3_000, 700, 0, Some(700)));
+    assert_eq!(
+        batches[1].last(),
+        Some(&(5_800, 200, 0, Some(2_999))),
+        "positions count the partition's good rows"
+    );
+    let shown = path.display();
+    assert_eq!(
+        dead,
+        vec![
+            format!("file {shown} row 4001"),
+            format!("file {shown} row 6001")
+        ]
+    );
+    assert_eq!(
+        run(3, vec![]).await,
+        (earliest.clone(), batches.clone(), dead)
+    );
+    // A restore: partition 1 from its 500th row, partition 2 wholly covered.
+    let (_, restored, dead) = run(3, vec![(1, 500), (2, 3_000)]).await;
+    assert_eq!(restored[0], batches[0]);
+    assert_eq!(restored[3], batches[3]);
+    assert!(restored[2].is_empty(), "{:?}", restored[2]);
+    assert_eq!(restored[1][0], (3_500, 200, 0, Some(700)));
+    assert_eq!(
+        dead.len(),
+        2,
+        "bad rows in skipped parts are reported again"
+    );
+}
+
+/// A partition waiting for its reader is reported active (four times per idle timeout),
+/// so processing time cannot release the watermark past rows not read yet; a named pipe
+/// is not (it may stay quiet as long as its writer likes).
+#[tokio::test]
+async fn waiting_partitions_are_reported_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("a-live.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write(&dir.path().join("b.jsonl"), "{\"id\": 7, \"ts\": 1}\n");
+    let pattern = format!("{}/*.jsonl", dir.path().display());
+    let mut s = spec(dir.path(), &[("path", &pattern)], 100);
+    s.idle_timeout = Duration::from_millis(40);
+    let mut source = FileSourceFactory.create(s).unwrap();
+    // The only reader waits for the pipe's writer, so file b waits for the reader.
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(5), source.next())
+            .await
+            .expect("a keep-alive report within the idle timeout")
+            .unwrap()
+        {
+            SourceEvent::Active { partition } => assert_eq!(partition, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"{\"id\": 1, \"ts\": 2}\n").unwrap();
+    });
+    let events = drain(&mut source).await;
+    writer.join().unwrap();
+    assert_eq!(events, vec![(0, vec![1], 0), (1, vec![7], 0)]);
+}
+
 #[tokio::test]
 async fn parquet_rows_without_their_event_time_are_bad_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -689,7 +882,7 @@ fn option_errors() {
         .unwrap();
     assert_eq!(
         e.to_string(),
-        "unknown option 'topic' for the file source; valid options: bad.records, format, path"
+        "unknown option 'topic' for the file source; valid options: bad.records, format, parquet.partition.rows, path"
     );
     let e = FileSourceFactory
         .create(spec(d, &[("path", &pattern), ("format", "csv")], 10))

@@ -183,6 +183,7 @@ fn generator_source(
         batch,
         stats: Default::default(),
         workers,
+        idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
     })
 }
 

@@ -48,6 +48,7 @@ fn spec(schema: SchemaRef, options: &[(&str, &str)], max_rows: usize) -> SourceS
         },
         stats: Default::default(),
         workers: 1,
+        idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
     }
 }
 

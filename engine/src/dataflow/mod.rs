@@ -515,10 +515,22 @@ impl Dataflow {
         event_time_ms: i64,
         now: i64,
     ) -> Result<()> {
-        self.source_mut(source)?
-            .1
-            .clock
-            .progress(partition, event_time_ms, now);
+        let clock = &mut self.source_mut(source)?.1.clock;
+        clock.progress(partition, event_time_ms, now);
+        self.advance(now).await
+    }
+
+    /// A partition's earliest event time still to come (see
+    /// `SourceEvent::EarliestEventTime`).
+    pub async fn earliest(
+        &mut self,
+        source: &str,
+        partition: usize,
+        event_time_ms: i64,
+        now: i64,
+    ) -> Result<()> {
+        let clock = &mut self.source_mut(source)?.1.clock;
+        clock.earliest(partition, event_time_ms, now);
         self.advance(now).await
     }
 

@@ -566,6 +566,7 @@ fn option_errors_name_the_problem() {
             batch: BatchLimits::default(),
             stats: Default::default(),
             workers: 1,
+            idle_timeout: weir_engine::connector::DEFAULT_IDLE_TIMEOUT,
         })
         .err()
         .unwrap();
