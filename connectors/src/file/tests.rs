@@ -667,10 +667,12 @@ async fn parquet_row_groups_are_partitions() {
             ended.sort_unstable();
             assert_eq!(ended, vec![0, 1, 2, 3]);
             earliest.sort_unstable();
-            let dead: Vec<String> = dead_letters(&d)
+            // Partitions read at once write their dead letters in any order.
+            let mut dead: Vec<String> = dead_letters(&d)
                 .iter()
                 .map(|v| v["position"].as_str().unwrap().to_string())
                 .collect();
+            dead.sort();
             (earliest, batches, dead)
         }
     };

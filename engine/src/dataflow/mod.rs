@@ -89,6 +89,7 @@ struct Node {
 pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<dyn Operator>> {
     Ok(match plan.kind {
         ViewPlanKind::Stateless { plan } => Box::new(stateless::StatelessOp::new(plan)),
+        ViewPlanKind::Union { plan, slots } => Box::new(stateless::StatelessOp::union(plan, slots)),
         ViewPlanKind::Windowed {
             pre,
             aggregate,
@@ -104,6 +105,18 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
         )?),
         ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
     })
+}
+
+/// The origin (for row ids) of rows a view emits from a batch with origin `origin` that
+/// reached it on input `port`: the same on the first input, and told apart on the others,
+/// so that a union's or a join's rows from partition 0 of two inputs are numbered apart
+/// (each origin's rows must come in an order a replay repeats). Partitions below 2^16
+/// and up to 128 ports stay distinct, and [`RowIds::CLOSES`] stays distinct from them.
+fn origin_at_port(origin: u32, port: usize) -> u32 {
+    if port == 0 {
+        return origin;
+    }
+    (origin ^ (((port as u32) & 0x7f) << 16)) & RowIds::CLOSES
 }
 
 /// Sources, views and what flows between them.
@@ -164,7 +177,10 @@ impl Dataflow {
                     .ok_or_else(|| WeirError::Internal(format!("view input '{i}' has no node")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let stateless = matches!(plan.kind, ViewPlanKind::Stateless { .. });
+        let stateless = matches!(
+            plan.kind,
+            ViewPlanKind::Stateless { .. } | ViewPlanKind::Union { .. }
+        );
         let window_time_column = plan.props.window_time_column.clone();
         let op = view_operator(plan, keying, now_ms)?;
         let id = self.graph.add(name, &inputs).map_err(graph_error)?;
@@ -564,9 +580,11 @@ impl Dataflow {
             .as_ref()
             .map(|p| p.keys().copied().collect())
             .unwrap_or_default();
-        let mut queue: VecDeque<(NodeId, RecordBatch)> = VecDeque::from([(from, batch)]);
-        while let Some((from, batch)) = queue.pop_front() {
+        let mut queue: VecDeque<(NodeId, RecordBatch, u32)> =
+            VecDeque::from([(from, batch, origin)]);
+        while let Some((from, batch, origin)) = queue.pop_front() {
             for edge in self.graph.consumers(from) {
+                let origin = origin_at_port(origin, edge.port);
                 let Some(node) = self.nodes.get_mut(&edge.to) else {
                     continue;
                 };
@@ -601,7 +619,7 @@ impl Dataflow {
                         origin,
                         watermark: (watermark != i64::MIN).then_some(watermark),
                     });
-                    queue.push_back((edge.to, b));
+                    queue.push_back((edge.to, b, origin));
                 }
             }
         }
@@ -716,4 +734,26 @@ pub(crate) fn min_times(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Op
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows from the same partition number of different inputs, and windows' rows through
+    /// any input, never share an origin, and the first input keeps the source's numbering.
+    #[test]
+    fn origins_differ_per_input_port() {
+        let mut seen = std::collections::HashSet::new();
+        for port in 0..8 {
+            for origin in (0..2_000).chain([RowIds::CLOSES]) {
+                let o = origin_at_port(origin, port);
+                assert!(o <= RowIds::CLOSES);
+                assert!(seen.insert(o), "origin {origin} on port {port} collides");
+                if port == 0 {
+                    assert_eq!(o, origin);
+                }
+            }
+        }
+    }
 }

@@ -1,17 +1,19 @@
-//! A view without state (filters, projections, scalar functions, lookup joins): its whole
-//! plan runs on each batch and what comes out is emitted at once. Its watermark is its
-//! input's.
+//! A view without state (filters, projections, scalar functions, lookup joins, `UNION ALL`
+//! of several streams): its whole plan runs on each batch and what comes out is emitted at
+//! once. Its watermark is its input's, or the least of its inputs'.
 
 use super::operator::{Context, NodeState, Operator, meta_field};
 use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
-use crate::planner::slot::SlotPlan;
+use crate::planner::slot::{BatchSlot, SlotPlan};
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
 pub struct StatelessOp {
     plan: Arc<SlotPlan>,
+    /// A union's inputs: the slot its leaves reading input `port` read (empty: one input).
+    inputs: Vec<Arc<BatchSlot>>,
     watermark: i64,
 }
 
@@ -19,7 +21,16 @@ impl StatelessOp {
     pub fn new(plan: SlotPlan) -> Self {
         StatelessOp {
             plan: Arc::new(plan),
+            inputs: vec![],
             watermark: i64::MIN,
+        }
+    }
+
+    /// A `UNION ALL` of several inputs, `inputs[port]` the slot of port `port`'s leaves.
+    pub fn union(plan: SlotPlan, inputs: Vec<Arc<BatchSlot>>) -> Self {
+        StatelessOp {
+            inputs,
+            ..StatelessOp::new(plan)
         }
     }
 }
@@ -28,11 +39,18 @@ impl StatelessOp {
 impl Operator for StatelessOp {
     async fn on_batch(
         &mut self,
-        _port: usize,
+        port: usize,
         batch: RecordBatch,
         _cx: &mut Context<'_>,
     ) -> Result<Vec<RecordBatch>> {
-        self.plan.run(batch).await
+        match self.inputs.get(port) {
+            Some(input) => self.plan.run_input(input, batch).await,
+            None if self.inputs.is_empty() => self.plan.run(batch).await,
+            None => Err(crate::error::WeirError::Internal(format!(
+                "a batch on port {port} of a union of {} inputs",
+                self.inputs.len()
+            ))),
+        }
     }
 
     async fn on_watermark(
@@ -61,8 +79,12 @@ impl Operator for StatelessOp {
         Ok(())
     }
 
+    /// A union runs on the driver (stage 1 follows one source's batches through views
+    /// with one input).
     fn stage1(&self) -> Option<Stage1Step> {
-        Some(Stage1Step::Stateless(self.plan.clone()))
+        self.inputs
+            .is_empty()
+            .then(|| Stage1Step::Stateless(self.plan.clone()))
     }
 
     async fn on_prepared(

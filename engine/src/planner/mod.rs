@@ -62,6 +62,13 @@ impl ViewProps {
 pub enum ViewPlanKind {
     /// Runs its whole plan on each batch and emits at once.
     Stateless { plan: SlotPlan },
+    /// `UNION ALL` of several streams, stateless: the whole plan runs on each batch of any
+    /// input, the batch in the leaves reading that input (`slots[port]`) and nothing in
+    /// the others.
+    Union {
+        plan: SlotPlan,
+        slots: Vec<Arc<BatchSlot>>,
+    },
     /// Pre plan per batch, window state, post plan per closed (or early) window.
     Windowed {
         pre: SlotPlan,
@@ -98,6 +105,13 @@ impl ViewPlan {
                 format!(
                     "stateless view over {}:\n{}",
                     self.inputs[0],
+                    plan.display()
+                )
+            }
+            ViewPlanKind::Union { plan, .. } => {
+                format!(
+                    "stateless union of {}:\n{}",
+                    self.inputs.join(", "),
                     plan.display()
                 )
             }

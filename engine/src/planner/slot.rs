@@ -206,36 +206,54 @@ impl SlotPlan {
         self.plan.schema()
     }
 
-    /// Run the plan over `batch`; returns the non-empty output batches. Runs may overlap
-    /// (stage 1 runs a view's pre plan over several micro-batches at once on different
-    /// workers, `dataflow/prepare.rs`): each run reads its batch from a slot of its own.
+    /// Run the plan over `batch`; returns the non-empty output batches.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let slot = Arc::new(BatchSlot::default());
-        slot.put(batch);
+        self.run_input(&self.slot, batch).await
+    }
+
+    /// Run the plan over `batch` from the input whose leaves read `input` (a union's
+    /// inputs each have a slot); every such leaf yields the batch, every other leaf
+    /// nothing.
+    pub async fn run_input(
+        &self,
+        input: &Arc<BatchSlot>,
+        batch: RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
         // Every run executes fresh copies of the plan's nodes, never `self.plan` itself:
         // besides the state some operators keep between executions (a TopK's threshold),
         // each DataFusion operator registers new metrics (BaselineMetrics and its own) into
         // its node's metrics set on every `execute` and nothing removes them, so a node
         // executed once per micro-batch grew without bound (a few KiB per run). Each node is
         // rebuilt with `reset_state` (an empty metrics set, the computed plan properties
-        // kept: no re-planning), and the input leaf with this run's slot.
+        // kept: no re-planning), and each input leaf with a slot of this run's own, so runs
+        // may overlap (stage 1 runs a view's pre plan over several micro-batches at once on
+        // different workers, `dataflow/prepare.rs`) and two leaves of one input each get
+        // the batch.
         let plan = self
             .plan
             .clone()
             .transform_up(|node| {
-                if let Some(leaf) = node.downcast_ref::<SlotExec>()
-                    && Arc::ptr_eq(&leaf.slot, &self.slot)
-                {
+                if let Some(leaf) = node.downcast_ref::<SlotExec>() {
+                    let slot = Arc::new(BatchSlot::default());
+                    if Arc::ptr_eq(&leaf.slot, input) {
+                        slot.put(batch.clone());
+                    }
                     return Ok(Transformed::yes(
-                        Arc::new(leaf.with_slot(slot.clone())) as Arc<dyn ExecutionPlan>
+                        Arc::new(leaf.with_slot(slot)) as Arc<dyn ExecutionPlan>
                     ));
                 }
                 Ok(Transformed::yes(node.reset_state()?))
             })
             .data()?;
-        let stream = plan.execute(0, self.task_ctx.clone())?;
-        let out: Vec<RecordBatch> = stream.try_collect().await?;
-        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+        // A union has a partition per branch: each runs in turn, so the rows come out in
+        // branch order, the same every run.
+        let mut out = Vec::new();
+        for partition in 0..plan.properties().partitioning.partition_count() {
+            let stream = plan.execute(partition, self.task_ctx.clone())?;
+            let batches: Vec<RecordBatch> = stream.try_collect().await?;
+            out.extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+        }
+        Ok(out)
     }
 
     pub fn display(&self) -> String {

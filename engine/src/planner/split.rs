@@ -96,6 +96,7 @@ pub fn split_plan(
             ));
         }
         [(name, _)] => name.clone(),
+        _ if combines_by_union(&physical) => return split_union(physical, inputs, task_ctx),
         _ => return split_join(physical, task_ctx),
     };
     let aggs = find_aggregates(&physical);
@@ -489,10 +490,8 @@ fn column_origin(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Option<String> {
     }
 }
 
-/// Split the plan of a view that reads two streams at the join of the two.
-fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> Result<Split> {
-    let output_schema = physical.schema();
-    // Operators with two or more children that each read a stream.
+/// Operators with two or more children that each read a stream, top first.
+fn combining_nodes(physical: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
     let mut combining: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     // The visitor never fails: `apply` returns Ok.
     let _ = physical.apply(|node| {
@@ -508,6 +507,64 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
         }
         Ok(TreeNodeRecursion::Continue)
     });
+    combining
+}
+
+fn is_union(node: &Arc<dyn ExecutionPlan>) -> bool {
+    matches!(node.name(), "UnionExec" | "InterleaveExec")
+}
+
+/// Whether the streams of a plan come together in unions only (no join of two streams).
+fn combines_by_union(physical: &Arc<dyn ExecutionPlan>) -> bool {
+    let combining = combining_nodes(physical);
+    !combining.is_empty() && combining.iter().all(is_union)
+}
+
+/// A view that puts several streams together with `UNION ALL`: stateless, each input's
+/// batches run through the whole plan (the other inputs' leaves empty).
+fn split_union(
+    physical: Arc<dyn ExecutionPlan>,
+    leaves: Vec<(String, Arc<BatchSlot>)>,
+    task_ctx: Arc<TaskContext>,
+) -> Result<Split> {
+    if !find_aggregates(&physical).is_empty() {
+        return Err(WeirError::user(
+            "a view cannot aggregate a union of streams, and UNION without ALL removes \
+             duplicates, which needs state: create the UNION ALL as a view of its own and \
+             aggregate (with a window) over that view",
+        ));
+    }
+    if !window_function_nodes(&physical).is_empty() {
+        return Err(WeirError::user(
+            "window functions (OVER) over a union of streams are not supported: create the \
+             UNION ALL as a view of its own and rank over that view",
+        ));
+    }
+    reject_per_batch_limits(&physical)?;
+    // One port per input, in the order of first appearance; the leaves of one input share
+    // its slot (`SELECT ... FROM s UNION ALL SELECT ... FROM s` reads s once).
+    let mut inputs: Vec<String> = Vec::new();
+    let mut slots: Vec<Arc<BatchSlot>> = Vec::new();
+    for (name, slot) in leaves {
+        if !inputs.contains(&name) {
+            inputs.push(name);
+            slots.push(slot);
+        }
+    }
+    Ok(Split {
+        inputs,
+        output_schema: physical.schema(),
+        kind: ViewPlanKind::Union {
+            plan: SlotPlan::new(physical, slots[0].clone(), task_ctx),
+            slots,
+        },
+    })
+}
+
+/// Split the plan of a view that reads two streams at the join of the two.
+fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> Result<Split> {
+    let output_schema = physical.schema();
+    let combining = combining_nodes(&physical);
     let Some(top) = combining.first().cloned() else {
         return Err(WeirError::Internal(
             "a plan with two stream inputs that combines neither".into(),
@@ -524,7 +581,8 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
                     .to_string()
             }
             "UnionExec" | "InterleaveExec" => {
-                "unions of streams are not supported yet; a view may read one stream or join two"
+                "a view may join two streams or UNION ALL several, not both: create the union \
+                 as a view of its own and join that view"
                     .to_string()
             }
             other => format!(
