@@ -144,6 +144,10 @@ fn events(rng: &mut Rng, n: usize, skewed: bool) -> Vec<Event> {
 }
 
 const TUMBLE: &str = "TUMBLE(events, ts, INTERVAL '10' SECOND)";
+/// The union view `halves` (two overlapping halves of events, by bytes) and a TUMBLE over it.
+const HALVES: &str = "SELECT ts, region, bytes FROM events WHERE bytes < 600000 \
+     UNION ALL SELECT ts, region, bytes + 1 AS bytes FROM events WHERE bytes >= 300000";
+const HALVES_TUMBLE: &str = "TUMBLE(halves, ts, INTERVAL '10' SECOND)";
 const HOP: &str = "HOP(events, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
 const SESSION: &str = "SESSION(events, ts, INTERVAL '3' SECOND)";
 
@@ -203,6 +207,12 @@ const VIEWS: &[(&str, &str)] = &[
          RANK() OVER (PARTITION BY window_start, region ORDER BY speed DESC NULLS LAST) AS r \
          FROM TUMBLE(events, ts, INTERVAL '10' SECOND)) AS t WHERE r < 3",
     ),
+    ("halves", HALVES),
+    (
+        "halves_per_region",
+        "SELECT window_start, region, count(*) AS n, sum(bytes) AS total_bytes \
+         FROM TUMBLE(halves, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, region",
+    ),
     (
         "hop_top_bytes",
         "SELECT window_start, window_end, bytes, dr FROM (SELECT window_start, window_end, bytes, \
@@ -235,10 +245,18 @@ fn batch_sql(view_sql: &str) -> String {
                  THEN 1 ELSE 0 END) OVER (PARTITION BY user_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS sid \
                FROM (SELECT *, lag(ts) OVER (PARTITION BY user_id ORDER BY ts) AS prev FROM events) AS a) AS b) AS events"
     );
+    // The union view over the accepted rows: a union's rows are late or on time as its
+    // source's rows are (its watermark is its one input's).
+    let halves_tumble = format!(
+        "(SELECT *, date_bin(INTERVAL '10 seconds', ts) AS window_start, \
+         date_bin(INTERVAL '10 seconds', ts) + INTERVAL '10 seconds' AS window_end \
+         FROM ({HALVES}) AS h) AS halves"
+    );
     view_sql
         .replace(TUMBLE, tumble)
         .replace(HOP, &hop)
         .replace(SESSION, &session)
+        .replace(HALVES_TUMBLE, &halves_tumble)
 }
 
 /// SESSION lateness as docs/windows.md states it, per key: a row is late when it is less
@@ -387,7 +405,7 @@ async fn run_case(
             let batch = RecordBatch::try_new(schema_with_arrival(), cols).expect("batch");
             MemTable::try_new(schema_with_arrival(), vec![vec![batch]])
         } else {
-            let rows = if sql.contains(TUMBLE) {
+            let rows = if sql.contains(TUMBLE) || sql.contains(HALVES_TUMBLE) {
                 &accepted
             } else if sql.contains(SESSION) {
                 &in_sessions
