@@ -112,6 +112,26 @@ impl<'a> ObjectFields<'a> {
     }
 }
 
+/// The values of one array as JSON, one at a time (what the JSON rows hold for that column:
+/// nested lists, structs and maps as JSON arrays and objects). Sinks that store nested
+/// values as JSON text (the Postgres sink's `jsonb` columns) write them with this.
+pub struct JsonValues<'a>(Col<'a>);
+
+impl<'a> JsonValues<'a> {
+    pub fn new(array: &'a dyn Array) -> Self {
+        JsonValues(col(array))
+    }
+
+    pub fn is_null(&self, i: usize) -> bool {
+        self.0.is_null(i)
+    }
+
+    /// Value `i` as JSON (`null` when null).
+    pub fn write(&self, out: &mut Vec<u8>, i: usize) {
+        self.0.write(out, i)
+    }
+}
+
 fn ts_format(per_sec: i64) -> Vec<Item<'static>> {
     let f = match per_sec {
         1 | 1_000 => "%Y-%m-%dT%H:%M:%S%.3fZ",

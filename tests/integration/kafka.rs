@@ -1160,6 +1160,20 @@ async fn kafka_csv_in_and_out() {
     );
 }
 
+/// `v` as a Confluent wire-format Avro message: magic byte 0, the schema id, the datum.
+fn avro_wire(
+    schema_id: u32,
+    schema: &apache_avro::Schema,
+    v: apache_avro::types::Value,
+) -> Vec<u8> {
+    #[allow(deprecated)]
+    let datum = apache_avro::to_avro_datum(schema, v).unwrap();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(&datum);
+    out
+}
+
 /// Avro in the Confluent wire format: records written by apache-avro with a registered
 /// schema are decoded; a foreign payload, an unknown schema id and a truncated datum go to
 /// the dead-letter topic; the view goes back out as Avro with a schema Weir registers.
@@ -1202,12 +1216,7 @@ async fn kafka_avro_with_schema_registry() {
             ),
             ("extra".into(), Value::Int(7)),
         ]);
-        #[allow(deprecated)]
-        let datum = apache_avro::to_avro_datum(&writer, v).unwrap();
-        let mut out = vec![0u8];
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&datum);
-        out
+        avro_wire(id, &writer, v)
     };
     let good1 = encode(T0, Some("EU"), "success", Some(1.5));
     let good2 = encode(T0 + 1000, None, "failed", None);
@@ -1306,6 +1315,177 @@ async fn kafka_avro_with_schema_registry() {
         reasons[2].contains("undecodable Avro datum"),
         "{}",
         reasons[2]
+    );
+}
+
+/// Nested Avro: records inside records, an array of records and a map, declared as STRUCT,
+/// ARRAY and MAP columns, decoded, and written back out as Avro with nested types in the
+/// schema Weir registers; a record whose nested value has the wrong type goes to the
+/// dead-letter topic with the path to it in the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_avro_nested_records() {
+    use apache_avro::types::Value;
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let registry = weir_tests::schema_registry::TestRegistry::start().unwrap();
+    let input = unique("avro-nested-in");
+    let output = unique("avro-nested-out");
+    create_topic(&b, &input, 1).await;
+    create_topic(&b, &output, 1).await;
+    let writer_text = r#"{"type": "record", "name": "Order", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "customer", "type": {"type": "record", "name": "Customer", "fields": [
+            {"name": "name", "type": "string"},
+            {"name": "address", "type": ["null", {"type": "record", "name": "Address", "fields": [
+                {"name": "city", "type": "string"}]}], "default": null}]}},
+        {"name": "items", "type": {"type": "array", "items": {"type": "record", "name": "Item",
+            "fields": [{"name": "sku", "type": "string"}, {"name": "qty", "type": "int"}]}}},
+        {"name": "attrs", "type": {"type": "map", "values": "string"}}]}"#;
+    let id = registry.register(&format!("{input}-value"), writer_text);
+    let writer = apache_avro::Schema::parse_str(writer_text).unwrap();
+    let record = |id_: &str, city: Option<&str>, items: &[(&str, i32)], attrs: &[(&str, &str)]| {
+        let address = match city {
+            Some(c) => Value::Union(
+                1,
+                Box::new(Value::Record(vec![(
+                    "city".into(),
+                    Value::String(c.into()),
+                )])),
+            ),
+            None => Value::Union(0, Box::new(Value::Null)),
+        };
+        Value::Record(vec![
+            ("id".into(), Value::String(id_.into())),
+            (
+                "customer".into(),
+                Value::Record(vec![
+                    ("name".into(), Value::String(format!("n-{id_}"))),
+                    ("address".into(), address),
+                ]),
+            ),
+            (
+                "items".into(),
+                Value::Array(
+                    items
+                        .iter()
+                        .map(|(s, q)| {
+                            Value::Record(vec![
+                                ("sku".into(), Value::String((*s).into())),
+                                ("qty".into(), Value::Int(*q)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "attrs".into(),
+                Value::Map(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Value::String((*v).into())))
+                        .collect(),
+                ),
+            ),
+        ])
+    };
+    // The second writer's qty is a string: declared INT, two levels down.
+    let bad_text = writer_text.replace(
+        r#"{"name": "qty", "type": "int"}"#,
+        r#"{"name": "qty", "type": "string"}"#,
+    );
+    let bad_id = registry.register(&format!("{input}-value"), &bad_text);
+    let bad_writer = apache_avro::Schema::parse_str(&bad_text).unwrap();
+    let bad = Value::Record(vec![
+        ("id".into(), Value::String("o3".into())),
+        (
+            "customer".into(),
+            Value::Record(vec![
+                ("name".into(), Value::String("x".into())),
+                ("address".into(), Value::Union(0, Box::new(Value::Null))),
+            ]),
+        ),
+        (
+            "items".into(),
+            Value::Array(vec![Value::Record(vec![
+                ("sku".into(), Value::String("Z".into())),
+                ("qty".into(), Value::String("many".into())),
+            ])]),
+        ),
+        ("attrs".into(), Value::Map(Default::default())),
+    ]);
+    let p = producer(&b);
+    for payload in [
+        avro_wire(
+            id,
+            &writer,
+            record(
+                "o1",
+                Some("Paris"),
+                &[("A", 1), ("B", 2)],
+                &[("k", "v"), ("c", "web")],
+            ),
+        ),
+        avro_wire(bad_id, &bad_writer, bad),
+        avro_wire(id, &writer, record("o2", None, &[], &[])),
+    ] {
+        send(&p, &input, 0, None, &payload, T0).await;
+    }
+    let r = start(
+        &format!(
+            "CREATE SOURCE orders (id TEXT NOT NULL, \
+               customer STRUCT<name TEXT, address STRUCT<city TEXT>>, \
+               items ARRAY<STRUCT<sku TEXT, qty INT>>, attrs MAP<TEXT, TEXT>) \
+             WITH (connector = 'kafka', topic = '{input}', format = 'avro', \
+               'schema.registry.url' = '{url}', 'scan.bounded.mode' = 'latest-offset'); \
+             CREATE MATERIALIZED VIEW v AS SELECT id, customer, items, attrs, \
+               customer.address.city AS city FROM orders; \
+             CREATE SINK out FROM v WITH (connector = 'kafka', topic = '{output}', \
+               format = 'avro', 'schema.registry.url' = '{url}');",
+            url = registry.url
+        ),
+        settings(&b),
+        true,
+    );
+    r.handle.await.unwrap().unwrap();
+
+    let ids = registry.versions(&format!("{output}-value"));
+    assert_eq!(ids.len(), 1);
+    let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
+    let out: Vec<serde_json::Value> = read_topic_to_end(&b, &output)
+        .iter()
+        .map(|m| {
+            let bytes = m.payload().unwrap_or(&[]);
+            #[allow(deprecated)]
+            let v = apache_avro::from_avro_datum(&reader, &mut &bytes[5..], None).unwrap();
+            serde_json::Value::try_from(v).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            serde_json::json!({
+                "id": "o1",
+                "customer": {"name": "n-o1", "address": {"city": "Paris"}},
+                "items": [{"sku": "A", "qty": 1}, {"sku": "B", "qty": 2}],
+                "attrs": {"c": "web", "k": "v"},
+                "city": "Paris"
+            }),
+            serde_json::json!({
+                "id": "o2",
+                "customer": {"name": "n-o2", "address": null},
+                "items": [],
+                "attrs": {},
+                "city": null
+            }),
+        ]
+    );
+    let reasons: Vec<String> = read_topic_to_end(&b, &format!("{input}.dlq"))
+        .iter()
+        .map(|m| header(m, "weir.reason").unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["column 'items': item 1: field 'qty': cannot convert Utf8 to Int32".to_string()]
     );
 }
 

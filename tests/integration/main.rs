@@ -11,6 +11,7 @@ mod differential;
 mod event_time;
 mod kafka;
 mod lookup;
+mod nested;
 mod nexmark;
 mod parquet_readback;
 mod postgres;

@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{
     TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::arrow::record_batch::RecordBatch;
+use weir_engine::json::JsonValues;
 use weir_engine::{Result, WeirError};
 
 /// The 11-byte signature, then flags (0: no OIDs) and the header extension length (0).
@@ -51,6 +52,8 @@ enum Col<'a> {
     Bytes(&'a BinaryArray),
     LargeBytes(&'a LargeBinaryArray),
     BytesView(&'a BinaryViewArray),
+    /// Lists, structs and maps, as `jsonb`.
+    Json(JsonValues<'a>),
 }
 
 impl<'a> Col<'a> {
@@ -82,6 +85,7 @@ impl<'a> Col<'a> {
             DataType::Binary => Col::Bytes(a.as_binary::<i32>()),
             DataType::LargeBinary => Col::LargeBytes(a.as_binary::<i64>()),
             DataType::BinaryView => Col::BytesView(a.as_binary_view()),
+            t if super::schema::is_nested(t) => Col::Json(JsonValues::new(a.as_ref())),
             other => {
                 return Err(WeirError::Internal(format!(
                     "column '{name}': no COPY encoding for {other}"
@@ -110,6 +114,7 @@ impl<'a> Col<'a> {
             Col::Bytes(a) => a.is_null(i),
             Col::LargeBytes(a) => a.is_null(i),
             Col::BytesView(a) => a.is_null(i),
+            Col::Json(a) => a.is_null(i),
         }
     }
 
@@ -143,6 +148,14 @@ impl<'a> Col<'a> {
             Col::Bytes(a) => put_bytes(out, a.value(i)),
             Col::LargeBytes(a) => put_bytes(out, a.value(i)),
             Col::BytesView(a) => put_bytes(out, a.value(i)),
+            Col::Json(a) => {
+                // jsonb's send format: a version byte (1), then the JSON text.
+                let start = out.len();
+                out.extend_from_slice(&[0, 0, 0, 0, 1]);
+                a.write(out, i);
+                let len = (out.len() - start - 4) as i32;
+                out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            }
         }
     }
 }

@@ -31,9 +31,22 @@ pub fn pg_type(t: &DataType) -> Option<String> {
             DataType::Timestamp(_, _) => "timestamp with time zone",
             DataType::Date32 => "date",
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea",
+            t if is_nested(t) => "jsonb",
             _ => return None,
         }
         .to_string(),
+    )
+}
+
+/// Lists, structs and maps: written as `jsonb`, the value as the JSON the API serves.
+pub fn is_nested(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::Struct(_)
+            | DataType::Map(_, _)
     )
 }
 
@@ -43,7 +56,8 @@ pub fn pg_type_of(view: &str, column: &str, t: &DataType) -> Result<String> {
         WeirError::user(format!(
             "the postgres sink cannot write column '{column}' of view '{view}': its type {t} has \
              no PostgreSQL mapping (supported: text, integers, UInt32/UInt64, real, double, \
-             boolean, decimal, timestamp, date, binary); cast it in the view"
+             boolean, decimal, timestamp, date, binary, and lists, structs and maps as jsonb); \
+             cast it in the view"
         ))
     })
 }
@@ -71,6 +85,7 @@ pub fn compatible(arrow: &DataType, table_type: &str) -> bool {
         }
         DataType::Date32 => t == "date",
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => t == "bytea",
+        a if is_nested(a) => t == "jsonb",
         _ => false,
     }
 }
@@ -510,6 +525,14 @@ mod tests {
             ),
             (DataType::Date32, "date"),
             (DataType::Binary, "bytea"),
+            (
+                DataType::List(std::sync::Arc::new(Field::new("x", DataType::Int32, true))),
+                "jsonb",
+            ),
+            (
+                DataType::Struct(vec![Field::new("a", DataType::Utf8, true)].into()),
+                "jsonb",
+            ),
         ];
         for (t, pg) in cases {
             assert_eq!(pg_type(&t).as_deref(), Some(pg), "{t}");
@@ -520,7 +543,6 @@ mod tests {
             DataType::Float16,
             DataType::Date64,
             DataType::Decimal128(5, -2),
-            DataType::List(std::sync::Arc::new(Field::new("x", DataType::Int32, true))),
         ] {
             assert_eq!(pg_type(&t), None, "{t}");
         }

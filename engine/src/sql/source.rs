@@ -26,7 +26,6 @@ pub(super) fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
     let mut metadata = Vec::new();
     let mut metadata_at = Vec::new();
     loop {
-        let t = p.peek_token();
         if word_is(&p.peek_token(), "WATERMARK") {
             p.next_token();
             p.expect_keyword(Keyword::FOR).map_err(pe)?;
@@ -36,27 +35,21 @@ pub(super) fn parse_create_source(p: &mut Parser) -> Result<WeirStatement> {
             let expr = p.parse_expr().map_err(pe)?;
             watermark = Some(watermark_spec(&column, &expr, e_at)?);
         } else {
-            let col = p.parse_column_def().map_err(pe)?;
-            let dt = arrow_type(&col.data_type).map_err(|m| WeirError::user_at(m, loc(&t)))?;
+            let col = parse_column(p)?;
+            let dt = col.data_type;
             if word_is(&p.peek_token(), "METADATA") {
                 p.next_token();
                 p.expect_keyword(Keyword::FROM).map_err(pe)?;
                 let k_at = loc(&p.peek_token());
                 let key = p.parse_literal_string().map_err(pe)?;
                 metadata.push(MetadataColumn {
-                    column: col.name.value.clone(),
+                    column: col.name.clone(),
                     key,
                     data_type: dt.clone(),
                 });
                 metadata_at.push(k_at);
             }
-            let not_null = col.options.iter().any(|o| {
-                matches!(
-                    o.option,
-                    ColumnOption::NotNull | ColumnOption::PrimaryKey(_)
-                )
-            });
-            fields.push(Field::new(col.name.value, dt, !not_null));
+            fields.push(Field::new(col.name, dt, !col.not_null));
         }
         if !p.consume_token(&Token::Comma) {
             break;
@@ -138,6 +131,167 @@ pub(super) fn parse_create_table(p: &mut Parser) -> Result<WeirStatement> {
     }))
 }
 
+/// A declared column: its name, Arrow type, and whether it is NOT NULL.
+struct Column {
+    name: String,
+    data_type: DataType,
+    not_null: bool,
+}
+
+/// `name TYPE [NOT NULL | NULL | PRIMARY KEY ...]`, with the nested types of
+/// [`parse_type`].
+fn parse_column(p: &mut Parser) -> Result<Column> {
+    let at = loc(&p.peek_token());
+    let pe = |e| parse_err(e, at);
+    let name = p.parse_identifier().map_err(pe)?.value;
+    let mut types = TypeParser { pending_gt: 0 };
+    let data_type = types.parse_type(p)?;
+    if types.pending_gt > 0 {
+        return Err(WeirError::user_at(
+            "a '>' closes no STRUCT<, ARRAY<, LIST< or MAP<",
+            loc(&p.peek_token()),
+        ));
+    }
+    let mut not_null = false;
+    loop {
+        let o_at = loc(&p.peek_token());
+        match p
+            .parse_optional_column_option()
+            .map_err(|e| parse_err(e, o_at))?
+        {
+            Some(ColumnOption::NotNull | ColumnOption::PrimaryKey(_)) => not_null = true,
+            Some(ColumnOption::Null) => not_null = false,
+            Some(other) => {
+                return Err(WeirError::user_at(
+                    format!("column option {other} is not supported; use NOT NULL or NULL"),
+                    o_at,
+                ));
+            }
+            None => break,
+        }
+    }
+    Ok(Column {
+        name,
+        data_type,
+        not_null,
+    })
+}
+
+/// Column types: the scalar types of [`arrow_type`], and nested to any depth
+/// `STRUCT<name TYPE, ...>`, `ARRAY<TYPE>` / `LIST<TYPE>` / `TYPE[]` and `MAP<KEY, VALUE>`
+/// (struct fields, list items and map values nullable, map keys not).
+struct TypeParser {
+    /// `>` still owed from a `>>` token that closed two levels at once.
+    pending_gt: usize,
+}
+
+impl TypeParser {
+    fn parse_type(&mut self, p: &mut Parser) -> Result<DataType> {
+        let at = loc(&p.peek_token());
+        let pe = |e| parse_err(e, at);
+        let token = p.peek_token();
+        let nested = ["STRUCT", "ARRAY", "LIST", "MAP"]
+            .into_iter()
+            .find(|w| word_is(&token, w));
+        let mut dt = match nested {
+            Some(kind) => {
+                p.next_token();
+                if !p.consume_token(&Token::Lt) {
+                    return Err(WeirError::user_at(
+                        format!(
+                            "{kind} needs its element types in angle brackets: {}",
+                            match kind {
+                                "STRUCT" => "STRUCT<name TYPE, ...>",
+                                "MAP" => "MAP<KEY_TYPE, VALUE_TYPE>",
+                                _ => "ARRAY<TYPE> (or TYPE[])",
+                            }
+                        ),
+                        at,
+                    ));
+                }
+                let dt = match kind {
+                    "STRUCT" => {
+                        let mut fields = Vec::new();
+                        loop {
+                            let f_at = loc(&p.peek_token());
+                            let name = p.parse_identifier().map_err(pe)?.value;
+                            let t = self.parse_type(p)?;
+                            if fields.iter().any(|f: &Field| f.name() == &name) {
+                                return Err(WeirError::user_at(
+                                    format!("STRUCT field '{name}' is declared twice"),
+                                    f_at,
+                                ));
+                            }
+                            fields.push(Field::new(name, t, true));
+                            if self.pending_gt > 0 || !p.consume_token(&Token::Comma) {
+                                break;
+                            }
+                        }
+                        DataType::Struct(fields.into())
+                    }
+                    "MAP" => {
+                        let key = self.parse_type(p)?;
+                        if self.pending_gt > 0 || !p.consume_token(&Token::Comma) {
+                            return Err(WeirError::user_at(
+                                "MAP needs a key and a value type: MAP<KEY_TYPE, VALUE_TYPE>",
+                                at,
+                            ));
+                        }
+                        let value = self.parse_type(p)?;
+                        let entries = Field::new(
+                            "entries",
+                            DataType::Struct(
+                                vec![
+                                    Field::new("keys", key, false),
+                                    Field::new("values", value, true),
+                                ]
+                                .into(),
+                            ),
+                            false,
+                        );
+                        DataType::Map(Arc::new(entries), false)
+                    }
+                    _ => DataType::new_list(self.parse_type(p)?, true),
+                };
+                self.close(p, kind)?;
+                dt
+            }
+            None => {
+                let sql = p.parse_data_type().map_err(pe)?;
+                arrow_type(&sql).map_err(|m| WeirError::user_at(m, at))?
+            }
+        };
+        // `TYPE[]`, any number of times (sqlparser took the ones after a scalar type).
+        while self.pending_gt == 0 && p.peek_token().token == Token::LBracket {
+            p.next_token();
+            p.expect_token(&Token::RBracket).map_err(pe)?;
+            dt = DataType::new_list(dt, true);
+        }
+        Ok(dt)
+    }
+
+    /// The `>` that closes `kind<...`: a `>` token, a `>>` (one `>` left owed to the level
+    /// above), or one owed already.
+    fn close(&mut self, p: &mut Parser, kind: &str) -> Result<()> {
+        if self.pending_gt > 0 {
+            self.pending_gt -= 1;
+            return Ok(());
+        }
+        let t = p.next_token();
+        match t.token {
+            Token::Gt => Ok(()),
+            Token::ShiftRight => {
+                self.pending_gt += 1;
+                Ok(())
+            }
+            _ => Err(WeirError::user_at(
+                format!("expected '>' to close {kind}<...>, found {}", t.token),
+                loc(&t),
+            )),
+        }
+    }
+}
+
 fn watermark_spec(column: &str, expr: &Expr, at: Location) -> Result<WatermarkSpec> {
     let is_col = |e: &Expr| matches!(e, Expr::Identifier(i) if i.value == column);
     let bad = || {
@@ -177,6 +331,9 @@ pub fn arrow_type(t: &SqlType) -> std::result::Result<DataType, String> {
         BigInt(_) | Int8(_) | Int64 => DataType::Int64,
         Real | Float4 | Float32 => DataType::Float32,
         Double(_) | DoublePrecision | Float8 | Float64 | Float(_) => DataType::Float64,
+        Array(ast::ArrayElemTypeDef::SquareBracket(inner, None)) => {
+            DataType::new_list(arrow_type(inner)?, true)
+        }
         Decimal(info) | Numeric(info) => {
             use ast::ExactNumberInfo::*;
             let (p, s) = match info {
@@ -189,7 +346,8 @@ pub fn arrow_type(t: &SqlType) -> std::result::Result<DataType, String> {
         other => {
             return Err(format!(
                 "column type {other} is not supported; use TEXT, TIMESTAMP, DATE, BOOLEAN, \
-                 SMALLINT, INT, BIGINT, REAL, DOUBLE or DECIMAL(p, s)"
+                 SMALLINT, INT, BIGINT, REAL, DOUBLE, DECIMAL(p, s), or nested: \
+                 STRUCT<name TYPE, ...>, ARRAY<TYPE> (LIST<TYPE>, TYPE[]), MAP<KEY, VALUE>"
             ));
         }
     })
