@@ -269,7 +269,7 @@ fn bad_sql_names_file_statement_line_and_column() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("bad.sql: statement 2 (line 4, column 3)"),
+        stderr.contains("bad.sql: statement 2 (line 4, column 5)"),
         "{stderr}"
     );
 }

@@ -277,7 +277,11 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         "dead-letter" => LatePolicy::DeadLetter,
         _ => LatePolicy::Drop,
     };
-    options.finish("a materialized view", &["late.policy", "retention.rows"])?;
+    let state_ttl = options.take_duration("state.ttl")?;
+    options.finish(
+        "a materialized view",
+        &["late.policy", "retention.rows", "state.ttl"],
+    )?;
     let mut query = v.query.clone();
     let columns = |name: &str| {
         env.relation(name)
@@ -324,7 +328,16 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         inputs,
         mut output_schema,
         mut kind,
-    } = split::split_plan(physical, window.as_ref(), state.task_ctx())?;
+    } = split::split_plan(physical, window.as_ref(), state_ttl, state.task_ctx())?;
+    if state_ttl.is_some()
+        && !matches!(&kind, ViewPlanKind::Windowed { aggregate, .. } if aggregate.takes_state_ttl())
+    {
+        return Err(WeirError::user(
+            "option 'state.ttl' bounds the keys a deduplication view remembers \
+             (ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1 without a window); this \
+             view keeps no such state",
+        ));
+    }
     match &mut kind {
         ViewPlanKind::Windowed { aggregate, .. } => {
             aggregate.configure(emit_every)?;

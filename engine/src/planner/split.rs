@@ -26,7 +26,7 @@ use super::slot::{BatchSlot, SlotExec, SlotPlan};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::sql::WindowSpec;
-use crate::window::{RankLimit, WindowAggregator, WindowRows};
+use crate::window::{Dedup, RankLimit, WindowAggregator, WindowRows};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::JoinType;
@@ -85,6 +85,7 @@ fn find_aggregates(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>>
 pub fn split_plan(
     physical: Arc<dyn ExecutionPlan>,
     window: Option<&WindowSpec>,
+    state_ttl: Option<std::time::Duration>,
     task_ctx: Arc<TaskContext>,
 ) -> Result<Split> {
     let output_schema = physical.schema();
@@ -103,6 +104,17 @@ pub fn split_plan(
     let ranked = window_function_nodes(&physical);
     let Some(top) = aggs.first().cloned() else {
         if !ranked.is_empty() {
+            if window.is_none()
+                && let Some(split) = split_dedup(
+                    &physical,
+                    inputs[0].clone(),
+                    &ranked,
+                    state_ttl,
+                    task_ctx.clone(),
+                )?
+            {
+                return Ok(split);
+            }
             return split_window_rows(physical, window, inputs[0].clone(), &ranked, task_ctx);
         }
         reject_per_batch_limits(&physical)?;
@@ -313,6 +325,90 @@ fn split_window_rows(
             post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     })
+}
+
+/// `ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1` (or `<= 1`, `< 2`) over a stream
+/// without a window: deduplication, the first row per key by event time ([`Dedup`]). The
+/// pre plan runs per micro-batch, and the post plan (the ranking, all 1s, the filter and
+/// projection above) over the rows emitted when the watermark passes them. `None` when the
+/// plan is not of that shape.
+fn split_dedup(
+    physical: &Arc<dyn ExecutionPlan>,
+    (input, input_slot): (String, Arc<BatchSlot>),
+    nodes: &[Arc<dyn ExecutionPlan>],
+    state_ttl: Option<std::time::Duration>,
+    task_ctx: Arc<TaskContext>,
+) -> Result<Option<Split>> {
+    let [node] = nodes else {
+        return Ok(None);
+    };
+    let Some((exprs, mut pre_top)) = window_exprs(node) else {
+        return Ok(None);
+    };
+    let [e] = exprs.as_slice() else {
+        return Ok(None);
+    };
+    if !e.name().to_ascii_lowercase().starts_with("row_number(") || e.partition_by().is_empty() {
+        return Ok(None);
+    }
+    match rank_limit(physical, node) {
+        Some(l) if l.n == 1 => {}
+        _ => return Ok(None),
+    }
+    let [order] = e.order_by() else {
+        return Ok(None);
+    };
+    if order.options.descending {
+        return Err(WeirError::user(
+            "deduplication keeps the first row per key: ORDER BY the event time ascending. \
+             Keeping the last row (DESC) would change a row already emitted, which an \
+             append-only view cannot do",
+        ));
+    }
+    while is_pass_through(&pre_top) {
+        pre_top = pre_top.children()[0].clone();
+    }
+    let schema = pre_top.schema();
+    let time = order
+        .expr
+        .downcast_ref::<Column>()
+        .filter(|c| {
+            c.index() < schema.fields().len()
+                && matches!(
+                    schema.field(c.index()).data_type(),
+                    DataType::Timestamp(_, _)
+                )
+        })
+        .ok_or_else(|| {
+            WeirError::user(format!(
+                "deduplication orders by event time: ORDER BY a TIMESTAMP column (the one the \
+                 source's WATERMARK is on), not {}",
+                order.expr
+            ))
+        })?;
+    let dedup = Dedup::try_new(
+        schema.clone(),
+        schema.field(time.index()).name().clone(),
+        e.partition_by().to_vec(),
+        state_ttl.map(|d| d.as_millis() as i64),
+    )?;
+    let slot = Arc::new(BatchSlot::default());
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+        "first rows".into(),
+        schema,
+        None,
+        slot.clone(),
+    )?);
+    let post_plan = replace_node(physical.clone(), &pre_top, leaf)?;
+    Ok(Some(Split {
+        inputs: vec![input],
+        output_schema: physical.schema(),
+        kind: ViewPlanKind::Windowed {
+            pre: SlotPlan::new(pre_top, input_slot, task_ctx.clone()),
+            aggregate: Box::new(dedup),
+            post: SlotPlan::new(post_plan, slot, task_ctx),
+        },
+    }))
 }
 
 /// The top-N a view keeps, when only ranking functions (ROW_NUMBER, RANK, DENSE_RANK, all

@@ -116,6 +116,14 @@ const BOUNDED: [(&str, Kind); 9] = [
 
 /// Replace the functions above in `ctx` by their bounded versions.
 pub fn register_bounded_functions(ctx: &SessionContext) {
+    // The JSON functions over text columns (json_get_str, json_as_text, `->`, `->>`, ...).
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        if let Err(e) = datafusion_functions_json::register_all(&mut *state) {
+            tracing::warn!(error = %e, "the JSON text functions could not be registered");
+        }
+    }
     for (name, kind) in BOUNDED {
         // A function DataFusion was built without is not there to bound.
         if let Ok(inner) = ctx.udf(name) {

@@ -19,6 +19,7 @@
 //! would take them are returned as [`LateRow`]s and left out.
 
 mod aggregate;
+mod dedup;
 mod groups;
 mod panes;
 mod rows;
@@ -35,6 +36,7 @@ use groups::cast_to;
 use std::collections::BTreeMap;
 
 pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
+pub use dedup::Dedup;
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
@@ -109,6 +111,10 @@ pub trait WindowOperator: Send {
     ) -> Result<()>;
     /// The watermark this operator can promise downstream.
     fn output_watermark(&self, input_watermark: i64) -> i64;
+    /// Whether `'state.ttl'` bounds this operator's state (deduplication's done keys).
+    fn takes_state_ttl(&self) -> bool {
+        false
+    }
     /// The window aggregate itself, when this is one (its state can be split into key
     /// partitions, `dataflow/keyed.rs`); window rows (top-N over rows) give themselves back.
     fn into_aggregator(

@@ -26,6 +26,24 @@ pub fn type_name(t: &DataType) -> String {
         DataType::Timestamp(_, _) => "timestamp".into(),
         DataType::Date32 | DataType::Date64 => "date".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
+            format!("array<{}>", type_name(item.data_type()))
+        }
+        DataType::Struct(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), type_name(f.data_type())))
+                .collect();
+            format!("struct<{}>", fields.join(", "))
+        }
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) if kv.len() == 2 => format!(
+                "map<{}, {}>",
+                type_name(kv[0].data_type()),
+                type_name(kv[1].data_type())
+            ),
+            other => other.to_string().to_ascii_lowercase(),
+        },
         other => other.to_string().to_ascii_lowercase(),
     }
 }
@@ -75,5 +93,34 @@ mod tests {
             "timestamp"
         );
         assert_eq!(type_name(&DataType::Utf8View), "varchar");
+        use datafusion::arrow::datatypes::Field;
+        let address = DataType::Struct(vec![Field::new("city", DataType::Utf8, true)].into());
+        let customer = DataType::Struct(
+            vec![
+                Field::new("name", DataType::Utf8, true),
+                Field::new("tags", DataType::new_list(DataType::Int32, true), true),
+                Field::new("address", address, true),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            type_name(&customer),
+            "struct<name varchar, tags array<int>, address struct<city varchar>>"
+        );
+        let entries = Field::new(
+            "entries",
+            DataType::Struct(
+                vec![
+                    Field::new("keys", DataType::Utf8, false),
+                    Field::new("values", DataType::Float64, true),
+                ]
+                .into(),
+            ),
+            false,
+        );
+        assert_eq!(
+            type_name(&DataType::Map(std::sync::Arc::new(entries), false)),
+            "map<varchar, double>"
+        );
     }
 }
