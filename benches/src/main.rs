@@ -107,7 +107,9 @@ enum Cmd {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Write N download events (from the built-in generator) as JSON lines or Parquet.
+    /// Write N download events (from the built-in generator) as JSON lines or Parquet;
+    /// `--format json-nested` writes the same events as nested JSON (`content`, `client`
+    /// and `result` objects), for `throughput --format json-nested`.
     Gen {
         #[arg(long, default_value = "json")]
         format: String,
@@ -116,7 +118,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// File source -> per-minute region-health view -> blackhole, timed.
+    /// File source -> per-minute region-health view -> blackhole, timed. `--format`:
+    /// `json`, `parquet`, or `json-nested` (a file from `gen --format json-nested`, read as
+    /// STRUCT columns by the same view over their fields).
     Throughput {
         #[arg(long)]
         input: PathBuf,
@@ -250,6 +254,60 @@ const DOWNLOADS_DDL: &str = "event_id TEXT NOT NULL, ts TIMESTAMP NOT NULL, cont
     content_type TEXT, region TEXT, device_type TEXT, status TEXT, duration_seconds DOUBLE, \
     speed_mbps DOUBLE, error_code TEXT";
 
+/// The download events as nested JSON: the same values in three objects.
+const NESTED_DDL: &str = "event_id TEXT NOT NULL, ts TIMESTAMP NOT NULL, \
+    content STRUCT<id TEXT, type TEXT>, client STRUCT<region TEXT, device_type TEXT>, \
+    result STRUCT<status TEXT, duration_seconds DOUBLE, speed_mbps DOUBLE, error_code TEXT>";
+
+/// [`HEALTH_VIEW`] over [`NESTED_DDL`]'s fields.
+const NESTED_HEALTH_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
+    SELECT window_start, window_end, client.region AS region, count(*) AS downloads, \
+    count(*) FILTER (WHERE result.status = 'failed') AS failures, \
+    avg(result.speed_mbps) AS avg_speed_mbps, max(result.duration_seconds) AS max_duration_s \
+    FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) \
+    GROUP BY window_start, window_end, client.region; \
+    CREATE SINK out FROM region_health WITH (connector = 'blackhole');";
+
+/// A flat downloads batch as [`NESTED_DDL`]'s columns.
+fn nest_downloads(batch: &RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, StructArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let col = |name: &str| -> Result<(Arc<Field>, ArrayRef)> {
+        let i = batch.schema().index_of(name)?;
+        let f = batch.schema().field(i).clone();
+        Ok((Arc::new(f), batch.column(i).clone()))
+    };
+    let object = |members: &[(&str, &str)]| -> Result<ArrayRef> {
+        let mut fields = Vec::new();
+        for (flat, nested) in members {
+            let (f, a) = col(flat)?;
+            fields.push((Arc::new(f.as_ref().clone().with_name(*nested)), a));
+        }
+        Ok(Arc::new(StructArray::from(fields)))
+    };
+    let content = object(&[("content_id", "id"), ("content_type", "type")])?;
+    let client = object(&[("region", "region"), ("device_type", "device_type")])?;
+    let result = object(&[
+        ("status", "status"),
+        ("duration_seconds", "duration_seconds"),
+        ("speed_mbps", "speed_mbps"),
+        ("error_code", "error_code"),
+    ])?;
+    let (id_f, id) = col("event_id")?;
+    let (ts_f, ts) = col("ts")?;
+    let schema = Arc::new(Schema::new(vec![
+        id_f.as_ref().clone(),
+        ts_f.as_ref().clone(),
+        Field::new("content", content.data_type().clone(), true),
+        Field::new("client", client.data_type().clone(), true),
+        Field::new("result", result.data_type().clone(), true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![id, ts, content, client, result],
+    )?)
+}
+
 const HEALTH_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
     SELECT window_start, window_end, region, count(*) AS downloads, \
     count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed_mbps, \
@@ -315,6 +373,11 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
                 match parquet.as_mut() {
                     Some(w) => w.write(&batch)?,
                     None => {
+                        let batch = if format == "json-nested" {
+                            nest_downloads(&batch)?
+                        } else {
+                            batch
+                        };
                         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
                         w.write(&batch)?;
                         w.finish()?;
@@ -334,9 +397,14 @@ async fn generate(format: &str, rows: u64, out: PathBuf) -> Result<()> {
 }
 
 async fn throughput(input: PathBuf, format: &str, batch_rows: usize, workers: usize) -> Result<()> {
+    // `json-nested`: the same events and view, read from nested JSON.
+    let (ddl, view, format) = match format {
+        "json-nested" => (NESTED_DDL, NESTED_HEALTH_VIEW, "json"),
+        other => (DOWNLOADS_DDL, HEALTH_VIEW, other),
+    };
     let sql = format!(
-        "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
-         WITH (connector = 'file', path = '{}', format = '{format}'); {HEALTH_VIEW}",
+        "CREATE SOURCE downloads ({ddl}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+         WITH (connector = 'file', path = '{}', format = '{format}'); {view}",
         input.display()
     );
     let mut p = Pipeline::new(

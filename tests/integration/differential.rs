@@ -148,6 +148,10 @@ const TUMBLE: &str = "TUMBLE(events, ts, INTERVAL '10' SECOND)";
 const HALVES: &str = "SELECT ts, region, bytes FROM events WHERE bytes < 600000 \
      UNION ALL SELECT ts, region, bytes + 1 AS bytes FROM events WHERE bytes >= 300000";
 const HALVES_TUMBLE: &str = "TUMBLE(halves, ts, INTERVAL '10' SECOND)";
+/// Deduplication: each user's first row by time (ties by bytes, region, status).
+const DEDUP: &str = "SELECT user_id, ts, region, bytes FROM (SELECT *, ROW_NUMBER() OVER \
+     (PARTITION BY user_id ORDER BY ts, bytes, region, status) AS rn FROM events) AS t \
+     WHERE rn = 1";
 const HOP: &str = "HOP(events, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
 const SESSION: &str = "SESSION(events, ts, INTERVAL '3' SECOND)";
 
@@ -208,6 +212,7 @@ const VIEWS: &[(&str, &str)] = &[
          FROM TUMBLE(events, ts, INTERVAL '10' SECOND)) AS t WHERE r < 3",
     ),
     ("halves", HALVES),
+    ("first_per_user", DEDUP),
     (
         "halves_per_region",
         "SELECT window_start, region, count(*) AS n, sum(bytes) AS total_bytes \
@@ -344,6 +349,8 @@ async fn run_case(
     let mut accepted = Vec::new();
     let mut arrivals: Vec<(Event, i64)> = Vec::new();
     let mut in_sessions = Vec::new();
+    // Rows on time for deduplication: not behind the watermark when they arrived.
+    let mut on_time = Vec::new();
     let mut sessions = SessionRule::default();
     let mut watermark = i64::MIN;
     // Rows late by the rows before them in their own batch: what batch-at-a-time lateness
@@ -365,6 +372,9 @@ async fn run_case(
             }
             // Before any watermark, every window is open (the epoch is before them all).
             arrivals.push((e.clone(), watermark.max(0)));
+            if e.ts >= watermark {
+                on_time.push(e.clone());
+            }
             if sessions.offer(&e.user, e.ts, watermark) {
                 in_sessions.push(e.clone());
             }
@@ -409,6 +419,8 @@ async fn run_case(
                 &accepted
             } else if sql.contains(SESSION) {
                 &in_sessions
+            } else if *sql == DEDUP {
+                &on_time
             } else {
                 &all
             };
@@ -453,6 +465,11 @@ async fn run_case(
         .filter(|(e, w)| e.ts - e.ts.rem_euclid(SLIDE_MS) + WINDOW_MS <= *w)
         .count();
     let lates = [late("health"), late("hop_health"), late("sessions")];
+    assert_eq!(
+        late("first_per_user"),
+        (all.len() - on_time.len()) as u64,
+        "seed {seed} workers {workers}: rows late for deduplication"
+    );
     let (prepared, stale) = p.prepared_batches();
     if workers > 1 {
         assert!(

@@ -355,7 +355,7 @@ fn split_dedup(
         Some(l) if l.n == 1 => {}
         _ => return Ok(None),
     }
-    let [order] = e.order_by() else {
+    let Some((order, ties)) = e.order_by().split_first() else {
         return Ok(None);
     };
     if order.options.descending {
@@ -390,6 +390,7 @@ fn split_dedup(
         schema.clone(),
         schema.field(time.index()).name().clone(),
         e.partition_by().to_vec(),
+        ties.to_vec(),
         state_ttl.map(|d| d.as_millis() as i64),
     )?;
     let slot = Arc::new(BatchSlot::default());

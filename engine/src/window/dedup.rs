@@ -1,8 +1,9 @@
 //! Deduplication: `ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1` over a stream
 //! without a window keeps the first row of each key by event time, append-only.
 //!
-//! Each key has a candidate (its earliest on-time row so far; on equal times, the one that
-//! came first) until the watermark passes the candidate's time: then no on-time row can
+//! Each key has a candidate (its earliest on-time row so far by time, then by the ORDER BY's
+//! further terms, if any; on a full tie, the one that came first) until the watermark
+//! passes the candidate's time: then no on-time row can
 //! come before it, so it is emitted and the key is remembered as done. Later rows of a done
 //! key are duplicates and dropped; a row behind the watermark is late (as for windows). So
 //! the output is, for each key, its first row among the accepted rows: what the same query
@@ -20,16 +21,18 @@ use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 const LATE: &str = "late: behind the watermark, after its key's first row could be known";
 
-/// A key's earliest on-time row so far: its time and where it is held.
-#[derive(Clone, Copy)]
+/// A key's earliest on-time row so far: its time, its tie-break values (row format), and
+/// where it is held.
+#[derive(Clone)]
 struct Candidate {
     ts: i64,
+    tie: Vec<u8>,
     batch: usize,
     row: usize,
 }
@@ -41,10 +44,13 @@ pub struct Dedup {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     key_names: Vec<String>,
     converter: RowConverter,
+    /// ORDER BY terms after the time, breaking ties between rows of one key and time.
+    ties: Vec<PhysicalSortExpr>,
+    tie_converter: RowConverter,
     ttl_ms: Option<i64>,
     candidates: HashMap<Vec<u8>, Candidate>,
-    /// Candidates in emission order: time, then key.
-    order: BTreeSet<(i64, Vec<u8>)>,
+    /// Candidates in emission order: time, tie-break, key.
+    order: BTreeSet<(i64, Vec<u8>, Vec<u8>)>,
     /// Rows the candidates point into (some replaced since; compacted on close).
     held: Vec<RecordBatch>,
     /// Keys whose first row was emitted, with that row's time.
@@ -57,8 +63,18 @@ impl Dedup {
         schema: SchemaRef,
         time_column: String,
         keys: Vec<Arc<dyn PhysicalExpr>>,
+        ties: Vec<PhysicalSortExpr>,
         ttl_ms: Option<i64>,
     ) -> Result<Self> {
+        let tie_fields = ties
+            .iter()
+            .map(|t| {
+                Ok(SortField::new_with_options(
+                    t.expr.data_type(&schema)?,
+                    t.options,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let fields = keys
             .iter()
             .map(|k| Ok(SortField::new(k.data_type(&schema)?)))
@@ -76,6 +92,8 @@ impl Dedup {
             key_names,
             converter: RowConverter::new(fields)?,
             keys,
+            tie_converter: RowConverter::new(tie_fields)?,
+            ties,
             ttl_ms,
             candidates: HashMap::new(),
             order: BTreeSet::new(),
@@ -87,13 +105,17 @@ impl Dedup {
 
     /// The keys of `batch`'s rows, in the row format (comparable bytes).
     fn key_rows(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let cols = self
-            .keys
-            .iter()
-            .map(|k| Ok(k.evaluate(batch)?.into_array(batch.num_rows())?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        let rows = self.converter.convert_columns(&cols)?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+        let exprs: Vec<&Arc<dyn PhysicalExpr>> = self.keys.iter().collect();
+        row_bytes(&self.converter, &exprs, batch)
+    }
+
+    /// The tie-break values of `batch`'s rows (empty without tie-breaks).
+    fn tie_rows(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        if self.ties.is_empty() {
+            return Ok(vec![Vec::new(); batch.num_rows()]);
+        }
+        let exprs: Vec<&Arc<dyn PhysicalExpr>> = self.ties.iter().map(|t| &t.expr).collect();
+        row_bytes(&self.tie_converter, &exprs, batch)
     }
 
     /// The held rows of `picks` (batch, row), in that order.
@@ -115,7 +137,7 @@ impl Dedup {
         if held <= 2 * self.candidates.len() + 1024 {
             return Ok(());
         }
-        let keys: Vec<Vec<u8>> = self.order.iter().map(|(_, k)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = self.order.iter().map(|(_, _, k)| k.clone()).collect();
         let picks: Vec<(usize, usize)> = keys
             .iter()
             .filter_map(|k| self.candidates.get(k).map(|c| (c.batch, c.row)))
@@ -152,6 +174,20 @@ impl Dedup {
     }
 }
 
+/// `exprs` over `batch`, each row in the row format of `converter` (comparable bytes).
+fn row_bytes(
+    converter: &RowConverter,
+    exprs: &[&Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<Vec<u8>>> {
+    let cols = exprs
+        .iter()
+        .map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?))
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let rows = converter.convert_columns(&cols)?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
 impl WindowOperator for Dedup {
     fn into_aggregator(
         self: Box<Self>,
@@ -183,10 +219,13 @@ impl WindowOperator for Dedup {
             Some(t) => format!("done keys kept {t} ms of event time"),
             None => "done keys kept for good".to_string(),
         };
+        let mut by = self.time_column.clone();
+        for t in &self.ties {
+            by.push_str(&format!(", {t}"));
+        }
         format!(
-            "Deduplicate: first row per [{}] by {}, emitted when the watermark passes it; {ttl}",
-            keys.join(", "),
-            self.time_column
+            "Deduplicate: first row per [{}] by {by}, emitted when the watermark passes it; {ttl}",
+            keys.join(", ")
         )
     }
 
@@ -216,10 +255,11 @@ impl WindowOperator for Dedup {
         }
         let times = shifted_ms(batch.column(self.schema.index_of(&self.time_column)?), 0)?;
         let keys = self.key_rows(batch)?;
+        let ties = self.tie_rows(batch)?;
         let mut late = Vec::new();
         let mut keep: Vec<u32> = Vec::new();
         let next_batch = self.held.len();
-        for (i, (t, key)) in times.into_iter().zip(keys).enumerate() {
+        for (i, ((t, key), tie)) in times.into_iter().zip(keys).zip(ties).enumerate() {
             let Some(t) = t.filter(|t| *t >= self.closed_through) else {
                 late.push(LateRow {
                     row: i,
@@ -233,28 +273,24 @@ impl WindowOperator for Dedup {
             if self.done.contains_key(&key) {
                 continue;
             }
+            // Earlier in (time, tie-break) replaces; equal keeps the first to arrive.
+            let candidate = Candidate {
+                ts: t,
+                tie,
+                batch: next_batch,
+                row: keep.len(),
+            };
             match self.candidates.get_mut(&key) {
-                Some(c) if c.ts <= t => {}
+                Some(c) if (c.ts, &c.tie) <= (t, &candidate.tie) => {}
                 Some(c) => {
-                    self.order.remove(&(c.ts, key.clone()));
-                    *c = Candidate {
-                        ts: t,
-                        batch: next_batch,
-                        row: keep.len(),
-                    };
-                    self.order.insert((t, key));
+                    self.order.remove(&(c.ts, c.tie.clone(), key.clone()));
+                    self.order.insert((t, candidate.tie.clone(), key));
+                    *c = candidate;
                     keep.push(i as u32);
                 }
                 None => {
-                    self.candidates.insert(
-                        key.clone(),
-                        Candidate {
-                            ts: t,
-                            batch: next_batch,
-                            row: keep.len(),
-                        },
-                    );
-                    self.order.insert((t, key));
+                    self.order.insert((t, candidate.tie.clone(), key.clone()));
+                    self.candidates.insert(key, candidate);
                     keep.push(i as u32);
                 }
             }
@@ -282,14 +318,15 @@ impl WindowOperator for Dedup {
         }
         self.closed_through = watermark_ms;
         // Candidates earlier than the watermark: nothing on time can come before them.
-        let due: Vec<(i64, Vec<u8>)> = self
+        let due: Vec<(i64, Vec<u8>, Vec<u8>)> = self
             .order
-            .range(..(watermark_ms, Vec::new()))
+            .range(..(watermark_ms, Vec::new(), Vec::new()))
             .cloned()
             .collect();
         let mut picks = Vec::with_capacity(due.len());
-        for (ts, key) in due {
-            self.order.remove(&(ts, key.clone()));
+        for entry in due {
+            self.order.remove(&entry);
+            let (ts, _, key) = entry;
             if let Some(c) = self.candidates.remove(&key) {
                 picks.push((c.batch, c.row));
             }
@@ -322,7 +359,7 @@ impl WindowOperator for Dedup {
         let width = self.schema.fields().len();
         let mut out = Vec::new();
         // Held candidates: their rows, keys and times.
-        let keys: Vec<&Vec<u8>> = self.order.iter().map(|(_, k)| k).collect();
+        let keys: Vec<&Vec<u8>> = self.order.iter().map(|(_, _, k)| k).collect();
         if !keys.is_empty() {
             let picks: Vec<(usize, usize)> = keys
                 .iter()
@@ -336,7 +373,7 @@ impl WindowOperator for Dedup {
                 .map(|k| Ok(k.evaluate(&rows)?.into_array(rows.num_rows())?))
                 .collect::<Result<Vec<ArrayRef>>>()?;
             cols.extend(key_cols);
-            let ts: Vec<i64> = self.order.iter().map(|(t, _)| *t).collect();
+            let ts: Vec<i64> = self.order.iter().map(|(t, _, _)| *t).collect();
             cols.push(Arc::new(Int64Array::from(ts)));
             cols.push(Arc::new(BooleanArray::from(vec![false; rows.num_rows()])));
             out.push(RecordBatch::try_new(schema.clone(), cols)?);
@@ -398,21 +435,14 @@ impl WindowOperator for Dedup {
                 .downcast_ref::<BooleanArray>()
                 .ok_or_else(|| WeirError::Internal("deduplication done column".into()))?;
             let mut rows: Vec<u32> = Vec::new();
+            let mut candidates = Vec::new();
             for i in 0..batch.num_rows() {
                 let key = keys.row(i).as_ref().to_vec();
                 if done.value(i) {
                     self.done.insert(key, ts.value(i));
                     continue;
                 }
-                self.candidates.insert(
-                    key.clone(),
-                    Candidate {
-                        ts: ts.value(i),
-                        batch: self.held.len(),
-                        row: rows.len(),
-                    },
-                );
-                self.order.insert((ts.value(i), key));
+                candidates.push((key, ts.value(i), rows.len()));
                 rows.push(i as u32);
             }
             if !rows.is_empty() {
@@ -427,8 +457,22 @@ impl WindowOperator for Dedup {
                         super::groups::cast_to(a, f.data_type())
                     })
                     .collect::<Result<Vec<_>>>()?;
-                self.held
-                    .push(RecordBatch::try_new(self.schema.clone(), cols)?);
+                let held = RecordBatch::try_new(self.schema.clone(), cols)?;
+                // Tie-breaks are recomputed from the rows.
+                let ties = self.tie_rows(&held)?;
+                for ((key, ts, row), tie) in candidates.into_iter().zip(ties) {
+                    self.order.insert((ts, tie.clone(), key.clone()));
+                    self.candidates.insert(
+                        key,
+                        Candidate {
+                            ts,
+                            tie,
+                            batch: self.held.len(),
+                            row,
+                        },
+                    );
+                }
+                self.held.push(held);
             }
         }
         Ok(())
@@ -442,7 +486,7 @@ impl WindowOperator for Dedup {
     /// this one never finds them late.
     fn output_watermark(&self, input_watermark: i64) -> i64 {
         match self.order.first() {
-            Some((t, _)) => input_watermark.min(*t),
+            Some((t, _, _)) => input_watermark.min(*t),
             None => input_watermark,
         }
     }
