@@ -358,6 +358,21 @@ fn split_dedup(
     let Some((order, ties)) = e.order_by().split_first() else {
         return Ok(None);
     };
+    while is_pass_through(&pre_top) {
+        pre_top = pre_top.children()[0].clone();
+    }
+    let schema = pre_top.schema();
+    // Ranked by something else than time: not deduplication (a top-N without a window,
+    // refused with what to do instead).
+    let Some(time) = order.expr.downcast_ref::<Column>().filter(|c| {
+        c.index() < schema.fields().len()
+            && matches!(
+                schema.field(c.index()).data_type(),
+                DataType::Timestamp(_, _)
+            )
+    }) else {
+        return Ok(None);
+    };
     if order.options.descending {
         return Err(WeirError::user(
             "deduplication keeps the first row per key: ORDER BY the event time ascending. \
@@ -365,27 +380,6 @@ fn split_dedup(
              append-only view cannot do",
         ));
     }
-    while is_pass_through(&pre_top) {
-        pre_top = pre_top.children()[0].clone();
-    }
-    let schema = pre_top.schema();
-    let time = order
-        .expr
-        .downcast_ref::<Column>()
-        .filter(|c| {
-            c.index() < schema.fields().len()
-                && matches!(
-                    schema.field(c.index()).data_type(),
-                    DataType::Timestamp(_, _)
-                )
-        })
-        .ok_or_else(|| {
-            WeirError::user(format!(
-                "deduplication orders by event time: ORDER BY a TIMESTAMP column (the one the \
-                 source's WATERMARK is on), not {}",
-                order.expr
-            ))
-        })?;
     let dedup = Dedup::try_new(
         schema.clone(),
         schema.field(time.index()).name().clone(),
