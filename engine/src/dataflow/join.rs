@@ -58,8 +58,7 @@ impl Operator for JoinOp {
         if let [l, r] = inputs {
             self.join.advance([*l, *r])?;
         }
-        let input = inputs.iter().copied().min().unwrap_or(i64::MIN);
-        self.watermark = self.watermark.max(input);
+        super::operator::follow_inputs(&mut self.watermark, inputs);
         Ok(vec![])
     }
 

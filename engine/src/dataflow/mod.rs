@@ -22,6 +22,7 @@
 //! Adding an operator kind: a file implementing [`Operator`] and one arm in
 //! [`view_operator`].
 
+pub mod distinct;
 pub mod exchange;
 pub mod graph;
 pub mod join;
@@ -104,6 +105,12 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
             now_ms,
         )?),
         ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
+        ViewPlanKind::Distinct {
+            pre,
+            keys,
+            key_schema,
+            post,
+        } => Box::new(distinct::DistinctOp::try_new(pre, keys, key_schema, post)?),
     })
 }
 

@@ -134,6 +134,13 @@ pub trait Operator: Send {
     }
 }
 
+/// A watermark that follows the least of its inputs' and never goes back (views that hold
+/// nothing back by time: stateless views, unions, joins, DISTINCT).
+pub fn follow_inputs(watermark: &mut i64, inputs: &[i64]) {
+    let input = inputs.iter().copied().min().unwrap_or(i64::MIN);
+    *watermark = (*watermark).max(input);
+}
+
 /// A field of a node's checkpointed JSON (`None` when absent or null).
 pub fn meta_field<T: serde::de::DeserializeOwned>(
     meta: &serde_json::Value,

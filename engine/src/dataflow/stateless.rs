@@ -58,8 +58,7 @@ impl Operator for StatelessOp {
         inputs: &[i64],
         _cx: &mut Context<'_>,
     ) -> Result<Vec<RecordBatch>> {
-        let input = inputs.iter().copied().min().unwrap_or(i64::MIN);
-        self.watermark = self.watermark.max(input);
+        super::operator::follow_inputs(&mut self.watermark, inputs);
         Ok(vec![])
     }
 

@@ -75,6 +75,17 @@ pub enum ViewPlanKind {
         aggregate: Box<dyn WindowOperator>,
         post: SlotPlan,
     },
+    /// `SELECT DISTINCT` (a GROUP BY without aggregates) without a window: each distinct
+    /// row once, when first seen.
+    Distinct {
+        /// Runs per micro-batch: the rows the keys are computed from.
+        pre: SlotPlan,
+        keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        /// The distinct rows as `post` reads them.
+        key_schema: SchemaRef,
+        /// Runs over each batch of new distinct rows.
+        post: SlotPlan,
+    },
     /// A join of two streams.
     Join {
         /// Each side's stateless part, fed from `inputs[side]`: left, right.
@@ -108,6 +119,12 @@ impl ViewPlan {
                     plan.display()
                 )
             }
+            ViewPlanKind::Distinct { pre, post, .. } => format!(
+                "per new distinct row:\n{}distinct over {}:\n{}",
+                post.display(),
+                self.inputs[0],
+                pre.display()
+            ),
             ViewPlanKind::Union { plan, .. } => {
                 format!(
                     "stateless union of {}:\n{}",

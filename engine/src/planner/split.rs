@@ -128,6 +128,11 @@ pub fn split_plan(
         });
     };
     let Some(window) = window else {
+        if let Some(split) =
+            split_distinct(&physical, &top, &aggs, input.clone(), &inputs, &task_ctx)?
+        {
+            return Ok(split);
+        }
         return Err(WeirError::user(
             "aggregations over a stream need a window: read FROM TUMBLE(source, time_column, INTERVAL '...') \
              and GROUP BY window_start, window_end",
@@ -325,6 +330,71 @@ fn split_window_rows(
             post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     })
+}
+
+/// `SELECT DISTINCT` (a GROUP BY without aggregate functions) over a stream without a
+/// window: the plan below the aggregate runs per micro-batch, and the plan above it over
+/// each batch of distinct rows seen for the first time. `None` for any other aggregate.
+fn split_distinct(
+    physical: &Arc<dyn ExecutionPlan>,
+    top: &Arc<dyn ExecutionPlan>,
+    aggs: &[Arc<dyn ExecutionPlan>],
+    input: String,
+    inputs: &[(String, Arc<BatchSlot>)],
+    task_ctx: &Arc<TaskContext>,
+) -> Result<Option<Split>> {
+    // Every aggregate of the plan (a final and its partial, or one single) groups only.
+    let grouping_only = |a: &Arc<dyn ExecutionPlan>| {
+        a.downcast_ref::<AggregateExec>().is_some_and(|e| {
+            e.aggr_expr().is_empty()
+                && e.group_expr().is_single()
+                && !e.group_expr().expr().is_empty()
+        })
+    };
+    if aggs.is_empty() || aggs.len() > 2 || !aggs.iter().all(grouping_only) {
+        return Ok(None);
+    }
+    // The lowest aggregate sees the raw rows; its groups are the DISTINCT columns.
+    let raw = aggs[aggs.len() - 1].clone();
+    let Some(raw_exec) = raw.downcast_ref::<AggregateExec>() else {
+        return Ok(None);
+    };
+    if aggs.len() == 2 && *raw_exec.mode() != AggregateMode::Partial {
+        return Ok(None);
+    }
+    let pre = raw_exec.input().clone();
+    if !window_function_nodes(physical).is_empty() {
+        return Err(WeirError::user(
+            "window functions (OVER) with DISTINCT over a stream are not supported: make the \
+             DISTINCT a view of its own",
+        ));
+    }
+    reject_per_batch_limits(physical)?;
+    let keys: Vec<Arc<dyn PhysicalExpr>> = raw_exec
+        .group_expr()
+        .expr()
+        .iter()
+        .map(|(e, _)| e.clone())
+        .collect();
+    let key_schema = top.schema();
+    let slot = Arc::new(BatchSlot::default());
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+        "distinct rows".into(),
+        key_schema.clone(),
+        None,
+        slot.clone(),
+    )?);
+    let post = replace_node(physical.clone(), top, leaf)?;
+    Ok(Some(Split {
+        inputs: vec![input],
+        output_schema: physical.schema(),
+        kind: ViewPlanKind::Distinct {
+            pre: SlotPlan::new(pre, inputs[0].1.clone(), task_ctx.clone()),
+            keys,
+            key_schema,
+            post: SlotPlan::new(post, slot, task_ctx.clone()),
+        },
+    }))
 }
 
 /// `ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1` (or `<= 1`, `< 2`) over a stream

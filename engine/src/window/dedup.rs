@@ -25,7 +25,8 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-const LATE: &str = "late: behind the watermark (an earlier first row of its key may already be out)";
+const LATE: &str =
+    "late: behind the watermark (an earlier first row of its key may already be out)";
 
 /// A key's earliest on-time row so far: its time, its tie-break values (row format), and
 /// where it is held.

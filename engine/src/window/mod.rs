@@ -37,6 +37,11 @@ use std::collections::BTreeMap;
 
 pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
 pub use dedup::Dedup;
+
+/// `c` as type `t` (a no-op when it already is).
+pub fn cast_to_type(c: ArrayRef, t: &DataType) -> Result<ArrayRef> {
+    cast_to(c, t)
+}
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
