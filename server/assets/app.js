@@ -53,7 +53,9 @@ function fmtDelay(ms) {
   if (Math.abs(ms) < 120000) return (ms / 1000).toFixed(1) + " s";
   return (ms / 60000).toFixed(1) + " min";
 }
-const fmtCell = (v) => v == null ? "∅" : typeof v === "number" ? fmtNum(v) : String(v);
+// Nested values (structs, lists, maps) as the JSON the API sent.
+const fmtCell = (v) => v == null ? "∅" : typeof v === "number" ? fmtNum(v)
+  : typeof v === "object" ? JSON.stringify(v) : String(v);
 
 // A socket that reconnects with backoff (0.5 s doubling to 5 s) and reports its state.
 class Reconnecting {

@@ -27,7 +27,8 @@ CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, status VARCHAR
   WITH (connector = 'generator', kind = 'downloads', 'rows.per.second' = '400', seed = '3');
 CREATE MATERIALIZED VIEW health AS
   SELECT window_start, window_end, region, count(*) AS downloads,
-         count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed
+         count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed,
+         named_struct('region', region, 'statuses', array_agg(DISTINCT status)) AS detail
   FROM TUMBLE(dl, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end, region;
 `;
 
@@ -108,9 +109,13 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
     const before = await points(page);
     await page.waitForFunction((n) => Number(document.querySelector('[data-view="health"] .chart').dataset.points) > n, before, { timeout: 30000 });
     const headers = await page.$$eval('[data-view="health"] .rows th', (ths) => ths.map((t) => t.textContent));
-    assert.deepEqual(headers, ["seq", "window_start", "window_end", "region", "downloads", "failures", "avg_speed"]);
+    assert.deepEqual(headers, ["seq", "window_start", "window_end", "region", "downloads", "failures", "avg_speed", "detail"]);
     const cells = await page.$$eval('[data-view="health"] .rows tbody tr:first-child td', (tds) => tds.map((t) => t.textContent));
     assert.match(cells[1], /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, `window_start cell: ${cells[1]}`);
+    // A nested column shows as its JSON: the struct's region is the row's region.
+    const detail = JSON.parse(cells[7]);
+    assert.equal(detail.region, cells[3], `detail cell: ${cells[7]}`);
+    assert.ok(Array.isArray(detail.statuses) && detail.statuses.length > 0, `detail cell: ${cells[7]}`);
     // The health panel shows the source's rate.
     await page.waitForSelector('#health-table tr[data-object="dl"]', { timeout: 30000 });
     await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
