@@ -436,33 +436,19 @@ impl Pipeline {
         self.dataflow.keep_active(source, partition, now)
     }
 
-    /// The connector's event time for a partition; the watermark may move.
-    pub async fn progress(
+    /// A connector's word on a partition's event time (`SourceEvent::Progress`,
+    /// `SourceEvent::EarliestEventTime`); the watermark may move.
+    pub async fn report_time(
         &mut self,
         source: &str,
         partition: usize,
+        report: crate::watermark::TimeReport,
         event_time_ms: i64,
     ) -> Result<Vec<Output>> {
         let now = self.clock.now_ms();
         let step = self
             .dataflow
-            .progress(source, partition, event_time_ms, now)
-            .await;
-        self.finish_step(step)
-    }
-
-    /// No row of the partition still to come is earlier than `event_time_ms`; the
-    /// watermark may move.
-    pub async fn earliest(
-        &mut self,
-        source: &str,
-        partition: usize,
-        event_time_ms: i64,
-    ) -> Result<Vec<Output>> {
-        let now = self.clock.now_ms();
-        let step = self
-            .dataflow
-            .earliest(source, partition, event_time_ms, now)
+            .report_time(source, partition, report, event_time_ms, now)
             .await;
         self.finish_step(step)
     }

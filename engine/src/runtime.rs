@@ -29,6 +29,7 @@ use crate::error::{Result, WeirError};
 use crate::fsutil::run_blocking;
 use crate::pipeline::{Output, Pipeline, ScriptOutcome, Stage1Cell};
 use crate::stats::{CheckpointStats, Stats, Status};
+use crate::watermark::TimeReport;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -362,10 +363,14 @@ pub async fn run_with(
                                 vec![]
                             }
                             SourceEvent::Progress { partition, event_time_ms } => {
-                                pipeline.progress(&name, partition, event_time_ms).await?
+                                pipeline
+                                    .report_time(&name, partition, TimeReport::Progress, event_time_ms)
+                                    .await?
                             }
                             SourceEvent::EarliestEventTime { partition, event_time_ms } => {
-                                pipeline.earliest(&name, partition, event_time_ms).await?
+                                pipeline
+                                    .report_time(&name, partition, TimeReport::Earliest, event_time_ms)
+                                    .await?
                             }
                             SourceEvent::End => {
                                 tracing::info!(source = %name, "source ended");

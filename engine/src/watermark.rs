@@ -53,6 +53,20 @@ pub enum EventTime {
     Connector,
 }
 
+/// A connector's word on a partition's event time, given without a batch. Both count as
+/// the partition's newest event time: the first because it is one, the second because a
+/// partition that holds nothing earlier must not hold the watermark back any further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeReport {
+    /// The connector's own event time (`SourceEvent::Progress`: Kafka message timestamps),
+    /// for sources whose event time is [`EventTime::Connector`].
+    Progress,
+    /// No row still to come is earlier (`SourceEvent::EarliestEventTime`: Parquet row-group
+    /// statistics), for sources whose event time is a column; until the partition
+    /// delivers rows, it holds the watermark there less the delay.
+    Earliest,
+}
+
 /// A source's partitions and watermark.
 #[derive(Debug, Clone)]
 pub struct SourceWatermark {
@@ -126,21 +140,14 @@ impl SourceWatermark {
         }
     }
 
-    /// The connector's event time for a partition (`EventTime::Connector` only).
-    pub fn progress(&mut self, partition: usize, event_time_ms: i64, now: i64) {
-        if self.event_time != EventTime::Connector {
-            return;
-        }
-        if partition >= self.partitions.len() {
-            self.set_partitions(partition + 1, now);
-        }
-        self.observe(partition, Some(event_time_ms), now);
-    }
-
-    /// No row of `partition` still to come is earlier than `event_time_ms` (column event
-    /// time only): until it delivers rows, it holds the watermark there less the delay.
-    pub fn earliest(&mut self, partition: usize, event_time_ms: i64, now: i64) {
-        if !matches!(self.event_time, EventTime::Column { .. }) {
+    /// What a connector says of `partition`'s event time without a batch (see
+    /// [`TimeReport`]); ignored when it does not apply to this source's kind of event time.
+    pub fn report(&mut self, partition: usize, report: TimeReport, event_time_ms: i64, now: i64) {
+        let applies = match report {
+            TimeReport::Progress => self.event_time == EventTime::Connector,
+            TimeReport::Earliest => matches!(self.event_time, EventTime::Column { .. }),
+        };
+        if !applies {
             return;
         }
         if partition >= self.partitions.len() {
@@ -288,10 +295,10 @@ mod tests {
     fn an_earliest_event_time_holds_an_unread_partition_there() {
         let mut w = SourceWatermark::new(column(1_000), 10_000, 3, 0);
         w.observe(0, Some(50_000), 0);
-        w.earliest(1, 30_000, 0);
+        w.report(1, TimeReport::Earliest, 30_000, 0);
         w.advance(0);
         assert_eq!(w.watermark(), i64::MIN, "partition 2 says nothing yet");
-        w.earliest(2, 40_000, 0);
+        w.report(2, TimeReport::Earliest, 40_000, 0);
         w.advance(0);
         assert_eq!(
             w.watermark(),
@@ -304,7 +311,7 @@ mod tests {
         assert_eq!(w.watermark(), 39_000);
         // Sources without an event-time column ignore it.
         let mut none = SourceWatermark::new(EventTime::None, 10_000, 1, 0);
-        none.earliest(0, 30_000, 0);
+        none.report(0, TimeReport::Earliest, 30_000, 0);
         assert_eq!(none.partitions[0].max_event, None);
     }
 
@@ -366,10 +373,10 @@ mod tests {
         w.advance(100_000);
         assert_eq!(w.watermark(), i64::MAX);
         let mut k = SourceWatermark::new(EventTime::Connector, 10_000, 1, 0);
-        k.progress(2, 7_000, 0);
+        k.report(2, TimeReport::Progress, 7_000, 0);
         assert_eq!(k.partitions.len(), 3);
-        k.progress(0, 9_000, 0);
-        k.progress(1, 8_000, 0);
+        k.report(0, TimeReport::Progress, 9_000, 0);
+        k.report(1, TimeReport::Progress, 8_000, 0);
         k.advance(0);
         assert_eq!(k.watermark(), 7_000);
     }

@@ -39,6 +39,7 @@ use crate::error::{Result, WeirError};
 use crate::object::ObjectKind;
 use crate::planner::{ViewPlan, ViewPlanKind};
 use crate::stats::Stats;
+use crate::watermark::TimeReport;
 use crate::window::shifted_ms;
 use datafusion::arrow::record_batch::RecordBatch;
 pub use graph::{Graph, NodeId};
@@ -530,30 +531,17 @@ impl Dataflow {
         Ok(())
     }
 
-    /// The connector's event time for a partition.
-    pub async fn progress(
+    /// A connector's word on a partition's event time (see [`TimeReport`]).
+    pub async fn report_time(
         &mut self,
         source: &str,
         partition: usize,
+        report: TimeReport,
         event_time_ms: i64,
         now: i64,
     ) -> Result<()> {
         let clock = &mut self.source_mut(source)?.1.clock;
-        clock.progress(partition, event_time_ms, now);
-        self.advance(now).await
-    }
-
-    /// A partition's earliest event time still to come (see
-    /// `SourceEvent::EarliestEventTime`).
-    pub async fn earliest(
-        &mut self,
-        source: &str,
-        partition: usize,
-        event_time_ms: i64,
-        now: i64,
-    ) -> Result<()> {
-        let clock = &mut self.source_mut(source)?.1.clock;
-        clock.earliest(partition, event_time_ms, now);
+        clock.report(partition, report, event_time_ms, now);
         self.advance(now).await
     }
 
