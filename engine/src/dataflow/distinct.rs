@@ -7,7 +7,7 @@
 //! row is ever late. State grows with the distinct rows (shown as `open_groups`).
 
 use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
-use crate::error::{Result, WeirError};
+use crate::error::Result;
 use crate::planner::slot::SlotPlan;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
@@ -61,7 +61,7 @@ impl DistinctOp {
             .zip(self.key_schema.fields())
             .map(|(k, f)| {
                 let a = k.evaluate(batch)?.into_array(batch.num_rows())?;
-                crate::window::cast_to_type(a, f.data_type())
+                crate::window::cast_to(a, f.data_type())
             })
             .collect()
     }
@@ -139,13 +139,7 @@ impl Operator for DistinctOp {
         self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
         self.seen.clear();
         for batch in state.parts.iter().flatten() {
-            if batch.schema().fields() != self.key_schema.fields() {
-                return Err(WeirError::Internal(format!(
-                    "distinct rows do not match the view: expected {:?}, found {:?}",
-                    self.key_schema,
-                    batch.schema()
-                )));
-            }
+            crate::window::check_state_schema("distinct rows", batch, &self.key_schema)?;
             let rows = self.converter.convert_columns(batch.columns())?;
             self.seen.extend(rows.iter().map(|r| r.as_ref().to_vec()));
         }

@@ -1,6 +1,7 @@
 //! [`WindowAggregator`]: a windowed view's aggregate over TUMBLE and HOP panes or
 //! SESSION sessions, with DataFusion's own accumulators (see the module docs of `window`).
 
+use super::check_state_schema;
 use super::groups::{Layout, State};
 use super::panes::{self, Panes};
 use super::session::Sessions;
@@ -644,12 +645,7 @@ impl WindowAggregator {
         let schema = self.state_schema()?;
         let nkeys = self.layout.key_schema.fields().len();
         for batch in batches {
-            if batch.schema().fields() != schema.fields() {
-                return Err(WeirError::Internal(format!(
-                    "window state does not match the view: expected {schema:?}, found {:?}",
-                    batch.schema()
-                )));
-            }
+            check_state_schema("window state", batch, &schema)?;
             if matches!(self.store, Store::Panes(_)) {
                 self.merge_panes(batch, |_| true)?;
                 continue;

@@ -14,7 +14,9 @@
 //! (a later duplicate would then come out again: that changes the result, and bounds the
 //! state); without it, done keys are kept for good.
 
-use super::{LateRow, UpdateStats, WindowAggregator, WindowOperator, shifted_ms};
+use super::{
+    LateRow, UpdateStats, WindowAggregator, WindowOperator, check_state_schema, shifted_ms,
+};
 use crate::error::{Result, WeirError};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{interleave, take};
@@ -416,12 +418,7 @@ impl WindowOperator for Dedup {
         let width = self.schema.fields().len();
         let nkeys = self.keys.len();
         for batch in batches {
-            if batch.schema().fields() != schema.fields() {
-                return Err(WeirError::Internal(format!(
-                    "deduplication state does not match the view: expected {schema:?}, found {:?}",
-                    batch.schema()
-                )));
-            }
+            check_state_schema("deduplication state", batch, &schema)?;
             let keys = self
                 .converter
                 .convert_columns(&batch.columns()[width..width + nkeys])?;

@@ -32,16 +32,11 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array};
 use datafusion::arrow::compute::{cast, filter};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use groups::cast_to;
+pub(crate) use groups::cast_to;
 use std::collections::BTreeMap;
 
 pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
 pub use dedup::Dedup;
-
-/// `c` as type `t` (a no-op when it already is).
-pub fn cast_to_type(c: ArrayRef, t: &DataType) -> Result<ArrayRef> {
-    cast_to(c, t)
-}
 pub use rows::{RankLimit, WindowRows};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
@@ -125,6 +120,18 @@ pub trait WindowOperator: Send {
     fn into_aggregator(
         self: Box<Self>,
     ) -> std::result::Result<WindowAggregator, Box<dyn WindowOperator>>;
+}
+
+/// A checkpointed batch of an operator's state (`what`) must have the columns the view
+/// now keeps its state in.
+pub fn check_state_schema(what: &str, batch: &RecordBatch, expected: &SchemaRef) -> Result<()> {
+    if batch.schema().fields() != expected.fields() {
+        return Err(WeirError::Internal(format!(
+            "checkpointed {what} does not match the view: expected {expected:?}, found {:?}",
+            batch.schema()
+        )));
+    }
+    Ok(())
 }
 
 /// Epoch ms from a timestamp column's raw values.

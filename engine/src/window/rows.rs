@@ -20,6 +20,7 @@
 //! ranks over all rows. A window's top N is within the union of its panes' top N, so HOP
 //! prunes per pane too. State is then N rows per partition and pane, not every event.
 
+use super::check_state_schema;
 use super::{LATE_HOP, LATE_TUMBLE, UpdateStats, WindowOperator, split_by_pane};
 use super::{bound_array, shifted_ms};
 use crate::error::{Result, WeirError};
@@ -466,12 +467,7 @@ impl WindowOperator for WindowRows {
         self.panes.clear();
         let schema = self.state_schema();
         for batch in batches {
-            if batch.schema().fields() != schema.fields() {
-                return Err(WeirError::Internal(format!(
-                    "window rows do not match the view: expected {schema:?}, found {:?}",
-                    batch.schema()
-                )));
-            }
+            check_state_schema("window rows", batch, &schema)?;
             let panes = batch
                 .column(0)
                 .as_any()
