@@ -1174,6 +1174,28 @@ fn avro_wire(
     out
 }
 
+/// Every message of `topic` to its end, in the Confluent wire format with the one schema
+/// Weir registered for it (checked: magic byte 0, that schema's id), decoded with it.
+fn read_avro_topic(
+    b: &str,
+    registry: &weir_tests::schema_registry::TestRegistry,
+    topic: &str,
+) -> Vec<apache_avro::types::Value> {
+    let ids = registry.versions(&format!("{topic}-value"));
+    assert_eq!(ids.len(), 1);
+    let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
+    read_topic_to_end(b, topic)
+        .iter()
+        .map(|m| {
+            let bytes = m.payload().unwrap_or(&[]);
+            assert_eq!(bytes[0], 0);
+            assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), ids[0]);
+            #[allow(deprecated)]
+            apache_avro::from_avro_datum(&reader, &mut &bytes[5..], None).unwrap()
+        })
+        .collect()
+}
+
 /// Avro in the Confluent wire format: records written by apache-avro with a registered
 /// schema are decoded; a foreign payload, an unknown schema id and a truncated datum go to
 /// the dead-letter topic; the view goes back out as Avro with a schema Weir registers.
@@ -1249,9 +1271,7 @@ async fn kafka_avro_with_schema_registry() {
     r.handle.await.unwrap().unwrap();
 
     // What came out, decoded with the schema Weir registered.
-    let ids = registry.versions(&format!("{output}-value"));
-    assert_eq!(ids.len(), 1);
-    let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
+    let rows = read_avro_topic(&b, &registry, &output);
     let read_topic = |topic: String| -> Vec<(Vec<u8>, Option<String>)> {
         read_topic_to_end(&b, &topic)
             .iter()
@@ -1263,16 +1283,6 @@ async fn kafka_avro_with_schema_registry() {
             })
             .collect()
     };
-    let out = read_topic(output.clone());
-    let rows: Vec<Value> = out
-        .iter()
-        .map(|(bytes, _)| {
-            assert_eq!(bytes[0], 0);
-            assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), ids[0]);
-            #[allow(deprecated)]
-            apache_avro::from_avro_datum(&reader, &mut &bytes[5..], None).unwrap()
-        })
-        .collect();
     let field = |v: &Value, name: &str| match v {
         Value::Record(f) => f.iter().find(|(n, _)| n == name).unwrap().1.clone(),
         _ => panic!("not a record"),
@@ -1448,17 +1458,9 @@ async fn kafka_avro_nested_records() {
     );
     r.handle.await.unwrap().unwrap();
 
-    let ids = registry.versions(&format!("{output}-value"));
-    assert_eq!(ids.len(), 1);
-    let reader = apache_avro::Schema::parse_str(&registry.schema(ids[0]).unwrap()).unwrap();
-    let out: Vec<serde_json::Value> = read_topic_to_end(&b, &output)
-        .iter()
-        .map(|m| {
-            let bytes = m.payload().unwrap_or(&[]);
-            #[allow(deprecated)]
-            let v = apache_avro::from_avro_datum(&reader, &mut &bytes[5..], None).unwrap();
-            serde_json::Value::try_from(v).unwrap()
-        })
+    let out: Vec<serde_json::Value> = read_avro_topic(&b, &registry, &output)
+        .into_iter()
+        .map(|v| serde_json::Value::try_from(v).unwrap())
         .collect();
     assert_eq!(
         out,
