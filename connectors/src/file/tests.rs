@@ -469,6 +469,26 @@ async fn parquet_files_project_and_cast() {
     assert_eq!(all.column(2).as_string::<i32>().value(4), "n5");
 }
 
+/// Rows `id` 0..n, `ts` as given (nullable, in its own unit) and `name` "n{id}".
+fn ids_with_times(n: i64, ts: ArrayRef) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("ts", ts.data_type().clone(), true),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
+            ts,
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("n{i}")),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
 /// Write `batch` to a new Parquet file at `path`, in row groups of at most `group_rows`.
 fn write_parquet_groups(path: &Path, batch: &RecordBatch, group_rows: usize) {
     let props = datafusion::parquet::file::properties::WriterProperties::builder()
@@ -492,27 +512,15 @@ fn write_parquet_groups(path: &Path, batch: &RecordBatch, group_rows: usize) {
 async fn parquet_decoded_on_several_threads_as_on_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.parquet");
-    let file_schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
-        Field::new("name", DataType::Utf8, true),
-    ]));
     let n: i64 = 300_000;
-    let batch = RecordBatch::try_new(
-        file_schema,
-        vec![
-            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
-            Arc::new(
-                datafusion::arrow::array::TimestampMillisecondArray::from_iter(
-                    (0..n).map(|i| (i % 50_000 != 123).then_some(i)),
-                ),
+    let batch = ids_with_times(
+        n,
+        Arc::new(
+            datafusion::arrow::array::TimestampMillisecondArray::from_iter(
+                (0..n).map(|i| (i % 50_000 != 123).then_some(i)),
             ),
-            Arc::new(StringArray::from_iter_values(
-                (0..n).map(|i| format!("n{i}")),
-            )),
-        ],
-    )
-    .unwrap();
+        ),
+    );
     write_parquet_groups(&path, &batch, 100_000);
     // The decoder threads need the offset index (files without one are read in turn).
     let options = datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions::new()
@@ -595,26 +603,14 @@ type PartBatch = (i64, usize, u64, Option<i64>);
 async fn parquet_row_groups_are_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("groups.parquet");
-    let file_schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-        Field::new("name", DataType::Utf8, true),
-    ]));
     let n: i64 = 10_000;
     // Event time 10 ms per row, in microseconds; row 4,000 (the first of partition 1's
     // second group) and row 6,000 (partition 2's first) have none.
     let ts = |i: i64| (i != 4_000 && i != 6_000).then_some(i * 10_000 + 7);
-    let batch = RecordBatch::try_new(
-        file_schema,
-        vec![
-            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..n)),
-            Arc::new(TimestampMicrosecondArray::from_iter((0..n).map(ts))),
-            Arc::new(StringArray::from_iter_values(
-                (0..n).map(|i| format!("n{i}")),
-            )),
-        ],
-    )
-    .unwrap();
+    let batch = ids_with_times(
+        n,
+        Arc::new(TimestampMicrosecondArray::from_iter((0..n).map(ts))),
+    );
     write_parquet_groups(&path, &batch, 1_000);
 
     let run = |workers: usize, positions: Vec<(usize, i64)>| {
