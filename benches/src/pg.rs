@@ -93,6 +93,7 @@ async fn through_sink(
         view: "region_health".into(),
         schema: schema(),
         key_columns: vec!["window_start".into(), "window_end".into(), "region".into()],
+        changelog: false,
         options: Options::new([
             ("url".to_string(), url.to_string()),
             ("table".to_string(), table.to_string()),

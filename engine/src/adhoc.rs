@@ -191,7 +191,7 @@ mod tests {
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..n))])
                 .unwrap();
-        buffer.push(1, batch, None, 0);
+        buffer.push(1, batch, None, 0).unwrap();
         ("v".to_string(), buffer)
     }
 

@@ -226,6 +226,13 @@ impl Catalog {
             s.bad_rows,
             crate::stats::fmt_watermark(s.watermark)
         ));
+        // An updating view's state grows with its keys: say how big it is.
+        if e.props.as_ref().is_some_and(|p| p.changelog) {
+            lines.push(format!(
+                "state groups={} bytes={}",
+                s.open_groups, s.state_bytes
+            ));
+        }
         if let Some(p) = parallelism {
             lines.push(format!("parallel {p}"));
         }

@@ -178,9 +178,15 @@ pub struct SinkSpec {
     pub name: String,
     pub view: String,
     pub schema: SchemaRef,
-    /// The view's natural key: window bounds plus group keys for windowed views, empty for
-    /// stateless views.
+    /// The view's natural key: window bounds plus group keys for windowed views, the GROUP
+    /// BY columns of an updating view, empty for stateless views.
     pub key_columns: Vec<String>,
+    /// The view is an updating view: every batch [`Sink::write`] gets is a batch of
+    /// changes, `schema`'s columns followed by the op column (`crate::changelog`: +1
+    /// insert, -1 delete; an update is a delete of the old row and an insert of the new).
+    /// A sink that can only append must refuse it in `create` with a clear error (or write
+    /// the ops as a column, when asked to).
+    pub changelog: bool,
     pub options: Options,
     pub data_dir: PathBuf,
     /// The sink's live figures; connectors may fill [`Stats::bytes`] and [`Stats::errors`]

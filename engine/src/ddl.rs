@@ -251,7 +251,16 @@ impl Pipeline {
         let inputs = plan.inputs.clone();
         let tables = plan.tables.clone();
         let schema = plan.output_schema.clone();
-        let buffer = Arc::new(ViewBuffer::new(schema.clone(), props.retention_rows));
+        let buffer = Arc::new(if props.changelog {
+            let key = props
+                .key_columns
+                .iter()
+                .map(|k| schema.index_of(k))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            ViewBuffer::keyed(schema.clone(), key, props.retention_rows)?
+        } else {
+            ViewBuffer::new(schema.clone(), props.retention_rows)
+        });
         // A view created again under a dropped view's name goes on numbering.
         if let Some(seq) = self.sequencers.get(&v.name) {
             buffer.resume(seq.last_seq());
@@ -282,6 +291,7 @@ impl Pipeline {
             relation: Some(RelationKind::View {
                 windowed: props.window.is_some(),
                 emits_updates: props.emits_updates(),
+                changelog: props.changelog,
             }),
             props: Some(props),
             tables,
@@ -396,6 +406,13 @@ impl Pipeline {
             })?;
         let schema = view.info.schema.clone();
         let key_columns = view.info.key.clone();
+        let changelog = view.props.as_ref().is_some_and(|p| p.changelog);
+        if changelog {
+            return Err(WeirError::user(format!(
+                "view '{}' is an updating view; sinks for updating views are not built yet",
+                s.from
+            )));
+        }
         let mut options = s.options.clone();
         let connector = options.take("connector").ok_or_else(|| {
             WeirError::user(format!(
@@ -410,6 +427,7 @@ impl Pipeline {
             view: s.from.clone(),
             schema: schema.clone(),
             key_columns,
+            changelog,
             options,
             data_dir: self.config.data_dir.clone(),
             stats: stats.clone(),

@@ -16,6 +16,7 @@
 pub mod adhoc;
 pub mod backoff;
 pub mod catalog;
+pub mod changelog;
 pub mod checkpoint;
 pub mod clock;
 pub mod compact;

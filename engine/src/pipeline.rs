@@ -511,20 +511,27 @@ impl Pipeline {
         self.effects.extend(self.dataflow.take_effects());
         let at_us = self.clock.now_us();
         let mut out = Vec::new();
+        let mut failed = None;
         for e in self.dataflow.take_emissions() {
             let numbered = self
                 .sequencers
                 .entry(e.view.clone())
                 .or_default()
                 .next(e.origin, e.batch.num_rows());
-            if let Some(buffer) = self.view_buffer(&e.view) {
-                buffer.push(numbered.first_seq, e.batch.clone(), e.watermark, at_us);
+            if let Some(buffer) = self.view_buffer(&e.view)
+                && let Err(err) =
+                    buffer.push(numbered.first_seq, e.batch.clone(), e.watermark, at_us)
+            {
+                failed.get_or_insert(err);
             }
             out.push(Output {
                 view: e.view,
                 batch: e.batch,
                 ids: numbered.ids,
             });
+        }
+        if let Some(err) = failed {
+            return Err(err);
         }
         step.map(|()| out)
     }
@@ -549,15 +556,7 @@ impl Pipeline {
                 parts: state.parts,
             });
             if let Some(buffer) = &entry.info.buffer {
-                let retained = buffer.retained();
-                let first = retained.batches.first().map_or(0, |(seq, _)| *seq);
-                snap.rows.insert(
-                    name,
-                    (
-                        first,
-                        retained.batches.into_iter().map(|(_, b)| b).collect(),
-                    ),
-                );
+                snap.rows.insert(name, buffer.checkpoint_rows()?);
             }
         }
         Ok(snap)
@@ -626,7 +625,7 @@ impl Pipeline {
                         let rows = restored.view_rows(&name)?;
                         let first = m.rows.get(&name).map_or(0, |r| r.first_seq);
                         let last = m.sequencers.get(&name).map_or(0, Sequencer::last_seq);
-                        buffer.restore(first, rows, last);
+                        buffer.restore(first, rows, last)?;
                     }
                     report.views.push(name);
                 }

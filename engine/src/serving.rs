@@ -4,15 +4,23 @@
 //! broadcast of every emission to live subscribers (WebSocket clients). The HTTP server
 //! reads buffers through the catalog; it never reaches into operators.
 //!
+//! An updating view's buffer is keyed instead ([`ViewBuffer::keyed`]): it holds the view's
+//! current rows by key (`keyed.rs`), and subscribers get each batch of changes with its
+//! ops.
+//!
 //! Memory is bounded twice: the retained rows by `retention.rows`, and the broadcast by
 //! [`SUBSCRIBER_QUEUE_BATCHES`] (a subscriber further behind is told it lagged and
 //! resumes with `since_seq`).
 
+use crate::error::Result;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+mod keyed;
+pub use keyed::KeyedPage;
 
 /// How many emitted batches the fan-out channel of a view holds for subscribers that are
 /// behind; one that falls further behind is told so and dropped (bounded memory).
@@ -48,9 +56,12 @@ pub enum ViewEvent {
 /// subscribers.
 #[derive(Debug)]
 pub struct ViewBuffer {
+    /// The view's columns (without the op column of an updating view's changes).
     pub schema: SchemaRef,
     max_rows: usize,
     inner: RwLock<Retained>,
+    /// An updating view's current rows by key; `None` for append-only views.
+    keyed: Option<RwLock<keyed::Table>>,
     tx: tokio::sync::broadcast::Sender<ViewEvent>,
 }
 
@@ -78,18 +89,53 @@ impl ViewBuffer {
             schema,
             max_rows,
             inner: RwLock::new(Retained::default()),
+            keyed: None,
             tx: tokio::sync::broadcast::channel(SUBSCRIBER_QUEUE_BATCHES).0,
         }
     }
 
-    /// Retain `batch`, whose first row has seq `first_seq`, and hand it to subscribers.
-    pub fn push(&self, first_seq: u64, batch: RecordBatch, watermark: Option<i64>, at_us: i64) {
+    /// The buffer of an updating view, whose rows are identified by the columns `key` of
+    /// `schema`: it keeps the current row of up to `max_rows` keys (and deleted keys, so
+    /// readers hear of deletes), the most recently changed.
+    pub fn keyed(schema: SchemaRef, key: Vec<usize>, max_rows: usize) -> Result<Self> {
+        let table = keyed::Table::new(schema.clone(), key, max_rows)?;
+        Ok(ViewBuffer {
+            keyed: Some(RwLock::new(table)),
+            ..ViewBuffer::new(schema, max_rows)
+        })
+    }
+
+    /// Whether this is an updating view's buffer (current rows by key).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// Retain `batch`, whose first row has seq `first_seq`, and hand it to subscribers. An
+    /// updating view's batch is a batch of changes (`changelog.rs`), applied to its rows.
+    pub fn push(
+        &self,
+        first_seq: u64,
+        batch: RecordBatch,
+        watermark: Option<i64>,
+        at_us: i64,
+    ) -> Result<()> {
         if batch.num_rows() == 0 {
-            return;
+            return Ok(());
         }
         // Retained for hours: only its rows, not the buffers of a whole DataFusion batch.
         let batch = crate::compact::compact(batch);
         let mut g = self.inner.write();
+        if let Some(table) = &self.keyed {
+            table.write().apply(first_seq, &batch)?;
+            g.last_seq = first_seq + batch.num_rows() as u64 - 1;
+            let _ = self.tx.send(ViewEvent::Rows(Arc::new(Emitted {
+                first_seq,
+                batch,
+                watermark,
+                emitted_at_us: at_us,
+            })));
+            return Ok(());
+        }
         g.last_seq = first_seq + batch.num_rows() as u64 - 1;
         if self.max_rows > 0 {
             g.rows += batch.num_rows();
@@ -118,10 +164,35 @@ impl ViewBuffer {
             watermark,
             emitted_at_us: at_us,
         })));
+        Ok(())
     }
 
-    /// The retained rows, oldest first.
+    /// An updating view's rows: its current rows (`since_seq` None, or older than the
+    /// changes it keeps), or the latest change of each key changed after `since_seq`, at
+    /// most `limit`, oldest change first. `None` for an append-only view.
+    pub fn keyed_page(&self, since_seq: Option<u64>, limit: usize) -> Option<Result<KeyedPage>> {
+        let table = self.keyed.as_ref()?;
+        // The seq is read under the same lock push holds while applying.
+        let g = self.inner.read();
+        Some(table.read().page(since_seq, limit, g.last_seq))
+    }
+
+    /// How many current rows an updating view has (`None` for an append-only view).
+    pub fn current_rows(&self) -> Option<usize> {
+        self.keyed.as_ref().map(|t| t.read().live())
+    }
+
+    /// The retained rows, oldest first (an updating view: its current rows).
     pub fn snapshot(&self) -> Vec<RecordBatch> {
+        if let Some(table) = &self.keyed {
+            return match table.read().current() {
+                Ok(b) => vec![b],
+                Err(e) => {
+                    tracing::error!(error = %e, "reading an updating view's rows");
+                    vec![]
+                }
+            };
+        }
         self.inner
             .read()
             .batches
@@ -189,9 +260,29 @@ impl ViewBuffer {
         self.inner.read().last_seq
     }
 
+    /// What a checkpoint keeps: the seq of the first retained row and the retained rows
+    /// (an updating view: its keys' latest changes, each with its seq).
+    pub fn checkpoint_rows(&self) -> Result<(u64, Vec<RecordBatch>)> {
+        if let Some(table) = &self.keyed {
+            return Ok((0, vec![table.read().checkpoint()?]));
+        }
+        let retained = self.retained();
+        let first = retained.batches.first().map_or(0, |(seq, _)| *seq);
+        Ok((
+            first,
+            retained.batches.into_iter().map(|(_, b)| b).collect(),
+        ))
+    }
+
     /// Put back retained rows and numbering from a checkpoint (before any row): `rows`
     /// start at seq `first_seq`; the newest row emitted had seq `last_seq`.
-    pub fn restore(&self, first_seq: u64, rows: Vec<RecordBatch>, last_seq: u64) {
+    pub fn restore(&self, first_seq: u64, rows: Vec<RecordBatch>, last_seq: u64) -> Result<()> {
+        if let Some(table) = &self.keyed {
+            table.write().restore(&rows)?;
+            let mut g = self.inner.write();
+            g.last_seq = g.last_seq.max(last_seq);
+            return Ok(());
+        }
         let mut g = self.inner.write();
         g.batches.clear();
         g.rows = 0;
@@ -206,6 +297,7 @@ impl ViewBuffer {
             seq += n as u64;
         }
         g.last_seq = last_seq.max(seq.saturating_sub(1));
+        Ok(())
     }
 
     /// Continue the numbering after `last_seq` with no rows retained (a view restored
@@ -248,8 +340,8 @@ mod tests {
     fn retains_the_newest_rows_and_pages_by_seq() {
         let b = ViewBuffer::new(batch(&[]).schema(), 4);
         let mut rx = b.subscribe();
-        b.push(1, batch(&[1, 2, 3]), None, 0);
-        b.push(4, batch(&[4, 5, 6]), Some(9), 0);
+        b.push(1, batch(&[1, 2, 3]), None, 0).unwrap();
+        b.push(4, batch(&[4, 5, 6]), Some(9), 0).unwrap();
         assert_eq!(b.last_seq(), 6);
         let r = b.retained();
         assert_eq!(r.batches.first().map(|(s, _)| *s), Some(3));
@@ -271,7 +363,7 @@ mod tests {
     #[test]
     fn restore_and_resume_continue_the_numbering() {
         let b = ViewBuffer::new(batch(&[]).schema(), 10);
-        b.restore(5, vec![batch(&[1, 2])], 9);
+        b.restore(5, vec![batch(&[1, 2])], 9).unwrap();
         assert_eq!(b.last_seq(), 9);
         assert_eq!(b.retained().batches[0].0, 5);
         let c = ViewBuffer::new(batch(&[]).schema(), 10);

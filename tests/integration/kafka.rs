@@ -1637,6 +1637,7 @@ impl EosCase {
                 view: "v".to_string(),
                 schema: Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)])),
                 key_columns: vec![],
+                changelog: false,
                 options,
                 data_dir: self.dir.path().to_path_buf(),
                 stats: Arc::new(Stats::default()),

@@ -424,6 +424,7 @@ fn sink_spec(
         view: "health".into(),
         schema,
         key_columns: key.iter().map(|k| k.to_string()).collect(),
+        changelog: false,
         options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
         data_dir: std::env::temp_dir(),
         stats,

@@ -545,6 +545,7 @@ mod tests {
             view: "region_health".into(),
             schema,
             key_columns: vec!["window_start".into(), "region".into()],
+            changelog: false,
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: std::env::temp_dir(),
             stats: Default::default(),

@@ -947,6 +947,7 @@ mod tests {
             view: "health".into(),
             schema: view_schema(),
             key_columns: key.iter().map(|k| k.to_string()).collect(),
+            changelog: false,
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: PathBuf::from("/nonexistent"),
             stats: Default::default(),

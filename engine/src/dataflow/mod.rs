@@ -32,6 +32,7 @@ pub mod partition;
 pub mod prepare;
 pub mod source;
 pub mod stateless;
+pub mod updating;
 pub mod windowed;
 
 use crate::connector::RowIds;
@@ -112,6 +113,16 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
             key_schema,
             post,
         } => Box::new(distinct::DistinctOp::try_new(pre, keys, key_schema, post)?),
+        ViewPlanKind::Updating {
+            pre,
+            aggregate,
+            post,
+        } => Box::new(updating::UpdatingOp::new(
+            pre,
+            aggregate,
+            post,
+            &plan.output_schema,
+        )),
     })
 }
 

@@ -49,6 +49,9 @@ pub struct ViewProps {
     pub late_policy: LatePolicy,
     /// How many result rows the serving layer keeps for queries and subscribers.
     pub retention_rows: usize,
+    /// An updating view (an aggregate without a window): its output is a changelog
+    /// (`changelog.rs`), rows identified by `key_columns`.
+    pub changelog: bool,
 }
 
 impl ViewProps {
@@ -84,6 +87,13 @@ pub enum ViewPlanKind {
         /// The distinct rows as `post` reads them.
         key_schema: SchemaRef,
         /// Runs over each batch of new distinct rows.
+        post: SlotPlan,
+    },
+    /// An aggregate without a window (an updating view): pre plan per batch, the groups'
+    /// state, post plan over the rows of the groups a batch changed (old and new).
+    Updating {
+        pre: SlotPlan,
+        aggregate: Box<crate::window::UpdatingAggregator>,
         post: SlotPlan,
     },
     /// A join of two streams.
@@ -122,6 +132,17 @@ impl ViewPlan {
             ViewPlanKind::Distinct { pre, post, .. } => format!(
                 "per new distinct row:\n{}distinct over {}:\n{}",
                 post.display(),
+                self.inputs[0],
+                pre.display()
+            ),
+            ViewPlanKind::Updating {
+                pre,
+                aggregate,
+                post,
+            } => format!(
+                "per changed group (old and new rows):\n{}{}\nper micro-batch over {}:\n{}",
+                post.display(),
+                aggregate.describe(),
                 self.inputs[0],
                 pre.display()
             ),
@@ -176,8 +197,13 @@ pub enum RelationKind {
     /// A source; `event_time`: it has a watermark (WATERMARK, or connector time).
     Source { event_time: bool },
     /// A view; `windowed`: it aggregates or ranks over windows; `emits_updates`: its rows
-    /// may replace earlier ones (`EMIT EVERY`).
-    View { windowed: bool, emits_updates: bool },
+    /// may replace earlier ones (`EMIT EVERY`); `changelog`: it is an updating view, its
+    /// rows change and go away.
+    View {
+        windowed: bool,
+        emits_updates: bool,
+        changelog: bool,
+    },
 }
 
 /// What planning a view needs from the catalog.
@@ -348,12 +374,29 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
     } = split::split_plan(physical, window.as_ref(), state_ttl, state.task_ctx())?;
     if state_ttl.is_some()
         && !matches!(&kind, ViewPlanKind::Windowed { aggregate, .. } if aggregate.takes_state_ttl())
+        && !matches!(&kind, ViewPlanKind::Updating { .. })
     {
         return Err(WeirError::user(
-            "option 'state.ttl' bounds the keys a deduplication view remembers \
-             (ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1 without a window); this \
-             view keeps no such state",
+            "option 'state.ttl' bounds the keys a view without a window remembers: a \
+             deduplication view (ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1) or an \
+             aggregate without a window (an updating view); this view keeps no such state",
         ));
+    }
+    if let Some(r) = inputs.iter().filter_map(|i| env.relation(i)).find(|r| {
+        matches!(
+            r.kind,
+            RelationKind::View {
+                changelog: true,
+                ..
+            }
+        )
+    }) {
+        return Err(WeirError::user(format!(
+            "view '{}' is an updating view (an aggregate without a window): its rows change \
+             and go away, and views over an updating view are not supported yet. Read it \
+             with a sink, the REST API or a WebSocket subscription",
+            r.name
+        )));
     }
     match &mut kind {
         ViewPlanKind::Windowed { aggregate, .. } => {
@@ -392,6 +435,7 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             // so only keep those present).
             .filter(|n| output_schema.field_with_name(n).is_ok())
             .collect(),
+        ViewPlanKind::Updating { aggregate, .. } => aggregate.output_keys().to_vec(),
         _ => vec![],
     };
     let window_time_column = match &kind {
@@ -420,6 +464,7 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             key_columns,
             late_policy,
             retention_rows,
+            changelog: matches!(kind, ViewPlanKind::Updating { .. }),
         },
         kind,
     })
@@ -435,6 +480,7 @@ fn prepare_join(kind: &mut ViewPlanKind, inputs: &[String], env: &PlannerEnv) ->
         Some(RelationKind::View {
             windowed,
             emits_updates,
+            ..
         }) => Some((windowed, emits_updates)),
         _ => None,
     };

@@ -46,7 +46,7 @@ use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use std::sync::Arc;
-use unwindowed::{combines_by_union, split_dedup, split_distinct, split_union};
+use unwindowed::{combines_by_union, split_dedup, split_distinct, split_union, split_updating};
 
 mod unwindowed;
 
@@ -136,34 +136,16 @@ pub fn split_plan(
         {
             return Ok(split);
         }
-        return Err(WeirError::user(
-            "aggregations over a stream need a window: read FROM TUMBLE(source, time_column, INTERVAL '...') \
-             and GROUP BY window_start, window_end",
-        ));
+        return split_updating(
+            &physical,
+            &top,
+            &aggs,
+            inputs[0].clone(),
+            state_ttl,
+            &task_ctx,
+        );
     };
-    let top_exec = top
-        .downcast_ref::<AggregateExec>()
-        .ok_or_else(|| WeirError::Internal("aggregate downcast".into()))?;
-    // The aggregate that sees raw rows: the top one in Single mode, else the partial one below.
-    let raw = match top_exec.mode() {
-        AggregateMode::Single | AggregateMode::SinglePartitioned => top.clone(),
-        _ => aggs
-            .iter()
-            .skip(1)
-            .find(|a| {
-                a.downcast_ref::<AggregateExec>()
-                    .is_some_and(|e| *e.mode() == AggregateMode::Partial)
-            })
-            .cloned()
-            .ok_or_else(|| WeirError::Internal("no partial aggregate below final".into()))?,
-    };
-    let raw_count = if Arc::ptr_eq(&raw, &top) { 1 } else { 2 };
-    if aggs.len() > raw_count {
-        return Err(WeirError::user(
-            "a streaming view may aggregate once; nested aggregations (or DISTINCT rewritten into them) \
-             are not supported yet",
-        ));
-    }
+    let raw = raw_aggregate(&top, &aggs)?;
     let raw_exec = raw
         .downcast_ref::<AggregateExec>()
         .ok_or_else(|| WeirError::Internal("aggregate downcast".into()))?;
@@ -193,6 +175,37 @@ pub fn split_plan(
             post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     })
+}
+
+/// The aggregate that sees a view's raw rows: the top one in Single mode, else the partial
+/// one below it. Any other aggregate in the plan is a nested aggregation, refused.
+fn raw_aggregate(
+    top: &Arc<dyn ExecutionPlan>,
+    aggs: &[Arc<dyn ExecutionPlan>],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let top_exec = top
+        .downcast_ref::<AggregateExec>()
+        .ok_or_else(|| WeirError::Internal("aggregate downcast".into()))?;
+    let raw = match top_exec.mode() {
+        AggregateMode::Single | AggregateMode::SinglePartitioned => top.clone(),
+        _ => aggs
+            .iter()
+            .skip(1)
+            .find(|a| {
+                a.downcast_ref::<AggregateExec>()
+                    .is_some_and(|e| *e.mode() == AggregateMode::Partial)
+            })
+            .cloned()
+            .ok_or_else(|| WeirError::Internal("no partial aggregate below final".into()))?,
+    };
+    let raw_count = if Arc::ptr_eq(&raw, top) { 1 } else { 2 };
+    if aggs.len() > raw_count {
+        return Err(WeirError::user(
+            "a streaming view may aggregate once; nested aggregations (or DISTINCT rewritten into them) \
+             are not supported yet",
+        ));
+    }
+    Ok(raw)
 }
 
 /// The window-function operators of a plan, outermost first.

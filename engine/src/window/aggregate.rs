@@ -2,7 +2,7 @@
 //! SESSION sessions, with DataFusion's own accumulators (see the module docs of `window`).
 
 use super::check_state_schema;
-use super::groups::{Layout, State};
+use super::groups::{AggregateInputs, Layout, State};
 use super::panes::{self, Panes};
 use super::session::Sessions;
 use super::{
@@ -14,7 +14,6 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,12 +135,12 @@ impl WindowAggregator {
         output_schema: SchemaRef,
         window: &WindowSpec,
     ) -> Result<Self> {
+        let AggregateInputs {
+            aggregates,
+            arguments,
+            filters,
+        } = AggregateInputs::of(raw)?;
         let group_by = raw.group_expr();
-        if group_by.has_grouping_set() {
-            return Err(WeirError::user(
-                "GROUPING SETS, CUBE and ROLLUP are not supported in streaming views",
-            ));
-        }
         let input_schema = raw.input().schema();
         let mut group_exprs = Vec::new();
         let mut group_names = Vec::new();
@@ -193,16 +192,6 @@ impl WindowAggregator {
         } else {
             0
         };
-        let aggregates: Vec<Arc<AggregateFunctionExpr>> = raw.aggr_expr().to_vec();
-        let arguments: Vec<Vec<Arc<dyn PhysicalExpr>>> = aggregates
-            .iter()
-            .map(|a| {
-                let mut args = a.expressions();
-                args.extend(a.order_bys().iter().map(|s| s.expr.clone()));
-                args
-            })
-            .collect();
-        let filters = raw.filter_expr().to_vec();
         if !matches!(window.kind, WindowKind::Tumble { .. }) {
             // The pre plan's window columns hold a pane or an event time, not the window.
             let uses_bounds = arguments

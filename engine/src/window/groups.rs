@@ -12,7 +12,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use std::sync::Arc;
@@ -79,6 +81,39 @@ impl Layout {
             .zip(self.key_schema.fields())
             .map(|(k, f)| cast_to(k, f.data_type()))
             .collect()
+    }
+}
+
+/// What an aggregate that sees raw rows evaluates per row: each aggregate's arguments
+/// (ORDER BY expressions after them) and FILTER.
+pub(crate) struct AggregateInputs {
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    pub arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+}
+
+impl AggregateInputs {
+    /// Those of `raw` (a `Single` or `Partial` aggregate); grouping sets are refused.
+    pub fn of(raw: &AggregateExec) -> Result<Self> {
+        if raw.group_expr().has_grouping_set() {
+            return Err(WeirError::user(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in streaming views",
+            ));
+        }
+        let aggregates = raw.aggr_expr().to_vec();
+        let arguments = aggregates
+            .iter()
+            .map(|a| {
+                let mut args = a.expressions();
+                args.extend(a.order_bys().iter().map(|s| s.expr.clone()));
+                args
+            })
+            .collect();
+        Ok(AggregateInputs {
+            aggregates,
+            arguments,
+            filters: raw.filter_expr().to_vec(),
+        })
     }
 }
 

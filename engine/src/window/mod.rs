@@ -26,6 +26,7 @@ mod rows;
 mod session;
 #[cfg(test)]
 mod tests;
+mod updating;
 
 use crate::error::{Result, WeirError};
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array};
@@ -38,6 +39,7 @@ use std::collections::BTreeMap;
 pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
 pub use dedup::Dedup;
 pub use rows::{RankLimit, WindowRows};
+pub use updating::{Changes, UpdatingAggregator};
 
 const LATE_TUMBLE: &str = "late: its window had already closed";
 const LATE_HOP: &str = "late: every window containing it had already closed";

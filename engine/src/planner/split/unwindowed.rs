@@ -1,15 +1,15 @@
 //! The views without a window that [`split_plan`](super::split_plan) recognises besides
-//! stateless ones: `UNION ALL` of several streams, `SELECT DISTINCT`, and deduplication
-//! (`ROW_NUMBER() ... = 1` ordered by event time).
+//! stateless ones: `UNION ALL` of several streams, `SELECT DISTINCT`, deduplication
+//! (`ROW_NUMBER() ... = 1` ordered by event time) and aggregates (updating views).
 
 use super::{
-    Split, combining_nodes, find_aggregates, is_pass_through, rank_limit, reject_per_batch_limits,
-    replace_node, window_exprs, window_function_nodes,
+    Split, column_through, combining_nodes, find_aggregates, is_pass_through, rank_limit,
+    raw_aggregate, reject_per_batch_limits, replace_node, window_exprs, window_function_nodes,
 };
 use crate::error::{Result, WeirError};
 use crate::planner::ViewPlanKind;
 use crate::planner::slot::{BatchSlot, SlotExec, SlotPlan};
-use crate::window::Dedup;
+use crate::window::{Dedup, UpdatingAggregator};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
@@ -211,4 +211,66 @@ pub(super) fn split_dedup(
             post: SlotPlan::new(post_plan, slot, task_ctx),
         },
     }))
+}
+
+/// An aggregate over a stream without a window: an updating view ([`UpdatingAggregator`]).
+/// The pre plan runs per micro-batch, and the post plan (HAVING, projection) over the old
+/// and the new aggregate rows of the groups each batch changed. The GROUP BY columns must
+/// be selected (renamed or not): they identify the view's rows.
+pub(super) fn split_updating(
+    physical: &Arc<dyn ExecutionPlan>,
+    top: &Arc<dyn ExecutionPlan>,
+    aggs: &[Arc<dyn ExecutionPlan>],
+    (input, input_slot): (String, Arc<BatchSlot>),
+    state_ttl: Option<std::time::Duration>,
+    task_ctx: &Arc<TaskContext>,
+) -> Result<Split> {
+    let raw = raw_aggregate(top, aggs)?;
+    let Some(raw_exec) = raw.downcast_ref::<AggregateExec>() else {
+        return Err(WeirError::Internal("aggregate downcast".into()));
+    };
+    let pre = raw_exec.input().clone();
+    if !window_function_nodes(physical).is_empty() {
+        return Err(WeirError::user(
+            "window functions (OVER) over an aggregate without a window are not supported: \
+             rank over a window (FROM TUMBLE(...)) instead",
+        ));
+    }
+    reject_per_batch_limits(physical)?;
+    let groups = raw_exec.group_expr().expr().len();
+    let output = physical.schema();
+    let mut keys = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let found = (0..output.fields().len())
+            .find(|&j| column_through(physical, j, top) == Some(g))
+            .map(|j| output.field(j).name().clone());
+        match found {
+            Some(name) => keys.push(name),
+            None => {
+                return Err(WeirError::user(format!(
+                    "an aggregate without a window is an updating view, whose rows are \
+                     identified by its GROUP BY columns: select {} (as it is, or renamed)",
+                    top.schema().field(g).name()
+                )));
+            }
+        }
+    }
+    let aggregate = UpdatingAggregator::try_new(raw_exec, top.schema(), keys, state_ttl)?;
+    let slot = Arc::new(BatchSlot::default());
+    let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec::new(
+        "changed groups".into(),
+        top.schema(),
+        None,
+        slot.clone(),
+    )?);
+    let post = replace_node(physical.clone(), top, leaf)?;
+    Ok(Split {
+        inputs: vec![input],
+        output_schema: output,
+        kind: ViewPlanKind::Updating {
+            pre: SlotPlan::new(pre, input_slot, task_ctx.clone()),
+            aggregate: Box::new(aggregate),
+            post: SlotPlan::new(post, slot, task_ctx.clone()),
+        },
+    })
 }

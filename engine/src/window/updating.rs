@@ -1,0 +1,474 @@
+//! [`UpdatingAggregator`]: an aggregate without a window (`SELECT k, count(*) FROM s GROUP
+//! BY k`), whose groups never close. Each micro-batch changes some groups; for those it
+//! gives the aggregate rows they had before (to be retracted) and the rows they have now,
+//! so a view's output is a changelog (`changelog.rs`), one change per group and batch.
+//!
+//! State is one entry per group: its key and DataFusion's intermediate accumulator state,
+//! both in Arrow's row format, and when it last changed. A batch touches only the groups it
+//! has rows for: their states are merged into fresh accumulators (numbered 0..k), the rows
+//! are folded in, and the new states taken back out; the old and new values come from
+//! evaluating the states before and after. Work per batch is in the batch's groups, not in
+//! every group the view has seen.
+//!
+//! `'state.ttl'` drops groups that have not changed for that long in processing time,
+//! retracting their rows (so the result then differs from batch SQL over every row, as
+//! documented).
+
+use super::groups::{AggregateInputs, Layout, cast_to};
+use super::{batch_in, check_state_schema};
+use crate::error::{Result, WeirError};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One group: its intermediate state (row format) and when it last changed (epoch ms).
+struct Group {
+    state: Box<[u8]>,
+    changed_ms: i64,
+}
+
+/// What a batch (or an expiry) did to the aggregate's rows: the rows to retract and the rows
+/// to add, both in the aggregate's output schema (group columns, then aggregate values).
+pub struct Changes {
+    pub old: RecordBatch,
+    pub new: RecordBatch,
+}
+
+pub struct UpdatingAggregator {
+    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    layout: Layout,
+    group_names: Vec<String>,
+    /// The view's output columns the GROUP BY columns became: its key.
+    output_keys: Vec<String>,
+    /// Group columns, then aggregate values: what the post plan reads.
+    output_schema: SchemaRef,
+    keys: RowConverter,
+    states: RowConverter,
+    /// Compares old and new values, so an unchanged group emits nothing; `None` when the
+    /// values have a type the row format cannot hold.
+    values: Option<RowConverter>,
+    groups: HashMap<Box<[u8]>, Group>,
+    bytes: usize,
+    ttl_ms: Option<i64>,
+    /// When groups were last checked for expiry.
+    swept_ms: i64,
+}
+
+impl UpdatingAggregator {
+    /// Build from the aggregate that sees raw rows (`Single` or `Partial` mode);
+    /// `output_schema` is the schema of the topmost aggregate.
+    pub fn try_new(
+        raw: &AggregateExec,
+        output_schema: SchemaRef,
+        output_keys: Vec<String>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Self> {
+        let AggregateInputs {
+            aggregates,
+            arguments,
+            filters,
+        } = AggregateInputs::of(raw)?;
+        let input_schema = raw.input().schema();
+        let mut key_exprs = Vec::new();
+        let mut key_fields = Vec::new();
+        let mut group_names = Vec::new();
+        for (expr, name) in raw.group_expr().expr() {
+            let t = expr.data_type(&input_schema)?;
+            key_fields.push(Field::new(name, t, true));
+            key_exprs.push(expr.clone());
+            group_names.push(name.clone());
+        }
+        let layout = Layout::new(Arc::new(Schema::new(key_fields.clone())), aggregates)?;
+        let sort_fields = |fields: Vec<DataType>| -> Result<RowConverter> {
+            Ok(RowConverter::new(
+                fields.into_iter().map(SortField::new).collect(),
+            )?)
+        };
+        let keys = sort_fields(key_fields.iter().map(|f| f.data_type().clone()).collect())?;
+        let states = sort_fields(
+            layout
+                .state_fields()?
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
+        )
+        .map_err(|e| {
+            WeirError::user(format!(
+                "an aggregate without a window keeps its state in a form this aggregate's \
+                 state does not fit ({e}); use it over a window instead"
+            ))
+        })?;
+        let value_types: Vec<DataType> = output_schema
+            .fields()
+            .iter()
+            .skip(key_fields.len())
+            .map(|f| f.data_type().clone())
+            .collect();
+        let values = sort_fields(value_types).ok();
+        Ok(UpdatingAggregator {
+            key_exprs,
+            arguments,
+            filters,
+            layout,
+            group_names,
+            output_keys,
+            output_schema,
+            keys,
+            states,
+            values,
+            groups: HashMap::new(),
+            bytes: 0,
+            ttl_ms: ttl.map(|d| (d.as_millis() as i64).max(1)),
+            swept_ms: i64::MIN,
+        })
+    }
+
+    /// The GROUP BY columns, as the aggregate's output names them.
+    pub fn group_names(&self) -> &[String] {
+        &self.group_names
+    }
+
+    /// The view's columns that identify its rows (the GROUP BY columns as selected).
+    pub fn output_keys(&self) -> &[String] {
+        &self.output_keys
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "updating aggregate by ({}): {} aggregate(s), one change per group and micro-batch",
+            self.group_names.join(", "),
+            self.layout.aggregates.len()
+        );
+        if let Some(ttl) = self.ttl_ms {
+            s.push_str(&format!(", groups unchanged for {ttl} ms expire"));
+        }
+        s
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Approximate bytes of state: keys, states and the map's own entries.
+    pub fn state_bytes(&self) -> usize {
+        self.bytes + self.groups.capacity() * (std::mem::size_of::<Group>() + 24)
+    }
+
+    /// Fold the pre plan's rows in at processing time `now_ms`.
+    pub fn update(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Changes> {
+        let n = batch.num_rows();
+        let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> {
+            Ok(e.evaluate(batch)?.into_array(n)?)
+        };
+        let key_cols = self
+            .key_exprs
+            .iter()
+            .zip(self.layout.key_schema.fields())
+            .map(|(e, f)| cast_to(eval(e)?, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let args = self
+            .arguments
+            .iter()
+            .map(|exprs| exprs.iter().map(eval).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| match f {
+                None => Ok(None),
+                Some(e) => eval(e)?
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| WeirError::Internal("FILTER is not boolean".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The batch's groups, numbered by first appearance, and each row's.
+        let key_rows = if key_cols.is_empty() {
+            None
+        } else {
+            Some(self.keys.convert_columns(&key_cols)?)
+        };
+        let mut local: HashMap<&[u8], usize> = HashMap::new();
+        let mut firsts: Vec<u32> = Vec::new();
+        let mut row_groups: Vec<usize> = Vec::with_capacity(n);
+        for i in 0..n {
+            let key: &[u8] = match &key_rows {
+                Some(r) => r.row(i).data(),
+                None => &[],
+            };
+            let next = firsts.len();
+            let g = *local.entry(key).or_insert(next);
+            if g == next {
+                firsts.push(i as u32);
+            }
+            row_groups.push(g);
+        }
+        let k = firsts.len();
+        if k == 0 {
+            return self.no_changes();
+        }
+        let mut group_keys: Vec<Box<[u8]>> = firsts
+            .iter()
+            .map(|&i| match &key_rows {
+                Some(r) => r.row(i as usize).data().into(),
+                None => Box::default(),
+            })
+            .collect();
+        // Groups seen before are numbered first (0..e), new ones after: DataFusion's
+        // accumulators take every group below the total they are given to have received a
+        // value in that call, so the merge of the old states must cover 0..e exactly.
+        let (mut order, fresh): (Vec<usize>, Vec<usize>) =
+            (0..k).partition(|&g| self.groups.contains_key(&group_keys[g]));
+        let e = order.len();
+        order.extend(fresh);
+        let mut renumber = vec![0; k];
+        for (new, &old) in order.iter().enumerate() {
+            renumber[old] = new;
+        }
+        for g in &mut row_groups {
+            *g = renumber[*g];
+        }
+        let firsts: Vec<u32> = order.iter().map(|&g| firsts[g]).collect();
+        group_keys = order
+            .iter()
+            .map(|&g| std::mem::take(&mut group_keys[g]))
+            .collect();
+        let batch_keys = take_all(&key_cols, &UInt32Array::from(firsts))?;
+        let known: Vec<usize> = (0..e).collect();
+        let old_states = self.parse_states(group_keys[..e].iter())?;
+        let mut accs = self.layout.accumulators()?;
+        accs.merge(&old_states, &self.layout.state_widths, &known, e)?;
+        accs.update(&args, &filters, &row_groups, k)?;
+        let new_states = accs.state(EmitTo::All)?;
+        let new_values = self.evaluate(&new_states, k)?;
+        let old_values = self.evaluate(&old_states, known.len())?;
+        let old_keys: Vec<ArrayRef> = batch_keys.iter().map(|c| c.slice(0, e)).collect();
+        // Store the new states.
+        let rows = self.states.convert_columns(&new_states)?;
+        for (g, key) in group_keys.into_iter().enumerate() {
+            let state: Box<[u8]> = rows.row(g).data().into();
+            let (key_len, state_len) = (key.len(), state.len());
+            let entry = Group {
+                state,
+                changed_ms: now_ms,
+            };
+            match self.groups.insert(key, entry) {
+                Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
+                None => self.bytes += key_len + state_len,
+            }
+        }
+        // Groups whose value did not change (a max that stayed) emit nothing.
+        let (old_keep, new_keep) = self.changed(&known, &old_values, &new_values, k)?;
+        let old = self.rows(&old_keys, &old_values, &old_keep)?;
+        let new = self.rows(&batch_keys, &new_values, &new_keep)?;
+        Ok(Changes { old, new })
+    }
+
+    fn no_changes(&self) -> Result<Changes> {
+        let empty = RecordBatch::new_empty(self.output_schema.clone());
+        Ok(Changes {
+            old: empty.clone(),
+            new: empty,
+        })
+    }
+
+    /// The states stored for `keys` (all present), as arrays.
+    fn parse_states<'a>(&self, keys: impl Iterator<Item = &'a Box<[u8]>>) -> Result<Vec<ArrayRef>> {
+        let parser = self.states.parser();
+        let rows: Vec<_> = keys.map(|k| parser.parse(&self.groups[k].state)).collect();
+        if rows.is_empty() {
+            return Ok(self
+                .layout
+                .state_fields()?
+                .iter()
+                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+                .collect());
+        }
+        Ok(self.states.convert_rows(rows)?)
+    }
+
+    /// Final values of `rows` groups' intermediate states.
+    fn evaluate(&self, states: &[ArrayRef], rows: usize) -> Result<Vec<ArrayRef>> {
+        if rows == 0 {
+            return Ok(self
+                .output_schema
+                .fields()
+                .iter()
+                .skip(self.group_names.len())
+                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+                .collect());
+        }
+        let mut accs = self.layout.accumulators()?;
+        let ids: Vec<usize> = (0..rows).collect();
+        accs.merge(states, &self.layout.state_widths, &ids, rows)?;
+        accs.evaluate(EmitTo::All)
+    }
+
+    /// Which old rows (by position among `known`) and which new rows (by group) to emit:
+    /// all but those of known groups whose value is what it was.
+    fn changed(
+        &self,
+        known: &[usize],
+        old_values: &[ArrayRef],
+        new_values: &[ArrayRef],
+        k: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let mut same = vec![false; k];
+        let mut old_keep = Vec::with_capacity(known.len());
+        if let Some(conv) = &self.values {
+            let old_rows = conv.convert_columns(old_values)?;
+            let new_rows = conv.convert_columns(new_values)?;
+            for (j, &g) in known.iter().enumerate() {
+                if old_rows.row(j) == new_rows.row(g) {
+                    same[g] = true;
+                } else {
+                    old_keep.push(j as u32);
+                }
+            }
+        } else {
+            old_keep.extend(0..known.len() as u32);
+        }
+        let new_keep = (0..k as u32).filter(|&g| !same[g as usize]).collect();
+        Ok((old_keep, new_keep))
+    }
+
+    /// Aggregate rows: the keys and values at `keep`.
+    fn rows(&self, keys: &[ArrayRef], values: &[ArrayRef], keep: &[u32]) -> Result<RecordBatch> {
+        let idx = UInt32Array::from(keep.to_vec());
+        let mut cols = take_all(keys, &idx)?;
+        cols.extend(take_all(values, &idx)?);
+        if cols.is_empty() {
+            // A global aggregate with no aggregate columns cannot happen (that is DISTINCT).
+            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+        }
+        batch_in(&self.output_schema, cols)
+    }
+
+    /// Groups unchanged for the TTL at `now_ms` expire: their rows, to be retracted. Checked
+    /// every eighth of the TTL, so a group goes between one and 1.125 TTLs after its last
+    /// change.
+    pub fn expire(&mut self, now_ms: i64) -> Result<Option<RecordBatch>> {
+        let Some(ttl) = self.ttl_ms else {
+            return Ok(None);
+        };
+        if self.swept_ms != i64::MIN && now_ms < self.swept_ms.saturating_add(ttl / 8) {
+            return Ok(None);
+        }
+        self.swept_ms = now_ms;
+        let cutoff = now_ms.saturating_sub(ttl);
+        let gone: Vec<Box<[u8]>> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.changed_ms <= cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        let states = self.parse_states(gone.iter())?;
+        let values = self.evaluate(&states, gone.len())?;
+        let keys = self.parse_keys(&gone)?;
+        for k in &gone {
+            if let Some(g) = self.groups.remove(k) {
+                self.bytes = self.bytes.saturating_sub(k.len() + g.state.len());
+            }
+        }
+        let all: Vec<u32> = (0..gone.len() as u32).collect();
+        Ok(Some(self.rows(&keys, &values, &all)?))
+    }
+
+    fn parse_keys(&self, keys: &[Box<[u8]>]) -> Result<Vec<ArrayRef>> {
+        if self.group_names.is_empty() {
+            return Ok(vec![]);
+        }
+        let parser = self.keys.parser();
+        Ok(self
+            .keys
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))?)
+    }
+
+    /// Key columns, state columns and `__changed_ms`, as checkpoints keep them.
+    pub fn state_schema(&self) -> Result<SchemaRef> {
+        let mut fields: Vec<Field> = self
+            .layout
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(self.layout.state_fields()?);
+        fields.push(Field::new("__changed_ms", DataType::Int64, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        if self.groups.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<Box<[u8]>> = self.groups.keys().cloned().collect();
+        let mut cols = self.parse_keys(&keys)?;
+        cols.extend(self.parse_states(keys.iter())?);
+        cols.push(Arc::new(Int64Array::from_iter_values(
+            keys.iter().map(|k| self.groups[k].changed_ms),
+        )));
+        Ok(vec![RecordBatch::try_new(self.state_schema()?, cols)?])
+    }
+
+    pub fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        self.groups.clear();
+        self.bytes = 0;
+        let schema = self.state_schema()?;
+        let nkeys = self.group_names.len();
+        for b in batches {
+            check_state_schema("updating aggregate state", b, &schema)?;
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| cast_to(c.clone(), f.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            let last = cols.len() - 1;
+            let changed = cols[last]
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| WeirError::Internal("__changed_ms is not Int64".into()))?;
+            let key_rows = (nkeys > 0)
+                .then(|| self.keys.convert_columns(&cols[..nkeys]))
+                .transpose()?;
+            let state_rows = self.states.convert_columns(&cols[nkeys..last])?;
+            for i in 0..b.num_rows() {
+                let key: Box<[u8]> = match &key_rows {
+                    Some(r) => r.row(i).data().into(),
+                    None => Box::default(),
+                };
+                let state: Box<[u8]> = state_rows.row(i).data().into();
+                self.bytes += key.len() + state.len();
+                self.groups.insert(
+                    key,
+                    Group {
+                        state,
+                        changed_ms: changed.value(i),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_all(cols: &[ArrayRef], idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
+    cols.iter()
+        .map(|c| Ok(take(c.as_ref(), idx, None)?))
+        .collect()
+}
