@@ -218,6 +218,22 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT window_start, region, count(*) AS n, sum(bytes) AS total_bytes \
          FROM TUMBLE(halves, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, region",
     ),
+    // Updating views (aggregates without a window): their current rows, with every
+    // change applied, equal batch SQL over every row so far (no row is late for them).
+    (
+        "user_totals",
+        "SELECT user_id, count(*) AS n, sum(bytes) AS total_bytes, max(speed) AS top_speed, \
+         count(DISTINCT region) AS regions FROM events GROUP BY user_id",
+    ),
+    (
+        "light_users",
+        "SELECT user_id AS who, count(*) AS n, min(speed) AS slowest FROM events \
+         GROUP BY user_id HAVING count(*) < 20",
+    ),
+    (
+        "all_totals",
+        "SELECT count(*) AS n, sum(bytes) AS total_bytes, max(speed) AS top_speed FROM events",
+    ),
     (
         "hop_top_bytes",
         "SELECT window_start, window_end, bytes, dr FROM (SELECT window_start, window_end, bytes, \
@@ -356,6 +372,7 @@ async fn run_case(
     // Rows late by the rows before them in their own batch: what batch-at-a-time lateness
     // would have accepted. The test must include some, or it cannot tell the two apart.
     let mut late_within_batch = 0;
+    let mut checked_midway = false;
     let mut i = 0;
     while i < all.len() {
         let len = 1 + rng.below(60) as usize;
@@ -390,6 +407,21 @@ async fn run_case(
         p.push("events", partition, to_batch(chunk), 0)
             .await
             .expect("push");
+        // Midway, the updating views' current rows already equal batch SQL over the rows
+        // so far.
+        if !checked_midway && i >= all.len() / 2 {
+            checked_midway = true;
+            for name in UPDATING {
+                let sql = VIEWS.iter().find(|(n, _)| n == &name).expect("view").1;
+                let table = MemTable::try_new(schema(), vec![vec![to_batch(&all[..i])]]);
+                let expected = batch_answer(sql, table.expect("memtable")).await;
+                assert_eq!(
+                    view_rows(&mut p, name).await,
+                    expected,
+                    "seed {seed} view {name}: midway, streaming differs from batch"
+                );
+            }
+        }
     }
     assert!(
         parts > 1 || late_within_batch > 0,
@@ -405,7 +437,6 @@ async fn run_case(
     let mut emitted = Vec::new();
     for (name, sql) in VIEWS {
         // Lateness exists only for windows: a stateless view passes every row on.
-        let ctx = SessionContext::new();
         let table = if sql.contains(HOP) {
             let batch = to_batch(&arrivals.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>());
             let mut cols = batch.columns().to_vec();
@@ -427,15 +458,7 @@ async fn run_case(
             MemTable::try_new(schema(), vec![vec![to_batch(rows)]])
         }
         .expect("memtable");
-        ctx.register_table("events", Arc::new(table))
-            .expect("register");
-        let expected = ctx
-            .sql(&batch_sql(sql))
-            .await
-            .expect("batch plan")
-            .collect()
-            .await
-            .expect("batch run");
+        let expected = batch_answer(sql, table).await;
         let got = match p
             .execute(&format!("SELECT * FROM {name}"))
             .await
@@ -447,7 +470,7 @@ async fn run_case(
         };
         let got = format_batches(&got).expect("fmt");
         emitted.push(got.clone());
-        let (e, g) = (sorted(format_batches(&expected).expect("fmt")), sorted(got));
+        let (e, g) = (expected, sorted(got));
         assert!(
             !e.is_empty(),
             "seed {seed} view {name}: the batch answer is empty"
@@ -678,6 +701,24 @@ async fn join_batch_answer(name: &str, l: &[JoinRow], r: &[JoinRow]) -> Vec<Vec<
         ctx.register_table(*view, df.into_view()).expect("view");
     }
     panic!("no view {name}")
+}
+
+/// The views that update their rows (aggregates without a window).
+const UPDATING: [&str; 3] = ["user_totals", "light_users", "all_totals"];
+
+/// A view's SQL run in batch over `table` as `events`, rows formatted and sorted.
+async fn batch_answer(sql: &str, table: MemTable) -> Vec<Vec<String>> {
+    let ctx = SessionContext::new();
+    ctx.register_table("events", Arc::new(table))
+        .expect("register");
+    let batches = ctx
+        .sql(&batch_sql(sql))
+        .await
+        .expect("batch plan")
+        .collect()
+        .await
+        .expect("batch run");
+    sorted(format_batches(&batches).expect("fmt"))
 }
 
 async fn view_rows(p: &mut weir_engine::pipeline::Pipeline, name: &str) -> Vec<Vec<String>> {
