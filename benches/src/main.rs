@@ -50,6 +50,7 @@ mod pg;
 mod scale;
 mod serve;
 mod soak;
+mod updating;
 
 #[derive(Parser)]
 #[command(name = "weir-bench", about = "Weir benchmarks; see BENCHMARKS.md")]
@@ -133,6 +134,9 @@ enum Cmd {
     /// The throughput curve over 1..N workers: `throughput` (`--input`) or `nexmark`
     /// (`--query`) once per worker count, each run pinned to that many cores with taskset.
     Scale(scale::ScaleArgs),
+    /// An updating view (GROUP BY without a window) over N keys: events/s, changes
+    /// emitted, state bytes per key, memory. See BENCHMARKS.md, "Updating views".
+    Updating(updating::UpdatingArgs),
     /// Fill open windows with N distinct groups and report the process's memory.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -692,6 +696,7 @@ fn main() -> Result<()> {
                 ..
             } => throughput(input, &format, batch_rows, threads).await,
             Cmd::Memory { groups } => memory(groups).await,
+            Cmd::Updating(args) => updating::run(args).await,
             Cmd::Restore { groups } => restore(groups).await,
             Cmd::KafkaLoad {
                 bootstrap,

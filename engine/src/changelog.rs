@@ -14,7 +14,6 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The column an updating view's changes carry last.
@@ -145,7 +144,8 @@ fn last_per_key(rows: &RecordBatch, key: &[usize]) -> Result<Vec<u32>> {
     )?;
     let cols: Vec<ArrayRef> = key.iter().map(|&k| rows.column(k).clone()).collect();
     let keys = converter.convert_columns(&cols)?;
-    let mut last: HashMap<&[u8], u32> = HashMap::with_capacity(n);
+    let mut last: crate::FastMap<&[u8], u32> =
+        crate::FastMap::with_capacity_and_hasher(n, Default::default());
     for (i, k) in keys.iter().enumerate() {
         last.insert(k.data(), i as u32);
     }

@@ -42,4 +42,8 @@ pub mod tables;
 pub mod watermark;
 pub mod window;
 
+/// A hash map with a fast (not DoS-resistant) hasher, for keys the engine made itself
+/// (row-format group keys), not for anything an outsider picks.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use error::{Location, Result, WeirError};

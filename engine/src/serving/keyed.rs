@@ -11,7 +11,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The column checkpoints keep each entry's seq in.
@@ -38,7 +38,7 @@ pub(super) struct Table {
     key: Vec<usize>,
     keys: RowConverter,
     rows: RowConverter,
-    entries: HashMap<Box<[u8]>, Entry>,
+    entries: crate::FastMap<Box<[u8]>, Entry>,
     by_seq: BTreeMap<u64, Box<[u8]>>,
     live: usize,
     max_entries: usize,
@@ -73,7 +73,7 @@ impl Table {
             key,
             keys,
             rows,
-            entries: HashMap::new(),
+            entries: crate::FastMap::default(),
             by_seq: BTreeMap::new(),
             live: 0,
             max_entries: max_entries.max(1),

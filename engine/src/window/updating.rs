@@ -25,7 +25,6 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::AggregateExec;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One group: its intermediate state (row format) and when it last changed (epoch ms).
@@ -56,7 +55,7 @@ pub struct UpdatingAggregator {
     /// Compares old and new values, so an unchanged group emits nothing; `None` when the
     /// values have a type the row format cannot hold.
     values: Option<RowConverter>,
-    groups: HashMap<Box<[u8]>, Group>,
+    groups: crate::FastMap<Box<[u8]>, Group>,
     bytes: usize,
     ttl_ms: Option<i64>,
     /// When groups were last checked for expiry.
@@ -125,7 +124,7 @@ impl UpdatingAggregator {
             keys,
             states,
             values,
-            groups: HashMap::new(),
+            groups: crate::FastMap::default(),
             bytes: 0,
             ttl_ms: ttl.map(|d| (d.as_millis() as i64).max(1)),
             swept_ms: i64::MIN,
@@ -199,7 +198,7 @@ impl UpdatingAggregator {
         } else {
             Some(self.keys.convert_columns(&key_cols)?)
         };
-        let mut local: HashMap<&[u8], usize> = HashMap::new();
+        let mut local: crate::FastMap<&[u8], usize> = crate::FastMap::default();
         let mut firsts: Vec<u32> = Vec::new();
         let mut row_groups: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
