@@ -75,7 +75,7 @@ pub fn batches(
             .collect();
         let status: Vec<&str> = (0..n)
             .map(|j| {
-                if (i as usize + j) % 7 == 0 {
+                if (i as usize + j).is_multiple_of(7) {
                     "failed"
                 } else {
                     "success"
