@@ -228,6 +228,7 @@ impl Pipeline {
                         name: e.info.name.clone(),
                         schema: e.info.schema.clone(),
                         kind: e.relation?,
+                        key: e.info.key.clone(),
                     })
                 })
                 .collect(),

@@ -5,6 +5,7 @@
 //! to know about a view is a typed property of its plan ([`ViewProps`]): nothing re-reads
 //! the SQL text.
 
+mod changes;
 pub mod slot;
 pub mod split;
 
@@ -190,6 +191,9 @@ pub struct Relation {
     pub name: String,
     pub schema: SchemaRef,
     pub kind: RelationKind,
+    /// What identifies its rows (a view's key columns; empty for sources and views whose
+    /// rows are only appended).
+    pub key: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,9 +276,16 @@ fn planning_context(env: &PlannerEnv) -> Result<(SessionContext, Arc<Mutex<BTree
     // DISTINCT aggregates must stay single aggregates so they can be windowed.
     ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     for r in &env.relations {
+        // An updating view's batches are its changes: its columns and the op.
+        let schema = match r.kind {
+            RelationKind::View {
+                changelog: true, ..
+            } => crate::changelog::with_op(&r.schema),
+            _ => r.schema.clone(),
+        };
         let t = StreamTable {
             name: r.name.clone(),
-            schema: r.schema.clone(),
+            schema,
             slot: Arc::new(BatchSlot::default()),
         };
         ctx.register_table(r.name.as_str(), Arc::new(t))?;
@@ -363,6 +374,12 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         .statement_to_plan(DfStatement::Statement(Box::new(SqlStatement::Query(query))))
         .await
         .map_err(crate::sql::functions::ValueTooLarge::or_planning)?;
+    // Over an updating view, its changes' op column goes through filters and projections.
+    let over_changes = changes::changelog_inputs(&logical, env).into_iter().next();
+    let logical = match &over_changes {
+        Some(input) => changes::carry_ops(logical, input)?,
+        None => logical,
+    };
     let physical = state
         .create_physical_plan(&logical)
         .await
@@ -382,21 +399,17 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
              aggregate without a window (an updating view); this view keeps no such state",
         ));
     }
-    if let Some(r) = inputs.iter().filter_map(|i| env.relation(i)).find(|r| {
-        matches!(
-            r.kind,
-            RelationKind::View {
-                changelog: true,
-                ..
-            }
-        )
-    }) {
-        return Err(WeirError::user(format!(
-            "view '{}' is an updating view (an aggregate without a window): its rows change \
-             and go away, and views over an updating view are not supported yet. Read it \
-             with a sink, the REST API or a WebSocket subscription",
-            r.name
-        )));
+    // A view over an updating view is one too: its changes are its input's, filtered and
+    // projected, and its key the input's key as it selects it.
+    let mut over_changes_key = None;
+    if let Some(input) = &over_changes {
+        if !matches!(kind, ViewPlanKind::Stateless { .. }) || inputs.len() != 1 {
+            return Err(changes::not_supported(input));
+        }
+        let input_key = env.relation(input).map(|r| r.key.clone()).unwrap_or_default();
+        over_changes_key = Some(changes::key_through(&logical, input, &input_key)?);
+        let n = output_schema.fields().len() - 1;
+        output_schema = Arc::new(output_schema.project(&(0..n).collect::<Vec<_>>())?);
     }
     match &mut kind {
         ViewPlanKind::Windowed { aggregate, .. } => {
@@ -436,7 +449,7 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             .filter(|n| output_schema.field_with_name(n).is_ok())
             .collect(),
         ViewPlanKind::Updating { aggregate, .. } => aggregate.output_keys().to_vec(),
-        _ => vec![],
+        _ => over_changes_key.clone().unwrap_or_default(),
     };
     let window_time_column = match &kind {
         ViewPlanKind::Windowed { aggregate, .. } => Some(aggregate.input_time_column().into()),
@@ -464,7 +477,7 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             key_columns,
             late_policy,
             retention_rows,
-            changelog: matches!(kind, ViewPlanKind::Updating { .. }),
+            changelog: matches!(kind, ViewPlanKind::Updating { .. }) || over_changes.is_some(),
         },
         kind,
     })
