@@ -29,7 +29,9 @@ use weir_engine::sql::ObjectKind;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SubscribeParams {
-    /// Resume: skip the snapshot and send every retained row with a greater seq first.
+    /// Resume: skip the snapshot and send every retained row with a greater seq first (an
+    /// updating view: the latest change of each key changed after it, or its current rows
+    /// as a snapshot when those changes are no longer all kept).
     pub since_seq: Option<u64>,
     /// The API token, for clients that cannot set an Authorization header (read by the
     /// auth layer; here for the OpenAPI document).

@@ -188,6 +188,7 @@ fn updating_views_serve_current_rows_changes_and_subscriptions() {
     wait_for("the three readings", limit, || {
         current_of("quiet") == table(&[("a", 2), ("b", 1)])
             && current_of("quiet_few") == table(&[("a", 2), ("b", 1)])
+            && last_seq(&server, "seen") == 3
     });
     let l1 = last_seq(&server, "quiet");
     let f1 = last_seq(&server, "quiet_few");
