@@ -2,11 +2,13 @@
 // rows, and pipeline health. Figures arrive over /api/v1/status/subscribe, rows over one
 // WebSocket per view (/api/v1/views/{name}/subscribe); both reconnect by themselves, and
 // a view's socket resumes with ?since_seq=<the last seq it has>, so no row is lost or
-// shown twice across a reconnect or a server restart.
+// shown twice across a reconnect or a server restart. An updating view's card holds its
+// current rows by key and applies each change (insert or delete) in place.
 "use strict";
 
 const MAX_ROWS = 2000;      // rows kept per view in the page
 const TABLE_ROWS = 20;      // rows shown in a view's table
+const CURRENT_ROWS = 100;   // rows shown of an updating view's current rows
 const MAX_SERIES = 12;      // lines per chart
 const NUMERIC = /^(tinyint|smallint|int|bigint|float|double|decimal)/;
 const PALETTE = ["#2b6cb0", "#c05621", "#2f855a", "#9b2c2c", "#6b46c1", "#b7791f",
@@ -56,6 +58,13 @@ function fmtDelay(ms) {
 // Nested values (structs, lists, maps) as the JSON the API sent.
 const fmtCell = (v) => v == null ? "∅" : typeof v === "number" ? fmtNum(v)
   : typeof v === "object" ? JSON.stringify(v) : String(v);
+// Orders key values: nulls first, numbers by value, the rest by their text.
+function cmpValue(a, b) {
+  if (a == null || b == null) return (a == null ? 0 : 1) - (b == null ? 0 : 1);
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  const t = (v) => typeof v === "object" ? JSON.stringify(v) : String(v);
+  return t(a) < t(b) ? -1 : t(a) > t(b) ? 1 : 0;
+}
 
 // A socket that reconnects with backoff (0.5 s doubling to 5 s) and reports its state.
 class Reconnecting {
@@ -115,7 +124,12 @@ class ViewCard {
     // true): a newer row replaces the one with the same key.
     this.key = info.key || [];
     this.upserts = this.key.length > 0 && this.schema.some((c) => c.name === "is_final");
-    this.card = el("article", { class: "card", "data-view": info.name, "data-last-seq": "0" });
+    // An updating view (an aggregate without a window): its current rows by key, each
+    // {seq, row}; its messages carry each row's op and seq.
+    this.updating = info.updating === true;
+    this.current = new Map();
+    this.card = el("article", { class: "card", "data-view": info.name, "data-last-seq": "0",
+      "data-updating": String(this.updating) });
     this.statusEl = el("span", { class: "status" }, info.status);
     this.metaEl = el("span", { class: "meta" });
     this.errEl = el("div", { class: "sub-error" });
@@ -138,12 +152,20 @@ class ViewCard {
     this.statusEl.textContent = info.status;
     this.statusEl.className = "status " + info.status;
     const f = info.figures;
-    this.metaEl.textContent = `${fmtNum(f.rows_per_sec)} rows/s in · ${fmtNum(f.rows_out)} rows out · ` +
+    this.metaEl.textContent = (this.updating ? `updating · ${fmtNum(this.current.size)} rows · ` : "") +
+      `${fmtNum(f.rows_per_sec)} rows/s in · ${fmtNum(f.rows_out)} rows out · ` +
       `watermark ${f.watermark ? f.watermark.replace("T", " ").replace("Z", "") : "–"}` +
       (f.late_rows ? ` · ${fmtNum(f.late_rows)} late` : "");
   }
 
   onMessage(m) {
+    if (this.updating && (m.type === "snapshot" || m.type === "rows")) {
+      this.applyChanges(m);
+      this.errEl.textContent = "";
+      this.card.dataset.lastSeq = String(this.lastSeq);
+      this.scheduleRender();
+      return;
+    }
     if (m.type === "snapshot") {
       this.rows = [];
       const first = m.last_seq - m.rows.length + 1;
@@ -174,6 +196,37 @@ class ViewCard {
     if (this.rows.length > MAX_ROWS) this.rows.splice(0, this.rows.length - MAX_ROWS);
     this.card.dataset.lastSeq = String(this.lastSeq);
     this.scheduleRender();
+  }
+
+  // An updating view's message: a snapshot replaces the current rows; then each row not
+  // seen yet (by seq) is applied by key: an insert puts it in place of the key's row, a
+  // delete removes the key's row.
+  applyChanges(m) {
+    if (m.type === "snapshot") {
+      this.current.clear();
+      this.lastSeq = 0;
+    }
+    m.rows.forEach((row, i) => {
+      const seq = m.seqs[i];
+      if (seq <= this.lastSeq) return;
+      const k = JSON.stringify(this.key.map((c) => row[c]));
+      if (m.ops[i] === "delete") this.current.delete(k);
+      else this.current.set(k, { seq, row });
+    });
+    this.lastSeq = Math.max(this.lastSeq, m.last_seq);
+  }
+
+  // An updating view's current rows, ordered by key.
+  currentRows() {
+    const rows = [...this.current.values()];
+    rows.sort((a, b) => {
+      for (const c of this.key) {
+        const d = cmpValue(a.row[c], b.row[c]);
+        if (d !== 0) return d;
+      }
+      return 0;
+    });
+    return rows;
   }
 
   // Keep only the newest row of each key, in the order of their newest versions.
@@ -262,15 +315,20 @@ class ViewCard {
     this.renderTable();
   }
 
+  // The latest rows, newest first; an updating view's current rows by key.
   renderTable() {
     const cols = this.schema.map((c) => c.name);
-    const latest = this.rows.slice(-TABLE_ROWS).reverse();
+    const shown = this.updating ? this.currentRows().slice(0, CURRENT_ROWS) : this.rows.slice(-TABLE_ROWS).reverse();
+    const attrs = (row) => Object.assign(row.is_final === false ? { class: "early" } : {},
+      this.updating ? { "data-key": JSON.stringify(this.key.map((c) => row[c])) } : {});
     const table = el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, "seq"), ...cols.map((c) => el("th", {}, c)))),
-      el("tbody", {}, ...latest.map(({ seq, row }) =>
-        el("tr", row.is_final === false ? { class: "early" } : {},
-          el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
-    this.tableEl.replaceChildren(latest.length ? table : el("p", { class: "empty" }, "No rows yet."));
+      el("tbody", {}, ...shown.map(({ seq, row }) =>
+        el("tr", attrs(row), el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
+    const more = this.updating && this.current.size > shown.length
+      ? [el("p", { class: "empty" }, `The first ${shown.length} of ${fmtNum(this.current.size)} rows by key.`)] : [];
+    this.tableEl.replaceChildren(...(shown.length ? [table, ...more] : [el("p", { class: "empty" }, this.updating && this.lastSeq > 0 ? "No rows now." : "No rows yet.")]));
+    this.card.dataset.rows = String(this.updating ? this.current.size : this.rows.length);
   }
 
   reconnectNow() { this.socket.reconnectNow(); }
@@ -318,7 +376,8 @@ function syncViews(list) {
   }
   for (const info of list) {
     const existing = views.get(info.name);
-    if (existing && existing.schema.map((c) => c.name).join() !== info.schema.map((c) => c.name).join()) {
+    if (existing && (existing.schema.map((c) => c.name).join() !== info.schema.map((c) => c.name).join() ||
+                     existing.updating !== (info.updating === true))) {
       existing.remove(); views.delete(info.name);  // dropped and created again
     }
     if (!views.has(info.name)) views.set(info.name, new ViewCard(info));

@@ -67,6 +67,15 @@ async function waitHealthy(port, child, ms = 60000) {
   throw new Error(`weir did not answer /health within ${ms} ms:\n${child.log}`);
 }
 
+// Resolves once `cond` (async) holds, asking every 200 ms; fails after `ms`.
+async function until(what, cond, ms) {
+  const start = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - start > ms) throw new Error(`no ${what} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 function stopWeir(child) {
   return new Promise((resolve) => {
     if (child.exitCode !== null) return resolve();
@@ -75,29 +84,48 @@ function stopWeir(child) {
   });
 }
 
-const lastSeq = (page) => page.$eval('[data-view="health"]', (e) => Number(e.dataset.lastSeq));
-const points = (page) => page.$eval('[data-view="health"] .chart', (e) => Number(e.dataset.points));
-
-test("the dashboard shows live charts and resumes after a server restart", { timeout: 180000 }, async () => {
+// A `weir run` of `sql` (its one SQL file) on a free port, and headless Chromium.
+async function launch(sql) {
   assert.ok(existsSync(WEIR), `no weir binary at ${WEIR} (build it, or set WEIR_BIN)`);
   assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
   mkdirSync(ARTIFACTS, { recursive: true });
   const dir = mkdtempSync(join(tmpdir(), "weir-browser-"));
   mkdirSync(join(dir, "queries"));
-  writeFileSync(join(dir, "queries", "pipeline.sql"), SQL);
+  writeFileSync(join(dir, "queries", "pipeline.sql"), sql);
   const port = await freePort();
-  let weir = startWeir(dir, port);
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const weir = startWeir(dir, port);
   try {
-    await waitHealthy(port, weir);
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(String(e)));
-    await page.goto(`http://127.0.0.1:${port}/`);
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    return { dir, port, weir, browser };
+  } catch (e) {
+    await stopWeir(weir);
+    throw e;
+  }
+}
+
+// The dashboard in a new page once the server answers, with the script errors it has.
+async function openDashboard(browser, port, weir) {
+  await waitHealthy(port, weir);
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(`http://127.0.0.1:${port}/`);
+  return { page, errors };
+}
+
+const lastSeq = (page) => page.$eval('[data-view="health"]', (e) => Number(e.dataset.lastSeq));
+const points = (page) => page.$eval('[data-view="health"] .chart', (e) => Number(e.dataset.points));
+
+test("the dashboard shows live charts and resumes after a server restart", { timeout: 180000 }, async () => {
+  const launched = await launch(SQL);
+  const { dir, port, browser } = launched;
+  let { weir } = launched;
+  try {
+    const { page, errors } = await openDashboard(browser, port, weir);
     await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30000 });
 
     // The view's card with its SQL, a chart that grows as windows close, a table.
@@ -149,6 +177,74 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
     await page.screenshot({ path: join(ARTIFACTS, "dashboard-after-restart.png"), fullPage: true });
     assert.deepEqual(errors, [], "no script errors on the page");
     console.log(`screenshots: ${join(ARTIFACTS, "dashboard.png")}, ${join(ARTIFACTS, "dashboard-after-restart.png")}`);
+  } finally {
+    await browser.close();
+    await stopWeir(weir);
+  }
+});
+
+// An updating view (an aggregate without a window): HAVING removes a region's row once it
+// has 25 downloads, so rows change and disappear as the bounded input streams in.
+const UPDATING_SQL = `
+CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, WATERMARK FOR ts AS ts)
+  WITH (connector = 'generator', kind = 'downloads', 'rows.per.second' = '10', rows = '200',
+        seed = '5', start = '2024-01-01T00:00:00Z');
+CREATE MATERIALIZED VIEW quiet AS
+  SELECT region, count(*) AS n FROM dl GROUP BY region HAVING count(*) < 25;
+`;
+
+test("an updating view's table changes in place and loses removed rows", { timeout: 120000 }, async () => {
+  const { port, weir, browser } = await launch(UPDATING_SQL);
+  const api = async (path) => (await fetch(`http://127.0.0.1:${port}${path}`)).json();
+  try {
+    const { page, errors } = await openDashboard(browser, port, weir);
+    await page.waitForSelector('[data-view="quiet"][data-updating="true"]', { timeout: 30000 });
+    // Every table the card shows, as [region, n] rows in the order shown.
+    await page.evaluate(() => {
+      window.tables = [];
+      const box = document.querySelector('[data-view="quiet"] .rows');
+      const record = () => window.tables.push([...box.querySelectorAll("tbody tr")]
+        .map((tr) => [tr.children[1].textContent, tr.children[2].textContent]));
+      record();
+      new MutationObserver(record).observe(box, { childList: true, subtree: true });
+    });
+
+    // Read to the end: the source has ended and the page has the view's newest seq.
+    await until("the source to finish", async () => (await api("/api/v1/sources/dl")).status === "finished", 60000);
+    const view = await api("/api/v1/views/quiet");
+    assert.equal(view.updating, true);
+    assert.deepEqual(view.key, ["region"]);
+    await page.waitForFunction((n) => Number(document.querySelector('[data-view="quiet"]').dataset.lastSeq) === n,
+      view.last_seq, { timeout: 30000 });
+    // The render of the last message ran before a frame callback asked for now.
+    await page.evaluate(() => new Promise(requestAnimationFrame));
+    const tables = await page.evaluate(() => window.tables);
+
+    // Each table holds one row per region, ordered by region: changes replace rows, they
+    // are not appended as a log.
+    for (const t of tables) {
+      const regions = t.map(([r]) => r);
+      assert.deepEqual(regions, [...new Set(regions)].sort(), `one row per region, by region: ${JSON.stringify(t)}`);
+    }
+    // Some region's count changed in place, and some region's row was removed.
+    const counts = new Map();
+    for (const t of tables) for (const [r, n] of t) counts.set(r, (counts.get(r) || new Set()).add(n));
+    assert.ok([...counts.values()].some((ns) => ns.size > 1), `a count changed: ${JSON.stringify(tables)}`);
+    const removed = [...counts.keys()].filter((r) => {
+      const shown = tables.map((t) => t.some(([x]) => x === r));
+      return shown.indexOf(true) < shown.lastIndexOf(false);
+    });
+    assert.ok(removed.length > 0, `a row was removed: ${JSON.stringify(tables)}`);
+    // The last table is the view's current rows.
+    const current = await api("/api/v1/views/quiet/rows?limit=100");
+    assert.equal(current.reset, true);
+    const want = current.rows.map((r) => [r.region, String(r.n)]).sort((a, b) => a[0] < b[0] ? -1 : 1);
+    const last = await page.$$eval('[data-view="quiet"] tbody tr', (trs) => trs.map((tr) => [tr.children[1].textContent, tr.children[2].textContent]));
+    assert.deepEqual(last, want);
+    assert.ok(removed.every((r) => !want.some(([x]) => x === r)), "removed rows stay removed");
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-updating.png"), fullPage: true });
+    assert.deepEqual(errors, [], "no script errors on the page");
+    console.log(`screenshot: ${join(ARTIFACTS, "dashboard-updating.png")}; removed: ${removed.join(", ")}; current: ${JSON.stringify(want)}`);
   } finally {
     await browser.close();
     await stopWeir(weir);

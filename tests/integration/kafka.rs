@@ -97,7 +97,7 @@ pub(crate) fn producer(bootstrap: &str) -> FutureProducer {
 }
 
 /// Produce one message; returns its offset.
-async fn send(
+pub(crate) async fn send(
     p: &FutureProducer,
     topic: &str,
     partition: i32,

@@ -1,9 +1,10 @@
 //! The API's JSON: rows are written by the engine's one Arrow-to-JSON encoder
 //! ([`weir_engine::json`], documented in `docs/json.md`), re-exported here; this module
-//! adds how the API describes schemas.
+//! adds how the API describes schemas and writes an updating view's changes.
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use weir_engine::changelog::{self, DELETE};
 
 pub use weir_engine::json::{rfc3339_ms, rfc3339_us, rows_array, write_rows};
 
@@ -65,6 +66,33 @@ pub fn schema_json(schema: &SchemaRef) -> serde_json::Value {
     )
 }
 
+/// A batch of an updating view's changes (`changelog.rs`) whose row i has seq `seqs[i]`,
+/// as the members `"rows":[...],"ops":[...],"seqs":[...]` of a JSON object: the view's
+/// columns, each row's op (`insert` or `delete`) and seq, three parallel arrays.
+pub fn write_changes(
+    changes: &RecordBatch,
+    seqs: &[u64],
+    out: &mut Vec<u8>,
+) -> weir_engine::Result<()> {
+    let (rows, ops) = changelog::split(changes)?;
+    out.extend_from_slice(b"\"rows\":[");
+    write_rows([&rows], out, true);
+    out.extend_from_slice(b"],\"ops\":[");
+    for (i, op) in ops.values().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(if *op == DELETE {
+            b"\"delete\""
+        } else {
+            b"\"insert\""
+        });
+    }
+    out.extend_from_slice(b"],\"seqs\":");
+    out.extend(serde_json::to_vec(seqs).unwrap_or_default());
+    Ok(())
+}
+
 /// The column names of a result (empty when there are no batches).
 pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
     batches
@@ -83,7 +111,44 @@ pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    #[test]
+    fn changes_are_rows_ops_and_seqs_side_by_side() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("site", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "a"])),
+                Arc::new(Int64Array::from(vec![Some(2), None])),
+            ],
+        )
+        .unwrap();
+        let deleted = changelog::tag(rows.slice(0, 1), DELETE).unwrap();
+        let inserted = changelog::tag(rows.slice(1, 1), changelog::INSERT).unwrap();
+        let changes =
+            datafusion::arrow::compute::concat_batches(&deleted.schema(), [&deleted, &inserted])
+                .unwrap();
+        let mut out = b"{".to_vec();
+        write_changes(&changes, &[7, 8], &mut out).unwrap();
+        out.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "rows": [{"site": "a", "n": 2}, {"site": "a", "n": null}],
+                "ops": ["delete", "insert"],
+                "seqs": [7, 8],
+            })
+        );
+        // Rows without their op column are not changes.
+        assert!(write_changes(&rows, &[1, 2], &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn type_names_are_sql_words() {
@@ -93,7 +158,6 @@ mod tests {
             "timestamp"
         );
         assert_eq!(type_name(&DataType::Utf8View), "varchar");
-        use datafusion::arrow::datatypes::Field;
         let address = DataType::Struct(vec![Field::new("city", DataType::Utf8, true)].into());
         let customer = DataType::Struct(
             vec![

@@ -1,7 +1,7 @@
 //! The REST routes, each documented for the OpenAPI document by `#[utoipa::path]`, so the
 //! document is generated from the same list of handlers the router serves.
 
-use super::json::{column_names, rows_array, write_rows};
+use super::json::{column_names, rows_array, write_changes, write_rows};
 use super::types::{ErrorBody, Object, object};
 use super::{ApiError, AppState, RawJson, json_bytes, metrics, ws};
 use axum::body::Bytes;
@@ -17,6 +17,7 @@ use weir_engine::adhoc::query_views;
 use weir_engine::catalog::ObjectInfo;
 use weir_engine::error::LimitKind;
 use weir_engine::pipeline::{Applied, StatementResult};
+use weir_engine::serving::ViewBuffer;
 use weir_engine::sql::{ObjectKind, WeirStatement};
 use weir_engine::stats::Status;
 
@@ -592,13 +593,15 @@ object_routes!(
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct RowsParams {
-    /// At most this many rows (default 100, at most server.max_result_rows).
+    /// At most this many rows (default 100, at most server.max_result_rows; an updating
+    /// view returns at least 1).
     pub limit: Option<usize>,
     /// Only rows with a greater seq: the oldest of them first, for paging forward.
-    /// Without it, the newest rows.
+    /// Without it, the newest rows (an updating view: its current rows).
     pub since_seq: Option<u64>,
 }
 
+/// The rows of an append-only view.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RowsResponse {
     pub columns: Vec<String>,
@@ -611,10 +614,45 @@ pub struct RowsResponse {
     pub last_seq: u64,
 }
 
-/// GET /api/v1/views/{name}/rows: the view's retained rows with their seqs.
+/// The rows of an updating view: its current rows (`reset` true), or the changes after
+/// `since_seq`, to apply by `key` in order: an `insert` puts the row in place of the
+/// key's row, a `delete` removes the key's row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangesResponse {
+    pub columns: Vec<String>,
+    /// The columns that identify a row (none: a global aggregate's one row).
+    pub key: Vec<String>,
+    /// True when the rows are the view's current rows, to replace what the reader has:
+    /// without `since_seq`, or when the changes after it are no longer all kept.
+    pub reset: bool,
+    /// Oldest change first. A deleted row has its key columns set and may have the
+    /// others null.
+    pub rows: Vec<serde_json::Value>,
+    /// Each row's op, `insert` or `delete`.
+    pub ops: Vec<String>,
+    /// Each row's seq, ascending: the change that made it (seqs of changes superseded by
+    /// a later change of the same key are skipped).
+    pub seqs: Vec<u64>,
+    /// Where to page on from (`since_seq`): the seq of the last row when `limit` cut the
+    /// page, else of the newest change the view has made.
+    pub last_seq: u64,
+}
+
+/// What `GET .../rows` returns, by the view's kind (for the OpenAPI document: the handler
+/// writes the JSON itself).
+#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ViewRows {
+    Appended(RowsResponse),
+    Updating(ChangesResponse),
+}
+
+/// GET /api/v1/views/{name}/rows: the view's retained rows with their seqs; an updating
+/// view's current rows by key, or its changes after `since_seq`.
 #[utoipa::path(get, path = "/api/v1/views/{name}/rows", tag = "rows",
     params(("name" = String, Path, description = "The view"), RowsParams),
-    responses((status = 200, description = "Rows, oldest first", body = RowsResponse),
+    responses((status = 200, description = "Rows, oldest first: RowsResponse for an append-only view, ChangesResponse for an updating view", body = ViewRows),
               (status = 404, description = "No such view", body = ErrorBody)))]
 async fn view_rows(
     State(state): State<AppState>,
@@ -630,13 +668,6 @@ async fn view_rows(
         .limit
         .unwrap_or(100)
         .min(state.settings.max_result_rows);
-    // Only the page is copied out of the view's buffer, not every retained batch.
-    let (first_seq, rows, newest) = buffer.page(params.since_seq, limit);
-    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
-    let (first_seq, last_seq) = match first_seq {
-        Some(f) if n > 0 => (Some(f), f + n as u64 - 1),
-        _ => (None, newest),
-    };
     let columns: Vec<String> = buffer
         .schema
         .fields()
@@ -645,10 +676,49 @@ async fn view_rows(
         .collect();
     let mut out = b"{\"columns\":".to_vec();
     out.extend(json_bytes(&columns));
+    if buffer.is_keyed() {
+        changes_page(&state, &o, buffer, params.since_seq, limit.max(1), &mut out)?;
+        return Ok(RawJson(out).into_response());
+    }
+    // Only the page is copied out of the view's buffer, not every retained batch.
+    let (first_seq, rows, newest) = buffer.page(params.since_seq, limit);
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    let (first_seq, last_seq) = match first_seq {
+        Some(f) if n > 0 => (Some(f), f + n as u64 - 1),
+        _ => (None, newest),
+    };
     out.extend_from_slice(b",\"rows\":[");
     write_rows(&rows, &mut out, true);
     out.extend_from_slice(b"],\"first_seq\":");
     out.extend(json_bytes(&first_seq));
     out.extend_from_slice(format!(",\"last_seq\":{last_seq}}}").as_bytes());
     Ok(RawJson(out).into_response())
+}
+
+/// The rest of a [`ChangesResponse`] after `columns`: at most `limit` (at least 1) rows.
+fn changes_page(
+    state: &AppState,
+    o: &ObjectInfo,
+    buffer: &ViewBuffer,
+    since_seq: Option<u64>,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    // One row more than asked says whether the page was cut.
+    let mut page = buffer
+        .keyed_page(since_seq, limit.saturating_add(1))
+        .ok_or_else(|| ApiError::internal(state, "an updating view without its rows by key"))?
+        .map_err(|e| ApiError::internal(state, e))?;
+    let mut last_seq = page.last_seq;
+    if page.seqs.len() > limit {
+        page.seqs.truncate(limit);
+        page.rows = page.rows.slice(0, limit);
+        last_seq = page.seqs.last().copied().unwrap_or(last_seq);
+    }
+    out.extend_from_slice(b",\"key\":");
+    out.extend(json_bytes(&o.key));
+    out.extend_from_slice(format!(",\"reset\":{},", page.reset).as_bytes());
+    write_changes(&page.rows, &page.seqs, out).map_err(|e| ApiError::internal(state, e))?;
+    out.extend_from_slice(format!(",\"last_seq\":{last_seq}}}").as_bytes());
+    Ok(())
 }

@@ -73,8 +73,13 @@ pub struct Object {
     /// Live WebSocket subscribers (views).
     pub subscribers: Option<usize>,
     /// The columns that identify a view's row (window bounds and group keys; views only).
-    /// With `EMIT EVERY`, a newer row with the same key replaces the earlier one.
+    /// With `EMIT EVERY`, a newer row with the same key replaces the earlier one; an
+    /// updating view keeps one current row per key (none: a global aggregate's one row).
     pub key: Option<Vec<String>>,
+    /// Views: true for an updating view (an aggregate without a window), whose rows change
+    /// and disappear: its rows and subscriptions carry each row's op and seq, to be
+    /// applied by `key`.
+    pub updating: Option<bool>,
     pub figures: Figures,
 }
 
@@ -106,6 +111,7 @@ pub fn object(o: &ObjectInfo) -> Object {
         last_seq: o.buffer.as_ref().map(|b| b.last_seq()),
         subscribers: o.buffer.as_ref().map(|b| b.subscribers()),
         key: (o.kind == ObjectKind::View).then(|| o.key.clone()),
+        updating: o.buffer.as_ref().map(|b| b.is_keyed()),
         figures: Figures {
             rows_in: s.rows_in,
             rows_out: s.rows_out,

@@ -2,7 +2,8 @@
 //!
 //! A view subscriber first subscribes to the view's fan-out channel, then reads the
 //! retained rows, then forwards live batches, skipping any it already sent by seq: no gap,
-//! no duplicate. Each emitted batch is encoded to JSON once, by the first subscriber that
+//! no duplicate. An updating view's subscriber reads its current rows by key (or the
+//! changes after `since_seq`) instead, and every message carries each row's op and seq. Each emitted batch is encoded to JSON once, by the first subscriber that
 //! sends it, and shared by the rest through the server's [`EncodedBatches`] cache. The
 //! fan-out channel holds
 //! [`SUBSCRIBER_QUEUE_BATCHES`] batches: a subscriber further behind than that, or one
@@ -10,7 +11,7 @@
 //! message and closed (it may reconnect with `since_seq`), so slow clients cost bounded
 //! memory and never slow the pipeline.
 
-use super::json::{rfc3339_ms, rfc3339_us, write_rows};
+use super::json::{rfc3339_ms, rfc3339_us, write_changes, write_rows};
 use super::types::{ErrorBody, Object, object};
 use super::{ApiError, AppState};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -23,12 +24,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
-use weir_engine::serving::{Emitted, SUBSCRIBER_QUEUE_BATCHES, ViewBuffer, ViewEvent};
+use weir_engine::serving::{Emitted, KeyedPage, SUBSCRIBER_QUEUE_BATCHES, ViewBuffer, ViewEvent};
 use weir_engine::sql::ObjectKind;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SubscribeParams {
-    /// Resume: skip the snapshot and send every retained row with a greater seq first.
+    /// Resume: skip the snapshot and send every retained row with a greater seq first (an
+    /// updating view: the latest change of each key changed after it, or its current rows
+    /// as a snapshot when those changes are no longer all kept).
     pub since_seq: Option<u64>,
     /// The API token, for clients that cannot set an Authorization header (read by the
     /// auth layer; here for the OpenAPI document).
@@ -44,6 +47,11 @@ pub struct SubscriptionMessage {
     pub kind: String,
     /// snapshot and rows: the rows, oldest first.
     pub rows: Option<Vec<serde_json::Value>>,
+    /// Updating views: each row's op, insert or delete, to apply by the view's key.
+    pub ops: Option<Vec<String>>,
+    /// Updating views: each row's seq (ascending; a snapshot's and a resumed
+    /// subscription's first message skip the seqs of superseded changes).
+    pub seqs: Option<Vec<u64>>,
     /// rows: the seq of the first row.
     pub first_seq: Option<u64>,
     /// snapshot and rows: the seq of the last row (snapshot: of the newest row emitted).
@@ -63,6 +71,10 @@ pub struct SubscriptionMessage {
 /// first (the first message has first_seq = N+1 when those rows are still retained). An
 /// `error` message precedes every close by the server: the view was dropped, the client
 /// fell too far behind, or the server is stopping.
+///
+/// An updating view's snapshot is its current rows; with `since_seq` the first message
+/// is the latest change of each key changed after N (a snapshot instead when those
+/// changes are no longer all kept). Its messages carry `ops` and `seqs` beside `rows`.
 #[utoipa::path(get, path = "/api/v1/views/{name}/subscribe", tag = "rows",
     params(("name" = String, Path, description = "The view"), SubscribeParams),
     responses((status = 101, description = "WebSocket: snapshot, then rows messages", body = SubscriptionMessage),
@@ -119,26 +131,110 @@ enum End {
     Close(u16, String),
 }
 
-fn rows_message(
-    batches: &[RecordBatch],
-    first_seq: u64,
-    last_seq: u64,
-    watermark: Option<i64>,
-    emitted_at_us: Option<i64>,
-) -> Vec<u8> {
-    let mut out = b"{\"type\":\"rows\",\"rows\":[".to_vec();
-    write_rows(batches, &mut out, true);
-    let wm = watermark.filter(|w| *w != i64::MAX).and_then(rfc3339_ms);
-    let at = emitted_at_us.and_then(rfc3339_us);
-    out.extend_from_slice(
-        format!(
-            "],\"first_seq\":{first_seq},\"last_seq\":{last_seq},\"watermark\":{},\"emitted_at\":{}}}",
-            serde_json::to_string(&wm).unwrap_or_else(|_| "null".into()),
-            serde_json::to_string(&at).unwrap_or_else(|_| "null".into()),
-        )
-        .as_bytes(),
-    );
-    out
+/// The rows of a message: an append-only view's, or an updating view's changes, row i
+/// with seq `seqs[i]`.
+enum Body<'a> {
+    Appended(&'a [RecordBatch]),
+    Changes(&'a RecordBatch, &'a [u64]),
+}
+
+/// What a message says after its rows.
+enum Tail {
+    /// `snapshot`: the newest seq the view has emitted.
+    Snapshot { last_seq: u64 },
+    /// `rows`: where the rows are in the view's sequence and when.
+    Rows {
+        first_seq: u64,
+        last_seq: u64,
+        watermark: Option<i64>,
+        emitted_at_us: Option<i64>,
+    },
+}
+
+/// A `snapshot` or `rows` message.
+fn message(body: Body<'_>, tail: Tail) -> weir_engine::Result<Vec<u8>> {
+    let kind = match tail {
+        Tail::Snapshot { .. } => "snapshot",
+        Tail::Rows { .. } => "rows",
+    };
+    let mut out = format!("{{\"type\":\"{kind}\",").into_bytes();
+    match body {
+        Body::Appended(batches) => {
+            out.extend_from_slice(b"\"rows\":[");
+            write_rows(batches, &mut out, true);
+            out.push(b']');
+        }
+        Body::Changes(batch, seqs) => write_changes(batch, seqs, &mut out)?,
+    }
+    match tail {
+        Tail::Snapshot { last_seq } => {
+            out.extend_from_slice(format!(",\"last_seq\":{last_seq}}}").as_bytes());
+        }
+        Tail::Rows {
+            first_seq,
+            last_seq,
+            watermark,
+            emitted_at_us,
+        } => {
+            let wm = watermark.filter(|w| *w != i64::MAX).and_then(rfc3339_ms);
+            let at = emitted_at_us.and_then(rfc3339_us);
+            out.extend_from_slice(
+                format!(
+                    ",\"first_seq\":{first_seq},\"last_seq\":{last_seq},\"watermark\":{},\"emitted_at\":{}}}",
+                    serde_json::to_string(&wm).unwrap_or_else(|_| "null".into()),
+                    serde_json::to_string(&at).unwrap_or_else(|_| "null".into()),
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The `rows` message of an emitted batch's rows from seq `from` on (an updating view's
+/// batch is a batch of changes).
+fn live_message(e: &Emitted, from: u64, keyed: bool) -> weir_engine::Result<Utf8Bytes> {
+    let skip = from.saturating_sub(e.first_seq) as usize;
+    let part = e.batch.slice(skip, e.batch.num_rows() - skip);
+    let seqs: Vec<u64> = if keyed {
+        (from..=e.last_seq()).collect()
+    } else {
+        vec![]
+    };
+    let body = if keyed {
+        Body::Changes(&part, &seqs)
+    } else {
+        Body::Appended(std::slice::from_ref(&part))
+    };
+    let msg = message(
+        body,
+        Tail::Rows {
+            first_seq: from,
+            last_seq: e.last_seq(),
+            watermark: e.watermark,
+            emitted_at_us: Some(e.emitted_at_us),
+        },
+    )?;
+    Ok(text(msg))
+}
+
+/// The first message of an updating view's subscriber: `page` as a snapshot when it
+/// resets the reader, else as the changes after its seq (`None` when there are none).
+fn page_message(page: &KeyedPage, watermark: Option<i64>) -> weir_engine::Result<Option<Vec<u8>>> {
+    let body = Body::Changes(&page.rows, &page.seqs);
+    let tail = match page.seqs.first() {
+        _ if page.reset => Tail::Snapshot {
+            last_seq: page.last_seq,
+        },
+        None => return Ok(None),
+        Some(&first_seq) => Tail::Rows {
+            first_seq,
+            last_seq: page.last_seq,
+            watermark,
+            emitted_at_us: None,
+        },
+    };
+    message(body, tail).map(Some)
 }
 
 fn text(bytes: Vec<u8>) -> Utf8Bytes {
@@ -159,24 +255,19 @@ pub struct EncodedBatches(Arc<Mutex<HashMap<String, Recent>>>);
 type Recent = VecDeque<(u64, Utf8Bytes)>;
 
 impl EncodedBatches {
-    /// The message for `e`, a batch of view `view`, encoded now if no one has yet.
-    fn get(&self, view: &str, e: &Emitted) -> Utf8Bytes {
+    /// The message for `e`, a batch of view `view` (an updating view's if `keyed`), encoded
+    /// now if no one has yet.
+    fn get(&self, view: &str, e: &Emitted, keyed: bool) -> weir_engine::Result<Utf8Bytes> {
         let cached = self
             .0
             .lock()
             .get(view)
             .and_then(|q| q.iter().find(|(seq, _)| *seq == e.first_seq).cloned());
         if let Some((_, msg)) = cached {
-            return msg;
+            return Ok(msg);
         }
         // Encoded outside the lock; two subscribers racing here encode the same bytes.
-        let msg = text(rows_message(
-            std::slice::from_ref(&e.batch),
-            e.first_seq,
-            e.last_seq(),
-            e.watermark,
-            Some(e.emitted_at_us),
-        ));
+        let msg = live_message(e, e.first_seq, keyed)?;
         let mut g = self.0.lock();
         let q = g.entry(view.to_string()).or_default();
         if !q.iter().any(|(seq, _)| *seq == e.first_seq) {
@@ -185,7 +276,7 @@ impl EncodedBatches {
                 q.pop_front();
             }
         }
-        msg
+        Ok(msg)
     }
 
     /// Forget a view's batches (it was dropped).
@@ -194,7 +285,19 @@ impl EncodedBatches {
     }
 }
 
+/// The close code for a subscription ended by a failure of ours.
+const CLOSE_INTERNAL: u16 = 1011;
+
 impl Subscriber {
+    /// End the subscription for a failure of ours: the detail goes to the log.
+    fn internal(&self, e: impl std::fmt::Display) -> End {
+        tracing::error!(view = %self.name, "a subscription failed: {e}");
+        End::Close(
+            CLOSE_INTERNAL,
+            "internal error; the detail is in the server log".into(),
+        )
+    }
+
     async fn send(&mut self, msg: Utf8Bytes) -> Result<(), End> {
         match tokio::time::timeout(
             self.state.settings.ws_send_timeout,
@@ -259,28 +362,20 @@ impl Subscriber {
         mut rx: tokio::sync::broadcast::Receiver<ViewEvent>,
         since: Option<u64>,
     ) -> End {
-        let retained = buffer.retained();
-        let mut cursor = retained.last_seq;
-        match since {
-            None => {
-                let mut out = b"{\"type\":\"snapshot\",\"rows\":[".to_vec();
-                write_rows(retained.batches.iter().map(|(_, b)| b), &mut out, true);
-                out.extend_from_slice(format!("],\"last_seq\":{}}}", retained.last_seq).as_bytes());
-                if let Err(e) = self.send(text(out)).await {
-                    return e;
-                }
-            }
-            Some(since) => {
-                let (batches, first) = after(&retained.batches, since);
-                if let Some(first) = first {
-                    let msg =
-                        rows_message(&batches, first, retained.last_seq, stats.watermark(), None);
-                    if let Err(e) = self.send(text(msg)).await {
-                        return e;
-                    }
-                }
-                cursor = cursor.max(since);
-            }
+        let keyed = buffer.is_keyed();
+        let first = first_message(&buffer, since, stats.watermark());
+        let (first, mut cursor) = match first {
+            Ok(f) => f,
+            Err(e) => return self.internal(e),
+        };
+        if let Some(msg) = first
+            && let Err(e) = self.send(text(msg)).await
+        {
+            return e;
+        }
+        // A reader ahead of the view (it had rows numbered further) skips up to its seq.
+        if let Some(since) = since {
+            cursor = cursor.max(since);
         }
         let mut stopping = self.state.stopping.clone();
         loop {
@@ -291,11 +386,13 @@ impl Subscriber {
                             continue;
                         }
                         let msg = if e.first_seq > cursor {
-                            self.state.encoded.get(&self.name, &e)
+                            self.state.encoded.get(&self.name, &e, keyed)
                         } else {
-                            let skip = (cursor + 1 - e.first_seq) as usize;
-                            let part = e.batch.slice(skip, e.batch.num_rows() - skip);
-                            text(rows_message(&[part], cursor + 1, e.last_seq(), e.watermark, Some(e.emitted_at_us)))
+                            live_message(&e, cursor + 1, keyed)
+                        };
+                        let msg = match msg {
+                            Ok(m) => m,
+                            Err(err) => return self.internal(err),
                         };
                         cursor = e.last_seq();
                         if let Err(end) = self.send(msg).await {
@@ -324,6 +421,44 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// What a subscriber sends first, and the seq of the newest row it covers: the snapshot
+/// (no `since`), or the rows after `since` (none when there are none). An updating view's
+/// first message is a page of its rows by key ([`page_message`]).
+fn first_message(
+    buffer: &ViewBuffer,
+    since: Option<u64>,
+    watermark: Option<i64>,
+) -> weir_engine::Result<(Option<Vec<u8>>, u64)> {
+    if let Some(page) = buffer.keyed_page(since, usize::MAX) {
+        let page = page?;
+        return Ok((page_message(&page, watermark)?, page.last_seq));
+    }
+    let retained = buffer.retained();
+    let last_seq = retained.last_seq;
+    let msg = match since {
+        None => {
+            let batches: Vec<RecordBatch> = retained.batches.into_iter().map(|(_, b)| b).collect();
+            Some(message(
+                Body::Appended(&batches),
+                Tail::Snapshot { last_seq },
+            )?)
+        }
+        Some(since) => match after(&retained.batches, since) {
+            (_, None) => None,
+            (batches, Some(first_seq)) => Some(message(
+                Body::Appended(&batches),
+                Tail::Rows {
+                    first_seq,
+                    last_seq,
+                    watermark,
+                    emitted_at_us: None,
+                },
+            )?),
+        },
+    };
+    Ok((msg, last_seq))
 }
 
 /// Resolves once the server is stopping.
