@@ -407,13 +407,9 @@ impl Pipeline {
             })?;
         let schema = view.info.schema.clone();
         let key_columns = view.info.key.clone();
+        // An updating view's batches are changes (`crate::changelog`); each connector
+        // decides in `create` whether and how it writes them.
         let changelog = view.props.as_ref().is_some_and(|p| p.changelog);
-        if changelog {
-            return Err(WeirError::user(format!(
-                "view '{}' is an updating view; sinks for updating views are not built yet",
-                s.from
-            )));
-        }
         let mut options = s.options.clone();
         let connector = options.take("connector").ok_or_else(|| {
             WeirError::user(format!(

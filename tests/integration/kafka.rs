@@ -9,9 +9,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use crate::updating::{
+    QUIET, Readings, SOURCE, SiteRow, TOTAL, TotalRow, changed, site, total_rows,
+};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -23,6 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
@@ -338,16 +342,18 @@ fn payload_text(m: &OwnedMessage) -> String {
     String::from_utf8_lossy(m.payload().unwrap_or(&[])).to_string()
 }
 
-/// Every message of `topic`, partition by partition in offset order, from the beginning to
-/// the end offsets (high watermarks) taken first, for a topic whose writers have finished:
-/// the end of each partition is reached (not a count of messages), and the end offsets must
-/// not have moved by then, so extra messages cannot go unseen.
+/// Every committed message of `topic` (`read_committed`), partition by partition in offset
+/// order, from the beginning to the end offsets (high watermarks) taken first, for a topic
+/// whose writers have finished: the end of each partition is reached (not a count of
+/// messages), and the end offsets must not have moved by then, so extra messages cannot go
+/// unseen.
 pub(crate) fn read_topic_to_end(b: &str, topic: &str) -> Vec<OwnedMessage> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let md = c
@@ -1623,6 +1629,12 @@ impl EosCase {
     }
 
     fn sink(&self) -> Box<dyn Sink> {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        self.sink_of(schema, &[], false)
+    }
+
+    /// The sink of a view with `schema` and `key`, an updating view when `changelog`.
+    fn sink_of(&self, schema: SchemaRef, key: &[&str], changelog: bool) -> Box<dyn Sink> {
         let options = weir_engine::options::Options::new([
             ("topic".to_string(), self.topic.clone()),
             ("format".to_string(), "json".to_string()),
@@ -1635,9 +1647,9 @@ impl EosCase {
             .create(SinkSpec {
                 name: "eos".to_string(),
                 view: "v".to_string(),
-                schema: Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)])),
-                key_columns: vec![],
-                changelog: false,
+                schema,
+                key_columns: key.iter().map(|k| k.to_string()).collect(),
+                changelog,
                 options,
                 data_dir: self.dir.path().to_path_buf(),
                 stats: Arc::new(Stats::default()),
@@ -1726,6 +1738,88 @@ async fn kafka_sink_crash_between_precommit_and_commit_loses_nothing() {
     b2.commit(3).await.unwrap();
     b2.close().await.unwrap();
     assert_eq!(case.committed().await, n_payloads(1..=8));
+}
+
+/// An updating view's changes pre-committed but not committed when the process dies: the
+/// restart publishes them from the spool, deletes as tombstones (no value, not an empty
+/// one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_upsert_sink_publishes_tombstones_again_after_a_crash() {
+    use weir_engine::changelog::{DELETE, INSERT, with_op};
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let case = EosCase::new(&b, "eos-upsert").await;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("site", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let changes = |rows: &[(&str, i64, i8)]| {
+        RecordBatch::try_new(
+            with_op(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+                Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )),
+                Arc::new(datafusion::arrow::array::Int8Array::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let mut a = case.sink_of(schema.clone(), &["site"], true);
+    a.recover(None).await.unwrap();
+    a.write(
+        changes(&[("oslo", 1, INSERT), ("rome", 1, INSERT)]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    a.precommit(1).await.unwrap();
+    a.commit(1).await.unwrap();
+    a.write(
+        changes(&[
+            ("oslo", 1, DELETE),
+            ("rome", 1, DELETE),
+            ("rome", 2, INSERT),
+        ]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let cp = a.precommit(2).await.unwrap();
+    drop(a); // the crash: no commit, no close
+
+    let mut again = case.sink_of(schema, &["site"], true);
+    again.recover(Some((2, cp))).await.unwrap();
+    again.close().await.unwrap();
+    let (b2, topic) = (b.clone(), case.topic.clone());
+    let got: Vec<(String, Option<String>)> =
+        tokio::task::spawn_blocking(move || read_topic_to_end(&b2, &topic))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                (text(m.key().unwrap()), m.payload().map(text))
+            })
+            .collect();
+    let msg = |site: &str, n: Option<i64>| {
+        (
+            format!(r#"{{"site":"{site}"}}"#),
+            n.map(|n| format!(r#"{{"site":"{site}","n":{n}}}"#)),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            msg("oslo", Some(1)),
+            msg("rome", Some(1)),
+            msg("oslo", None),
+            msg("rome", Some(2)),
+        ]
+    );
 }
 
 /// Kafka committed epoch 2 but the process died before it deleted the spool: the recovery
@@ -1924,4 +2018,210 @@ async fn kafka_nexmark_bids_round_trip() {
     ))
     .await;
     assert_eq!(sorted(&got), expected);
+}
+
+/// A message of an upsert topic: its key and its value (`None`: a tombstone), as JSON.
+type Upsert = (serde_json::Value, Option<serde_json::Value>);
+
+/// What a step changed, as the messages an upsert topic gets for it: per changed key, the
+/// new row, or a tombstone when the row went.
+fn upserts<R: Clone>(
+    changed: Vec<(Option<R>, Option<R>)>,
+    key: impl Fn(&R) -> serde_json::Value,
+    value: impl Fn(&R) -> serde_json::Value,
+) -> Vec<Upsert> {
+    changed
+        .into_iter()
+        .map(|(old, new)| {
+            let row = new.as_ref().or(old.as_ref()).unwrap();
+            (key(row), new.as_ref().map(&value))
+        })
+        .collect()
+}
+
+/// JSON text with a float written the shortest way that reads back as it (as the sink
+/// writes it), parsed. Both sides go through the same parser, whose float parsing is not
+/// exact to the last bit.
+fn json_with_float(text: &str, x: Option<f64>) -> serde_json::Value {
+    let x = x.map_or("null".to_string(), |x| format!("{x:?}"));
+    serde_json::from_str(&text.replace("{x}", &x)).unwrap()
+}
+
+fn site_json(r: &SiteRow) -> serde_json::Value {
+    let text = format!(r#"{{"site":"{}","n":{},"hottest":{{x}}}}"#, r.0, r.1);
+    json_with_float(&text, r.2)
+}
+
+fn total_json(r: &TotalRow) -> serde_json::Value {
+    json_with_float(&format!(r#"{{"n":{},"hottest":{{x}}}}"#, r.0), r.1)
+}
+
+/// Each committed message of `topic` as JSON, with its partition.
+fn upsert_messages(b: &str, topic: &str) -> Vec<(i32, Upsert)> {
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    read_topic_to_end(b, topic)
+        .iter()
+        .map(|m| {
+            (
+                m.partition(),
+                (json(m.key().unwrap()), m.payload().map(json)),
+            )
+        })
+        .collect()
+}
+
+/// An updating view into Kafka, in transactions: each row's messages (the topic has three
+/// partitions: a key's messages are all in one, in order) are exactly its changes step by
+/// step, an update one message with the new row and a delete a tombstone; compacting the
+/// topic (the last message per key, tombstones removing the key) gives the view's rows. A
+/// global aggregate's messages carry the key `{}` and all go to partition 0. Changes after
+/// the last checkpoint, aborted at close, are not read. A key other than the view's is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_upsert_topic_from_an_updating_view() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let (quiet_topic, total_topic) = (unique("upsert-quiet"), unique("upsert-total"));
+    create_topic(&b, &quiet_topic, 3).await;
+    create_topic(&b, &total_topic, 3).await;
+    let progress = unique("upsert-progress");
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = weir_tests::slt::test_pipeline_config(
+        dir.path(),
+        EngineConfig {
+            checkpoints: true,
+            ..EngineConfig::default()
+        },
+    );
+    p.execute(&format!(
+        "{SOURCE}
+         CREATE MATERIALIZED VIEW quiet AS {QUIET};
+         CREATE MATERIALIZED VIEW total AS {TOTAL};"
+    ))
+    .await
+    .unwrap();
+    let e = p
+        .execute(&format!(
+            "CREATE SINK bad FROM quiet WITH (connector = 'kafka', topic = '{quiet_topic}', \
+               'bootstrap.servers' = '{b}', key = 'site, n');"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "statement 1 (line 1, column 1): sink 'bad': option 'key' = 'site, n' does not match \
+         updating view 'quiet': its messages are keyed by the view's key (site), so that a \
+         compacted topic keeps each row's last value; leave 'key' out or name exactly those \
+         columns"
+    );
+    let sink = |name: &str, view: &str, topic: &str| {
+        format!(
+            "CREATE SINK {name} FROM {view} WITH (connector = 'kafka', topic = '{topic}', \
+               'bootstrap.servers' = '{b}', 'progress.topic' = '{progress}', \
+               'transactional.id' = '{}');",
+            unique(name)
+        )
+    };
+    p.execute(&format!(
+        "{}\n{}",
+        sink("quiet_k", "quiet", &quiet_topic),
+        sink("total_k", "total", &total_topic)
+    ))
+    .await
+    .unwrap();
+    let mut sinks: HashMap<String, Box<dyn Sink>> = p
+        .take_new_sinks()
+        .into_iter()
+        .map(|s| (s.view, s.sink))
+        .collect();
+    for s in sinks.values_mut() {
+        s.recover(None).await.unwrap();
+    }
+
+    let mut readings = Readings::new(&p);
+    let (mut quiet_before, mut total_before) = (Vec::new(), Vec::new());
+    let (mut quiet_expected, mut total_expected) = (Vec::new(), Vec::new());
+    for epoch in 1..=6u64 {
+        for o in readings.push(&mut p).await {
+            let sink = sinks.get_mut(&o.view).unwrap();
+            sink.write(o.batch, o.ids).await.unwrap();
+        }
+        for s in sinks.values_mut() {
+            s.precommit(epoch).await.unwrap();
+            s.commit(epoch).await.unwrap();
+        }
+        let quiet = readings.quiet().await;
+        quiet_expected.extend(upserts(
+            changed(&quiet_before, &quiet, site),
+            |r| serde_json::json!({"site": r.0}),
+            site_json,
+        ));
+        quiet_before = quiet;
+        let total = total_rows(&readings.batch_answer(TOTAL).await);
+        total_expected.extend(upserts(
+            changed(&total_before, &total, |_| ()),
+            |_| serde_json::json!({}),
+            total_json,
+        ));
+        total_before = total;
+    }
+    // One more step, never checkpointed: its transaction is aborted at close.
+    for o in readings.push(&mut p).await {
+        let sink = sinks.get_mut(&o.view).unwrap();
+        sink.write(o.batch, o.ids).await.unwrap();
+    }
+    for s in sinks.values_mut() {
+        s.close().await.unwrap();
+    }
+
+    let (b2, topic) = (b.clone(), quiet_topic.clone());
+    let got = tokio::task::spawn_blocking(move || upsert_messages(&b2, &topic))
+        .await
+        .unwrap();
+    // Per key: its messages, all in one partition, in order.
+    let mut by_key: BTreeMap<String, (i32, Vec<Upsert>)> = BTreeMap::new();
+    for (partition, m) in got {
+        let e = by_key
+            .entry(m.0.to_string())
+            .or_insert_with(|| (partition, Vec::new()));
+        assert_eq!(e.0, partition, "key {} in two partitions", m.0);
+        e.1.push(m);
+    }
+    let mut want: BTreeMap<String, Vec<Upsert>> = BTreeMap::new();
+    for m in &quiet_expected {
+        want.entry(m.0.to_string()).or_default().push(m.clone());
+    }
+    let got_keys: BTreeMap<String, Vec<Upsert>> = by_key
+        .iter()
+        .map(|(k, (_, ms))| (k.clone(), ms.clone()))
+        .collect();
+    assert_eq!(got_keys, want);
+    let tombstones = quiet_expected.iter().filter(|m| m.1.is_none()).count();
+    assert!(tombstones > 5, "{tombstones} tombstones");
+    assert!(
+        by_key
+            .values()
+            .map(|(p, _)| p)
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1
+    );
+    // Compacted: the view's rows.
+    let compacted: Vec<serde_json::Value> = got_keys
+        .values()
+        .filter_map(|ms| ms.last().and_then(|m| m.1.clone()))
+        .collect();
+    let rows: Vec<serde_json::Value> = quiet_before.iter().map(site_json).collect();
+    assert_eq!(compacted, rows);
+
+    let (b2, topic) = (b.clone(), total_topic.clone());
+    let got = tokio::task::spawn_blocking(move || upsert_messages(&b2, &topic))
+        .await
+        .unwrap();
+    assert!(got.iter().all(|(partition, _)| *partition == 0), "{got:?}");
+    let got: Vec<Upsert> = got.into_iter().map(|(_, m)| m).collect();
+    // Three values (12, 24, 36 readings), then the tombstone at 48.
+    assert_eq!(got.len(), 4);
+    assert_eq!(got, total_expected);
+    assert_eq!(got.last().unwrap().1, None);
 }

@@ -17,3 +17,4 @@ mod parquet_readback;
 mod postgres;
 mod server_api;
 mod slt_suite;
+mod updating;

@@ -161,6 +161,12 @@ pub fn test_pipeline_keyed(data_dir: &Path, workers: usize, key_partitions: u32)
     test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), config)
 }
 
+/// [`test_pipeline`] with `config` (its data directory set to `data_dir`): checkpoints on,
+/// for sinks that write transactions.
+pub fn test_pipeline_config(data_dir: &Path, config: EngineConfig) -> Pipeline {
+    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), config)
+}
+
 /// [`test_pipeline`] and the clock it reads, to move processing time by hand.
 pub fn test_pipeline_clocked(data_dir: &Path) -> (Pipeline, ManualClock) {
     let clock = ManualClock::new(0);

@@ -258,6 +258,11 @@ impl CsvRecordEncoder {
 
 impl RecordEncoder for CsvRecordEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut RecordChunk) -> Result<()> {
+        if batch.num_columns() == 0 {
+            // No columns (a global aggregate's message key): an empty record per row.
+            (0..batch.num_rows()).for_each(|_| out.push(b""));
+            return Ok(());
+        }
         self.buf.clear();
         {
             let mut w = WriterBuilder::new()
@@ -401,6 +406,21 @@ mod tests {
             out.bad[0].1,
             "missing or null value for NOT NULL column 'ts'"
         );
+    }
+
+    #[test]
+    fn no_columns_encode_as_empty_records() {
+        let empty = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(2)),
+        )
+        .unwrap();
+        let mut out = RecordChunk::default();
+        CsvRecordEncoder::new(opts(&[]))
+            .encode(&empty, &mut out)
+            .unwrap();
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![b"" as &[u8], b""]);
     }
 
     #[test]

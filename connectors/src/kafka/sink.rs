@@ -7,6 +7,17 @@
 //! The message key, with `key = 'col, col'`, is those columns encoded in the same format
 //! (a JSON object for `json`); without `key` messages have no key.
 //!
+//! # Updating views: an upsert topic
+//!
+//! An updating view (an aggregate without a window: its rows change and go away) is written
+//! the way a compacted topic keeps a table: every message is keyed by the view's key (its
+//! GROUP BY columns; `key`, if given, must name exactly those), an insert or update is the
+//! new row as the value, and a delete is a tombstone (the key with a null value). Each
+//! batch of changes is netted first ([`changelog::net_changes`]), so an update (the old row
+//! deleted, the new one inserted) is one message. A global aggregate (no key columns) has
+//! one row: its messages all carry the key of no columns (`{}` in JSON, an empty record in
+//! Avro, an empty key in CSV) and go to partition 0, so compaction keeps its last value.
+//!
 //! # Without checkpoints: at least once
 //!
 //! `flush` (after every emitting watermark step, on a timer, and at close) waits until
@@ -76,6 +87,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_engine::backoff::{Backoff, retry};
+use weir_engine::changelog;
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::fsutil::{Staged, StagedFiles, blocking, run_blocking};
 use weir_engine::{Result, WeirError};
@@ -140,7 +152,7 @@ impl SinkFactory for KafkaSinkFactory {
 
     fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>> {
         let what = format!("sink '{}'", spec.name);
-        let mut options = spec.options;
+        let mut options = spec.options.clone();
         let topic = options
             .take("topic")
             .filter(|t| !t.trim().is_empty())
@@ -157,30 +169,38 @@ impl SinkFactory for KafkaSinkFactory {
             }
             Some(t) => t.trim().to_string(),
         };
-        let key_columns: Vec<usize> = match options.take("key") {
-            None => vec![],
-            Some(k) => k
-                .split(',')
+        let key_names: Option<Vec<String>> = options.take("key").map(|k| {
+            k.split(',')
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
-                .map(|c| {
-                    spec.schema.index_of(c).map_err(|_| {
-                        WeirError::user(format!(
-                            "{what}: key column '{c}' is not a column of view '{}'; its \
-                             columns: {}",
-                            spec.view,
-                            spec.schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?,
+                .map(str::to_string)
+                .collect()
+        });
+        let key_names = if spec.changelog {
+            upsert_key(&what, &spec, key_names)?
+        } else {
+            key_names.unwrap_or_default()
         };
-        let key_encoder = if key_columns.is_empty() {
+        let key_columns: Vec<usize> = key_names
+            .iter()
+            .map(|c| {
+                spec.schema.index_of(c).map_err(|_| {
+                    WeirError::user(format!(
+                        "{what}: key column '{c}' is not a column of view '{}'; its columns: {}",
+                        spec.view,
+                        spec.schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        // An updating view's messages always have a key, of no columns for a global
+        // aggregate.
+        let key_encoder = if key_columns.is_empty() && !spec.changelog {
             None
         } else {
             let key_schema = Arc::new(spec.schema.project(&key_columns)?);
@@ -209,22 +229,58 @@ impl SinkFactory for KafkaSinkFactory {
         let spool = spec
             .checkpointed
             .then(|| Spool::new(spool_dir(&spec.data_dir, &spec.name)));
+        // A global aggregate's messages all have the same key: one partition keeps them in
+        // order.
+        let partition = (spec.changelog && key_columns.is_empty()).then_some(0);
         Ok(Box::new(KafkaSink {
             name: spec.name,
             topic,
+            partition,
             connection,
             producer: None,
             work: Some(Work {
                 encoder,
                 key_encoder,
                 key_columns,
-                values: RecordChunk::default(),
-                keys: RecordChunk::default(),
+                changelog: spec.changelog,
+                out: Messages::default(),
                 spool,
             }),
             txn,
         }))
     }
+}
+
+/// The key of an updating view's messages: the view's key columns. `key`, if given, must
+/// name the same columns (its order is the key's).
+fn upsert_key(what: &str, spec: &SinkSpec, key: Option<Vec<String>>) -> Result<Vec<String>> {
+    let Some(key) = key else {
+        return Ok(spec.key_columns.clone());
+    };
+    let sorted = |k: &[String]| {
+        let mut k = k.to_vec();
+        k.sort();
+        k
+    };
+    if sorted(&key) == sorted(&spec.key_columns) {
+        return Ok(key);
+    }
+    let view = &spec.view;
+    let why = if spec.key_columns.is_empty() {
+        "it is a global aggregate (no key columns), whose messages all carry the same key; \
+         leave 'key' out"
+            .to_string()
+    } else {
+        format!(
+            "its messages are keyed by the view's key ({}), so that a compacted topic keeps each \
+             row's last value; leave 'key' out or name exactly those columns",
+            spec.key_columns.join(", ")
+        )
+    };
+    Err(WeirError::user(format!(
+        "{what}: option 'key' = '{}' does not match updating view '{view}': {why}",
+        key.join(", ")
+    )))
 }
 
 /// The `transactional.id` option, or `weir-<sink name>`.
@@ -356,7 +412,7 @@ impl Spool {
     }
 
     /// Append one message to the open spool, creating it at the first.
-    fn append(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+    fn append(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<()> {
         let path = self.dir.join(OPEN_SPOOL);
         let w = match &mut self.open {
             Some(w) => w,
@@ -409,32 +465,80 @@ impl Spool {
     }
 }
 
+/// Encoded messages: first `tombstones` keys without a value (an updating view's
+/// deletes), then one message per value; keyed by `keys` in the same order when there are
+/// keys.
+#[derive(Default)]
+struct Messages {
+    keys: RecordChunk,
+    values: RecordChunk,
+    tombstones: usize,
+}
+
+impl Messages {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.values.clear();
+        self.tombstones = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.tombstones + self.values.len()
+    }
+
+    /// Message `i`'s key and value (`None`: a tombstone).
+    fn get(&self, i: usize) -> (Option<&[u8]>, Option<&[u8]>) {
+        let key = (!self.keys.is_empty()).then(|| self.keys.get(i));
+        let value = i.checked_sub(self.tombstones).map(|v| self.values.get(v));
+        (key, value)
+    }
+}
+
 /// Encoders, their output and the spool: moved to a blocking thread for each batch.
 struct Work {
     encoder: Box<dyn RecordEncoder>,
     key_encoder: Option<Box<dyn RecordEncoder>>,
     key_columns: Vec<usize>,
-    values: RecordChunk,
-    keys: RecordChunk,
+    /// Batches are an updating view's changes: written as upserts and tombstones.
+    changelog: bool,
+    out: Messages,
     /// Checkpoints on only.
     spool: Option<Spool>,
 }
 
 impl Work {
-    /// Encode `batch` into `values` (and `keys`), and append the messages to the spool.
+    /// Encode `batch` into `out`, and append the messages to the spool.
     fn encode(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.values.clear();
-        self.encoder.encode(batch, &mut self.values)?;
-        self.keys.clear();
-        if let Some(k) = &mut self.key_encoder {
-            k.encode(&batch.project(&self.key_columns)?, &mut self.keys)?;
-        }
-        if let Some(spool) = &mut self.spool {
-            for i in 0..self.values.len() {
-                let key = (!self.keys.is_empty()).then(|| self.keys.get(i));
-                spool.append(key, self.values.get(i))?;
+        self.out.clear();
+        if self.changelog {
+            self.encode_changes(batch)?;
+        } else {
+            self.encoder.encode(batch, &mut self.out.values)?;
+            if let Some(k) = &mut self.key_encoder {
+                k.encode(&batch.project(&self.key_columns)?, &mut self.out.keys)?;
             }
         }
+        if let Some(spool) = &mut self.spool {
+            for i in 0..self.out.len() {
+                let (key, value) = self.out.get(i);
+                spool.append(key, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An updating view's changes: per key its last change in the batch, deletes as
+    /// tombstones, inserts as the row.
+    fn encode_changes(&mut self, batch: &RecordBatch) -> Result<()> {
+        let net = changelog::net_changes(batch, &self.key_columns)?;
+        let keys = self
+            .key_encoder
+            .as_mut()
+            .ok_or_else(|| WeirError::Internal("kafka upsert sink without a key".into()))?;
+        keys.encode(&net.deletes.project(&self.key_columns)?, &mut self.out.keys)?;
+        keys.encode(&net.upserts.project(&self.key_columns)?, &mut self.out.keys)?;
+        self.encoder.encode(&net.upserts, &mut self.out.values)?;
+        self.out.tombstones = net.deletes.num_rows();
         Ok(())
     }
 
@@ -448,6 +552,9 @@ impl Work {
 struct KafkaSink {
     name: String,
     topic: String,
+    /// Where every message goes (a global aggregate's, all with one key); `None`: the
+    /// producer's partitioner picks.
+    partition: Option<i32>,
     connection: Connection,
     producer: Option<Arc<KafkaProducer>>,
     /// `None` only while a blocking task has it.
@@ -507,9 +614,12 @@ fn enqueue(
     topic: &str,
     partition: Option<i32>,
     key: Option<&[u8]>,
-    payload: &[u8],
+    payload: Option<&[u8]>,
 ) -> std::result::Result<bool, KafkaError> {
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
     if let Some(k) = key {
         record = record.key(k);
     }
@@ -546,13 +656,14 @@ impl Ctl {
         run_blocking("kafka producer task", move || f(&p)).await
     }
 
-    /// Produce in the open transaction, waiting while the local queue is full.
+    /// Produce in the open transaction, waiting while the local queue is full. A `None`
+    /// payload is a tombstone.
     async fn produce(
         &self,
         topic: &str,
         partition: Option<i32>,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
     ) -> Result<()> {
         loop {
             match enqueue(&self.producer, topic, partition, key, payload) {
@@ -569,7 +680,7 @@ impl Ctl {
             topic,
             Some(0),
             Some(self.id.as_bytes()),
-            epoch.to_string().as_bytes(),
+            Some(epoch.to_string().as_bytes()),
         )
         .await
     }
@@ -700,11 +811,12 @@ impl Ctl {
         .await
     }
 
-    /// Produce the messages of the spool `files` again, with the progress record of
-    /// `epoch`, in one transaction, and commit it.
+    /// Produce the messages of the spool `files` again (to `partition`, if set), with the
+    /// progress record of `epoch`, in one transaction, and commit it.
     async fn republish(
         &self,
         topic: &str,
+        partition: Option<i32>,
         progress_topic: &str,
         files: Vec<PathBuf>,
         epoch: u64,
@@ -722,7 +834,7 @@ impl Ctl {
                         .next_record()
                         .map_err(|e| io_error("reading", f, e))?
                     {
-                        while !enqueue(p, &topic_owned, None, key.as_deref(), &value)
+                        while !enqueue(p, &topic_owned, partition, key.as_deref(), value.as_deref())
                             .map_err(|e| ctl.error("publishing the spool again", e))?
                         {
                             // A blocking thread (not an async worker): wait for the
@@ -798,11 +910,24 @@ impl KafkaSink {
     }
 
     /// At least once: send, retrying whatever the error (delivery failures come back
-    /// through [`Deliveries`] and are sent again by `flush`).
-    async fn send(producer: &KafkaProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    /// through [`Deliveries`] and are sent again by `flush`). A `None` payload is a
+    /// tombstone.
+    async fn send(
+        producer: &KafkaProducer,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match producer.send(record) {
@@ -867,7 +992,7 @@ impl KafkaSink {
                         "kafka had committed the checkpoint's transaction before the restart");
                 } else {
                     let files = pending.into_iter().map(|s| s.path).collect();
-                    ctl.republish(&self.topic, &progress_topic, files, epoch)
+                    ctl.republish(&self.topic, self.partition, &progress_topic, files, epoch)
                         .await?;
                 }
             }
@@ -1156,27 +1281,26 @@ impl Sink for KafkaSink {
             None => None,
         };
         // Encoded (and spooled) on a blocking thread; the buffers come back to be reused.
-        let (values, keys) = blocking(&mut self.work, "kafka sink", move |w| {
+        let out = blocking(&mut self.work, "kafka sink", move |w| {
             w.encode(&batch)?;
-            Ok((std::mem::take(&mut w.values), std::mem::take(&mut w.keys)))
+            Ok(std::mem::take(&mut w.out))
         })
         .await?;
         let mut sent = Ok(());
-        for i in 0..values.len() {
-            let key = (!keys.is_empty()).then(|| keys.get(i));
-            let value = values.get(i);
+        for i in 0..out.len() {
+            let (key, value) = out.get(i);
             match &ctl {
                 Some(ctl) => {
-                    sent = ctl.produce(&self.topic, None, key, value).await;
+                    sent = ctl.produce(&self.topic, self.partition, key, value).await;
                     if sent.is_err() {
                         break;
                     }
                 }
-                None => Self::send(&producer, &self.topic, key, value).await,
+                None => Self::send(&producer, &self.topic, self.partition, key, value).await,
             }
         }
         if let Some(w) = &mut self.work {
-            (w.values, w.keys) = (values, keys);
+            w.out = out;
         }
         sent
     }
@@ -1215,7 +1339,7 @@ impl Sink for KafkaSink {
                     "kafka deliveries failed; sending them again");
                 tokio::time::sleep(wait).await;
                 for (m, _) in &failed {
-                    Self::send(&producer, &self.topic, m.key(), m.payload().unwrap_or(&[])).await;
+                    Self::send(&producer, &self.topic, self.partition, m.key(), m.payload()).await;
                 }
             }
         }
@@ -1266,12 +1390,13 @@ impl Sink for KafkaSink {
 
 /// The spool file format: the 8-byte magic `WEIRSPL1`, then one record per message:
 /// the key's length as a little-endian u32 (`u32::MAX` for no key), the key, the value's
-/// length as a little-endian u32, the value.
+/// length as a little-endian u32 (`u32::MAX` for no value: a tombstone), the value.
 pub mod spool {
     use std::io::{self, Read, Write};
 
     pub const MAGIC: &[u8; 8] = b"WEIRSPL1";
-    const NO_KEY: u32 = u32::MAX;
+    /// The length word of a missing key or value.
+    const NONE: u32 = u32::MAX;
 
     pub fn write_header(w: &mut impl Write) -> io::Result<()> {
         w.write_all(MAGIC)
@@ -1280,24 +1405,32 @@ pub mod spool {
     fn len(b: &[u8]) -> io::Result<u32> {
         u32::try_from(b.len())
             .ok()
-            .filter(|n| *n != NO_KEY)
+            .filter(|n| *n != NONE)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))
     }
 
-    pub fn write_record(w: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> io::Result<()> {
-        match key {
-            None => w.write_all(&NO_KEY.to_le_bytes())?,
-            Some(k) => {
-                w.write_all(&len(k)?.to_le_bytes())?;
-                w.write_all(k)?;
+    /// A key or a value: its length and bytes, or [`NONE`].
+    fn write_part(w: &mut impl Write, part: Option<&[u8]>) -> io::Result<()> {
+        match part {
+            None => w.write_all(&NONE.to_le_bytes()),
+            Some(b) => {
+                w.write_all(&len(b)?.to_le_bytes())?;
+                w.write_all(b)
             }
         }
-        w.write_all(&len(value)?.to_le_bytes())?;
-        w.write_all(value)
     }
 
-    /// A record: the key (if any) and the value.
-    pub type Record = (Option<Vec<u8>>, Vec<u8>);
+    pub fn write_record(
+        w: &mut impl Write,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> io::Result<()> {
+        write_part(w, key)?;
+        write_part(w, value)
+    }
+
+    /// A record: the key and the value (each `None` when the message has none).
+    pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>);
 
     pub struct Reader<R> {
         inner: R,
@@ -1351,6 +1484,14 @@ pub mod spool {
             Ok(out)
         }
 
+        /// A key or a value after its length word `n`.
+        fn read_part(&mut self, n: u32) -> io::Result<Option<Vec<u8>>> {
+            match n {
+                NONE => Ok(None),
+                n => self.read_bytes(n).map(Some),
+            }
+        }
+
         /// The next record; `None` at the end of the file.
         pub fn next_record(&mut self) -> io::Result<Option<Record>> {
             let mut b = [0u8; 4];
@@ -1359,12 +1500,9 @@ pub mod spool {
                 4 => {}
                 _ => return Err(invalid("truncated spool record")),
             }
-            let key = match u32::from_le_bytes(b) {
-                NO_KEY => None,
-                n => Some(self.read_bytes(n)?),
-            };
+            let key = self.read_part(u32::from_le_bytes(b))?;
             let n = self.read_u32()?;
-            let value = self.read_bytes(n)?;
+            let value = self.read_part(n)?;
             Ok(Some((key, value)))
         }
     }
@@ -1377,11 +1515,19 @@ mod tests {
 
     fn records() -> Vec<spool::Record> {
         vec![
-            (None, br#"{"n":1}"#.to_vec()),
-            (Some(br#"{"k":"EU"}"#.to_vec()), br#"{"n":2}"#.to_vec()),
-            (Some(vec![]), vec![]),
-            (None, vec![]),
-            (Some(vec![0, 255, 0xff, 0xff, 0xff, 0xff]), vec![7; 70_000]),
+            (None, Some(br#"{"n":1}"#.to_vec())),
+            (
+                Some(br#"{"k":"EU"}"#.to_vec()),
+                Some(br#"{"n":2}"#.to_vec()),
+            ),
+            (Some(vec![]), Some(vec![])),
+            (None, Some(vec![])),
+            (
+                Some(vec![0, 255, 0xff, 0xff, 0xff, 0xff]),
+                Some(vec![7; 70_000]),
+            ),
+            // A tombstone.
+            (Some(br#"{"k":"US"}"#.to_vec()), None),
         ]
     }
 
@@ -1389,7 +1535,7 @@ mod tests {
         let mut buf = Vec::new();
         spool::write_header(&mut buf).unwrap();
         for (k, v) in records {
-            spool::write_record(&mut buf, k.as_deref(), v).unwrap();
+            spool::write_record(&mut buf, k.as_deref(), v.as_deref()).unwrap();
         }
         buf
     }
@@ -1408,7 +1554,8 @@ mod tests {
         let recs = records();
         let bytes = encode(&recs);
         assert_eq!(&bytes[..8], spool::MAGIC);
-        // No key, a key, an empty key (distinct from none), an empty value, binary data.
+        // No key, a key, an empty key (distinct from none), an empty value (distinct from
+        // none, a tombstone), binary data.
         assert_eq!(decode(&bytes).unwrap(), recs);
         assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
     }
@@ -1416,11 +1563,14 @@ mod tests {
     #[test]
     fn spool_layout_is_length_prefixed() {
         let mut buf = Vec::new();
-        spool::write_record(&mut buf, Some(b"ab"), b"xyz").unwrap();
+        spool::write_record(&mut buf, Some(b"ab"), Some(b"xyz")).unwrap();
         assert_eq!(buf, [2, 0, 0, 0, b'a', b'b', 3, 0, 0, 0, b'x', b'y', b'z']);
         buf.clear();
-        spool::write_record(&mut buf, None, b"v").unwrap();
+        spool::write_record(&mut buf, None, Some(b"v")).unwrap();
         assert_eq!(buf, [255, 255, 255, 255, 1, 0, 0, 0, b'v']);
+        buf.clear();
+        spool::write_record(&mut buf, Some(b"k"), None).unwrap();
+        assert_eq!(buf, [1, 0, 0, 0, b'k', 255, 255, 255, 255]);
     }
 
     #[test]
@@ -1480,8 +1630,8 @@ mod tests {
         // An epoch that wrote nothing stages nothing.
         assert!(s.precommit(4).unwrap().is_empty());
         assert!(!d.exists());
-        s.append(Some(b"k"), b"v1").unwrap();
-        s.append(None, b"v2").unwrap();
+        s.append(Some(b"k"), Some(b"v1")).unwrap();
+        s.append(None, Some(b"v2")).unwrap();
         let listed = s.precommit(5).unwrap();
         assert_eq!(
             listed,
@@ -1494,19 +1644,19 @@ mod tests {
         assert_eq!(
             decode(&std::fs::read(spool_path(&d, 5)).unwrap()).unwrap(),
             vec![
-                (Some(b"k".to_vec()), b"v1".to_vec()),
-                (None, b"v2".to_vec())
+                (Some(b"k".to_vec()), Some(b"v1".to_vec())),
+                (None, Some(b"v2".to_vec()))
             ]
         );
         // Epoch 5's checkpoint failed: epoch 6 lists both.
-        s.append(None, b"v3").unwrap();
+        s.append(None, Some(b"v3")).unwrap();
         let listed = s.precommit(6).unwrap();
         assert_eq!(listed.len(), 2);
         // Committing deletes them.
         s.files.commit(6).unwrap();
         assert!(list_spools(&d).unwrap().is_empty());
         // A message after the last pre-commit is discarded at close, its file at recovery.
-        s.append(None, b"v4").unwrap();
+        s.append(Some(b"k"), None).unwrap();
         s.discard_open();
         assert_eq!(s.recover(&[]).unwrap(), 1);
         assert!(!d.join(OPEN_SPOOL).exists());
@@ -1533,6 +1683,136 @@ mod tests {
             .map(|s| s.path)
             .collect();
         assert_eq!(paths, vec![spool_path(d, 1), spool_path(d, 2)]);
+    }
+
+    fn changes_spec(key: &[&str]) -> SinkSpec {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        SinkSpec {
+            name: "out".into(),
+            view: "per_site".into(),
+            schema: Arc::new(Schema::new(vec![
+                Field::new("site", DataType::Utf8, false),
+                Field::new("zone", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, false),
+            ])),
+            key_columns: key.iter().map(|k| k.to_string()).collect(),
+            changelog: true,
+            options: Default::default(),
+            data_dir: std::env::temp_dir(),
+            stats: Default::default(),
+            checkpointed: false,
+        }
+    }
+
+    #[test]
+    fn an_updating_view_is_keyed_by_its_key() {
+        let keys = |k: &[&str]| k.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let spec = changes_spec(&["site", "zone"]);
+        assert_eq!(
+            upsert_key("sink 'out'", &spec, None).unwrap(),
+            keys(&["site", "zone"])
+        );
+        assert_eq!(
+            upsert_key("sink 'out'", &spec, Some(keys(&["zone", "site"]))).unwrap(),
+            keys(&["zone", "site"])
+        );
+        let e = upsert_key("sink 'out'", &spec, Some(keys(&["site"]))).unwrap_err();
+        assert!(e.is_user());
+        assert_eq!(
+            e.to_string(),
+            "sink 'out': option 'key' = 'site' does not match updating view 'per_site': its \
+             messages are keyed by the view's key (site, zone), so that a compacted topic keeps \
+             each row's last value; leave 'key' out or name exactly those columns"
+        );
+        let global = changes_spec(&[]);
+        assert_eq!(upsert_key("sink 'out'", &global, None).unwrap(), keys(&[]));
+        assert_eq!(
+            upsert_key("sink 'out'", &global, Some(keys(&["n"])))
+                .unwrap_err()
+                .to_string(),
+            "sink 'out': option 'key' = 'n' does not match updating view 'per_site': it is a \
+             global aggregate (no key columns), whose messages all carry the same key; leave \
+             'key' out"
+        );
+    }
+
+    /// A JSON [`Work`] for `spec`'s changes, keyed by `key` (column indices).
+    fn changes_work(spec: &SinkSpec, key: Vec<usize>) -> Work {
+        let key_schema = Arc::new(spec.schema.project(&key).unwrap());
+        Work {
+            encoder: Box::new(crate::format::record_json::JsonRecordEncoder::new(
+                spec.schema.clone(),
+            )),
+            key_encoder: Some(Box::new(
+                crate::format::record_json::JsonRecordEncoder::new(key_schema),
+            )),
+            key_columns: key,
+            changelog: true,
+            out: Messages::default(),
+            spool: None,
+        }
+    }
+
+    fn texts(out: &Messages) -> Vec<(String, Option<String>)> {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        (0..out.len())
+            .map(|i| {
+                let (k, v) = out.get(i);
+                (text(k.unwrap()), v.map(text))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_are_upserts_and_tombstones() {
+        use datafusion::arrow::array::{Int8Array, Int64Array, StringArray};
+        use weir_engine::changelog::{DELETE, INSERT, with_op};
+        let spec = changes_spec(&["site", "zone"]);
+        let rows: [(&str, i64, i8); 6] = [
+            ("oslo", 1, INSERT),
+            ("rome", 4, DELETE),
+            ("oslo", 1, DELETE),
+            ("oslo", 2, INSERT),
+            ("riga", 1, INSERT),
+            ("riga", 1, DELETE),
+        ];
+        let batch = RecordBatch::try_new(
+            with_op(&spec.schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from(vec!["z"; 6])),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        let mut w = changes_work(&spec, vec![0, 1]);
+        w.encode(&batch).unwrap();
+        // The deletes first (rome, riga: tombstones), then oslo's update as one message.
+        let k = |s: &str| format!(r#"{{"site":"{s}","zone":"z"}}"#);
+        assert_eq!(
+            texts(&w.out),
+            vec![
+                (k("rome"), None),
+                (k("riga"), None),
+                (
+                    k("oslo"),
+                    Some(r#"{"site":"oslo","zone":"z","n":2}"#.into())
+                ),
+            ]
+        );
+        // A global aggregate: the last change, keyed by the empty object.
+        let mut w = changes_work(&spec, vec![]);
+        w.encode(&batch).unwrap();
+        assert_eq!(texts(&w.out), vec![("{}".to_string(), None)]);
+        w.encode(&batch.slice(0, 4)).unwrap();
+        assert_eq!(
+            texts(&w.out),
+            vec![(
+                "{}".into(),
+                Some(r#"{"site":"oslo","zone":"z","n":2}"#.into())
+            )]
+        );
     }
 
     #[test]

@@ -28,6 +28,16 @@
 //! file: rows after the checkpoint are recomputed from the sources' replay, so nothing is
 //! lost and nothing appears twice. Each sink needs a `path` of its own. The protocol is
 //! the engine's [`StagedFiles`].
+//!
+//! An updating view (an aggregate without a window: its rows change and go away) cannot
+//! be shown by files that are only appended to, and is refused unless `'changelog' =
+//! 'true'`: then every change is a row, the view's columns followed by [`OP_COLUMN`]
+//! (`insert` or `delete`; an update is the old row deleted and the new one inserted), in
+//! the order the view made them. One file is open at a time (`partition.by` is refused:
+//! a key's changes could land in several folders), so a file's name orders it: sorted by
+//! the two numbers of `part-<unix-millis>-<seq>`, files and the rows in them are the
+//! changelog in order, and a view's current rows are the last change per key, where it is
+//! an insert.
 
 use crate::util::io_error;
 use async_trait::async_trait;
@@ -42,6 +52,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use weir_engine::changelog;
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::fsutil::{Staged, StagedFiles, blocking};
 use weir_engine::{Result, WeirError};
@@ -52,7 +63,11 @@ pub const VALID_KEYS: &[&str] = &[
     "rollover.rows",
     "rollover.interval",
     "compression",
+    "changelog",
 ];
+
+/// The column `'changelog' = 'true'` adds: each change's kind, `insert` or `delete`.
+pub const OP_COLUMN: &str = "op";
 
 /// The `compression` values. zstd is the default: DataFusion's parquet build includes it,
 /// and it compresses analytics output well at a low CPU cost.
@@ -80,6 +95,8 @@ pub struct ParquetSinkOptions {
     pub rollover_rows: usize,
     pub rollover_interval: Duration,
     pub compression: Compression,
+    /// `'changelog' = 'true'`: an updating view's changes, one row each with [`OP_COLUMN`].
+    pub changelog: bool,
 }
 
 impl ParquetSinkOptions {
@@ -118,12 +135,14 @@ impl ParquetSinkOptions {
             "none" => Compression::UNCOMPRESSED,
             _ => Compression::ZSTD(ZstdLevel::default()),
         };
+        let changelog = options.take_choice("changelog", &["true", "false"], "false")? == "true";
         Ok(ParquetSinkOptions {
             path: PathBuf::from(path),
             partition_by,
             rollover_rows,
             rollover_interval,
             compression,
+            changelog,
         })
     }
 }
@@ -161,20 +180,52 @@ impl SinkFactory for ParquetSinkFactory {
         let mut options = spec.options.clone();
         let opts = ParquetSinkOptions::parse(&mut options, &spec.schema)?;
         options.finish("the parquet sink", VALID_KEYS)?;
+        let schema = file_schema(&spec, &opts)?;
         // Fail now, not at the first write, if the schema cannot be written as Parquet.
         datafusion::parquet::arrow::ArrowSchemaConverter::new()
-            .convert(&spec.schema)
+            .convert(&schema)
             .map_err(|e| {
                 WeirError::user(format!(
                     "view '{}' cannot be written as Parquet: {e}",
                     spec.view
                 ))
             })?;
-        Ok(Box::new(ParquetSink::new(
-            spec.schema,
-            opts,
-            spec.checkpointed,
-        )))
+        Ok(Box::new(ParquetSink::new(schema, opts, spec.checkpointed)))
+    }
+}
+
+/// The files' schema: the view's, with [`OP_COLUMN`] last for a changelog. An updating view
+/// needs `'changelog' = 'true'`, and only an updating view takes it.
+fn file_schema(spec: &SinkSpec, opts: &ParquetSinkOptions) -> Result<SchemaRef> {
+    let view = &spec.view;
+    match (spec.changelog, opts.changelog) {
+        (false, false) => Ok(spec.schema.clone()),
+        (true, false) => Err(WeirError::user(format!(
+            "view '{view}' is an updating view (an aggregate without a window): its rows \
+             change and go away, which Parquet files, only ever appended to, cannot show; set \
+             'changelog' = 'true' to write every change as a row with a column '{OP_COLUMN}' \
+             ('insert' or 'delete')"
+        ))),
+        (false, true) => Err(WeirError::user(format!(
+            "option 'changelog' is for updating views (aggregates without a window), and view \
+             '{view}' is not one: its rows never change; leave 'changelog' out"
+        ))),
+        (true, true) => {
+            if spec.schema.field_with_name(OP_COLUMN).is_ok() {
+                return Err(WeirError::user(format!(
+                    "view '{view}' has a column named {OP_COLUMN}, which 'changelog' = 'true' \
+                     adds; rename it in the view"
+                )));
+            }
+            if opts.partition_by != PartitionBy::None {
+                return Err(WeirError::user(
+                    "option 'partition.by' cannot be used with 'changelog' = 'true': a key's \
+                     changes must stay in one sequence of files, in order",
+                ));
+            }
+            let empty = RecordBatch::new_empty(changelog::with_op(&spec.schema));
+            Ok(changelog::with_op_names(&empty, OP_COLUMN)?.schema())
+        }
     }
 }
 
@@ -280,6 +331,11 @@ impl Writers {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         // Roll stale files first, so a file holds at most `rollover.interval` of output.
         self.roll_old()?;
+        if self.opts.changelog {
+            let named = changelog::with_op_names(batch, OP_COLUMN)?;
+            let rows = RecordBatch::try_new(self.schema.clone(), named.columns().to_vec())?;
+            return self.write_to(String::new(), &rows);
+        }
         for (folder, part) in self.split(batch)? {
             self.write_to(folder, &part)?;
         }
@@ -797,8 +853,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown option 'rollover' for the parquet sink; valid options: compression, \
-             partition.by, path, rollover.interval, rollover.rows"
+            "unknown option 'rollover' for the parquet sink; valid options: changelog, \
+             compression, partition.by, path, rollover.interval, rollover.rows"
         );
         let e = ParquetSinkFactory
             .create(spec(schema(), &[("path", "x"), ("compression", "lzo")]))
@@ -808,6 +864,70 @@ mod tests {
             e.to_string(),
             "option 'compression' must be one of zstd | snappy | lz4 | gzip | none, got 'lzo'"
         );
+    }
+
+    /// An updating view's spec: its batches are changes.
+    fn changes_spec(schema: SchemaRef, options: &[(&str, &str)]) -> SinkSpec {
+        SinkSpec {
+            changelog: true,
+            ..spec(schema, options)
+        }
+    }
+
+    #[test]
+    fn changelog_option_errors() {
+        let err = |s: SinkSpec| ParquetSinkFactory.create(s).err().unwrap();
+        let e = err(spec(schema(), &[("path", "x"), ("changelog", "true")]));
+        assert!(e.is_user());
+        assert_eq!(
+            e.to_string(),
+            "option 'changelog' is for updating views (aggregates without a window), and view \
+             'region_health' is not one: its rows never change; leave 'changelog' out"
+        );
+        let e = err(changes_spec(
+            schema(),
+            &[
+                ("path", "x"),
+                ("changelog", "true"),
+                ("partition.by", "day"),
+            ],
+        ));
+        assert_eq!(
+            e.to_string(),
+            "option 'partition.by' cannot be used with 'changelog' = 'true': a key's changes \
+             must stay in one sequence of files, in order"
+        );
+        let with_op = Arc::new(Schema::new(vec![Field::new("op", DataType::Utf8, false)]));
+        let e = err(changes_spec(
+            with_op,
+            &[("path", "x"), ("changelog", "TRUE")],
+        ));
+        assert_eq!(
+            e.to_string(),
+            "view 'region_health' has a column named op, which 'changelog' = 'true' adds; \
+             rename it in the view"
+        );
+        let e = err(changes_spec(
+            schema(),
+            &[("path", "x"), ("changelog", "yes")],
+        ));
+        assert_eq!(
+            e.to_string(),
+            "option 'changelog' must be one of true | false, got 'yes'"
+        );
+        // Without the option the refusal names it (the exact text is checked end to end).
+        let e = err(changes_spec(schema(), &[("path", "x")]));
+        assert!(e.to_string().contains("set 'changelog' = 'true'"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn blackhole_takes_updating_views() {
+        let mut sink = crate::blackhole::BlackholeSinkFactory
+            .create(changes_spec(schema(), &[]))
+            .unwrap();
+        let changes = changelog::tag(batch(&[(DAY1, "EU-West", 1)]), changelog::DELETE).unwrap();
+        sink.write(changes, RowIds::default()).await.unwrap();
+        sink.close().await.unwrap();
     }
 
     #[tokio::test]

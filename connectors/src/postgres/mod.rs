@@ -13,6 +13,12 @@
 //!   the older. `mode = 'append'` (the default for stateless views) adds a column
 //!   `weir_row_id bigint PRIMARY KEY` holding each row's
 //!   [`RowIds`](weir_engine::connector::RowIds) id, so replayed rows are skipped.
+//! - An updating view (an aggregate without a window, whose rows change and go away) is
+//!   written by its key ([`Mode::Changelog`]): per transaction, the last change per key of
+//!   the buffered changes; deleted keys are staged by COPY and removed with `DELETE ...
+//!   USING`, the rest upserted as above, in one transaction. A global aggregate (no key)
+//!   keeps one row, deleted and inserted again by each change. `mode = 'append'` is
+//!   refused, and `primary.key` may only name the view's key columns.
 //! - A missing table is created from the view's schema (see [`schema::pg_type`]); an
 //!   existing one is checked (columns, types, a unique key on the key columns) and every
 //!   problem is reported at once.
@@ -33,6 +39,7 @@ pub mod schema;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -45,6 +52,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_engine::backoff::Backoff;
+use weir_engine::changelog;
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::options::Options;
 use weir_engine::stats::{Stats, Status};
@@ -148,73 +156,10 @@ impl PostgresSinkOptions {
                 .map(|c| c.trim().to_string())
                 .collect::<Vec<_>>()
         });
-        let default_mode = if primary_key.is_some() || !spec.key_columns.is_empty() {
-            "upsert"
+        let (mode, key) = if spec.changelog {
+            (Mode::Changelog, changelog_key(options, spec, primary_key)?)
         } else {
-            "append"
-        };
-        let mode = match options
-            .take_choice("mode", &["upsert", "append"], default_mode)?
-            .as_str()
-        {
-            "append" => Mode::Append,
-            _ => Mode::Upsert,
-        };
-        let key = match mode {
-            Mode::Append => {
-                if primary_key.is_some() {
-                    return Err(WeirError::user(
-                        "option 'primary.key' is for mode 'upsert'; mode 'append' keys rows by \
-                         the weir_row_id column it adds",
-                    ));
-                }
-                if spec.schema.field_with_name(ROW_ID).is_ok() {
-                    return Err(WeirError::user(format!(
-                        "view '{}' has a column named {ROW_ID}, which mode 'append' adds itself; \
-                         rename it in the view",
-                        spec.view
-                    )));
-                }
-                vec![ROW_ID.to_string()]
-            }
-            Mode::Upsert => {
-                let key = primary_key.unwrap_or_else(|| spec.key_columns.clone());
-                if key.is_empty() {
-                    return Err(WeirError::user(format!(
-                        "mode 'upsert' needs a key, and view '{}' has none (it is not windowed); \
-                         set 'primary.key' = 'col1,col2' or use mode 'append'",
-                        spec.view
-                    )));
-                }
-                let mut seen = HashSet::new();
-                for k in &key {
-                    if k.is_empty() {
-                        return Err(WeirError::user(
-                            "option 'primary.key' has an empty column name",
-                        ));
-                    }
-                    if spec.schema.field_with_name(k).is_err() {
-                        let cols: Vec<&str> = spec
-                            .schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect();
-                        return Err(WeirError::user(format!(
-                            "option 'primary.key' names column '{k}', which view '{}' does not \
-                             have; its columns: {}",
-                            spec.view,
-                            cols.join(", ")
-                        )));
-                    }
-                    if !seen.insert(k) {
-                        return Err(WeirError::user(format!(
-                            "option 'primary.key' names column '{k}' twice"
-                        )));
-                    }
-                }
-                key
-            }
+            keyed(options, spec, primary_key)?
         };
         let batch_rows = options
             .take_parse::<usize>("batch.rows")?
@@ -243,6 +188,125 @@ impl PostgresSinkOptions {
     }
 }
 
+/// The mode and conflict key of a view that is not an updating view: upsert by the view's
+/// key or `primary.key`, or append by [`ROW_ID`].
+fn keyed(
+    options: &mut Options,
+    spec: &SinkSpec,
+    primary_key: Option<Vec<String>>,
+) -> Result<(Mode, Vec<String>)> {
+    let default_mode = if primary_key.is_some() || !spec.key_columns.is_empty() {
+        "upsert"
+    } else {
+        "append"
+    };
+    if options.take_choice("mode", &["upsert", "append"], default_mode)? == "append" {
+        if primary_key.is_some() {
+            return Err(WeirError::user(
+                "option 'primary.key' is for mode 'upsert'; mode 'append' keys rows by the \
+                 weir_row_id column it adds",
+            ));
+        }
+        if spec.schema.field_with_name(ROW_ID).is_ok() {
+            return Err(WeirError::user(format!(
+                "view '{}' has a column named {ROW_ID}, which mode 'append' adds itself; rename \
+                 it in the view",
+                spec.view
+            )));
+        }
+        return Ok((Mode::Append, vec![ROW_ID.to_string()]));
+    }
+    let key = primary_key.unwrap_or_else(|| spec.key_columns.clone());
+    if key.is_empty() {
+        return Err(WeirError::user(format!(
+            "mode 'upsert' needs a key, and view '{}' has none (it is not windowed); set \
+             'primary.key' = 'col1,col2' or use mode 'append'",
+            spec.view
+        )));
+    }
+    check_key_columns(&key, spec)?;
+    Ok((Mode::Upsert, key))
+}
+
+/// The key an updating view's changes are applied by: the view's key (its GROUP BY
+/// columns, none for a global aggregate). `primary.key` may only name the same columns
+/// (in the order the table's key takes), and mode 'append' is refused: it could not take a
+/// row back.
+fn changelog_key(
+    options: &mut Options,
+    spec: &SinkSpec,
+    primary_key: Option<Vec<String>>,
+) -> Result<Vec<String>> {
+    if options.take_choice("mode", &["upsert", "append"], "upsert")? == "append" {
+        return Err(WeirError::user(format!(
+            "view '{}' is an updating view (an aggregate without a window): its rows change \
+             and go away, so the postgres sink upserts and deletes them by the view's key; \
+             mode 'append' cannot take a row back. Leave 'mode' out or set it to 'upsert'",
+            spec.view
+        )));
+    }
+    let Some(key) = primary_key else {
+        return Ok(spec.key_columns.clone());
+    };
+    check_key_columns(&key, spec)?;
+    let sorted = |k: &[String]| {
+        let mut k = k.to_vec();
+        k.sort();
+        k
+    };
+    if sorted(&key) != sorted(&spec.key_columns) {
+        let why = if spec.key_columns.is_empty() {
+            "it is a global aggregate, one row without a key, which every change replaces; \
+             leave 'primary.key' out"
+                .to_string()
+        } else {
+            format!(
+                "its rows are upserted and deleted by its key ({}); leave 'primary.key' out or \
+                 name exactly those columns",
+                spec.key_columns.join(", ")
+            )
+        };
+        return Err(WeirError::user(format!(
+            "option 'primary.key' = '{}' does not match updating view '{}': {why}",
+            key.join(","),
+            spec.view
+        )));
+    }
+    Ok(key)
+}
+
+/// `primary.key`'s columns: named, columns of the view, each once.
+fn check_key_columns(key: &[String], spec: &SinkSpec) -> Result<()> {
+    let mut seen = HashSet::new();
+    for k in key {
+        if k.is_empty() {
+            return Err(WeirError::user(
+                "option 'primary.key' has an empty column name",
+            ));
+        }
+        if spec.schema.field_with_name(k).is_err() {
+            let cols: Vec<&str> = spec
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            return Err(WeirError::user(format!(
+                "option 'primary.key' names column '{k}', which view '{}' does not have; its \
+                 columns: {}",
+                spec.view,
+                cols.join(", ")
+            )));
+        }
+        if !seen.insert(k) {
+            return Err(WeirError::user(format!(
+                "option 'primary.key' names column '{k}' twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub struct PostgresSinkFactory;
 
 impl SinkFactory for PostgresSinkFactory {
@@ -257,8 +321,29 @@ impl SinkFactory for PostgresSinkFactory {
 
 /// Rows encoded for one transaction.
 struct Payload {
-    /// A complete binary COPY stream.
+    /// A complete binary COPY stream of the rows to write.
     bytes: Vec<u8>,
+    rows: usize,
+    /// An updating view's deletes, applied before the rows are written.
+    deletes: Option<Deletes>,
+}
+
+impl Payload {
+    /// The rows written and deleted.
+    fn changes(&self) -> usize {
+        self.rows + self.deletes.as_ref().map_or(0, |d| d.rows)
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() + self.deletes.as_ref().map_or(0, |d| d.keys.len())
+    }
+}
+
+/// The rows a transaction of an updating view deletes.
+struct Deletes {
+    /// A complete binary COPY stream of their key columns, for the delete staging table;
+    /// empty for a global aggregate, whose one row goes whatever the change.
+    keys: Vec<u8>,
     rows: usize,
 }
 
@@ -301,7 +386,7 @@ impl PostgresSink {
             opts.key.clone(),
         )?;
         let schema = match opts.mode {
-            Mode::Upsert => spec.schema.clone(),
+            Mode::Upsert | Mode::Changelog => spec.schema.clone(),
             Mode::Append => {
                 let mut fields = vec![Arc::new(Field::new(ROW_ID, DataType::Int64, false))];
                 fields.extend(spec.schema.fields().iter().cloned());
@@ -377,6 +462,11 @@ impl PostgresSink {
             sqlx::Executor::execute(&mut conn, self.layout.create_stage().as_str())
                 .await
                 .map_err(|e| pg_error("creating the staging table", e))?;
+            if let Some(sql) = self.layout.create_delete_stage() {
+                sqlx::Executor::execute(&mut conn, sql.as_str())
+                    .await
+                    .map_err(|e| pg_error("creating the staging table for deletes", e))?;
+            }
             Ok(conn)
         })
     }
@@ -493,7 +583,11 @@ impl PostgresSink {
         };
         // The connection goes back only after a success: after any failure it may be in a
         // transaction or halfway through a COPY, and the next attempt opens a new one.
-        let try_fast = self.direct_copy && self.pending.is_some() && self.fast.ready();
+        // An updating view's changes mostly update keys already there: no fast path.
+        let try_fast = self.direct_copy
+            && self.opts.mode != Mode::Changelog
+            && self.pending.is_some()
+            && self.fast.ready();
         let went_fast = self.transaction(&mut conn, epoch, try_fast).await?;
         if self.pending.is_some() {
             self.fast.record(try_fast, went_fast);
@@ -512,6 +606,11 @@ impl PostgresSink {
     /// COPY, about twice as fast as the speculative insertion ON CONFLICT does per row. A
     /// key that is already there makes the COPY fail with a unique violation; the savepoint
     /// is rolled back and the rows take the upsert path in the same transaction.
+    ///
+    /// An updating view's deletes go first: their keys by binary COPY into the delete
+    /// staging table, then `DELETE ... USING` it (for a global aggregate, `DELETE` of the
+    /// table's one row, which the new row, if any, replaces), in the same round trip as the
+    /// upsert and the COMMIT.
     fn transaction<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -534,6 +633,15 @@ impl PostgresSink {
                     .await
                     .map_err(|e| pg_error("BEGIN", e))?;
                 let doing = format!("writing {} rows", p.rows);
+                if let Some(d) = &p.deletes {
+                    if !self.opts.key.is_empty() {
+                        copy_in(conn, &self.layout.copy_deletes(), &d.keys)
+                            .await
+                            .map_err(|e| pg_error(&format!("deleting {} rows", d.rows), e))?;
+                    }
+                    tail.push_str(&self.layout.delete());
+                    tail.push_str("; ");
+                }
                 if try_fast {
                     match copy_in(conn, &self.layout.copy_direct(), &p.bytes).await {
                         Ok(()) => went_fast = true,
@@ -547,7 +655,7 @@ impl PostgresSink {
                         Err(e) => return Err(pg_error(&doing, e)),
                     }
                 }
-                if !went_fast {
+                if !went_fast && p.rows > 0 {
                     copy_in(conn, &self.layout.copy(), &p.bytes)
                         .await
                         .map_err(|e| pg_error(&doing, e))?;
@@ -557,7 +665,7 @@ impl PostgresSink {
                 copied = std::time::Instant::now();
             }
             if let (Some(epoch), true) = (epoch, self.progress) {
-                let rows = self.rows + payload.map_or(0, |p| p.rows as u64);
+                let rows = self.rows + payload.map_or(0, |p| p.changes() as u64);
                 tail.push_str(&format!(
                     "INSERT INTO weir.sink_progress (sink, epoch, rows) VALUES ({}, {}, {}) \
                  ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, rows = EXCLUDED.rows, \
@@ -606,8 +714,8 @@ impl PostgresSink {
             let e = match self.attempt(epoch).await {
                 Ok(()) => {
                     if let Some(p) = self.pending.take() {
-                        self.rows += p.rows as u64;
-                        Stats::add(&self.stats.bytes, p.bytes.len() as u64);
+                        self.rows += p.changes() as u64;
+                        Stats::add(&self.stats.bytes, p.len() as u64);
                     }
                     if attempts.retries() > 0 {
                         self.stats.set_status(Status::Running);
@@ -650,6 +758,9 @@ impl PostgresSink {
     fn encode_buffer(&mut self) -> Result<Payload> {
         let batches = std::mem::take(&mut self.buffer);
         self.buffered_rows = 0;
+        if self.opts.mode == Mode::Changelog {
+            return self.encode_changes(&batches);
+        }
         let keep = if self.layout.updates() {
             last_per_key(&batches, &self.key_idx)?
         } else {
@@ -665,7 +776,48 @@ impl PostgresSink {
             encode::encode_rows(b, sel, &mut bytes)?;
         }
         bytes.extend_from_slice(encode::TRAILER);
-        Ok(Payload { bytes, rows })
+        Ok(Payload {
+            bytes,
+            rows,
+            deletes: None,
+        })
+    }
+
+    /// An updating view's buffered changes as their effect on the table: per key, the last
+    /// change ([`changelog::net_changes`]), an insert to upsert or a delete. Applying that
+    /// again (a replay after a restart) leaves the table as it is.
+    fn encode_changes(&self, batches: &[RecordBatch]) -> Result<Payload> {
+        let Some(first) = batches.first() else {
+            return Ok(Payload {
+                bytes: encode::encode(&[])?,
+                rows: 0,
+                deletes: None,
+            });
+        };
+        let all = concat_batches(&first.schema(), batches)?;
+        let net = changelog::net_changes(&all, &self.key_idx)?;
+        let deleted = net.deletes.num_rows();
+        let deletes = if self.key_idx.is_empty() {
+            // A global aggregate: its one row goes, and the new one (if any) takes its place.
+            (deleted + net.upserts.num_rows() > 0).then(|| Deletes {
+                keys: Vec::new(),
+                rows: deleted,
+            })
+        } else {
+            (deleted > 0)
+                .then(|| -> Result<Deletes> {
+                    Ok(Deletes {
+                        keys: encode::encode(&[net.deletes.project(&self.key_idx)?])?,
+                        rows: deleted,
+                    })
+                })
+                .transpose()?
+        };
+        Ok(Payload {
+            bytes: encode::encode(std::slice::from_ref(&net.upserts))?,
+            rows: net.upserts.num_rows(),
+            deletes,
+        })
     }
 
     /// Write what is buffered (and pending), with the progress row at a checkpoint.
@@ -686,7 +838,7 @@ impl PostgresSink {
     /// The batch as written: with the row ids in front in append mode.
     fn with_ids(&self, batch: RecordBatch, ids: RowIds) -> Result<RecordBatch> {
         match self.opts.mode {
-            Mode::Upsert => Ok(batch),
+            Mode::Upsert | Mode::Changelog => Ok(batch),
             Mode::Append => {
                 let n = batch.num_rows();
                 let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + 1);
@@ -873,7 +1025,7 @@ impl Sink for PostgresSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.opts.mode == Mode::Upsert {
+        if self.opts.mode != Mode::Append {
             for (&i, k) in self.key_idx.iter().zip(&self.opts.key) {
                 if batch.column(i).null_count() > 0 {
                     return Err(WeirError::external(format!(
@@ -1123,6 +1275,153 @@ mod tests {
                 "{e}"
             ),
         }
+    }
+
+    /// An updating view's spec: `region, downloads` keyed by `key`.
+    fn changes_spec(key: &[&str], options: &[(&str, &str)]) -> SinkSpec {
+        let mut s = spec(key, options);
+        s.changelog = true;
+        s
+    }
+
+    #[test]
+    fn updating_views_are_keyed_by_the_view() {
+        let parse_changes = |key: &[&str], options: &[(&str, &str)]| {
+            let s = changes_spec(key, options);
+            let mut o = s.options.clone();
+            let r = PostgresSinkOptions::parse(&mut o, &s);
+            r.and_then(|r| o.finish("the postgres sink", VALID_KEYS).map(|()| r))
+        };
+        let o = parse_changes(&["region"], &[("url", URL)]).unwrap();
+        assert_eq!(
+            (o.mode, o.key),
+            (Mode::Changelog, vec!["region".to_string()])
+        );
+        // A global aggregate: no key, no primary key needed.
+        let o = parse_changes(&[], &[("url", URL)]).unwrap();
+        assert_eq!((o.mode, o.key), (Mode::Changelog, vec![]));
+        // 'primary.key' naming the view's key, in another order, sets the table's order.
+        let o = parse_changes(
+            &["window_start", "region"],
+            &[
+                ("url", URL),
+                ("primary.key", "region, window_start"),
+                ("mode", "upsert"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(o.key, vec!["region", "window_start"]);
+
+        let err = |key: &[&str], options: &[(&str, &str)]| {
+            let e = PostgresSinkFactory
+                .create(changes_spec(key, options))
+                .err()
+                .unwrap();
+            assert!(e.is_user(), "{e}");
+            e.to_string()
+        };
+        assert_eq!(
+            err(&["region"], &[("url", URL), ("mode", "append")]),
+            "view 'health' is an updating view (an aggregate without a window): its rows \
+             change and go away, so the postgres sink upserts and deletes them by the view's \
+             key; mode 'append' cannot take a row back. Leave 'mode' out or set it to 'upsert'"
+        );
+        assert_eq!(
+            err(
+                &["region"],
+                &[("url", URL), ("primary.key", "region,downloads")]
+            ),
+            "option 'primary.key' = 'region,downloads' does not match updating view 'health': \
+             its rows are upserted and deleted by its key (region); leave 'primary.key' out or \
+             name exactly those columns"
+        );
+        assert_eq!(
+            err(&[], &[("url", URL), ("primary.key", "downloads")]),
+            "option 'primary.key' = 'downloads' does not match updating view 'health': it is \
+             a global aggregate, one row without a key, which every change replaces; leave \
+             'primary.key' out"
+        );
+        assert_eq!(
+            err(&["region"], &[("url", URL), ("primary.key", "speed")]),
+            "option 'primary.key' names column 'speed', which view 'health' does not have; its \
+             columns: window_start, region, downloads"
+        );
+    }
+
+    /// `rows` as changes: (window_start, region, downloads, op).
+    fn changes(rows: &[(i64, &str, i64, i8)]) -> RecordBatch {
+        let b = batch(&rows.iter().map(|r| (r.0, r.1, r.2)).collect::<Vec<_>>());
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(datafusion::arrow::array::Int8Array::from(
+            rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+        )));
+        RecordBatch::try_new(changelog::with_op(&b.schema()), cols).unwrap()
+    }
+
+    #[tokio::test]
+    async fn changes_are_netted_per_key_across_buffered_batches() {
+        use changelog::{DELETE, INSERT};
+        let mut sink = PostgresSink::new(changes_spec(
+            &["region"],
+            &[("url", URL), ("batch.rows", "100")],
+        ))
+        .unwrap();
+        // EU: inserted, then updated in the next batch; US: inserted then deleted; AP:
+        // deleted (it was written before).
+        sink.write(
+            changes(&[
+                (1, "EU", 1, INSERT),
+                (1, "US", 1, INSERT),
+                (1, "AP", 5, DELETE),
+            ]),
+            RowIds::default(),
+        )
+        .await
+        .unwrap();
+        sink.write(
+            changes(&[
+                (1, "EU", 1, DELETE),
+                (1, "EU", 2, INSERT),
+                (1, "US", 1, DELETE),
+            ]),
+            RowIds::default(),
+        )
+        .await
+        .unwrap();
+        let p = sink.encode_buffer().unwrap();
+        assert_eq!((p.rows, p.changes()), (1, 3));
+        assert_eq!(p.bytes, encode::encode(&[batch(&[(1, "EU", 2)])]).unwrap());
+        let d = p.deletes.unwrap();
+        assert_eq!(d.rows, 2);
+        let keys = |regions: Vec<&str>| {
+            let s = Arc::new(Schema::new(vec![Field::new(
+                "region",
+                DataType::Utf8,
+                true,
+            )]));
+            RecordBatch::try_new(s, vec![Arc::new(StringArray::from(regions))]).unwrap()
+        };
+        assert_eq!(d.keys, encode::encode(&[keys(vec!["AP", "US"])]).unwrap());
+
+        // A global aggregate: the last change, and the old row always goes.
+        let mut sink =
+            PostgresSink::new(changes_spec(&[], &[("url", URL), ("batch.rows", "100")])).unwrap();
+        sink.write(
+            changes(&[(1, "EU", 1, DELETE), (1, "EU", 2, INSERT)]),
+            RowIds::default(),
+        )
+        .await
+        .unwrap();
+        let p = sink.encode_buffer().unwrap();
+        assert_eq!(
+            (p.rows, p.deletes.map(|d| (d.keys.len(), d.rows))),
+            (1, Some((0, 0)))
+        );
+        sink.write(changes(&[(1, "EU", 2, DELETE)]), RowIds::default())
+            .await
+            .unwrap();
+        let p = sink.encode_buffer().unwrap();
+        assert_eq!((p.rows, p.deletes.map(|d| d.rows)), (0, Some(1)));
     }
 
     fn batch(rows: &[(i64, &str, i64)]) -> RecordBatch {

@@ -9,6 +9,9 @@ use weir_engine::{Result, WeirError};
 pub const ROW_ID: &str = "weir_row_id";
 /// The per-connection temporary table rows are copied into before the upsert.
 pub const STAGE: &str = "weir_stage";
+/// The per-connection temporary table the keys of deleted rows are copied into (updating
+/// views).
+pub const STAGE_DELETES: &str = "weir_stage_deletes";
 /// The target's alias in the upsert.
 const TARGET: &str = "weir_target";
 
@@ -220,6 +223,9 @@ pub enum Mode {
     Upsert,
     /// By [`ROW_ID`]: every output row once, replays add nothing.
     Append,
+    /// An updating view's changes: upserted and deleted by the view's key. With no key (a
+    /// global aggregate) the table holds one row, which each change replaces.
+    Changelog,
 }
 
 /// One column the sink writes.
@@ -299,7 +305,7 @@ impl Layout {
     /// row per key. Append mode inserts with `DO NOTHING`: a replayed row id carries the same
     /// row, so the one already there is left as it is.
     pub fn updates(&self) -> bool {
-        self.mode == Mode::Upsert && self.columns.iter().any(|c| !self.key.contains(&c.name))
+        self.mode != Mode::Append && self.columns.iter().any(|c| !self.key.contains(&c.name))
     }
 
     pub fn create_table(&self) -> String {
@@ -315,7 +321,10 @@ impl Layout {
                 )
             })
             .collect();
-        defs.push(format!("PRIMARY KEY ({})", self.key_list()));
+        // A global aggregate's table (one row) has no key.
+        if !self.key.is_empty() {
+            defs.push(format!("PRIMARY KEY ({})", self.key_list()));
+        }
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
             self.table.sql(),
@@ -338,6 +347,42 @@ impl Layout {
         format!("COPY {STAGE} FROM STDIN (FORMAT binary)")
     }
 
+    /// For an updating view with a key: a temporary table of the key columns (the target's
+    /// types), for the keys a transaction deletes, emptied by every commit.
+    pub fn create_delete_stage(&self) -> Option<String> {
+        (self.mode == Mode::Changelog && !self.key.is_empty()).then(|| {
+            format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {STAGE_DELETES} ON COMMIT DELETE ROWS AS SELECT \
+                 {} FROM {} WITH NO DATA",
+                self.key_list(),
+                self.table.sql()
+            )
+        })
+    }
+
+    pub fn copy_deletes(&self) -> String {
+        format!("COPY {STAGE_DELETES} FROM STDIN (FORMAT binary)")
+    }
+
+    /// The statement that deletes the rows whose keys are staged; with no key (a global
+    /// aggregate), the table's one row. A key that is not there (a replayed delete) deletes
+    /// nothing.
+    pub fn delete(&self) -> String {
+        if self.key.is_empty() {
+            return format!("DELETE FROM {}", self.table.sql());
+        }
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{TARGET}.{0} = {STAGE_DELETES}.{0}", quote_ident(k)))
+            .collect();
+        format!(
+            "DELETE FROM {} AS {TARGET} USING {STAGE_DELETES} WHERE {}",
+            self.table.sql(),
+            on.join(" AND ")
+        )
+    }
+
     /// The fast path: the same rows straight into the target, for when none of their keys
     /// is there yet (see the sink's `transaction`).
     pub fn copy_direct(&self) -> String {
@@ -353,6 +398,13 @@ impl Layout {
     /// for it, about three times cheaper than rewriting it.
     pub fn upsert(&self) -> String {
         let cols = self.column_list();
+        if self.key.is_empty() {
+            // A global aggregate: the old row was deleted first, in the same transaction.
+            return format!(
+                "INSERT INTO {} AS {TARGET} ({cols}) SELECT {cols} FROM {STAGE}",
+                self.table.sql()
+            );
+        }
         let action = if self.updates() {
             let values: Vec<&Column> = self
                 .columns
@@ -417,6 +469,9 @@ impl Layout {
                     tc.name
                 ));
             }
+        }
+        if self.key.is_empty() {
+            return out;
         }
         let mut want: Vec<&str> = self.key.iter().map(String::as_str).collect();
         want.sort_unstable();
@@ -672,6 +727,79 @@ mod tests {
     }
 
     #[test]
+    fn changelog_sql() {
+        let schema = Schema::new(vec![
+            Field::new("site", DataType::Utf8, false),
+            Field::new("zone", DataType::Int32, false),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let l = Layout::new(
+            TableName::parse("per_site").unwrap(),
+            "per_site",
+            &schema,
+            Mode::Changelog,
+            vec!["site".into(), "zone".into()],
+        )
+        .unwrap();
+        assert!(
+            l.create_table()
+                .ends_with("PRIMARY KEY (\"site\", \"zone\"))")
+        );
+        assert_eq!(
+            l.create_delete_stage().unwrap(),
+            "CREATE TEMP TABLE IF NOT EXISTS weir_stage_deletes ON COMMIT DELETE ROWS AS SELECT \
+             \"site\", \"zone\" FROM \"per_site\" WITH NO DATA"
+        );
+        assert_eq!(
+            l.copy_deletes(),
+            "COPY weir_stage_deletes FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(
+            l.delete(),
+            "DELETE FROM \"per_site\" AS weir_target USING weir_stage_deletes WHERE \
+             weir_target.\"site\" = weir_stage_deletes.\"site\" AND weir_target.\"zone\" = \
+             weir_stage_deletes.\"zone\""
+        );
+        assert!(
+            l.upsert().ends_with(
+                "ON CONFLICT (\"site\", \"zone\") DO UPDATE SET \"n\" = EXCLUDED.\"n\" \
+                 WHERE (weir_target.\"n\") IS DISTINCT FROM (EXCLUDED.\"n\")"
+            ),
+            "{}",
+            l.upsert()
+        );
+
+        // A global aggregate: one row, no key, replaced by each change.
+        let l = Layout::new(
+            TableName::parse("totals").unwrap(),
+            "totals",
+            &Schema::new(vec![Field::new("n", DataType::Int64, false)]),
+            Mode::Changelog,
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            l.create_table(),
+            "CREATE TABLE IF NOT EXISTS \"totals\" (\"n\" bigint NOT NULL)"
+        );
+        assert_eq!(l.create_delete_stage(), None);
+        assert_eq!(l.delete(), "DELETE FROM \"totals\"");
+        assert_eq!(
+            l.upsert(),
+            "INSERT INTO \"totals\" AS weir_target (\"n\") SELECT \"n\" FROM weir_stage"
+        );
+        // Any table with the column fits: no key to check.
+        let t = TableInfo {
+            name: "public.totals".into(),
+            columns: vec![col("n", "bigint", false, false)],
+            unique_keys: vec![],
+        };
+        assert_eq!(l.problems(&t), Vec::<String>::new());
+        // Not an updating view: no delete staging table.
+        assert_eq!(health_layout().create_delete_stage(), None);
+    }
+
+    #[test]
     fn append_sql() {
         let l = Layout::new(
             TableName::parse("failed").unwrap(),
@@ -709,16 +837,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn table_problems() {
-        let l = Layout::new(
+    /// View `health` upserted into table `t`.
+    fn health_layout() -> Layout {
+        Layout::new(
             TableName::parse("t").unwrap(),
             "health",
             &health(),
             Mode::Upsert,
             key(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn table_problems() {
+        let l = health_layout();
         let good = TableInfo {
             name: "public.t".into(),
             columns: vec![
