@@ -2,7 +2,7 @@
 //! binary) killed with SIGKILL at random moments more than 20 times and restarted each
 //! time with 2, 4 or 1 workers in turn (so checkpoints written with one worker count are
 //! restored with another), checkpointing every 300 ms. The final Postgres tables (an upserted windowed view
-//! and an append-only view written by row id), the Parquet files and the Kafka topic written
+//! and an append-only view written by row id, and an updating view's upserts and deletes), the Parquet files and the Kafka topic written
 //! in transactions (read with `read_committed`) must equal the answer computed directly
 //! from the events: every row once, none missing. And PostgreSQL stopped for 30 s under a
 //! running pipeline, then started again: the sink retries, the pipeline waits, the final
@@ -46,6 +46,48 @@ fn weir_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The updating view `per_status` keeps a (region, status) group while it has fewer rows
+/// than this: the success groups (about 80,000 rows each) pass it and are deleted, the
+/// failed ones (about 20,000) and the sentinels stay.
+const UPDATING_LIMIT: i64 = 50_000;
+
+/// One row of `per_status`: (region, status, n, speed sum).
+type StatusRow = (String, String, i64, f64);
+
+fn expected_status(evs: &[Ev]) -> Vec<StatusRow> {
+    let mut m: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+    for e in evs {
+        let g = m
+            .entry((e.region.to_string(), e.status.to_string()))
+            .or_default();
+        g.0 += 1;
+        g.1 += e.speed;
+    }
+    let all = m.len();
+    let out: Vec<StatusRow> = m
+        .into_iter()
+        .filter(|(_, (n, _))| *n < UPDATING_LIMIT)
+        .map(|((r, s), (n, speed))| (r, s, n, speed))
+        .collect();
+    assert!(
+        out.len() > 1 && out.len() < all,
+        "some groups must leave the view and some stay"
+    );
+    out
+}
+
+async fn read_status(db: &sqlx::PgPool, table: &str) -> Vec<StatusRow> {
+    sqlx::query(&format!(
+        "SELECT region, status, n, speed FROM {table} ORDER BY region, status"
+    ))
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
 }
 
 /// One window row: (window_start ms, region, downloads, failures, speed sum).
@@ -271,6 +313,7 @@ async fn sigkill_at_random_moments_changes_no_result() {
     let dir = tempfile::tempdir().unwrap();
     let suffix = topic.replace('-', "_");
     let (wtable, ftable) = (format!("crash_w_{suffix}"), format!("crash_f_{suffix}"));
+    let stable = format!("crash_s_{suffix}");
     let lake = dir.path().join("lake");
     let sql = dir.path().join("pipeline.sql");
     std::fs::write(
@@ -286,10 +329,15 @@ async fn sigkill_at_random_moments_changes_no_result() {
              GROUP BY window_start, window_end, region;\n\
              CREATE MATERIALIZED VIEW failed AS SELECT ts, region, speed_mbps FROM downloads \
              WHERE status = 'failed';\n\
+             CREATE MATERIALIZED VIEW per_status AS SELECT region, status, count(*) AS n, \
+             sum(speed_mbps) AS speed FROM downloads GROUP BY region, status \
+             HAVING count(*) < {UPDATING_LIMIT};\n\
              CREATE SINK pg_windows FROM per_window WITH (connector = 'postgres', url = '{url}', \
              table = '{wtable}');\n\
              CREATE SINK pg_failed FROM failed WITH (connector = 'postgres', url = '{url}', \
              table = '{ftable}', mode = 'append');\n\
+             CREATE SINK pg_status FROM per_status WITH (connector = 'postgres', url = '{url}', \
+             table = '{stable}');\n\
              CREATE SINK lake FROM per_window WITH (connector = 'parquet', path = '{}', \
              'rollover.rows' = '200');\n\
              CREATE SINK k FROM per_window WITH (connector = 'kafka', topic = '{ktopic}', \
@@ -363,6 +411,9 @@ async fn sigkill_at_random_moments_changes_no_result() {
 
     assert_eq!(read_windows(&db, &wtable).await, want_windows);
     assert_eq!(read_failed(&db, &ftable).await, want_failed);
+    // The updating view's table: upserts and deletes (groups pass the HAVING limit and
+    // leave) replayed across the kills leave exactly its current rows.
+    assert_eq!(read_status(&db, &stable).await, expected_status(&evs));
     assert_eq!(read_parquet(&lake), want_windows);
     // Exactly once through Kafka transactions: no window row missing, none twice.
     assert_eq!(

@@ -659,6 +659,18 @@ const JOIN_VIEWS: &[(&str, &str)] = &[
         "SELECT lw.window_start, lw.k, lw.n, lw.total, rw.top FROM lw JOIN rw \
          ON lw.k = rw.k AND lw.window_start = rw.window_start",
     ),
+    // Outer window joins: a window without a match comes out NULL-padded once the other
+    // side's watermark has passed it (NULL keys never match).
+    (
+        "wjoin_left",
+        "SELECT lw.window_start, lw.k, lw.n, rw.top FROM lw LEFT JOIN rw \
+         ON lw.k = rw.k AND lw.window_start = rw.window_start",
+    ),
+    (
+        "wjoin_full",
+        "SELECT coalesce(lw.window_start, rw.window_start) AS ws, lw.k AS lk, rw.k AS rk, \
+         lw.n, rw.top FROM lw FULL JOIN rw ON lw.k = rw.k AND lw.window_start = rw.window_start",
+    ),
 ];
 
 fn join_ddl() -> String {
@@ -795,6 +807,12 @@ async fn run_join_case(seed: u64) {
         assert!(
             !expected.is_empty(),
             "seed {seed} view {name}: the batch answer is empty"
+        );
+        // The outer joins must have windows without a match, or they test nothing more
+        // than the inner one.
+        assert!(
+            !name.starts_with("wjoin_") || expected.iter().any(|r| r.iter().any(|v| v == "NULL")),
+            "seed {seed} view {name}: no NULL-padded row in the batch answer"
         );
         assert_eq!(
             view_rows(&mut p, name).await,

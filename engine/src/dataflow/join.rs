@@ -55,11 +55,15 @@ impl Operator for JoinOp {
         inputs: &[i64],
         _cx: &mut Context<'_>,
     ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
         if let [l, r] = inputs {
-            self.join.advance([*l, *r])?;
+            // An outer join's rows that will never match, NULL-padded.
+            for unmatched in self.join.advance([*l, *r])? {
+                out.extend(self.post.run(unmatched).await?);
+            }
         }
         super::operator::follow_inputs(&mut self.watermark, inputs);
-        Ok(vec![])
+        Ok(out)
     }
 
     fn watermark(&self) -> i64 {

@@ -18,25 +18,44 @@
 //! the other side's watermark has passed can never match again and is evicted (see
 //! [`StreamJoin::set_time_key`] and [`StreamJoin::advance`]).
 //!
+//! Outer joins (`LEFT`, `RIGHT`, `FULL`) are window joins only: a stored row of an outer
+//! side remembers whether it has matched, and when it is evicted (no row of the other side
+//! can match it any more) an unmatched one is emitted with NULLs for the other side. A row
+//! whose key is NULL never matches: on an outer side it comes out at once, NULL-padded.
+//! The output stays append-only.
+//!
 //! Checkpoints hold each side's stored rows ([`StreamJoin::snapshot`]); the index is rebuilt
 //! from them on restore.
 
 use crate::error::{Result, WeirError};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
-use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::kernels::boolean::{and, not};
 use datafusion::arrow::compute::{
     cast, concat_batches, filter_record_batch, interleave, is_not_null, take,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::common::{HashMap, JoinSide, NullEquality};
+use datafusion::common::{HashMap, JoinSide, JoinType, NullEquality};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The column a checkpoint of an outer side's rows adds: whether each has matched.
+const MATCHED_COLUMN: &str = "__matched";
+
+/// What probing found: the pairs, and which new rows and which stored rows matched.
+#[derive(Default)]
+struct Probed {
+    pairs: Option<RecordBatch>,
+    /// Rows of the probing batch in some pair.
+    probe: Vec<u32>,
+    /// Stored rows of the other side in some pair.
+    stored: Vec<u32>,
+}
 
 /// The end of a chain in [`SideState::next`].
 const NONE: u32 = u32::MAX;
@@ -69,6 +88,9 @@ struct SideState {
     key_bytes: usize,
     /// Stored row number -> the time key in ms (only when eviction is on).
     times: Vec<i64>,
+    /// Stored row number -> whether it has matched a row of the other side (only for an
+    /// outer side).
+    matched: Vec<bool>,
     /// How many stored rows have each time key value (only when eviction is on).
     time_counts: BTreeMap<i64, usize>,
 }
@@ -84,6 +106,7 @@ impl SideState {
             index: HashMap::default(),
             key_bytes: 0,
             times: vec![],
+            matched: vec![],
             time_counts: BTreeMap::new(),
         }
     }
@@ -97,6 +120,7 @@ impl SideState {
             + self.locs.capacity() * 8
             + self.next.capacity() * 4
             + self.times.capacity() * 8
+            + self.matched.capacity()
             + self.key_bytes
             + self.index.capacity() * (std::mem::size_of::<(Box<[u8]>, u32)>() + 1)
     }
@@ -145,6 +169,8 @@ pub struct StreamJoin {
     time_key: Option<(usize, [TimeKey; 2])>,
     /// Each input's watermark as last seen by [`StreamJoin::advance`].
     watermarks: [i64; 2],
+    /// Whether each side's unmatched rows are emitted (NULL-padded): LEFT, RIGHT, FULL.
+    outer: [bool; 2],
     /// The names of each side's input, for display.
     inputs: [String; 2],
     /// Where each key column of each side comes from: `(input, column)` when it is a
@@ -230,6 +256,19 @@ impl StreamJoin {
             None => (0..width).collect(),
         };
         let key_origins = vec![[None, None]; key_types.len()];
+        let outer = match join.join_type() {
+            JoinType::Inner => [false, false],
+            JoinType::Left => [true, false],
+            JoinType::Right => [false, true],
+            JoinType::Full => [true, true],
+            other => {
+                return Err(WeirError::user(format!(
+                    "inner and outer joins of two streams are supported, not a {other} join \
+                     (IN, EXISTS and their negations over a second stream plan as semi and \
+                     anti joins)"
+                )));
+            }
+        };
         Ok(StreamJoin {
             keys,
             key_types,
@@ -241,6 +280,7 @@ impl StreamJoin {
             sides: [SideState::new(left_schema), SideState::new(right_schema)],
             time_key: None,
             watermarks: [i64::MIN, i64::MIN],
+            outer,
             inputs,
             key_origins,
         })
@@ -265,6 +305,20 @@ impl StreamJoin {
         self.time_key
     }
 
+    /// Whether unmatched rows of some side are emitted (an outer join).
+    pub fn is_outer(&self) -> bool {
+        self.outer.iter().any(|o| *o)
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.outer {
+            [false, false] => "inner",
+            [true, false] => "left outer",
+            [false, true] => "right outer",
+            [true, true] => "full outer",
+        }
+    }
+
     /// Rows held, both sides.
     pub fn stored_rows(&self) -> usize {
         self.sides.iter().map(SideState::rows).sum()
@@ -287,7 +341,8 @@ impl StreamJoin {
             .map(|(l, r)| format!("{l} = {r}"))
             .collect();
         let mut s = format!(
-            "StreamJoin: inner join of {} and {} on [{}]",
+            "StreamJoin: {} join of {} and {} on [{}]",
+            self.kind_name(),
             self.inputs[0],
             self.inputs[1],
             keys.join(", ")
@@ -315,21 +370,76 @@ impl StreamJoin {
             return Ok(None);
         }
         let keys = eval_keys(&self.keys[side], &self.key_types, batch)?;
+        let mut out = Vec::new();
         let (batch, keys) = match (self.nulls_equal, non_null_keys(&keys)?) {
             (false, Some(mask)) => {
+                // A NULL key never matches: on an outer side the row comes out at once.
+                if self.outer[side] {
+                    let never = filter_record_batch(batch, &not(&mask)?)?;
+                    if never.num_rows() > 0 {
+                        out.push(self.padded(side, &never)?);
+                    }
+                }
                 let b = filter_record_batch(batch, &mask)?;
                 let k = crate::window::filter_arrays(&keys, &mask)?;
                 (b, k)
             }
             _ => (batch.clone(), keys),
         };
-        if batch.num_rows() == 0 {
-            return Ok(None);
+        if batch.num_rows() > 0 {
+            let rows = self.converter.convert_columns(&keys)?;
+            let probed = self.probe(side, &batch, &rows)?;
+            if self.outer[other(side)] {
+                let stored = &mut self.sides[other(side)].matched;
+                for g in &probed.stored {
+                    stored[*g as usize] = true;
+                }
+            }
+            let mut matched = Vec::new();
+            if self.outer[side] {
+                matched = vec![false; batch.num_rows()];
+                for i in &probed.probe {
+                    matched[*i as usize] = true;
+                }
+            }
+            out.extend(probed.pairs);
+            self.insert(side, batch, &rows, &keys, &matched)?;
         }
-        let rows = self.converter.convert_columns(&keys)?;
-        let out = self.probe(side, &batch, &rows)?;
-        self.insert(side, batch, &rows, &keys)?;
-        Ok(out)
+        match out.len() {
+            0 => Ok(None),
+            1 => Ok(out.pop()),
+            _ => Ok(Some(concat_batches(&self.output_schema, &out)?)),
+        }
+    }
+
+    /// Rows of `side` without a match: the output with the other side's columns NULL.
+    fn padded(&self, side: usize, rows: &RecordBatch) -> Result<RecordBatch> {
+        let left_width = self.sides[0].schema.fields().len();
+        let cols = self
+            .projection
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                let (col_side, i) = if c < left_width {
+                    (0, c)
+                } else {
+                    (1, c - left_width)
+                };
+                if col_side == side {
+                    rows.column(i).clone()
+                } else {
+                    datafusion::arrow::array::new_null_array(
+                        self.output_schema.field(j).data_type(),
+                        rows.num_rows(),
+                    )
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+        )?)
     }
 
     /// The pairs of the new rows `batch` (keys `rows`) on `side` with the other side.
@@ -338,13 +448,14 @@ impl StreamJoin {
         side: usize,
         batch: &RecordBatch,
         rows: &datafusion::arrow::row::Rows,
-    ) -> Result<Option<RecordBatch>> {
+    ) -> Result<Probed> {
         let stored = &self.sides[other(side)];
         if stored.rows() == 0 {
-            return Ok(None);
+            return Ok(Probed::default());
         }
         let mut probe_idx: Vec<u32> = Vec::new();
         let mut stored_loc: Vec<(usize, usize)> = Vec::new();
+        let mut stored_g: Vec<u32> = Vec::new();
         for i in 0..rows.num_rows() {
             let Some(&head) = stored.index.get(rows.row(i).as_ref()) else {
                 continue;
@@ -354,11 +465,12 @@ impl StreamJoin {
                 let (b, r) = stored.locs[g as usize];
                 probe_idx.push(i as u32);
                 stored_loc.push((b as usize, r as usize));
+                stored_g.push(g);
                 g = stored.next[g as usize];
             }
         }
         if probe_idx.is_empty() {
-            return Ok(None);
+            return Ok(Probed::default());
         }
         let left_width = self.sides[0].schema.fields().len();
         // Column `c` of left ++ right for the candidate pairs.
@@ -410,11 +522,12 @@ impl StreamJoin {
                 .filter(|&i| mask.is_valid(i) && mask.value(i))
                 .collect();
             if keep.is_empty() {
-                return Ok(None);
+                return Ok(Probed::default());
             }
             if keep.len() < mask.len() {
                 probe_idx = keep.iter().map(|&i| probe_idx.value(i)).collect();
                 stored_loc = keep.iter().map(|&i| stored_loc[i]).collect();
+                stored_g = keep.iter().map(|&i| stored_g[i]).collect();
             }
         }
         let cols = self
@@ -422,21 +535,29 @@ impl StreamJoin {
             .iter()
             .map(|&c| column(c, &probe_idx, &stored_loc))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(RecordBatch::try_new_with_options(
+        let pairs = RecordBatch::try_new_with_options(
             self.output_schema.clone(),
             cols,
             &RecordBatchOptions::new().with_row_count(Some(probe_idx.len())),
-        )?))
+        )?;
+        Ok(Probed {
+            pairs: Some(pairs),
+            probe: probe_idx.values().to_vec(),
+            stored: stored_g,
+        })
     }
 
-    /// Store `batch` (its non-matchable rows already removed) on `side`.
+    /// Store `batch` (its non-matchable rows already removed) on `side`; `matched`: on an
+    /// outer side, whether each row has matched already.
     fn insert(
         &mut self,
         side: usize,
         batch: RecordBatch,
         rows: &datafusion::arrow::row::Rows,
         keys: &[ArrayRef],
+        matched: &[bool],
     ) -> Result<()> {
+        let outer = self.outer[side];
         let times = match self.time_key {
             Some((k, _)) => Some(time_ms(&keys[k])?),
             None => None,
@@ -472,30 +593,37 @@ impl StreamJoin {
             }
             s.times.extend(times);
         }
+        if outer {
+            s.matched.extend_from_slice(matched);
+            s.matched.resize(s.locs.len(), false);
+        }
         s.batch_bytes += batch.get_array_memory_size();
         s.batches.push(batch);
         s.merge_small_tail()
     }
 
     /// The inputs' watermarks moved: with a time key, evict the rows no future row of the
-    /// other side can match. The state is rebuilt once a quarter of a side is evictable,
-    /// so the cost is amortised over the evicted rows.
-    pub fn advance(&mut self, watermarks: [i64; 2]) -> Result<()> {
+    /// other side can match, and return the unmatched ones of an outer side, NULL-padded.
+    /// The state is rebuilt once a quarter of a side is evictable, so the cost is amortised
+    /// over the evicted rows; an outer side evicts as soon as it can, so its unmatched rows
+    /// are not held back.
+    pub fn advance(&mut self, watermarks: [i64; 2]) -> Result<Vec<RecordBatch>> {
         for (w, n) in self.watermarks.iter_mut().zip(watermarks) {
             *w = (*w).max(n);
         }
         let Some((_, kinds)) = self.time_key else {
-            return Ok(());
+            return Ok(vec![]);
         };
+        let mut out = Vec::new();
         for side in 0..2 {
             let bound = self.evict_bound(side, kinds);
             let s = &self.sides[side];
             let evictable: usize = s.time_counts.range(..bound).map(|(_, n)| n).sum();
-            if evictable > 0 && evictable * 4 >= s.rows() {
-                self.evict(side, bound)?;
+            if evictable > 0 && (self.outer[side] || evictable * 4 >= s.rows()) {
+                out.extend(self.evict(side, bound)?);
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Rows of `side` whose time key is below this can never match again.
@@ -509,16 +637,38 @@ impl StreamJoin {
         }
     }
 
-    /// Drop the rows of `side` whose time key is below `bound`; rebuild its index.
-    fn evict(&mut self, side: usize, bound: i64) -> Result<()> {
-        let s = &mut self.sides[side];
+    /// Drop the rows of `side` whose time key is below `bound`; rebuild its index. Returns
+    /// the dropped rows that never matched, NULL-padded, when `side` is an outer side.
+    fn evict(&mut self, side: usize, bound: i64) -> Result<Vec<RecordBatch>> {
+        let outer = self.outer[side];
+        let s = &self.sides[side];
         let mut kept = Vec::with_capacity(s.batches.len());
+        let mut unmatched = Vec::new();
+        let mut matched = Vec::new();
         let mut g = 0usize;
         for b in &s.batches {
-            let keep: BooleanArray = s.times[g..g + b.num_rows()]
+            let range = g..g + b.num_rows();
+            let keep: BooleanArray = s.times[range.clone()]
                 .iter()
                 .map(|t| Some(*t >= bound))
                 .collect();
+            if outer {
+                let gone: BooleanArray = s.times[range.clone()]
+                    .iter()
+                    .zip(&s.matched[range.clone()])
+                    .map(|(t, m)| Some(*t < bound && !*m))
+                    .collect();
+                let u = filter_record_batch(b, &gone)?;
+                if u.num_rows() > 0 {
+                    unmatched.push(u);
+                }
+                matched.extend(
+                    range
+                        .clone()
+                        .filter(|&i| s.times[i] >= bound)
+                        .map(|i| s.matched[i]),
+                );
+            }
             g += b.num_rows();
             let f = filter_record_batch(b, &keep)?;
             if f.num_rows() > 0 {
@@ -531,33 +681,56 @@ impl StreamJoin {
         } else {
             kept
         };
-        self.reload(side, kept)
+        self.reload(side, kept, &matched)?;
+        unmatched.iter().map(|u| self.padded(side, u)).collect()
     }
 
-    /// Replace the rows of `side` with `batches` (no probing).
-    fn reload(&mut self, side: usize, batches: Vec<RecordBatch>) -> Result<()> {
+    /// Replace the rows of `side` with `batches` (no probing); `matched`: an outer side's
+    /// flags for those rows, in order.
+    fn reload(&mut self, side: usize, batches: Vec<RecordBatch>, matched: &[bool]) -> Result<()> {
         let schema = self.sides[side].schema.clone();
         self.sides[side] = SideState::new(schema);
+        let mut at = 0;
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
             }
             let keys = eval_keys(&self.keys[side], &self.key_types, &b)?;
             let rows = self.converter.convert_columns(&keys)?;
-            self.insert(side, b, &rows, &keys)?;
+            let end = (at + b.num_rows()).min(matched.len());
+            let flags = &matched[at.min(end)..end];
+            at += b.num_rows();
+            self.insert(side, b, &rows, &keys, flags)?;
         }
         Ok(())
     }
 
-    /// Each side's stored rows, for a checkpoint: `[left, right]`.
+    /// Each side's stored rows, for a checkpoint: `[left, right]`; an outer side's rows
+    /// with a last column [`MATCHED_COLUMN`].
     pub fn snapshot(&self) -> Result<[Vec<RecordBatch>; 2]> {
-        let side = |s: &SideState| -> Result<Vec<RecordBatch>> {
+        let side = |i: usize| -> Result<Vec<RecordBatch>> {
+            let s = &self.sides[i];
             if s.batches.is_empty() {
                 return Ok(vec![]);
             }
-            Ok(vec![concat_batches(&s.schema, &s.batches)?])
+            let rows = concat_batches(&s.schema, &s.batches)?;
+            if !self.outer[i] {
+                return Ok(vec![rows]);
+            }
+            let mut fields: Vec<_> = s.schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+                MATCHED_COLUMN,
+                DataType::Boolean,
+                false,
+            )));
+            let mut cols = rows.columns().to_vec();
+            cols.push(Arc::new(BooleanArray::from(s.matched.clone())));
+            Ok(vec![RecordBatch::try_new(
+                Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+                cols,
+            )?])
         };
-        Ok([side(&self.sides[0])?, side(&self.sides[1])?])
+        Ok([side(0)?, side(1)?])
     }
 
     /// Load each side's rows saved by [`StreamJoin::snapshot`] (into a join built from
@@ -566,7 +739,18 @@ impl StreamJoin {
         for (side, batches) in sides.into_iter().enumerate() {
             let schema = self.sides[side].schema.clone();
             let mut cast_batches = Vec::with_capacity(batches.len());
-            for b in batches {
+            let mut matched = Vec::new();
+            for mut b in batches {
+                let n = b.num_columns();
+                if self.outer[side] && n > 0 && b.schema().field(n - 1).name() == MATCHED_COLUMN {
+                    let flags = b
+                        .column(n - 1)
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .ok_or_else(|| WeirError::Internal("matched flags type".into()))?;
+                    matched.extend(flags.iter().map(|f| f.unwrap_or(false)));
+                    b = b.project(&(0..n - 1).collect::<Vec<_>>())?;
+                }
                 if b.schema().fields().len() != schema.fields().len() {
                     return Err(WeirError::Internal(format!(
                         "join state of side {side} does not match the view: expected {schema:?}, found {:?}",
@@ -587,7 +771,7 @@ impl StreamJoin {
                     .collect::<Result<Vec<_>>>()?;
                 cast_batches.push(RecordBatch::try_new(schema.clone(), cols)?);
             }
-            self.reload(side, cast_batches)?;
+            self.reload(side, cast_batches, &matched)?;
         }
         Ok(())
     }

@@ -288,7 +288,7 @@ async fn join_throughput() {
         let b = batch(&chunk);
         let k = eval_keys(&j.keys[0], &j.key_types, &b).unwrap();
         let r = j.converter.convert_columns(&k).unwrap();
-        if let Some(out) = j.probe(0, &b, &r).unwrap() {
+        if let Some(out) = j.probe(0, &b, &r).unwrap().pairs {
             matched += out.num_rows();
         }
         n += 8192;

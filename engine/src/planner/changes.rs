@@ -8,8 +8,8 @@
 use super::{PlannerEnv, RelationKind};
 use crate::changelog::OP_COLUMN;
 use crate::error::{Result, WeirError};
+use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, TableReference};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 use std::sync::Arc;
 
@@ -43,10 +43,7 @@ fn op_column(plan: &LogicalPlan) -> Option<Expr> {
         .schema()
         .qualified_field_with_unqualified_name(OP_COLUMN)
         .ok()?;
-    Some(Expr::Column(Column::new(
-        qualifier.cloned().map(TableReference::from),
-        OP_COLUMN,
-    )))
+    Some(Expr::Column(Column::new(qualifier.cloned(), OP_COLUMN)))
 }
 
 /// `plan` with every projection keeping the op column of its input, and the op column
@@ -120,7 +117,11 @@ fn input_column(plan: &LogicalPlan, name: &str) -> Option<String> {
 
 /// The view's key: the output columns the input's key columns became. Each must be
 /// selected, or the view's rows could not be told apart.
-pub(super) fn key_through(plan: &LogicalPlan, input: &str, input_key: &[String]) -> Result<Vec<String>> {
+pub(super) fn key_through(
+    plan: &LogicalPlan,
+    input: &str,
+    input_key: &[String],
+) -> Result<Vec<String>> {
     let outputs: Vec<(String, Option<String>)> = plan
         .schema()
         .fields()

@@ -406,7 +406,10 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         if !matches!(kind, ViewPlanKind::Stateless { .. }) || inputs.len() != 1 {
             return Err(changes::not_supported(input));
         }
-        let input_key = env.relation(input).map(|r| r.key.clone()).unwrap_or_default();
+        let input_key = env
+            .relation(input)
+            .map(|r| r.key.clone())
+            .unwrap_or_default();
         over_changes_key = Some(changes::key_through(&logical, input, &input_key)?);
         let n = output_schema.fields().len() - 1;
         output_schema = Arc::new(output_schema.project(&(0..n).collect::<Vec<_>>())?);
@@ -521,6 +524,14 @@ fn prepare_join(kind: &mut ViewPlanKind, inputs: &[String], env: &PlannerEnv) ->
         .find_map(|(k, [l, r])| Some((k, [time_key(0, l)?, time_key(1, r)?])))
     {
         join.set_time_key(k, kinds);
+    }
+    if join.is_outer() && join.time_key().is_none() {
+        return Err(WeirError::user(
+            "an outer join of two streams must join windows: ON a.window_start = \
+             b.window_start (or window_end) of two windowed views, so that a row without a \
+             match comes out, NULL-padded, once the other side's window has closed. Outer \
+             joins on a time bound (BETWEEN) are not supported yet",
+        ));
     }
     Ok(())
 }

@@ -593,21 +593,10 @@ fn split_join(physical: Arc<dyn ExecutionPlan>, task_ctx: Arc<TaskContext>) -> R
         ));
     }
     match hj.join_type() {
-        JoinType::Inner => {}
-        JoinType::Left | JoinType::Right | JoinType::Full => {
-            return Err(WeirError::user(format!(
-                "only inner joins of two streams are supported; a {} OUTER JOIN would have to \
-                 emit a row before knowing that no match will come",
-                match hj.join_type() {
-                    JoinType::Left => "LEFT",
-                    JoinType::Right => "RIGHT",
-                    _ => "FULL",
-                }
-            )));
-        }
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
         other => {
             return Err(WeirError::user(format!(
-                "only inner joins of two streams are supported, not a {other} join \
+                "inner and outer joins of two streams are supported, not a {other} join \
                  (IN, EXISTS and their negations over a second stream plan as semi and anti joins)"
             )));
         }
