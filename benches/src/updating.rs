@@ -4,13 +4,16 @@
 //! process's memory. The first pass touches every key once (inserts); the events after
 //! fall on random keys (updates). See BENCHMARKS.md, "Updating views".
 
-use crate::{DOWNLOADS_DDL, peak_rss_mib, rss_mib};
+use crate::{DOWNLOADS_DDL, peak_rss_mib};
 use anyhow::{Context, Result};
 use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 use std::time::Instant;
+use weir_engine::connector::{Sink, SinkSpec};
+use weir_engine::options::Options;
 use weir_engine::pipeline::{EngineConfig, Pipeline};
+use weir_engine::stats::Stats;
 
 #[derive(clap::Args)]
 pub struct UpdatingArgs {
@@ -23,6 +26,52 @@ pub struct UpdatingArgs {
     /// Rows per micro-batch.
     #[arg(long, default_value_t = 8192)]
     batch_rows: usize,
+    /// The view's 'retention.rows': the current rows the serving layer keeps for REST
+    /// and WebSocket readers (0: none, the view's own work alone).
+    #[arg(long, default_value_t = 100_000)]
+    retention_rows: usize,
+    /// Also write the view's changes into a Postgres sink at this URL (table
+    /// weir_bench_updating, dropped first) and time the sink's work apart: its upserts and
+    /// deletes per second.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// With --postgres: the sink's `batch.rows` (rows per transaction).
+    #[arg(long, default_value_t = 50_000)]
+    pg_batch_rows: usize,
+}
+
+/// The Postgres sink of `--postgres`, as CREATE SINK would make it for the view.
+async fn pg_sink(p: &Pipeline, url: &str, batch_rows: usize) -> Result<Box<dyn Sink>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url} (scripts/postgres.sh start)"))?;
+    sqlx::raw_sql("DROP TABLE IF EXISTS weir_bench_updating")
+        .execute(&mut conn)
+        .await?;
+    let view = p
+        .objects()
+        .into_iter()
+        .find(|o| o.name == "per_content")
+        .context("view")?;
+    let spec = SinkSpec {
+        name: "bench_updating".into(),
+        view: "per_content".into(),
+        schema: view.schema.clone(),
+        key_columns: view.key.clone(),
+        changelog: true,
+        options: Options::new([
+            ("url".to_string(), url.to_string()),
+            ("table".to_string(), "weir_bench_updating".to_string()),
+            ("batch.rows".to_string(), batch_rows.to_string()),
+        ]),
+        data_dir: std::env::temp_dir(),
+        stats: Arc::new(Stats::default()),
+        checkpointed: false,
+    };
+    let mut sink = weir_connectors::registry().sink("postgres")?.create(spec)?;
+    sink.recover(None).await?;
+    Ok(sink)
 }
 
 /// SplitMix64, fixed seed: the same keys every run.
@@ -38,17 +87,18 @@ impl Rng {
     }
 }
 
-pub const VIEW: &str = "CREATE MATERIALIZED VIEW per_content AS SELECT content_id, \
-    count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
+pub const VIEW: &str = "CREATE MATERIALIZED VIEW per_content WITH ('retention.rows' = '{retention}') \
+    AS SELECT content_id, count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
     avg(speed_mbps) AS avg_speed, max(duration_seconds) AS max_duration \
     FROM downloads GROUP BY content_id";
 
 /// A pipeline with the `downloads` source (pushed to directly) and the updating view.
-pub async fn pipeline() -> Result<Pipeline> {
+pub async fn pipeline(retention_rows: usize) -> Result<Pipeline> {
     let mut p = Pipeline::new(EngineConfig::default(), weir_connectors::registry());
+    let view = VIEW.replace("{retention}", &retention_rows.to_string());
     p.execute(&format!(
         "CREATE SOURCE downloads ({DOWNLOADS_DDL}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
-         WITH (connector = 'generator', kind = 'downloads'); {VIEW};"
+         WITH (connector = 'generator', kind = 'downloads'); {view};"
     ))
     .await?;
     Ok(p)
@@ -109,10 +159,14 @@ pub fn batches(
 }
 
 pub async fn run(args: UpdatingArgs) -> Result<()> {
-    let mut p = pipeline().await?;
+    let mut p = pipeline(args.retention_rows).await?;
     let input = batches(&p, args.keys, args.events, args.batch_rows)?;
-    let before = rss_mib();
     let (mut changes, mut deletes) = (0u64, 0u64);
+    let mut sink = match &args.postgres {
+        Some(url) => Some(pg_sink(&p, url, args.pg_batch_rows).await?),
+        None => None,
+    };
+    let mut sink_secs = 0.0;
     let t = Instant::now();
     for (i, b) in input.into_iter().enumerate() {
         for out in p.push("downloads", 0, b, 0).await? {
@@ -123,27 +177,48 @@ pub async fn run(args: UpdatingArgs) -> Result<()> {
                 .iter()
                 .filter(|o| **o == weir_engine::changelog::DELETE)
                 .count() as u64;
+            if let Some(sink) = &mut sink {
+                let s = Instant::now();
+                sink.write(out.batch, out.ids).await?;
+                sink_secs += s.elapsed().as_secs_f64();
+            }
         }
         if i % 200 == 199 {
             eprintln!("{} events", (i + 1) * args.batch_rows);
         }
     }
-    let secs = t.elapsed().as_secs_f64();
+    if let Some(sink) = &mut sink {
+        let s = Instant::now();
+        sink.precommit(1).await?;
+        sink.commit(1).await?;
+        sink.close().await?;
+        sink_secs += s.elapsed().as_secs_f64();
+    }
+    let secs = t.elapsed().as_secs_f64() - sink_secs;
+    // Change rows the sink took per second, and the rows it upserted (each insert of the
+    // changelog; here every delete is the old half of an update, which the sink nets away).
+    let pg = if args.postgres.is_some() {
+        format!(
+            ",\"pg_secs\":{sink_secs:.3},\"pg_changes_per_sec\":{:.0},\"pg_upserts_per_sec\":{:.0}",
+            changes as f64 / sink_secs,
+            (changes - deletes) as f64 / sink_secs
+        )
+    } else {
+        String::new()
+    };
     let view = p
         .objects()
         .into_iter()
         .find(|o| o.name == "per_content")
         .context("view")?;
     let s = view.stats.snapshot();
-    let after = rss_mib();
     println!(
-        "{{\"keys\":{},\"events\":{},\"secs\":{secs:.3},\"events_per_sec\":{:.0},\"changes\":{changes},\"deletes\":{deletes},\"groups\":{},\"state_bytes_per_key\":{:.0},\"rss_growth_bytes_per_key\":{:.0},\"peak_rss_mib\":{:.0}}}",
+        "{{\"keys\":{},\"events\":{},\"secs\":{secs:.3},\"events_per_sec\":{:.0},\"changes\":{changes},\"deletes\":{deletes},\"groups\":{},\"state_bytes_per_key\":{:.0},\"peak_rss_mib\":{:.0}{pg}}}",
         args.keys,
         args.events,
         args.events as f64 / secs,
         s.open_groups,
         s.state_bytes as f64 / s.open_groups.max(1) as f64,
-        (after - before) * 1048576.0 / s.open_groups.max(1) as f64,
         peak_rss_mib()
     );
     Ok(())

@@ -129,7 +129,7 @@ pub fn net_changes(batch: &RecordBatch, key: &[usize]) -> Result<Net> {
 }
 
 /// The index of each key's last row, in row order.
-fn last_per_key(rows: &RecordBatch, key: &[usize]) -> Result<Vec<u32>> {
+pub(crate) fn last_per_key(rows: &RecordBatch, key: &[usize]) -> Result<Vec<u32>> {
     let n = rows.num_rows();
     if n == 0 {
         return Ok(vec![]);

@@ -126,7 +126,10 @@ impl ViewBuffer {
         let batch = crate::compact::compact(batch);
         let mut g = self.inner.write();
         if let Some(table) = &self.keyed {
-            table.write().apply(first_seq, &batch)?;
+            // `retention.rows` 0: no rows kept for readers, only the numbering.
+            if self.max_rows > 0 {
+                table.write().apply(first_seq, &batch)?;
+            }
             g.last_seq = first_seq + batch.num_rows() as u64 - 1;
             let _ = self.tx.send(ViewEvent::Rows(Arc::new(Emitted {
                 first_seq,

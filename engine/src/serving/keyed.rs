@@ -11,7 +11,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// The column checkpoints keep each entry's seq in.
@@ -38,8 +38,11 @@ pub(super) struct Table {
     key: Vec<usize>,
     keys: RowConverter,
     rows: RowConverter,
-    entries: crate::FastMap<Box<[u8]>, Entry>,
-    by_seq: BTreeMap<u64, Box<[u8]>>,
+    entries: crate::FastMap<Arc<[u8]>, Entry>,
+    /// `(seq, key)` in seq order, one per change applied; an element whose key has
+    /// changed since (its entry has a newer seq) is stale and skipped. Compacted when
+    /// stale elements outnumber the entries.
+    by_seq: VecDeque<(u64, Arc<[u8]>)>,
     live: usize,
     max_entries: usize,
     /// Changes up to this seq may have been dropped (0: none was).
@@ -74,7 +77,7 @@ impl Table {
             keys,
             rows,
             entries: crate::FastMap::default(),
-            by_seq: BTreeMap::new(),
+            by_seq: VecDeque::new(),
             live: 0,
             max_entries: max_entries.max(1),
             dropped_through: 0,
@@ -91,53 +94,102 @@ impl Table {
         let (rows, ops) = changelog::split(changes)?;
         self.put(&rows, &ops, |i| first_seq + i as u64)?;
         while self.entries.len() > self.max_entries {
-            let Some((seq, key)) = self.by_seq.pop_first() else {
+            let Some((seq, key)) = self.by_seq.pop_front() else {
                 break;
             };
-            if let Some(e) = self.entries.remove(&key)
-                && e.row.is_some()
-            {
-                self.live -= 1;
+            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
+                if let Some(e) = self.entries.remove(&key)
+                    && e.row.is_some()
+                {
+                    self.live -= 1;
+                }
+                self.dropped_through = self.dropped_through.max(seq);
             }
-            self.dropped_through = self.dropped_through.max(seq);
+        }
+        if self.by_seq.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.by_seq
+                .retain(|(seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
         }
         Ok(())
     }
 
+    /// Apply changes: per key only its last change in `rows` counts (the earlier ones are
+    /// superseded), so only those are converted and stored.
     fn put(
         &mut self,
         rows: &RecordBatch,
         ops: &Int8Array,
         seq: impl Fn(usize) -> u64,
     ) -> Result<()> {
-        let key_cols: Vec<ArrayRef> = self.key.iter().map(|&k| rows.column(k).clone()).collect();
+        let last = changelog::last_per_key(rows, &self.key)?;
+        let idx = UInt32Array::from(last.clone());
+        let key_cols: Vec<ArrayRef> = self
+            .key
+            .iter()
+            .map(|&k| Ok(take(rows.column(k).as_ref(), &idx, None)?))
+            .collect::<Result<_>>()?;
         let key_rows = (!key_cols.is_empty())
             .then(|| self.keys.convert_columns(&key_cols))
             .transpose()?;
-        let full = self.rows.convert_columns(rows.columns())?;
-        for i in 0..rows.num_rows() {
-            let key: Box<[u8]> = match &key_rows {
-                Some(k) => k.row(i).data().into(),
-                None => Box::default(),
+        // Full rows only for the keys whose last change is an insert.
+        let live: Vec<u32> = last
+            .iter()
+            .copied()
+            .filter(|&i| ops.value(i as usize) != DELETE)
+            .collect();
+        let live_idx = UInt32Array::from(live);
+        let live_cols: Vec<ArrayRef> = rows
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c.as_ref(), &live_idx, None)?))
+            .collect::<Result<_>>()?;
+        let full = self.rows.convert_columns(&live_cols)?;
+        let mut next_live = 0;
+        for (j, &i) in last.iter().enumerate() {
+            let key: &[u8] = match &key_rows {
+                Some(k) => k.row(j).data(),
+                None => &[],
             };
-            let row = (ops.value(i) != DELETE).then(|| full.row(i).data().into());
-            self.set(key, seq(i), row);
+            let row = (ops.value(i as usize) != DELETE).then(|| {
+                next_live += 1;
+                full.row(next_live - 1).data().into()
+            });
+            self.set(key, seq(i as usize), row);
         }
         Ok(())
     }
 
-    fn set(&mut self, key: Box<[u8]>, seq: u64, row: Option<Box<[u8]>>) {
+    fn set(&mut self, key: &[u8], seq: u64, row: Option<Box<[u8]>>) {
         let live = row.is_some();
-        if let Some(old) = self.entries.insert(key.clone(), Entry { seq, row }) {
-            self.by_seq.remove(&old.seq);
-            if old.row.is_some() {
-                self.live -= 1;
+        let stored = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, e)| (k.clone(), e.row.is_some()));
+        let key: Arc<[u8]> = match stored {
+            Some((k, was_live)) => {
+                if was_live {
+                    self.live -= 1;
+                }
+                k
             }
-        }
+            None => key.into(),
+        };
+        // Replaces the entry of an existing key (keeping the stored key).
+        self.entries.insert(key.clone(), Entry { seq, row });
         if live {
             self.live += 1;
         }
-        self.by_seq.insert(seq, key);
+        self.by_seq.push_back((seq, key));
+    }
+
+    /// `(seq, key)` of every entry, oldest change first, from seq `from` on.
+    fn ordered(&self, from: u64) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let start = self.by_seq.partition_point(|(s, _)| *s < from);
+        self.by_seq
+            .range(start..)
+            .filter(|(seq, key)| self.entries.get(key).is_some_and(|e| e.seq == *seq))
+            .map(|(seq, key)| (*seq, key.as_ref()))
     }
 
     /// The current rows (`since_seq` None or older than the changes kept), or the latest
@@ -148,9 +200,7 @@ impl Table {
             _ => (0, true),
         };
         let picked: Vec<(u64, &[u8])> = self
-            .by_seq
-            .range(from..)
-            .map(|(&seq, key)| (seq, key.as_ref()))
+            .ordered(from)
             // A reader starting over does not need to hear of deleted keys.
             .filter(|(_, key)| !reset || self.entries[*key].row.is_some())
             .take(limit)
@@ -223,9 +273,8 @@ impl Table {
     pub fn current(&self) -> Result<RecordBatch> {
         let parser = self.rows.parser();
         let rows: Vec<_> = self
-            .by_seq
-            .values()
-            .filter_map(|k| self.entries[k].row.as_deref())
+            .ordered(0)
+            .filter_map(|(_, k)| self.entries[k].row.as_deref())
             .map(|r| parser.parse(r))
             .collect();
         if rows.is_empty() {
@@ -237,7 +286,7 @@ impl Table {
 
     /// Every entry for a checkpoint: current rows and tombstones as changes, with seqs.
     pub fn checkpoint(&self) -> Result<RecordBatch> {
-        let keys: Vec<&[u8]> = self.by_seq.values().map(|k| k.as_ref()).collect();
+        let (seqs, keys): (Vec<u64>, Vec<&[u8]>) = self.ordered(0).unzip();
         let batch = self.changes_of(&keys)?;
         let mut fields: Vec<Field> = batch
             .schema()
@@ -247,9 +296,7 @@ impl Table {
             .collect();
         fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
         let mut cols = batch.columns().to_vec();
-        cols.push(Arc::new(UInt64Array::from_iter_values(
-            self.by_seq.keys().copied(),
-        )));
+        cols.push(Arc::new(UInt64Array::from(seqs)));
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
     }
 
@@ -362,6 +409,18 @@ mod tests {
         let p = back.page(Some(2), 10, 5).unwrap();
         assert_eq!(p.seqs, vec![4, 5]);
         assert_eq!(listed(&p.rows)[1], ("b".into(), None, DELETE));
+    }
+
+    #[test]
+    fn a_key_changed_many_times_is_one_entry() {
+        let mut t = Table::new(schema(), vec![0], 10).unwrap();
+        for i in 0..5000u64 {
+            t.apply(i + 1, &changes(&[("a", i as i64, INSERT)])).unwrap();
+        }
+        assert!(t.by_seq.len() <= 2 * t.entries.len() + 1025, "{}", t.by_seq.len());
+        let p = t.page(Some(10), 10, 5000).unwrap();
+        assert_eq!(p.seqs, vec![5000]);
+        assert_eq!(listed(&p.rows), vec![("a".into(), Some(4999), INSERT)]);
     }
 
     #[test]
