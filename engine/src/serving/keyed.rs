@@ -415,9 +415,14 @@ mod tests {
     fn a_key_changed_many_times_is_one_entry() {
         let mut t = Table::new(schema(), vec![0], 10).unwrap();
         for i in 0..5000u64 {
-            t.apply(i + 1, &changes(&[("a", i as i64, INSERT)])).unwrap();
+            t.apply(i + 1, &changes(&[("a", i as i64, INSERT)]))
+                .unwrap();
         }
-        assert!(t.by_seq.len() <= 2 * t.entries.len() + 1025, "{}", t.by_seq.len());
+        assert!(
+            t.by_seq.len() <= 2 * t.entries.len() + 1025,
+            "{}",
+            t.by_seq.len()
+        );
         let p = t.page(Some(10), 10, 5000).unwrap();
         assert_eq!(p.seqs, vec![5000]);
         assert_eq!(listed(&p.rows), vec![("a".into(), Some(4999), INSERT)]);
