@@ -122,6 +122,8 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
             aggregate,
             post,
             &plan.output_schema,
+            plan.props.emit_every,
+            now_ms,
         )),
     })
 }

@@ -21,21 +21,34 @@ pub struct UpdatingOp {
     /// The view's rows with the op column.
     changes_schema: SchemaRef,
     watermark: i64,
+    /// `EMIT EVERY` (ms): changes are held and come out once per interval of processing
+    /// time (aligned to the epoch), at the first tick of a new interval.
+    every: Option<i64>,
+    /// The interval (`now / every`) of the last emission.
+    period: i64,
 }
 
 impl UpdatingOp {
     pub fn new(
         pre: SlotPlan,
-        aggregate: Box<UpdatingAggregator>,
+        mut aggregate: Box<UpdatingAggregator>,
         post: SlotPlan,
         output_schema: &SchemaRef,
+        every: Option<std::time::Duration>,
+        now_ms: i64,
     ) -> Self {
+        let every = every.map(|d| (d.as_millis() as i64).max(1));
+        if every.is_some() {
+            aggregate.hold();
+        }
         UpdatingOp {
             pre,
             aggregate,
             post,
             changes_schema: changelog::with_op(output_schema),
             watermark: i64::MIN,
+            every,
+            period: every.map_or(0, |e| now_ms.div_euclid(e)),
         }
     }
 
@@ -86,13 +99,20 @@ impl Operator for UpdatingOp {
     }
 
     async fn on_tick(&mut self, cx: &mut Context<'_>) -> Result<Vec<RecordBatch>> {
-        match self.aggregate.expire(cx.now_ms)? {
-            Some(gone) => {
-                let empty = RecordBatch::new_empty(gone.schema());
-                self.changes(gone, empty).await
-            }
-            None => Ok(vec![]),
+        let mut out = Vec::new();
+        if let Some(gone) = self.aggregate.expire(cx.now_ms)? {
+            let empty = RecordBatch::new_empty(gone.schema());
+            out.extend(self.changes(gone, empty).await?);
         }
+        if let Some(every) = self.every {
+            let period = cx.now_ms.div_euclid(every);
+            if period > self.period {
+                self.period = period;
+                let c = self.aggregate.flush()?;
+                out.extend(self.changes(c.old, c.new).await?);
+            }
+        }
+        Ok(out)
     }
 
     fn watermark(&self) -> i64 {
@@ -109,15 +129,23 @@ impl Operator for UpdatingOp {
 
     fn snapshot(&mut self) -> Result<NodeState> {
         Ok(NodeState {
-            meta: serde_json::json!({ "watermark": self.watermark }),
-            parts: vec![self.aggregate.snapshot()?],
+            meta: serde_json::json!({ "watermark": self.watermark, "period": self.period }),
+            parts: vec![
+                self.aggregate.snapshot()?,
+                self.aggregate.snapshot_pending()?,
+            ],
         })
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
-        let batches: Vec<RecordBatch> = state.parts.into_iter().flatten().collect();
-        self.aggregate.restore(&batches)
+        if let Some(p) = meta_field(&state.meta, "period")? {
+            self.period = p;
+        }
+        let mut parts = state.parts.into_iter();
+        self.aggregate.restore(&parts.next().unwrap_or_default())?;
+        self.aggregate
+            .restore_pending(&parts.next().unwrap_or_default())
     }
 }
 

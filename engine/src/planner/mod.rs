@@ -344,11 +344,8 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
     let window = sql::rewrite_windows(&mut query, &columns)?;
     let emit_every = match (&v.emit, &window) {
         (Some(Emit::Every(d)), Some(_)) => Some(*d),
-        (Some(Emit::Every(_)), None) => {
-            return Err(WeirError::user(
-                "EMIT EVERY needs a windowed view (FROM TUMBLE(...), HOP(...) or SESSION(...))",
-            ));
-        }
+        // Without a window, only an aggregate (an updating view) takes it: checked below.
+        (Some(Emit::Every(d)), None) => Some(*d),
         (Some(Emit::OnWindowClose), None) => {
             return Err(WeirError::user(
                 "EMIT ON WINDOW CLOSE needs a windowed view (FROM TUMBLE(...))",
@@ -433,6 +430,14 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
                 fields.push(Field::new(IS_FINAL, DataType::Boolean, false));
                 output_schema = Arc::new(Schema::new(fields));
             }
+        }
+        // An updating view holds its changes and emits them once per interval.
+        ViewPlanKind::Updating { .. } => {}
+        _ if emit_every.is_some() && window.is_none() => {
+            return Err(WeirError::user(
+                "EMIT EVERY needs a windowed view (FROM TUMBLE(...), HOP(...) or SESSION(...)) \
+                 or an aggregate without a window",
+            ));
         }
         _ if emit_every.is_some() => {
             return Err(WeirError::user(

@@ -60,7 +60,14 @@ pub struct UpdatingAggregator {
     ttl_ms: Option<i64>,
     /// When groups were last checked for expiry.
     swept_ms: i64,
+    /// `EMIT EVERY`: changes are held until [`UpdatingAggregator::flush`]; per group
+    /// changed since the last flush, its state as last emitted (`None`: never emitted).
+    pending: Option<Held>,
 }
+
+/// Per group changed since the last `EMIT EVERY` flush: its state as it last came out
+/// (`None`: it has not come out).
+type Held = crate::FastMap<Box<[u8]>, Option<Box<[u8]>>>;
 
 impl UpdatingAggregator {
     /// Build from the aggregate that sees raw rows (`Single` or `Partial` mode);
@@ -128,7 +135,15 @@ impl UpdatingAggregator {
             bytes: 0,
             ttl_ms: ttl.map(|d| (d.as_millis() as i64).max(1)),
             swept_ms: i64::MIN,
+            pending: None,
         })
+    }
+
+    /// Hold changes until [`UpdatingAggregator::flush`] (`EMIT EVERY`): a group changed
+    /// many times between two flushes then emits once, from the row it had at the last
+    /// flush to the row it has now.
+    pub fn hold(&mut self) {
+        self.pending = Some(crate::FastMap::default());
     }
 
     /// The GROUP BY columns, as the aggregate's output names them.
@@ -250,12 +265,45 @@ impl UpdatingAggregator {
         accs.merge(&old_states, &self.layout.state_widths, &known, e)?;
         accs.update(&args, &filters, &row_groups, k)?;
         let new_states = accs.state(EmitTo::All)?;
+        if let Some(pending) = self.pending.as_mut() {
+            // Held: remember what each group had when it last came out, store, emit nothing.
+            for (g, key) in group_keys.iter().enumerate() {
+                if !pending.contains_key(key) {
+                    let emitted = (g < e).then(|| self.groups[key].state.clone());
+                    pending.insert(key.clone(), emitted);
+                }
+            }
+            self.store(group_keys, &new_states, now_ms)?;
+            return self.no_changes();
+        }
         let new_values = self.evaluate(&new_states, k)?;
         let old_values = self.evaluate(&old_states, known.len())?;
         let old_keys: Vec<ArrayRef> = batch_keys.iter().map(|c| c.slice(0, e)).collect();
-        // Store the new states.
-        let rows = self.states.convert_columns(&new_states)?;
-        for (g, key) in group_keys.into_iter().enumerate() {
+        self.store(group_keys, &new_states, now_ms)?;
+        self.emit(&known, &old_keys, &old_values, &batch_keys, &new_values, k)
+    }
+
+    /// The changes from `old` values (of the first `known.len()` groups) to `new` ones (of
+    /// all `k`): groups whose value did not change (a max that stayed) emit nothing.
+    fn emit(
+        &self,
+        known: &[usize],
+        old_keys: &[ArrayRef],
+        old_values: &[ArrayRef],
+        keys: &[ArrayRef],
+        new_values: &[ArrayRef],
+        k: usize,
+    ) -> Result<Changes> {
+        let (old_keep, new_keep) = self.changed(known, old_values, new_values, k)?;
+        let old = self.rows(old_keys, old_values, &old_keep)?;
+        let new = self.rows(keys, new_values, &new_keep)?;
+        Ok(Changes { old, new })
+    }
+
+    /// Store `states` (one row per group of `keys`) as the groups' states, changed now.
+    fn store(&mut self, keys: Vec<Box<[u8]>>, states: &[ArrayRef], now_ms: i64) -> Result<()> {
+        let rows = self.states.convert_columns(states)?;
+        for (g, key) in keys.into_iter().enumerate() {
             let state: Box<[u8]> = rows.row(g).data().into();
             let (key_len, state_len) = (key.len(), state.len());
             let entry = Group {
@@ -267,11 +315,49 @@ impl UpdatingAggregator {
                 None => self.bytes += key_len + state_len,
             }
         }
-        // Groups whose value did not change (a max that stayed) emit nothing.
-        let (old_keep, new_keep) = self.changed(&known, &old_values, &new_values, k)?;
-        let old = self.rows(&old_keys, &old_values, &old_keep)?;
-        let new = self.rows(&batch_keys, &new_values, &new_keep)?;
-        Ok(Changes { old, new })
+        Ok(())
+    }
+
+    /// `EMIT EVERY`: the changes held since the last flush, one per group changed since:
+    /// the row it had when it last came out (if it did) retracted, the row it has now
+    /// inserted.
+    pub fn flush(&mut self) -> Result<Changes> {
+        let Some(pending) = self.pending.as_mut() else {
+            return self.no_changes();
+        };
+        if pending.is_empty() {
+            return self.no_changes();
+        }
+        // Groups that came out before first (their old states), then the new ones.
+        let (mut before, fresh): (Vec<_>, Vec<_>) =
+            pending.drain().partition(|(_, emitted)| emitted.is_some());
+        let e = before.len();
+        before.extend(fresh);
+        let keys: Vec<Box<[u8]>> = before.iter().map(|(k, _)| k.clone()).collect();
+        let old_states = self.states_of(before.iter().filter_map(|(_, s)| s.as_deref()))?;
+        let new_states = self.parse_states(keys.iter())?;
+        let k = keys.len();
+        let new_values = self.evaluate(&new_states, k)?;
+        let old_values = self.evaluate(&old_states, e)?;
+        let key_cols = self.parse_keys(&keys)?;
+        let old_keys: Vec<ArrayRef> = key_cols.iter().map(|c| c.slice(0, e)).collect();
+        let known: Vec<usize> = (0..e).collect();
+        self.emit(&known, &old_keys, &old_values, &key_cols, &new_values, k)
+    }
+
+    /// States in the row format, as arrays.
+    fn states_of<'a>(&self, states: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.states.parser();
+        let rows: Vec<_> = states.map(|s| parser.parse(s)).collect();
+        if rows.is_empty() {
+            return Ok(self
+                .layout
+                .state_fields()?
+                .iter()
+                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+                .collect());
+        }
+        Ok(self.states.convert_rows(rows)?)
     }
 
     fn no_changes(&self) -> Result<Changes> {
@@ -284,17 +370,7 @@ impl UpdatingAggregator {
 
     /// The states stored for `keys` (all present), as arrays.
     fn parse_states<'a>(&self, keys: impl Iterator<Item = &'a Box<[u8]>>) -> Result<Vec<ArrayRef>> {
-        let parser = self.states.parser();
-        let rows: Vec<_> = keys.map(|k| parser.parse(&self.groups[k].state)).collect();
-        if rows.is_empty() {
-            return Ok(self
-                .layout
-                .state_fields()?
-                .iter()
-                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
-                .collect());
-        }
-        Ok(self.states.convert_rows(rows)?)
+        self.states_of(keys.map(|k| self.groups[k].state.as_ref()))
     }
 
     /// Final values of `rows` groups' intermediate states.
@@ -375,15 +451,29 @@ impl UpdatingAggregator {
         if gone.is_empty() {
             return Ok(None);
         }
-        let states = self.parse_states(gone.iter())?;
-        let values = self.evaluate(&states, gone.len())?;
-        let keys = self.parse_keys(&gone)?;
+        // The row to retract is the one that came out: with EMIT EVERY, a group changed
+        // since the last flush retracts the row of its state then (or nothing, if it has
+        // not come out yet).
+        let mut out_keys = Vec::new();
+        let mut out_states: Vec<Box<[u8]>> = Vec::new();
         for k in &gone {
-            if let Some(g) = self.groups.remove(k) {
-                self.bytes = self.bytes.saturating_sub(k.len() + g.state.len());
+            let Some(g) = self.groups.remove(k) else {
+                continue;
+            };
+            self.bytes = self.bytes.saturating_sub(k.len() + g.state.len());
+            let emitted = match self.pending.as_mut().and_then(|p| p.remove(k)) {
+                Some(held) => held,
+                None => Some(g.state),
+            };
+            if let Some(state) = emitted {
+                out_keys.push(k.clone());
+                out_states.push(state);
             }
         }
-        let all: Vec<u32> = (0..gone.len() as u32).collect();
+        let states = self.states_of(out_states.iter().map(|s| s.as_ref()))?;
+        let values = self.evaluate(&states, out_keys.len())?;
+        let keys = self.parse_keys(&out_keys)?;
+        let all: Vec<u32> = (0..out_keys.len() as u32).collect();
         Ok(Some(self.rows(&keys, &values, &all)?))
     }
 
@@ -422,6 +512,87 @@ impl UpdatingAggregator {
             keys.iter().map(|k| self.groups[k].changed_ms),
         )));
         Ok(vec![RecordBatch::try_new(self.state_schema()?, cols)?])
+    }
+
+    /// The schema of [`UpdatingAggregator::snapshot_pending`]: key columns, the state
+    /// columns (null for a group that has not come out) and `__emitted`.
+    fn pending_schema(&self) -> Result<SchemaRef> {
+        let mut fields: Vec<Field> = self
+            .layout
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(self.layout.state_fields()?);
+        fields.push(Field::new("__emitted", DataType::Boolean, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// `EMIT EVERY`: the changes held for the next flush, for a checkpoint.
+    pub fn snapshot_pending(&self) -> Result<Vec<RecordBatch>> {
+        let Some(pending) = self.pending.as_ref().filter(|p| !p.is_empty()) else {
+            return Ok(vec![]);
+        };
+        let keys: Vec<Box<[u8]>> = pending.keys().cloned().collect();
+        let emitted: Vec<bool> = keys.iter().map(|k| pending[k].is_some()).collect();
+        let states = self.states_of(keys.iter().filter_map(|k| pending[k].as_deref()))?;
+        // One row per key: its emitted state, or nulls.
+        let mut n = 0u32;
+        let at: UInt32Array = emitted
+            .iter()
+            .map(|e| {
+                e.then(|| {
+                    n += 1;
+                    n - 1
+                })
+            })
+            .collect();
+        let mut cols = self.parse_keys(&keys)?;
+        cols.extend(take_all(&states, &at)?);
+        cols.push(Arc::new(datafusion::arrow::array::BooleanArray::from(
+            emitted,
+        )));
+        Ok(vec![RecordBatch::try_new(self.pending_schema()?, cols)?])
+    }
+
+    /// Put back the held changes of [`UpdatingAggregator::snapshot_pending`].
+    pub fn restore_pending(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let schema = self.pending_schema()?;
+        let nkeys = self.group_names.len();
+        let mut pending = Held::default();
+        for b in batches {
+            check_state_schema("held changes of an updating view", b, &schema)?;
+            let last = b.num_columns() - 1;
+            let emitted = b
+                .column(last)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .ok_or_else(|| WeirError::Internal("__emitted is not boolean".into()))?
+                .clone();
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| cast_to(c.clone(), f.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            let key_rows = (nkeys > 0)
+                .then(|| self.keys.convert_columns(&cols[..nkeys]))
+                .transpose()?;
+            let state_rows = self.states.convert_columns(&cols[nkeys..last])?;
+            for i in 0..b.num_rows() {
+                let key: Box<[u8]> = match &key_rows {
+                    Some(r) => r.row(i).data().into(),
+                    None => Box::default(),
+                };
+                let state = emitted.value(i).then(|| state_rows.row(i).data().into());
+                pending.insert(key, state);
+            }
+        }
+        if self.pending.is_some() {
+            self.pending = Some(pending);
+        }
+        Ok(())
     }
 
     pub fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
