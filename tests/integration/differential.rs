@@ -152,6 +152,9 @@ const HALVES_TUMBLE: &str = "TUMBLE(halves, ts, INTERVAL '10' SECOND)";
 const DEDUP: &str = "SELECT user_id, ts, region, bytes FROM (SELECT *, ROW_NUMBER() OVER \
      (PARTITION BY user_id ORDER BY ts, bytes, region, status) AS rn FROM events) AS t \
      WHERE rn = 1";
+/// An updating view (an aggregate without a window), and one over it.
+const USER_TOTALS: &str = "SELECT user_id, count(*) AS n, sum(bytes) AS total_bytes, \
+     max(speed) AS top_speed, count(DISTINCT region) AS regions FROM events GROUP BY user_id";
 const HOP: &str = "HOP(events, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
 const SESSION: &str = "SESSION(events, ts, INTERVAL '3' SECOND)";
 
@@ -220,10 +223,12 @@ const VIEWS: &[(&str, &str)] = &[
     ),
     // Updating views (aggregates without a window): their current rows, with every
     // change applied, equal batch SQL over every row so far (no row is late for them).
+    ("user_totals", USER_TOTALS),
+    // An aggregate over an updating view: users move between counts as theirs grow.
     (
-        "user_totals",
-        "SELECT user_id, count(*) AS n, sum(bytes) AS total_bytes, max(speed) AS top_speed, \
-         count(DISTINCT region) AS regions FROM events GROUP BY user_id",
+        "users_per_count",
+        "SELECT n, count(*) AS users, sum(total_bytes) AS bytes, avg(top_speed) AS speed \
+         FROM user_totals GROUP BY n",
     ),
     (
         "light_users",
@@ -278,6 +283,10 @@ fn batch_sql(view_sql: &str) -> String {
         .replace(HOP, &hop)
         .replace(SESSION, &session)
         .replace(HALVES_TUMBLE, &halves_tumble)
+        .replace(
+            "FROM user_totals",
+            &format!("FROM ({USER_TOTALS}) AS user_totals"),
+        )
 }
 
 /// SESSION lateness as docs/windows.md states it, per key: a row is late when it is less
@@ -716,7 +725,12 @@ async fn join_batch_answer(name: &str, l: &[JoinRow], r: &[JoinRow]) -> Vec<Vec<
 }
 
 /// The views that update their rows (aggregates without a window).
-const UPDATING: [&str; 3] = ["user_totals", "light_users", "all_totals"];
+const UPDATING: [&str; 4] = [
+    "user_totals",
+    "users_per_count",
+    "light_users",
+    "all_totals",
+];
 
 /// A view's SQL run in batch over `table` as `events`, rows formatted and sorted.
 async fn batch_answer(sql: &str, table: MemTable) -> Vec<Vec<String>> {

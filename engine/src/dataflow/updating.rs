@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::planner::slot::SlotPlan;
 use crate::window::UpdatingAggregator;
 use async_trait::async_trait;
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -82,8 +83,33 @@ impl Operator for UpdatingOp {
         cx: &mut Context<'_>,
     ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
+        if changelog::is_changes(&batch) {
+            // Over an updating view: its inserted rows are folded in, its deleted rows
+            // taken out (the order within a batch does not change an aggregate).
+            let (_, ops) = changelog::split(&batch)?;
+            let mut rows = Vec::new();
+            let mut signs: Vec<i8> = Vec::new();
+            for op in [INSERT, DELETE] {
+                let mask: BooleanArray = ops.iter().map(|o| Some(o == Some(op))).collect();
+                let part = filter_record_batch(&batch, &mask)?;
+                if part.num_rows() == 0 {
+                    continue;
+                }
+                for b in self.pre.run(part).await? {
+                    signs.extend(std::iter::repeat_n(op, b.num_rows()));
+                    rows.push(b);
+                }
+            }
+            let Some(first) = rows.first() else {
+                return Ok(out);
+            };
+            let rows = concat_batches(&first.schema(), &rows)?;
+            let c = self.aggregate.update(&rows, Some(&signs), cx.now_ms)?;
+            out.extend(self.changes(c.old, c.new).await?);
+            return Ok(out);
+        }
         for b in self.pre.run(batch).await? {
-            let c = self.aggregate.update(&b, cx.now_ms)?;
+            let c = self.aggregate.update(&b, None, cx.now_ms)?;
             out.extend(self.changes(c.old, c.new).await?);
         }
         Ok(out)

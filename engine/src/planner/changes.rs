@@ -38,6 +38,17 @@ pub(super) fn changelog_inputs(plan: &LogicalPlan, env: &PlannerEnv) -> Vec<Stri
     out
 }
 
+/// Whether `plan` aggregates (GROUP BY or a global aggregate).
+pub(super) fn aggregates(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    // The visitor never fails: `apply` returns Ok.
+    let _ = plan.apply(|node| {
+        found |= matches!(node, LogicalPlan::Aggregate(_));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 fn op_column(plan: &LogicalPlan) -> Option<Expr> {
     let (qualifier, _) = plan
         .schema()
@@ -87,8 +98,8 @@ pub(super) fn carry_ops(plan: LogicalPlan, input: &str) -> Result<LogicalPlan> {
 pub(super) fn not_supported(input: &str) -> WeirError {
     WeirError::user(format!(
         "view '{input}' is an updating view (an aggregate without a window): a view over it \
-         may filter and project its rows; aggregating, windowing, joining or unioning them \
-         is not supported yet"
+         may filter, project and aggregate its rows; windowing, joining or unioning them is \
+         not supported yet"
     ))
 }
 

@@ -373,9 +373,11 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         .map_err(crate::sql::functions::ValueTooLarge::or_planning)?;
     // Over an updating view, its changes' op column goes through filters and projections.
     let over_changes = changes::changelog_inputs(&logical, env).into_iter().next();
+    // An aggregate over an updating view reads the op itself (`dataflow/updating.rs`):
+    // only filters and projections carry it.
     let logical = match &over_changes {
-        Some(input) => changes::carry_ops(logical, input)?,
-        None => logical,
+        Some(input) if !changes::aggregates(&logical) => changes::carry_ops(logical, input)?,
+        _ => logical,
     };
     let physical = state
         .create_physical_plan(&logical)
@@ -400,9 +402,22 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
     // projected, and its key the input's key as it selects it.
     let mut over_changes_key = None;
     if let Some(input) = &over_changes {
-        if !matches!(kind, ViewPlanKind::Stateless { .. }) || inputs.len() != 1 {
+        if let ViewPlanKind::Updating { aggregate, .. } = &mut kind {
+            aggregate.retract_from(input)?;
+            if emit_every.is_some() {
+                return Err(WeirError::user(format!(
+                    "EMIT EVERY on an aggregate over the updating view '{input}' is not \
+                     supported yet"
+                )));
+            }
+        } else if !matches!(kind, ViewPlanKind::Stateless { .. }) || inputs.len() != 1 {
             return Err(changes::not_supported(input));
         }
+    }
+    if let Some(input) = over_changes
+        .as_ref()
+        .filter(|_| matches!(kind, ViewPlanKind::Stateless { .. }))
+    {
         let input_key = env
             .relation(input)
             .map(|r| r.key.clone())

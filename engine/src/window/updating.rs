@@ -31,7 +31,28 @@ use std::sync::Arc;
 struct Group {
     state: Box<[u8]>,
     changed_ms: i64,
+    /// Over an updating view: how many of the input's rows the group has now (inserts less
+    /// deletes); at 0 the group is gone. Unused over append-only input.
+    rows: i64,
 }
+
+/// A batch's groups and what the aggregates read of it, for [`UpdatingAggregator::update`].
+struct Folded {
+    /// Row-format keys, the groups seen before first (`0..known`).
+    group_keys: Vec<Box<[u8]>>,
+    known: usize,
+    /// The key columns, one row per group.
+    batch_keys: Vec<ArrayRef>,
+    /// Each row's group.
+    row_groups: Vec<usize>,
+    args: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<BooleanArray>>,
+    /// The known groups' states.
+    old_states: Vec<ArrayRef>,
+}
+
+/// Aggregates whose accumulators can take rows back out exactly, from their state alone.
+const RETRACTABLE: [&str; 4] = ["count", "sum", "avg", "mean"];
 
 /// What a batch (or an expiry) did to the aggregate's rows: the rows to retract and the rows
 /// to add, both in the aggregate's output schema (group columns, then aggregate values).
@@ -60,6 +81,12 @@ pub struct UpdatingAggregator {
     ttl_ms: Option<i64>,
     /// When groups were last checked for expiry.
     swept_ms: i64,
+    /// The stored state's columns and how many each aggregate has: DataFusion's partial
+    /// state, or over an updating view its retracting accumulators' state.
+    state_fields: Vec<Field>,
+    widths: Vec<usize>,
+    /// Over an updating view: rows are also taken out, with retracting accumulators.
+    retracting: bool,
     /// `EMIT EVERY`: changes are held until [`UpdatingAggregator::flush`]; per group
     /// changed since the last flush, its state as last emitted (`None`: never emitted).
     pending: Option<Held>,
@@ -100,6 +127,8 @@ impl UpdatingAggregator {
             )?)
         };
         let keys = sort_fields(key_fields.iter().map(|f| f.data_type().clone()).collect())?;
+        let layout_state_fields = layout.state_fields()?;
+        let layout_widths = layout.state_widths.clone();
         let states = sort_fields(
             layout
                 .state_fields()?
@@ -136,6 +165,9 @@ impl UpdatingAggregator {
             ttl_ms: ttl.map(|d| (d.as_millis() as i64).max(1)),
             swept_ms: i64::MIN,
             pending: None,
+            state_fields: layout_state_fields,
+            widths: layout_widths,
+            retracting: false,
         })
     }
 
@@ -177,8 +209,50 @@ impl UpdatingAggregator {
         self.bytes + self.groups.capacity() * (std::mem::size_of::<Group>() + 24)
     }
 
-    /// Fold the pre plan's rows in at processing time `now_ms`.
-    pub fn update(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Changes> {
+    /// Over an updating view: rows are taken out too. Checks that every aggregate can, and
+    /// keeps its retracting accumulators' state from now on (before any row).
+    pub fn retract_from(&mut self, input: &str) -> Result<()> {
+        for a in &self.layout.aggregates {
+            let name = a.fun().name().to_ascii_lowercase();
+            if !RETRACTABLE.contains(&name.as_str()) || a.is_distinct() || !a.order_bys().is_empty()
+            {
+                return Err(WeirError::user(format!(
+                    "an aggregate over the updating view '{input}' takes rows back out as they \
+                     change, which count, sum and avg (without DISTINCT) can do and {} cannot \
+                     yet",
+                    a.name()
+                )));
+            }
+        }
+        let mut fields = Vec::new();
+        let mut widths = Vec::new();
+        for (i, a) in self.layout.aggregates.iter().enumerate() {
+            let state = a.create_sliding_accumulator()?.state()?;
+            widths.push(state.len());
+            for (j, v) in state.iter().enumerate() {
+                fields.push(Field::new(format!("__agg{i}_{j}"), v.data_type(), true));
+            }
+        }
+        self.states = RowConverter::new(
+            fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        self.state_fields = fields;
+        self.widths = widths;
+        self.retracting = true;
+        Ok(())
+    }
+
+    /// Fold the pre plan's rows in at processing time `now_ms`. `signs`: over an updating
+    /// view, each row's op (+1 inserted, -1 deleted in the input).
+    pub fn update(
+        &mut self,
+        batch: &RecordBatch,
+        signs: Option<&[i8]>,
+        now_ms: i64,
+    ) -> Result<Changes> {
         let n = batch.num_rows();
         let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> {
             Ok(e.evaluate(batch)?.into_array(n)?)
@@ -261,6 +335,18 @@ impl UpdatingAggregator {
         let batch_keys = take_all(&key_cols, &UInt32Array::from(firsts))?;
         let known: Vec<usize> = (0..e).collect();
         let old_states = self.parse_states(group_keys[..e].iter())?;
+        if let Some(signs) = signs {
+            let folded = Folded {
+                group_keys,
+                known: e,
+                batch_keys,
+                row_groups,
+                args,
+                filters,
+                old_states,
+            };
+            return self.update_signed(folded, signs, now_ms);
+        }
         let mut accs = self.layout.accumulators()?;
         accs.merge(&old_states, &self.layout.state_widths, &known, e)?;
         accs.update(&args, &filters, &row_groups, k)?;
@@ -281,6 +367,137 @@ impl UpdatingAggregator {
         let old_keys: Vec<ArrayRef> = batch_keys.iter().map(|c| c.slice(0, e)).collect();
         self.store(group_keys, &new_states, now_ms)?;
         self.emit(&known, &old_keys, &old_values, &batch_keys, &new_values, k)
+    }
+
+    /// Fold rows in and take rows out (`signs`), with DataFusion's retracting accumulators,
+    /// one set per changed group: a group's state is merged in, its inserted rows added,
+    /// its deleted rows retracted, and the state taken back out. A group left with no rows
+    /// is gone: its row is deleted and nothing inserted.
+    fn update_signed(&mut self, f: Folded, signs: &[i8], now_ms: i64) -> Result<Changes> {
+        use datafusion::common::ScalarValue;
+        let k = f.group_keys.len();
+        let e = f.known;
+        let mut members: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![], vec![]); k];
+        for (i, &g) in f.row_groups.iter().enumerate() {
+            if signs[i] < 0 {
+                members[g].1.push(i as u32);
+            } else {
+                members[g].0.push(i as u32);
+            }
+        }
+        let aggregates = self.layout.aggregates.clone();
+        let widths = self.widths.clone();
+        let value_fields: Vec<Field> = self
+            .output_schema
+            .fields()
+            .iter()
+            .skip(self.group_names.len())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let state_fields = self.state_fields.clone();
+        let mut state_scalars: Vec<Vec<ScalarValue>> = vec![vec![]; state_fields.len()];
+        let mut value_scalars: Vec<Vec<ScalarValue>> = vec![vec![]; aggregates.len()];
+        let mut rows_now = vec![0i64; k];
+        // A global aggregate keeps its one row with no rows under it, as SQL gives one
+        // row over no rows; a group of a GROUP BY is gone with its last row.
+        let gone = |rows: i64| rows <= 0 && !self.group_names.is_empty();
+        for g in 0..k {
+            let (plus, minus) = &members[g];
+            let before = if g < e {
+                self.groups[&f.group_keys[g]].rows
+            } else {
+                0
+            };
+            rows_now[g] = before + plus.len() as i64 - minus.len() as i64;
+            let mut col = 0;
+            for (a, agg) in aggregates.iter().enumerate() {
+                let w = widths[a];
+                let mut acc = agg.create_sliding_accumulator()?;
+                if g < e {
+                    let state: Vec<ArrayRef> = f.old_states[col..col + w]
+                        .iter()
+                        .map(|c| c.slice(g, 1))
+                        .collect();
+                    acc.merge_batch(&state)?;
+                }
+                for (idx, add) in [(plus, true), (minus, false)] {
+                    let idx: Vec<u32> = match &f.filters[a] {
+                        Some(keep) => idx
+                            .iter()
+                            .copied()
+                            .filter(|&i| keep.is_valid(i as usize) && keep.value(i as usize))
+                            .collect(),
+                        None => idx.clone(),
+                    };
+                    if idx.is_empty() {
+                        continue;
+                    }
+                    let values = take_all(&f.args[a], &UInt32Array::from(idx))?;
+                    if add {
+                        acc.update_batch(&values)?;
+                    } else {
+                        acc.retract_batch(&values)?;
+                    }
+                }
+                value_scalars[a].push(acc.evaluate()?);
+                for (j, v) in acc.state()?.into_iter().enumerate() {
+                    state_scalars[col + j].push(v);
+                }
+                col += w;
+            }
+        }
+        let to_array = |scalars: Vec<ScalarValue>, t: &DataType| -> Result<ArrayRef> {
+            cast_to(ScalarValue::iter_to_array(scalars)?, t)
+        };
+        let new_values = value_scalars
+            .into_iter()
+            .zip(&value_fields)
+            .map(|(v, f)| to_array(v, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let new_states = state_scalars
+            .into_iter()
+            .zip(&state_fields)
+            .map(|(v, f)| to_array(v, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let old_values = self.evaluate(&f.old_states, e)?;
+        let old_keys: Vec<ArrayRef> = f.batch_keys.iter().map(|c| c.slice(0, e)).collect();
+        let known: Vec<usize> = (0..e).collect();
+        let (mut old_keep, new_keep) = self.changed(&known, &old_values, &new_values, k)?;
+        // A group with no rows left is gone: its old row out (whatever its values), no
+        // new row.
+        for (g, &rows) in rows_now.iter().enumerate().take(e) {
+            if gone(rows) && !old_keep.contains(&(g as u32)) {
+                old_keep.push(g as u32);
+            }
+        }
+        old_keep.sort_unstable();
+        let new_keep: Vec<u32> = new_keep
+            .into_iter()
+            .filter(|&g| !gone(rows_now[g as usize]))
+            .collect();
+        let state_rows = self.states.convert_columns(&new_states)?;
+        for (g, key) in f.group_keys.into_iter().enumerate() {
+            if gone(rows_now[g]) {
+                if let Some(old) = self.groups.remove(&key) {
+                    self.bytes = self.bytes.saturating_sub(key.len() + old.state.len());
+                }
+                continue;
+            }
+            let state: Box<[u8]> = state_rows.row(g).data().into();
+            let (key_len, state_len) = (key.len(), state.len());
+            let entry = Group {
+                state,
+                changed_ms: now_ms,
+                rows: rows_now[g],
+            };
+            match self.groups.insert(key, entry) {
+                Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
+                None => self.bytes += key_len + state_len,
+            }
+        }
+        let old = self.rows(&old_keys, &old_values, &old_keep)?;
+        let new = self.rows(&f.batch_keys, &new_values, &new_keep)?;
+        Ok(Changes { old, new })
     }
 
     /// The changes from `old` values (of the first `known.len()` groups) to `new` ones (of
@@ -309,6 +526,7 @@ impl UpdatingAggregator {
             let entry = Group {
                 state,
                 changed_ms: now_ms,
+                rows: 0,
             };
             match self.groups.insert(key, entry) {
                 Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
@@ -351,8 +569,7 @@ impl UpdatingAggregator {
         let rows: Vec<_> = states.map(|s| parser.parse(s)).collect();
         if rows.is_empty() {
             return Ok(self
-                .layout
-                .state_fields()?
+                .state_fields
                 .iter()
                 .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
                 .collect());
@@ -384,10 +601,43 @@ impl UpdatingAggregator {
                 .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
                 .collect());
         }
+        if self.retracting {
+            return self.evaluate_retracting(states, rows);
+        }
         let mut accs = self.layout.accumulators()?;
         let ids: Vec<usize> = (0..rows).collect();
         accs.merge(states, &self.layout.state_widths, &ids, rows)?;
         accs.evaluate(EmitTo::All)
+    }
+
+    /// [`UpdatingAggregator::evaluate`] of retracting accumulators' states, row by row.
+    fn evaluate_retracting(&self, states: &[ArrayRef], rows: usize) -> Result<Vec<ArrayRef>> {
+        let value_types: Vec<DataType> = self
+            .output_schema
+            .fields()
+            .iter()
+            .skip(self.group_names.len())
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut out = Vec::with_capacity(self.layout.aggregates.len());
+        let mut col = 0;
+        for (a, agg) in self.layout.aggregates.iter().enumerate() {
+            let w = self.widths[a];
+            let mut values = Vec::with_capacity(rows);
+            for r in 0..rows {
+                let mut acc = agg.create_sliding_accumulator()?;
+                let state: Vec<ArrayRef> =
+                    states[col..col + w].iter().map(|c| c.slice(r, 1)).collect();
+                acc.merge_batch(&state)?;
+                values.push(acc.evaluate()?);
+            }
+            out.push(cast_to(
+                datafusion::common::ScalarValue::iter_to_array(values)?,
+                &value_types[a],
+            )?);
+            col += w;
+        }
+        Ok(out)
     }
 
     /// Which old rows (by position among `known`) and which new rows (by group) to emit:
@@ -496,8 +746,9 @@ impl UpdatingAggregator {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields.extend(self.layout.state_fields()?);
+        fields.extend(self.state_fields.iter().cloned());
         fields.push(Field::new("__changed_ms", DataType::Int64, false));
+        fields.push(Field::new("__rows", DataType::Int64, false));
         Ok(Arc::new(Schema::new(fields)))
     }
 
@@ -510,6 +761,9 @@ impl UpdatingAggregator {
         cols.extend(self.parse_states(keys.iter())?);
         cols.push(Arc::new(Int64Array::from_iter_values(
             keys.iter().map(|k| self.groups[k].changed_ms),
+        )));
+        cols.push(Arc::new(Int64Array::from_iter_values(
+            keys.iter().map(|k| self.groups[k].rows),
         )));
         Ok(vec![RecordBatch::try_new(self.state_schema()?, cols)?])
     }
@@ -524,7 +778,7 @@ impl UpdatingAggregator {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields.extend(self.layout.state_fields()?);
+        fields.extend(self.state_fields.iter().cloned());
         fields.push(Field::new("__emitted", DataType::Boolean, false));
         Ok(Arc::new(Schema::new(fields)))
     }
@@ -608,11 +862,15 @@ impl UpdatingAggregator {
                 .zip(schema.fields())
                 .map(|(c, f)| cast_to(c.clone(), f.data_type()))
                 .collect::<Result<Vec<_>>>()?;
-            let last = cols.len() - 1;
-            let changed = cols[last]
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| WeirError::Internal("__changed_ms is not Int64".into()))?;
+            let last = cols.len() - 2;
+            let int64 = |c: &ArrayRef| -> Result<Int64Array> {
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .cloned()
+                    .ok_or_else(|| WeirError::Internal("updating state: not Int64".into()))
+            };
+            let changed = int64(&cols[last])?;
+            let rows = int64(&cols[last + 1])?;
             let key_rows = (nkeys > 0)
                 .then(|| self.keys.convert_columns(&cols[..nkeys]))
                 .transpose()?;
@@ -629,6 +887,7 @@ impl UpdatingAggregator {
                     Group {
                         state,
                         changed_ms: changed.value(i),
+                        rows: rows.value(i),
                     },
                 );
             }
