@@ -51,3 +51,14 @@ CREATE SINK top_content_lake FROM top_content WITH (
 CREATE SINK download_alerts_lake FROM download_alerts WITH (
     connector = 'parquet', path = 'data/lake/download_alerts'
 );
+
+-- Totals per device type since the start, updated as downloads arrive: an updating view
+-- (an aggregate without a window, docs/updating.md). Its rows change in place on the
+-- dashboard and through the REST API.
+CREATE MATERIALIZED VIEW device_totals AS
+SELECT device_type,
+       count(*)                                  AS downloads,
+       count(*) FILTER (WHERE status = 'failed') AS failures,
+       avg(speed_mbps)                           AS avg_speed_mbps
+FROM downloads
+GROUP BY device_type;
