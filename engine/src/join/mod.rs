@@ -412,19 +412,24 @@ impl StreamJoin {
         }
     }
 
+    /// Column `c` of left ++ right as (side, column of that side).
+    fn side_column(&self, c: usize) -> (usize, usize) {
+        let left_width = self.sides[0].schema.fields().len();
+        if c < left_width {
+            (0, c)
+        } else {
+            (1, c - left_width)
+        }
+    }
+
     /// Rows of `side` without a match: the output with the other side's columns NULL.
     fn padded(&self, side: usize, rows: &RecordBatch) -> Result<RecordBatch> {
-        let left_width = self.sides[0].schema.fields().len();
         let cols = self
             .projection
             .iter()
             .enumerate()
             .map(|(j, &c)| {
-                let (col_side, i) = if c < left_width {
-                    (0, c)
-                } else {
-                    (1, c - left_width)
-                };
+                let (col_side, i) = self.side_column(c);
                 if col_side == side {
                     rows.column(i).clone()
                 } else {
@@ -475,11 +480,7 @@ impl StreamJoin {
         let left_width = self.sides[0].schema.fields().len();
         // Column `c` of left ++ right for the candidate pairs.
         let column = |c: usize, probe_idx: &UInt32Array, stored_loc: &[(usize, usize)]| {
-            let (col_side, i) = if c < left_width {
-                (0, c)
-            } else {
-                (1, c - left_width)
-            };
+            let (col_side, i) = self.side_column(c);
             let a: Result<ArrayRef> = if col_side == side {
                 Ok(take(batch.column(i).as_ref(), probe_idx, None)?)
             } else {

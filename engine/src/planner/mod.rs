@@ -398,33 +398,32 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
              aggregate without a window (an updating view); this view keeps no such state",
         ));
     }
-    // A view over an updating view is one too: its changes are its input's, filtered and
-    // projected, and its key the input's key as it selects it.
+    // A view over an updating view is one too. An aggregate takes the input's deleted rows
+    // back out; filters and projections pass its changes on, keyed by the input's key as
+    // they select it.
     let mut over_changes_key = None;
     if let Some(input) = &over_changes {
-        if let ViewPlanKind::Updating { aggregate, .. } = &mut kind {
-            aggregate.retract_from(input)?;
-            if emit_every.is_some() {
-                return Err(WeirError::user(format!(
-                    "EMIT EVERY on an aggregate over the updating view '{input}' is not \
-                     supported yet"
-                )));
+        match &mut kind {
+            ViewPlanKind::Updating { aggregate, .. } => {
+                aggregate.retract_from(input)?;
+                if emit_every.is_some() {
+                    return Err(WeirError::user(format!(
+                        "EMIT EVERY on an aggregate over the updating view '{input}' is not \
+                         supported yet"
+                    )));
+                }
             }
-        } else if !matches!(kind, ViewPlanKind::Stateless { .. }) || inputs.len() != 1 {
-            return Err(changes::not_supported(input));
+            ViewPlanKind::Stateless { .. } if inputs.len() == 1 => {
+                let input_key = env
+                    .relation(input)
+                    .map(|r| r.key.clone())
+                    .unwrap_or_default();
+                over_changes_key = Some(changes::key_through(&logical, input, &input_key)?);
+                let n = output_schema.fields().len() - 1;
+                output_schema = Arc::new(output_schema.project(&(0..n).collect::<Vec<_>>())?);
+            }
+            _ => return Err(changes::not_supported(input)),
         }
-    }
-    if let Some(input) = over_changes
-        .as_ref()
-        .filter(|_| matches!(kind, ViewPlanKind::Stateless { .. }))
-    {
-        let input_key = env
-            .relation(input)
-            .map(|r| r.key.clone())
-            .unwrap_or_default();
-        over_changes_key = Some(changes::key_through(&logical, input, &input_key)?);
-        let n = output_schema.fields().len() - 1;
-        output_schema = Arc::new(output_schema.project(&(0..n).collect::<Vec<_>>())?);
     }
     match &mut kind {
         ViewPlanKind::Windowed { aggregate, .. } => {

@@ -229,16 +229,7 @@ impl Table {
             .filter_map(|e| e.row.as_deref())
             .map(|r| parser.parse(r))
             .collect();
-        let mut n = 0u32;
-        let positions: UInt32Array = entries
-            .iter()
-            .map(|e| {
-                e.row.as_ref().map(|_| {
-                    n += 1;
-                    n - 1
-                })
-            })
-            .collect();
+        let positions = crate::window::positions_of(entries.iter().map(|e| e.row.is_some()));
         let mut cols: Vec<ArrayRef> = if live.is_empty() {
             self.schema
                 .fields()

@@ -117,6 +117,39 @@ impl AggregateInputs {
     }
 }
 
+/// Each aggregate's argument arrays.
+pub(crate) type Arguments = Vec<Vec<ArrayRef>>;
+/// Each aggregate's FILTER, evaluated.
+pub(crate) type Filters = Vec<Option<BooleanArray>>;
+
+/// The aggregates' arguments and FILTERs evaluated over `batch` (a pre plan's rows).
+pub(crate) fn evaluate_arguments(
+    arguments: &[Vec<Arc<dyn PhysicalExpr>>],
+    filters: &[Option<Arc<dyn PhysicalExpr>>],
+    batch: &datafusion::arrow::record_batch::RecordBatch,
+) -> Result<(Arguments, Filters)> {
+    let n = batch.num_rows();
+    let eval =
+        |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> { Ok(e.evaluate(batch)?.into_array(n)?) };
+    let args = arguments
+        .iter()
+        .map(|exprs| exprs.iter().map(eval).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    let filters = filters
+        .iter()
+        .map(|f| match f {
+            None => Ok(None),
+            Some(e) => eval(e)?
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| WeirError::Internal("FILTER is not boolean".into())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((args, filters))
+}
+
 /// One accumulator per aggregate, sharing group numbers.
 pub(crate) struct Accumulators(Vec<Box<dyn GroupsAccumulator>>);
 

@@ -29,7 +29,7 @@ mod tests;
 mod updating;
 
 use crate::error::{Result, WeirError};
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{cast, filter};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -180,6 +180,21 @@ pub(crate) fn bound_array(values: Vec<i64>, t: &DataType) -> Result<ArrayRef> {
         .map(Some)
         .collect();
     Ok(cast(&raw, t)?)
+}
+
+/// Indices for `take` that spread the rows of a shorter array over a longer one: for each
+/// position, the index of the next present row, or null where `present` is false.
+pub(crate) fn positions_of(present: impl IntoIterator<Item = bool>) -> UInt32Array {
+    let mut next = 0u32;
+    present
+        .into_iter()
+        .map(|p| {
+            p.then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect()
 }
 
 /// A batch of `schema` from `cols`, each cast to its field's type where it differs.

@@ -14,10 +14,10 @@
 //! retracting their rows (so the result then differs from batch SQL over every row, as
 //! documented).
 
-use super::groups::{AggregateInputs, Layout, cast_to};
-use super::{batch_in, check_state_schema};
+use super::batch_in;
+use super::groups::{AggregateInputs, Layout, cast_to, evaluate_arguments};
 use crate::error::{Result, WeirError};
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -26,6 +26,8 @@ use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use std::sync::Arc;
+
+mod checkpoint;
 
 /// One group: its intermediate state (row format) and when it last changed (epoch ms).
 struct Group {
@@ -263,24 +265,7 @@ impl UpdatingAggregator {
             .zip(self.layout.key_schema.fields())
             .map(|(e, f)| cast_to(eval(e)?, f.data_type()))
             .collect::<Result<Vec<_>>>()?;
-        let args = self
-            .arguments
-            .iter()
-            .map(|exprs| exprs.iter().map(eval).collect::<Result<Vec<_>>>())
-            .collect::<Result<Vec<_>>>()?;
-        let filters = self
-            .filters
-            .iter()
-            .map(|f| match f {
-                None => Ok(None),
-                Some(e) => eval(e)?
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .cloned()
-                    .map(Some)
-                    .ok_or_else(|| WeirError::Internal("FILTER is not boolean".into())),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (args, filters) = evaluate_arguments(&self.arguments, &self.filters, batch)?;
         // The batch's groups, numbered by first appearance, and each row's.
         let key_rows = if key_cols.is_empty() {
             None
@@ -359,13 +344,13 @@ impl UpdatingAggregator {
                     pending.insert(key.clone(), emitted);
                 }
             }
-            self.store(group_keys, &new_states, now_ms)?;
+            self.store(group_keys, &new_states, None, now_ms)?;
             return self.no_changes();
         }
         let new_values = self.evaluate(&new_states, k)?;
         let old_values = self.evaluate(&old_states, known.len())?;
         let old_keys: Vec<ArrayRef> = batch_keys.iter().map(|c| c.slice(0, e)).collect();
-        self.store(group_keys, &new_states, now_ms)?;
+        self.store(group_keys, &new_states, None, now_ms)?;
         self.emit(&known, &old_keys, &old_values, &batch_keys, &new_values, k)
     }
 
@@ -398,9 +383,6 @@ impl UpdatingAggregator {
         let mut state_scalars: Vec<Vec<ScalarValue>> = vec![vec![]; state_fields.len()];
         let mut value_scalars: Vec<Vec<ScalarValue>> = vec![vec![]; aggregates.len()];
         let mut rows_now = vec![0i64; k];
-        // A global aggregate keeps its one row with no rows under it, as SQL gives one
-        // row over no rows; a group of a GROUP BY is gone with its last row.
-        let gone = |rows: i64| rows <= 0 && !self.group_names.is_empty();
         for g in 0..k {
             let (plus, minus) = &members[g];
             let before = if g < e {
@@ -466,35 +448,16 @@ impl UpdatingAggregator {
         // A group with no rows left is gone: its old row out (whatever its values), no
         // new row.
         for (g, &rows) in rows_now.iter().enumerate().take(e) {
-            if gone(rows) && !old_keep.contains(&(g as u32)) {
+            if self.is_gone(rows) && !old_keep.contains(&(g as u32)) {
                 old_keep.push(g as u32);
             }
         }
         old_keep.sort_unstable();
         let new_keep: Vec<u32> = new_keep
             .into_iter()
-            .filter(|&g| !gone(rows_now[g as usize]))
+            .filter(|&g| !self.is_gone(rows_now[g as usize]))
             .collect();
-        let state_rows = self.states.convert_columns(&new_states)?;
-        for (g, key) in f.group_keys.into_iter().enumerate() {
-            if gone(rows_now[g]) {
-                if let Some(old) = self.groups.remove(&key) {
-                    self.bytes = self.bytes.saturating_sub(key.len() + old.state.len());
-                }
-                continue;
-            }
-            let state: Box<[u8]> = state_rows.row(g).data().into();
-            let (key_len, state_len) = (key.len(), state.len());
-            let entry = Group {
-                state,
-                changed_ms: now_ms,
-                rows: rows_now[g],
-            };
-            match self.groups.insert(key, entry) {
-                Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
-                None => self.bytes += key_len + state_len,
-            }
-        }
+        self.store(f.group_keys, &new_states, Some(&rows_now), now_ms)?;
         let old = self.rows(&old_keys, &old_values, &old_keep)?;
         let new = self.rows(&f.batch_keys, &new_values, &new_keep)?;
         Ok(Changes { old, new })
@@ -518,22 +481,53 @@ impl UpdatingAggregator {
     }
 
     /// Store `states` (one row per group of `keys`) as the groups' states, changed now.
-    fn store(&mut self, keys: Vec<Box<[u8]>>, states: &[ArrayRef], now_ms: i64) -> Result<()> {
+    /// `counts`: over an updating view, each group's input rows now; a group left with
+    /// none is removed instead.
+    fn store(
+        &mut self,
+        keys: Vec<Box<[u8]>>,
+        states: &[ArrayRef],
+        counts: Option<&[i64]>,
+        now_ms: i64,
+    ) -> Result<()> {
         let rows = self.states.convert_columns(states)?;
         for (g, key) in keys.into_iter().enumerate() {
-            let state: Box<[u8]> = rows.row(g).data().into();
-            let (key_len, state_len) = (key.len(), state.len());
-            let entry = Group {
-                state,
-                changed_ms: now_ms,
-                rows: 0,
-            };
-            match self.groups.insert(key, entry) {
-                Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
-                None => self.bytes += key_len + state_len,
+            let count = counts.map_or(0, |c| c[g]);
+            if counts.is_some() && self.is_gone(count) {
+                self.remove_group(&key);
+                continue;
             }
+            let group = Group {
+                state: rows.row(g).data().into(),
+                changed_ms: now_ms,
+                rows: count,
+            };
+            self.put_group(key, group);
         }
         Ok(())
+    }
+
+    /// Over an updating view, whether a group with `rows` input rows is gone: a group of
+    /// a GROUP BY goes with its last row, a global aggregate keeps its one row (SQL gives
+    /// one row over no rows).
+    fn is_gone(&self, rows: i64) -> bool {
+        rows <= 0 && !self.group_names.is_empty()
+    }
+
+    /// Put a group's entry, keeping the byte count.
+    fn put_group(&mut self, key: Box<[u8]>, group: Group) {
+        let (key_len, state_len) = (key.len(), group.state.len());
+        match self.groups.insert(key, group) {
+            Some(old) => self.bytes = self.bytes + state_len - old.state.len(),
+            None => self.bytes += key_len + state_len,
+        }
+    }
+
+    /// Remove a group's entry, keeping the byte count.
+    fn remove_group(&mut self, key: &[u8]) -> Option<Group> {
+        let g = self.groups.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(key.len() + g.state.len());
+        Some(g)
     }
 
     /// `EMIT EVERY`: the changes held since the last flush, one per group changed since:
@@ -707,10 +701,9 @@ impl UpdatingAggregator {
         let mut out_keys = Vec::new();
         let mut out_states: Vec<Box<[u8]>> = Vec::new();
         for k in &gone {
-            let Some(g) = self.groups.remove(k) else {
+            let Some(g) = self.remove_group(k) else {
                 continue;
             };
-            self.bytes = self.bytes.saturating_sub(k.len() + g.state.len());
             let emitted = match self.pending.as_mut().and_then(|p| p.remove(k)) {
                 Some(held) => held,
                 None => Some(g.state),
@@ -735,164 +728,6 @@ impl UpdatingAggregator {
         Ok(self
             .keys
             .convert_rows(keys.iter().map(|k| parser.parse(k)))?)
-    }
-
-    /// Key columns, state columns and `__changed_ms`, as checkpoints keep them.
-    pub fn state_schema(&self) -> Result<SchemaRef> {
-        let mut fields: Vec<Field> = self
-            .layout
-            .key_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(self.state_fields.iter().cloned());
-        fields.push(Field::new("__changed_ms", DataType::Int64, false));
-        fields.push(Field::new("__rows", DataType::Int64, false));
-        Ok(Arc::new(Schema::new(fields)))
-    }
-
-    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
-        if self.groups.is_empty() {
-            return Ok(vec![]);
-        }
-        let keys: Vec<Box<[u8]>> = self.groups.keys().cloned().collect();
-        let mut cols = self.parse_keys(&keys)?;
-        cols.extend(self.parse_states(keys.iter())?);
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            keys.iter().map(|k| self.groups[k].changed_ms),
-        )));
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            keys.iter().map(|k| self.groups[k].rows),
-        )));
-        Ok(vec![RecordBatch::try_new(self.state_schema()?, cols)?])
-    }
-
-    /// The schema of [`UpdatingAggregator::snapshot_pending`]: key columns, the state
-    /// columns (null for a group that has not come out) and `__emitted`.
-    fn pending_schema(&self) -> Result<SchemaRef> {
-        let mut fields: Vec<Field> = self
-            .layout
-            .key_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(self.state_fields.iter().cloned());
-        fields.push(Field::new("__emitted", DataType::Boolean, false));
-        Ok(Arc::new(Schema::new(fields)))
-    }
-
-    /// `EMIT EVERY`: the changes held for the next flush, for a checkpoint.
-    pub fn snapshot_pending(&self) -> Result<Vec<RecordBatch>> {
-        let Some(pending) = self.pending.as_ref().filter(|p| !p.is_empty()) else {
-            return Ok(vec![]);
-        };
-        let keys: Vec<Box<[u8]>> = pending.keys().cloned().collect();
-        let emitted: Vec<bool> = keys.iter().map(|k| pending[k].is_some()).collect();
-        let states = self.states_of(keys.iter().filter_map(|k| pending[k].as_deref()))?;
-        // One row per key: its emitted state, or nulls.
-        let mut n = 0u32;
-        let at: UInt32Array = emitted
-            .iter()
-            .map(|e| {
-                e.then(|| {
-                    n += 1;
-                    n - 1
-                })
-            })
-            .collect();
-        let mut cols = self.parse_keys(&keys)?;
-        cols.extend(take_all(&states, &at)?);
-        cols.push(Arc::new(datafusion::arrow::array::BooleanArray::from(
-            emitted,
-        )));
-        Ok(vec![RecordBatch::try_new(self.pending_schema()?, cols)?])
-    }
-
-    /// Put back the held changes of [`UpdatingAggregator::snapshot_pending`].
-    pub fn restore_pending(&mut self, batches: &[RecordBatch]) -> Result<()> {
-        let schema = self.pending_schema()?;
-        let nkeys = self.group_names.len();
-        let mut pending = Held::default();
-        for b in batches {
-            check_state_schema("held changes of an updating view", b, &schema)?;
-            let last = b.num_columns() - 1;
-            let emitted = b
-                .column(last)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                .ok_or_else(|| WeirError::Internal("__emitted is not boolean".into()))?
-                .clone();
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| cast_to(c.clone(), f.data_type()))
-                .collect::<Result<Vec<_>>>()?;
-            let key_rows = (nkeys > 0)
-                .then(|| self.keys.convert_columns(&cols[..nkeys]))
-                .transpose()?;
-            let state_rows = self.states.convert_columns(&cols[nkeys..last])?;
-            for i in 0..b.num_rows() {
-                let key: Box<[u8]> = match &key_rows {
-                    Some(r) => r.row(i).data().into(),
-                    None => Box::default(),
-                };
-                let state = emitted.value(i).then(|| state_rows.row(i).data().into());
-                pending.insert(key, state);
-            }
-        }
-        if self.pending.is_some() {
-            self.pending = Some(pending);
-        }
-        Ok(())
-    }
-
-    pub fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
-        self.groups.clear();
-        self.bytes = 0;
-        let schema = self.state_schema()?;
-        let nkeys = self.group_names.len();
-        for b in batches {
-            check_state_schema("updating aggregate state", b, &schema)?;
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| cast_to(c.clone(), f.data_type()))
-                .collect::<Result<Vec<_>>>()?;
-            let last = cols.len() - 2;
-            let int64 = |c: &ArrayRef| -> Result<Int64Array> {
-                c.as_any()
-                    .downcast_ref::<Int64Array>()
-                    .cloned()
-                    .ok_or_else(|| WeirError::Internal("updating state: not Int64".into()))
-            };
-            let changed = int64(&cols[last])?;
-            let rows = int64(&cols[last + 1])?;
-            let key_rows = (nkeys > 0)
-                .then(|| self.keys.convert_columns(&cols[..nkeys]))
-                .transpose()?;
-            let state_rows = self.states.convert_columns(&cols[nkeys..last])?;
-            for i in 0..b.num_rows() {
-                let key: Box<[u8]> = match &key_rows {
-                    Some(r) => r.row(i).data().into(),
-                    None => Box::default(),
-                };
-                let state: Box<[u8]> = state_rows.row(i).data().into();
-                self.bytes += key.len() + state.len();
-                self.groups.insert(
-                    key,
-                    Group {
-                        state,
-                        changed_ms: changed.value(i),
-                        rows: rows.value(i),
-                    },
-                );
-            }
-        }
-        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! by row (by pane, or by key partition in `dataflow/keyed.rs`).
 
 use super::WindowAggregator;
-use crate::error::{Result, WeirError};
+use crate::error::Result;
 use crate::window::shifted_ms;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
@@ -92,32 +92,8 @@ impl WindowAggregator {
             .iter()
             .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let args = self
-            .arguments
-            .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let filters = self
-            .filters
-            .iter()
-            .map(|f| match f {
-                None => Ok(None),
-                Some(e) => {
-                    let a = e.evaluate(batch)?.into_array(n)?;
-                    let b = a
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .cloned()
-                        .ok_or_else(|| WeirError::Internal("FILTER is not boolean".into()))?;
-                    Ok(Some(b))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (args, filters) =
+            super::super::groups::evaluate_arguments(&self.arguments, &self.filters, batch)?;
         Ok(Inputs {
             keys,
             args,
