@@ -93,6 +93,7 @@ async fn through_sink(
         view: "region_health".into(),
         schema: schema(),
         key_columns: vec!["window_start".into(), "window_end".into(), "region".into()],
+        never_null: vec!["window_start".into(), "window_end".into()],
         changelog: false,
         options: Options::new([
             ("url".to_string(), url.to_string()),

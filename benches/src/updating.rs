@@ -59,6 +59,7 @@ async fn pg_sink(p: &Pipeline, url: &str, batch_rows: usize) -> Result<Box<dyn S
         view: "per_content".into(),
         schema: view.schema.clone(),
         key_columns: view.key.clone(),
+        never_null: vec![],
         changelog: true,
         options: Options::new([
             ("url".to_string(), url.to_string()),

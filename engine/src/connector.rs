@@ -181,6 +181,9 @@ pub struct SinkSpec {
     /// The view's natural key: window bounds plus group keys for windowed views, the GROUP
     /// BY columns of an updating view, empty for stateless views.
     pub key_columns: Vec<String>,
+    /// Columns never NULL whatever `schema` says: a windowed view's window bounds (the
+    /// planner's schema marks them nullable). A sink may declare them NOT NULL.
+    pub never_null: Vec<String>,
     /// The view is an updating view: every batch [`Sink::write`] gets is a batch of
     /// changes, `schema`'s columns followed by the op column (`crate::changelog`: +1
     /// insert, -1 delete; an update is a delete of the old row and an insert of the new).

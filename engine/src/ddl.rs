@@ -407,6 +407,14 @@ impl Pipeline {
             })?;
         let schema = view.info.schema.clone();
         let key_columns = view.info.key.clone();
+        // In a windowed view, columns of these names are the window's bounds (a window
+        // replaces its input's columns of the same names).
+        let windowed = view.props.as_ref().is_some_and(|p| p.window.is_some());
+        let never_null = key_columns
+            .iter()
+            .filter(|k| windowed && (*k == "window_start" || *k == "window_end"))
+            .cloned()
+            .collect();
         // An updating view's batches are changes (`crate::changelog`); each connector
         // decides in `create` whether and how it writes them.
         let changelog = view.props.as_ref().is_some_and(|p| p.changelog);
@@ -424,6 +432,7 @@ impl Pipeline {
             view: s.from.clone(),
             schema: schema.clone(),
             key_columns,
+            never_null,
             changelog,
             options,
             data_dir: self.config.data_dir.clone(),

@@ -1649,6 +1649,7 @@ impl EosCase {
                 view: "v".to_string(),
                 schema,
                 key_columns: key.iter().map(|k| k.to_string()).collect(),
+                never_null: vec![],
                 changelog,
                 options,
                 data_dir: self.dir.path().to_path_buf(),

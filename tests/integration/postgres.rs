@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod nulls;
+
 use crate::updating::{
     QUIET, Readings, SOURCE, SiteRow, TOTAL, TotalRow, changed, site, total_rows,
 };
@@ -255,12 +257,14 @@ async fn read_health(db: &PgPool, table: &str) -> Vec<HealthRow> {
     )
 }
 
-/// The primary-key columns of `public.<table>`, in column order.
-async fn primary_key(db: &PgPool, table: &str) -> Vec<String> {
+/// The key columns of `public.<table>`, in column order: its primary key, or, when a key
+/// column can be NULL, its `UNIQUE NULLS NOT DISTINCT` index.
+async fn table_key(db: &PgPool, table: &str) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
          ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-         WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum",
+         WHERE i.indrelid = to_regclass($1) AND (i.indisprimary OR i.indnullsnotdistinct) \
+         ORDER BY a.attnum",
     )
     .bind(format!("public.{table}"))
     .fetch_all(db)
@@ -285,9 +289,10 @@ async fn windowed_view_upserted_equals_batch_answer() {
     assert_eq!(got.len(), expected.len());
     assert_eq!(got, expected);
 
-    // Created with the view's key as primary key and NOT NULL where the view says so.
+    // Created keyed by the view's key, NOT NULL where the view says so and on the window
+    // bounds; region can be NULL, so the key is UNIQUE NULLS NOT DISTINCT.
     assert_eq!(
-        primary_key(&db, &table).await,
+        table_key(&db, &table).await,
         vec!["window_start", "window_end", "region"]
     );
     let types: Vec<(String, String, bool)> = sqlx::query_as(
@@ -307,7 +312,7 @@ async fn windowed_view_upserted_equals_batch_answer() {
         vec![
             ("window_start", "timestamp with time zone", true),
             ("window_end", "timestamp with time zone", true),
-            ("region", "text", true),
+            ("region", "text", false),
             ("downloads", "bigint", true),
             ("failures", "bigint", true),
             ("min_speed", "double precision", false),
@@ -428,6 +433,7 @@ fn sink_spec(
         view: "health".into(),
         schema,
         key_columns: key.iter().map(|k| k.to_string()).collect(),
+        never_null: vec![],
         changelog: false,
         options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
         data_dir: std::env::temp_dir(),
@@ -1106,7 +1112,7 @@ async fn early_results_are_replaced_by_final_rows() {
     assert_eq!(read(db.clone(), table.clone()).await, expected);
     // Keyed by the window and the region, is_final a NOT NULL column.
     assert_eq!(
-        primary_key(&db, &table).await,
+        table_key(&db, &table).await,
         vec!["window_start", "window_end", "region"]
     );
     let is_final: (String, bool) = sqlx::query_as(
@@ -1160,12 +1166,16 @@ async fn updating_pipeline(
     ))
     .await
     .unwrap();
-    let sinks = p
-        .take_new_sinks()
+    let sinks = sinks_by_view(&mut p);
+    (p, sinks)
+}
+
+/// The pipeline's new sinks, by the view each reads.
+fn sinks_by_view(p: &mut Pipeline) -> SinksByView {
+    p.take_new_sinks()
         .into_iter()
         .map(|s| (s.view, s.sink))
-        .collect();
-    (p, sinks)
+        .collect()
 }
 
 /// Each output to the sink of its view.
@@ -1244,8 +1254,8 @@ async fn updating_view_upserts_and_deletes_by_key() {
         s.close().await.unwrap();
     }
     // Keyed by the view's key; the global aggregate's table has no key.
-    assert_eq!(primary_key(&db, &quiet).await, vec!["site"]);
-    assert_eq!(primary_key(&db, &total).await, Vec::<String>::new());
+    assert_eq!(table_key(&db, &quiet).await, vec!["site"]);
+    assert_eq!(table_key(&db, &total).await, Vec::<String>::new());
 
     // A restart from checkpoint 2 writes the changes of steps 3.. again, in other
     // transactions (one per checkpoint: 'batch.rows' is large).

@@ -1696,6 +1696,7 @@ mod tests {
                 Field::new("n", DataType::Int64, false),
             ])),
             key_columns: key.iter().map(|k| k.to_string()).collect(),
+            never_null: vec![],
             changelog: true,
             options: Default::default(),
             data_dir: std::env::temp_dir(),

@@ -601,6 +601,7 @@ mod tests {
             view: "region_health".into(),
             schema,
             key_columns: vec!["window_start".into(), "region".into()],
+            never_null: vec![],
             changelog: false,
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: std::env::temp_dir(),

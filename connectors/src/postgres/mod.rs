@@ -44,7 +44,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::future::BoxFuture;
-use schema::{Layout, Mode, ROW_ID, TableColumn, TableInfo, TableName};
+use schema::{Layout, Mode, ROW_ID, TableColumn, TableInfo, TableName, UniqueKey};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use std::collections::HashSet;
@@ -345,6 +345,8 @@ struct Deletes {
     /// empty for a global aggregate, whose one row goes whatever the change.
     keys: Vec<u8>,
     rows: usize,
+    /// Some key has a NULL in it (see [`Layout::delete_nulls`]).
+    nulls: bool,
 }
 
 pub struct PostgresSink {
@@ -361,6 +363,9 @@ pub struct PostgresSink {
     ready: bool,
     /// `weir.sink_progress` exists.
     progress: bool,
+    /// The table holds rows with a NULL in their key (its key is `UNIQUE NULLS NOT
+    /// DISTINCT`); known once the table is created or checked.
+    null_keys: bool,
     /// Transactions left before the direct-COPY fast path is tried again, and the next
     /// such pause (see [`FastPath`]).
     fast: FastPath,
@@ -384,7 +389,8 @@ impl PostgresSink {
             &spec.schema,
             opts.mode,
             opts.key.clone(),
-        )?;
+        )?
+        .never_null(&spec.never_null);
         let schema = match opts.mode {
             Mode::Upsert | Mode::Changelog => spec.schema.clone(),
             Mode::Append => {
@@ -408,6 +414,7 @@ impl PostgresSink {
             conn: None,
             ready: false,
             progress: false,
+            null_keys: false,
             fast: FastPath::default(),
             direct_copy: true,
             buffer: Vec::new(),
@@ -508,9 +515,15 @@ impl PostgresSink {
             .await
             .map_err(|e| pg_error("looking for weir.sink_progress", e))?;
 
+            let version: i32 =
+                sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| pg_error("reading the server version", e))?;
             let mut info = self.read_table(conn).await?;
             if info.is_none() {
-                sqlx::Executor::execute(&mut *conn, self.layout.create_table().as_str())
+                let create = self.layout.create_table(version >= 150_000);
+                sqlx::Executor::execute(&mut *conn, create.as_str())
                     .await
                     .map_err(|e| pg_error("creating the table", e))?;
                 tracing::info!(sink = %self.name, table = %self.opts.table, "created table");
@@ -530,6 +543,17 @@ impl PostgresSink {
                     self.layout.view,
                     problems.join("; ")
                 )));
+            }
+            self.null_keys = self.layout.holds_null_keys(&info);
+            if self.layout.nullable_key() && !self.null_keys {
+                tracing::warn!(
+                    sink = %self.name,
+                    table = %info.name,
+                    "the view's key can be NULL but the table's key cannot hold a NULL (it is \
+                     a primary key, or a unique index whose NULLs are distinct): a row with a \
+                     NULL key will stop the sink. {}",
+                    NULL_KEY_HELP
+                );
             }
             Ok(())
         })
@@ -554,7 +578,7 @@ impl PostgresSink {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| pg_error("reading the catalog", e))?;
-            let unique_keys: Vec<Vec<String>> = sqlx::query_scalar(schema::UNIQUE_KEYS)
+            let unique_keys: Vec<(Vec<String>, bool)> = sqlx::query_as(schema::UNIQUE_KEYS)
                 .bind(&t)
                 .fetch_all(&mut *conn)
                 .await
@@ -570,7 +594,13 @@ impl PostgresSink {
                         has_default,
                     })
                     .collect(),
-                unique_keys,
+                unique_keys: unique_keys
+                    .into_iter()
+                    .map(|(columns, nulls_not_distinct)| UniqueKey {
+                        columns,
+                        nulls_not_distinct,
+                    })
+                    .collect(),
             }))
         })
     }
@@ -641,6 +671,10 @@ impl PostgresSink {
                     }
                     tail.push_str(&self.layout.delete());
                     tail.push_str("; ");
+                    if d.nulls {
+                        tail.push_str(&self.layout.delete_nulls());
+                        tail.push_str("; ");
+                    }
                 }
                 if try_fast {
                     match copy_in(conn, &self.layout.copy_direct(), &p.bytes).await {
@@ -802,12 +836,15 @@ impl PostgresSink {
             (deleted + net.upserts.num_rows() > 0).then(|| Deletes {
                 keys: Vec::new(),
                 rows: deleted,
+                nulls: false,
             })
         } else {
             (deleted > 0)
                 .then(|| -> Result<Deletes> {
+                    let keys = net.deletes.project(&self.key_idx)?;
                     Ok(Deletes {
-                        keys: encode::encode(&[net.deletes.project(&self.key_idx)?])?,
+                        nulls: keys.columns().iter().any(|c| c.null_count() > 0),
+                        keys: encode::encode(&[keys])?,
                         rows: deleted,
                     })
                 })
@@ -851,6 +888,12 @@ impl PostgresSink {
         }
     }
 }
+
+/// What to do about a NULL key the table cannot hold.
+const NULL_KEY_HELP: &str = "On PostgreSQL 15 and later the sink creates the table with \
+    UNIQUE NULLS NOT DISTINCT on the key, which holds a NULL key as one key: drop the table to \
+    have it created so, or add such a constraint; or filter the NULLs out or COALESCE them in \
+    the view";
 
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -1025,12 +1068,13 @@ impl Sink for PostgresSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.opts.mode != Mode::Append {
+        if self.opts.mode != Mode::Append && !self.null_keys {
             for (&i, k) in self.key_idx.iter().zip(&self.opts.key) {
                 if batch.column(i).null_count() > 0 {
                     return Err(WeirError::external(format!(
-                        "{}: a row of view '{}' has NULL in key column '{k}', which a primary \
-                         key cannot hold; filter it out or COALESCE it in the view",
+                        "{}: a row of view '{}' has NULL in key column '{k}', which the \
+                         table's key cannot hold (a primary key, or a unique index whose NULLs \
+                         are distinct). {NULL_KEY_HELP}",
                         self.what(),
                         self.layout.view
                     )));
@@ -1099,6 +1143,7 @@ mod tests {
             view: "health".into(),
             schema: view_schema(),
             key_columns: key.iter().map(|k| k.to_string()).collect(),
+            never_null: vec![],
             changelog: false,
             options: Options::new(options.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
             data_dir: PathBuf::from("/nonexistent"),
@@ -1522,8 +1567,11 @@ mod tests {
         let e = sink.write(b, RowIds::default()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
-            "postgres sink 'pg' (table health): a row of view 'health' has NULL in key column \
-             'region', which a primary key cannot hold; filter it out or COALESCE it in the view"
+            format!(
+                "postgres sink 'pg' (table health): a row of view 'health' has NULL in key \
+                 column 'region', which the table's key cannot hold (a primary key, or a unique \
+                 index whose NULLs are distinct). {NULL_KEY_HELP}"
+            )
         );
         assert_eq!(sink.buffered_rows, 0);
     }

@@ -272,7 +272,7 @@ impl Layout {
                 name: f.name().clone(),
                 arrow: f.data_type().clone(),
                 pg: pg_type_of(view, f.name(), f.data_type())?,
-                not_null: !f.is_nullable() || key.contains(f.name()),
+                not_null: !f.is_nullable(),
             });
         }
         Ok(Layout {
@@ -282,6 +282,16 @@ impl Layout {
             columns,
             key,
         })
+    }
+
+    /// Declare `columns` NOT NULL (the engine knows they never are).
+    pub fn never_null(mut self, columns: &[String]) -> Self {
+        for c in &mut self.columns {
+            if columns.contains(&c.name) {
+                c.not_null = true;
+            }
+        }
+        self
     }
 
     fn column_list(&self) -> String {
@@ -308,7 +318,20 @@ impl Layout {
         self.mode != Mode::Append && self.columns.iter().any(|c| !self.key.contains(&c.name))
     }
 
-    pub fn create_table(&self) -> String {
+    /// Whether a key column can be NULL (never in append mode, keyed by row id).
+    pub fn nullable_key(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| !c.not_null && self.key.contains(&c.name))
+    }
+
+    /// The table for the view. Its key is the primary key when no key column can be NULL.
+    /// Otherwise, with `nulls_not_distinct` (PostgreSQL 15 and later), a unique constraint
+    /// `UNIQUE NULLS NOT DISTINCT`, under which a NULL key is one key like any other (the
+    /// view's group of NULLs is one row); without it, the primary key, which makes the key
+    /// columns NOT NULL, and a row with a NULL key is refused by the sink.
+    pub fn create_table(&self, nulls_not_distinct: bool) -> String {
+        let unique = nulls_not_distinct && self.nullable_key();
         let mut defs: Vec<String> = self
             .columns
             .iter()
@@ -317,12 +340,18 @@ impl Layout {
                     "{} {}{}",
                     quote_ident(&c.name),
                     c.pg,
-                    if c.not_null { " NOT NULL" } else { "" }
+                    if c.not_null || (!unique && self.key.contains(&c.name)) {
+                        " NOT NULL"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect();
         // A global aggregate's table (one row) has no key.
-        if !self.key.is_empty() {
+        if unique {
+            defs.push(format!("UNIQUE NULLS NOT DISTINCT ({})", self.key_list()));
+        } else if !self.key.is_empty() {
             defs.push(format!("PRIMARY KEY ({})", self.key_list()));
         }
         format!(
@@ -379,6 +408,35 @@ impl Layout {
         format!(
             "DELETE FROM {} AS {TARGET} USING {STAGE_DELETES} WHERE {}",
             self.table.sql(),
+            on.join(" AND ")
+        )
+    }
+
+    /// The statement that deletes the staged keys with a NULL in them, which `=` in
+    /// [`Layout::delete`] does not match. `IS NOT DISTINCT FROM` cannot use the key's
+    /// index, so this runs only in a transaction that deletes such a key (a view has at
+    /// most one group of NULLs per combination of its other key columns).
+    pub fn delete_nulls(&self) -> String {
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{TARGET}.{0} IS NOT DISTINCT FROM {STAGE_DELETES}.{0}",
+                    quote_ident(k)
+                )
+            })
+            .collect();
+        let nulls: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !c.not_null && self.key.contains(&c.name))
+            .map(|c| format!("{STAGE_DELETES}.{} IS NULL", quote_ident(&c.name)))
+            .collect();
+        format!(
+            "DELETE FROM {} AS {TARGET} USING {STAGE_DELETES} WHERE ({}) AND {}",
+            self.table.sql(),
+            nulls.join(" OR "),
             on.join(" AND ")
         )
     }
@@ -475,12 +533,7 @@ impl Layout {
         }
         let mut want: Vec<&str> = self.key.iter().map(String::as_str).collect();
         want.sort_unstable();
-        let covered = table.unique_keys.iter().any(|k| {
-            let mut have: Vec<&str> = k.iter().map(String::as_str).collect();
-            have.sort_unstable();
-            have == want
-        });
-        if !covered {
+        if self.unique_key(table).is_none() {
             out.push(format!(
                 "no primary key or unique index on ({})",
                 self.key.join(", ")
@@ -488,6 +541,32 @@ impl Layout {
         }
         out
     }
+
+    /// The unique index of `table` on exactly the key columns.
+    fn unique_key<'a>(&self, table: &'a TableInfo) -> Option<&'a UniqueKey> {
+        let mut want: Vec<&str> = self.key.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        table.unique_keys.iter().find(|k| {
+            let mut have: Vec<&str> = k.columns.iter().map(String::as_str).collect();
+            have.sort_unstable();
+            have == want
+        })
+    }
+
+    /// Whether `table` holds rows whose key has a NULL as one key: its unique index on the
+    /// key columns is `NULLS NOT DISTINCT`. (A primary key's columns are NOT NULL, and a
+    /// plain unique index would let the same NULL key in twice.)
+    pub fn holds_null_keys(&self, table: &TableInfo) -> bool {
+        self.unique_key(table).is_some_and(|k| k.nulls_not_distinct)
+    }
+}
+
+/// A unique index of an existing table.
+#[derive(Debug, Clone, Default)]
+pub struct UniqueKey {
+    pub columns: Vec<String>,
+    /// `NULLS NOT DISTINCT` (PostgreSQL 15 and later).
+    pub nulls_not_distinct: bool,
 }
 
 /// An existing table as the catalog describes it.
@@ -498,7 +577,7 @@ pub struct TableInfo {
     pub columns: Vec<TableColumn>,
     /// The columns of each usable unique index (immediate, valid, not partial, no
     /// expressions), the primary key among them.
-    pub unique_keys: Vec<Vec<String>>,
+    pub unique_keys: Vec<UniqueKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -520,7 +599,10 @@ pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid,
     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
     AND NOT a.attisdropped ORDER BY a.attnum";
 
-pub const UNIQUE_KEYS: &str = "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+/// The columns of each unique index and whether it is `NULLS NOT DISTINCT`; read through
+/// `to_jsonb` so the query also runs on servers before 15, which lack that column.
+pub const UNIQUE_KEYS: &str = "SELECT array_agg(a.attname::text ORDER BY k.ord), \
+    bool_or(coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false)) FROM pg_index i \
     CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
@@ -680,13 +762,47 @@ mod tests {
             key(),
         )
         .unwrap();
+        // Before PostgreSQL 15: a primary key, the nullable key column made NOT NULL.
         assert_eq!(
-            l.create_table(),
+            l.create_table(false),
             "CREATE TABLE IF NOT EXISTS \"public\".\"health\" (\"window_start\" timestamp with time zone NOT NULL, \
              \"window_end\" timestamp with time zone NOT NULL, \"region\" text NOT NULL, \
              \"downloads\" bigint NOT NULL, \"avg_speed\" double precision, \
              PRIMARY KEY (\"window_start\", \"window_end\", \"region\"))"
         );
+        // From 15: the key column keeps its NULLs, one NULL key like any other.
+        assert_eq!(
+            l.create_table(true),
+            "CREATE TABLE IF NOT EXISTS \"public\".\"health\" (\"window_start\" timestamp with time zone NOT NULL, \
+             \"window_end\" timestamp with time zone NOT NULL, \"region\" text, \
+             \"downloads\" bigint NOT NULL, \"avg_speed\" double precision, \
+             UNIQUE NULLS NOT DISTINCT (\"window_start\", \"window_end\", \"region\"))"
+        );
+        assert!(l.nullable_key());
+        // Window bounds the schema calls nullable, which the engine says never are.
+        let loose = Schema::new(vec![
+            Field::new("window_start", DataType::Int64, true),
+            Field::new("region", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]);
+        let keyed = |never_null: &[String]| {
+            Layout::new(
+                TableName::parse("t").unwrap(),
+                "v",
+                &loose,
+                Mode::Upsert,
+                vec!["window_start".into(), "region".into()],
+            )
+            .unwrap()
+            .never_null(never_null)
+            .create_table(true)
+        };
+        assert_eq!(
+            keyed(&["window_start".into()]),
+            "CREATE TABLE IF NOT EXISTS \"t\" (\"window_start\" bigint NOT NULL, \"region\" text \
+             NOT NULL, \"n\" bigint, PRIMARY KEY (\"window_start\", \"region\"))"
+        );
+        assert!(keyed(&[]).ends_with("UNIQUE NULLS NOT DISTINCT (\"window_start\", \"region\"))"));
         assert_eq!(
             l.create_stage(),
             "CREATE TEMP TABLE IF NOT EXISTS weir_stage ON COMMIT DELETE ROWS AS SELECT \
@@ -741,8 +857,10 @@ mod tests {
             vec!["site".into(), "zone".into()],
         )
         .unwrap();
+        // No key column can be NULL: a primary key on any server.
+        assert!(!l.nullable_key());
         assert!(
-            l.create_table()
+            l.create_table(true)
                 .ends_with("PRIMARY KEY (\"site\", \"zone\"))")
         );
         assert_eq!(
@@ -758,6 +876,27 @@ mod tests {
             l.delete(),
             "DELETE FROM \"per_site\" AS weir_target USING weir_stage_deletes WHERE \
              weir_target.\"site\" = weir_stage_deletes.\"site\" AND weir_target.\"zone\" = \
+             weir_stage_deletes.\"zone\""
+        );
+        // With a nullable key column, the staged keys holding a NULL are deleted apart.
+        let nullable = Schema::new(vec![
+            Field::new("site", DataType::Utf8, true),
+            Field::new("zone", DataType::Int32, false),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let n = Layout::new(
+            TableName::parse("per_site").unwrap(),
+            "per_site",
+            &nullable,
+            Mode::Changelog,
+            vec!["site".into(), "zone".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            n.delete_nulls(),
+            "DELETE FROM \"per_site\" AS weir_target USING weir_stage_deletes WHERE \
+             (weir_stage_deletes.\"site\" IS NULL) AND weir_target.\"site\" IS NOT DISTINCT FROM \
+             weir_stage_deletes.\"site\" AND weir_target.\"zone\" IS NOT DISTINCT FROM \
              weir_stage_deletes.\"zone\""
         );
         assert!(
@@ -779,7 +918,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            l.create_table(),
+            l.create_table(true),
             "CREATE TABLE IF NOT EXISTS \"totals\" (\"n\" bigint NOT NULL)"
         );
         assert_eq!(l.create_delete_stage(), None);
@@ -817,7 +956,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            l.create_table(),
+            l.create_table(true),
             "CREATE TABLE IF NOT EXISTS \"failed\" (\"weir_row_id\" bigint NOT NULL, \
              \"ts\" timestamp with time zone NOT NULL, \"region\" text, PRIMARY KEY (\"weir_row_id\"))"
         );
@@ -834,6 +973,13 @@ mod tests {
             type_name: t.into(),
             not_null,
             has_default,
+        }
+    }
+
+    fn unique(columns: &[&str], nulls_not_distinct: bool) -> UniqueKey {
+        UniqueKey {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            nulls_not_distinct,
         }
     }
 
@@ -864,11 +1010,15 @@ mod tests {
                 col("inserted_at", "timestamp with time zone", true, true),
             ],
             unique_keys: vec![
-                vec!["downloads".into()],
-                vec!["region".into(), "window_end".into(), "window_start".into()],
+                unique(&["downloads"], false),
+                unique(&["region", "window_end", "window_start"], false),
             ],
         };
         assert_eq!(l.problems(&good), Vec::<String>::new());
+        assert!(!l.holds_null_keys(&good));
+        let mut nulls = good.clone();
+        nulls.unique_keys[1].nulls_not_distinct = true;
+        assert!(l.holds_null_keys(&nulls));
 
         let bad = TableInfo {
             name: "public.t".into(),
@@ -879,7 +1029,7 @@ mod tests {
                 col("avg_speed", "text", false, false),
                 col("id", "bigint", true, false),
             ],
-            unique_keys: vec![vec!["window_start".into(), "region".into()]],
+            unique_keys: vec![unique(&["window_start", "region"], true)],
         };
         assert_eq!(
             l.problems(&bad),
