@@ -680,6 +680,18 @@ const JOIN_VIEWS: &[(&str, &str)] = &[
         "SELECT coalesce(lw.window_start, rw.window_start) AS ws, lw.k AS lk, rw.k AS rk, \
          lw.n, rw.top FROM lw FULL JOIN rw ON lw.k = rw.k AND lw.window_start = rw.window_start",
     ),
+    // Outer joins on a time band: a row without a match comes out NULL-padded once the
+    // other side's watermark has passed its band; both sides' state goes the same way.
+    (
+        "bjoin_left",
+        "SELECT l.id AS lid, r.id AS rid, r.v FROM l LEFT JOIN r ON l.k = r.k \
+         AND r.ts BETWEEN l.ts - INTERVAL '1' SECOND AND l.ts + INTERVAL '2' SECOND",
+    ),
+    (
+        "bjoin_full",
+        "SELECT l.id AS lid, r.id AS rid FROM l FULL JOIN r ON l.k = r.k \
+         AND r.ts >= l.ts - INTERVAL '1' SECOND AND l.ts + INTERVAL '2' SECOND >= r.ts",
+    ),
 ];
 
 fn join_ddl() -> String {
@@ -771,7 +783,7 @@ async fn run_join_case(seed: u64) {
     // One checkpoint and restart at a random point.
     let restart_at = rng.below((l.len() + r.len()) as u64) as usize;
     let (mut li, mut ri, mut fed, mut restarted) = (0, 0, 0, false);
-    let mut max_state = 0u64;
+    let (mut max_state, mut max_band_state) = (0u64, 0u64);
     while li < l.len() || ri < r.len() {
         // Random interleaving: either side may run up to 15 s (of event time) ahead.
         let left = match (l.get(li), r.get(ri)) {
@@ -797,6 +809,12 @@ async fn run_join_case(seed: u64) {
                 .load(std::sync::atomic::Ordering::Relaxed)
         });
         max_state = max_state.max(state);
+        let band_state = p.catalog().get("bjoin_full").map_or(0, |o| {
+            o.stats
+                .open_groups
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        max_band_state = max_band_state.max(band_state);
         if !restarted && fed >= restart_at {
             restarted = true;
             store
@@ -825,7 +843,8 @@ async fn run_join_case(seed: u64) {
         // The outer joins must have windows without a match, or they test nothing more
         // than the inner one.
         assert!(
-            !name.starts_with("wjoin_") || expected.iter().any(|r| r.iter().any(|v| v == "NULL")),
+            !(name.starts_with("wjoin_") || name.starts_with("bjoin_"))
+                || expected.iter().any(|r| r.iter().any(|v| v == "NULL")),
             "seed {seed} view {name}: no NULL-padded row in the batch answer"
         );
         assert_eq!(
@@ -848,6 +867,18 @@ async fn run_join_case(seed: u64) {
         "seed {seed}: the window join held {max_state} of {emitted} rows"
     );
     assert_eq!(stats("wjoin").open_groups, 0, "seed {seed}");
+    // The time-bounded outer joins: no row is late (the jitter is within the watermark
+    // delay, so the batch answer is over every row), the state holds the rows whose band
+    // is open, and nothing once both inputs have ended.
+    for v in ["bjoin_left", "bjoin_full"] {
+        assert_eq!(stats(v).late_rows, 0, "seed {seed} view {v}");
+        assert_eq!(stats(v).open_groups, 0, "seed {seed} view {v}");
+    }
+    let fed = (l.len() + r.len()) as u64;
+    assert!(
+        max_band_state * 3 < fed,
+        "seed {seed}: the time-bounded join held {max_band_state} of {fed} rows"
+    );
     // The plain joins keep every row with a key.
     let keyed = l.iter().chain(&r).filter(|x| x.k.is_some()).count() as u64;
     assert_eq!(stats("eq").open_groups, keyed, "seed {seed}");

@@ -8,6 +8,7 @@ use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::planner::slot::SlotPlan;
+use crate::stats::Stats;
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -35,7 +36,7 @@ impl Operator for JoinOp {
         &mut self,
         port: usize,
         batch: RecordBatch,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Result<Vec<RecordBatch>> {
         let side = self
             .sides
@@ -46,6 +47,11 @@ impl Operator for JoinOp {
             if let Some(pairs) = self.join.push(port, &b)? {
                 out.extend(self.post.run(pairs).await?);
             }
+        }
+        let late = self.join.take_late();
+        if late > 0 {
+            Stats::add(&cx.stats.late_rows, late);
+            tracing::debug!(view = %cx.name, late, "late rows dropped by a time-bounded join");
         }
         Ok(out)
     }
@@ -61,8 +67,10 @@ impl Operator for JoinOp {
             for unmatched in self.join.advance([*l, *r])? {
                 out.extend(self.post.run(unmatched).await?);
             }
+            self.watermark = self.watermark.max(self.join.output_watermark([*l, *r]));
+        } else {
+            super::operator::follow_inputs(&mut self.watermark, inputs);
         }
-        super::operator::follow_inputs(&mut self.watermark, inputs);
         Ok(out)
     }
 
@@ -82,13 +90,20 @@ impl Operator for JoinOp {
     fn snapshot(&mut self) -> Result<NodeState> {
         let [left, right] = self.join.snapshot()?;
         Ok(NodeState {
-            meta: serde_json::json!({ "watermark": self.watermark }),
+            meta: serde_json::json!({
+                "watermark": self.watermark,
+                "inputs": self.join.input_watermarks(),
+            }),
             parts: vec![left, right],
         })
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
+        // What a time-bounded join counts as late, as before the restart.
+        if let Some(inputs) = meta_field::<[i64; 2]>(&state.meta, "inputs")? {
+            self.join.advance(inputs)?;
+        }
         let mut parts = state.parts.into_iter();
         let left = parts.next().unwrap_or_default();
         let right = parts.next().unwrap_or_default();

@@ -18,11 +18,14 @@
 //! the other side's watermark has passed can never match again and is evicted (see
 //! [`StreamJoin::set_time_key`] and [`StreamJoin::advance`]).
 //!
-//! Outer joins (`LEFT`, `RIGHT`, `FULL`) are window joins only: a stored row of an outer
-//! side remembers whether it has matched, and when it is evicted (no row of the other side
-//! can match it any more) an unmatched one is emitted with NULLs for the other side. A row
-//! whose key is NULL never matches: on an outer side it comes out at once, NULL-padded.
-//! The output stays append-only.
+//! Outer joins (`LEFT`, `RIGHT`, `FULL`) are window joins or time-bounded joins (a
+//! [`band::Band`] such as `b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' HOUR`): a stored row
+//! of an outer side remembers whether it has matched, and when it is evicted (no row of the
+//! other side can match it any more) an unmatched one is emitted with NULLs for the other
+//! side. A row whose key is NULL never matches: on an outer side it comes out at once,
+//! NULL-padded. The output stays append-only. A time-bounded outer join evicts both sides
+//! by the band, so rows behind their own input's watermark are late: they are dropped
+//! (counted), as a window drops rows for windows that have closed.
 //!
 //! Checkpoints hold each side's stored rows ([`StreamJoin::snapshot`]); the index is rebuilt
 //! from them on restore.
@@ -43,6 +46,9 @@ use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub mod band;
+pub use band::Band;
 
 /// The column a checkpoint of an outer side's rows adds: whether each has matched.
 const MATCHED_COLUMN: &str = "__matched";
@@ -167,6 +173,11 @@ pub struct StreamJoin {
     sides: [SideState; 2],
     /// Which key is a window bound on both sides, and what each side's column is.
     time_key: Option<(usize, [TimeKey; 2])>,
+    /// The time band that evicts both sides (a time-bounded outer join), when there is no
+    /// time key.
+    band: Option<Band>,
+    /// Rows dropped as late since [`StreamJoin::take_late`] (time-bounded joins).
+    late: u64,
     /// Each input's watermark as last seen by [`StreamJoin::advance`].
     watermarks: [i64; 2],
     /// Whether each side's unmatched rows are emitted (NULL-padded): LEFT, RIGHT, FULL.
@@ -220,6 +231,15 @@ fn time_ms(a: &ArrayRef) -> Result<Vec<i64>> {
 
 fn other(side: usize) -> usize {
     1 - side
+}
+
+/// Watermark `w` moved by `by` ms; the end of input (`i64::MAX`) stays the end.
+fn shift(w: i64, by: i64) -> i64 {
+    if w == i64::MAX {
+        w
+    } else {
+        w.saturating_add(by)
+    }
 }
 
 impl StreamJoin {
@@ -279,6 +299,8 @@ impl StreamJoin {
             output_schema: join.schema(),
             sides: [SideState::new(left_schema), SideState::new(right_schema)],
             time_key: None,
+            band: None,
+            late: 0,
             watermarks: [i64::MIN, i64::MIN],
             outer,
             inputs,
@@ -303,6 +325,43 @@ impl StreamJoin {
 
     pub fn time_key(&self) -> Option<(usize, [TimeKey; 2])> {
         self.time_key
+    }
+
+    /// The time band of the join's conditions, if they bound both ends.
+    pub fn band_of_filter(&self) -> Option<Band> {
+        self.filter.as_ref().and_then(band::band_of)
+    }
+
+    /// Turn on eviction by `band` (and the dropping of late rows). Must be called before
+    /// any row arrives.
+    pub fn set_band(&mut self, band: Band) {
+        self.band = Some(band);
+    }
+
+    /// Each input's watermark as last seen (for a checkpoint: restored with
+    /// [`StreamJoin::advance`]).
+    pub fn input_watermarks(&self) -> [i64; 2] {
+        self.watermarks
+    }
+
+    /// Rows dropped as late since the last call.
+    pub fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
+    }
+
+    /// The join's watermark given its inputs': the least of them, and for a time band
+    /// also the least time a row of either side still to come out (a new row, or a stored
+    /// row that may match or come out NULL-padded) can have, so that nothing the join
+    /// emits is behind its watermark.
+    pub fn output_watermark(&self, inputs: [i64; 2]) -> i64 {
+        let [l, r] = inputs;
+        let least = l.min(r);
+        match self.band {
+            Some(b) => least
+                .min(shift(r, b.hi.saturating_neg()))
+                .min(shift(l, b.lo)),
+            None => least,
+        }
     }
 
     /// Whether unmatched rows of some side are emitted (an outer join).
@@ -350,12 +409,22 @@ impl StreamJoin {
         if let Some(f) = &self.filter {
             s.push_str(&format!(", filter {f}"));
         }
-        match self.time_key {
-            Some((k, _)) => s.push_str(&format!(
+        match (self.time_key, self.band) {
+            (Some((k, _)), _) => s.push_str(&format!(
                 ", state evicted by watermark on key {}",
                 keys.get(k).map(String::as_str).unwrap_or("?")
             )),
-            None => s.push_str(", state kept"),
+            (None, Some(b)) => s.push_str(&format!(
+                ", state evicted by watermark on the time band {}.{} - {}.{} in [{} ms, {} ms], \
+                 late rows dropped",
+                self.inputs[1],
+                self.sides[1].schema.field(b.columns[1]).name(),
+                self.inputs[0],
+                self.sides[0].schema.field(b.columns[0]).name(),
+                b.lo,
+                b.hi
+            )),
+            (None, None) => s.push_str(", state kept"),
         }
         s
     }
@@ -366,6 +435,17 @@ impl StreamJoin {
         if side > 1 {
             return Err(WeirError::Internal(format!("join side {side}")));
         }
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let on_time;
+        let batch = match self.band {
+            Some(b) => {
+                on_time = self.drop_late(side, batch, b.columns[side])?;
+                &on_time
+            }
+            None => batch,
+        };
         if batch.num_rows() == 0 {
             return Ok(None);
         }
@@ -410,6 +490,31 @@ impl StreamJoin {
             1 => Ok(out.pop()),
             _ => Ok(Some(concat_batches(&self.output_schema, &out)?)),
         }
+    }
+
+    /// `batch` without its rows behind `side`'s watermark on column `column` (counted in
+    /// [`StreamJoin::take_late`]). A row without a time is kept: it never matches, and
+    /// comes out NULL-padded on an outer side.
+    fn drop_late(
+        &mut self,
+        side: usize,
+        batch: &RecordBatch,
+        column: usize,
+    ) -> Result<RecordBatch> {
+        let w = self.watermarks[side];
+        let times = batch.column(column);
+        let ms = time_ms(times)?;
+        let keep: BooleanArray = ms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Some(times.is_null(i) || *t >= w))
+            .collect();
+        let late = keep.false_count();
+        if late == 0 {
+            return Ok(batch.clone());
+        }
+        self.late += late as u64;
+        Ok(filter_record_batch(batch, &keep)?)
     }
 
     /// Column `c` of left ++ right as (side, column of that side).
@@ -559,9 +664,10 @@ impl StreamJoin {
         matched: &[bool],
     ) -> Result<()> {
         let outer = self.outer[side];
-        let times = match self.time_key {
-            Some((k, _)) => Some(time_ms(&keys[k])?),
-            None => None,
+        let times = match (self.time_key, self.band) {
+            (Some((k, _)), _) => Some(time_ms(&keys[k])?),
+            (None, Some(b)) => Some(time_ms(batch.column(b.columns[side]))?),
+            (None, None) => None,
         };
         let s = &mut self.sides[side];
         let b = s.batches.len() as u32;
@@ -612,12 +718,12 @@ impl StreamJoin {
         for (w, n) in self.watermarks.iter_mut().zip(watermarks) {
             *w = (*w).max(n);
         }
-        let Some((_, kinds)) = self.time_key else {
+        if self.time_key.is_none() && self.band.is_none() {
             return Ok(vec![]);
-        };
+        }
         let mut out = Vec::new();
         for side in 0..2 {
-            let bound = self.evict_bound(side, kinds);
+            let bound = self.evict_bound(side);
             let s = &self.sides[side];
             let evictable: usize = s.time_counts.range(..bound).map(|(_, n)| n).sum();
             if evictable > 0 && (self.outer[side] || evictable * 4 >= s.rows()) {
@@ -627,14 +733,23 @@ impl StreamJoin {
         Ok(out)
     }
 
-    /// Rows of `side` whose time key is below this can never match again.
-    fn evict_bound(&self, side: usize, kinds: [TimeKey; 2]) -> i64 {
+    /// Rows of `side` whose time (key) is below this can never match again.
+    fn evict_bound(&self, side: usize) -> i64 {
         let w = self.watermarks[other(side)];
-        match kinds[other(side)] {
-            // The other side's future rows have window_start >= w.
-            TimeKey::WindowStart => w,
-            // ... and window_end > window_start >= w.
-            TimeKey::WindowEnd => w.saturating_add(1),
+        match (self.time_key, self.band) {
+            (Some((_, kinds)), _) => match kinds[other(side)] {
+                // The other side's future rows have window_start >= w.
+                TimeKey::WindowStart => w,
+                // ... and window_end > window_start >= w.
+                TimeKey::WindowEnd => w.saturating_add(1),
+            },
+            // The right side's future rows have t >= w, and match a left row only while
+            // t - left.t <= hi: left rows with left.t < w - hi cannot match any more.
+            (None, Some(b)) if side == 0 => shift(w, b.hi.saturating_neg()),
+            // Left rows to come have t >= w and match a right row only while right.t - t
+            // >= lo: right rows with right.t < w + lo cannot.
+            (None, Some(b)) => shift(w, b.lo),
+            (None, None) => i64::MIN,
         }
     }
 

@@ -545,12 +545,16 @@ fn prepare_join(kind: &mut ViewPlanKind, inputs: &[String], env: &PlannerEnv) ->
         join.set_time_key(k, kinds);
     }
     if join.is_outer() && join.time_key().is_none() {
-        return Err(WeirError::user(
-            "an outer join of two streams must join windows: ON a.window_start = \
-             b.window_start (or window_end) of two windowed views, so that a row without a \
-             match comes out, NULL-padded, once the other side's window has closed. Outer \
-             joins on a time bound (BETWEEN) are not supported yet",
-        ));
+        let Some(band) = join.band_of_filter() else {
+            return Err(WeirError::user(
+                "an outer join of two streams needs a bound on how far apart in time two \
+                 rows may match, so that a row without a match comes out, NULL-padded, once \
+                 no match can come: a time band with both ends (ON a.k = b.k AND b.ts \
+                 BETWEEN a.ts AND a.ts + INTERVAL '1' HOUR), or the same window of two \
+                 windowed views (ON a.window_start = b.window_start)",
+            ));
+        };
+        join.set_band(band);
     }
     Ok(())
 }
