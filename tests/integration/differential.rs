@@ -156,6 +156,8 @@ const DEDUP: &str = "SELECT user_id, ts, region, bytes FROM (SELECT *, ROW_NUMBE
 const USER_TOTALS: &str = "SELECT user_id, count(*) AS n, sum(bytes) AS total_bytes, \
      max(speed) AS top_speed, count(DISTINCT region) AS regions FROM events GROUP BY user_id";
 const HOP: &str = "HOP(events, ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
+/// Count windows: each user's rows in fours, by time (ties by the other columns in order).
+const COUNT: &str = "COUNT_WINDOW(events, user_id, ts, 4)";
 const SESSION: &str = "SESSION(events, ts, INTERVAL '3' SECOND)";
 
 const VIEWS: &[(&str, &str)] = &[
@@ -240,6 +242,12 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT count(*) AS n, sum(bytes) AS total_bytes, max(speed) AS top_speed FROM events",
     ),
     (
+        "per_4_events",
+        "SELECT user_id, window_index, count(*) AS n, sum(bytes) AS total_bytes, \
+         min(ts) AS first_ts, max(speed) AS top_speed \
+         FROM COUNT_WINDOW(events, user_id, ts, 4) GROUP BY user_id, window_index",
+    ),
+    (
         "hop_top_bytes",
         "SELECT window_start, window_end, bytes, dr FROM (SELECT window_start, window_end, bytes, \
          DENSE_RANK() OVER (PARTITION BY window_start ORDER BY bytes DESC) AS dr \
@@ -278,7 +286,13 @@ fn batch_sql(view_sql: &str) -> String {
          date_bin(INTERVAL '10 seconds', ts) + INTERVAL '10 seconds' AS window_end \
          FROM ({HALVES}) AS h) AS halves"
     );
+    // A user's rows numbered by time and the other columns; only whole fours.
+    let count = "(SELECT * FROM (SELECT *, (CAST(ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY \
+         ts, user_id NULLS LAST, region NULLS LAST, status NULLS LAST, speed NULLS LAST, \
+         bytes NULLS LAST) AS BIGINT) - 1) / 4 AS window_index, count(*) OVER (PARTITION BY \
+         user_id) AS key_rows FROM events) AS c WHERE window_index < key_rows / 4) AS events";
     view_sql
+        .replace(COUNT, count)
         .replace(TUMBLE, tumble)
         .replace(HOP, &hop)
         .replace(SESSION, &session)
@@ -459,7 +473,8 @@ async fn run_case(
                 &accepted
             } else if sql.contains(SESSION) {
                 &in_sessions
-            } else if *sql == DEDUP {
+            } else if *sql == DEDUP || sql.contains(COUNT) {
+                // Behind the watermark when they arrived: late.
                 &on_time
             } else {
                 &all

@@ -8,7 +8,6 @@ use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::planner::slot::SlotPlan;
-use crate::stats::Stats;
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -48,11 +47,7 @@ impl Operator for JoinOp {
                 out.extend(self.post.run(pairs).await?);
             }
         }
-        let late = self.join.take_late();
-        if late > 0 {
-            Stats::add(&cx.stats.late_rows, late);
-            tracing::debug!(view = %cx.name, late, "late rows dropped by a time-bounded join");
-        }
+        super::operator::count_late_rows(cx, self.join.take_late());
         Ok(out)
     }
 

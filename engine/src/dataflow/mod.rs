@@ -22,6 +22,7 @@
 //! Adding an operator kind: a file implementing [`Operator`] and one arm in
 //! [`view_operator`].
 
+pub mod count;
 pub mod distinct;
 pub mod exchange;
 pub mod graph;
@@ -84,8 +85,10 @@ struct Node {
     stats: Arc<Stats>,
     /// Views: no state, rows pass straight through (lateness looks through them).
     stateless: bool,
-    /// Windowed views: the input column their window reads time from.
-    window_time_column: Option<String>,
+    /// The input columns whose values decide whether a row is late for the view: a
+    /// windowed view's window time column, a count window's time column, a time-bounded
+    /// outer join's band columns.
+    time_columns: Vec<String>,
 }
 
 /// The operator for a planned view: the one registration point for operator kinds.
@@ -107,6 +110,19 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
             now_ms,
         )?),
         ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
+        ViewPlanKind::CountWindow {
+            plan,
+            input_schema,
+            key,
+            time,
+            rows,
+        } => Box::new(count::CountWindowOp::try_new(
+            plan,
+            input_schema,
+            key,
+            time,
+            rows,
+        )?),
         ViewPlanKind::Distinct {
             pre,
             keys,
@@ -173,7 +189,7 @@ impl Dataflow {
                 op: NodeOp::Source(op),
                 stats,
                 stateless: false,
-                window_time_column: None,
+                time_columns: vec![],
             },
         );
         self.graph_changed();
@@ -202,7 +218,8 @@ impl Dataflow {
             plan.kind,
             ViewPlanKind::Stateless { .. } | ViewPlanKind::Union { .. }
         );
-        let window_time_column = plan.props.window_time_column.clone();
+        let mut time_columns: Vec<String> = plan.props.window_time_column.iter().cloned().collect();
+        time_columns.extend(plan.kind.lateness_columns());
         let op = view_operator(plan, keying, now_ms)?;
         let id = self.graph.add(name, &inputs).map_err(graph_error)?;
         self.nodes.insert(
@@ -213,7 +230,7 @@ impl Dataflow {
                 op: NodeOp::View(op),
                 stats,
                 stateless,
-                window_time_column,
+                time_columns,
             },
         );
         self.graph_changed();
@@ -316,7 +333,8 @@ impl Dataflow {
                 };
                 if n.stateless {
                     queue.push_back(e.to);
-                } else if let Some(col) = &n.window_time_column {
+                }
+                for col in &n.time_columns {
                     let i = match s.schema.index_of(col) {
                         Ok(i)
                             if matches!(

@@ -141,6 +141,14 @@ pub fn follow_inputs(watermark: &mut i64, inputs: &[i64]) {
     *watermark = (*watermark).max(input);
 }
 
+/// Count `late` rows the node dropped in its figures (`late_rows`).
+pub fn count_late_rows(cx: &Context<'_>, late: u64) {
+    Stats::add(&cx.stats.late_rows, late);
+    if late > 0 {
+        tracing::debug!(view = %cx.name, late, "late rows");
+    }
+}
+
 /// A field of a node's checkpointed JSON (`None` when absent or null).
 pub fn meta_field<T: serde::de::DeserializeOwned>(
     meta: &serde_json::Value,

@@ -11,7 +11,6 @@ use super::prepare::{Stage1Out, Stage1Step};
 use crate::error::Result;
 use crate::planner::slot::SlotPlan;
 use crate::planner::{LatePolicy, mark_final};
-use crate::stats::Stats;
 use crate::window::{UpdateStats, WindowOperator, shifted_ms};
 use async_trait::async_trait;
 use datafusion::arrow::array::UInt32Array;
@@ -169,10 +168,7 @@ impl WindowedOp {
 }
 
 fn count_late(cx: &Context<'_>, u: &UpdateStats) {
-    Stats::add(&cx.stats.late_rows, u.late);
-    if u.late > 0 {
-        tracing::debug!(view = %cx.name, late = u.late, "late rows");
-    }
+    super::operator::count_late_rows(cx, u.late);
 }
 
 #[async_trait]

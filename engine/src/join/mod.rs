@@ -332,6 +332,17 @@ impl StreamJoin {
         self.filter.as_ref().and_then(band::band_of)
     }
 
+    /// The band's time columns (left, right), when it evicts.
+    pub fn band_columns(&self) -> Vec<String> {
+        self.band
+            .map(|b| {
+                (0..2)
+                    .map(|s| self.sides[s].schema.field(b.columns[s]).name().clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Turn on eviction by `band` (and the dropping of late rows). Must be called before
     /// any row arrives.
     pub fn set_band(&mut self, band: Band) {

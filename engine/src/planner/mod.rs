@@ -97,6 +97,16 @@ pub enum ViewPlanKind {
         aggregate: Box<crate::window::UpdatingAggregator>,
         post: SlotPlan,
     },
+    /// Count windows (`COUNT_WINDOW`): the input's rows are placed per key in time order
+    /// (`dataflow/count.rs`), and `plan` (the view's query) runs over each batch of
+    /// complete windows (the input's columns and `window_index`).
+    CountWindow {
+        plan: SlotPlan,
+        input_schema: SchemaRef,
+        key: usize,
+        time: usize,
+        rows: usize,
+    },
     /// A join of two streams.
     Join {
         /// Each side's stateless part, fed from `inputs[side]`: left, right.
@@ -105,6 +115,21 @@ pub enum ViewPlanKind {
         /// What runs over the join's output (projection, filter above it).
         post: SlotPlan,
     },
+}
+
+impl ViewPlanKind {
+    /// Input columns (besides a window's time column, in [`ViewProps`]) whose values decide
+    /// whether a row is late: a source's micro-batches are cut where its own rows could
+    /// make a later row late by them (`watermark::cut_points`).
+    pub fn lateness_columns(&self) -> Vec<String> {
+        match self {
+            ViewPlanKind::CountWindow {
+                input_schema, time, ..
+            } => vec![input_schema.field(*time).name().clone()],
+            ViewPlanKind::Join { join, .. } => join.band_columns(),
+            _ => vec![],
+        }
+    }
 }
 
 /// A planned view, ready to become a dataflow node.
@@ -170,6 +195,20 @@ impl ViewPlan {
                     pre.display()
                 )
             }
+            ViewPlanKind::CountWindow {
+                plan,
+                input_schema,
+                key,
+                time,
+                rows,
+            } => format!(
+                "per batch of complete windows:\n{}CountWindow: {rows} rows per {} in order of \
+                 {}, then the other columns; late rows dropped\nover {}",
+                plan.display(),
+                input_schema.field(*key).name(),
+                input_schema.field(*time).name(),
+                self.inputs[0]
+            ),
             ViewPlanKind::Join { sides, join, post } => {
                 let mut s = format!("per join output:\n{}{}", post.display(), join.describe());
                 for (input, side) in self.inputs.iter().zip(sides) {
@@ -341,12 +380,25 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         env.relation(name)
             .map(|r| r.schema.fields().iter().map(|f| f.name().clone()).collect())
     };
+    let count = sql::rewrite_count_window(&mut query)?;
     let window = sql::rewrite_windows(&mut query, &columns)?;
+    let count_input = match &count {
+        Some(spec) => {
+            if window.is_some() {
+                return Err(WeirError::user_at(
+                    "a view may use one window table function",
+                    spec.at,
+                ));
+            }
+            Some(count_window_input(spec, v, late_policy, state_ttl, env)?)
+        }
+        None => None,
+    };
     let emit_every = match (&v.emit, &window) {
         (Some(Emit::Every(d)), Some(_)) => Some(*d),
         // Without a window, only an aggregate (an updating view) takes it: checked below.
         (Some(Emit::Every(d)), None) => Some(*d),
-        (Some(Emit::OnWindowClose), None) => {
+        (Some(Emit::OnWindowClose), None) if count.is_none() => {
             return Err(WeirError::user(
                 "EMIT ON WINDOW CLOSE needs a windowed view (FROM TUMBLE(...))",
             ));
@@ -360,6 +412,16 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         ));
     }
     let (mut ctx, tables_used) = planning_context(env)?;
+    if let Some(schema) = &count_input {
+        ctx.register_table(
+            sql::count_window::COUNT_WINDOW_INPUT,
+            Arc::new(StreamTable {
+                name: sql::count_window::COUNT_WINDOW_INPUT.into(),
+                schema: count_window_schema(schema),
+                slot: Arc::new(BatchSlot::default()),
+            }),
+        )?;
+    }
     if window
         .as_ref()
         .is_some_and(|w| !matches!(w.kind, WindowKind::Tumble { .. }))
@@ -387,7 +449,12 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         inputs,
         mut output_schema,
         mut kind,
-    } = split::split_plan(physical, window.as_ref(), state_ttl, state.task_ctx())?;
+    } = match (&count, count_input) {
+        (Some(spec), Some(input_schema)) => {
+            split::split_count_window(physical, spec, input_schema, state.task_ctx())?
+        }
+        _ => split::split_plan(physical, window.as_ref(), state_ttl, state.task_ctx())?,
+    };
     if state_ttl.is_some()
         && !matches!(&kind, ViewPlanKind::Windowed { aggregate, .. } if aggregate.takes_state_ttl())
         && !matches!(&kind, ViewPlanKind::Updating { .. })
@@ -471,6 +538,17 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             .filter(|n| output_schema.field_with_name(n).is_ok())
             .collect(),
         ViewPlanKind::Updating { aggregate, .. } => aggregate.output_keys().to_vec(),
+        // A window's row, when the view aggregates per window: its key and index.
+        ViewPlanKind::CountWindow { .. } => count
+            .as_ref()
+            .map(|c| {
+                vec![
+                    c.key_column.clone(),
+                    sql::count_window::WINDOW_INDEX.to_string(),
+                ]
+            })
+            .filter(|k| k.iter().all(|n| output_schema.field_with_name(n).is_ok()))
+            .unwrap_or_default(),
         _ => over_changes_key.clone().unwrap_or_default(),
     };
     let window_time_column = match &kind {
@@ -503,6 +581,69 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         },
         kind,
     })
+}
+
+/// The schema of the relation a `COUNT_WINDOW` reads, after checking what the view asks
+/// of it: an append-only input, no early emission, no dead-letter file, no state TTL.
+fn count_window_input(
+    spec: &sql::CountWindowSpec,
+    v: &CreateView,
+    late_policy: LatePolicy,
+    state_ttl: Option<Duration>,
+    env: &PlannerEnv,
+) -> Result<SchemaRef> {
+    let refuse = |m: String| Err(WeirError::user_at(m, spec.at));
+    if matches!(v.emit, Some(Emit::Every(_))) {
+        return refuse(
+            "EMIT EVERY is for time windows; a count window comes out once it has all its rows"
+                .into(),
+        );
+    }
+    if late_policy != LatePolicy::Drop {
+        return refuse(
+            "option 'late.policy' = 'dead-letter' is not supported for COUNT_WINDOW: its late \
+             rows are dropped and counted in late_rows"
+                .into(),
+        );
+    }
+    if state_ttl.is_some() {
+        return refuse(
+            "option 'state.ttl' is not supported for COUNT_WINDOW: a key's unfinished window \
+             is kept until it fills"
+                .into(),
+        );
+    }
+    let Some(r) = env.relation(&spec.input) else {
+        return refuse(format!(
+            "COUNT_WINDOW reads '{}', which is not a source or view",
+            spec.input
+        ));
+    };
+    if let RelationKind::View {
+        emits_updates,
+        changelog,
+        ..
+    } = r.kind
+        && (emits_updates || changelog)
+    {
+        return refuse(format!(
+            "COUNT_WINDOW counts rows that are only appended, and the rows of view '{}' \
+             change (an updating view, or EMIT EVERY)",
+            spec.input
+        ));
+    }
+    Ok(r.schema.clone())
+}
+
+/// What a count window's query reads: the input's columns and `window_index`.
+fn count_window_schema(input: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        sql::count_window::WINDOW_INDEX,
+        DataType::Int64,
+        false,
+    ));
+    Arc::new(Schema::new(fields))
 }
 
 /// Check a join view's inputs (append-only), and turn on eviction when a join key is the

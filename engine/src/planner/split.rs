@@ -48,7 +48,10 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use std::sync::Arc;
 use unwindowed::{combines_by_union, split_dedup, split_distinct, split_union, split_updating};
 
+mod count;
 mod unwindowed;
+
+pub use count::split_count_window;
 
 /// A view's plan cut into its streaming parts.
 pub struct Split {

@@ -9,13 +9,16 @@
 //! - [`functions`]: bounded versions of functions one argument can make allocate without
 //!   limit (`repeat`, `lpad`, ...);
 //! - [`windows`]: window table functions (`TUMBLE`, `HOP`, `SESSION`) rewritten into a
-//!   derived table that adds `window_start` and `window_end`.
+//!   derived table that adds `window_start` and `window_end`;
+//! - [`count_window`]: `COUNT_WINDOW`, rewritten to read the count-window operator's rows.
 
+pub mod count_window;
 pub mod depth;
 pub mod functions;
 mod source;
 mod windows;
 
+pub use count_window::{CountWindowSpec, rewrite_count_window};
 pub use source::arrow_type;
 use source::{parse_create_source, parse_create_table};
 pub use windows::{WindowKind, WindowSpec, rewrite_windows};

@@ -129,7 +129,19 @@ fn mentions_window_bounds(e: &Expr) -> bool {
         })
 }
 
-fn object_last(n: &ObjectName) -> String {
+/// Where a function or table name was written.
+pub(super) fn written_at(name: &ObjectName) -> Location {
+    name.0
+        .first()
+        .and_then(|p| p.as_ident())
+        .map(|i| Location {
+            line: i.span.start.line,
+            column: i.span.start.column,
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn object_last(n: &ObjectName) -> String {
     n.0.last()
         .and_then(|p| p.as_ident())
         .map(|i| i.value.clone())
@@ -174,15 +186,7 @@ fn rewrite_factor(
             ..
         } => {
             let func = object_last(name).to_ascii_uppercase();
-            let at = name
-                .0
-                .first()
-                .and_then(|p| p.as_ident())
-                .map(|i| Location {
-                    line: i.span.start.line,
-                    column: i.span.start.column,
-                })
-                .unwrap_or_default();
+            let at = written_at(name);
             let (usage, arity) = match func.as_str() {
                 "TUMBLE" => ("TUMBLE takes (source, time_column, INTERVAL '...')", 3),
                 "HOP" => (
