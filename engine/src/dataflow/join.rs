@@ -5,6 +5,7 @@
 //! stored rows go (window joins).
 
 use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
+use crate::changelog::{self, DELETE, INSERT};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
 use crate::planner::slot::SlotPlan;
@@ -43,8 +44,20 @@ impl Operator for JoinOp {
             .ok_or_else(|| WeirError::Internal(format!("a join has no input {port}")))?;
         let mut out = Vec::new();
         for b in side.run(batch).await? {
-            if let Some(pairs) = self.join.push(port, &b)? {
-                out.extend(self.post.run(pairs).await?);
+            let (inserts, deletes) = self.join.push_changes(port, &b)?;
+            if !self.join.retracts() {
+                for rows in inserts {
+                    out.extend(self.post.run(rows).await?);
+                }
+                continue;
+            }
+            // An updating join: its changes, the retractions first.
+            for (parts, op) in [(deletes, DELETE), (inserts, INSERT)] {
+                for rows in parts {
+                    for r in self.post.run(rows).await? {
+                        out.push(changelog::tag(r, op)?);
+                    }
+                }
             }
         }
         super::operator::count_late_rows(cx, self.join.take_late());

@@ -23,7 +23,10 @@
 //! of an outer side remembers whether it has matched, and when it is evicted (no row of the
 //! other side can match it any more) an unmatched one is emitted with NULLs for the other
 //! side. A row whose key is NULL never matches: on an outer side it comes out at once,
-//! NULL-padded. The output stays append-only. A time-bounded outer join evicts both sides
+//! NULL-padded. The output stays append-only, except for an outer join with neither a
+//! window nor a time band: nothing says when a match can no longer come, so an unmatched
+//! row comes out at once, NULL-padded, and is retracted when its first match comes (the
+//! view is an updating view, `StreamJoin::push_changes`). A time-bounded outer join evicts both sides
 //! by the band, so rows behind their own input's watermark are late: they are dropped
 //! (counted), as a window drops rows for windows that have closed.
 //!
@@ -178,6 +181,9 @@ pub struct StreamJoin {
     band: Option<Band>,
     /// Rows dropped as late since [`StreamJoin::take_late`] (time-bounded joins).
     late: u64,
+    /// An outer join with nothing to evict by: its output is a changelog (an updating
+    /// view), unmatched rows come out at once and are retracted at their first match.
+    retracts: bool,
     /// Each input's watermark as last seen by [`StreamJoin::advance`].
     watermarks: [i64; 2],
     /// Whether each side's unmatched rows are emitted (NULL-padded): LEFT, RIGHT, FULL.
@@ -301,6 +307,7 @@ impl StreamJoin {
             time_key: None,
             band: None,
             late: 0,
+            retracts: false,
             watermarks: [i64::MIN, i64::MIN],
             outer,
             inputs,
@@ -341,6 +348,17 @@ impl StreamJoin {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Make an outer join without a window or time band an updating join (see
+    /// [`StreamJoin::push_changes`]). Must be called before any row arrives.
+    pub fn set_retracting(&mut self) {
+        self.retracts = true;
+    }
+
+    /// Whether the output is a changelog ([`StreamJoin::set_retracting`]).
+    pub fn retracts(&self) -> bool {
+        self.retracts
     }
 
     /// Turn on eviction by `band` (and the dropping of late rows). Must be called before
@@ -435,6 +453,10 @@ impl StreamJoin {
                 b.lo,
                 b.hi
             )),
+            (None, None) if self.retracts => s.push_str(
+                ", state kept; an unmatched row comes out at once NULL-padded and is \
+                 retracted at its first match (an updating view)",
+            ),
             (None, None) => s.push_str(", state kept"),
         }
         s
@@ -443,11 +465,33 @@ impl StreamJoin {
     /// A batch arrives on `side` (0 left, 1 right; in that side's schema): returns the
     /// pairs it completes (in the join's output schema), then stores it.
     pub fn push(&mut self, side: usize, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let (mut out, deletes) = self.push_changes(side, batch)?;
+        if !deletes.is_empty() {
+            return Err(WeirError::Internal(
+                "an updating join's retractions read as appended rows".into(),
+            ));
+        }
+        match out.len() {
+            0 => Ok(None),
+            1 => Ok(out.pop()),
+            _ => Ok(Some(concat_batches(&self.output_schema, &out)?)),
+        }
+    }
+
+    /// A batch arrives on `side`: the rows it adds to the output and, for an updating
+    /// outer join ([`StreamJoin::set_retracting`]), the NULL-padded rows it takes back
+    /// (stored rows of an outer side that had no match until now); then it is stored.
+    pub fn push_changes(
+        &mut self,
+        side: usize,
+        batch: &RecordBatch,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
         if side > 1 {
             return Err(WeirError::Internal(format!("join side {side}")));
         }
+        let mut deletes = Vec::new();
         if batch.num_rows() == 0 {
-            return Ok(None);
+            return Ok((vec![], deletes));
         }
         let on_time;
         let batch = match self.band {
@@ -458,7 +502,7 @@ impl StreamJoin {
             None => batch,
         };
         if batch.num_rows() == 0 {
-            return Ok(None);
+            return Ok((vec![], deletes));
         }
         let keys = eval_keys(&self.keys[side], &self.key_types, batch)?;
         let mut out = Vec::new();
@@ -482,8 +526,17 @@ impl StreamJoin {
             let probed = self.probe(side, &batch, &rows)?;
             if self.outer[other(side)] {
                 let stored = &mut self.sides[other(side)].matched;
-                for g in &probed.stored {
-                    stored[*g as usize] = true;
+                let mut first_match = Vec::new();
+                for &g in &probed.stored {
+                    if !stored[g as usize] {
+                        stored[g as usize] = true;
+                        first_match.push(g);
+                    }
+                }
+                // Their NULL-padded rows came out when they arrived: take them back.
+                if self.retracts && !first_match.is_empty() {
+                    let rows = self.rows_at(other(side), &first_match)?;
+                    deletes.push(self.padded(other(side), &rows)?);
                 }
             }
             let mut matched = Vec::new();
@@ -492,15 +545,44 @@ impl StreamJoin {
                 for i in &probed.probe {
                     matched[*i as usize] = true;
                 }
+                // Nothing bounds when a match may come: an updating join emits the
+                // unmatched rows now, and retracts them at their first match.
+                if self.retracts {
+                    let alone: BooleanArray = matched.iter().map(|m| Some(!m)).collect();
+                    let alone = filter_record_batch(&batch, &alone)?;
+                    if alone.num_rows() > 0 {
+                        out.push(self.padded(side, &alone)?);
+                    }
+                }
             }
             out.extend(probed.pairs);
             self.insert(side, batch, &rows, &keys, &matched)?;
         }
-        match out.len() {
-            0 => Ok(None),
-            1 => Ok(out.pop()),
-            _ => Ok(Some(concat_batches(&self.output_schema, &out)?)),
-        }
+        Ok((out, deletes))
+    }
+
+    /// Stored rows `rows` (stored row numbers) of `side`, in that order.
+    fn rows_at(&self, side: usize, rows: &[u32]) -> Result<RecordBatch> {
+        let s = &self.sides[side];
+        let locs: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|&g| {
+                let (b, r) = s.locs[g as usize];
+                (b as usize, r as usize)
+            })
+            .collect();
+        let cols = (0..s.schema.fields().len())
+            .map(|i| {
+                let arrays: Vec<&dyn Array> =
+                    s.batches.iter().map(|b| b.column(i).as_ref()).collect();
+                Ok(interleave(&arrays, &locs)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            s.schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(locs.len())),
+        )?)
     }
 
     /// `batch` without its rows behind `side`'s watermark on column `column` (counted in

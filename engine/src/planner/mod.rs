@@ -538,6 +538,12 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             .filter(|n| output_schema.field_with_name(n).is_ok())
             .collect(),
         ViewPlanKind::Updating { aggregate, .. } => aggregate.output_keys().to_vec(),
+        // An updating outer join's rows are told apart by all their columns.
+        ViewPlanKind::Join { join, .. } if join.retracts() => output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
         // A window's row, when the view aggregates per window: its key and index.
         ViewPlanKind::CountWindow { .. } => count
             .as_ref()
@@ -577,7 +583,9 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             key_columns,
             late_policy,
             retention_rows,
-            changelog: matches!(kind, ViewPlanKind::Updating { .. }) || over_changes.is_some(),
+            changelog: matches!(kind, ViewPlanKind::Updating { .. })
+                || matches!(&kind, ViewPlanKind::Join { join, .. } if join.retracts())
+                || over_changes.is_some(),
         },
         kind,
     })
@@ -686,16 +694,11 @@ fn prepare_join(kind: &mut ViewPlanKind, inputs: &[String], env: &PlannerEnv) ->
         join.set_time_key(k, kinds);
     }
     if join.is_outer() && join.time_key().is_none() {
-        let Some(band) = join.band_of_filter() else {
-            return Err(WeirError::user(
-                "an outer join of two streams needs a bound on how far apart in time two \
-                 rows may match, so that a row without a match comes out, NULL-padded, once \
-                 no match can come: a time band with both ends (ON a.k = b.k AND b.ts \
-                 BETWEEN a.ts AND a.ts + INTERVAL '1' HOUR), or the same window of two \
-                 windowed views (ON a.window_start = b.window_start)",
-            ));
-        };
-        join.set_band(band);
+        match join.band_of_filter() {
+            Some(band) => join.set_band(band),
+            // Nothing says when a match can no longer come: an updating view.
+            None => join.set_retracting(),
+        }
     }
     Ok(())
 }

@@ -68,19 +68,26 @@ fn step_batch(schema: &SchemaRef, rows: &[Reading]) -> RecordBatch {
     .unwrap()
 }
 
-/// `sql` in batch over `pushed`, its rows read through a table in `db` (so that they come
+/// `sql` in batch over `tables` (name, rows), its rows read through a table in `db` (so that they come
 /// back in the same types and order as the sink's table).
-async fn batch_rows<T>(db: &PgPool, pushed: &[RecordBatch], sql: &str, select: &str) -> Vec<T>
+async fn batch_rows<T>(
+    db: &PgPool,
+    tables: &[(&str, &[RecordBatch])],
+    sql: &str,
+    select: &str,
+) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
     let ctx = SessionContext::new();
-    let schema = pushed[0].schema();
-    ctx.register_table(
-        "r",
-        Arc::new(MemTable::try_new(schema, vec![pushed.to_vec()]).unwrap()),
-    )
-    .unwrap();
+    for (name, pushed) in tables {
+        let schema = pushed[0].schema();
+        ctx.register_table(
+            *name,
+            Arc::new(MemTable::try_new(schema, vec![pushed.to_vec()]).unwrap()),
+        )
+        .unwrap();
+    }
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     // The answer as VALUES rows: every value a literal (strings here are plain names).
     let mut values = Vec::new();
@@ -195,7 +202,7 @@ async fn a_null_key_is_one_key() {
         let out = p.push("r", 0, batch, 0).await.unwrap();
         write(&mut sinks, &out, step as u64 + 1).await;
         outputs.extend(out);
-        let want: Vec<QuietRow> = batch_rows(&db, &pushed, QUIET, READ_QUIET).await;
+        let want: Vec<QuietRow> = batch_rows(&db, &[("r", &pushed)], QUIET, READ_QUIET).await;
         let got: Vec<QuietRow> = table_rows(&db, &quiet, READ_QUIET).await;
         assert_eq!(got, want, "quiet after step {}", step + 1);
         null_rows.push(got.iter().find(|r| r.0.is_none()).cloned());
@@ -214,7 +221,8 @@ async fn a_null_key_is_one_key() {
     let out = p.end_source("r").await.unwrap();
     write(&mut sinks, &out, 5).await;
     outputs.extend(out);
-    let want: Vec<WindowRow> = batch_rows(&db, &pushed, PER_WINDOW_BATCH, READ_WINDOWS).await;
+    let want: Vec<WindowRow> =
+        batch_rows(&db, &[("r", &pushed)], PER_WINDOW_BATCH, READ_WINDOWS).await;
     assert_eq!(want.iter().filter(|r| r.1.is_none()).count(), 3, "{want:?}");
     assert_eq!(
         table_rows::<WindowRow>(&db, &windows, READ_WINDOWS).await,
@@ -245,9 +253,10 @@ async fn a_null_key_is_one_key() {
     for s in sinks2.values_mut() {
         s.close().await.unwrap();
     }
-    let want: Vec<QuietRow> = batch_rows(&db, &pushed, QUIET, READ_QUIET).await;
+    let want: Vec<QuietRow> = batch_rows(&db, &[("r", &pushed)], QUIET, READ_QUIET).await;
     assert_eq!(table_rows::<QuietRow>(&db, &quiet, READ_QUIET).await, want);
-    let want: Vec<WindowRow> = batch_rows(&db, &pushed, PER_WINDOW_BATCH, READ_WINDOWS).await;
+    let want: Vec<WindowRow> =
+        batch_rows(&db, &[("r", &pushed)], PER_WINDOW_BATCH, READ_WINDOWS).await;
     assert_eq!(
         table_rows::<WindowRow>(&db, &windows, READ_WINDOWS).await,
         want
@@ -296,4 +305,93 @@ async fn a_primary_key_refuses_a_null_key_with_help() {
     );
     let rows: Vec<QuietRow> = table_rows(&db, &quiet, READ_QUIET).await;
     assert_eq!(rows, vec![(Some("a".to_string()), 1, Some(1.0))]);
+}
+
+/// An outer join without a bound (an updating view keyed by all its columns, the padded
+/// ones NULL) into Postgres: after every step the table is the same LEFT JOIN in batch over
+/// the rows so far, a user's row without a device deleted when the first login comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updating_outer_join_deletes_its_padded_rows() {
+    let Some(url) = pg_url() else { return };
+    let _pg = crate::crash::pg_lock().read().await;
+    let db = pool(&url).await;
+    let table = unique("pg_user_devices");
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = weir_tests::slt::test_pipeline(dir.path());
+    let join = "SELECT u.id, u.name, l.device FROM users u LEFT JOIN logins l ON u.id = l.user_id";
+    p.execute(&format!(
+        "CREATE SOURCE users (id BIGINT, name TEXT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts) \
+           WITH (connector = 'test');
+         CREATE SOURCE logins (user_id BIGINT, device TEXT, ts TIMESTAMP NOT NULL, \
+           WATERMARK FOR ts AS ts) WITH (connector = 'test');
+         CREATE MATERIALIZED VIEW user_devices AS {join};
+         CREATE SINK devices_pg FROM user_devices WITH (connector = 'postgres', url = '{url}', \
+           table = '{table}');"
+    ))
+    .await
+    .unwrap();
+    let mut sinks = sinks_by_view(&mut p);
+    for s in sinks.values_mut() {
+        s.recover(None).await.unwrap();
+    }
+    let (users, logins) = (
+        p.source_schema("users").unwrap(),
+        p.source_schema("logins").unwrap(),
+    );
+    let row = |schema: &SchemaRef, id: Option<i64>, text: &str, second: i64| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(datafusion::arrow::array::Int64Array::from(vec![id])) as ArrayRef,
+                Arc::new(StringArray::from(vec![text])),
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    1_714_521_600_000 + second * 1000,
+                ])),
+            ],
+        )
+        .unwrap()
+    };
+    let steps = [
+        ("users", row(&users, Some(1), "ann", 0)),
+        ("users", row(&users, None, "nobody", 1)),
+        ("logins", row(&logins, Some(1), "phone", 2)),
+        ("logins", row(&logins, Some(3), "tv", 3)),
+        ("users", row(&users, Some(2), "bob", 4)),
+        ("logins", row(&logins, Some(1), "laptop", 5)),
+        ("users", row(&users, Some(3), "cy", 6)),
+    ];
+    let read = "SELECT id::bigint, name, device ORDER BY id NULLS FIRST, device NULLS FIRST";
+    let (mut pushed_users, mut pushed_logins) = (Vec::new(), Vec::new());
+    type Row = (Option<i64>, Option<String>, Option<String>);
+    for (epoch, (source, batch)) in steps.into_iter().enumerate() {
+        match source {
+            "users" => pushed_users.push(batch.clone()),
+            _ => pushed_logins.push(batch.clone()),
+        }
+        let out = p.push(source, 0, batch, 0).await.unwrap();
+        write(&mut sinks, &out, epoch as u64 + 1).await;
+        let got: Vec<Row> = table_rows(&db, &table, read).await;
+        let want: Vec<Row> = if pushed_logins.is_empty() {
+            // DataFusion cannot scan an empty list of batches: no logins, no devices.
+            batch_rows(
+                &db,
+                &[("u", &pushed_users)],
+                "SELECT id, name, CAST(NULL AS TEXT) AS device FROM u",
+                read,
+            )
+            .await
+        } else {
+            batch_rows(
+                &db,
+                &[("users", &pushed_users), ("logins", &pushed_logins)],
+                join,
+                read,
+            )
+            .await
+        };
+        assert_eq!(got, want, "after step {}", epoch + 1);
+    }
+    for s in sinks.values_mut() {
+        s.close().await.unwrap();
+    }
 }
