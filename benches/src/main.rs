@@ -119,12 +119,16 @@ enum Cmd {
     },
     /// File source -> per-minute region-health view -> blackhole, timed. `--format`:
     /// `json`, `parquet`, or `json-nested` (a file from `gen --format json-nested`, read as
-    /// STRUCT columns by the same view over their fields).
+    /// STRUCT columns by the same view over their fields). `--view count`: count windows
+    /// of 100 downloads per content id instead (flat input only).
     Throughput {
         #[arg(long)]
         input: PathBuf,
         #[arg(long, default_value = "json")]
         format: String,
+        /// `health` (a 1-minute TUMBLE per region) or `count` (COUNT_WINDOW per content).
+        #[arg(long, default_value = "health")]
+        view: String,
         /// Tokio worker threads (cores used).
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -277,6 +281,14 @@ const HEALTH_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
     FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, region; \
     CREATE SINK out FROM region_health WITH (connector = 'blackhole');";
 
+/// Count windows: each content's downloads in hundreds, by time (the view keeps the name
+/// the stats are read by).
+const COUNT_VIEW: &str = "CREATE MATERIALIZED VIEW region_health AS \
+    SELECT content_id, window_index, count(*) AS downloads, avg(speed_mbps) AS avg_speed_mbps, \
+    max(duration_seconds) AS max_duration_s \
+    FROM COUNT_WINDOW(downloads, content_id, ts, 100) GROUP BY content_id, window_index; \
+    CREATE SINK out FROM region_health WITH (connector = 'blackhole');";
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -290,11 +302,19 @@ fn rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn throughput(input: PathBuf, format: &str, batch_rows: usize, workers: usize) -> Result<()> {
+async fn throughput(
+    input: PathBuf,
+    format: &str,
+    view: &str,
+    batch_rows: usize,
+    workers: usize,
+) -> Result<()> {
     // `json-nested`: the same events and view, read from nested JSON.
-    let (ddl, view, format) = match format {
-        "json-nested" => (NESTED_DDL, NESTED_HEALTH_VIEW, "json"),
-        other => (DOWNLOADS_DDL, HEALTH_VIEW, other),
+    let (ddl, view, format) = match (format, view) {
+        ("json-nested", "health") => (NESTED_DDL, NESTED_HEALTH_VIEW, "json"),
+        (other, "health") => (DOWNLOADS_DDL, HEALTH_VIEW, other),
+        (other, "count") if other != "json-nested" => (DOWNLOADS_DDL, COUNT_VIEW, other),
+        _ => bail!("--view is health or count (count over flat input)"),
     };
     let sql = format!(
         "CREATE SOURCE downloads ({ddl}, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
@@ -692,9 +712,10 @@ fn main() -> Result<()> {
             Cmd::Throughput {
                 input,
                 format,
+                view,
                 batch_rows,
                 ..
-            } => throughput(input, &format, batch_rows, threads).await,
+            } => throughput(input, &format, &view, batch_rows, threads).await,
             Cmd::Memory { groups } => memory(groups).await,
             Cmd::Updating(args) => updating::run(args).await,
             Cmd::Restore { groups } => restore(groups).await,
