@@ -15,3 +15,14 @@ EMIT ON WINDOW CLOSE;
 CREATE SINK symbol_stats_lake FROM symbol_stats WITH (
     connector = 'parquet', path = 'data/lake/symbol_stats', 'partition.by' = 'hour'
 );
+
+-- Every 50 trades of a symbol (a count window, in event-time order): their
+-- volume-weighted price and how long they took to happen.
+CREATE MATERIALIZED VIEW vwap_per_50_trades AS
+SELECT symbol, window_index,
+       sum(price * volume) / sum(volume) AS vwap,
+       sum(volume)                       AS volume,
+       min(ts)                           AS first_trade,
+       max(ts)                           AS last_trade
+FROM COUNT_WINDOW(ticks, symbol, ts, 50)
+GROUP BY symbol, window_index;
