@@ -894,10 +894,10 @@ async fn run_join_case(seed: u64) {
         "seed {seed}: the window join held {max_state} of {emitted} rows"
     );
     assert_eq!(stats("wjoin").open_groups, 0, "seed {seed}");
-    // The time-bounded outer joins: no row is late (the jitter is within the watermark
+    // The time-bounded joins: no row is late (the jitter is within the watermark
     // delay, so the batch answer is over every row), the state holds the rows whose band
     // is open, and nothing once both inputs have ended.
-    for v in ["bjoin_left", "bjoin_full"] {
+    for v in ["banded", "bjoin_left", "bjoin_full"] {
         assert_eq!(stats(v).late_rows, 0, "seed {seed} view {v}");
         assert_eq!(stats(v).open_groups, 0, "seed {seed} view {v}");
     }

@@ -693,11 +693,15 @@ fn prepare_join(kind: &mut ViewPlanKind, inputs: &[String], env: &PlannerEnv) ->
     {
         join.set_time_key(k, kinds);
     }
-    if join.is_outer() && join.time_key().is_none() {
+    if join.time_key().is_none() {
         match join.band_of_filter() {
+            // Rows whose band the other side's watermark has passed go (and come out
+            // NULL-padded on an outer side).
             Some(band) => join.set_band(band),
-            // Nothing says when a match can no longer come: an updating view.
-            None => join.set_retracting(),
+            // Nothing says when a match can no longer come: an outer join is an updating
+            // view, an inner one keeps every row.
+            None if join.is_outer() => join.set_retracting(),
+            None => {}
         }
     }
     Ok(())
