@@ -23,22 +23,61 @@ use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A key's count: windows emitted, and the placed rows of the one filling up.
+/// A key's count: windows emitted, and the placed rows of the one filling up, end to end
+/// in `bytes` (row `i` ends at `ends[i]`).
 #[derive(Default)]
 struct KeyState {
     next_index: i64,
-    rows: Vec<Box<[u8]>>,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-/// A row waiting for the watermark to pass its time.
+impl KeyState {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn rows(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| &self.bytes[a..b])
+    }
+
+    fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// A micro-batch's rows waiting for the watermark to pass their times.
 struct Pending {
-    ms: i64,
-    key: Box<[u8]>,
-    row: Box<[u8]>,
+    rows: Rows,
+    keys: Rows,
+    /// Per row its time in ms; `None` once placed (or when late).
+    times: Vec<Option<i64>>,
+    /// The least time of the rows still waiting (`i64::MAX`: none).
+    least: i64,
+}
+
+impl Pending {
+    fn least_waiting(&self) -> i64 {
+        self.times
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(i64::MAX)
+    }
 }
 
 pub struct CountWindowOp {
@@ -55,7 +94,6 @@ pub struct CountWindowOp {
     keys_conv: RowConverter,
     pending: Vec<Pending>,
     keys: HashMap<Box<[u8]>, KeyState>,
-    row_bytes: usize,
     /// The input's watermark.
     input_watermark: i64,
 }
@@ -105,7 +143,6 @@ impl CountWindowOp {
             rows: RowConverter::new(fields)?,
             pending: Vec::new(),
             keys: HashMap::new(),
-            row_bytes: 0,
             input_watermark: i64::MIN,
         })
     }
@@ -120,20 +157,18 @@ impl CountWindowOp {
         let keys = self
             .keys_conv
             .convert_columns(&[batch.column(self.key).clone()])?;
-        let mut late = 0;
-        for (i, t) in times.into_iter().enumerate() {
-            match t {
-                Some(ms) if ms >= self.input_watermark => {
-                    let row: Box<[u8]> = rows.row(i).as_ref().into();
-                    self.row_bytes += row.len();
-                    self.pending.push(Pending {
-                        ms,
-                        key: keys.row(i).as_ref().into(),
-                        row,
-                    });
-                }
-                _ => late += 1,
-            }
+        let w = self.input_watermark;
+        let times: Vec<Option<i64>> = times.into_iter().map(|t| t.filter(|ms| *ms >= w)).collect();
+        let late = times.iter().filter(|t| t.is_none()).count() as u64;
+        let pending = Pending {
+            rows,
+            keys,
+            times,
+            least: i64::MAX,
+        };
+        let least = pending.least_waiting();
+        if least != i64::MAX {
+            self.pending.push(Pending { least, ..pending });
         }
         Ok(late)
     }
@@ -142,32 +177,52 @@ impl CountWindowOp {
     /// that filled up, with their index, in the window schema.
     fn place(&mut self) -> Result<Option<RecordBatch>> {
         let w = self.input_watermark;
-        if !self.pending.iter().any(|p| p.ms < w) {
-            return Ok(None);
-        }
-        let (mut ready, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.ms < w);
-        self.pending = waiting;
-        ready.sort_unstable_by(|a, b| (&a.key, &a.row).cmp(&(&b.key, &b.row)));
-        let mut out_rows: Vec<Box<[u8]>> = Vec::new();
-        let mut out_index: Vec<i64> = Vec::new();
-        for p in ready {
-            let state = self.keys.entry(p.key).or_default();
-            state.rows.push(p.row);
-            if state.rows.len() == self.rows_per_window {
-                out_index.extend(std::iter::repeat_n(state.next_index, state.rows.len()));
-                state.next_index += 1;
-                for r in state.rows.drain(..) {
-                    self.row_bytes -= r.len();
-                    out_rows.push(r);
+        // (batch, row) of every waiting row the watermark has passed.
+        let mut ready: Vec<(u32, u32)> = Vec::new();
+        for (b, p) in self.pending.iter_mut().enumerate() {
+            if p.least >= w {
+                continue;
+            }
+            for (i, t) in p.times.iter_mut().enumerate() {
+                if t.is_some_and(|ms| ms < w) {
+                    *t = None;
+                    ready.push((b as u32, i as u32));
                 }
             }
+            p.least = p.least_waiting();
         }
-        if out_rows.is_empty() {
+        if ready.is_empty() {
             return Ok(None);
         }
-        let mut cols = self.columns_of(&out_rows)?;
+        let pending = &self.pending;
+        let at = |(b, i): (u32, u32)| {
+            let p = &pending[b as usize];
+            (p.keys.row(i as usize), p.rows.row(i as usize))
+        };
+        ready.sort_unstable_by(|a, b| at(*a).cmp(&at(*b)));
+        let mut out = KeyState::default();
+        let mut out_index: Vec<i64> = Vec::new();
+        for r in ready {
+            let (key, row) = at(r);
+            let state = match self.keys.get_mut(key.as_ref()) {
+                Some(s) => s,
+                None => self.keys.entry(key.as_ref().into()).or_default(),
+            };
+            state.push(row.as_ref());
+            if state.len() == self.rows_per_window {
+                out_index.extend(std::iter::repeat_n(state.next_index, state.len()));
+                state.next_index += 1;
+                for r in state.rows() {
+                    out.push(r);
+                }
+                state.clear();
+            }
+        }
+        self.pending.retain(|p| p.least != i64::MAX);
+        if out.len() == 0 {
+            return Ok(None);
+        }
+        let mut cols = self.columns_of(out.rows())?;
         cols.push(Arc::new(Int64Array::from(out_index)));
         Ok(Some(RecordBatch::try_new(
             self.window_schema.clone(),
@@ -176,11 +231,9 @@ impl CountWindowOp {
     }
 
     /// The input columns of rows in the row format.
-    fn columns_of(&self, rows: &[Box<[u8]>]) -> Result<Vec<ArrayRef>> {
+    fn columns_of<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.rows.parser();
-        let mut cols = self
-            .rows
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        let mut cols = self.rows.convert_rows(rows.map(|r| parser.parse(r)))?;
         // The leading copy of the time column is for ordering only.
         cols.remove(0);
         Ok(cols)
@@ -220,14 +273,23 @@ impl Operator for CountWindowOp {
 
     fn figures(&self) -> StateFigures {
         StateFigures {
-            open_windows: self.keys.values().filter(|k| !k.rows.is_empty()).count() as u64,
+            open_windows: self.keys.values().filter(|k| k.len() > 0).count() as u64,
             open_groups: self.keys.len() as u64,
-            bytes: (self.row_bytes
-                + self.pending.len() * std::mem::size_of::<Pending>()
+            bytes: (self
+                .pending
+                .iter()
+                .map(|p| p.rows.size() + p.keys.size() + p.times.capacity() * 16)
+                .sum::<usize>()
                 + self
                     .keys
-                    .keys()
-                    .map(|k| k.len() + std::mem::size_of::<KeyState>() + 16)
+                    .iter()
+                    .map(|(k, s)| {
+                        k.len()
+                            + s.bytes.capacity()
+                            + s.ends.capacity() * 8
+                            + std::mem::size_of::<KeyState>()
+                            + 16
+                    })
                     .sum::<usize>()) as u64,
             ..StateFigures::default()
         }
@@ -236,22 +298,31 @@ impl Operator for CountWindowOp {
     /// Parts: the pending rows (input schema); the placed rows of unfinished windows, key
     /// by key in order (input schema); each key with its next window index.
     fn snapshot(&mut self) -> Result<NodeState> {
-        let pending: Vec<Box<[u8]>> = self.pending.iter().map(|p| p.row.clone()).collect();
-        let mut placed: Vec<Box<[u8]>> = Vec::new();
+        let mut pending = KeyState::default();
+        for p in &self.pending {
+            for (i, t) in p.times.iter().enumerate() {
+                if t.is_some() {
+                    pending.push(p.rows.row(i).as_ref());
+                }
+            }
+        }
+        let mut placed = KeyState::default();
         let mut keys: Vec<&[u8]> = Vec::new();
         let mut next: Vec<i64> = Vec::new();
         for (k, s) in &self.keys {
             keys.push(k);
             next.push(s.next_index);
-            placed.extend(s.rows.iter().cloned());
+            for r in s.rows() {
+                placed.push(r);
+            }
         }
-        let rows_batch = |rows: &[Box<[u8]>]| -> Result<Vec<RecordBatch>> {
-            if rows.is_empty() {
+        let rows_batch = |rows: &KeyState| -> Result<Vec<RecordBatch>> {
+            if rows.len() == 0 {
                 return Ok(vec![]);
             }
             Ok(vec![RecordBatch::try_new(
                 self.input_schema.clone(),
-                self.columns_of(rows)?,
+                self.columns_of(rows.rows())?,
             )?])
         };
         let mut parts = vec![rows_batch(&pending)?, rows_batch(&placed)?];
@@ -273,7 +344,6 @@ impl Operator for CountWindowOp {
         self.input_watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
         self.pending.clear();
         self.keys.clear();
-        self.row_bytes = 0;
         let mut parts = state.parts.into_iter();
         let pending = parts.next().unwrap_or_default();
         let placed = parts.next().unwrap_or_default();
@@ -297,7 +367,15 @@ impl Operator for CountWindowOp {
             self.input_watermark = i64::MIN;
             self.hold(b)?;
             for p in std::mem::take(&mut self.pending) {
-                self.keys.entry(p.key).or_default().rows.push(p.row);
+                for (i, t) in p.times.iter().enumerate() {
+                    if t.is_some() {
+                        let key = p.keys.row(i);
+                        self.keys
+                            .entry(key.as_ref().into())
+                            .or_default()
+                            .push(p.rows.row(i).as_ref());
+                    }
+                }
             }
         }
         self.input_watermark = i64::MIN;
