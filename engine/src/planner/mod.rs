@@ -380,20 +380,14 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
         env.relation(name)
             .map(|r| r.schema.fields().iter().map(|f| f.name().clone()).collect())
     };
-    let count = sql::rewrite_count_window(&mut query)?;
-    let window = sql::rewrite_windows(&mut query, &columns)?;
-    let count_input = match &count {
-        Some(spec) => {
-            if window.is_some() {
-                return Err(WeirError::user_at(
-                    "a view may use one window table function",
-                    spec.at,
-                ));
-            }
-            Some(count_window_input(spec, v, late_policy, state_ttl, env)?)
-        }
-        None => None,
-    };
+    let sql::Windows {
+        time: window,
+        count,
+    } = sql::rewrite_windows(&mut query, &columns)?;
+    let count_input = count
+        .as_ref()
+        .map(|spec| count_window_input(spec, v, late_policy, state_ttl, env))
+        .transpose()?;
     let emit_every = match (&v.emit, &window) {
         (Some(Emit::Every(d)), Some(_)) => Some(*d),
         // Without a window, only an aggregate (an updating view) takes it: checked below.

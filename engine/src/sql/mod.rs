@@ -18,10 +18,10 @@ pub mod functions;
 mod source;
 mod windows;
 
-pub use count_window::{CountWindowSpec, rewrite_count_window};
+pub use count_window::CountWindowSpec;
 pub use source::arrow_type;
 use source::{parse_create_source, parse_create_table};
-pub use windows::{WindowKind, WindowSpec, rewrite_windows};
+pub use windows::{WindowKind, WindowSpec, Windows, rewrite_windows};
 
 use crate::error::{LimitKind, Location, Result, WeirError};
 use crate::options::{Options, parse_duration};

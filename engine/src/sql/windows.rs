@@ -1,7 +1,9 @@
 //! The window table functions of a view's FROM clause (`TUMBLE`, `HOP`, `SESSION`),
 //! rewritten into a derived table over their input that adds `window_start` and
-//! `window_end`.
+//! `window_end`; and `COUNT_WINDOW` (`count_window.rs`), rewritten into a read of the
+//! count-window operator's rows.
 
+use super::count_window::{self, CountWindowSpec};
 use super::interval_duration;
 use crate::error::{Location, Result, WeirError};
 use datafusion::sql::sqlparser::ast::{
@@ -43,8 +45,18 @@ pub struct WindowSpec {
     pub kind: WindowKind,
 }
 
+/// The window table function a view's FROM clause uses, if any (at most one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Windows {
+    /// `TUMBLE`, `HOP` or `SESSION`.
+    pub time: Option<WindowSpec>,
+    /// `COUNT_WINDOW`.
+    pub count: Option<CountWindowSpec>,
+}
+
 /// Rewrite the window table function in FROM into a derived table over its input that adds
-/// `window_start` and `window_end`, returning the window found. At most one window per view.
+/// `window_start` and `window_end` (`COUNT_WINDOW`: into a read of the count-window
+/// operator's rows), returning the window found. At most one window per view.
 ///
 /// - `TUMBLE(src, ts, size)`: `date_bin(size, ts)` and that plus `size`: the row's window.
 /// - `HOP(src, ts, slide, size)`: `date_bin(slide, ts)` and that plus `size`: the first
@@ -59,8 +71,8 @@ pub struct WindowSpec {
 pub fn rewrite_windows(
     query: &mut Query,
     columns: &dyn Fn(&str) -> Option<Vec<String>>,
-) -> Result<Option<WindowSpec>> {
-    let mut found = None;
+) -> Result<Windows> {
+    let mut found = Windows::default();
     rewrite_query(query, &mut found, columns)?;
     Ok(found)
 }
@@ -70,7 +82,7 @@ type Columns<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
 /// A window found while rewriting, with where its function was written.
 type Found = Option<(WindowSpec, Location)>;
 
-fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
+fn rewrite_query(q: &mut Query, found: &mut Windows, cols: Columns) -> Result<()> {
     if let Some(with) = q.with.as_mut() {
         for cte in with.cte_tables.iter_mut() {
             rewrite_query(&mut cte.query, found, cols)?;
@@ -79,7 +91,7 @@ fn rewrite_query(q: &mut Query, found: &mut Option<WindowSpec>, cols: Columns) -
     rewrite_set_expr(&mut q.body, found, cols)
 }
 
-fn rewrite_set_expr(s: &mut SetExpr, found: &mut Option<WindowSpec>, cols: Columns) -> Result<()> {
+fn rewrite_set_expr(s: &mut SetExpr, found: &mut Windows, cols: Columns) -> Result<()> {
     match s {
         SetExpr::Select(sel) => {
             let mut here: Found = None;
@@ -129,8 +141,46 @@ fn mentions_window_bounds(e: &Expr) -> bool {
         })
 }
 
+/// A table function's argument `i`, when it is a plain expression.
+pub(super) fn unnamed_arg(args: &[FunctionArg], i: usize) -> Option<Expr> {
+    match args.get(i)? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+        _ => None,
+    }
+}
+
+/// The name an identifier argument gives (the last part of a compound one).
+pub(super) fn ident_of(e: Option<Expr>) -> Option<String> {
+    match e? {
+        Expr::Identifier(i) => Some(i.value),
+        Expr::CompoundIdentifier(v) => v.last().map(|i| i.value.clone()),
+        _ => None,
+    }
+}
+
+/// The derived table `(sql) AS alias` that replaces a window table function over `input`
+/// (aliased as the function was, or as its input).
+fn derived(sql: &str, alias: &Option<TableAlias>, input: &str) -> Result<TableFactor> {
+    let subquery = Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| WeirError::Internal(format!("window rewrite: {e}")))?;
+    let alias = alias.clone().unwrap_or_else(|| TableAlias {
+        explicit: true,
+        name: ast::Ident::new(input),
+        columns: vec![],
+        at: None,
+    });
+    Ok(TableFactor::Derived {
+        lateral: false,
+        subquery,
+        alias: Some(alias),
+        sample: None,
+    })
+}
+
 /// Where a function or table name was written.
-pub(super) fn written_at(name: &ObjectName) -> Location {
+fn written_at(name: &ObjectName) -> Location {
     name.0
         .first()
         .and_then(|p| p.as_ident())
@@ -141,7 +191,7 @@ pub(super) fn written_at(name: &ObjectName) -> Location {
         .unwrap_or_default()
 }
 
-pub(super) fn object_last(n: &ObjectName) -> String {
+fn object_last(n: &ObjectName) -> String {
     n.0.last()
         .and_then(|p| p.as_ident())
         .map(|i| i.value.clone())
@@ -164,7 +214,7 @@ fn interval_ms(e: Option<Expr>, usage: &str, what: Option<&str>, at: Location) -
 
 fn rewrite_factor(
     f: &mut TableFactor,
-    found: &mut Option<WindowSpec>,
+    found: &mut Windows,
     here: &mut Found,
     cols: Columns,
 ) -> Result<()> {
@@ -194,9 +244,10 @@ fn rewrite_factor(
                     4,
                 ),
                 "SESSION" => ("SESSION takes (source, time_column, INTERVAL 'gap')", 3),
+                "COUNT_WINDOW" => (count_window::USAGE, 4),
                 _ => return Ok(()),
             };
-            if found.is_some() {
+            if found.time.is_some() || found.count.is_some() {
                 return Err(WeirError::user_at(
                     "a view may use one window table function",
                     at,
@@ -205,15 +256,14 @@ fn rewrite_factor(
             if args.args.len() != arity {
                 return Err(WeirError::user_at(usage, at));
             }
-            let arg = |i: usize| match &args.args[i] {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                _ => None,
-            };
-            let ident = |e: Option<Expr>| match e {
-                Some(Expr::Identifier(i)) => Some(i.value),
-                Some(Expr::CompoundIdentifier(v)) => v.last().map(|i| i.value.clone()),
-                _ => None,
-            };
+            if func == "COUNT_WINDOW" {
+                let spec = count_window::parse(&args.args, at)?;
+                *f = derived(&count_window::replacement_sql(), alias, &spec.input)?;
+                found.count = Some(spec);
+                return Ok(());
+            }
+            let arg = |i: usize| unnamed_arg(&args.args, i);
+            let ident = ident_of;
             let input = ident(arg(0)).ok_or_else(|| WeirError::user_at(usage, at))?;
             let time_column = ident(arg(1)).ok_or_else(|| WeirError::user_at(usage, at))?;
             let kind = match func.as_str() {
@@ -270,30 +320,14 @@ fn rewrite_factor(
                 "SELECT {keep}, {start} AS window_start, {end} AS window_end FROM \"{}\"",
                 input.replace('"', "\"\"")
             );
-            let dialect = GenericDialect {};
-            let subquery = Parser::new(&dialect)
-                .try_with_sql(&sub_sql)
-                .and_then(|mut p| p.parse_query())
-                .map_err(|e| WeirError::Internal(format!("window rewrite: {e}")))?;
-            let alias = alias.clone().unwrap_or_else(|| TableAlias {
-                explicit: true,
-                name: ast::Ident::new(input.clone()),
-                columns: vec![],
-                at: None,
-            });
-            *f = TableFactor::Derived {
-                lateral: false,
-                subquery,
-                alias: Some(alias),
-                sample: None,
-            };
+            *f = derived(&sub_sql, alias, &input)?;
             let spec = WindowSpec {
                 input,
                 time_column,
                 kind,
             };
             *here = Some((spec.clone(), at));
-            *found = Some(spec);
+            found.time = Some(spec);
             Ok(())
         }
         _ => Ok(()),
@@ -316,7 +350,10 @@ mod tests {
             panic!()
         };
         assert_eq!(v.emit, Some(Emit::OnWindowClose));
-        let w = rewrite_windows(&mut v.query, &|_| None).unwrap().unwrap();
+        let w = rewrite_windows(&mut v.query, &|_| None)
+            .unwrap()
+            .time
+            .unwrap();
         assert_eq!(w.kind, WindowKind::Tumble { size_ms: 60_000 });
         assert_eq!(w.input, "d");
         assert!(v.query.to_string().contains("date_bin"));

@@ -64,6 +64,7 @@ mod unit {
             .unwrap();
         let spec = crate::sql::rewrite_windows(&mut q, &|_| None)
             .unwrap()
+            .time
             .unwrap();
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let data = table(rows);
