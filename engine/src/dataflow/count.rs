@@ -120,19 +120,9 @@ impl CountWindowOp {
                 .iter()
                 .map(|f| SortField::new_with_options(f.data_type().clone(), order)),
         );
-        let mut window_fields: Vec<Field> = input_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        window_fields.push(Field::new(
-            crate::sql::count_window::WINDOW_INDEX,
-            DataType::Int64,
-            false,
-        ));
         Ok(CountWindowOp {
             plan,
-            window_schema: Arc::new(Schema::new(window_fields)),
+            window_schema: crate::sql::count_window::window_schema(&input_schema),
             keys_conv: RowConverter::new(vec![SortField::new(
                 input_schema.field(key).data_type().clone(),
             )])?,

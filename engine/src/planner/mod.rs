@@ -411,7 +411,7 @@ pub async fn plan_view(v: &CreateView, env: &PlannerEnv) -> Result<ViewPlan> {
             sql::count_window::COUNT_WINDOW_INPUT,
             Arc::new(StreamTable {
                 name: sql::count_window::COUNT_WINDOW_INPUT.into(),
-                schema: count_window_schema(schema),
+                schema: sql::count_window::window_schema(schema),
                 slot: Arc::new(BatchSlot::default()),
             }),
         )?;
@@ -635,17 +635,6 @@ fn count_window_input(
         ));
     }
     Ok(r.schema.clone())
-}
-
-/// What a count window's query reads: the input's columns and `window_index`.
-fn count_window_schema(input: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
-        sql::count_window::WINDOW_INDEX,
-        DataType::Int64,
-        false,
-    ));
-    Arc::new(Schema::new(fields))
 }
 
 /// Check a join view's inputs (append-only), and turn on eviction when a join key is the

@@ -5,7 +5,9 @@
 
 use super::windows::{ident_of, unnamed_arg};
 use crate::error::{Location, Result, WeirError};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::{Expr, FunctionArg, Value};
+use std::sync::Arc;
 
 /// The relation a count window's query reads in place of the function.
 pub const COUNT_WINDOW_INPUT: &str = "__count_window";
@@ -48,6 +50,14 @@ pub(super) fn parse(args: &[FunctionArg], at: Location) -> Result<CountWindowSpe
         rows,
         at,
     })
+}
+
+/// What a count window's query reads (the count-window operator's rows): the input's
+/// columns and [`WINDOW_INDEX`].
+pub fn window_schema(input: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(WINDOW_INDEX, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
 }
 
 /// What the function is replaced by: the rows the count-window operator emits.
