@@ -320,9 +320,14 @@ impl Layout {
 
     /// Whether a key column can be NULL (never in append mode, keyed by row id).
     pub fn nullable_key(&self) -> bool {
+        self.nullable_key_columns().next().is_some()
+    }
+
+    /// The key columns that can be NULL.
+    fn nullable_key_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns
             .iter()
-            .any(|c| !c.not_null && self.key.contains(&c.name))
+            .filter(|c| !c.not_null && self.key.contains(&c.name))
     }
 
     /// The table for the view. Its key is the primary key when no key column can be NULL.
@@ -400,16 +405,20 @@ impl Layout {
         if self.key.is_empty() {
             return format!("DELETE FROM {}", self.table.sql());
         }
-        let on: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| format!("{TARGET}.{0} = {STAGE_DELETES}.{0}", quote_ident(k)))
-            .collect();
         format!(
             "DELETE FROM {} AS {TARGET} USING {STAGE_DELETES} WHERE {}",
             self.table.sql(),
-            on.join(" AND ")
+            self.staged_key_match("=")
         )
+    }
+
+    /// The target's key columns each compared with the staged one by `op`, ANDed.
+    fn staged_key_match(&self, op: &str) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{TARGET}.{0} {op} {STAGE_DELETES}.{0}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 
     /// The statement that deletes the staged keys with a NULL in them, which `=` in
@@ -417,27 +426,15 @@ impl Layout {
     /// index, so this runs only in a transaction that deletes such a key (a view has at
     /// most one group of NULLs per combination of its other key columns).
     pub fn delete_nulls(&self) -> String {
-        let on: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| {
-                format!(
-                    "{TARGET}.{0} IS NOT DISTINCT FROM {STAGE_DELETES}.{0}",
-                    quote_ident(k)
-                )
-            })
-            .collect();
         let nulls: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| !c.not_null && self.key.contains(&c.name))
+            .nullable_key_columns()
             .map(|c| format!("{STAGE_DELETES}.{} IS NULL", quote_ident(&c.name)))
             .collect();
         format!(
             "DELETE FROM {} AS {TARGET} USING {STAGE_DELETES} WHERE ({}) AND {}",
             self.table.sql(),
             nulls.join(" OR "),
-            on.join(" AND ")
+            self.staged_key_match("IS NOT DISTINCT FROM")
         )
     }
 
