@@ -134,6 +134,12 @@ impl SideState {
             + self.index.capacity() * (std::mem::size_of::<(Box<[u8]>, u32)>() + 1)
     }
 
+    /// Column `i` of the stored rows at `locs` ((batch, row) each), in that order.
+    fn column_at(&self, i: usize, locs: &[(usize, usize)]) -> Result<ArrayRef> {
+        let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(i).as_ref()).collect();
+        Ok(interleave(&arrays, locs)?)
+    }
+
     /// Merge the small batches at the end into one, so one-row micro-batches do not pile
     /// up (each row is merged O(1) times: batches that grew large stay as they are).
     fn merge_small_tail(&mut self) -> Result<()> {
@@ -572,11 +578,7 @@ impl StreamJoin {
             })
             .collect();
         let cols = (0..s.schema.fields().len())
-            .map(|i| {
-                let arrays: Vec<&dyn Array> =
-                    s.batches.iter().map(|b| b.column(i).as_ref()).collect();
-                Ok(interleave(&arrays, &locs)?)
-            })
+            .map(|i| s.column_at(i, &locs))
             .collect::<Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new_with_options(
             s.schema.clone(),
@@ -682,12 +684,7 @@ impl StreamJoin {
             let a: Result<ArrayRef> = if col_side == side {
                 Ok(take(batch.column(i).as_ref(), probe_idx, None)?)
             } else {
-                let arrays: Vec<&dyn Array> = stored
-                    .batches
-                    .iter()
-                    .map(|b| b.column(i).as_ref())
-                    .collect();
-                Ok(interleave(&arrays, stored_loc)?)
+                stored.column_at(i, stored_loc)
             };
             a
         };
