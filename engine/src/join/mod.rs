@@ -51,10 +51,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub mod band;
+mod checkpoint;
+mod evict;
 pub use band::Band;
-
-/// The column a checkpoint of an outer side's rows adds: whether each has matched.
-const MATCHED_COLUMN: &str = "__matched";
+use evict::shift;
 
 /// What probing found: the pairs, and which new rows and which stored rows matched.
 #[derive(Default)]
@@ -243,15 +243,6 @@ fn time_ms(a: &ArrayRef) -> Result<Vec<i64>> {
 
 fn other(side: usize) -> usize {
     1 - side
-}
-
-/// Watermark `w` moved by `by` ms; the end of input (`i64::MAX`) stays the end.
-fn shift(w: i64, by: i64) -> i64 {
-    if w == i64::MAX {
-        w
-    } else {
-        w.saturating_add(by)
-    }
 }
 
 impl StreamJoin {
@@ -797,189 +788,6 @@ impl StreamJoin {
         s.batch_bytes += batch.get_array_memory_size();
         s.batches.push(batch);
         s.merge_small_tail()
-    }
-
-    /// The inputs' watermarks moved: with a time key, evict the rows no future row of the
-    /// other side can match, and return the unmatched ones of an outer side, NULL-padded.
-    /// The state is rebuilt once a quarter of a side is evictable, so the cost is amortised
-    /// over the evicted rows; an outer side evicts as soon as it can, so its unmatched rows
-    /// are not held back.
-    pub fn advance(&mut self, watermarks: [i64; 2]) -> Result<Vec<RecordBatch>> {
-        for (w, n) in self.watermarks.iter_mut().zip(watermarks) {
-            *w = (*w).max(n);
-        }
-        if self.time_key.is_none() && self.band.is_none() {
-            return Ok(vec![]);
-        }
-        let mut out = Vec::new();
-        for side in 0..2 {
-            let bound = self.evict_bound(side);
-            let s = &self.sides[side];
-            let evictable: usize = s.time_counts.range(..bound).map(|(_, n)| n).sum();
-            if evictable > 0 && (self.outer[side] || evictable * 4 >= s.rows()) {
-                out.extend(self.evict(side, bound)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Rows of `side` whose time (key) is below this can never match again.
-    fn evict_bound(&self, side: usize) -> i64 {
-        let w = self.watermarks[other(side)];
-        match (self.time_key, self.band) {
-            (Some((_, kinds)), _) => match kinds[other(side)] {
-                // The other side's future rows have window_start >= w.
-                TimeKey::WindowStart => w,
-                // ... and window_end > window_start >= w.
-                TimeKey::WindowEnd => w.saturating_add(1),
-            },
-            // The right side's future rows have t >= w, and match a left row only while
-            // t - left.t <= hi: left rows with left.t < w - hi cannot match any more.
-            (None, Some(b)) if side == 0 => shift(w, b.hi.saturating_neg()),
-            // Left rows to come have t >= w and match a right row only while right.t - t
-            // >= lo: right rows with right.t < w + lo cannot.
-            (None, Some(b)) => shift(w, b.lo),
-            (None, None) => i64::MIN,
-        }
-    }
-
-    /// Drop the rows of `side` whose time key is below `bound`; rebuild its index. Returns
-    /// the dropped rows that never matched, NULL-padded, when `side` is an outer side.
-    fn evict(&mut self, side: usize, bound: i64) -> Result<Vec<RecordBatch>> {
-        let outer = self.outer[side];
-        let s = &self.sides[side];
-        let mut kept = Vec::with_capacity(s.batches.len());
-        let mut unmatched = Vec::new();
-        let mut matched = Vec::new();
-        let mut g = 0usize;
-        for b in &s.batches {
-            let range = g..g + b.num_rows();
-            let keep: BooleanArray = s.times[range.clone()]
-                .iter()
-                .map(|t| Some(*t >= bound))
-                .collect();
-            if outer {
-                let gone: BooleanArray = s.times[range.clone()]
-                    .iter()
-                    .zip(&s.matched[range.clone()])
-                    .map(|(t, m)| Some(*t < bound && !*m))
-                    .collect();
-                let u = filter_record_batch(b, &gone)?;
-                if u.num_rows() > 0 {
-                    unmatched.push(u);
-                }
-                matched.extend(
-                    range
-                        .clone()
-                        .filter(|&i| s.times[i] >= bound)
-                        .map(|i| s.matched[i]),
-                );
-            }
-            g += b.num_rows();
-            let f = filter_record_batch(b, &keep)?;
-            if f.num_rows() > 0 {
-                kept.push(f);
-            }
-        }
-        let schema = s.schema.clone();
-        let kept = if kept.len() > 1 {
-            vec![concat_batches(&schema, &kept)?]
-        } else {
-            kept
-        };
-        self.reload(side, kept, &matched)?;
-        unmatched.iter().map(|u| self.padded(side, u)).collect()
-    }
-
-    /// Replace the rows of `side` with `batches` (no probing); `matched`: an outer side's
-    /// flags for those rows, in order.
-    fn reload(&mut self, side: usize, batches: Vec<RecordBatch>, matched: &[bool]) -> Result<()> {
-        let schema = self.sides[side].schema.clone();
-        self.sides[side] = SideState::new(schema);
-        let mut at = 0;
-        for b in batches {
-            if b.num_rows() == 0 {
-                continue;
-            }
-            let keys = eval_keys(&self.keys[side], &self.key_types, &b)?;
-            let rows = self.converter.convert_columns(&keys)?;
-            let end = (at + b.num_rows()).min(matched.len());
-            let flags = &matched[at.min(end)..end];
-            at += b.num_rows();
-            self.insert(side, b, &rows, &keys, flags)?;
-        }
-        Ok(())
-    }
-
-    /// Each side's stored rows, for a checkpoint: `[left, right]`; an outer side's rows
-    /// with a last column [`MATCHED_COLUMN`].
-    pub fn snapshot(&self) -> Result<[Vec<RecordBatch>; 2]> {
-        let side = |i: usize| -> Result<Vec<RecordBatch>> {
-            let s = &self.sides[i];
-            if s.batches.is_empty() {
-                return Ok(vec![]);
-            }
-            let rows = concat_batches(&s.schema, &s.batches)?;
-            if !self.outer[i] {
-                return Ok(vec![rows]);
-            }
-            let mut fields: Vec<_> = s.schema.fields().iter().cloned().collect();
-            fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
-                MATCHED_COLUMN,
-                DataType::Boolean,
-                false,
-            )));
-            let mut cols = rows.columns().to_vec();
-            cols.push(Arc::new(BooleanArray::from(s.matched.clone())));
-            Ok(vec![RecordBatch::try_new(
-                Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-                cols,
-            )?])
-        };
-        Ok([side(0)?, side(1)?])
-    }
-
-    /// Load each side's rows saved by [`StreamJoin::snapshot`] (into a join built from
-    /// the same view definition).
-    pub fn restore(&mut self, sides: [Vec<RecordBatch>; 2]) -> Result<()> {
-        for (side, batches) in sides.into_iter().enumerate() {
-            let schema = self.sides[side].schema.clone();
-            let mut cast_batches = Vec::with_capacity(batches.len());
-            let mut matched = Vec::new();
-            for mut b in batches {
-                let n = b.num_columns();
-                if self.outer[side] && n > 0 && b.schema().field(n - 1).name() == MATCHED_COLUMN {
-                    let flags = b
-                        .column(n - 1)
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .ok_or_else(|| WeirError::Internal("matched flags type".into()))?;
-                    matched.extend(flags.iter().map(|f| f.unwrap_or(false)));
-                    b = b.project(&(0..n - 1).collect::<Vec<_>>())?;
-                }
-                if b.schema().fields().len() != schema.fields().len() {
-                    return Err(WeirError::Internal(format!(
-                        "join state of side {side} does not match the view: expected {schema:?}, found {:?}",
-                        b.schema()
-                    )));
-                }
-                let cols = b
-                    .columns()
-                    .iter()
-                    .zip(schema.fields())
-                    .map(|(c, f)| {
-                        Ok(if c.data_type() == f.data_type() {
-                            c.clone()
-                        } else {
-                            cast(c, f.data_type())?
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                cast_batches.push(RecordBatch::try_new(schema.clone(), cols)?);
-            }
-            self.reload(side, cast_batches, &matched)?;
-        }
-        Ok(())
     }
 }
 
