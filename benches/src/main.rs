@@ -449,7 +449,7 @@ async fn restore(groups: u64) -> Result<()> {
     let mut p = per_content_pipeline().await?;
     fill_groups(&mut p, groups).await?;
     let t = Instant::now();
-    let snapshot = p.snapshot()?;
+    let snapshot = p.snapshot().await?;
     let snap_ms = t.elapsed().as_secs_f64() * 1000.0;
     let t = Instant::now();
     let bytes = store.write(1, snapshot, Default::default(), 0)?;

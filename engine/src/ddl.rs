@@ -610,4 +610,39 @@ mod tests {
         assert_eq!(parallel(&p, "over_view"), "driver only");
         assert_eq!(p.dataflow.parallelism("ev"), None, "sources have no line");
     }
+
+    /// With two workers, a keyed TUMBLE aggregate's partitions go to stage-2 tasks; a
+    /// SESSION aggregate's are worked on per step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_names_the_stage2_tasks() {
+        let mut p = Pipeline::new(
+            EngineConfig {
+                workers: 2,
+                ..EngineConfig::default()
+            },
+            ConnectorRegistry::new().with_source(crate::connector::testing::Pushed),
+        );
+        p.execute(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, k TEXT, v BIGINT, \
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'pushed'); \
+             CREATE MATERIALIZED VIEW per_k AS SELECT window_start, window_end, k, count(*) AS n \
+               FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k; \
+             CREATE MATERIALIZED VIEW sessions AS SELECT window_start, window_end, k, count(*) AS n \
+               FROM SESSION(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k",
+        )
+        .await
+        .unwrap();
+        let parallel = |view: &str| p.dataflow.parallelism(view).unwrap_or_default();
+        assert_eq!(
+            parallel("per_k"),
+            "stage 1 on any worker: pre plan and partial aggregates per pane; stage 2: merge \
+             and close windows; state in 16 key partitions by [k], worked on by 2 stage-2 \
+             tasks fed by the exchange"
+        );
+        assert_eq!(
+            parallel("sessions"),
+            "no stage 1: rows are folded in stage 2; state in 16 key partitions by [k], up to \
+             2 worked on at once"
+        );
+    }
 }

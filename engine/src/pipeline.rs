@@ -538,12 +538,12 @@ impl Pipeline {
 
     /// Everything a checkpoint holds, taken between two steps: every node's state, every
     /// view's numbering and retained rows. Sinks add their part (the runtime asks them).
-    pub fn snapshot(&mut self) -> Result<Snapshot> {
+    pub async fn snapshot(&mut self) -> Result<Snapshot> {
         let mut snap = Snapshot {
             sequencers: self.sequencers.clone(),
             ..Default::default()
         };
-        for (name, kind, state) in self.dataflow.snapshot()? {
+        for (name, kind, state) in self.dataflow.snapshot().await? {
             let entry = self.catalog.get(&name).ok_or_else(|| {
                 WeirError::Internal(format!("node '{name}' has no catalog entry"))
             })?;

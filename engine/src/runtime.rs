@@ -663,7 +663,7 @@ async fn checkpoint(
     let started = std::time::Instant::now();
     let this = *epoch;
     *epoch += 1;
-    let snapshot = pipeline.snapshot()?;
+    let snapshot = pipeline.snapshot().await?;
     let barrier = async {
         let mut acks = Vec::new();
         for t in sinks.values().flatten() {

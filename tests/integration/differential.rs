@@ -843,7 +843,12 @@ async fn run_join_case(seed: u64) {
         if !restarted && fed >= restart_at {
             restarted = true;
             store
-                .write(1, p.snapshot().expect("snapshot"), Default::default(), 0)
+                .write(
+                    1,
+                    p.snapshot().await.expect("snapshot"),
+                    Default::default(),
+                    0,
+                )
                 .expect("checkpoint");
             p = test_pipeline(dir.path());
             p.execute(&join_ddl()).await.expect("ddl again");

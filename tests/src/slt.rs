@@ -267,9 +267,9 @@ impl WeirSlt {
     }
 
     /// CHECKPOINT: write a checkpoint of the pipeline as it is.
-    fn checkpoint(&mut self) -> Result<()> {
+    async fn checkpoint(&mut self) -> Result<()> {
         self.epoch += 1;
-        let snapshot = self.pipeline.snapshot()?;
+        let snapshot = self.pipeline.snapshot().await?;
         self.store
             .write(self.epoch, snapshot, Default::default(), self.now_ms)?;
         self.store.prune()?;
@@ -580,7 +580,7 @@ impl sqllogictest::AsyncDB for WeirSlt {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>> {
         let out = self.run_statement(sql).await?;
         if self.mode == Mode::CheckpointRestart {
-            self.checkpoint()?;
+            self.checkpoint().await?;
             self.restart().await?;
         }
         Ok(out)
@@ -597,7 +597,7 @@ impl WeirSlt {
     async fn run_statement(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>> {
         let s = sql.trim().trim_end_matches(';').trim();
         if s.eq_ignore_ascii_case("CHECKPOINT") {
-            self.checkpoint()?;
+            self.checkpoint().await?;
             return Ok(DBOutput::StatementComplete(0));
         }
         if s.eq_ignore_ascii_case("RESTART") {

@@ -287,7 +287,7 @@ impl Operator for CountWindowOp {
 
     /// Parts: the pending rows (input schema); the placed rows of unfinished windows, key
     /// by key in order (input schema); each key with its next window index.
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         let mut pending = KeyState::default();
         for p in &self.pending {
             for (i, t) in p.times.iter().enumerate() {

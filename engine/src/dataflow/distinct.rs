@@ -120,7 +120,7 @@ impl Operator for DistinctOp {
         }
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         let mut parts = Vec::new();
         if !self.seen.is_empty() {
             let parser = self.converter.parser();

@@ -1,10 +1,10 @@
-//! The exchange between the two stages of keyed parallel execution (docs/design/workers.md,
-//! step 3; not used by the dataflow yet): stage-1 tasks (one per source partition) send
-//! data, watermarks, checkpoint barriers and their end to stage-2 tasks (one per key
-//! partition), and each stage-2 task puts what it hears from all its inputs in the order
-//! it must handle it ([`Aligner`]).
+//! The exchange between the two stages of keyed parallel execution (docs/design/workers.md):
+//! senders (stage 1) send data for a key partition, watermarks, checkpoint barriers and
+//! their end to stage-2 tasks (each owning some of a view's key partitions), and each
+//! stage-2 task puts what it hears from all its inputs in the order it must handle it
+//! ([`Aligner`]). A keyed window aggregate's stage-2 tasks (`stage2.rs`) are fed this way.
 //!
-//! The transport is behind two traits so that a Kafka-topic exchange (issue 15) can stand
+//! The transport is behind two traits so that a Kafka-topic exchange (issue 16) can stand
 //! in for the in-memory one ([`in_memory`]: one bounded channel per receiving task, so a
 //! slow stage-2 task makes its senders wait: backpressure end to end, bounded memory).
 
@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 /// What a stage-1 task sends a stage-2 task.
 #[derive(Debug, Clone)]
 pub enum Message {
-    /// Rows (or partial aggregate states) for the receiver's key partition.
-    Data(RecordBatch),
+    /// Rows (or partial aggregate states) for key partition `partition`, one the receiver
+    /// owns.
+    Data { partition: u32, batch: RecordBatch },
     /// The sender's watermark (epoch ms): it sends nothing older from now on.
     Watermark(i64),
     /// The sender is idle: leave it out of the minimum until it sends again.
@@ -27,6 +28,10 @@ pub enum Message {
     Barrier(u64),
     /// The sender has no more input.
     End,
+    /// The sender asks to hear once the receiver has handled everything it sent before
+    /// (in process only: how the driver waits for its stage-2 tasks before it reads their
+    /// state, as for early results).
+    Mark(u64),
 }
 
 /// A message and the input (stage-1 task) it came from.
@@ -117,8 +122,12 @@ impl ExchangeReceiver for MemoryReceiver {
 /// What a stage-2 task does next, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Handle rows from input `from`.
-    Data { from: usize, batch: RecordBatch },
+    /// Handle rows from input `from` for key partition `partition`.
+    Data {
+        from: usize,
+        partition: u32,
+        batch: RecordBatch,
+    },
     /// The task's watermark moved to this (the minimum over inputs that are neither idle
     /// nor ended; it never moves back).
     Watermark(i64),
@@ -127,6 +136,8 @@ pub enum Step {
     Checkpoint(u64),
     /// Every input has ended.
     End,
+    /// Input `from` asks to hear once everything before this has been handled.
+    Mark { from: usize, id: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,10 +212,15 @@ impl Aligner {
             )));
         }
         match envelope.message {
-            Message::Data(batch) => {
+            Message::Data { partition, batch } => {
                 input.idle = false;
-                steps.push(Step::Data { from, batch });
+                steps.push(Step::Data {
+                    from,
+                    partition,
+                    batch,
+                });
             }
+            Message::Mark(id) => steps.push(Step::Mark { from, id }),
             Message::Watermark(ms) => {
                 input.idle = false;
                 input.watermark = input.watermark.max(ms);
@@ -297,6 +313,14 @@ mod tests {
     fn data(from: usize, v: i64) -> Step {
         Step::Data {
             from,
+            partition: 0,
+            batch: batch(v),
+        }
+    }
+
+    fn msg(v: i64) -> Message {
+        Message::Data {
+            partition: 0,
             batch: batch(v),
         }
     }
@@ -337,10 +361,7 @@ mod tests {
         assert_eq!(a.push(env(2, Message::Idle)).unwrap(), vec![]);
         assert_eq!(a.watermark(), 25);
         // Data wakes an idle input.
-        assert_eq!(
-            a.push(env(1, Message::Data(batch(1)))).unwrap(),
-            vec![data(1, 1)]
-        );
+        assert_eq!(a.push(env(1, msg(1))).unwrap(), vec![data(1, 1)]);
         assert_eq!(
             a.push(env(1, Message::Watermark(40))).unwrap(),
             vec![Step::Watermark(40)]
@@ -360,7 +381,7 @@ mod tests {
             a.push(env(1, Message::End)).unwrap(),
             vec![Step::Watermark(i64::MAX), Step::End]
         );
-        assert!(a.push(env(1, Message::Data(batch(1)))).is_err());
+        assert!(a.push(env(1, msg(1))).is_err());
     }
 
     #[test]
@@ -369,13 +390,10 @@ mod tests {
         a.push(env(0, Message::Watermark(5))).unwrap();
         assert_eq!(a.push(env(0, Message::Barrier(1))).unwrap(), vec![]);
         // Input 0 is past the barrier: its next rows and watermark wait.
-        assert_eq!(a.push(env(0, Message::Data(batch(2)))).unwrap(), vec![]);
+        assert_eq!(a.push(env(0, msg(2))).unwrap(), vec![]);
         assert_eq!(a.push(env(0, Message::Watermark(9))).unwrap(), vec![]);
         // Input 1 has not reached it: its rows belong before the checkpoint.
-        assert_eq!(
-            a.push(env(1, Message::Data(batch(1)))).unwrap(),
-            vec![data(1, 1)]
-        );
+        assert_eq!(a.push(env(1, msg(1))).unwrap(), vec![data(1, 1)]);
         a.push(env(1, Message::Watermark(7))).unwrap();
         assert_eq!(a.watermark(), 5);
         assert_eq!(
@@ -385,6 +403,27 @@ mod tests {
         // A held barrier of the next epoch aligns in turn.
         a.push(env(0, Message::Barrier(2))).unwrap();
         assert!(a.push(env(1, Message::Barrier(3))).is_err());
+    }
+
+    #[test]
+    fn a_mark_comes_after_what_was_sent_before_it() {
+        let mut a = Aligner::new(2);
+        a.push(env(0, Message::Barrier(1))).unwrap();
+        a.push(env(0, msg(2))).unwrap();
+        // Held behind the barrier with the rows before it.
+        assert_eq!(a.push(env(0, Message::Mark(7))).unwrap(), vec![]);
+        assert_eq!(
+            a.push(env(1, Message::Mark(8))).unwrap(),
+            vec![Step::Mark { from: 1, id: 8 }]
+        );
+        assert_eq!(
+            a.push(env(1, Message::Barrier(1))).unwrap(),
+            vec![
+                Step::Checkpoint(1),
+                data(0, 2),
+                Step::Mark { from: 0, id: 7 }
+            ]
+        );
     }
 
     #[test]
@@ -402,27 +441,23 @@ mod tests {
         let (mut tx, mut rx) = in_memory(2, 2, 2);
         let mut t1 = tx.pop().unwrap();
         let mut t0 = tx.pop().unwrap();
-        t0.send(1, Message::Data(batch(1))).await.unwrap();
-        t0.send(1, Message::Data(batch(2))).await.unwrap();
+        t0.send(1, msg(1)).await.unwrap();
+        t0.send(1, msg(2)).await.unwrap();
         // Receiver 1 holds 2: a third send waits until it takes one.
-        let blocked = tokio::time::timeout(
-            Duration::from_millis(50),
-            t1.send(1, Message::Data(batch(3))),
-        )
-        .await;
+        let blocked = tokio::time::timeout(Duration::from_millis(50), t1.send(1, msg(3))).await;
         assert!(
             blocked.is_err(),
             "a full receiver must make its senders wait"
         );
         let first = rx[1].recv().await.unwrap();
-        t1.send(1, Message::Data(batch(3))).await.unwrap();
+        t1.send(1, msg(3)).await.unwrap();
         let mut got = vec![first];
         got.push(rx[1].recv().await.unwrap());
         got.push(rx[1].recv().await.unwrap());
         let got: Vec<(usize, i64)> = got
             .into_iter()
             .map(|e| match e.message {
-                Message::Data(b) => (
+                Message::Data { batch: b, .. } => (
                     e.from,
                     b.column(0)
                         .as_any()

@@ -95,7 +95,7 @@ impl Operator for JoinOp {
         }
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         let [left, right] = self.join.snapshot()?;
         Ok(NodeState {
             meta: serde_json::json!({

@@ -1,16 +1,19 @@
 //! A windowed view's state split into key partitions (`[engine] key_partitions`), and
-//! stage 2 run on the workers, one task per share of the partitions.
+//! stage 2 run on the workers.
 //!
 //! A window aggregate with group keys besides the window keeps one [`WindowAggregator`]
 //! per key partition: a group's rows and state live in partition
 //! `key_partitions(group key)` (`partition.rs`, a specified hash that never changes).
 //! Each step of the view (fold a micro-batch, merge stage 1's partial states, close
-//! windows, early results) gives every partition its share, and when there is enough work
-//! and more than one worker, the partitions' shares run as tasks on the workers at once;
-//! the driver waits for all of them before the view's next step. The pieces of a window
-//! that closes are put back together in partition order, so the view's output (and the
-//! row ids sinks deduplicate by) depends on the number of key partitions, never on the
-//! number of workers.
+//! windows, early results) gives every partition its share. A TUMBLE or HOP aggregate
+//! with several partitions and workers hands its partitions to long-lived stage-2 tasks
+//! fed by the exchange (`stage2.rs`): merges go to them without waiting, watermarks
+//! follow in band, checkpoints are barriers. Otherwise (SESSION windows, one worker),
+//! when a step has enough work the partitions' shares run as tasks on the workers at once
+//! and the driver waits for all of them before the view's next step. The pieces of a
+//! window that closes are put back together in partition order, so the view's output
+//! (and the row ids sinks deduplicate by) depends on the number of key partitions, never
+//! on the number of workers.
 //!
 //! A micro-batch is cut by key in one of two ways, whichever costs less: with few groups
 //! per row (a dozen regions per minute), it is folded whole into an empty copy and only
@@ -28,11 +31,13 @@
 //! one partition.
 
 use super::operator::StateFigures;
+use super::stage2::{Part, Stage2};
 use crate::error::{Result, WeirError};
 use crate::window::split_indices;
 use crate::window::{LateRow, Partial, UpdateStats, WindowAggregator, WindowOperator};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -57,14 +62,22 @@ const PARALLEL_WORK: usize = 4096;
 
 /// A window operator's state: one aggregator per key partition, or window rows.
 pub enum Windows {
-    Keyed(KeyedWindows),
+    Keyed(Box<KeyedWindows>),
     Rows(Box<dyn WindowOperator>),
 }
 
 pub struct KeyedWindows {
-    /// One per key partition; `None` only while a task works on it (or after that task
-    /// failed, which fails every later step of the view).
-    parts: Vec<Option<WindowAggregator>>,
+    /// One per key partition. With stage-2 tasks, each is worked on by its task and read
+    /// here only once the tasks are idle (after a wait on them).
+    parts: Vec<Part>,
+    /// An empty copy of the view's aggregator that follows the partitions' watermark and
+    /// `EMIT EVERY` clock: what the driver reads without touching the partitions.
+    shape: WindowAggregator,
+    /// TUMBLE or HOP (not SESSION): the view's watermark depends on the watermark alone.
+    panes: bool,
+    /// The long-lived tasks working on the partitions (`stage2.rs`), when there are
+    /// several partitions and workers and stage 1 hands this view partial states.
+    stage2: Option<Stage2>,
     /// The count a view of this definition gets when it starts afresh.
     configured: u32,
     workers: usize,
@@ -77,6 +90,9 @@ pub struct KeyedWindows {
     /// Per partition, the rows cut to it and the partial states merged into it since the
     /// view started here (not checkpointed): where stage 2's work goes, for skew.
     work: Vec<u64>,
+    /// Each partition's figures when last read (a partition its task is working on is
+    /// not waited for: its last figures stand in).
+    seen: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// A batch whose partial states have more than this share of its rows (as 1 in N) is cut
@@ -96,35 +112,48 @@ impl Windows {
         } else {
             1
         };
+        let shape = agg.empty_copy()?;
+        let panes = agg.partial_copy().is_some();
         let mut parts = Vec::with_capacity(configured as usize);
         for _ in 1..configured {
-            parts.push(Some(agg.empty_copy()?));
+            parts.push(Arc::new(Mutex::new(agg.empty_copy()?)));
         }
-        parts.insert(0, Some(agg));
-        Ok(Windows::Keyed(KeyedWindows {
+        parts.insert(0, Arc::new(Mutex::new(agg)));
+        let mut k = KeyedWindows {
             parts,
+            shape,
+            panes,
+            stage2: None,
             configured,
             workers: keying.workers.max(1),
             repartition: keying.repartition,
             combine: true,
             probe_in: 0,
             work: vec![0; configured as usize],
-        }))
+            seen: Mutex::new(vec![(0, 0, 0); configured as usize]),
+        };
+        k.start_tasks();
+        Ok(Windows::Keyed(Box::new(k)))
     }
 
     /// For DESCRIBE: how the state is split and worked on.
     pub fn describe_partitioning(&self) -> String {
         match self {
             Windows::Keyed(k) if k.parts.len() > 1 => {
-                let keys = k
-                    .first()
-                    .map(|f| f.partition_key_names().join(", "))
-                    .unwrap_or_default();
-                format!(
-                    "state in {} key partitions by [{keys}], up to {} worked on at once",
-                    k.parts.len(),
-                    k.workers.min(k.parts.len())
-                )
+                let keys = k.shape.partition_key_names().join(", ");
+                match &k.stage2 {
+                    Some(t) => format!(
+                        "state in {} key partitions by [{keys}], worked on by {} stage-2 \
+                         tasks fed by the exchange",
+                        k.parts.len(),
+                        t.tasks()
+                    ),
+                    None => format!(
+                        "state in {} key partitions by [{keys}], up to {} worked on at once",
+                        k.parts.len(),
+                        k.workers.min(k.parts.len())
+                    ),
+                }
             }
             Windows::Keyed(_) => "state in 1 key partition".to_string(),
             Windows::Rows(_) => {
@@ -143,11 +172,7 @@ impl Windows {
 
     pub fn start_clock(&mut self, now_ms: i64) -> Result<()> {
         match self {
-            Windows::Keyed(k) => {
-                for p in k.parts.iter_mut() {
-                    part(p)?.start_clock(now_ms);
-                }
-            }
+            Windows::Keyed(k) => k.shape.start_clock(now_ms),
             Windows::Rows(r) => r.start_clock(now_ms),
         }
         Ok(())
@@ -155,35 +180,29 @@ impl Windows {
 
     pub fn input_time_column(&self) -> Result<String> {
         Ok(match self {
-            Windows::Keyed(k) => k.first()?.input_time_column().to_string(),
+            Windows::Keyed(k) => k.shape.input_time_column().to_string(),
             Windows::Rows(r) => r.input_time_column().to_string(),
         })
     }
 
     pub fn closed_through(&self) -> Result<i64> {
         Ok(match self {
-            Windows::Keyed(k) => k.first()?.closed_through(),
+            Windows::Keyed(k) => k.shape.closed_through(),
             Windows::Rows(r) => r.closed_through(),
         })
     }
 
-    /// Whether early results are due (moves every partition's clock on alike).
+    /// Whether early results are due (moves the clock on).
     pub fn emit_due(&mut self, now_ms: i64) -> Result<bool> {
         Ok(match self {
-            Windows::Keyed(k) => {
-                let mut due = false;
-                for p in k.parts.iter_mut() {
-                    due |= part(p)?.emit_due(now_ms);
-                }
-                due
-            }
+            Windows::Keyed(k) => k.shape.emit_due(now_ms),
             Windows::Rows(r) => r.emit_due(now_ms),
         })
     }
 
     pub fn emit_period(&self) -> Result<Option<i64>> {
         Ok(match self {
-            Windows::Keyed(k) => k.first()?.emit_period(),
+            Windows::Keyed(k) => k.shape.emit_period(),
             Windows::Rows(r) => r.emit_period(),
         })
     }
@@ -191,10 +210,13 @@ impl Windows {
     /// The watermark the view can promise downstream (the least over its partitions).
     pub fn output_watermark(&self, input_watermark: i64) -> Result<i64> {
         match self {
+            // TUMBLE and HOP: a function of the watermark alone (so stage-2 tasks, which
+            // only SESSION-less views have, are never waited for here).
+            Windows::Keyed(k) if k.panes => Ok(k.shape.output_watermark(input_watermark)),
             Windows::Keyed(k) => {
                 let mut w = i64::MAX;
                 for p in &k.parts {
-                    w = w.min(part_ref(p)?.output_watermark(input_watermark));
+                    w = w.min(p.lock().output_watermark(input_watermark));
                 }
                 Ok(w)
             }
@@ -203,16 +225,26 @@ impl Windows {
     }
 
     /// The state's size, summed over the partitions, and the largest partition's groups.
+    /// A partition its stage-2 task is working on is not waited for: its figures from the
+    /// last read stand in.
     pub fn figures(&self) -> StateFigures {
         match self {
             Windows::Keyed(k) => {
                 let mut f = StateFigures::default();
                 let mut busiest = 0;
-                for p in k.parts.iter().flatten() {
-                    let groups = p.open_groups() as u64;
-                    f.open_windows = f.open_windows.max(p.open_windows() as u64);
+                let mut seen = k.seen.lock();
+                for (p, last) in k.parts.iter().zip(seen.iter_mut()) {
+                    if let Some(p) = p.try_lock() {
+                        *last = (
+                            p.open_windows() as u64,
+                            p.open_groups() as u64,
+                            p.state_bytes() as u64,
+                        );
+                    }
+                    let (windows, groups, bytes) = *last;
+                    f.open_windows = f.open_windows.max(windows);
                     f.open_groups += groups;
-                    f.bytes += p.state_bytes() as u64;
+                    f.bytes += bytes;
                     busiest = busiest.max(groups);
                 }
                 f.key_partitions = k.parts.len() as u64;
@@ -249,10 +281,16 @@ impl Windows {
     pub async fn close(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>> {
         match self {
             Windows::Keyed(k) => {
-                let work = k.groups();
-                let done = k
-                    .each(k.all(|_| watermark_ms), work, |p, w| p.close_windows(w))
-                    .await?;
+                let closes = k.shape.closes_any(watermark_ms);
+                k.shape.close_windows(watermark_ms)?;
+                let done = match &mut k.stage2 {
+                    Some(t) => t.close(watermark_ms, closes).await?,
+                    None => {
+                        let work = k.groups();
+                        k.each(k.all(|_| watermark_ms), work, |p, w| p.close_windows(w))
+                            .await?
+                    }
+                };
                 join_windows(done)
             }
             Windows::Rows(r) => r.close(watermark_ms),
@@ -263,11 +301,12 @@ impl Windows {
     pub async fn early(&mut self) -> Result<Vec<RecordBatch>> {
         match self {
             Windows::Keyed(k) => {
+                k.sync().await?;
                 // A window's early result is all of its groups when any of them changed,
                 // whichever partitions they are in.
                 let mut starts = BTreeSet::new();
-                for p in k.parts.iter_mut() {
-                    if let Some(s) = part(p)?.changed_windows() {
+                for p in &k.parts {
+                    if let Some(s) = p.lock().changed_windows() {
                         starts.extend(s);
                     }
                 }
@@ -288,10 +327,7 @@ impl Windows {
     /// its partial states into; `None`: no stage 1 for this view.
     pub fn partial_copy(&self) -> Option<(WindowAggregator, u32)> {
         match self {
-            Windows::Keyed(k) => {
-                let first = k.parts.first()?.as_ref()?;
-                Some((first.partial_copy()?, k.parts.len() as u32))
-            }
+            Windows::Keyed(k) => Some((k.shape.partial_copy()?, k.parts.len() as u32)),
             Windows::Rows(_) => None,
         }
     }
@@ -306,10 +342,19 @@ impl Windows {
         k.merge(partial).await
     }
 
-    /// The state, one list of batches per key partition.
-    pub fn snapshot(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
+    /// The state, one list of batches per key partition; `epoch` is the checkpoint's, for
+    /// the stage-2 tasks' barrier.
+    pub async fn snapshot(&mut self, epoch: u64) -> Result<Vec<Vec<RecordBatch>>> {
         match self {
-            Windows::Keyed(k) => k.parts.iter_mut().map(|p| part(p)?.snapshot()).collect(),
+            Windows::Keyed(k) => match &mut k.stage2 {
+                Some(t) => Ok(t
+                    .checkpoint(epoch)
+                    .await?
+                    .into_iter()
+                    .map(|(_, s)| s)
+                    .collect()),
+                None => k.parts.iter().map(|p| p.lock().snapshot()).collect(),
+            },
             Windows::Rows(r) => Ok(vec![r.snapshot()?]),
         }
     }
@@ -334,7 +379,6 @@ impl Windows {
         } else {
             written.max(1)
         };
-        let template = k.first()?.empty_copy()?;
         let shares = if count == written && states.len() == count as usize {
             states
         } else {
@@ -345,23 +389,46 @@ impl Windows {
                     "repartitioning the view's state into {count} key partitions"
                 );
             }
-            template.split_states(&states.concat(), count)?
+            k.shape.split_states(&states.concat(), count)?
         };
+        // The tasks own the old partitions: they stop (their input closes) and new ones
+        // start over the restored state.
+        k.stage2 = None;
         let mut parts = Vec::with_capacity(shares.len());
         for share in shares {
-            let mut p = template.empty_copy()?;
+            let mut p = k.shape.empty_copy()?;
             p.restore(&share, closed_through, emit_period)?;
-            parts.push(Some(p));
+            parts.push(Arc::new(Mutex::new(p)));
         }
+        k.shape.restore(&[], closed_through, emit_period)?;
         k.work = vec![0; parts.len()];
+        *k.seen.lock() = vec![(0, 0, 0); parts.len()];
         k.parts = parts;
+        k.start_tasks();
         Ok(())
     }
 }
 
 impl KeyedWindows {
-    fn first(&self) -> Result<&WindowAggregator> {
-        part_ref(self.parts.first().ok_or_else(lost)?)
+    /// Start stage-2 tasks when they pay: several partitions and workers, partial states
+    /// from stage 1 (TUMBLE and HOP), and a runtime to run them on.
+    fn start_tasks(&mut self) {
+        if self.parts.len() > 1
+            && self.workers > 1
+            && self.panes
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            self.stage2 = Some(Stage2::spawn(&self.parts, self.workers));
+        }
+    }
+
+    /// Wait until the stage-2 tasks have handled everything sent to them, so the
+    /// partitions can be read here.
+    async fn sync(&mut self) -> Result<()> {
+        match &mut self.stage2 {
+            Some(t) => t.sync().await,
+            None => Ok(()),
+        }
     }
 
     /// Add each partition's share of a step (`(partition, input, weight)`) to its work.
@@ -374,30 +441,27 @@ impl KeyedWindows {
     }
 
     fn groups(&self) -> usize {
-        self.parts.iter().flatten().map(|p| p.open_groups()).sum()
+        self.parts.iter().map(|p| p.lock().open_groups()).sum()
     }
 
     /// Every partition with the same input, weighted by its groups.
     fn all<I>(&self, input: impl Fn(usize) -> I) -> Vec<(usize, I, usize)> {
         (0..self.parts.len())
-            .map(|kp| {
-                let w = self.parts[kp].as_ref().map_or(0, |p| p.open_groups());
-                (kp, input(kp), w)
-            })
+            .map(|kp| (kp, input(kp), self.parts[kp].lock().open_groups()))
             .collect()
     }
 
     /// Merge partial states, each partition its share.
     async fn merge(&mut self, partial: Partial) -> Result<UpdateStats> {
-        let first = self.first()?;
-        let stats = first.partial_stats(&partial);
+        let stats = self.shape.partial_stats(&partial);
         let n = self.parts.len();
         // A program prepared before the view's partitions changed (a restore) cut into
         // another count.
         let shares = if partial.states.len() == n {
             partial.states
         } else {
-            first.split_states(&partial.states.concat(), n as u32)?
+            self.shape
+                .split_states(&partial.states.concat(), n as u32)?
         };
         let rows = |s: &[RecordBatch]| s.iter().map(|b| b.num_rows()).sum::<usize>();
         let work = shares.iter().map(|s| rows(s)).sum();
@@ -411,32 +475,39 @@ impl KeyedWindows {
             })
             .collect::<Vec<_>>();
         self.count_work(&inputs);
-        self.each(inputs, work, |p, s| p.merge_states(&s)).await?;
+        if let Some(t) = &mut self.stage2 {
+            for (kp, s, _) in inputs {
+                t.send(kp, s).await?;
+            }
+        } else {
+            self.each(inputs, work, |p, s| p.merge_states(&s)).await?;
+        }
         Ok(stats)
     }
 
     async fn update(&mut self, batch: &RecordBatch, list_late: bool) -> Result<UpdateStats> {
         let n = batch.num_rows();
         if self.parts.len() == 1 {
-            return part(&mut self.parts[0])?.update(batch);
+            return self.parts[0].lock().update(batch);
         }
         // A batch with few groups (a handful of regions per window) costs least folded
         // whole into an empty copy, whose partial states are then cut by key: what stage 1
         // does on another worker, here inline. Late rows are then only counted.
-        if !list_late && (self.combine || self.probe_in == 0) {
-            let first = self.first()?;
-            if let Some(scratch) = first.partial_copy() {
-                let parts = self.parts.len() as u32;
-                let partial = scratch.partial(std::slice::from_ref(batch), parts)?;
-                let groups: usize = partial.states.iter().flatten().map(|b| b.num_rows()).sum();
-                self.combine = groups.saturating_mul(COMBINE_MAX_GROUPS_PER_ROW) <= n;
-                self.probe_in = PROBE_EVERY;
-                return self.merge(partial).await;
-            }
+        if !list_late
+            && (self.combine || self.probe_in == 0)
+            && let Some(scratch) = self.shape.partial_copy()
+        {
+            let parts = self.parts.len() as u32;
+            let partial = scratch.partial(std::slice::from_ref(batch), parts)?;
+            let groups: usize = partial.states.iter().flatten().map(|b| b.num_rows()).sum();
+            self.combine = groups.saturating_mul(COMBINE_MAX_GROUPS_PER_ROW) <= n;
+            self.probe_in = PROBE_EVERY;
+            return self.merge(partial).await;
         }
         self.probe_in = self.probe_in.saturating_sub(1);
+        self.sync().await?;
         // Evaluated once; each partition gets its rows of the columns the aggregate reads.
-        let evaluated = self.first()?.evaluate(batch)?;
+        let evaluated = self.shape.evaluate(batch)?;
         let mut inputs = Vec::new();
         for (kp, idx) in split_indices(evaluated.keys(), n, self.parts.len() as u32)? {
             let rows = evaluated.take(&idx)?;
@@ -466,7 +537,8 @@ impl KeyedWindows {
 
     /// Run `f` on each listed partition with its input (`(partition, input, weight)`),
     /// as tasks on the workers when `work` is large enough, else one after another here.
-    /// The results come back in partition order.
+    /// The results come back in partition order. Not while stage-2 tasks may be working
+    /// (callers wait for them first).
     async fn each<I, O>(
         &mut self,
         inputs: Vec<(usize, I, usize)>,
@@ -485,23 +557,22 @@ impl KeyedWindows {
         let mut results = Vec::with_capacity(inputs.len());
         if tasks <= 1 {
             for (kp, input, _) in inputs {
-                results.push((kp, f(part(&mut self.parts[kp])?, input)?));
+                results.push((kp, f(&mut self.parts[kp].lock(), input)?));
             }
             return Ok(results);
         }
         // Deal the partitions to the tasks, heaviest first, each to the lightest task.
-        let mut jobs = Vec::with_capacity(inputs.len());
-        for (kp, input, w) in inputs {
-            let p = self.parts[kp].take().ok_or_else(lost)?;
-            jobs.push((kp, p, input, w));
-        }
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.3));
-        type Share<I> = Vec<(usize, WindowAggregator, I)>;
+        let mut jobs = inputs;
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
+        type Share<I> = Vec<(usize, Part, I)>;
         let mut shares: Vec<(usize, Share<I>)> = (0..tasks).map(|_| (0, Vec::new())).collect();
-        for (kp, p, input, w) in jobs {
-            let lightest = shares.iter_mut().min_by_key(|s| s.0).ok_or_else(lost)?;
+        for (kp, input, w) in jobs {
+            let lightest = shares
+                .iter_mut()
+                .min_by_key(|s| s.0)
+                .ok_or_else(|| WeirError::Internal("no task to deal key partitions to".into()))?;
             lightest.0 += w;
-            lightest.1.push((kp, p, input));
+            lightest.1.push((kp, self.parts[kp].clone(), input));
         }
         let handles: Vec<_> = shares
             .into_iter()
@@ -509,10 +580,7 @@ impl KeyedWindows {
                 tokio::spawn(async move {
                     share
                         .into_iter()
-                        .map(|(kp, mut p, input)| {
-                            let r = f(&mut p, input);
-                            (kp, p, r)
-                        })
+                        .map(|(kp, p, input)| (kp, f(&mut p.lock(), input)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -521,19 +589,14 @@ impl KeyedWindows {
         let mut outcomes = Vec::new();
         for h in handles {
             match h.await {
-                Ok(done) => {
-                    for (kp, p, r) in done {
-                        self.parts[kp] = Some(p);
-                        outcomes.push((kp, r));
-                    }
-                }
+                Ok(done) => outcomes.extend(done),
                 Err(e) => failed = Some(e),
             }
         }
         if let Some(e) = failed {
             return Err(WeirError::Internal(format!(
-                "a task working on key partitions failed ({e}); their state is gone and the \
-                 view stops: restart from the last checkpoint"
+                "a task working on key partitions failed ({e}); their state may be half \
+                 updated and the view stops: restart from the last checkpoint"
             )));
         }
         outcomes.sort_by_key(|(kp, _)| *kp);
@@ -560,16 +623,4 @@ fn join_windows(done: Vec<(usize, Vec<(i64, RecordBatch)>)>) -> Result<Vec<Recor
             _ => Ok(concat_batches(&pieces[0].schema(), &pieces)?),
         })
         .collect()
-}
-
-fn lost() -> WeirError {
-    WeirError::Internal("a key partition's state is gone (an earlier task failed)".into())
-}
-
-fn part(p: &mut Option<WindowAggregator>) -> Result<&mut WindowAggregator> {
-    p.as_mut().ok_or_else(lost)
-}
-
-fn part_ref(p: &Option<WindowAggregator>) -> Result<&WindowAggregator> {
-    p.as_ref().ok_or_else(lost)
 }

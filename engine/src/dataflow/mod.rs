@@ -32,6 +32,7 @@ pub mod operator;
 pub mod partition;
 pub mod prepare;
 pub mod source;
+pub mod stage2;
 pub mod stateless;
 pub mod updating;
 pub mod windowed;
@@ -695,10 +696,11 @@ impl Dataflow {
     }
 
     /// Every node's state, in topological order: `(name, kind, state, figures)`.
-    pub fn snapshot(&mut self) -> Result<Vec<(String, ObjectKind, NodeState)>> {
+    pub async fn snapshot(&mut self) -> Result<Vec<(String, ObjectKind, NodeState)>> {
         let mut out = Vec::with_capacity(self.nodes.len());
         for node in self.nodes.values_mut() {
-            out.push((node.name.clone(), node.kind, node.op.operator().snapshot()?));
+            let state = node.op.operator().snapshot().await?;
+            out.push((node.name.clone(), node.kind, state));
         }
         Ok(out)
     }

@@ -110,7 +110,7 @@ pub trait Operator: Send {
     }
 
     /// The state a checkpoint keeps (the operator keeps it too).
-    fn snapshot(&mut self) -> Result<NodeState>;
+    async fn snapshot(&mut self) -> Result<NodeState>;
 
     /// Put back state from [`Operator::snapshot`] of a node built from the same definition.
     fn restore(&mut self, state: NodeState) -> Result<()>;

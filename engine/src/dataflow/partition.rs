@@ -1,5 +1,5 @@
 //! The key-partition function: which of a view's key partitions a row's group key belongs
-//! to (docs/design/workers.md, step 2; not used by the dataflow yet).
+//! to (docs/design/workers.md, step 2).
 //!
 //! Keyed state will be stored per key partition, in checkpoints and across processes, so
 //! this function is part of the on-disk format: it is specified here, independent of

@@ -77,7 +77,7 @@ impl Operator for SourceOp {
         self.clock.watermark()
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         Ok(NodeState {
             meta: serde_json::json!({
                 "partitions": self.clock.partitions,

@@ -66,7 +66,7 @@ impl Operator for StatelessOp {
         self.watermark
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         Ok(NodeState {
             meta: serde_json::json!({ "watermark": self.watermark }),
             parts: vec![],

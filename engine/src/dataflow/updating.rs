@@ -153,7 +153,7 @@ impl Operator for UpdatingOp {
         }
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
         Ok(NodeState {
             meta: serde_json::json!({ "watermark": self.watermark, "period": self.period }),
             parts: vec![

@@ -28,6 +28,8 @@ pub struct WindowedOp {
     late_policy: LatePolicy,
     input_watermark: i64,
     watermark: i64,
+    /// Checkpoints taken: the barrier number for stage-2 tasks.
+    checkpoints: u64,
 }
 
 impl WindowedOp {
@@ -51,6 +53,7 @@ impl WindowedOp {
             late_policy,
             input_watermark: i64::MIN,
             watermark: i64::MIN,
+            checkpoints: 0,
         })
     }
 
@@ -229,7 +232,9 @@ impl Operator for WindowedOp {
         Some(self.aggregate.describe_partitioning())
     }
 
-    fn snapshot(&mut self) -> Result<NodeState> {
+    async fn snapshot(&mut self) -> Result<NodeState> {
+        self.checkpoints += 1;
+        let parts = self.aggregate.snapshot(self.checkpoints).await?;
         Ok(NodeState {
             meta: serde_json::json!({
                 "input_watermark": self.input_watermark,
@@ -238,7 +243,7 @@ impl Operator for WindowedOp {
                 "emit_period": self.aggregate.emit_period()?,
                 "key_partitions": self.aggregate.key_partitions(),
             }),
-            parts: self.aggregate.snapshot()?,
+            parts,
         })
     }
 

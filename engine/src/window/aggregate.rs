@@ -464,6 +464,24 @@ impl WindowAggregator {
         }
     }
 
+    /// Whether [`WindowAggregator::close_windows`] at `watermark_ms` would close a window
+    /// (TUMBLE and HOP: one ends after the last watermark and at or before this one;
+    /// SESSION: the watermark moves). It depends on the watermarks alone, never on the
+    /// state, so the key partitions of a view and their driver agree on it.
+    pub fn closes_any(&self, watermark_ms: i64) -> bool {
+        if watermark_ms <= self.closed_through {
+            return false;
+        }
+        match &self.store {
+            Store::Panes(p) => {
+                panes::first_open_window(p.slide, p.size, self.closed_through)
+                    .saturating_add(p.size)
+                    <= watermark_ms
+            }
+            Store::Sessions(_) => true,
+        }
+    }
+
     /// Start the `EMIT EVERY` clock at processing time `now_ms` (a new view).
     pub fn start_clock(&mut self, now_ms: i64) {
         if let Some(every) = self.emit_every

@@ -319,7 +319,7 @@ mod unit {
                 got.extend(keyed.close(*w).await.unwrap());
                 if step == 3 {
                     // A checkpoint of 5 partitions restored into 2 (repartition).
-                    let state = keyed.snapshot().unwrap();
+                    let state = keyed.snapshot(1).await.unwrap();
                     assert_eq!(state.len(), 5);
                     let closed = keyed.closed_through().unwrap();
                     let (agg, _) = plan(window, &borrowed).await;
@@ -335,6 +335,48 @@ mod unit {
             let want = rows_of(&want);
             assert!(want.len() > 1_000, "{window}: {} rows", want.len());
             assert_eq!(rows_of(&got), want, "{window}");
+        }
+    }
+
+    /// A TUMBLE view with several key partitions and workers runs stage 2 as long-lived
+    /// tasks; a task that fails on a merge it was handed hands its own error to the view's
+    /// next step that waits for it, and every later step says the view failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_stage2_task_fails_the_view_with_its_error() {
+        use crate::dataflow::keyed::{Keying, Windows};
+        let (agg, pre) = plan("TUMBLE(t, ts, INTERVAL '5' SECOND)", ROWS).await;
+        let keying = Keying {
+            key_partitions: 4,
+            workers: 2,
+            repartition: false,
+        };
+        let mut keyed = Windows::new(Box::new(agg), keying).unwrap();
+        let described = keyed.describe_partitioning();
+        assert!(described.contains("2 stage-2 tasks"), "{described}");
+        let (empty, parts) = keyed.partial_copy().unwrap();
+        let mut partial = empty.partial(&[pre], parts).unwrap();
+        let bogus = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(StringArray::from(vec!["not a state"])) as _,
+        )])
+        .unwrap();
+        partial.states[1] = vec![bogus];
+        // Handed over: the task merges it in its own time.
+        keyed.merge_partial(partial).await.unwrap();
+        let e = keyed.close(i64::MAX).await.unwrap_err();
+        assert!(
+            matches!(&e, WeirError::Internal(m) if m == "window state column"),
+            "{e:?}"
+        );
+        let again = keyed.close(i64::MAX - 1).await;
+        let (empty, parts) = keyed.partial_copy().unwrap();
+        let later = keyed
+            .merge_partial(empty.partial(&[], parts).unwrap())
+            .await
+            .and(keyed.early().await.map(|_| ()));
+        for r in [again.map(|_| ()), later] {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("failed earlier"), "{e:?}");
         }
     }
 
