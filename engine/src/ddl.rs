@@ -598,21 +598,21 @@ mod tests {
         assert_eq!(
             parallel(&p, "sessions"),
             format!(
-                "no stage 1: rows are folded in stage 2; state in 16 key partitions by [k], up \
+                "no stage 1: every row is handled in stage 2; state in 16 key partitions by [k], up \
                  to {} worked on at once",
                 p.config().workers.min(16)
             )
         );
         assert_eq!(
             parallel(&p, "kept_late"),
-            "no stage 1: rows are folded in stage 2; state in 1 key partition"
+            "no stage 1: every row is handled in stage 2; state in 1 key partition"
         );
         assert_eq!(parallel(&p, "over_view"), "driver only");
         assert_eq!(p.dataflow.parallelism("ev"), None, "sources have no line");
     }
 
     /// With two workers, a keyed TUMBLE aggregate's partitions go to stage-2 tasks; a
-    /// SESSION aggregate's are worked on per step.
+    /// SESSION aggregate's and a join's are worked on per step.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn describe_names_the_stage2_tasks() {
         let mut p = Pipeline::new(
@@ -628,11 +628,17 @@ mod tests {
              CREATE MATERIALIZED VIEW per_k AS SELECT window_start, window_end, k, count(*) AS n \
                FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k; \
              CREATE MATERIALIZED VIEW sessions AS SELECT window_start, window_end, k, count(*) AS n \
-               FROM SESSION(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k",
+               FROM SESSION(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, k; \
+             CREATE MATERIALIZED VIEW pairs AS SELECT a.k, a.v, b.v AS w FROM ev a JOIN ev b ON a.k = b.k",
         )
         .await
         .unwrap();
         let parallel = |view: &str| p.dataflow.parallelism(view).unwrap_or_default();
+        assert_eq!(
+            parallel("pairs"),
+            "no stage 1: every row is handled in stage 2; state in 16 key partitions by \
+             [k@0 = k@0], worked on as 2 shards"
+        );
         assert_eq!(
             parallel("per_k"),
             "stage 1 on any worker: pre plan and partial aggregates per pane; stage 2: merge \
@@ -641,7 +647,7 @@ mod tests {
         );
         assert_eq!(
             parallel("sessions"),
-            "no stage 1: rows are folded in stage 2; state in 16 key partitions by [k], up to \
+            "no stage 1: every row is handled in stage 2; state in 16 key partitions by [k], up to \
              2 worked on at once"
         );
     }

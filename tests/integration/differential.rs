@@ -18,8 +18,9 @@ use datafusion::prelude::SessionContext;
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_engine::dataflow::keyed::DEFAULT_KEY_PARTITIONS;
+use weir_engine::pipeline::EngineConfig;
 use weir_engine::pipeline::StatementResult;
-use weir_tests::slt::{format_batches, test_pipeline, test_pipeline_keyed};
+use weir_tests::slt::{format_batches, test_pipeline_config, test_pipeline_keyed};
 
 /// SplitMix64: a small fixed-seed generator, so failures reproduce.
 struct Rng(u64);
@@ -802,7 +803,10 @@ async fn run_join_case(seed: u64) {
     let l = join_rows(&mut rng, nl, 0);
     let r = join_rows(&mut rng, nr, 100_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut p = test_pipeline(dir.path());
+    // The joins' state in key partitions, worked on by one worker or four; the restart
+    // re-splits it into another count (or keeps it).
+    let workers = if seed.is_multiple_of(2) { 4 } else { 1 };
+    let mut p = test_pipeline_keyed(dir.path(), workers, DEFAULT_KEY_PARTITIONS);
     p.execute(&join_ddl()).await.expect("ddl");
     let store = weir_engine::checkpoint::CheckpointStore::new(dir.path().join("checkpoints"), 2);
     // One checkpoint and restart at a random point.
@@ -850,7 +854,16 @@ async fn run_join_case(seed: u64) {
                     0,
                 )
                 .expect("checkpoint");
-            p = test_pipeline(dir.path());
+            let key_partitions = [DEFAULT_KEY_PARTITIONS, 3, 1, 7][(seed % 4) as usize];
+            p = test_pipeline_config(
+                dir.path(),
+                EngineConfig {
+                    workers,
+                    key_partitions,
+                    repartition: true,
+                    ..EngineConfig::default()
+                },
+            );
             p.execute(&join_ddl()).await.expect("ddl again");
             let r = store.latest().expect("read").expect("a checkpoint");
             let report = p.restore(&r).expect("restore");
@@ -859,6 +872,12 @@ async fn run_join_case(seed: u64) {
                 "seed {seed}: {:?}",
                 report.skipped
             );
+            let held = p.catalog().get("eq").map_or(0, |o| {
+                o.stats
+                    .key_partitions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+            assert_eq!(held, u64::from(key_partitions), "seed {seed}: re-split");
         }
     }
     p.end_source("l").await.expect("end l");

@@ -153,12 +153,14 @@ pub fn test_pipeline(data_dir: &Path) -> Pipeline {
 /// `dataflow/prepare.rs`, as they do in the runtime) and windowed views' state in
 /// `key_partitions` key partitions.
 pub fn test_pipeline_keyed(data_dir: &Path, workers: usize, key_partitions: u32) -> Pipeline {
-    let config = EngineConfig {
-        workers,
-        key_partitions,
-        ..EngineConfig::default()
-    };
-    test_pipeline_with(data_dir, Arc::default(), ManualClock::new(0), config)
+    test_pipeline_config(
+        data_dir,
+        EngineConfig {
+            workers,
+            key_partitions,
+            ..EngineConfig::default()
+        },
+    )
 }
 
 /// [`test_pipeline`] with `config` (its data directory set to `data_dir`): checkpoints on,

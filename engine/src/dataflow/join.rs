@@ -1,32 +1,40 @@
-//! A view that joins two streams (see `join.rs` for the symmetric hash join): a batch from
-//! either side runs through that side's stateless part, probes the other side's stored
-//! rows, and the matches run through the part above the join and are emitted at once. Its
-//! watermark is the least of its inputs'; either side's watermark may let the other side's
-//! stored rows go (window joins).
+//! A view that joins two streams (see `join/mod.rs` for the symmetric hash join): a batch
+//! from either side runs through that side's stateless part, probes the other side's
+//! stored rows, and the matches run through the part above the join and are emitted at
+//! once. Its watermark is the least of its inputs'; either side's watermark may let the
+//! other side's stored rows go (window joins). The state is split into key partitions
+//! (`join/keyed.rs`).
 
+use super::keyed::Keying;
 use super::operator::{Context, NodeState, Operator, StateFigures, meta_field};
 use crate::changelog::{self, DELETE, INSERT};
 use crate::error::{Result, WeirError};
 use crate::join::StreamJoin;
+use crate::join::keyed::KeyedJoin;
 use crate::planner::slot::SlotPlan;
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 
 pub struct JoinOp {
     sides: Vec<SlotPlan>,
-    join: Box<StreamJoin>,
+    join: KeyedJoin,
     post: SlotPlan,
     watermark: i64,
 }
 
 impl JoinOp {
-    pub fn new(sides: Vec<SlotPlan>, join: Box<StreamJoin>, post: SlotPlan) -> Self {
-        JoinOp {
+    pub fn new(
+        sides: Vec<SlotPlan>,
+        join: Box<StreamJoin>,
+        post: SlotPlan,
+        keying: Keying,
+    ) -> Result<Self> {
+        Ok(JoinOp {
             sides,
-            join,
+            join: KeyedJoin::new(*join, keying)?,
             post,
             watermark: i64::MIN,
-        }
+        })
     }
 }
 
@@ -44,7 +52,7 @@ impl Operator for JoinOp {
             .ok_or_else(|| WeirError::Internal(format!("a join has no input {port}")))?;
         let mut out = Vec::new();
         for b in side.run(batch).await? {
-            let (inserts, deletes) = self.join.push_changes(port, &b)?;
+            let (inserts, deletes) = self.join.push_changes(port, &b).await?;
             if !self.join.retracts() {
                 for rows in inserts {
                     out.extend(self.post.run(rows).await?);
@@ -72,7 +80,7 @@ impl Operator for JoinOp {
         let mut out = Vec::new();
         if let [l, r] = inputs {
             // An outer join's rows that will never match, NULL-padded.
-            for unmatched in self.join.advance([*l, *r])? {
+            for unmatched in self.join.advance([*l, *r]).await? {
                 out.extend(self.post.run(unmatched).await?);
             }
             self.watermark = self.watermark.max(self.join.output_watermark([*l, *r]));
@@ -87,34 +95,32 @@ impl Operator for JoinOp {
     }
 
     fn figures(&self) -> StateFigures {
-        StateFigures {
-            open_windows: 0,
-            open_groups: self.join.stored_rows() as u64,
-            bytes: self.join.state_bytes() as u64,
-            ..StateFigures::default()
-        }
+        self.join.figures()
+    }
+
+    fn partitioning(&self) -> Option<String> {
+        Some(self.join.describe_partitioning())
     }
 
     async fn snapshot(&mut self) -> Result<NodeState> {
-        let [left, right] = self.join.snapshot()?;
         Ok(NodeState {
             meta: serde_json::json!({
                 "watermark": self.watermark,
                 "inputs": self.join.input_watermarks(),
+                "key_partitions": self.join.key_partitions(),
             }),
-            parts: vec![left, right],
+            parts: self.join.snapshot()?,
         })
     }
 
     fn restore(&mut self, state: NodeState) -> Result<()> {
         self.watermark = meta_field(&state.meta, "watermark")?.unwrap_or(i64::MIN);
-        // What a time-bounded join counts as late, as before the restart.
-        if let Some(inputs) = meta_field::<[i64; 2]>(&state.meta, "inputs")? {
-            self.join.advance(inputs)?;
-        }
-        let mut parts = state.parts.into_iter();
-        let left = parts.next().unwrap_or_default();
-        let right = parts.next().unwrap_or_default();
-        self.join.restore([left, right])
+        let inputs = meta_field::<[i64; 2]>(&state.meta, "inputs")?;
+        // Checkpoints from before key partitions hold one.
+        let written: u32 = meta_field(&state.meta, "key_partitions")?.unwrap_or(1);
+        let mut parts = state.parts;
+        // A join that had stored nothing may have been written with no sides at all.
+        parts.resize(2 * written.max(1) as usize, Vec::new());
+        self.join.restore(parts, written, inputs)
     }
 }

@@ -535,9 +535,7 @@ impl KeyedWindows {
         Ok(stats)
     }
 
-    /// Run `f` on each listed partition with its input (`(partition, input, weight)`),
-    /// as tasks on the workers when `work` is large enough, else one after another here.
-    /// The results come back in partition order. Not while stage-2 tasks may be working
+    /// [`fork_join`] over the partitions. Not while stage-2 tasks may be working
     /// (callers wait for them first).
     async fn each<I, O>(
         &mut self,
@@ -549,62 +547,85 @@ impl KeyedWindows {
         I: Send + 'static,
         O: Send + 'static,
     {
-        let tasks = if work >= PARALLEL_WORK && tokio::runtime::Handle::try_current().is_ok() {
-            self.workers.min(inputs.len())
-        } else {
-            1
-        };
-        let mut results = Vec::with_capacity(inputs.len());
-        if tasks <= 1 {
-            for (kp, input, _) in inputs {
-                results.push((kp, f(&mut self.parts[kp].lock(), input)?));
-            }
-            return Ok(results);
-        }
-        // Deal the partitions to the tasks, heaviest first, each to the lightest task.
-        let mut jobs = inputs;
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
-        type Share<I> = Vec<(usize, Part, I)>;
-        let mut shares: Vec<(usize, Share<I>)> = (0..tasks).map(|_| (0, Vec::new())).collect();
-        for (kp, input, w) in jobs {
-            let lightest = shares
-                .iter_mut()
-                .min_by_key(|s| s.0)
-                .ok_or_else(|| WeirError::Internal("no task to deal key partitions to".into()))?;
-            lightest.0 += w;
-            lightest.1.push((kp, self.parts[kp].clone(), input));
-        }
-        let handles: Vec<_> = shares
-            .into_iter()
-            .map(|(_, share)| {
-                tokio::spawn(async move {
-                    share
-                        .into_iter()
-                        .map(|(kp, p, input)| (kp, f(&mut p.lock(), input)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut failed = None;
-        let mut outcomes = Vec::new();
-        for h in handles {
-            match h.await {
-                Ok(done) => outcomes.extend(done),
-                Err(e) => failed = Some(e),
-            }
-        }
-        if let Some(e) = failed {
-            return Err(WeirError::Internal(format!(
-                "a task working on key partitions failed ({e}); their state may be half \
-                 updated and the view stops: restart from the last checkpoint"
-            )));
-        }
-        outcomes.sort_by_key(|(kp, _)| *kp);
-        for (kp, r) in outcomes {
-            results.push((kp, r?));
-        }
-        Ok(results)
+        fork_join(&self.parts, inputs, work, self.workers, f).await
     }
+}
+
+/// Run `f` on each listed partition of `parts` with its input (`(partition, input,
+/// weight)`), as tasks on up to `workers` workers when `work` is large enough, else one
+/// after another here. The results come back in partition order.
+pub(crate) async fn fork_join<T, I, O>(
+    parts: &[Arc<Mutex<T>>],
+    inputs: Vec<(usize, I, usize)>,
+    work: usize,
+    workers: usize,
+    f: fn(&mut T, I) -> Result<O>,
+) -> Result<Vec<(usize, O)>>
+where
+    T: Send + 'static,
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let tasks = if work >= PARALLEL_WORK && tokio::runtime::Handle::try_current().is_ok() {
+        workers.min(inputs.len())
+    } else {
+        1
+    };
+    let part = |kp: usize| {
+        parts
+            .get(kp)
+            .ok_or_else(|| WeirError::Internal(format!("no key partition {kp}")))
+    };
+    let mut results = Vec::with_capacity(inputs.len());
+    if tasks <= 1 {
+        for (kp, input, _) in inputs {
+            results.push((kp, f(&mut part(kp)?.lock(), input)?));
+        }
+        return Ok(results);
+    }
+    // Deal the partitions to the tasks, heaviest first, each to the lightest task.
+    let mut jobs = inputs;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
+    type Share<T, I> = Vec<(usize, Arc<Mutex<T>>, I)>;
+    let mut shares: Vec<(usize, Share<T, I>)> = (0..tasks).map(|_| (0, Vec::new())).collect();
+    for (kp, input, w) in jobs {
+        let lightest = shares
+            .iter_mut()
+            .min_by_key(|s| s.0)
+            .ok_or_else(|| WeirError::Internal("no task to deal key partitions to".into()))?;
+        lightest.0 += w;
+        lightest.1.push((kp, part(kp)?.clone(), input));
+    }
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|(_, share)| {
+            tokio::spawn(async move {
+                share
+                    .into_iter()
+                    .map(|(kp, p, input)| (kp, f(&mut p.lock(), input)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut failed = None;
+    let mut outcomes = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(done) => outcomes.extend(done),
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(WeirError::Internal(format!(
+            "a task working on key partitions failed ({e}); their state may be half updated \
+             and the view stops: restart from the last checkpoint"
+        )));
+    }
+    outcomes.sort_by_key(|(kp, _)| *kp);
+    for (kp, r) in outcomes {
+        results.push((kp, r?));
+    }
+    Ok(results)
 }
 
 /// The pieces of each window from every partition, in partition order, as one batch per

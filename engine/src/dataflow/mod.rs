@@ -110,7 +110,9 @@ pub fn view_operator(plan: ViewPlan, keying: Keying, now_ms: i64) -> Result<Box<
             keying,
             now_ms,
         )?),
-        ViewPlanKind::Join { sides, join, post } => Box::new(join::JoinOp::new(sides, join, post)),
+        ViewPlanKind::Join { sides, join, post } => {
+            Box::new(join::JoinOp::new(sides, join, post, keying)?)
+        }
         ViewPlanKind::CountWindow {
             plan,
             input_schema,
@@ -520,7 +522,7 @@ impl Dataflow {
             .map(|(_, n)| n.name.clone());
         let partitioning = op.partitioning();
         let mut stage1 = if partitioning.is_some() {
-            "no stage 1: rows are folded in stage 2"
+            "no stage 1: every row is handled in stage 2"
         } else {
             "driver only"
         };

@@ -22,7 +22,7 @@ use std::sync::Arc;
 mod evaluate;
 mod partial;
 pub use evaluate::Evaluated;
-pub use partial::{Partial, split_indices};
+pub use partial::{Partial, split_indices, split_rows};
 
 /// What a GROUP BY column is to the window.
 #[derive(Debug, Clone, Copy)]

@@ -36,7 +36,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 pub(crate) use groups::cast_to;
 use std::collections::BTreeMap;
 
-pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices};
+pub use aggregate::{Evaluated, Partial, WindowAggregator, split_indices, split_rows};
 pub use dedup::Dedup;
 pub use rows::{RankLimit, WindowRows};
 pub use updating::{Changes, UpdatingAggregator};
