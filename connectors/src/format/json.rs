@@ -292,13 +292,26 @@ fn reason(e: ArrowError) -> String {
 }
 
 pub(crate) fn count_newlines(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|b| **b == b'\n').count()
+    // A SIMD search: a byte-by-byte count was 5 to 8 % of a JSON file's CPU at two workers,
+    // half of it on the reader thread every decoder waits on.
+    memchr::memchr_iter(b'\n', bytes).count()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newlines_are_counted() {
+        assert_eq!(count_newlines(b""), 0);
+        assert_eq!(count_newlines(b"{}"), 0);
+        assert_eq!(count_newlines(b"{}\n{}\r\n\n"), 3);
+        let long: Vec<u8> = (0..10_000)
+            .map(|i| if i % 7 == 0 { b'\n' } else { b'x' })
+            .collect();
+        assert_eq!(count_newlines(&long), 1_429);
+    }
     use datafusion::arrow::array::{Array, AsArray, Int64Array};
     use datafusion::arrow::datatypes::{
         DataType, Field, Int64Type, Schema, TimeUnit, TimestampMillisecondType,
