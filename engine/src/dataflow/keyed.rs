@@ -33,9 +33,10 @@
 use super::operator::StateFigures;
 use super::stage2::{Part, Stage2};
 use crate::error::{Result, WeirError};
-use crate::window::split_indices;
 use crate::window::{LateRow, Partial, UpdateStats, WindowAggregator, WindowOperator};
+use crate::window::{split_indices, split_rows};
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +64,18 @@ const PARALLEL_WORK: usize = 4096;
 /// A window operator's state: one aggregator per key partition, or window rows.
 pub enum Windows {
     Keyed(Box<KeyedWindows>),
-    Rows(Box<dyn WindowOperator>),
+    Rows(KeyedRows),
+}
+
+/// Window rows (top-N over unaggregated rows): ranked on one worker, their state stored
+/// per key partition of the ranking's PARTITION BY (besides the window) when there is
+/// one, so a checkpoint is laid out as a keyed view's is.
+pub struct KeyedRows {
+    op: Box<dyn WindowOperator>,
+    /// Key partitions of the checkpointed state (1: no PARTITION BY key).
+    partitions: u32,
+    configured: u32,
+    repartition: bool,
 }
 
 pub struct KeyedWindows {
@@ -105,7 +117,19 @@ impl Windows {
     pub fn new(op: Box<dyn WindowOperator>, keying: Keying) -> Result<Windows> {
         let agg = match op.into_aggregator() {
             Ok(agg) => agg,
-            Err(rows) => return Ok(Windows::Rows(rows)),
+            Err(op) => {
+                let configured = if op.partition_exprs().is_empty() {
+                    1
+                } else {
+                    keying.key_partitions.max(1)
+                };
+                return Ok(Windows::Rows(KeyedRows {
+                    op,
+                    partitions: configured,
+                    configured,
+                    repartition: keying.repartition,
+                }));
+            }
         };
         let configured = if agg.has_keys() {
             keying.key_partitions.max(1)
@@ -156,6 +180,11 @@ impl Windows {
                 }
             }
             Windows::Keyed(_) => "state in 1 key partition".to_string(),
+            Windows::Rows(r) if r.partitions > 1 => format!(
+                "state stored in {} key partitions by the ranking's PARTITION BY, ranked on one \
+                 worker",
+                r.partitions
+            ),
             Windows::Rows(_) => {
                 "state in 1 key partition (the rows of a window are ranked together)".to_string()
             }
@@ -166,14 +195,14 @@ impl Windows {
     pub fn key_partitions(&self) -> u32 {
         match self {
             Windows::Keyed(k) => k.parts.len() as u32,
-            Windows::Rows(_) => 1,
+            Windows::Rows(r) => r.partitions,
         }
     }
 
     pub fn start_clock(&mut self, now_ms: i64) -> Result<()> {
         match self {
             Windows::Keyed(k) => k.shape.start_clock(now_ms),
-            Windows::Rows(r) => r.start_clock(now_ms),
+            Windows::Rows(r) => r.op.start_clock(now_ms),
         }
         Ok(())
     }
@@ -181,14 +210,14 @@ impl Windows {
     pub fn input_time_column(&self) -> Result<String> {
         Ok(match self {
             Windows::Keyed(k) => k.shape.input_time_column().to_string(),
-            Windows::Rows(r) => r.input_time_column().to_string(),
+            Windows::Rows(r) => r.op.input_time_column().to_string(),
         })
     }
 
     pub fn closed_through(&self) -> Result<i64> {
         Ok(match self {
             Windows::Keyed(k) => k.shape.closed_through(),
-            Windows::Rows(r) => r.closed_through(),
+            Windows::Rows(r) => r.op.closed_through(),
         })
     }
 
@@ -196,14 +225,14 @@ impl Windows {
     pub fn emit_due(&mut self, now_ms: i64) -> Result<bool> {
         Ok(match self {
             Windows::Keyed(k) => k.shape.emit_due(now_ms),
-            Windows::Rows(r) => r.emit_due(now_ms),
+            Windows::Rows(r) => r.op.emit_due(now_ms),
         })
     }
 
     pub fn emit_period(&self) -> Result<Option<i64>> {
         Ok(match self {
             Windows::Keyed(k) => k.shape.emit_period(),
-            Windows::Rows(r) => r.emit_period(),
+            Windows::Rows(r) => r.op.emit_period(),
         })
     }
 
@@ -220,7 +249,7 @@ impl Windows {
                 }
                 Ok(w)
             }
-            Windows::Rows(r) => Ok(r.output_watermark(input_watermark)),
+            Windows::Rows(r) => Ok(r.op.output_watermark(input_watermark)),
         }
     }
 
@@ -255,12 +284,12 @@ impl Windows {
                 f
             }
             Windows::Rows(r) => {
-                let groups = r.open_groups() as u64;
+                let groups = r.op.open_groups() as u64;
                 StateFigures {
-                    open_windows: r.open_windows() as u64,
+                    open_windows: r.op.open_windows() as u64,
                     open_groups: groups,
-                    bytes: r.state_bytes() as u64,
-                    key_partitions: 1,
+                    bytes: r.op.state_bytes() as u64,
+                    key_partitions: u64::from(r.partitions),
                     busiest_partition_groups: groups,
                     busiest_partition_share: 100,
                 }
@@ -273,7 +302,7 @@ impl Windows {
     pub async fn update(&mut self, batch: &RecordBatch, list_late: bool) -> Result<UpdateStats> {
         match self {
             Windows::Keyed(k) => k.update(batch, list_late).await,
-            Windows::Rows(r) => r.update(batch),
+            Windows::Rows(r) => r.op.update(batch),
         }
     }
 
@@ -293,7 +322,7 @@ impl Windows {
                 };
                 join_windows(done)
             }
-            Windows::Rows(r) => r.close(watermark_ms),
+            Windows::Rows(r) => r.op.close(watermark_ms),
         }
     }
 
@@ -319,7 +348,7 @@ impl Windows {
                     .await?;
                 join_windows(done)
             }
-            Windows::Rows(r) => r.early(),
+            Windows::Rows(r) => r.op.early(),
         }
     }
 
@@ -355,7 +384,7 @@ impl Windows {
                     .collect()),
                 None => k.parts.iter().map(|p| p.lock().snapshot()).collect(),
             },
-            Windows::Rows(r) => Ok(vec![r.snapshot()?]),
+            Windows::Rows(r) => r.snapshot(),
         }
     }
 
@@ -369,8 +398,14 @@ impl Windows {
     ) -> Result<()> {
         let k = match self {
             Windows::Rows(r) => {
-                let batches = states.into_iter().next().unwrap_or_default();
-                return r.restore(&batches, closed_through, emit_period);
+                // Ranked together: every partition's rows go back into the one operator.
+                r.partitions = if r.repartition || r.configured == 1 {
+                    r.configured
+                } else {
+                    written.max(1)
+                };
+                let batches = states.concat();
+                return r.op.restore(&batches, closed_through, emit_period);
             }
             Windows::Keyed(k) => k,
         };
@@ -406,6 +441,34 @@ impl Windows {
         k.parts = parts;
         k.start_tasks();
         Ok(())
+    }
+}
+
+impl KeyedRows {
+    /// The held rows, cut by the ranking's PARTITION BY into the key partitions.
+    fn snapshot(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
+        let state = self.op.snapshot()?;
+        if self.partitions == 1 {
+            return Ok(vec![state]);
+        }
+        let exprs = self.op.partition_exprs();
+        let mut out = vec![Vec::new(); self.partitions as usize];
+        for b in state {
+            // The state's first column is the pane; the expressions read the rows after it.
+            let rows = RecordBatch::try_new(
+                Arc::new(Schema::new(b.schema().fields()[1..].to_vec())),
+                b.columns()[1..].to_vec(),
+            )?;
+            let n = rows.num_rows();
+            let keys = exprs
+                .iter()
+                .map(|e| e.evaluate(&rows).and_then(|v| v.into_array(n)))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            for (kp, part) in split_rows(&b, &keys, self.partitions)? {
+                out[kp].push(part);
+            }
+        }
+        Ok(out)
     }
 }
 

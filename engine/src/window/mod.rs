@@ -113,6 +113,12 @@ pub trait WindowOperator: Send {
     ) -> Result<()>;
     /// The watermark this operator can promise downstream.
     fn output_watermark(&self, input_watermark: i64) -> i64;
+    /// Window rows: the ranking's PARTITION BY expressions besides the window bounds
+    /// (over the held rows), by which their state is stored in key partitions; empty for
+    /// everything else.
+    fn partition_exprs(&self) -> Vec<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+        vec![]
+    }
     /// Whether `'state.ttl'` bounds this operator's state (deduplication's done keys).
     fn takes_state_ttl(&self) -> bool {
         false

@@ -341,6 +341,13 @@ impl WindowOperator for WindowRows {
         &self.input_time_column
     }
 
+    fn partition_exprs(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.limit
+            .as_ref()
+            .map(|l| l.partition.clone())
+            .unwrap_or_default()
+    }
+
     fn key_names(&self) -> Vec<String> {
         // Several rows per window, with nothing known to tell them apart: appended.
         vec![]
@@ -530,6 +537,92 @@ mod tests {
                 (id, better.len() + 1)
             })
             .collect()
+    }
+
+    /// A top-N partitioned by a key stores its rows per key partition of that key in a
+    /// checkpoint (each row in its key's partition, none lost), and a restore into another
+    /// count closes the same windows.
+    #[tokio::test]
+    async fn ranked_rows_are_checkpointed_per_key_partition() {
+        use crate::dataflow::keyed::{Keying, Windows};
+        use crate::dataflow::partition::key_partitions;
+        let limit = || RankLimit {
+            n: 2,
+            dense: false,
+            partition: vec![Arc::new(Column::new("k", 0))],
+            order: vec![PhysicalSortExpr::new(
+                Arc::new(Column::new("v", 1)),
+                SortOptions {
+                    descending: true,
+                    nulls_first: false,
+                },
+            )],
+        };
+        let rows = |keying| {
+            let w = WindowRows::try_new(
+                WindowKind::Tumble { size_ms: 10_000 },
+                "ts".into(),
+                schema(),
+                Some(limit()),
+            )
+            .unwrap();
+            Windows::new(Box::new(w), keying).unwrap()
+        };
+        let keying = |key_partitions, repartition| Keying {
+            key_partitions,
+            workers: 1,
+            repartition,
+        };
+        let n = 600i64;
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 40))),
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| (i * 7) % 23))),
+                Arc::new(Int64Array::from_iter_values(0..n)),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    (0..n).map(|i| (i % 3) * 10_000),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut a = rows(keying(8, false));
+        assert_eq!(a.key_partitions(), 8);
+        a.update(&batch, false).await.unwrap();
+        a.close(10_000).await.unwrap();
+        let held = a.figures().open_groups as usize;
+        let state = a.snapshot(1).await.unwrap();
+        assert_eq!(state.len(), 8);
+        let mut stored = 0;
+        for (kp, batches) in state.iter().enumerate() {
+            for b in batches {
+                // The state's first column is the pane, then the rows: `k` is column 1.
+                let parts = key_partitions(&[b.column(1).clone()], b.num_rows(), 8).unwrap();
+                assert!(parts.iter().all(|p| *p as usize == kp), "{parts:?} in {kp}");
+                stored += b.num_rows();
+            }
+        }
+        assert_eq!(stored, held);
+        assert!(state.iter().filter(|s| !s.is_empty()).count() > 4);
+        let closed = a.closed_through().unwrap();
+        let mut b = rows(keying(3, true));
+        b.restore(state, 8, closed, None).unwrap();
+        assert_eq!(b.key_partitions(), 3);
+        let sorted = |batches: Vec<RecordBatch>| {
+            let mut out: Vec<(i64, i64)> = Vec::new();
+            for b in &batches {
+                let col = |i: usize| b.column(i).as_any().downcast_ref::<Int64Array>().unwrap();
+                out.extend((0..b.num_rows()).map(|r| (col(0).value(r), col(2).value(r))));
+            }
+            out.sort_unstable();
+            out
+        };
+        let (want, got) = (
+            sorted(a.close(i64::MAX).await.unwrap()),
+            sorted(b.close(i64::MAX).await.unwrap()),
+        );
+        assert!(want.len() > 100, "{}", want.len());
+        assert_eq!(got, want);
     }
 
     #[test]
