@@ -2226,3 +2226,74 @@ async fn kafka_upsert_topic_from_an_updating_view() {
     assert_eq!(got, total_expected);
     assert_eq!(got.last().unwrap().1, None);
 }
+
+/// The exchange over a Kafka topic (docs/design/cluster.md, step 2): two stage-1 senders,
+/// a stage-2 receiver owning one of two key partitions. What it reads, put through the
+/// aligner, is what the in-memory exchange would give: each sender's rows for that
+/// partition, the least watermark, the barrier once both sent it (the first sender's end,
+/// sent after its barrier, held until then), and the end once both ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_exchange_carries_data_watermarks_and_barriers_in_order() {
+    use weir_connectors::kafka::exchange::{KafkaReceiver, KafkaSender};
+    use weir_engine::dataflow::exchange::{Aligner, ExchangeSender, Message, Step};
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let topic = unique("exchange");
+    create_topic(&b, &topic, 2).await;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &b);
+    let batch = |v: &str| {
+        RecordBatch::try_from_iter([(
+            "region",
+            Arc::new(StringArray::from(vec![v, v])) as ArrayRef,
+        )])
+        .expect("batch")
+    };
+    let data = |v: &str| Message::Data {
+        partition: 1,
+        batch: batch(v),
+    };
+    // Sender 0 sends everything first, so partition 1 holds its records before sender 1's.
+    let mut s0 = KafkaSender::new(&config, &topic, 0, 2).expect("sender 0");
+    s0.send(1, data("eu")).await.expect("send");
+    s0.send(0, data("not for partition 1")).await.expect("send");
+    s0.send_all(Message::Watermark(10)).await.expect("send");
+    s0.send_all(Message::Barrier(1)).await.expect("send");
+    s0.send_all(Message::End).await.expect("send");
+    let mut s1 = KafkaSender::new(&config, &topic, 1, 2).expect("sender 1");
+    s1.send(1, data("us")).await.expect("send");
+    s1.send_all(Message::Watermark(20)).await.expect("send");
+    s1.send_all(Message::Barrier(1)).await.expect("send");
+    s1.send_all(Message::End).await.expect("send");
+    assert!(s1.send(2, Message::End).await.is_err(), "no partition 2");
+
+    let mut rx = KafkaReceiver::new(&config, &topic, &[1]).expect("receiver");
+    let mut aligner = Aligner::new(2);
+    let mut steps = Vec::new();
+    let read = async {
+        while !steps.contains(&Step::End) {
+            let envelope = rx.next().await.expect("an exchange record");
+            steps.extend(aligner.push(envelope).expect("in order"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the receiver reads both senders' records to their end");
+    let rows = |from: usize, v: &str| Step::Data {
+        from,
+        partition: 1,
+        batch: batch(v),
+    };
+    assert_eq!(
+        steps,
+        vec![
+            rows(0, "eu"),
+            rows(1, "us"),
+            Step::Watermark(10),
+            Step::Checkpoint(1),
+            Step::Watermark(20),
+            Step::Watermark(i64::MAX),
+            Step::End,
+        ]
+    );
+}

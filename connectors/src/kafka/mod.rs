@@ -19,6 +19,7 @@
 //! consumers), at least once otherwise.
 
 pub mod common;
+pub mod exchange;
 pub mod sink;
 pub mod source;
 
