@@ -2297,3 +2297,75 @@ async fn kafka_exchange_carries_data_watermarks_and_barriers_in_order() {
         ]
     );
 }
+
+/// A transactional exchange sender (what stage 1 will write each step in): a receiver sees
+/// only committed records, and a sender fenced by a successor with the same transactional
+/// id can neither commit nor make its open transaction's records visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_exchange_shows_committed_records_only_and_fences_a_zombie() {
+    use weir_connectors::kafka::exchange::{KafkaReceiver, KafkaSender};
+    use weir_engine::dataflow::exchange::{ExchangeSender, Message};
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let topic = unique("exchange-txn");
+    create_topic(&b, &topic, 1).await;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &b);
+    let id = format!("{topic}-stage1-0");
+    let data = |v: &str| Message::Data {
+        partition: 0,
+        batch: RecordBatch::try_from_iter([(
+            "region",
+            Arc::new(StringArray::from(vec![v])) as ArrayRef,
+        )])
+        .expect("batch"),
+    };
+    let mut zombie = KafkaSender::transactional(&config, &topic, 0, 1, &id)
+        .await
+        .expect("transactional sender");
+    zombie.begin().await.expect("begin");
+    zombie.send(0, data("aborted")).await.expect("send");
+    zombie.abort().await.expect("abort");
+    zombie.begin().await.expect("begin");
+    zombie.send(0, data("committed")).await.expect("send");
+    zombie.commit().await.expect("commit");
+    // An open transaction when the successor starts: the successor aborts it.
+    zombie.begin().await.expect("begin");
+    zombie.send(0, data("zombie")).await.expect("send");
+    let mut successor = KafkaSender::transactional(&config, &topic, 0, 1, &id)
+        .await
+        .expect("the successor fences the zombie");
+    assert!(
+        zombie.commit().await.is_err(),
+        "a fenced sender must not commit"
+    );
+    successor.begin().await.expect("begin");
+    successor.send(0, data("successor")).await.expect("send");
+    successor.send(0, Message::End).await.expect("send");
+    successor.commit().await.expect("commit");
+
+    let mut rx = KafkaReceiver::new(&config, &topic, &[0]).expect("receiver");
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            let e = rx.next().await.expect("an exchange record");
+            match e.message {
+                Message::Data { batch, .. } => seen.push(
+                    batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("text")
+                        .value(0)
+                        .to_string(),
+                ),
+                Message::End => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the receiver reads to the successor's end");
+    assert_eq!(seen, vec!["committed", "successor"]);
+}

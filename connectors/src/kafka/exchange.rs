@@ -17,8 +17,10 @@
 //! which is the `from` of the [`Envelope`] a receiver hands its `Aligner`. A sender's
 //! records to one partition keep their order (one producer, idempotent), so the aligner
 //! sees each input's messages in the order they were sent. The receiver reads
-//! `read_committed`, so records of an aborted transaction (step 3: stage 1 writes in
-//! transactions) are never seen.
+//! `read_committed`: a transactional sender's records ([`KafkaSender::transactional`],
+//! what stage 1 will write each step in, with its input offsets) are seen only once their
+//! transaction commits, and a sender fenced by a successor with the same transactional id
+//! can never commit again.
 
 use async_trait::async_trait;
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -26,7 +28,7 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use std::time::Duration;
 use weir_engine::dataflow::exchange::{Envelope, ExchangeReceiver, ExchangeSender, Message};
@@ -38,6 +40,8 @@ const PARTITION: &str = "weir.partition";
 
 /// How long a send may wait for the broker to take a record.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one transactional call (init, commit, abort) may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stage-1 input `from`'s side of an exchange topic of `partitions` partitions.
 pub struct KafkaSender {
@@ -63,6 +67,83 @@ impl KafkaSender {
             partitions,
         })
     }
+}
+
+impl KafkaSender {
+    /// A sender whose records become visible only when a transaction commits
+    /// ([`KafkaSender::begin`], [`KafkaSender::commit`]). Starting it fences every earlier
+    /// sender with the same `transactional_id` and aborts its open transaction.
+    pub async fn transactional(
+        config: &ClientConfig,
+        topic: &str,
+        from: u32,
+        partitions: usize,
+        transactional_id: &str,
+    ) -> Result<Self> {
+        let mut config = config.clone();
+        config.set("transactional.id", transactional_id);
+        let sender = KafkaSender::new(&config, topic, from, partitions)?;
+        sender
+            .blocking("starting exchange transactions", |p| {
+                p.init_transactions(TXN_TIMEOUT)
+            })
+            .await?;
+        Ok(sender)
+    }
+
+    pub async fn begin(&self) -> Result<()> {
+        self.blocking("beginning an exchange transaction", |p| {
+            p.begin_transaction()
+        })
+        .await
+    }
+
+    /// Make the records sent since [`KafkaSender::begin`] visible, at once and together.
+    pub async fn commit(&self) -> Result<()> {
+        self.blocking("committing an exchange transaction", |p| {
+            p.commit_transaction(TXN_TIMEOUT)
+        })
+        .await
+    }
+
+    /// Drop the records sent since [`KafkaSender::begin`]: no receiver sees them.
+    pub async fn abort(&self) -> Result<()> {
+        self.blocking("aborting an exchange transaction", |p| {
+            p.abort_transaction(TXN_TIMEOUT)
+        })
+        .await
+    }
+
+    async fn blocking(
+        &self,
+        doing: &'static str,
+        f: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+    ) -> Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || f(&producer))
+            .await
+            .map_err(|e| WeirError::Internal(format!("{doing}: the task failed: {e}")))?
+            .map_err(|e| txn_error(doing, e))
+    }
+}
+
+/// A failed transactional call; a fenced sender says so.
+fn txn_error(doing: &str, e: rdkafka::error::KafkaError) -> WeirError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch)
+    );
+    if fenced {
+        return WeirError::external_source(
+            format!(
+                "{doing}: this exchange sender was fenced: another sender with its \
+                 transactional id took over, and nothing it sends can become visible"
+            ),
+            e,
+        );
+    }
+    kafka_error(doing, e)
 }
 
 /// A message as a record's kind, value and key-partition header.
