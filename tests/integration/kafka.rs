@@ -2369,3 +2369,94 @@ async fn kafka_exchange_shows_committed_records_only_and_fences_a_zombie() {
         .expect("the receiver reads to the successor's end");
     assert_eq!(seen, vec!["committed", "successor"]);
 }
+
+/// Stage 1's exactly-once step over the Kafka exchange: the input positions a consumer
+/// group reached are committed in the exchange transaction, so they move with the records
+/// sent in it, and an aborted transaction leaves them where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_exchange_commits_input_positions_with_its_records() {
+    use rdkafka::consumer::StreamConsumer;
+    use weir_connectors::kafka::exchange::KafkaSender;
+    use weir_engine::dataflow::exchange::{ExchangeSender, Message};
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let input = unique("exchange-input");
+    let exchange = unique("exchange-out");
+    create_topic(&b, &input, 1).await;
+    create_topic(&b, &exchange, 1).await;
+    let p = producer(&b);
+    for i in 0..5 {
+        let v = format!("{i}");
+        p.send(
+            FutureRecord::<(), _>::to(&input).partition(0).payload(&v),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce input");
+    }
+    let group = format!("{input}-stage1");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&input]).expect("subscribe");
+    // Read the five input records (joining the group on the way).
+    let read = async {
+        for _ in 0..5 {
+            consumer.recv().await.expect("input record");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the consumer reads the input");
+    let committed = |c: &StreamConsumer| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&input, 0);
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        got.find_partition(&input, 0).expect("partition").offset()
+    };
+    let positions = |next: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, Offset::Offset(next))
+            .expect("offset");
+        tpl
+    };
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &b);
+    let mut sender = KafkaSender::transactional(&config, &exchange, 0, 1, &format!("{group}-0"))
+        .await
+        .expect("transactional sender");
+    let data = Message::Data {
+        partition: 0,
+        batch: RecordBatch::try_from_iter([(
+            "v",
+            Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+        )])
+        .expect("batch"),
+    };
+    // A step over the first three records, committed: the group is at 3.
+    sender.begin().await.expect("begin");
+    sender.send(0, data.clone()).await.expect("send");
+    let meta = consumer.group_metadata().expect("group metadata");
+    sender
+        .send_offsets(positions(3), meta)
+        .await
+        .expect("offsets");
+    sender.commit().await.expect("commit");
+    assert_eq!(committed(&consumer), Offset::Offset(3));
+    // The next step, aborted: its positions are not committed either.
+    sender.begin().await.expect("begin");
+    sender.send(0, data).await.expect("send");
+    let meta = consumer.group_metadata().expect("group metadata");
+    sender
+        .send_offsets(positions(5), meta)
+        .await
+        .expect("offsets");
+    sender.abort().await.expect("abort");
+    assert_eq!(committed(&consumer), Offset::Offset(3));
+}

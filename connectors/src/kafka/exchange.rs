@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -103,6 +103,22 @@ impl KafkaSender {
         self.blocking("committing an exchange transaction", |p| {
             p.commit_transaction(TXN_TIMEOUT)
         })
+        .await
+    }
+
+    /// Add the input positions `offsets` of consumer group `group` (the next record to
+    /// read in each input partition) to the open transaction: they are committed with the
+    /// records sent in it, or dropped with them (KIP-447, so a fenced consumer's
+    /// positions are refused too).
+    pub async fn send_offsets(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<()> {
+        self.blocking(
+            "adding input positions to an exchange transaction",
+            move |p| p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT),
+        )
         .await
     }
 
