@@ -36,7 +36,6 @@ use crate::error::{Result, WeirError};
 use crate::window::{LateRow, Partial, UpdateStats, WindowAggregator, WindowOperator};
 use crate::window::{split_indices, split_rows};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +51,43 @@ pub struct Keying {
     /// Restore re-splits checkpointed state into `key_partitions` instead of keeping the
     /// checkpoint's count (`[engine] repartition`).
     pub repartition: bool,
+}
+
+/// How many key partitions an operator's state has: `configured` when it starts afresh,
+/// and after a restore the count its checkpoint was written with, unless the run
+/// repartitions. One rule for keyed windows, ranked rows and joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionCount {
+    configured: u32,
+    repartition: bool,
+}
+
+impl PartitionCount {
+    /// `splittable`: the operator has keys its state can be split by (else one partition).
+    pub(crate) fn new(keying: Keying, splittable: bool) -> Self {
+        PartitionCount {
+            configured: if splittable {
+                keying.key_partitions.max(1)
+            } else {
+                1
+            },
+            repartition: keying.repartition,
+        }
+    }
+
+    /// The count of a view that starts afresh.
+    pub(crate) fn configured(self) -> u32 {
+        self.configured
+    }
+
+    /// The count after restoring a checkpoint written with `written` partitions.
+    pub(crate) fn restored(self, written: u32) -> u32 {
+        if self.repartition {
+            self.configured
+        } else {
+            written.max(1)
+        }
+    }
 }
 
 /// `[engine] key_partitions` when not set.
@@ -74,8 +110,7 @@ pub struct KeyedRows {
     op: Box<dyn WindowOperator>,
     /// Key partitions of the checkpointed state (1: no PARTITION BY key).
     partitions: u32,
-    configured: u32,
-    repartition: bool,
+    count: PartitionCount,
 }
 
 pub struct KeyedWindows {
@@ -90,10 +125,8 @@ pub struct KeyedWindows {
     /// The long-lived tasks working on the partitions (`stage2.rs`), when there are
     /// several partitions and workers and stage 1 hands this view partial states.
     stage2: Option<Stage2>,
-    /// The count a view of this definition gets when it starts afresh.
-    configured: u32,
+    count: PartitionCount,
     workers: usize,
-    repartition: bool,
     /// Whether the next batch is folded into an empty copy first and its partial states
     /// cut by key (few groups per batch), or its rows cut by key (many).
     combine: bool,
@@ -118,24 +151,16 @@ impl Windows {
         let agg = match op.into_aggregator() {
             Ok(agg) => agg,
             Err(op) => {
-                let configured = if op.partition_exprs().is_empty() {
-                    1
-                } else {
-                    keying.key_partitions.max(1)
-                };
+                let count = PartitionCount::new(keying, !op.partition_exprs().is_empty());
                 return Ok(Windows::Rows(KeyedRows {
                     op,
-                    partitions: configured,
-                    configured,
-                    repartition: keying.repartition,
+                    partitions: count.configured(),
+                    count,
                 }));
             }
         };
-        let configured = if agg.has_keys() {
-            keying.key_partitions.max(1)
-        } else {
-            1
-        };
+        let count = PartitionCount::new(keying, agg.has_keys());
+        let configured = count.configured();
         let shape = agg.empty_copy()?;
         let panes = agg.partial_copy().is_some();
         let mut parts = Vec::with_capacity(configured as usize);
@@ -148,9 +173,8 @@ impl Windows {
             shape,
             panes,
             stage2: None,
-            configured,
+            count,
             workers: keying.workers.max(1),
-            repartition: keying.repartition,
             combine: true,
             probe_in: 0,
             work: vec![0; configured as usize],
@@ -399,21 +423,13 @@ impl Windows {
         let k = match self {
             Windows::Rows(r) => {
                 // Ranked together: every partition's rows go back into the one operator.
-                r.partitions = if r.repartition || r.configured == 1 {
-                    r.configured
-                } else {
-                    written.max(1)
-                };
+                r.partitions = r.count.restored(written);
                 let batches = states.concat();
                 return r.op.restore(&batches, closed_through, emit_period);
             }
             Windows::Keyed(k) => k,
         };
-        let count = if k.repartition {
-            k.configured
-        } else {
-            written.max(1)
-        };
+        let count = k.count.restored(written);
         let shares = if count == written && states.len() == count as usize {
             states
         } else {
@@ -455,10 +471,7 @@ impl KeyedRows {
         let mut out = vec![Vec::new(); self.partitions as usize];
         for b in state {
             // The state's first column is the pane; the expressions read the rows after it.
-            let rows = RecordBatch::try_new(
-                Arc::new(Schema::new(b.schema().fields()[1..].to_vec())),
-                b.columns()[1..].to_vec(),
-            )?;
+            let rows = b.project(&(1..b.num_columns()).collect::<Vec<_>>())?;
             let n = rows.num_rows();
             let keys = exprs
                 .iter()

@@ -29,7 +29,7 @@
 //! Python's `xxhash` package.
 
 use crate::error::{Result, WeirError};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, new_empty_array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, DurationMicrosecondType,
@@ -69,6 +69,12 @@ pub fn key_partitions(columns: &[ArrayRef], rows: usize, partitions: u32) -> Res
         .into_iter()
         .map(|h| (h % u64::from(partitions)) as u32)
         .collect())
+}
+
+/// Whether a key column of type `t` can be partitioned (scalar types; not lists, structs
+/// or maps).
+pub fn can_partition(t: &DataType) -> bool {
+    key_hashes(&[new_empty_array(t)], 0).is_ok()
 }
 
 fn mix(h: u64, bytes: &[u8]) -> u64 {

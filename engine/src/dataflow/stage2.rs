@@ -53,8 +53,6 @@ pub struct Stage2 {
     exchange: MemorySender,
     replies: Vec<mpsc::UnboundedReceiver<Reply>>,
     tasks: usize,
-    /// The last watermark sent.
-    watermark: i64,
     marks: u64,
     /// Data sent since the tasks last answered: they may still be working on it.
     busy: bool,
@@ -84,7 +82,6 @@ impl Stage2 {
             exchange: senders.remove(0),
             replies,
             tasks,
-            watermark: i64::MIN,
             marks: 0,
             busy: false,
             failure: None,
@@ -113,26 +110,21 @@ impl Stage2 {
         Ok(())
     }
 
-    /// Move every task's watermark to `watermark_ms`; when `closes` (a window ended), wait
-    /// for the pieces of the windows that closed.
+    /// Move every task's watermark to `watermark_ms` (a watermark that does not move is
+    /// dropped by the tasks' aligners); when `closes` (a window ended), wait for the pieces
+    /// of the windows that closed, in partition order.
     pub async fn close(&mut self, watermark_ms: i64, closes: bool) -> Result<Pieces> {
         self.check()?;
-        if watermark_ms <= self.watermark {
-            return Ok(vec![]);
-        }
-        self.watermark = watermark_ms;
         self.send_all(Message::Watermark(watermark_ms)).await?;
         if !closes {
             return Ok(vec![]);
         }
-        let mut pieces = Vec::new();
-        for t in 0..self.tasks {
-            match self.reply(t).await? {
-                Reply::Closed(p) => pieces.extend(p),
-                _ => return Err(protocol(t, "closed windows")),
-            }
-        }
-        self.busy = false;
+        let mut pieces = self
+            .gather("closed windows", |r| match r {
+                Reply::Closed(p) => Some(p),
+                _ => None,
+            })
+            .await?;
         pieces.sort_by_key(|(kp, _)| *kp);
         Ok(pieces)
     }
@@ -146,13 +138,10 @@ impl Stage2 {
         self.marks += 1;
         let id = self.marks;
         self.send_all(Message::Mark(id)).await?;
-        for t in 0..self.tasks {
-            match self.reply(t).await? {
-                Reply::Marked(m) if m == id => {}
-                _ => return Err(protocol(t, "its mark")),
-            }
-        }
-        self.busy = false;
+        self.gather("its mark", |r| {
+            matches!(r, Reply::Marked(m) if m == id).then(Vec::<()>::new)
+        })
+        .await?;
         Ok(())
     }
 
@@ -161,16 +150,30 @@ impl Stage2 {
     pub async fn checkpoint(&mut self, epoch: u64) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
         self.check()?;
         self.send_all(Message::Barrier(epoch)).await?;
-        let mut states = Vec::new();
-        for t in 0..self.tasks {
-            match self.reply(t).await? {
-                Reply::Snapshot(e, s) if e == epoch => states.extend(s),
-                _ => return Err(protocol(t, "its snapshot")),
-            }
-        }
-        self.busy = false;
+        let mut states = self
+            .gather("its snapshot", |r| match r {
+                Reply::Snapshot(e, s) if e == epoch => Some(s),
+                _ => None,
+            })
+            .await?;
         states.sort_by_key(|(kp, _)| *kp);
         Ok(states)
+    }
+
+    /// One reply from every task, in task order, each taken apart by `take` (`None`: not
+    /// the reply `expected`). The tasks are idle afterwards.
+    async fn gather<T>(
+        &mut self,
+        expected: &str,
+        mut take: impl FnMut(Reply) -> Option<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let mut all = Vec::new();
+        for t in 0..self.tasks {
+            let reply = self.reply(t).await?;
+            all.extend(take(reply).ok_or_else(|| protocol(t, expected))?);
+        }
+        self.busy = false;
+        Ok(all)
     }
 
     async fn send_all(&mut self, message: Message) -> Result<()> {

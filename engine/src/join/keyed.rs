@@ -21,15 +21,16 @@
 //! repartition (`[engine] repartition`), which re-splits the stored rows by key. A key of
 //! a type the hash does not take (lists, structs) keeps the join in one partition.
 
-use super::StreamJoin;
-use crate::dataflow::keyed::{Keying, fork_join};
+use super::{SideState, StreamJoin, eval_keys};
+use crate::dataflow::keyed::{Keying, PartitionCount, fork_join};
 use crate::dataflow::operator::StateFigures;
-use crate::dataflow::partition::{key_hashes, key_partitions};
+use crate::dataflow::partition::{can_partition, key_partitions};
 use crate::error::{Result, WeirError};
 use crate::window::split_rows;
-use datafusion::arrow::array::{UInt32Array, new_empty_array};
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -42,10 +43,8 @@ pub struct KeyedJoin {
     shards: Vec<Shard>,
     /// Key partitions of the state (checkpoints store one set of files per partition).
     partitions: u32,
-    /// The count a view of this definition gets when it starts afresh.
-    configured: u32,
+    count: PartitionCount,
     workers: usize,
-    repartition: bool,
     /// Rows each key partition has taken since the view started here (counted with
     /// several shards, where each row's partition is worked out; not checkpointed).
     work: Vec<u64>,
@@ -53,34 +52,16 @@ pub struct KeyedJoin {
 
 impl KeyedJoin {
     pub fn new(join: StreamJoin, keying: Keying) -> Result<KeyedJoin> {
-        let hashable = join
-            .key_types()
-            .iter()
-            .all(|t| key_hashes(&[new_empty_array(t)], 0).is_ok());
-        let configured = if hashable {
-            keying.key_partitions.max(1)
-        } else {
-            1
-        };
-        let mut k = KeyedJoin {
-            shards: vec![Arc::new(Mutex::new(join))],
-            partitions: configured,
-            configured,
-            workers: keying.workers.max(1),
-            repartition: keying.repartition,
-            work: vec![0; configured as usize],
-        };
-        let template = k.first().empty_copy()?;
-        k.shards = k.make_shards(&template)?;
-        Ok(k)
-    }
-
-    /// One empty join per shard: as many as workers, at most one per partition.
-    fn make_shards(&self, template: &StreamJoin) -> Result<Vec<Shard>> {
-        let n = self.workers.min(self.partitions as usize).max(1);
-        (0..n)
-            .map(|_| Ok(Arc::new(Mutex::new(template.empty_copy()?))))
-            .collect()
+        let count = PartitionCount::new(keying, join.key_types.iter().all(can_partition));
+        let workers = keying.workers.max(1);
+        let partitions = count.configured();
+        Ok(KeyedJoin {
+            shards: shards(&join, workers, partitions)?,
+            partitions,
+            count,
+            workers,
+            work: vec![0; partitions as usize],
+        })
     }
 
     pub fn key_partitions(&self) -> u32 {
@@ -203,24 +184,14 @@ impl KeyedJoin {
     /// Both sides' stored rows per key partition: `[left 0, right 0, left 1, right 1,
     /// ...]`, each shard's rows cut by key.
     pub fn snapshot(&self) -> Result<Vec<Vec<RecordBatch>>> {
-        let n = self.partitions as usize;
-        let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); 2 * n];
+        let mut parts = empty_sides(self.partitions as usize);
         for shard in &self.shards {
             let shard = shard.lock();
             for (side, batches) in shard.snapshot()?.into_iter().enumerate() {
-                for b in batches {
-                    if n == 1 {
-                        out[side].push(b);
-                        continue;
-                    }
-                    let keys = shard.key_columns(side, &b)?;
-                    for (kp, rows) in split_rows(&b, &keys, self.partitions)? {
-                        out[2 * kp + side].push(rows);
-                    }
-                }
+                shard.cut_by_key(side, batches, &mut parts)?;
             }
         }
-        Ok(out)
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// Put back [`KeyedJoin::snapshot`]'s state, written with `written` key partitions, at
@@ -238,11 +209,7 @@ impl KeyedJoin {
                 states.len()
             )));
         }
-        let count = if self.repartition {
-            self.configured
-        } else {
-            written
-        };
+        let count = self.count.restored(written);
         // Each side's rows per key partition of the new count.
         let parts: Vec<[Vec<RecordBatch>; 2]> = if count == written {
             let mut it = states.into_iter();
@@ -255,27 +222,17 @@ impl KeyedJoin {
                 to = count,
                 "repartitioning the join's state into {count} key partitions"
             );
-            let mut parts: Vec<[Vec<RecordBatch>; 2]> =
-                (0..count).map(|_| [Vec::new(), Vec::new()]).collect();
+            let mut parts = empty_sides(count as usize);
             let first = self.first();
             for (i, batches) in states.into_iter().enumerate() {
-                let side = i % 2;
-                for b in batches {
-                    let keys = first.key_columns(side, &b)?;
-                    for (kp, rows) in split_rows(&b, &keys, count)? {
-                        parts[kp][side].push(rows);
-                    }
-                }
+                first.cut_by_key(i % 2, batches, &mut parts)?;
             }
             parts
         };
         self.partitions = count;
         self.work = vec![0; count as usize];
-        let template = self.first().empty_copy()?;
-        let shards = self.make_shards(&template)?;
-        let mut shares: Vec<[Vec<RecordBatch>; 2]> = (0..shards.len())
-            .map(|_| [Vec::new(), Vec::new()])
-            .collect();
+        let shards = shards(&self.first(), self.workers, count)?;
+        let mut shares = empty_sides(shards.len());
         for (kp, [left, right]) in parts.into_iter().enumerate() {
             let share = &mut shares[kp % shards.len()];
             share[0].extend(left);
@@ -290,6 +247,86 @@ impl KeyedJoin {
             j.restore(sides)?;
         }
         self.shards = shards;
+        Ok(())
+    }
+}
+
+/// One empty join per shard (as many as workers, at most one per partition), each an empty
+/// copy of `template`.
+fn shards(template: &StreamJoin, workers: usize, partitions: u32) -> Result<Vec<Shard>> {
+    let n = workers.min(partitions as usize).max(1);
+    (0..n)
+        .map(|_| Ok(Arc::new(Mutex::new(template.empty_copy()?))))
+        .collect()
+}
+
+/// Both sides' rows of `n` partitions (or shards), none yet.
+fn empty_sides(n: usize) -> Vec<[Vec<RecordBatch>; 2]> {
+    (0..n).map(|_| [Vec::new(), Vec::new()]).collect()
+}
+
+/// What key partitions need of one join.
+impl StreamJoin {
+    /// A join of the same definition and settings with no rows: a shard of a
+    /// [`KeyedJoin`].
+    fn empty_copy(&self) -> Result<StreamJoin> {
+        Ok(StreamJoin {
+            keys: self.keys.clone(),
+            key_types: self.key_types.clone(),
+            converter: RowConverter::new(
+                self.key_types
+                    .iter()
+                    .map(|t| SortField::new(t.clone()))
+                    .collect(),
+            )?,
+            nulls_equal: self.nulls_equal,
+            filter: self.filter.clone(),
+            projection: self.projection.clone(),
+            output_schema: self.output_schema.clone(),
+            sides: [
+                SideState::new(self.sides[0].schema.clone()),
+                SideState::new(self.sides[1].schema.clone()),
+            ],
+            time_key: self.time_key,
+            band: self.band,
+            late: 0,
+            retracts: self.retracts,
+            watermarks: self.watermarks,
+            outer: self.outer,
+            inputs: self.inputs.clone(),
+            key_origins: self.key_origins.clone(),
+        })
+    }
+
+    /// The join key of each row of `batch` (in side `side`'s schema, or a checkpoint of
+    /// that side's rows), as the types both sides are compared as.
+    fn key_columns(&self, side: usize, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let exprs = self
+            .keys
+            .get(side)
+            .ok_or_else(|| WeirError::Internal(format!("join side {side}")))?;
+        eval_keys(exprs, &self.key_types, batch)
+    }
+
+    /// Add `side`'s rows in `batches` to `parts`, each row to its key partition (of
+    /// `parts.len()`).
+    fn cut_by_key(
+        &self,
+        side: usize,
+        batches: Vec<RecordBatch>,
+        parts: &mut [[Vec<RecordBatch>; 2]],
+    ) -> Result<()> {
+        let count = parts.len() as u32;
+        for b in batches {
+            if count == 1 {
+                parts[0][side].push(b);
+                continue;
+            }
+            let keys = self.key_columns(side, &b)?;
+            for (kp, rows) in split_rows(&b, &keys, count)? {
+                parts[kp][side].push(rows);
+            }
+        }
         Ok(())
     }
 }

@@ -317,52 +317,6 @@ impl StreamJoin {
         self.output_schema.clone()
     }
 
-    /// A join of the same definition and settings with no rows: a key partition's share
-    /// of the view ([`keyed::KeyedJoin`]).
-    pub fn empty_copy(&self) -> Result<StreamJoin> {
-        Ok(StreamJoin {
-            keys: self.keys.clone(),
-            key_types: self.key_types.clone(),
-            converter: RowConverter::new(
-                self.key_types
-                    .iter()
-                    .map(|t| SortField::new(t.clone()))
-                    .collect(),
-            )?,
-            nulls_equal: self.nulls_equal,
-            filter: self.filter.clone(),
-            projection: self.projection.clone(),
-            output_schema: self.output_schema.clone(),
-            sides: [
-                SideState::new(self.sides[0].schema.clone()),
-                SideState::new(self.sides[1].schema.clone()),
-            ],
-            time_key: self.time_key,
-            band: self.band,
-            late: 0,
-            retracts: self.retracts,
-            watermarks: self.watermarks,
-            outer: self.outer,
-            inputs: self.inputs.clone(),
-            key_origins: self.key_origins.clone(),
-        })
-    }
-
-    /// The join key of each row of `batch` (in side `side`'s schema, or a checkpoint of
-    /// that side's rows), as the types both sides are compared as.
-    pub fn key_columns(&self, side: usize, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let exprs = self
-            .keys
-            .get(side)
-            .ok_or_else(|| WeirError::Internal(format!("join side {side}")))?;
-        eval_keys(exprs, &self.key_types, batch)
-    }
-
-    /// The key types, for the key-partition hash (which takes scalar types only).
-    pub fn key_types(&self) -> &[DataType] {
-        &self.key_types
-    }
-
     /// The join keys as written (`left = right` each), for display.
     pub fn key_names(&self) -> Vec<String> {
         self.keys[0]
