@@ -1,6 +1,7 @@
 //! What the Kafka source and sink share: cluster settings and client configuration.
 
 use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use weir_engine::options::Options;
 use weir_engine::{Result, WeirError};
@@ -103,4 +104,14 @@ impl Connection {
 /// An error from librdkafka while doing `what`, kept as the source.
 pub fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> WeirError {
     WeirError::external_source(what, e)
+}
+
+/// Librdkafka error codes that mean another producer took over the transactional id.
+pub fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
 }

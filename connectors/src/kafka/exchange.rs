@@ -22,6 +22,7 @@
 //! transaction commits, and a sender fenced by a successor with the same transactional id
 //! can never commit again.
 
+use super::common::{is_fenced, kafka_error};
 use async_trait::async_trait;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -32,6 +33,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use std::time::Duration;
 use weir_engine::dataflow::exchange::{Envelope, ExchangeReceiver, ExchangeSender, Message};
+use weir_engine::fsutil::run_blocking;
 use weir_engine::{Result, WeirError};
 
 const KIND: &str = "weir.kind";
@@ -136,21 +138,15 @@ impl KafkaSender {
         f: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
     ) -> Result<()> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || f(&producer))
-            .await
-            .map_err(|e| WeirError::Internal(format!("{doing}: the task failed: {e}")))?
+        run_blocking(doing, move || f(&producer))
+            .await?
             .map_err(|e| txn_error(doing, e))
     }
 }
 
 /// A failed transactional call; a fenced sender says so.
 fn txn_error(doing: &str, e: rdkafka::error::KafkaError) -> WeirError {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    let fenced = matches!(
-        e.rdkafka_error_code(),
-        Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch)
-    );
-    if fenced {
+    if e.rdkafka_error_code().is_some_and(is_fenced) {
         return WeirError::external_source(
             format!(
                 "{doing}: this exchange sender was fenced: another sender with its \
@@ -341,10 +337,6 @@ impl ExchangeReceiver for KafkaReceiver {
             }
         }
     }
-}
-
-fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> WeirError {
-    WeirError::external(format!("{what}: {e}"))
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@
 //! error aborts the transaction and fails the sink: the pipeline stops and a restart
 //! recovers from the last checkpoint.
 
-use super::common::{Connection, KafkaSettings, kafka_error, take_connection};
+use super::common::{Connection, KafkaSettings, is_fenced, kafka_error, take_connection};
 use crate::format::{RecordChunk, RecordEncoder, encoder_for};
 use crate::util::io_error;
 use async_trait::async_trait;
@@ -561,16 +561,6 @@ struct KafkaSink {
     work: Option<Work>,
     /// Set when the pipeline takes checkpoints.
     txn: Option<Txn>,
-}
-
-/// Librdkafka error codes that mean another producer took over the transactional id.
-fn is_fenced(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-    )
 }
 
 /// Describe a failed transactional operation; a fenced producer gets a message of its own.
