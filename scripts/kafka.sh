@@ -296,6 +296,10 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# A dead transactional producer's open transaction holds read_committed readers back
+# until the broker aborts it; it looks for timed-out transactions this often (default
+# 10 s). docs/cluster.md, "Failover".
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 
 # a 2-core machine: few threads
 num.network.threads=2

@@ -140,6 +140,12 @@ pub trait Source: Send {
     /// The next event. Unbounded sources wait for data; cancellation-safe is not required:
     /// the runtime polls one source from one task until it ends.
     async fn next(&mut self) -> Result<SourceEvent>;
+    /// For a cluster member (docs/cluster.md): the source taken apart so the member can
+    /// read it through the cluster's consumer group, in a form its connector knows
+    /// (`None`: it cannot be read by a cluster).
+    fn cluster_input(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
     /// Resume from a checkpoint: each listed partition continues at the position its last
     /// processed batch reported. Called once, before the first [`Source::next`]. Sources
     /// that cannot seek say so, and the engine refuses to restore views over them.
@@ -222,6 +228,12 @@ pub trait Sink: Send {
     async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
         let _ = restored;
         Ok(())
+    }
+    /// Whether writing the same rows again (same view key, or same [`RowIds`]) leaves
+    /// what was written unchanged: a cluster replays a key partition's rows after a
+    /// failover (docs/cluster.md), so it takes only such sinks.
+    fn idempotent(&self) -> bool {
+        false
     }
     /// Write one batch of the view's output (in the view's schema).
     async fn write(&mut self, batch: RecordBatch, ids: RowIds) -> Result<()>;

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod changelog;
 pub mod checkpoint;
 pub mod clock;
+pub mod cluster;
 pub mod compact;
 pub mod connector;
 pub mod dataflow;

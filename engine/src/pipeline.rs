@@ -468,6 +468,12 @@ impl Pipeline {
     }
 
     /// The cell a source's task reads its stage-1 program from.
+    /// `view` as a Weir cluster runs it (docs/cluster.md), its state cut into the
+    /// configured `key_partitions`.
+    pub fn cluster_view(&self, view: &str) -> Result<crate::cluster::ClusterView> {
+        self.dataflow.cluster_view(view, self.config.key_partitions)
+    }
+
     pub fn stage1_cell(&mut self, source: &str) -> Arc<Stage1Cell> {
         self.stage1.entry(source.to_string()).or_default().clone()
     }

@@ -64,7 +64,7 @@ fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn duration(what: &str, s: &str) -> Result<Duration> {
+pub(crate) fn duration(what: &str, s: &str) -> Result<Duration> {
     parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
@@ -152,7 +152,9 @@ fn kafka_setup(
 
 /// Whether this run takes checkpoints (and restores from them).
 fn checkpoints_enabled(cfg: &config::Config, mode: Mode) -> bool {
-    cfg.checkpoint.enabled.unwrap_or(mode == Mode::Run)
+    // A cluster member keeps its state in the cluster's snapshots, not in checkpoints,
+    // and its sinks write as they go.
+    cfg.cluster.group.is_none() && cfg.checkpoint.enabled.unwrap_or(mode == Mode::Run)
 }
 
 fn checkpoint_store(cfg: &config::Config) -> CheckpointStore {
@@ -422,6 +424,19 @@ pub async fn run(
         Mode::Run
     };
     let (mut pipeline, cfg, embedded) = load_pipeline(args, mode).await?;
+    if cfg.cluster.group.is_some() {
+        if let Some(k) = embedded {
+            k.stop().await;
+            bail!(
+                "[cluster] needs a Kafka every member reaches: set [kafka] \
+                 bootstrap_servers (the embedded broker lives in one process)"
+            );
+        }
+        if mode != Mode::Run {
+            bail!("[cluster] is for `weir run`; a backfill runs alone (unset the group)");
+        }
+        return crate::cluster::run(pipeline, &cfg, shutdown).await;
+    }
     let result = async {
         let mut state = StateDir::open(&cfg.engine.data_dir)?;
         if let Some(url) = &cfg.database.url {

@@ -19,6 +19,40 @@ pub struct Config {
     pub server: ServerSection,
     pub checkpoint: CheckpointSection,
     pub database: DatabaseSection,
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: run as one member of a Weir cluster on Kafka (docs/cluster.md). Every
+/// member runs the same SQL with the same `group`; without a group Weir runs alone.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The cluster's name (`WEIR__CLUSTER__GROUP`); unset: no cluster.
+    pub group: Option<String>,
+    /// This member's id, unique in the cluster and the same across its restarts (Kafka
+    /// static membership). Default: the host name and the data directory.
+    pub member: Option<String>,
+    /// A member not heard from this long is out of the group and its partitions move.
+    pub session_timeout: String,
+    /// Where key partitions' state snapshots go: a directory every member reaches.
+    /// Default: `weir-cluster/<group>` under the system's temporary directory (members on
+    /// one machine only).
+    pub state_dir: Option<PathBuf>,
+    /// How often each key partition's state is snapshotted and its exchange offset
+    /// committed: what a successor replays at most after a crash.
+    pub snapshot_interval: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            group: None,
+            member: None,
+            session_timeout: "10s".into(),
+            state_dir: None,
+            snapshot_interval: "5s".into(),
+        }
+    }
 }
 
 /// `[database]`: a PostgreSQL database for Weir's own tables (see migrations/). When set,

@@ -30,7 +30,7 @@ const PER_WINDOW: i64 = 200;
 const KILLS: usize = 22;
 
 /// The `weir` binary `cargo test --workspace` built next to this test binary.
-fn weir_bin() -> PathBuf {
+pub(crate) fn weir_bin() -> PathBuf {
     if let Ok(p) = std::env::var("WEIR_BIN") {
         return PathBuf::from(p);
     }
@@ -91,11 +91,11 @@ async fn read_status(db: &sqlx::PgPool, table: &str) -> Vec<StatusRow> {
 }
 
 /// One window row: (window_start ms, region, downloads, failures, speed sum).
-type WindowRow = (i64, String, i64, i64, f64);
+pub(crate) type WindowRow = (i64, String, i64, i64, f64);
 /// One failed download: (ts ms, region, speed).
 type FailedRow = (i64, String, f64);
 
-fn expected(evs: &[Ev]) -> (Vec<WindowRow>, Vec<FailedRow>) {
+pub(crate) fn expected(evs: &[Ev]) -> (Vec<WindowRow>, Vec<FailedRow>) {
     let mut w: BTreeMap<(i64, String), (i64, i64, f64)> = BTreeMap::new();
     let mut failed = Vec::new();
     for e in evs {
@@ -144,7 +144,7 @@ fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path, workers: usize)
         .expect("starting weir")
 }
 
-async fn read_windows(db: &sqlx::PgPool, table: &str) -> Vec<WindowRow> {
+pub(crate) async fn read_windows(db: &sqlx::PgPool, table: &str) -> Vec<WindowRow> {
     let rows = sqlx::query(&format!(
         "SELECT window_start, region, downloads, failures, speed FROM {table} \
          ORDER BY window_start, region"

@@ -6,6 +6,7 @@
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
 //! at random moments.
 
+mod cluster;
 mod crash;
 mod differential;
 mod event_time;

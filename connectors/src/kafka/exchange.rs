@@ -170,6 +170,53 @@ fn encode(message: &Message) -> Result<(&'static str, Vec<u8>, Option<u32>)> {
     })
 }
 
+/// A message from sender `from` as an exchange record: its headers and value.
+pub(super) fn record_of(from: u32, message: &Message) -> Result<(OwnedHeaders, Vec<u8>)> {
+    let (kind, value, partition) = encode(message)?;
+    let from = from.to_le_bytes();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: KIND,
+            value: Some(kind),
+        })
+        .insert(Header {
+            key: FROM,
+            value: Some(&from),
+        });
+    if let Some(p) = partition {
+        let kp = p.to_le_bytes();
+        headers = headers.insert(Header {
+            key: PARTITION,
+            value: Some(&kp),
+        });
+    }
+    Ok((headers, value))
+}
+
+/// An exchange record back as the message and its sender.
+pub(super) fn envelope_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Result<Envelope> {
+    let header = |key: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|x| x.key == key).and_then(|x| x.value))
+    };
+    let from = header(FROM)
+        .and_then(|f| <[u8; 4]>::try_from(f).ok())
+        .map(u32::from_le_bytes);
+    let message = decode(
+        header(KIND),
+        m.payload().unwrap_or_default(),
+        header(PARTITION),
+    );
+    match (from, message) {
+        (Some(from), Ok(message)) => Ok(Envelope {
+            from: from as usize,
+            message,
+        }),
+        (None, _) => Err(bad_record(m, "it has no sender")),
+        (_, Err(why)) => Err(bad_record(m, &why)),
+    }
+}
+
 fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
@@ -223,25 +270,7 @@ impl ExchangeSender for KafkaSender {
                 self.partitions
             )));
         }
-        let (kind, value, partition) = encode(&message)?;
-        let from = self.from.to_le_bytes();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: KIND,
-                value: Some(kind),
-            })
-            .insert(Header {
-                key: FROM,
-                value: Some(&from),
-            });
-        let kp;
-        if let Some(p) = partition {
-            kp = p.to_le_bytes();
-            headers = headers.insert(Header {
-                key: PARTITION,
-                value: Some(&kp),
-            });
-        }
+        let (headers, value) = record_of(self.from, &message)?;
         let record = FutureRecord::<(), _>::to(&self.topic)
             .partition(to as i32)
             .payload(&value)
@@ -293,26 +322,7 @@ impl KafkaReceiver {
             .recv()
             .await
             .map_err(|e| kafka_error("reading the exchange", e))?;
-        let header = |key: &str| {
-            m.headers()
-                .and_then(|h| h.iter().find(|x| x.key == key).and_then(|x| x.value))
-        };
-        let from = header(FROM)
-            .and_then(|f| <[u8; 4]>::try_from(f).ok())
-            .map(u32::from_le_bytes);
-        let message = decode(
-            header(KIND),
-            m.payload().unwrap_or_default(),
-            header(PARTITION),
-        );
-        match (from, message) {
-            (Some(from), Ok(message)) => Ok(Envelope {
-                from: from as usize,
-                message,
-            }),
-            (None, _) => Err(bad_record(&m, "it has no sender")),
-            (_, Err(why)) => Err(bad_record(&m, &why)),
-        }
+        envelope_of(&m)
     }
 }
 

@@ -18,6 +18,7 @@
 //! epoch when the pipeline takes checkpoints (exactly once for `read_committed`
 //! consumers), at least once otherwise.
 
+pub mod cluster;
 pub mod common;
 pub mod exchange;
 pub mod sink;

@@ -513,6 +513,11 @@ impl Source for KafkaSource {
         self.report_event_time
     }
 
+    fn cluster_input(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
+        let (config, decoder) = (self.config?, self.decoder?);
+        Some(Box::new(ClusterInput { config, decoder }))
+    }
+
     fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
         match self.config.as_mut() {
             Some(c) => {
@@ -558,7 +563,7 @@ impl Source for KafkaSource {
 
 /// One partition's messages waiting to be decoded.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     payloads: RecordChunk,
     keys: RecordChunk,
     key_null: Vec<bool>,
@@ -572,6 +577,146 @@ struct Pending {
     /// `latest-offset` bound: the partition ends at this offset.
     end_offset: Option<i64>,
     ended: bool,
+}
+
+/// The headers of a dead letter on a topic: why, and where the record came from.
+pub(super) fn dead_letter_headers(
+    reason: &str,
+    source: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+) -> OwnedHeaders {
+    let text = [
+        ("weir.reason", reason.to_string()),
+        ("weir.source", source.to_string()),
+        ("weir.topic", topic.to_string()),
+        ("weir.partition", partition.to_string()),
+        ("weir.offset", offset.to_string()),
+        (
+            "weir.timestamp",
+            timestamp.map(|t| t.to_string()).unwrap_or_default(),
+        ),
+    ];
+    text.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value.as_str()),
+        })
+    })
+}
+
+impl Pending {
+    /// Take one message.
+    pub(super) fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, stats: &Stats) {
+        let payload = m.payload().unwrap_or(&[]);
+        Stats::add(&stats.bytes, payload.len() as u64);
+        self.payloads.push(payload);
+        match m.key() {
+            Some(k) => {
+                self.keys.push(k);
+                self.key_null.push(false);
+            }
+            None => {
+                self.keys.push(&[]);
+                self.key_null.push(true);
+            }
+        }
+        self.offsets.push(m.offset());
+        self.timestamps.push(m.timestamp().to_millis());
+    }
+
+    /// The offset of message `j`, its timestamp and its payload.
+    pub(super) fn message(&self, j: usize) -> (i64, Option<i64>, &[u8]) {
+        (self.offsets[j], self.timestamps[j], self.payloads.get(j))
+    }
+
+    /// Forget the messages taken (after they were handed on).
+    pub(super) fn clear(&mut self) {
+        self.payloads.clear();
+        self.keys.clear();
+        self.key_null.clear();
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.first_at = None;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    /// The offset after the last message taken.
+    pub(super) fn next_offset(&self) -> Option<i64> {
+        self.offsets.last().map(|o| o + 1)
+    }
+}
+
+/// A Kafka source taken apart for a cluster member (`cluster.rs`), which reads the topic
+/// through the cluster's consumer group instead of the source's own consumer.
+pub struct ClusterInput {
+    config: Config,
+    decoder: Box<dyn RecordDecoder>,
+}
+
+/// What one partition's messages decode to: the rows in the source's schema, and the
+/// messages that do not decode (index among the messages, reason).
+pub(super) struct DecodedInput {
+    pub batch: RecordBatch,
+    pub bad: Vec<(usize, String)>,
+}
+
+impl ClusterInput {
+    pub fn source(&self) -> &str {
+        &self.config.source
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.config.dead_letter_topic
+    }
+
+    pub(super) fn policy(&self) -> BadRecords {
+        self.config.policy
+    }
+
+    pub(super) fn dead_letter_to_file(&self) -> bool {
+        self.config.dead_letter == DeadLetterTarget::File
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.config.stats
+    }
+
+    pub fn max_rows(&self) -> usize {
+        self.config.batch.max_rows.max(1)
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        self.config.batch.max_delay
+    }
+
+    /// A client config for the source's Kafka with `defaults` under its own properties.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
+        self.config.connection.client_config(defaults)
+    }
+
+    /// Decode partition `partition`'s messages in `p`.
+    pub(super) fn decode(&mut self, partition: i32, p: &Pending) -> Result<DecodedInput> {
+        let decoded = self.decoder.decode(&p.payloads)?;
+        let mut good = vec![true; p.payloads.len()];
+        for (j, _) in &decoded.bad {
+            good[*j] = false;
+        }
+        let batch = assemble(&self.config, partition, p, &good, decoded.batch)?;
+        Ok(DecodedInput {
+            batch,
+            bad: decoded.bad,
+        })
+    }
 }
 
 #[allow(non_camel_case_types)]
@@ -782,21 +927,7 @@ impl Consumer_ {
                     if p.ended {
                         continue;
                     }
-                    let payload = m.payload().unwrap_or(&[]);
-                    Stats::add(&self.config.stats.bytes, payload.len() as u64);
-                    p.payloads.push(payload);
-                    match m.key() {
-                        Some(k) => {
-                            p.keys.push(k);
-                            p.key_null.push(false);
-                        }
-                        None => {
-                            p.keys.push(&[]);
-                            p.key_null.push(true);
-                        }
-                    }
-                    p.offsets.push(m.offset());
-                    p.timestamps.push(m.timestamp().to_millis());
+                    p.push(&m, &self.config.stats);
                     p.next_offset = Some(m.offset() + 1);
                     if p.first_at.is_none() {
                         p.first_at = Some(now);
@@ -1047,12 +1178,7 @@ impl Consumer_ {
         let reached_end = p
             .end_offset
             .is_some_and(|e| p.next_offset.is_some_and(|n| n >= e));
-        p.payloads.clear();
-        p.keys.clear();
-        p.key_null.clear();
-        p.offsets.clear();
-        p.timestamps.clear();
-        p.first_at = None;
+        p.clear();
         if !self.send(SourceEvent::Batch {
             partition: i,
             batch,
@@ -1132,35 +1258,15 @@ impl Consumer_ {
         let Some(producer) = self.dlq.as_ref() else {
             return Ok(());
         };
-        let source_partition = partition.to_string();
         for (j, reason) in bad {
-            let offset = p.offsets[*j].to_string();
-            let ts = p.timestamps[*j].map(|t| t.to_string()).unwrap_or_default();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "weir.reason",
-                    value: Some(reason.as_str()),
-                })
-                .insert(Header {
-                    key: "weir.source",
-                    value: Some(self.config.source.as_str()),
-                })
-                .insert(Header {
-                    key: "weir.topic",
-                    value: Some(self.config.topic.as_str()),
-                })
-                .insert(Header {
-                    key: "weir.partition",
-                    value: Some(source_partition.as_str()),
-                })
-                .insert(Header {
-                    key: "weir.offset",
-                    value: Some(offset.as_str()),
-                })
-                .insert(Header {
-                    key: "weir.timestamp",
-                    value: Some(ts.as_str()),
-                });
+            let headers = dead_letter_headers(
+                reason,
+                &self.config.source,
+                &self.config.topic,
+                partition,
+                p.offsets[*j],
+                p.timestamps[*j],
+            );
             let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.config.dead_letter_topic)
                     .payload(p.payloads.get(*j))

@@ -523,11 +523,19 @@ impl PostgresSink {
             let mut info = self.read_table(conn).await?;
             if info.is_none() {
                 let create = self.layout.create_table(version >= 150_000);
-                sqlx::Executor::execute(&mut *conn, create.as_str())
-                    .await
-                    .map_err(|e| pg_error("creating the table", e))?;
-                tracing::info!(sink = %self.name, table = %self.opts.table, "created table");
+                let created = sqlx::Executor::execute(&mut *conn, create.as_str()).await;
                 info = self.read_table(conn).await?;
+                match created {
+                    Ok(_) => {
+                        tracing::info!(sink = %self.name, table = %self.opts.table, "created table")
+                    }
+                    // Another process (a cluster's members start together) created it
+                    // between our look and our CREATE: use theirs.
+                    Err(e) if info.is_some() => tracing::debug!(
+                        sink = %self.name, error = %e, "the table was created meanwhile"
+                    ),
+                    Err(e) => return Err(pg_error("creating the table", e)),
+                }
             }
             let Some(info) = info else {
                 return Err(WeirError::external(
@@ -1055,6 +1063,12 @@ impl std::error::Error for ServerError {
 
 #[async_trait]
 impl Sink for PostgresSink {
+    /// Rows are written by the view's key or by row id: written again, they overwrite
+    /// themselves.
+    fn idempotent(&self) -> bool {
+        true
+    }
+
     /// Connect, apply the migrations, create or check the table (retrying while the
     /// database cannot be reached), and pick up the row count from the checkpoint.
     async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {

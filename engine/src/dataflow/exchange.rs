@@ -187,6 +187,29 @@ impl Aligner {
         self.watermark
     }
 
+    /// Each input's watermark (`i64::MIN` for one not heard from), to take up again with
+    /// [`Aligner::resume`].
+    pub fn input_watermarks(&self) -> Vec<i64> {
+        self.inputs.iter().map(|i| i.watermark).collect()
+    }
+
+    /// Take up the inputs' watermarks from [`Aligner::input_watermarks`] of an aligner
+    /// with as many inputs; the task's watermark is their least.
+    pub fn resume(&mut self, watermarks: &[i64]) -> Result<()> {
+        if watermarks.len() != self.inputs.len() {
+            return Err(WeirError::Internal(format!(
+                "exchange: resuming {} inputs' watermarks into an aligner of {}",
+                watermarks.len(),
+                self.inputs.len()
+            )));
+        }
+        for (i, w) in self.inputs.iter_mut().zip(watermarks) {
+            i.watermark = *w;
+        }
+        self.watermark = watermarks.iter().copied().min().unwrap_or(i64::MIN);
+        Ok(())
+    }
+
     /// Take one message; returns what to do, in order.
     pub fn push(&mut self, envelope: Envelope) -> Result<Vec<Step>> {
         let mut steps = Vec::new();

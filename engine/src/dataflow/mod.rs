@@ -37,6 +37,7 @@ pub mod stateless;
 pub mod updating;
 pub mod windowed;
 
+use crate::cluster::ClusterView;
 use crate::connector::RowIds;
 use crate::error::{Result, WeirError};
 use crate::object::ObjectKind;
@@ -501,6 +502,58 @@ impl Dataflow {
             probes: self.probes.get(&id).cloned().unwrap_or_default(),
             steps,
             source: id,
+        })
+    }
+
+    /// `view` as a cluster runs it (`cluster.rs`), its state cut into `key_partitions`;
+    /// a user error says why a view cannot run in a cluster yet.
+    pub fn cluster_view(&self, view: &str, key_partitions: u32) -> Result<ClusterView> {
+        let refuse = |why: &str| WeirError::user(format!("view '{view}': {why}"));
+        let id = self
+            .graph
+            .id(view)
+            .ok_or_else(|| WeirError::user(format!("there is no view '{view}'")))?;
+        let Some(Node {
+            op: NodeOp::View(op),
+            ..
+        }) = self.nodes.get(&id)
+        else {
+            return Err(WeirError::user(format!("'{view}' is not a view")));
+        };
+        let parts = op.cluster().map_err(|why| refuse(&why))?;
+        let inputs = self.graph.inputs(id);
+        let source = match inputs {
+            [one] => match self.nodes.get(one) {
+                Some(Node {
+                    op: NodeOp::Source(s),
+                    name,
+                    ..
+                }) => Some((name.clone(), s)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((source, s)) = source else {
+            return Err(refuse(
+                "a view in a cluster must read one source directly (views over views \
+                 cannot run in a cluster yet)",
+            ));
+        };
+        let crate::watermark::EventTime::Column { index, delay_ms } = s.clock.event_time else {
+            return Err(refuse(&format!(
+                "its source '{source}' needs an event-time column (WATERMARK FOR ...) to \
+                 run in a cluster"
+            )));
+        };
+        Ok(ClusterView {
+            view: view.to_string(),
+            source,
+            key_partitions: key_partitions.max(1),
+            schema: parts.schema,
+            event: (index, delay_ms),
+            pre: parts.pre,
+            empty: parking_lot::Mutex::new(parts.aggregate),
+            post: parts.post,
         })
     }
 

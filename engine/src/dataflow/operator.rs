@@ -115,6 +115,11 @@ pub trait Operator: Send {
     /// Put back state from [`Operator::snapshot`] of a node built from the same definition.
     fn restore(&mut self, state: NodeState) -> Result<()>;
 
+    /// What a Weir cluster runs of this view (`cluster.rs`), or why it cannot yet.
+    fn cluster(&self) -> std::result::Result<crate::cluster::ClusterParts, String> {
+        Err("only a TUMBLE or HOP aggregate over a source can run in a cluster yet".into())
+    }
+
     /// What stage 1 may do for this node ahead of the driver (`prepare.rs`), if anything.
     fn stage1(&self) -> Option<Stage1Step> {
         None

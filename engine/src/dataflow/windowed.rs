@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub struct WindowedOp {
     pre: Arc<SlotPlan>,
     aggregate: Windows,
-    post: SlotPlan,
+    post: Arc<SlotPlan>,
     /// The view's output schema (with `is_final` for `EMIT EVERY`).
     schema: SchemaRef,
     late_policy: LatePolicy,
@@ -48,7 +48,7 @@ impl WindowedOp {
         Ok(WindowedOp {
             pre: Arc::new(pre),
             aggregate,
-            post,
+            post: Arc::new(post),
             schema,
             late_policy,
             input_watermark: i64::MIN,
@@ -257,6 +257,28 @@ impl Operator for WindowedOp {
         let written: u32 = meta_field(m, "key_partitions")?.unwrap_or(1);
         self.aggregate
             .restore(state.parts, written, closed, emit_period)
+    }
+
+    fn cluster(&self) -> std::result::Result<crate::cluster::ClusterParts, String> {
+        if self.late_policy != LatePolicy::Drop {
+            return Err("'late.policy' = 'dead-letter' cannot run in a cluster yet".into());
+        }
+        if self.aggregate.emit_period().ok().flatten().is_some() {
+            return Err("EMIT EVERY cannot run in a cluster yet".into());
+        }
+        let Some((aggregate, _)) = self.aggregate.partial_copy() else {
+            return Err(
+                "only a TUMBLE or HOP aggregate over a source can run in a cluster yet \
+                 (SESSION windows and window rows cannot)"
+                    .into(),
+            );
+        };
+        Ok(crate::cluster::ClusterParts {
+            pre: self.pre.clone(),
+            aggregate,
+            post: self.post.clone(),
+            schema: self.schema.clone(),
+        })
     }
 
     fn stage1(&self) -> Option<Stage1Step> {

@@ -25,7 +25,7 @@ mod panes;
 mod rows;
 mod session;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod updating;
 
 use crate::error::{Result, WeirError};

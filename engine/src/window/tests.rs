@@ -2,7 +2,7 @@
 //! batches pushed by hand (with restore-from-snapshot variants), and an ignored
 //! throughput measurement.
 
-mod unit {
+pub(crate) mod unit {
     #![allow(clippy::unwrap_used)]
     use super::super::*;
     use datafusion::arrow::array::{AsArray, StringArray, TimestampMillisecondArray};
@@ -22,8 +22,8 @@ mod unit {
     /// (window start, window end, key, count, sum)
     type Row = (i64, i64, String, i64, i64);
 
-    /// Rows `(ts ms, key, value)` in the given (arrival) order.
-    fn table(rows: &[(i64, &str, i64)]) -> RecordBatch {
+    /// Rows `(ts ms, k, v)` in the given (arrival) order.
+    pub(crate) fn table(rows: &[(i64, &str, i64)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new(
                 "ts",

@@ -1,0 +1,168 @@
+//! `weir run` as a member of a Weir cluster (`[cluster] group`, docs/cluster.md): the SQL
+//! is planned as for a single process, then each source's views run through the cluster's
+//! consumer groups and exchange topics (`weir_connectors::kafka::cluster`) instead of the
+//! single-process runtime.
+
+use crate::app::duration;
+use crate::config::{ClusterSection, Config};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_connectors::kafka::cluster::{ClusterSettings, MemberSource, ViewParts, start_source};
+use weir_connectors::kafka::source::ClusterInput;
+use weir_engine::object::ObjectKind;
+use weir_engine::pipeline::Pipeline;
+
+/// The member id when `[cluster] member` is not set: the host name and a hash of the
+/// data directory, so two members on one machine differ and a restart keeps its id.
+pub fn default_member(data_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "weir".into());
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across builds and versions, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.to_string_lossy().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{host}-{:08x}", h as u32)
+}
+
+pub fn settings(section: &ClusterSection, data_dir: &Path) -> Result<ClusterSettings> {
+    let Some(group) = section.group.clone() else {
+        bail!("[cluster] group is not set");
+    };
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !valid(&group) {
+        bail!(
+            "[cluster] group '{group}' must be letters, digits, '-', '_' or '.' (it names \
+             Kafka topics and consumer groups)"
+        );
+    }
+    let member = section
+        .member
+        .clone()
+        .unwrap_or_else(|| default_member(data_dir));
+    if !valid(&member) {
+        bail!("[cluster] member '{member}' must be letters, digits, '-', '_' or '.'");
+    }
+    let session_timeout = duration("cluster.session_timeout", &section.session_timeout)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&session_timeout) {
+        bail!("[cluster] session_timeout must be between 1s and 300s");
+    }
+    Ok(ClusterSettings {
+        state_dir: section
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("weir-cluster").join(&group)),
+        group,
+        member,
+        session_timeout,
+        snapshot_interval: duration("cluster.snapshot_interval", &section.snapshot_interval)?,
+    })
+}
+
+/// Run this member until `shutdown`.
+pub async fn run(
+    mut pipeline: Pipeline,
+    cfg: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let settings = settings(&cfg.cluster, &cfg.engine.data_dir)?;
+    // Every view must run in the cluster; a view a cluster cannot run yet is an error
+    // that names it, before anything starts.
+    let catalog = pipeline.catalog();
+    let mut views = BTreeMap::new();
+    for o in catalog.objects().iter() {
+        if o.kind == ObjectKind::View {
+            let v = pipeline.cluster_view(&o.name)?;
+            views.insert(o.name.clone(), (Arc::new(v), Vec::new()));
+        }
+    }
+    for s in pipeline.take_new_sinks() {
+        if !s.sink.idempotent() {
+            bail!(
+                "sink '{}': a cluster replays a key partition's rows after a failover, so it \
+                 takes only sinks that write by key (postgres, blackhole) yet",
+                s.name
+            );
+        }
+        let Some((_, sinks)) = views.get_mut(&s.view) else {
+            bail!("sink '{}' reads '{}', which is not a view", s.name, s.view);
+        };
+        sinks.push(s.sink);
+    }
+    let handle = tokio::runtime::Handle::current();
+    let mut members: Vec<MemberSource> = Vec::new();
+    let mut result = Ok(());
+    for (source, src) in pipeline.take_new_sources() {
+        let Some(input) = src
+            .cluster_input()
+            .and_then(|a| a.downcast::<ClusterInput>().ok())
+        else {
+            result = Err(anyhow::anyhow!(
+                "source '{source}': a cluster reads Kafka sources only"
+            ));
+            break;
+        };
+        let over: Vec<String> = views
+            .iter()
+            .filter(|(_, (v, _))| v.source == source)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let parts = over
+            .iter()
+            .filter_map(|n| views.remove(n))
+            .map(|(view, sinks)| ViewParts { view, sinks })
+            .collect::<Vec<_>>();
+        if parts.is_empty() {
+            continue;
+        }
+        match start_source(&settings, *input, parts, handle.clone()).await {
+            Ok(m) => members.push(m),
+            Err(e) => {
+                result = Err(anyhow::anyhow!("source '{source}': {e}"));
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        tracing::info!(
+            group = %settings.group,
+            member = %settings.member,
+            state_dir = %settings.state_dir.display(),
+            views = members.iter().map(|m| m.views.len()).sum::<usize>(),
+            "running as a cluster member; Ctrl-C stops (handing its partitions over)"
+        );
+        let failed = async {
+            loop {
+                if let Some(f) = members.iter().find_map(|m| m.failure()) {
+                    return f;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            f = failed => result = Err(anyhow::anyhow!("cluster member failed: {f}")),
+        }
+        tracing::info!("stopping: snapshotting and handing over this member's partitions");
+    }
+    let stopping = tokio::task::spawn_blocking(move || {
+        for m in members {
+            m.stop();
+        }
+    });
+    stopping.await.context("stopping the cluster threads")?;
+    result
+}
