@@ -173,6 +173,49 @@ impl KeyTask {
     }
 }
 
+/// A member's numbering of a view's rows as its results topic gives them (docs/cluster.md,
+/// "Serving"). The topic has one partition, so every member reads the same records in the
+/// same order; each record is a batch of one key partition's rows with the count of that
+/// partition's rows before it. A key partition's owner writes its rows again after a
+/// failover (the same rows: its state is a function of the exchange log), so a row already
+/// taken is recognised by that count and dropped. Every member takes the same rows with the
+/// same seqs.
+#[derive(Debug, Default)]
+pub struct ResultsReader {
+    sequencer: crate::sequencer::Sequencer,
+}
+
+impl ResultsReader {
+    /// The rows of `batch` (key partition `kp`'s rows from its `first`-th on) not taken
+    /// before, numbered; `None` when every one was.
+    pub fn take(
+        &mut self,
+        kp: u32,
+        first: u64,
+        batch: RecordBatch,
+    ) -> Option<(crate::sequencer::Numbered, RecordBatch)> {
+        let taken = self.sequencer.rows_from(kp);
+        let n = batch.num_rows() as u64;
+        if first + n <= taken {
+            return None;
+        }
+        if first > taken {
+            // Rows between were never written: not something a key partition's owner does
+            // (it writes its rows in order and writes again from an earlier count only).
+            tracing::error!(
+                kp,
+                first,
+                taken,
+                "results: rows of a key partition are missing"
+            );
+        }
+        let skip = taken.saturating_sub(first) as usize;
+        let rows = batch.slice(skip, batch.num_rows() - skip);
+        let numbered = self.sequencer.next(kp, rows.num_rows());
+        Some((numbered, rows))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -287,6 +330,23 @@ mod tests {
             }
         }
         assert_eq!(sorted(&rows), expected);
+    }
+
+    #[test]
+    fn results_written_again_after_a_failover_are_taken_once() {
+        let rows =
+            |from: i64, n: i64| events(&(from..from + n).map(|i| (i, "k", i)).collect::<Vec<_>>());
+        let mut r = ResultsReader::default();
+        // kp 0's rows 0..3, kp 1's rows 0..2, then kp 0 again from its snapshot at row 1
+        // (rows 1..5: 1 and 2 seen), then kp 1's rows 0..2 once more.
+        let (a, _) = r.take(0, 0, rows(0, 3)).unwrap();
+        let (b, _) = r.take(1, 0, rows(100, 2)).unwrap();
+        let (c, c_rows) = r.take(0, 1, rows(1, 4)).unwrap();
+        assert!(r.take(1, 0, rows(100, 2)).is_none());
+        assert_eq!((a.first_seq, b.first_seq, c.first_seq), (1, 4, 6));
+        assert_eq!(c.ids.first, 3);
+        let ts = crate::dataflow::source::ts_millis(c_rows.column(0)).unwrap();
+        assert_eq!(ts.values().to_vec(), vec![3, 4]);
     }
 
     #[tokio::test]

@@ -43,6 +43,11 @@ impl Sequencer {
         Numbered { first_seq, ids }
     }
 
+    /// Rows numbered so far from `origin`.
+    pub fn rows_from(&self, origin: u32) -> u64 {
+        self.row_counters.get(&origin).copied().unwrap_or(0)
+    }
+
     /// The seq of the last row emitted.
     pub fn last_seq(&self) -> u64 {
         self.last_seq

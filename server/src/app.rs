@@ -435,7 +435,7 @@ pub async fn run(
         if mode != Mode::Run {
             bail!("[cluster] is for `weir run`; a backfill runs alone (unset the group)");
         }
-        return crate::cluster::run(pipeline, &cfg, shutdown).await;
+        return crate::cluster::run(pipeline, &cfg, on_listen, shutdown).await;
     }
     let result = async {
         let mut state = StateDir::open(&cfg.engine.data_dir)?;
@@ -489,6 +489,45 @@ struct RunParts {
     checkpoint: Option<weir_engine::runtime::CheckpointOptions>,
 }
 
+/// Bind the API's listener, say where it serves, and serve the state `app` builds.
+pub(crate) async fn start_api(
+    cfg: &config::Config,
+    on_listen: Option<oneshot::Sender<SocketAddr>>,
+    app: impl FnOnce(ApiSettings) -> AppState,
+) -> Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let settings = api_settings(&cfg.server, &cfg.engine)?;
+    let listener = api::bind(&cfg.server.listen, &settings).await?;
+    let addr = listener.local_addr()?;
+    if settings.tokens.is_empty() {
+        tracing::info!(
+            "serving the API and dashboard at http://{addr}/ (no tokens configured: \
+             loopback only, no authentication; set [server] admin_tokens to require them)"
+        );
+    } else {
+        tracing::info!(
+            "serving the API and dashboard at http://{addr}/ ({} token(s); every route \
+             but /health, / and /assets needs one)",
+            settings.tokens.len()
+        );
+    }
+    if let Some(tx) = on_listen {
+        let _ = tx.send(addr);
+    }
+    Ok(tokio::spawn(api::serve(listener, app(settings))))
+}
+
+/// Give the API's open requests a moment once subscriptions were told to close, then
+/// stop it.
+pub(crate) async fn stop_api(server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>) {
+    if let Some(mut s) = server
+        && tokio::time::timeout(Duration::from_secs(3), &mut s)
+            .await
+            .is_err()
+    {
+        s.abort();
+    }
+}
+
 async fn run_pipeline(
     pipeline: Pipeline,
     cfg: config::Config,
@@ -511,32 +550,16 @@ async fn run_pipeline(
     let (controller, control) = Controller::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = if serve {
-        let settings = api_settings(&cfg.server, &cfg.engine)?;
-        let listener = api::bind(&cfg.server.listen, &settings).await?;
-        let addr = listener.local_addr()?;
-        if settings.tokens.is_empty() {
-            tracing::info!(
-                "serving the API and dashboard at http://{addr}/ (no tokens configured: \
-                 loopback only, no authentication; set [server] admin_tokens to require them)"
-            );
-        } else {
-            tracing::info!(
-                "serving the API and dashboard at http://{addr}/ ({} token(s); every route \
-                 but /health, / and /assets needs one)",
-                settings.tokens.len()
-            );
-        }
-        if let Some(tx) = on_listen {
-            let _ = tx.send(addr);
-        }
-        let app = AppState::new(
-            catalog.clone(),
-            controller,
-            settings,
-            state.clone(),
-            stop_rx,
-        );
-        Some(tokio::spawn(api::serve(listener, app)))
+        let app = |settings| {
+            AppState::new(
+                catalog.clone(),
+                controller,
+                settings,
+                state.clone(),
+                stop_rx,
+            )
+        };
+        Some(start_api(&cfg, on_listen, app).await?)
     } else {
         drop(controller);
         None
@@ -572,15 +595,7 @@ async fn run_pipeline(
     if let Some(r) = reporter {
         r.abort();
     }
-    if let Some(mut s) = server {
-        // Open requests get a moment; subscriptions were told to close.
-        if tokio::time::timeout(Duration::from_secs(3), &mut s)
-            .await
-            .is_err()
-        {
-            s.abort();
-        }
-    }
+    stop_api(server).await;
     progress::summary(&catalog.objects());
     match end {
         Ok(RunEnd::Done) => {

@@ -72,10 +72,12 @@ pub fn settings(section: &ClusterSection, data_dir: &Path) -> Result<ClusterSett
     })
 }
 
-/// Run this member until `shutdown`.
+/// Run this member until `shutdown`: its share of the views' work, and the API and
+/// dashboard serving every view whole (from the views' results topics).
 pub async fn run(
     mut pipeline: Pipeline,
     cfg: &Config,
+    on_listen: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let settings = settings(&cfg.cluster, &cfg.engine.data_dir)?;
@@ -86,7 +88,10 @@ pub async fn run(
     for o in catalog.objects().iter() {
         if o.kind == ObjectKind::View {
             let v = pipeline.cluster_view(&o.name)?;
-            views.insert(o.name.clone(), (Arc::new(v), Vec::new()));
+            views.insert(
+                o.name.clone(),
+                (Arc::new(v), Vec::new(), pipeline.view_buffer(&o.name)),
+            );
         }
     }
     for s in pipeline.take_new_sinks() {
@@ -97,7 +102,7 @@ pub async fn run(
                 s.name
             );
         }
-        let Some((_, sinks)) = views.get_mut(&s.view) else {
+        let Some((_, sinks, _)) = views.get_mut(&s.view) else {
             bail!("sink '{}' reads '{}', which is not a view", s.name, s.view);
         };
         sinks.push(s.sink);
@@ -117,13 +122,17 @@ pub async fn run(
         };
         let over: Vec<String> = views
             .iter()
-            .filter(|(_, (v, _))| v.source == source)
+            .filter(|(_, (v, _, _))| v.source == source)
             .map(|(n, _)| n.clone())
             .collect();
         let parts = over
             .iter()
             .filter_map(|n| views.remove(n))
-            .map(|(view, sinks)| ViewParts { view, sinks })
+            .map(|(view, sinks, buffer)| ViewParts {
+                view,
+                sinks,
+                buffer,
+            })
             .collect::<Vec<_>>();
         if parts.is_empty() {
             continue;
@@ -134,6 +143,21 @@ pub async fn run(
                 result = Err(anyhow::anyhow!("source '{source}': {e}"));
                 break;
             }
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server = None;
+    if result.is_ok() && cfg.server.enabled {
+        // Statements over the API are refused: a cluster runs the SQL every member was
+        // started with (the controller's receiver is dropped).
+        let (controller, _) = weir_engine::runtime::Controller::new();
+        let state = Arc::new(crate::state::StateDir::open(&cfg.engine.data_dir)?);
+        let app = |settings| {
+            crate::api::AppState::new(catalog.clone(), controller, settings, state, stop_rx)
+        };
+        match crate::app::start_api(cfg, on_listen, app).await {
+            Ok(s) => server = Some(s),
+            Err(e) => result = Err(e),
         }
     }
     if result.is_ok() {
@@ -164,5 +188,7 @@ pub async fn run(
         }
     });
     stopping.await.context("stopping the cluster threads")?;
+    let _ = stop_tx.send(true);
+    crate::app::stop_api(server).await;
     result
 }

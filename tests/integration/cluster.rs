@@ -10,6 +10,7 @@ use crate::kafka::{
     Ev, T0, bootstrap, broker_lock, create_topic, events, produce_all, producer, sentinels, unique,
 };
 use crate::postgres::pg_url;
+use crate::server_api::call;
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 12;
 const WINDOWS: i64 = 60;
 const PER_WINDOW: i64 = 100;
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// One row of `per_speed`: (window_start ms, speed, n).
 type SpeedRow = (i64, f64, i64);
@@ -99,20 +101,99 @@ impl Cluster {
         child.wait().unwrap();
     }
 
-    /// SIGTERM every member and check each stopped cleanly.
+    fn signal(&self, m: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.members[&m].id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM member `m` and check it stopped cleanly.
+    fn stop(&mut self, m: usize) {
+        self.signal(m, "TERM");
+        let status = self.members.remove(&m).unwrap().wait().unwrap();
+        let log = std::fs::read_to_string(self.log(m)).unwrap_or_default();
+        assert!(
+            status.success(),
+            "member {m} exited with {status}; log:\n{log}"
+        );
+    }
+
     fn stop_all(&mut self) {
-        for (m, mut child) in std::mem::take(&mut self.members) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let status = child.wait().unwrap();
-            let log = std::fs::read_to_string(self.log(m)).unwrap_or_default();
-            assert!(
-                status.success(),
-                "member {m} exited with {status}; log:\n{log}"
-            );
+        let all: Vec<usize> = self.members.keys().copied().collect();
+        for m in all {
+            self.stop(m);
         }
+    }
+
+    /// Where member `m` serves its API (from its log).
+    fn api(&self, m: usize) -> Option<String> {
+        let log = std::fs::read_to_string(self.log(m)).ok()?;
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving the API and dashboard at"))?;
+        let at = line.split("http://").nth(1)?.split('/').next()?;
+        Some(format!("http://{at}"))
+    }
+
+    /// Every row member `m` serves for `view`, with its seq, once it serves `want` rows
+    /// (and no more), paged from seq 0.
+    async fn served_rows(
+        &self,
+        m: usize,
+        view: &str,
+        want: usize,
+    ) -> Vec<(u64, serde_json::Value)> {
+        let last = |base: &str| {
+            let (status, v) = call(
+                "GET",
+                &format!("{base}/api/v1/views/{view}/rows?limit=1"),
+                None,
+                None,
+            );
+            (status == 200).then(|| v["last_seq"].as_u64().unwrap_or(0))
+        };
+        wait_for(self, Duration::from_secs(60), "rows served", || async {
+            let Some(base) = self.api(m) else {
+                return Some(format!("member {m} serves no API yet"));
+            };
+            match last(&base) {
+                Some(n) if n as usize >= want => None,
+                n => Some(format!("member {m} serves {n:?} of {want} rows")),
+            }
+        })
+        .await;
+        let base = self.api(m).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut since = 0;
+        loop {
+            let (status, v) = call(
+                "GET",
+                &format!("{base}/api/v1/views/{view}/rows?since_seq={since}&limit=500"),
+                None,
+                None,
+            );
+            assert_eq!(status, 200, "{v}");
+            let rows = v["rows"].as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                break;
+            }
+            let first = v["first_seq"].as_u64().unwrap_or(0);
+            for (i, r) in rows.into_iter().enumerate() {
+                out.push((first + i as u64, r));
+            }
+            since = v["last_seq"].as_u64().unwrap_or(0);
+        }
+        let seqs: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=want as u64).collect::<Vec<_>>(),
+            "member {m}: seqs 1..={want}, each once"
+        );
+        out
     }
 
     fn logs(&self) -> String {
@@ -166,143 +247,248 @@ where
     }
 }
 
+/// A cluster's run: its members, its tables and the answer they must hold.
+struct Scenario {
+    cluster: Cluster,
+    db: sqlx::PgPool,
+    topic: String,
+    wtable: String,
+    stable: String,
+    evs: Vec<Ev>,
+    producer: rdkafka::producer::FutureProducer,
+    _dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    async fn new(b: &str, url: &str, name: &str) -> Scenario {
+        let topic = unique(name);
+        create_topic(b, &topic, PARTITIONS).await;
+        let evs = events(PARTITIONS, WINDOWS, PER_WINDOW, 11);
+        let dir = tempfile::tempdir().unwrap();
+        let suffix = topic.replace('-', "_");
+        let (wtable, stable) = (format!("cl_w_{suffix}"), format!("cl_s_{suffix}"));
+        let sql = dir.path().join("pipeline.sql");
+        std::fs::write(
+            &sql,
+            format!(
+                "CREATE SOURCE downloads (ts TIMESTAMP NOT NULL, region TEXT, status TEXT, \
+                 speed_mbps DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+                 WITH (connector = 'kafka', topic = '{topic}', format = 'json');\n\
+                 CREATE MATERIALIZED VIEW per_window AS SELECT window_start, window_end, \
+                 region, count(*) AS downloads, \
+                 count(*) FILTER (WHERE status = 'failed') AS failures, \
+                 sum(speed_mbps) AS speed FROM TUMBLE(downloads, ts, INTERVAL '10' SECOND) \
+                 GROUP BY window_start, window_end, region;\n\
+                 CREATE MATERIALIZED VIEW per_speed AS SELECT window_start, speed_mbps, \
+                 count(*) AS n FROM TUMBLE(downloads, ts, INTERVAL '10' SECOND) \
+                 GROUP BY window_start, speed_mbps;\n\
+                 CREATE SINK pg_windows FROM per_window WITH (connector = 'postgres', \
+                 url = '{url}', table = '{wtable}');\n\
+                 CREATE SINK pg_speed FROM per_speed WITH (connector = 'postgres', \
+                 url = '{url}', table = '{stable}');\n"
+            ),
+        )
+        .unwrap();
+        let config = dir.path().join("weir.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbootstrap_servers = \"{b}\"\n[kafka.embedded]\nenabled = false\n\
+                 [engine]\nbatch_rows = 500\nkey_partitions = 8\n\
+                 [cluster]\ngroup = \"{topic}\"\nsession_timeout = \"{}s\"\n\
+                 state_dir = \"{}\"\nsnapshot_interval = \"500ms\"\n",
+                SESSION_TIMEOUT.as_secs(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .unwrap();
+        Scenario {
+            cluster: Cluster {
+                dir: dir.path().to_path_buf(),
+                sql,
+                config,
+                members: BTreeMap::new(),
+            },
+            db,
+            producer: producer(b),
+            topic,
+            wtable,
+            stable,
+            evs,
+            _dir: dir,
+        }
+    }
+
+    /// Produce part `k` of `of` of the events (by time).
+    async fn produce(&self, k: i64, of: i64) {
+        let span = WINDOWS * 10_000;
+        let part: Vec<Ev> = self
+            .evs
+            .iter()
+            .filter(|e| e.ts >= T0 + span * k / of && e.ts < T0 + span * (k + 1) / of)
+            .cloned()
+            .collect();
+        produce_all(&self.producer, &self.topic, &part).await;
+    }
+
+    async fn window_rows(&self) -> usize {
+        read_windows(&self.db, &self.wtable).await.len()
+    }
+
+    /// Wait until the window table has more than `than` rows.
+    async fn progress(&self, what: &str, than: usize) {
+        wait_for(&self.cluster, Duration::from_secs(120), what, || async {
+            let n = self.window_rows().await;
+            (n <= than).then(|| format!("{n} rows, {than} before"))
+        })
+        .await;
+    }
+
+    /// Close every window (far-future events on every partition), wait for every row,
+    /// stop the members and compare the tables with the answer, read to the end; gives
+    /// the members' logs.
+    async fn finish(mut self) -> String {
+        let (want_windows, _) = expected(&self.evs);
+        let want_speed = expected_speed(&self.evs);
+        let span = WINDOWS * 10_000;
+        let last = sentinels(PARTITIONS, T0 + span + 600_000);
+        produce_all(&self.producer, &self.topic, &last).await;
+        wait_for(
+            &self.cluster,
+            Duration::from_secs(180),
+            "every window",
+            || async {
+                let (w, s) = (
+                    self.window_rows().await,
+                    read_speed(&self.db, &self.stable).await.len(),
+                );
+                (w < want_windows.len() || s < want_speed.len()).then(|| {
+                    format!(
+                        "{w} of {} window rows, {s} of {} speed rows",
+                        want_windows.len(),
+                        want_speed.len()
+                    )
+                })
+            },
+        )
+        .await;
+        // Every member serves the whole view, numbered the same.
+        let mut served = Vec::new();
+        for m in self.cluster.members.keys().copied().collect::<Vec<_>>() {
+            served.push((
+                m,
+                self.cluster
+                    .served_rows(m, "per_window", want_windows.len())
+                    .await,
+            ));
+        }
+        self.cluster.stop_all();
+        let mut want_served: Vec<String> = want_windows
+            .iter()
+            .map(|(_, region, n, f, speed)| format!("{region} {n} {f} {speed}"))
+            .collect();
+        want_served.sort();
+        for (m, rows) in &served {
+            assert_eq!(rows, &served[0].1, "member {m} serves other rows or seqs");
+            let mut got: Vec<String> = rows
+                .iter()
+                .map(|(_, r)| {
+                    format!(
+                        "{} {} {} {}",
+                        r["region"].as_str().unwrap_or_default(),
+                        r["downloads"],
+                        r["failures"],
+                        r["speed"].as_f64().unwrap_or(f64::NAN)
+                    )
+                })
+                .collect();
+            got.sort();
+            assert_eq!(got, want_served, "member {m}'s served rows");
+        }
+        let got: Vec<WindowRow> = read_windows(&self.db, &self.wtable).await;
+        assert_eq!(got, want_windows);
+        assert_eq!(read_speed(&self.db, &self.stable).await, want_speed);
+        let logs = self.cluster.logs();
+        eprintln!(
+            "{} window rows, {} speed rows; {} key partition take-overs",
+            want_windows.len(),
+            want_speed.len(),
+            logs.matches("key partition taken over").count()
+        );
+        logs
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_of_three_with_a_member_killed_and_replaced_is_exact() {
     let Some(b) = bootstrap() else { return };
     let Some(url) = pg_url() else { return };
     let _g = broker_lock().read().await;
     let _pg = pg_lock().read().await;
-    let topic = unique("cluster");
-    create_topic(&b, &topic, PARTITIONS).await;
-    let evs = events(PARTITIONS, WINDOWS, PER_WINDOW, 11);
-    let (want_windows, _) = expected(&evs);
-    let want_speed = expected_speed(&evs);
-
-    let dir = tempfile::tempdir().unwrap();
-    let suffix = topic.replace('-', "_");
-    let (wtable, stable) = (format!("cl_w_{suffix}"), format!("cl_s_{suffix}"));
-    let sql = dir.path().join("pipeline.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE SOURCE downloads (ts TIMESTAMP NOT NULL, region TEXT, status TEXT, \
-             speed_mbps DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
-             WITH (connector = 'kafka', topic = '{topic}', format = 'json');\n\
-             CREATE MATERIALIZED VIEW per_window AS SELECT window_start, window_end, region, \
-             count(*) AS downloads, count(*) FILTER (WHERE status = 'failed') AS failures, \
-             sum(speed_mbps) AS speed FROM TUMBLE(downloads, ts, INTERVAL '10' SECOND) \
-             GROUP BY window_start, window_end, region;\n\
-             CREATE MATERIALIZED VIEW per_speed AS SELECT window_start, speed_mbps, \
-             count(*) AS n FROM TUMBLE(downloads, ts, INTERVAL '10' SECOND) \
-             GROUP BY window_start, speed_mbps;\n\
-             CREATE SINK pg_windows FROM per_window WITH (connector = 'postgres', \
-             url = '{url}', table = '{wtable}');\n\
-             CREATE SINK pg_speed FROM per_speed WITH (connector = 'postgres', \
-             url = '{url}', table = '{stable}');\n"
-        ),
-    )
-    .unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbootstrap_servers = \"{b}\"\n[kafka.embedded]\nenabled = false\n\
-             [engine]\nbatch_rows = 500\nkey_partitions = 8\n\
-             [cluster]\ngroup = \"{topic}\"\nsession_timeout = \"6s\"\n\
-             state_dir = \"{}\"\nsnapshot_interval = \"500ms\"\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
-    let mut cluster = Cluster {
-        dir: dir.path().to_path_buf(),
-        sql,
-        config,
-        members: BTreeMap::new(),
-    };
-    // The events in three parts by time, the sentinels (far-future events on every
-    // partition, which close every window) last.
-    let span = WINDOWS * 10_000;
-    let part = |k: i64| -> Vec<Ev> {
-        evs.iter()
-            .filter(|e| e.ts >= T0 + span * k / 3 && e.ts < T0 + span * (k + 1) / 3)
-            .cloned()
-            .collect()
-    };
-    let p = producer(&b);
-    produce_all(&p, &topic, &part(0)).await;
+    let mut s = Scenario::new(&b, &url, "cluster").await;
+    s.produce(0, 3).await;
     for m in 0..3 {
-        cluster.start(m);
+        s.cluster.start(m);
     }
-    wait_for(
-        &cluster,
-        Duration::from_secs(120),
-        "first windows",
-        || async {
-            let n = read_windows(&db, &wtable).await.len();
-            (n == 0).then(|| format!("{n} rows"))
-        },
-    )
-    .await;
+    s.progress("first windows", 0).await;
     // Mid-stream: member 1 killed and replaced (the same member id).
-    produce_all(&p, &topic, &part(1)).await;
-    cluster.kill(1);
-    cluster.start(1);
-    let before = read_windows(&db, &wtable).await.len();
-    wait_for(
-        &cluster,
-        Duration::from_secs(120),
-        "progress after the kill",
-        || async {
-            let n = read_windows(&db, &wtable).await.len();
-            (n <= before).then(|| format!("{n} rows, {before} before"))
-        },
-    )
-    .await;
+    s.produce(1, 3).await;
+    s.cluster.kill(1);
+    s.cluster.start(1);
+    let before = s.window_rows().await;
+    s.progress("progress after the kill", before).await;
     // Member 2 killed and not replaced: the others take its partitions after the
     // session timeout.
-    cluster.kill(2);
-    produce_all(&p, &topic, &part(2)).await;
-    produce_all(&p, &topic, &sentinels(PARTITIONS, T0 + span + 600_000)).await;
-    wait_for(
-        &cluster,
-        Duration::from_secs(180),
-        "every window",
-        || async {
-            let (w, s) = (
-                read_windows(&db, &wtable).await.len(),
-                read_speed(&db, &stable).await.len(),
-            );
-            (w < want_windows.len() || s < want_speed.len()).then(|| {
-                format!(
-                    "{w} of {} window rows, {s} of {} speed rows",
-                    want_windows.len(),
-                    want_speed.len()
-                )
-            })
-        },
-    )
-    .await;
-    cluster.stop_all();
-    // Read to the end, with every member stopped: nothing missing, nothing twice, nothing
-    // extra.
-    let got: Vec<WindowRow> = read_windows(&db, &wtable).await;
-    assert_eq!(got, want_windows);
-    assert_eq!(read_speed(&db, &stable).await, want_speed);
-    let logs = cluster.logs();
-    eprintln!(
-        "{} window rows, {} speed rows; {} key partition take-overs",
-        want_windows.len(),
-        want_speed.len(),
-        logs.matches("key partition taken over").count()
-    );
+    s.cluster.kill(2);
+    s.produce(2, 3).await;
+    let logs = s.finish().await;
     assert!(
         logs.contains("key partition taken over"),
         "no key partition changed hands; logs:\n{logs}"
+    );
+}
+
+/// Scaling 1 -> 3 -> 1 under load, and a member paused (SIGSTOP) past the session
+/// timeout, then resumed: it rejoins, and the tables stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scales_one_three_one_and_a_paused_member_rejoins() {
+    let Some(b) = bootstrap() else { return };
+    let Some(url) = pg_url() else { return };
+    let _g = broker_lock().read().await;
+    let _pg = pg_lock().read().await;
+    let mut s = Scenario::new(&b, &url, "cluster-scale").await;
+    s.produce(0, 4).await;
+    s.cluster.start(0);
+    s.progress("first windows on one member", 0).await;
+    s.cluster.start(1);
+    s.cluster.start(2);
+    s.produce(1, 4).await;
+    let before = s.window_rows().await;
+    s.progress("progress on three members", before).await;
+    // Member 1 paused past the session timeout while the others go on.
+    s.cluster.signal(1, "STOP");
+    s.produce(2, 4).await;
+    let before = s.window_rows().await;
+    s.progress("progress with member 1 paused", before).await;
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(2)).await;
+    s.cluster.signal(1, "CONT");
+    // Back to one member: 1 and 2 stop cleanly, handing their partitions over.
+    s.cluster.stop(2);
+    s.cluster.stop(1);
+    s.produce(3, 4).await;
+    let logs = s.finish().await;
+    let paused = logs
+        .split("--- m")
+        .find(|l| l.starts_with('1'))
+        .unwrap_or("");
+    eprintln!(
+        "member 1 after its pause: {} lost assignments, {} aborted steps",
+        paused.matches("lost=true").count(),
+        paused.matches("a step was aborted").count()
     );
 }

@@ -87,7 +87,12 @@ fn agent() -> ureq::Agent {
 }
 
 /// (status, body as JSON or as a string).
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub(crate) fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let a = agent();
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut res = match (method, body) {

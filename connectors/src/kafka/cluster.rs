@@ -20,13 +20,15 @@
 use super::exchange::{envelope_of, record_of};
 use super::source::{ClusterInput, Pending, dead_letter_headers};
 use crate::format::BadRecords;
-use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::arrow::ipc::reader::{FileReader, StreamReader};
+use datafusion::arrow::ipc::writer::{FileWriter, StreamWriter};
+use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext, Message as _};
@@ -35,16 +37,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use weir_engine::cluster::{ClusterView, KeySnapshot, KeyTask};
+use weir_engine::cluster::{ClusterView, KeySnapshot, KeyTask, ResultsReader};
 use weir_engine::connector::{RowIds, Sink};
 use weir_engine::dataflow::exchange::Message;
 use weir_engine::fsutil::io_error;
+use weir_engine::serving::ViewBuffer;
 use weir_engine::{Result, WeirError};
 
 use super::common::kafka_error;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How a stage thread that failed waits before it starts again.
 const RESTART: weir_engine::backoff::Backoff =
     weir_engine::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -66,6 +70,12 @@ pub struct ClusterSettings {
 /// The exchange topic of `view` in cluster `group`.
 pub fn exchange_topic(group: &str, view: &str) -> String {
     format!("weir.{group}.{view}.exchange")
+}
+
+/// The results topic of `view` in cluster `group`: every row the view emits, read by
+/// every member to serve the view.
+pub fn results_topic(group: &str, view: &str) -> String {
+    format!("weir.{group}.{view}.results")
 }
 
 /// The consumer group of a source's stage 1 (its input partitions).
@@ -96,12 +106,13 @@ pub struct ViewStatus {
     pub last_restore: Mutex<Option<(i32, usize, u64)>>,
 }
 
-/// Create the view's exchange topic with `partitions` partitions, or check the one there
-/// has that many.
-pub async fn ensure_exchange_topic(
+/// Create one of a view's internal topics (`what`: "exchange", "results") with
+/// `partitions` partitions, or check the one there has that many.
+pub async fn ensure_topic(
     client: &ClientConfig,
     topic: &str,
     partitions: u32,
+    what: &str,
 ) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client
         .create()
@@ -111,14 +122,14 @@ pub async fn ensure_exchange_topic(
     let results = admin
         .create_topics(&[new], &AdminOptions::new())
         .await
-        .map_err(|e| kafka_error(&format!("creating the exchange topic '{topic}'"), e))?;
+        .map_err(|e| kafka_error(&format!("creating the {what} topic '{topic}'"), e))?;
     for r in results {
         match r {
-            Ok(_) => tracing::info!(topic, partitions, "created the exchange topic"),
+            Ok(_) => tracing::info!(topic, partitions, "created the {what} topic"),
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => {
                 return Err(WeirError::external_source(
-                    format!("creating the exchange topic '{topic}'"),
+                    format!("creating the {what} topic '{topic}'"),
                     KafkaError::AdminOp(code),
                 ));
             }
@@ -126,11 +137,15 @@ pub async fn ensure_exchange_topic(
     }
     let have = partition_ids(client, topic).await?.len();
     if have != partitions as usize {
+        let why = if what == "exchange" {
+            "every member must run with the same [engine] key_partitions"
+        } else {
+            "it was not created by Weir"
+        };
         return Err(WeirError::user(format!(
-            "the exchange topic '{topic}' has {have} partitions but the view has \
-             {partitions} key partitions ([engine] key_partitions): every member must run \
-             with the same key_partitions, or delete the topic (and the cluster's state \
-             directory) to start the view afresh"
+            "the {what} topic '{topic}' has {have} partitions where {partitions} are \
+             expected: {why}; or delete the topic (and the cluster's state directory) to \
+             start the view afresh"
         )));
     }
     Ok(())
@@ -176,6 +191,8 @@ pub async fn partition_ids(client: &ClientConfig, topic: &str) -> Result<Vec<i32
 pub struct ViewParts {
     pub view: Arc<ClusterView>,
     pub sinks: Vec<Box<dyn Sink>>,
+    /// Where this member keeps the view's rows for readers (REST, WebSocket).
+    pub buffer: Option<Arc<ViewBuffer>>,
 }
 
 /// What runs on this member for one source: a stage-1 thread for the source (one read of
@@ -233,7 +250,13 @@ pub async fn start_source(
     for parts in views {
         let view = parts.view;
         let topic = exchange_topic(&settings.group, &view.view);
-        ensure_exchange_topic(&client, &topic, view.key_partitions).await?;
+        ensure_topic(&client, &topic, view.key_partitions, "exchange").await?;
+        let results_topic = results_topic(&settings.group, &view.view);
+        ensure_topic(&client, &results_topic, 1, "results").await?;
+        let results = input
+            .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
+            .create()
+            .map_err(|e| kafka_error("creating the results producer", e))?;
         let status = Arc::new(ViewStatus::default());
         let group = stage2_group(&settings.group, &view.view);
         let shared = Stage2Shared {
@@ -243,17 +266,40 @@ pub async fn start_source(
             dir: settings.state_dir.join(&view.view),
             handle: handle.clone(),
             sinks: parts.sinks,
+            results,
+            results_topic: results_topic.clone(),
             owned: BTreeMap::new(),
             status: status.clone(),
         };
         let config = consumer_config(&input, settings, &group);
-        let (interval, stop) = (settings.snapshot_interval, stop.clone());
+        let (interval, stop2) = (settings.snapshot_interval, stop.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weir-stage2-{}", view.view))
-                .spawn(move || run_stage2(config, shared, interval, stop))
+                .spawn(move || run_stage2(config, shared, interval, stop2))
                 .map_err(|e| WeirError::Internal(format!("starting a stage-2 thread: {e}")))?,
         );
+        if let Some(buffer) = parts.buffer {
+            let reader = ResultsThread {
+                config: input.client_config(&[
+                    (
+                        "group.id",
+                        &format!("{}.{}", results_topic, settings.member),
+                    ),
+                    ("enable.auto.commit", "false"),
+                    ("enable.auto.offset.store", "false"),
+                ]),
+                topic: results_topic,
+                buffer,
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weir-results-{}", view.view))
+                    .spawn(move || reader.run())
+                    .map_err(|e| WeirError::Internal(format!("starting a results thread: {e}")))?,
+            );
+        }
         statuses.push((view.view.clone(), status.clone()));
         targets.push((view, topic, status));
     }
@@ -669,6 +715,9 @@ struct Stage2Shared {
     dir: PathBuf,
     handle: tokio::runtime::Handle,
     sinks: Vec<Box<dyn Sink>>,
+    /// Every row the view emits goes to its results topic too, for every member to serve.
+    results: ThreadedProducer<DefaultProducerContext>,
+    results_topic: String,
     owned: BTreeMap<i32, Owned>,
     status: Arc<ViewStatus>,
 }
@@ -785,11 +834,18 @@ impl Stage2Shared {
         let envelope = envelope_of(m)?;
         let rows = self.handle.block_on(owned.task.push(envelope))?;
         owned.next = m.offset() + 1;
+        let watermark = owned.task.watermark();
         for batch in rows {
             let ids = RowIds {
                 origin: kp as u32,
                 first: owned.emitted,
             };
+            let (headers, value) = results_record(ids, watermark, &batch)?;
+            let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(&self.results_topic)
+                .partition(0)
+                .payload(value.as_slice())
+                .headers(headers);
+            produce(&self.results, record, "sending to the results topic")?;
             owned.emitted += batch.num_rows() as u64;
             self.status
                 .rows_out
@@ -811,6 +867,9 @@ impl Stage2Shared {
         for sink in &mut self.sinks {
             self.handle.block_on(sink.flush())?;
         }
+        self.results
+            .flush(SEND_TIMEOUT)
+            .map_err(|e| kafka_error("writing to the results topic", e))?;
         let mut tpl = TopicPartitionList::new();
         let mut written = Vec::new();
         let dir = self.dir.clone();
@@ -930,6 +989,143 @@ fn stage2_session(
     // Stopping: hand over without a replay.
     shared.lock().checkpoint(&consumer, None)?;
     Ok(())
+}
+
+const RESULT_KP: &str = "weir.kp";
+const RESULT_FIRST: &str = "weir.first";
+const RESULT_WATERMARK: &str = "weir.watermark";
+
+/// A batch of a key partition's rows as a results record: headers with the key partition,
+/// the count of its rows before these and its watermark; the batch as an Arrow IPC stream.
+fn results_record(
+    ids: RowIds,
+    watermark: i64,
+    batch: &RecordBatch,
+) -> Result<(OwnedHeaders, Vec<u8>)> {
+    let mut value = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut value, &batch.schema())?;
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let (kp, first, wm) = (
+        ids.origin.to_le_bytes(),
+        ids.first.to_le_bytes(),
+        watermark.to_le_bytes(),
+    );
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: RESULT_KP,
+            value: Some(&kp),
+        })
+        .insert(Header {
+            key: RESULT_FIRST,
+            value: Some(&first),
+        })
+        .insert(Header {
+            key: RESULT_WATERMARK,
+            value: Some(&wm),
+        });
+    Ok((headers, value))
+}
+
+/// A results record back: (key partition, rows before, watermark, rows).
+fn from_results_record(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Result<(u32, u64, i64, RecordBatch)> {
+    let header = |key: &str| -> Option<[u8; 8]> {
+        let h = m.headers()?;
+        let v = h.iter().find(|x| x.key == key)?.value?;
+        let mut out = [0u8; 8];
+        (v.len() <= 8).then(|| {
+            out[..v.len()].copy_from_slice(v);
+            out
+        })
+    };
+    let bad = |why: &str| {
+        WeirError::Internal(format!(
+            "results record at {}[{}]@{}: {why}",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        ))
+    };
+    let (Some(kp), Some(first), Some(wm)) = (
+        header(RESULT_KP),
+        header(RESULT_FIRST),
+        header(RESULT_WATERMARK),
+    ) else {
+        return Err(bad("headers missing"));
+    };
+    let mut reader = StreamReader::try_new(m.payload().unwrap_or_default(), None)?;
+    let batch = reader.next().ok_or_else(|| bad("no batch"))??;
+    let kp = u32::from_le_bytes([kp[0], kp[1], kp[2], kp[3]]);
+    Ok((kp, u64::from_le_bytes(first), i64::from_le_bytes(wm), batch))
+}
+
+/// Reads a view's results topic from the beginning into this member's buffer for the
+/// view (REST and WebSocket readers), every row once and in the topic's order.
+struct ResultsThread {
+    config: ClientConfig,
+    topic: String,
+    buffer: Arc<ViewBuffer>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ResultsThread {
+    fn run(self) {
+        let mut backoff = RESTART.start();
+        while !self.stop.load(Ordering::Relaxed) {
+            // Every session reads from the beginning: the numbering is rebuilt the same.
+            match self.session() {
+                Ok(()) => return,
+                Err(e) => {
+                    let wait = backoff.next_delay().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(topic = %self.topic, error = %e, ?wait,
+                        "reading the results topic stopped; starting again");
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn session(&self) -> Result<()> {
+        let consumer: BaseConsumer = self
+            .config
+            .create()
+            .map_err(|e| kafka_error("creating the results reader", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
+            .map_err(|e| kafka_error("assigning the results topic", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_error("assigning the results topic", e))?;
+        let mut reader = ResultsReader::default();
+        let last = self.buffer.last_seq();
+        while !self.stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let (kp, first, watermark, batch) = from_results_record(&m)?;
+                    let Some((numbered, rows)) = reader.take(kp, first, batch) else {
+                        continue;
+                    };
+                    // Rows this buffer holds from an earlier session are not pushed again.
+                    if numbered.first_seq <= last {
+                        continue;
+                    }
+                    let at_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or(0);
+                    self.buffer
+                        .push(numbered.first_seq, rows, Some(watermark), at_us)?;
+                }
+                Some(Err(e)) => return Err(kafka_error("reading the results topic", e)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Write `snapshot` of a key partition at exchange offset `at` (write, sync, rename).
