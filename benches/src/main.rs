@@ -15,6 +15,8 @@
 //! weir-bench nexmark --query q5 --check [--events N]               vs batch DataFusion
 //! weir-bench kafka-throughput --bootstrap HOST:PORT --topic T --threads 1|2
 //! weir-bench kafka-sink --bootstrap HOST:PORT --input FILE.parquet --threads 1
+//! weir-bench cluster --topic T --input FILE.jsonl --members 0|1|2|3 [--kill-after S]
+//!                                                              weir alone or as a cluster
 //! weir-bench ws-latency --rate 100000 --secs 60               window close -> WebSocket client
 //! weir-bench ws-fanout --subscribers 1000 --rows 30000000     many subscribers on one view
 //! weir-bench pg-upsert --rows 2000000 --batch-rows 50000 [--url URL]   Postgres sink upserts
@@ -44,6 +46,7 @@ use weir_engine::runtime::{RunOptions, run};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster;
 mod inputs;
 mod nexmark_gen;
 mod pg;
@@ -231,6 +234,25 @@ enum Cmd {
         /// header lines), e.g. to try another formulation.
         #[arg(long)]
         sql_file: Option<PathBuf>,
+    },
+    /// The release `weir` binary alone (`--members 0`) or as a cluster of N members on
+    /// this machine over a pre-loaded topic (the region-health view), timed until every
+    /// window's row is served; `--input` is the file loaded (for the expected rows);
+    /// `--kill-after S` SIGKILLs the last member S seconds in and reports the failover time.
+    Cluster {
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        members: usize,
+        /// The `weir` binary (default: next to this one).
+        #[arg(long)]
+        weir: Option<PathBuf>,
+        #[arg(long)]
+        kill_after: Option<f64>,
     },
     /// Pre-loaded topic -> per-minute region-health view -> blackhole, timed (the source is
     /// bounded at the offsets present when it starts).
@@ -731,6 +753,28 @@ fn main() -> Result<()> {
                 batch_rows,
                 ..
             } => kafka_throughput(&bootstrap, &topic, batch_rows).await,
+            Cmd::Cluster {
+                bootstrap,
+                topic,
+                input,
+                members,
+                weir,
+                kill_after,
+            } => {
+                let weir = match weir {
+                    Some(w) => w,
+                    None => std::env::current_exe()?.with_file_name("weir"),
+                };
+                let o = cluster::Options {
+                    bootstrap,
+                    topic,
+                    input,
+                    members,
+                    weir,
+                    kill_after,
+                };
+                tokio::task::spawn_blocking(move || cluster::run(o)).await?
+            }
             Cmd::NexmarkGen {
                 events,
                 event_rate,

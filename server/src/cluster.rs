@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use weir_connectors::kafka::cluster::{ClusterSettings, MemberSource, ViewParts, start_source};
 use weir_connectors::kafka::source::ClusterInput;
@@ -69,7 +70,30 @@ pub fn settings(section: &ClusterSection, data_dir: &Path) -> Result<ClusterSett
         member,
         session_timeout,
         snapshot_interval: duration("cluster.snapshot_interval", &section.snapshot_interval)?,
+        step_rows: section.step_rows.max(1),
+        step_delay: duration("cluster.step_delay", &section.step_delay)?,
     })
+}
+
+/// One progress line for a view on this member: what it owns and how fast it goes.
+fn progress(
+    view: &str,
+    s: &weir_connectors::kafka::cluster::ViewStatus,
+    secs: f64,
+    before: &mut BTreeMap<String, u64>,
+) {
+    let records = s.records_in.load(Ordering::Relaxed);
+    let prev = before.insert(view.to_string(), records).unwrap_or(0);
+    tracing::info!(
+        view,
+        inputs = ?*s.inputs.lock(),
+        key_partitions = ?*s.keys.lock(),
+        records_per_sec = ((records - prev) as f64 / secs.max(0.001)) as u64,
+        rows_out = s.rows_out.load(Ordering::Relaxed),
+        steps_aborted = s.aborted.load(Ordering::Relaxed),
+        rebalances = s.rebalances.load(Ordering::Relaxed),
+        "cluster progress"
+    );
 }
 
 /// Run this member until `shutdown`: its share of the views' work, and the API and
@@ -110,6 +134,10 @@ pub async fn run(
     let handle = tokio::runtime::Handle::current();
     let mut members: Vec<MemberSource> = Vec::new();
     let mut result = Ok(());
+    // What `GET /api/v1/cluster` describes: (source, topic) and views, on the sources'
+    // Kafka.
+    let mut described: (Vec<(String, String)>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut client = None;
     for (source, src) in pipeline.take_new_sources() {
         let Some(input) = src
             .cluster_input()
@@ -137,6 +165,13 @@ pub async fn run(
         if parts.is_empty() {
             continue;
         }
+        described
+            .0
+            .push((source.clone(), input.topic().to_string()));
+        described
+            .1
+            .extend(parts.iter().map(|p| p.view.view.clone()));
+        client.get_or_insert_with(|| input.client_config(&[]));
         match start_source(&settings, *input, parts, handle.clone()).await {
             Ok(m) => members.push(m),
             Err(e) => {
@@ -152,8 +187,21 @@ pub async fn run(
         // started with (the controller's receiver is dropped).
         let (controller, _) = weir_engine::runtime::Controller::new();
         let state = Arc::new(crate::state::StateDir::open(&cfg.engine.data_dir)?);
-        let app = |settings| {
-            crate::api::AppState::new(catalog.clone(), controller, settings, state, stop_rx)
+        let group = settings.group.clone();
+        let app = |api| {
+            let app = crate::api::AppState::new(catalog.clone(), controller, api, state, stop_rx);
+            match client {
+                Some(client) => app.with_cluster(Arc::new(move || {
+                    weir_connectors::kafka::cluster::describe(
+                        &client,
+                        &group,
+                        &described.0,
+                        &described.1,
+                    )
+                    .map_err(anyhow::Error::from)
+                })),
+                None => app,
+            }
         };
         match crate::app::start_api(cfg, on_listen, app).await {
             Ok(s) => server = Some(s),
@@ -168,12 +216,24 @@ pub async fn run(
             views = members.iter().map(|m| m.views.len()).sum::<usize>(),
             "running as a cluster member; Ctrl-C stops (handing its partitions over)"
         );
+        let every = duration("run.progress_interval", &cfg.run.progress_interval)?;
         let failed = async {
+            let mut last_report = tokio::time::Instant::now();
+            let mut before: BTreeMap<String, u64> = BTreeMap::new();
             loop {
                 if let Some(f) = members.iter().find_map(|m| m.failure()) {
                     return f;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                if !every.is_zero() && last_report.elapsed() >= every {
+                    let secs = last_report.elapsed().as_secs_f64();
+                    last_report = tokio::time::Instant::now();
+                    for m in &members {
+                        for (view, s) in &m.views {
+                            progress(view, s, secs, &mut before);
+                        }
+                    }
+                }
             }
         };
         tokio::select! {
@@ -184,7 +244,22 @@ pub async fn run(
     }
     let stopping = tokio::task::spawn_blocking(move || {
         for m in members {
+            let views = m.views.clone();
             m.stop();
+            for (view, s) in views {
+                let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                tracing::info!(
+                    view = %view,
+                    records_in = get(&s.records_in),
+                    exchange_bytes = get(&s.exchange_bytes),
+                    steps_committed = get(&s.committed),
+                    steps_aborted = get(&s.aborted),
+                    rows_out = get(&s.rows_out),
+                    snapshots = get(&s.snapshots),
+                    rebalances = get(&s.rebalances),
+                    "cluster member totals"
+                );
+            }
         }
     });
     stopping.await.context("stopping the cluster threads")?;

@@ -41,6 +41,11 @@ pub struct ClusterSection {
     /// How often each key partition's state is snapshotted and its exchange offset
     /// committed: what a successor replays at most after a crash.
     pub snapshot_interval: String,
+    /// A stage-1 step (one Kafka transaction with the input positions) takes up to this
+    /// many input records...
+    pub step_rows: usize,
+    /// ...or what came within this long, whichever comes first.
+    pub step_delay: String,
 }
 
 impl Default for ClusterSection {
@@ -51,6 +56,8 @@ impl Default for ClusterSection {
             session_timeout: "10s".into(),
             state_dir: None,
             snapshot_interval: "5s".into(),
+            step_rows: 65_536,
+            step_delay: "200ms".into(),
         }
     }
 }

@@ -196,6 +196,52 @@ impl Cluster {
         out
     }
 
+    /// `GET /api/v1/cluster` on member `m`: every group's partitions owned, by exactly
+    /// the `running` members (the groups may still be settling after a change: waited for).
+    fn check_described(&self, m: usize, running: &[usize]) {
+        let base = self.api(m).unwrap_or_default();
+        let names: Vec<String> = running.iter().map(|r| format!("m{r}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, v) = call("GET", &format!("{base}/api/v1/cluster"), None, None);
+            assert_eq!(status, 200, "{v}");
+            let mut problems = Vec::new();
+            for (stage, want) in [("stage1", PARTITIONS), ("stage2", 8)] {
+                for g in v["groups"][stage].as_array().cloned().unwrap_or_default() {
+                    let mut owned: Vec<i64> = Vec::new();
+                    let mut members: Vec<String> = Vec::new();
+                    for member in g["members"].as_array().cloned().unwrap_or_default() {
+                        members.push(member["member"].as_str().unwrap_or("").to_string());
+                        owned.extend(
+                            member["partitions"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .iter()
+                                .filter_map(|p| p.as_i64()),
+                        );
+                    }
+                    owned.sort_unstable();
+                    members.sort();
+                    if owned != (0..want as i64).collect::<Vec<_>>() || members != names {
+                        problems.push(format!("{}: {members:?} own {owned:?}", g["group"]));
+                    }
+                }
+                if v["groups"][stage].as_array().is_none_or(|a| a.is_empty()) {
+                    problems.push(format!("no {stage} groups: {v}"));
+                }
+            }
+            if problems.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET /api/v1/cluster: {problems:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn logs(&self) -> String {
         (0..8)
             .filter_map(|m| {
@@ -294,9 +340,10 @@ impl Scenario {
             &config,
             format!(
                 "[kafka]\nbootstrap_servers = \"{b}\"\n[kafka.embedded]\nenabled = false\n\
-                 [engine]\nbatch_rows = 500\nkey_partitions = 8\n\
+                 [engine]\nkey_partitions = 8\n\
                  [cluster]\ngroup = \"{topic}\"\nsession_timeout = \"{}s\"\n\
-                 state_dir = \"{}\"\nsnapshot_interval = \"500ms\"\n",
+                 state_dir = \"{}\"\nsnapshot_interval = \"500ms\"\n\
+                 step_rows = 500\nstep_delay = \"50ms\"\n",
                 SESSION_TIMEOUT.as_secs(),
                 dir.path().join("state").display()
             ),
@@ -377,6 +424,10 @@ impl Scenario {
             },
         )
         .await;
+        // Every member describes the whole cluster: each group's partitions all owned, by
+        // the members running.
+        let running: Vec<usize> = self.cluster.members.keys().copied().collect();
+        self.cluster.check_described(running[0], &running);
         // Every member serves the whole view, numbered the same.
         let mut served = Vec::new();
         for m in self.cluster.members.keys().copied().collect::<Vec<_>>() {

@@ -65,6 +65,10 @@ pub struct ClusterSettings {
     /// Where stage-2 snapshots go: a directory every member can read.
     pub state_dir: PathBuf,
     pub snapshot_interval: Duration,
+    /// A stage-1 step (one Kafka transaction) takes up to this many input records...
+    pub step_rows: usize,
+    /// ...or what came within this long.
+    pub step_delay: Duration,
 }
 
 /// The exchange topic of `view` in cluster `group`.
@@ -97,6 +101,8 @@ pub struct ViewStatus {
     /// Stage-1 transactions committed and aborted.
     pub committed: AtomicU64,
     pub aborted: AtomicU64,
+    /// Input records of committed stage-1 steps (read by this member).
+    pub records_in: AtomicU64,
     /// Exchange bytes written by this member.
     pub exchange_bytes: AtomicU64,
     /// Windows' rows written to the sinks by this member.
@@ -304,6 +310,13 @@ pub async fn start_source(
         targets.push((view, topic, status));
     }
     let group = stage1_group(&settings.group, &source);
+    let mut input = input;
+    let mut decoders: Vec<Box<dyn crate::format::RecordDecoder>> =
+        input.take_decoder().into_iter().collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    while decoders.len() < cores {
+        decoders.push(input.new_decoder()?);
+    }
     let s1 = Stage1 {
         consumer: consumer_config(&input, settings, &group),
         producer: input.client_config(&[
@@ -324,6 +337,9 @@ pub async fn start_source(
         stop: stop.clone(),
         inputs_owned: Arc::new(Mutex::new(vec![])),
         failure: failure.clone(),
+        step_rows: settings.step_rows,
+        step_delay: settings.step_delay,
+        decoders,
     };
     threads.push(
         std::thread::Builder::new()
@@ -394,6 +410,10 @@ struct Stage1 {
     stop: Arc<AtomicBool>,
     inputs_owned: Arc<Mutex<Vec<i32>>>,
     failure: Arc<Mutex<Option<WeirError>>>,
+    step_rows: usize,
+    step_delay: Duration,
+    /// One decoder per thread that folds partitions (the machine's cores).
+    decoders: Vec<Box<dyn crate::format::RecordDecoder>>,
 }
 
 impl Stage1 {
@@ -440,8 +460,10 @@ impl Stage1 {
         let mut pending: BTreeMap<i32, Pending> = BTreeMap::new();
         // The latest event time of each owned input partition.
         let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
-        let max_rows = self.input.max_rows();
-        let max_delay = self.input.max_delay().max(Duration::from_millis(10));
+        let (max_rows, max_delay) = (
+            self.step_rows.max(1),
+            self.step_delay.max(Duration::from_millis(10)),
+        );
         while !self.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let mut taken = 0;
@@ -493,6 +515,7 @@ impl Stage1 {
             if pending.values().all(|p| p.is_empty()) {
                 continue;
             }
+            let records: u64 = pending.values().map(|p| p.len() as u64).sum();
             if let Err(e) = self.step(&consumer, &producer, &mut pending, &mut latest) {
                 for (_, _, status) in &self.views {
                     status.aborted.fetch_add(1, Ordering::Relaxed);
@@ -511,9 +534,11 @@ impl Stage1 {
                     .abort_transaction(TXN_TIMEOUT)
                     .map_err(|a| kafka_error("aborting a stage-1 transaction", a))?;
                 rewind(&consumer)?;
+                continue;
             }
             for (_, _, status) in &self.views {
                 status.committed.fetch_add(1, Ordering::Relaxed);
+                status.records_in.fetch_add(records, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -533,18 +558,14 @@ impl Stage1 {
             .map_err(|e| kafka_error("beginning a stage-1 transaction", e))?;
         let mut offsets = TopicPartitionList::new();
         let topic = self.input.topic().to_string();
-        for (partition, p) in pending.iter_mut() {
-            if p.is_empty() {
-                continue;
-            }
+        for (partition, p, folded) in self.fold(pending)? {
             let Some(next) = p.next_offset() else {
                 continue;
             };
-            let decoded = self.input.decode(*partition, p)?;
-            if !decoded.bad.is_empty() {
+            if !folded.bad.is_empty() {
                 match self.input.policy() {
                     BadRecords::Fail => {
-                        let (j, reason) = &decoded.bad[0];
+                        let (j, reason) = &folded.bad[0];
                         return Err(WeirError::BadRecord(format!(
                             "source '{}': topic {topic} partition {partition} offset {}: {reason}",
                             self.input.source(),
@@ -553,14 +574,13 @@ impl Stage1 {
                     }
                     BadRecords::Skip => {}
                     BadRecords::DeadLetter => {
-                        self.dead_letters(producer, *partition, p, &decoded.bad)?
+                        self.dead_letters(producer, partition, p, &folded.bad)?
                     }
                 }
             }
-            let from = *partition as u32;
+            let from = partition as u32;
             let mut max_event = None;
-            for (view, exchange, status) in &self.views {
-                let out = self.handle.block_on(view.stage1(&decoded.batch))?;
+            for ((_, exchange, status), out) in self.views.iter().zip(folded.views) {
                 max_event = max_event.max(out.max_event_ms);
                 for (kp, states) in out.states.into_iter().enumerate() {
                     for batch in states {
@@ -573,10 +593,10 @@ impl Stage1 {
                 }
             }
             if let Some(m) = max_event {
-                let l = latest.entry(*partition).or_insert(m);
+                let l = latest.entry(partition).or_insert(m);
                 *l = (*l).max(m);
             }
-            if let Some(l) = latest.get(partition) {
+            if let Some(l) = latest.get(&partition) {
                 for (view, exchange, status) in &self.views {
                     let w = Message::Watermark(view.watermark_after(*l));
                     for kp in 0..view.key_partitions as usize {
@@ -585,7 +605,7 @@ impl Stage1 {
                 }
             }
             offsets
-                .add_partition_offset(&topic, *partition, Offset::Offset(next))
+                .add_partition_offset(&topic, partition, Offset::Offset(next))
                 .map_err(|e| kafka_error("recording input positions", e))?;
             p.clear();
         }
@@ -599,6 +619,60 @@ impl Stage1 {
             .commit_transaction(TXN_TIMEOUT)
             .map_err(|e| kafka_error("committing a stage-1 transaction", e))?;
         Ok(())
+    }
+
+    /// Decode each pending partition's messages and run every view's stage 1 over them,
+    /// the partitions shared out over one thread per decoder; in partition order.
+    fn fold<'a>(
+        &mut self,
+        pending: &'a mut BTreeMap<i32, Pending>,
+    ) -> Result<Vec<(i32, &'a mut Pending, Folded)>> {
+        let work: Vec<(i32, &'a mut Pending)> = pending
+            .iter_mut()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(k, p)| (*k, p))
+            .collect();
+        let threads = self.decoders.len().min(work.len()).max(1);
+        let (input, views, handle) = (&self.input, &self.views, &self.handle);
+        let fold_one = |decoder: &mut dyn crate::format::RecordDecoder,
+                        partition: i32,
+                        p: &Pending|
+         -> Result<Folded> {
+            let decoded = input.decode(decoder, partition, p)?;
+            let mut out = Vec::with_capacity(views.len());
+            for (view, _, _) in views {
+                out.push(handle.block_on(view.stage1(&decoded.batch))?);
+            }
+            Ok(Folded {
+                bad: decoded.bad,
+                views: out,
+            })
+        };
+        let mut results: Vec<FoldSlot> = (0..work.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let mut slots: Vec<Vec<(usize, &mut FoldSlot)>> =
+                (0..threads).map(|_| Vec::new()).collect();
+            for (i, slot) in results.iter_mut().enumerate() {
+                slots[i % threads].push((i, slot));
+            }
+            for (decoder, mine) in self.decoders.iter_mut().zip(slots) {
+                let work = &work;
+                let fold_one = &fold_one;
+                scope.spawn(move || {
+                    for (i, slot) in mine {
+                        let (partition, p) = &work[i];
+                        *slot = Some(fold_one(decoder.as_mut(), *partition, p));
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(work.len());
+        for ((partition, p), r) in work.into_iter().zip(results) {
+            let folded =
+                r.ok_or_else(|| WeirError::Internal("a partition was not folded".into()))??;
+            out.push((partition, p, folded));
+        }
+        Ok(out)
     }
 
     fn dead_letters(
@@ -625,6 +699,16 @@ impl Stage1 {
         }
         Ok(())
     }
+}
+
+/// Where a folding thread leaves one partition's result.
+type FoldSlot = Option<Result<Folded>>;
+
+/// One input partition's step after stage 1: its bad records and each view's partial
+/// states.
+struct Folded {
+    bad: Vec<(usize, String)>,
+    views: Vec<weir_engine::cluster::Stage1Batch>,
 }
 
 /// Move the consumer back to the committed positions of the partitions it owns.
@@ -1212,5 +1296,154 @@ fn prune(dir: &Path, kept: i64) {
     offsets.pop();
     for o in offsets {
         let _ = std::fs::remove_file(dir.join(format!("{o:020}.arrow")));
+    }
+}
+
+/// The partitions of one topic in a consumer-protocol member assignment (the bytes a
+/// group description carries: version, then per topic its name and partitions).
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    let mut b = bytes;
+    let mut out = Vec::new();
+    let parsed = (|| -> Option<()> {
+        take(&mut b, 2)?; // version
+        let topics = i32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+        for _ in 0..topics.max(0) {
+            let len = i16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+            let name = take(&mut b, len.max(0) as usize)?;
+            let n = i32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+            for _ in 0..n.max(0) {
+                let p = i32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+                if name == topic.as_bytes() {
+                    out.push(p);
+                }
+            }
+        }
+        Some(())
+    })();
+    if parsed.is_none() {
+        tracing::debug!(topic, "a member assignment that does not parse");
+    }
+    out.sort_unstable();
+    out
+}
+
+/// One consumer group of the cluster as the broker describes it: its members (by member
+/// id, from the client id Weir gives them) with the partitions of `topic` each owns, and
+/// the group's lag on `topic` (records not yet committed).
+fn describe_group(client: &ClientConfig, group: &str, topic: &str) -> Result<serde_json::Value> {
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", group)
+        .create()
+        .map_err(|e| kafka_error("creating a group reader", e))?;
+    let list = consumer
+        .fetch_group_list(Some(group), METADATA_TIMEOUT)
+        .map_err(|e| kafka_error(&format!("describing group '{group}'"), e))?;
+    let mut members = Vec::new();
+    let mut state = String::new();
+    for g in list.groups() {
+        state = g.state().to_string();
+        for m in g.members() {
+            let member = m
+                .client_id()
+                .strip_prefix(&format!("{group}."))
+                .unwrap_or(m.client_id())
+                .to_string();
+            let partitions = m
+                .assignment()
+                .map(|a| assigned_partitions(a, topic))
+                .unwrap_or_default();
+            members.push(serde_json::json!({
+                "member": member,
+                "host": m.client_host(),
+                "partitions": partitions,
+            }));
+        }
+    }
+    let md = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| kafka_error(&format!("reading the metadata of '{topic}'"), e))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, METADATA_TIMEOUT)
+        .map_err(|e| kafka_error(&format!("reading group '{group}' offsets"), e))?;
+    let mut lag = 0i64;
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
+            .map_err(|e| kafka_error(&format!("reading the offsets of '{topic}'"), e))?;
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lag += (high - at).max(0);
+    }
+    Ok(serde_json::json!({
+        "group": group,
+        "topic": topic,
+        "state": state,
+        "members": members,
+        "lag": lag,
+    }))
+}
+
+/// The whole cluster as Kafka sees it (`GET /api/v1/cluster`): for each source its
+/// stage-1 group over its topic, for each view its stage-2 group over its exchange topic,
+/// with members, partitions and lag. Blocking: call off the async workers.
+pub fn describe(
+    client: &ClientConfig,
+    group: &str,
+    sources: &[(String, String)],
+    views: &[String],
+) -> Result<serde_json::Value> {
+    let mut stage1 = Vec::new();
+    for (source, topic) in sources {
+        let mut g = describe_group(client, &stage1_group(group, source), topic)?;
+        g["source"] = serde_json::json!(source);
+        stage1.push(g);
+    }
+    let mut stage2 = Vec::new();
+    for view in views {
+        let mut g = describe_group(
+            client,
+            &stage2_group(group, view),
+            &exchange_topic(group, view),
+        )?;
+        g["view"] = serde_json::json!(view);
+        stage2.push(g);
+    }
+    Ok(serde_json::json!({ "stage1": stage1, "stage2": stage2 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_assignments_are_read_for_one_topic() {
+        let mut b = vec![0u8, 1];
+        b.extend(2i32.to_be_bytes());
+        for (name, parts) in [("in", &[3, 1][..]), ("other", &[0][..])] {
+            b.extend((name.len() as i16).to_be_bytes());
+            b.extend(name.as_bytes());
+            b.extend((parts.len() as i32).to_be_bytes());
+            for p in parts {
+                b.extend(i32::to_be_bytes(*p));
+            }
+        }
+        b.extend((-1i32).to_be_bytes()); // no user data
+        assert_eq!(assigned_partitions(&b, "in"), vec![1, 3]);
+        assert_eq!(assigned_partitions(&b, "other"), vec![0]);
+        assert!(assigned_partitions(&b[..5], "in").is_empty());
     }
 }

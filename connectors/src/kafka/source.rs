@@ -215,6 +215,8 @@ impl SourceFactory for KafkaSourceFactory {
             }
         }
         let payload_schema = Arc::new(Schema::new(payload_fields));
+        // What a cluster member needs to make more decoders (one per worker).
+        let decoder_spec = (format.clone(), payload_schema.clone(), options.clone());
         let decoder = decoder_for(&format, payload_schema, &mut options)?;
         options.finish(&format!("the kafka source '{}'", spec.name), VALID_KEYS)?;
         connection.validate(&what)?;
@@ -239,6 +241,7 @@ impl SourceFactory for KafkaSourceFactory {
                 resume: Default::default(),
             }),
             decoder: Some(decoder),
+            decoder_spec,
             rx: None,
             bounded,
             report_event_time: spec.event_time.is_none(),
@@ -492,6 +495,8 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 struct KafkaSource {
     config: Option<Config>,
     decoder: Option<Box<dyn RecordDecoder>>,
+    /// The format, payload schema and options the decoder was made from.
+    decoder_spec: (String, SchemaRef, weir_engine::options::Options),
     rx: Option<mpsc::Receiver<Result<SourceEvent>>>,
     bounded: bool,
     report_event_time: bool,
@@ -515,7 +520,11 @@ impl Source for KafkaSource {
 
     fn cluster_input(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
         let (config, decoder) = (self.config?, self.decoder?);
-        Some(Box::new(ClusterInput { config, decoder }))
+        Some(Box::new(ClusterInput {
+            config,
+            decoder: parking_lot::Mutex::new(Some(decoder)),
+            decoder_spec: self.decoder_spec,
+        }))
     }
 
     fn seek(&mut self, positions: &[(usize, i64)]) -> Result<()> {
@@ -642,6 +651,10 @@ impl Pending {
         self.first_at = None;
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.payloads.is_empty()
     }
@@ -656,7 +669,10 @@ impl Pending {
 /// through the cluster's consumer group instead of the source's own consumer.
 pub struct ClusterInput {
     config: Config,
-    decoder: Box<dyn RecordDecoder>,
+    /// In a lock only so that the input may be shared by the threads that decode (each
+    /// with a decoder of its own); it is never locked.
+    decoder: parking_lot::Mutex<Option<Box<dyn RecordDecoder>>>,
+    decoder_spec: (String, SchemaRef, weir_engine::options::Options),
 }
 
 /// What one partition's messages decode to: the rows in the source's schema, and the
@@ -691,22 +707,30 @@ impl ClusterInput {
         &self.config.stats
     }
 
-    pub fn max_rows(&self) -> usize {
-        self.config.batch.max_rows.max(1)
-    }
-
-    pub fn max_delay(&self) -> Duration {
-        self.config.batch.max_delay
-    }
-
     /// A client config for the source's Kafka with `defaults` under its own properties.
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
         self.config.connection.client_config(defaults)
     }
 
-    /// Decode partition `partition`'s messages in `p`.
-    pub(super) fn decode(&mut self, partition: i32, p: &Pending) -> Result<DecodedInput> {
-        let decoded = self.decoder.decode(&p.payloads)?;
+    /// Another decoder like the source's own, for decoding on another thread.
+    pub(super) fn new_decoder(&self) -> Result<Box<dyn RecordDecoder>> {
+        let (format, schema, options) = &self.decoder_spec;
+        decoder_for(format, schema.clone(), &mut options.clone())
+    }
+
+    /// The source's own decoder (once).
+    pub(super) fn take_decoder(&mut self) -> Option<Box<dyn RecordDecoder>> {
+        self.decoder.get_mut().take()
+    }
+
+    /// Decode partition `partition`'s messages in `p` with `decoder`.
+    pub(super) fn decode(
+        &self,
+        decoder: &mut dyn RecordDecoder,
+        partition: i32,
+        p: &Pending,
+    ) -> Result<DecodedInput> {
+        let decoded = decoder.decode(&p.payloads)?;
         let mut good = vec![true; p.payloads.len()];
         for (j, _) in &decoded.bad {
             good[*j] = false;

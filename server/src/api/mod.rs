@@ -90,7 +90,12 @@ pub struct AppState {
     /// in time]`.
     pub dropped_subscribers: Arc<[AtomicU64; 2]>,
     errors: Arc<AtomicU64>,
+    /// A cluster member's description of the cluster (`GET /api/v1/cluster`); blocking.
+    pub cluster: Option<ClusterInfo>,
 }
+
+/// What `GET /api/v1/cluster` answers with on a cluster member (blocking: it asks Kafka).
+pub type ClusterInfo = Arc<dyn Fn() -> anyhow::Result<serde_json::Value> + Send + Sync>;
 
 impl AppState {
     pub fn new(
@@ -109,7 +114,14 @@ impl AppState {
             encoded: ws::EncodedBatches::default(),
             dropped_subscribers: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             errors: Arc::new(AtomicU64::new(0)),
+            cluster: None,
         }
+    }
+
+    /// On a cluster member: how `GET /api/v1/cluster` describes the cluster.
+    pub fn with_cluster(mut self, info: ClusterInfo) -> Self {
+        self.cluster = Some(info);
+        self
     }
 }
 

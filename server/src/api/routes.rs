@@ -55,6 +55,36 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(view_rows))
         .routes(routes!(ws::subscribe_view))
         .routes(routes!(ws::subscribe_status))
+        .routes(routes!(cluster))
+}
+
+/// `GET /api/v1/cluster` on a cluster member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterStatus {
+    /// Per source, its stage-1 consumer group (input partitions); per view, its stage-2
+    /// group (key partitions): `{group, topic, state, members: [{member, host,
+    /// partitions}], lag}` (docs/cluster.md, "Watching a cluster").
+    #[schema(value_type = Object)]
+    pub groups: serde_json::Value,
+}
+
+/// GET /api/v1/cluster: the cluster's members, the partitions each owns and the lag, as
+/// Kafka's consumer groups describe them; 404 when this process is not a cluster member.
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "objects",
+    responses((status = 200, description = "The cluster", body = ClusterStatus),
+              (status = 404, description = "Not a cluster member", body = ErrorBody),
+              (status = 502, description = "Kafka did not answer", body = ErrorBody)))]
+async fn cluster(State(state): State<AppState>) -> Result<axum::Json<ClusterStatus>, ApiError> {
+    let Some(info) = state.cluster.clone() else {
+        return Err(ApiError::not_found(
+            "this process is not a cluster member ([cluster] group is not set)",
+        ));
+    };
+    let groups = tokio::task::spawn_blocking(move || info())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kafka", format!("{e:#}")))?;
+    Ok(axum::Json(ClusterStatus { groups }))
 }
 
 /// A column of a schema.

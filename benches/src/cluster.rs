@@ -1,0 +1,267 @@
+//! `weir-bench cluster`: the region-health view over a pre-loaded Kafka topic, run by the
+//! release `weir` binary alone (`--members 0`) or as a cluster of N members on this machine
+//! (docs/cluster.md), timed from start until member 0 serves every window's row over
+//! REST. With `--kill-after S` the last member is SIGKILLed S seconds in, and the time
+//! until the served rows grow again is the failover time. The members' totals give the
+//! exchange bytes per input event.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const SQL: &str = "CREATE SOURCE downloads (event_id TEXT NOT NULL, ts TIMESTAMP NOT NULL, \
+    content_id TEXT, content_type TEXT, region TEXT, device_type TEXT, status TEXT, \
+    duration_seconds DOUBLE, speed_mbps DOUBLE, error_code TEXT, \
+    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+    WITH (connector = 'kafka', topic = '{topic}', format = 'json');\n\
+    CREATE MATERIALIZED VIEW region_health AS \
+    SELECT window_start, window_end, region, count(*) AS downloads, \
+    count(*) FILTER (WHERE status = 'failed') AS failures, avg(speed_mbps) AS avg_speed_mbps, \
+    max(duration_seconds) AS max_duration_s \
+    FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, region;\n\
+    CREATE SINK out FROM region_health WITH (connector = 'blackhole');\n";
+
+/// The (minute, region) windows of `input` (JSON lines from `gen`): the rows the view
+/// emits once every window has closed.
+fn expected_rows(input: &Path) -> Result<(usize, u64)> {
+    let file =
+        std::fs::File::open(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut windows = BTreeSet::new();
+    let mut events = 0u64;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let e: serde_json::Value = serde_json::from_str(&line)?;
+        let ts = e["ts"].as_str().unwrap_or_default();
+        let region = e["region"].as_str().map(str::to_string);
+        windows.insert((ts.get(..16).unwrap_or_default().to_string(), region));
+        events += 1;
+    }
+    Ok((windows.len(), events))
+}
+
+/// One far-future event per partition: every window of the data closes.
+fn produce_sentinels(bootstrap: &str, topic: &str) -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        bail!("topic '{topic}' has no partitions: load it first (weir-bench kafka-load)");
+    }
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let payload = r#"{"event_id":"sentinel","ts":"2100-01-01T00:00:00","region":"ZZ"}"#;
+    for p in 0..partitions {
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(p as i32)
+                    .payload(payload),
+            )
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// `text` without its terminal colour codes (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct Member {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Member {
+    fn api(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving the API and dashboard at"))?;
+        let at = line.split("http://").nth(1)?.split('/').next()?;
+        Some(format!("http://{at}"))
+    }
+}
+
+/// The newest seq `api` serves for the view (0 before it serves).
+fn served(api: &str) -> u64 {
+    let url = format!("{api}/api/v1/views/region_health/rows?limit=1");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .get(&url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["last_seq"].as_u64())
+        .unwrap_or(0)
+}
+
+pub struct Options {
+    pub bootstrap: String,
+    pub topic: String,
+    pub input: PathBuf,
+    pub members: usize,
+    pub weir: PathBuf,
+    pub kill_after: Option<f64>,
+}
+
+pub fn run(o: Options) -> Result<()> {
+    let (want, events) = expected_rows(&o.input)?;
+    produce_sentinels(&o.bootstrap, &o.topic)?;
+    let dir = std::env::temp_dir().join(format!("weir-bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let sql = dir.join("bench.sql");
+    std::fs::write(&sql, SQL.replace("{topic}", &o.topic))?;
+    let group = format!("bench-{}", std::process::id());
+    let mut config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n[kafka.embedded]\nenabled = false\n",
+        o.bootstrap
+    );
+    if o.members > 0 {
+        config.push_str(&format!(
+            "[cluster]\ngroup = \"{group}\"\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ));
+    }
+    let config_path = dir.join("weir.toml");
+    std::fs::write(&config_path, config)?;
+    let started = Instant::now();
+    let mut members = Vec::new();
+    for m in 0..o.members.max(1) {
+        let log = dir.join(format!("m{m}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&o.weir);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.join(format!("data-{m}")))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--progress-interval")
+            .arg("0s")
+            .arg(&sql)
+            .env("WEIR__CLUSTER__MEMBER", format!("m{m}"))
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        if o.members == 0 {
+            // Alone: the source's own group, unique per run.
+            cmd.env_remove("WEIR__CLUSTER__GROUP");
+        }
+        members.push(Member {
+            child: cmd.spawn().context("starting weir")?,
+            log,
+        });
+    }
+    let deadline = started + Duration::from_secs(600);
+    let mut killed: Option<(Instant, u64)> = None;
+    let mut failover = None;
+    let mut last = 0;
+    loop {
+        let n = members[0].api().map_or(0, |a| served(&a));
+        if let Some((at, before)) = killed
+            && failover.is_none()
+            && n > before
+        {
+            failover = Some(at.elapsed());
+        }
+        last = last.max(n);
+        if n as usize >= want {
+            break;
+        }
+        if let Some(k) = o.kill_after
+            && killed.is_none()
+            && o.members > 1
+            && started.elapsed().as_secs_f64() >= k
+        {
+            let mut victim = members.pop().context("no member to kill")?;
+            victim.child.kill()?;
+            victim.child.wait()?;
+            killed = Some((Instant::now(), n));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not done after 600 s: {last} of {want} rows; logs in {}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Stop cleanly; the members log their totals.
+    for m in &mut members {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(m.child.id().to_string())
+            .status();
+    }
+    for m in &mut members {
+        m.child.wait()?;
+    }
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for m in 0..o.members {
+        let log =
+            plain(&std::fs::read_to_string(dir.join(format!("m{m}.log"))).unwrap_or_default());
+        for line in log.lines().filter(|l| l.contains("cluster member totals")) {
+            let field = |name: &str| -> u64 {
+                line.split(&format!("{name}="))
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0)
+            };
+            records += field("records_in");
+            bytes += field("exchange_bytes");
+        }
+    }
+    let per_event = if records > 0 {
+        format!("{:.2}", bytes as f64 / records as f64)
+    } else {
+        "-".into()
+    };
+    println!(
+        "members={} events={events} rows={want} secs={secs:.3} events_per_sec={:.0} \
+         exchange_bytes={bytes} exchange_bytes_per_event={per_event} failover_ms={}",
+        o.members,
+        events as f64 / secs,
+        failover.map_or("-".to_string(), |d| d.as_millis().to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
