@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::crash::{WindowRow, expected, pg_lock, read_windows, weir_bin};
+use crate::crash::{WindowRow, expected, pg_lock, postgres_script, read_windows, weir_bin};
 use crate::kafka::{
     Ev, T0, bootstrap, broker_lock, create_topic, events, produce_all, producer, sentinels, unique,
 };
@@ -542,4 +542,31 @@ async fn cluster_scales_one_three_one_and_a_paused_member_rejoins() {
         paused.matches("lost=true").count(),
         paused.matches("a step was aborted").count()
     );
+}
+
+/// PostgreSQL stopped for 30 s under a two-member cluster, then started again: the sinks
+/// retry, stage 2 waits (or starts again from its snapshots), and the tables are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rides_out_a_postgres_outage() {
+    let Some(b) = bootstrap() else { return };
+    let Some(url) = pg_url() else { return };
+    let _g = broker_lock().read().await;
+    let _pg = pg_lock().write().await;
+    let mut s = Scenario::new(&b, &url, "cluster-pg").await;
+    s.produce(0, 3).await;
+    s.cluster.start(0);
+    s.cluster.start(1);
+    s.progress("first windows", 0).await;
+    postgres_script("stop");
+    s.produce(1, 3).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    postgres_script("start");
+    let logs = s.cluster.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.to_lowercase().contains("postgres")),
+        "the outage left no warning; logs:\n{logs}"
+    );
+    s.produce(2, 3).await;
+    s.finish().await;
 }

@@ -429,7 +429,7 @@ pub(crate) fn pg_lock() -> &'static tokio::sync::RwLock<()> {
     LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
 }
 
-fn postgres_script(action: &str) {
+pub(crate) fn postgres_script(action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
     let out = Command::new("bash")
         .arg(&script)
