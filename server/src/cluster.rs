@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use weir_connectors::kafka::cluster::{ClusterSettings, MemberSource, ViewParts, start_source};
+use weir_connectors::kafka::cluster::{
+    ClusterSettings, GroupProtocol, MemberSource, ViewParts, start_source,
+};
 use weir_connectors::kafka::source::ClusterInput;
 use weir_engine::object::ObjectKind;
 use weir_engine::pipeline::Pipeline;
@@ -70,6 +72,20 @@ pub fn settings(section: &ClusterSection, data_dir: &Path) -> Result<ClusterSett
         member,
         session_timeout,
         snapshot_interval: duration("cluster.snapshot_interval", &section.snapshot_interval)?,
+        group_protocol: match section.group_protocol.as_str() {
+            "classic" => GroupProtocol::Classic,
+            "consumer" => GroupProtocol::Consumer,
+            other => bail!(
+                "[cluster] group_protocol = '{other}': expected 'classic' or 'consumer' (KIP-848)"
+            ),
+        },
+        assignor: match section.assignor.as_str() {
+            a @ ("roundrobin" | "range" | "cooperative-sticky") => a.to_string(),
+            other => bail!(
+                "[cluster] assignor = '{other}': expected 'roundrobin', 'range' or \
+                 'cooperative-sticky'"
+            ),
+        },
         step_rows: section.step_rows.max(1),
         step_delay: duration("cluster.step_delay", &section.step_delay)?,
     })

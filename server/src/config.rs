@@ -46,6 +46,12 @@ pub struct ClusterSection {
     pub step_rows: usize,
     /// ...or what came within this long, whichever comes first.
     pub step_delay: String,
+    /// The consumer-group protocol: `classic` (the members assign, with `assignor`)
+    /// or `consumer` (KIP-848: the broker assigns; docs/cluster.md).
+    pub group_protocol: String,
+    /// The classic protocol's assignor: `roundrobin` (eager; the default), `range`, or
+    /// `cooperative-sticky` (see docs/cluster.md for its problem with static members).
+    pub assignor: String,
 }
 
 impl Default for ClusterSection {
@@ -58,6 +64,8 @@ impl Default for ClusterSection {
             snapshot_interval: "5s".into(),
             step_rows: 65_536,
             step_delay: "200ms".into(),
+            group_protocol: "classic".into(),
+            assignor: "roundrobin".into(),
         }
     }
 }
