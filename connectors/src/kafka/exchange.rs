@@ -217,7 +217,8 @@ pub(super) fn envelope_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Result<E
     }
 }
 
-fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+/// `batch` as an Arrow IPC stream: a record's value (exchange data, cluster results).
+pub(super) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
@@ -225,6 +226,15 @@ fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
         w.finish()?;
     }
     Ok(out)
+}
+
+/// The batch of an [`ipc_bytes`] value; `Err` names what is wrong with it.
+pub(super) fn ipc_batch(value: &[u8]) -> std::result::Result<RecordBatch, String> {
+    let mut reader = StreamReader::try_new(value, None).map_err(|e| e.to_string())?;
+    reader
+        .next()
+        .ok_or("a record without a batch")?
+        .map_err(|e| e.to_string())
 }
 
 /// A record's message; `Err` names what is wrong with it.
@@ -244,12 +254,10 @@ fn decode(
                 .and_then(|p| <[u8; 4]>::try_from(p).ok())
                 .map(u32::from_le_bytes)
                 .ok_or("a data record without its key partition")?;
-            let mut reader = StreamReader::try_new(value, None).map_err(|e| e.to_string())?;
-            let batch = reader
-                .next()
-                .ok_or("a data record without a batch")?
-                .map_err(|e| e.to_string())?;
-            Message::Data { partition, batch }
+            Message::Data {
+                partition,
+                batch: ipc_batch(value)?,
+            }
         }
         Some(b"watermark") => Message::Watermark(i64::from_le_bytes(eight()?)),
         Some(b"idle") => Message::Idle,

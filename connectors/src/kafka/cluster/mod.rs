@@ -20,8 +20,8 @@
 use crate::format::BadRecords;
 use crate::kafka::exchange::{envelope_of, record_of};
 use crate::kafka::source::{ClusterInput, Pending, dead_letter_headers};
-use datafusion::arrow::ipc::reader::{FileReader, StreamReader};
-use datafusion::arrow::ipc::writer::{FileWriter, StreamWriter};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

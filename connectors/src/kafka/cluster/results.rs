@@ -2,6 +2,8 @@
 //! the view's buffer.
 
 use super::*;
+use crate::kafka::exchange::{ipc_batch, ipc_bytes};
+use weir_engine::clock::{Clock, SystemClock};
 
 pub(super) const RESULT_KP: &str = "weir.kp";
 pub(super) const RESULT_FIRST: &str = "weir.first";
@@ -14,12 +16,7 @@ pub(super) fn results_record(
     watermark: i64,
     batch: &RecordBatch,
 ) -> Result<(OwnedHeaders, Vec<u8>)> {
-    let mut value = Vec::new();
-    {
-        let mut w = StreamWriter::try_new(&mut value, &batch.schema())?;
-        w.write(batch)?;
-        w.finish()?;
-    }
+    let value = ipc_bytes(batch)?;
     let (kp, first, wm) = (
         ids.origin.to_le_bytes(),
         ids.first.to_le_bytes(),
@@ -69,8 +66,7 @@ pub(super) fn from_results_record(
     ) else {
         return Err(bad("headers missing"));
     };
-    let mut reader = StreamReader::try_new(m.payload().unwrap_or_default(), None)?;
-    let batch = reader.next().ok_or_else(|| bad("no batch"))??;
+    let batch = ipc_batch(m.payload().unwrap_or_default()).map_err(|why| bad(&why))?;
     let kp = u32::from_le_bytes([kp[0], kp[1], kp[2], kp[3]]);
     Ok((kp, u64::from_le_bytes(first), i64::from_le_bytes(wm), batch))
 }
@@ -125,10 +121,7 @@ impl ResultsThread {
                     if numbered.first_seq <= last {
                         continue;
                     }
-                    let at_us = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_micros() as i64)
-                        .unwrap_or(0);
+                    let at_us = SystemClock.now_us();
                     self.buffer
                         .push(numbered.first_seq, rows, Some(watermark), at_us)?;
                 }
