@@ -235,6 +235,28 @@ pub trait Sink: Send {
     fn idempotent(&self) -> bool {
         false
     }
+    /// Cluster mode: this member now owns key partitions `kps` of the view (rows with
+    /// [`RowIds::origin`] in `kps`). A sink that can reject a former owner's late writes
+    /// (a paused member that has not yet learnt it lost them) claims them here under
+    /// `scope` (cluster, view and sink), so such a write fails with
+    /// [`WeirError::Fenced`](crate::WeirError::Fenced). The default claims nothing.
+    async fn claim(&mut self, scope: &str, kps: &[u32]) -> Result<()> {
+        let _ = (scope, kps);
+        Ok(())
+    }
+    /// Cluster mode: key partitions `kps` went to another member (their rows were
+    /// flushed first).
+    fn release(&mut self, kps: &[u32]) {
+        let _ = kps;
+    }
+    /// Cluster mode: forget rows written but not yet flushed; the key partitions they
+    /// came from are replayed from their last snapshot.
+    fn discard(&mut self) {}
+    /// The sink as `Any`, for a runtime that handles a connector's own sink type itself
+    /// (a cluster member puts a Kafka sink's messages in its own transactions).
+    fn as_any_mut(&mut self) -> Option<&mut (dyn std::any::Any + Send)> {
+        None
+    }
     /// Write one batch of the view's output (in the view's schema).
     async fn write(&mut self, batch: RecordBatch, ids: RowIds) -> Result<()>;
     /// Called when no more output is expected for a while (after each watermark step that

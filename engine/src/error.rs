@@ -97,6 +97,10 @@ pub enum WeirError {
         /// permission, a constraint).
         retryable: bool,
     },
+    /// A write was rejected because another cluster member took over what it was for (a
+    /// zombie's late write, docs/cluster.md): not retryable by this member.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A malformed record with `bad.records = 'fail'`.
     #[error("bad record: {0}")]
     BadRecord(String),
@@ -196,9 +200,10 @@ impl WeirError {
     /// become `External` with the original as the source.
     pub fn context(self, context: impl Into<String>) -> Self {
         match self {
-            e @ (WeirError::User { .. } | WeirError::Conflict { .. } | WeirError::Limit { .. }) => {
-                e
-            }
+            e @ (WeirError::User { .. }
+            | WeirError::Conflict { .. }
+            | WeirError::Limit { .. }
+            | WeirError::Fenced(_)) => e,
             WeirError::External {
                 context: inner,
                 source,

@@ -386,6 +386,55 @@ function syncViews(list) {
   viewsBox.querySelector(".empty")?.toggleAttribute("hidden", views.size > 0);
 }
 
+// ---- cluster -----------------------------------------------------------------------
+// On a cluster member (docs/cluster.md), GET /api/v1/cluster describes every member of
+// the cluster as Kafka's consumer groups see them, and this member's own figures; the
+// section stays hidden on a process running alone (404).
+const clusterBox = document.getElementById("cluster");
+function renderCluster(c) {
+  const rows = [];
+  const groups = [...(c.groups.stage1 || []).map((g) => ["1: input", g.source, g]),
+                  ...(c.groups.stage2 || []).map((g) => ["2: key partitions", g.view, g])];
+  for (const [stage, of, g] of groups) {
+    const members = g.members.length ? g.members : [{ member: "–", partitions: [] }];
+    members.forEach((m, i) => rows.push(el("tr", { "data-group": g.group, "data-member": m.member },
+      el("td", {}, i === 0 ? stage : ""),
+      el("td", {}, i === 0 ? of : ""),
+      el("td", {}, i === 0 ? g.state : ""),
+      el("td", {}, i === 0 ? fmtNum(g.lag) : ""),
+      el("td", {}, m.member),
+      el("td", { class: "partitions" }, m.partitions.join(", ")))));
+  }
+  document.querySelector("#cluster-table tbody").replaceChildren(...rows);
+  const me = c.member || { id: "", views: {} };
+  document.getElementById("cluster-name").textContent = `this member: ${me.id}`;
+  const figures = Object.entries(me.views).map(([v, f]) => el("div", { "data-member-view": v },
+    `${v}: ${fmtNum(f.records_in)} records in · ${fmtNum(f.rows_out)} rows out · ` +
+    `${fmtNum(f.rebalances)} rebalances · ${fmtNum(f.fenced)} fenced · ${fmtNum(f.snapshots)} snapshots` +
+    (f.last_restore ? ` · last take-over: key partition ${f.last_restore.key_partition}, ` +
+      `${fmtNum(f.last_restore.open_groups)} open groups in ${f.last_restore.ms} ms` : "")));
+  document.getElementById("cluster-member").replaceChildren(...figures);
+}
+async function pollCluster() {
+  let again = true;
+  try {
+    const r = await fetch("/api/v1/cluster", { headers: token() ? { Authorization: "Bearer " + token() } : {} });
+    if (r.status === 404) {  // not a cluster member
+      again = false;
+      clusterBox.dataset.state = "alone";
+    } else if (r.ok) {
+      renderCluster(await r.json());
+      clusterBox.dataset.state = "member";
+      clusterBox.hidden = false;
+      document.getElementById("cluster-error").textContent = "";
+    } else document.getElementById("cluster-error").textContent = `GET /api/v1/cluster: ${r.status}`;
+  } catch (e) {
+    document.getElementById("cluster-error").textContent = `GET /api/v1/cluster: ${e}`;
+  }
+  if (again) setTimeout(pollCluster, 3000);
+}
+pollCluster();
+
 const status = new Reconnecting(
   () => wsUrl("/api/v1/status/subscribe"),
   (m) => { if (m.type === "status") { renderHealth(m); syncViews(m.views); } },

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use weir_connectors::kafka::cluster::{
-    ClusterSettings, GroupProtocol, MemberSource, ViewParts, start_source,
+    ClusterSettings, GroupProtocol, MemberSource, ViewParts, ViewStatus, start_source,
 };
 use weir_connectors::kafka::source::ClusterInput;
 use weir_engine::object::ObjectKind;
@@ -91,6 +91,36 @@ pub fn settings(section: &ClusterSection, data_dir: &Path) -> Result<ClusterSett
     })
 }
 
+/// This member's own figures per view, for `GET /api/v1/cluster` (`member`).
+fn member_figures(id: &str, statuses: &[(String, Arc<ViewStatus>)]) -> serde_json::Value {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let views: serde_json::Map<String, serde_json::Value> = statuses
+        .iter()
+        .map(|(view, s)| {
+            let restore = *s.last_restore.lock();
+            (
+                view.clone(),
+                serde_json::json!({
+                    "input_partitions": *s.inputs.lock(),
+                    "key_partitions": *s.keys.lock(),
+                    "records_in": get(&s.records_in),
+                    "rows_out": get(&s.rows_out),
+                    "exchange_bytes": get(&s.exchange_bytes),
+                    "steps_committed": get(&s.committed),
+                    "steps_aborted": get(&s.aborted),
+                    "snapshots": get(&s.snapshots),
+                    "rebalances": get(&s.rebalances),
+                    "fenced": get(&s.fenced),
+                    "last_restore": restore.map(|(kp, groups, ms)| serde_json::json!({
+                        "key_partition": kp, "open_groups": groups, "ms": ms
+                    })),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "id": id, "views": views })
+}
+
 /// One progress line for a view on this member: what it owns and how fast it goes.
 fn progress(
     view: &str,
@@ -108,6 +138,7 @@ fn progress(
         rows_out = s.rows_out.load(Ordering::Relaxed),
         steps_aborted = s.aborted.load(Ordering::Relaxed),
         rebalances = s.rebalances.load(Ordering::Relaxed),
+        fenced = s.fenced.load(Ordering::Relaxed),
         "cluster progress"
     );
 }
@@ -134,11 +165,12 @@ pub async fn run(
             );
         }
     }
-    for s in pipeline.take_new_sinks() {
-        if !s.sink.idempotent() {
+    for mut s in pipeline.take_new_sinks() {
+        if !weir_connectors::kafka::cluster::runs_in_cluster(&mut s.sink) {
             bail!(
                 "sink '{}': a cluster replays a key partition's rows after a failover, so it \
-                 takes only sinks that write by key (postgres, blackhole) yet",
+                 takes only sinks that write by key (postgres, blackhole) or in its own \
+                 transactions (kafka) yet",
                 s.name
             );
         }
@@ -204,17 +236,21 @@ pub async fn run(
         let (controller, _) = weir_engine::runtime::Controller::new();
         let state = Arc::new(crate::state::StateDir::open(&cfg.engine.data_dir)?);
         let group = settings.group.clone();
+        let me = settings.member.clone();
+        let statuses: Vec<(String, Arc<ViewStatus>)> =
+            members.iter().flat_map(|m| m.views.clone()).collect();
         let app = |api| {
             let app = crate::api::AppState::new(catalog.clone(), controller, api, state, stop_rx);
             match client {
                 Some(client) => app.with_cluster(Arc::new(move || {
-                    weir_connectors::kafka::cluster::describe(
+                    let mut d = weir_connectors::kafka::cluster::describe(
                         &client,
                         &group,
                         &described.0,
                         &described.1,
-                    )
-                    .map_err(anyhow::Error::from)
+                    )?;
+                    d["member"] = member_figures(&me, &statuses);
+                    Ok(d)
                 })),
                 None => app,
             }
@@ -273,6 +309,7 @@ pub async fn run(
                     rows_out = get(&s.rows_out),
                     snapshots = get(&s.snapshots),
                     rebalances = get(&s.rebalances),
+                    fenced = get(&s.fenced),
                     "cluster member totals"
                 );
             }

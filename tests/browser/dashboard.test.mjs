@@ -9,17 +9,8 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-
-const target = process.env.CARGO_TARGET_DIR || join(homedir(), ".cache", "weir-target");
-const WEIR = process.env.WEIR_BIN || join(target, "debug", "weir");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARTIFACTS = process.env.WEIR_ARTIFACTS_DIR || join(target, "browser-artifacts");
+import { ARTIFACTS, launch, openDashboard, startWeir, stopWeir, until, waitHealthy } from "./lib.mjs";
 
 const SQL = `
 CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, status VARCHAR, speed_mbps DOUBLE,
@@ -32,91 +23,6 @@ CREATE MATERIALIZED VIEW health AS
   FROM TUMBLE(dl, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end, region;
 `;
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
-
-function startWeir(dir, port) {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k.startsWith("WEIR__")) delete env[k];
-  const child = spawn(WEIR, ["run", "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "data"),
-    "--progress-interval", "0s", join(dir, "queries")], { env, stdio: ["ignore", "pipe", "pipe"] });
-  child.log = "";
-  child.stdout.on("data", (d) => { child.log += d; });
-  child.stderr.on("data", (d) => { child.log += d; });
-  return child;
-}
-
-async function waitHealthy(port, child, ms = 60000) {
-  const start = Date.now();
-  while (Date.now() - start < ms) {
-    if (child.exitCode !== null) throw new Error(`weir exited (${child.exitCode}):\n${child.log}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/health`);
-      if (r.ok) return;
-    } catch (_) { /* not up yet */ }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`weir did not answer /health within ${ms} ms:\n${child.log}`);
-}
-
-// Resolves once `cond` (async) holds, asking every 200 ms; fails after `ms`.
-async function until(what, cond, ms) {
-  const start = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - start > ms) throw new Error(`no ${what} within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-function stopWeir(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.once("exit", () => resolve());
-    child.kill("SIGTERM");
-  });
-}
-
-// A `weir run` of `sql` (its one SQL file) on a free port, and headless Chromium.
-async function launch(sql) {
-  assert.ok(existsSync(WEIR), `no weir binary at ${WEIR} (build it, or set WEIR_BIN)`);
-  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`);
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const dir = mkdtempSync(join(tmpdir(), "weir-browser-"));
-  mkdirSync(join(dir, "queries"));
-  writeFileSync(join(dir, "queries", "pipeline.sql"), sql);
-  const port = await freePort();
-  const weir = startWeir(dir, port);
-  try {
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
-    return { dir, port, weir, browser };
-  } catch (e) {
-    await stopWeir(weir);
-    throw e;
-  }
-}
-
-// The dashboard in a new page once the server answers, with the script errors it has.
-async function openDashboard(browser, port, weir) {
-  await waitHealthy(port, weir);
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(`http://127.0.0.1:${port}/`);
-  return { page, errors };
-}
-
 const lastSeq = (page) => page.$eval('[data-view="health"]', (e) => Number(e.dataset.lastSeq));
 const points = (page) => page.$eval('[data-view="health"] .chart', (e) => Number(e.dataset.points));
 
@@ -127,6 +33,8 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
   try {
     const { page, errors } = await openDashboard(browser, port, weir);
     await page.waitForSelector('#conn[data-state="connected"]', { timeout: 30000 });
+    // Running alone: the cluster section found no cluster and stays hidden.
+    await page.waitForSelector('#cluster[data-state="alone"][hidden]', { state: "attached", timeout: 30000 });
 
     // The view's card with its SQL, a chart that grows as windows close, a table.
     const card = await page.waitForSelector('[data-view="health"]', { timeout: 30000 });

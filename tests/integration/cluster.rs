@@ -5,12 +5,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::crash::{WindowRow, expected, pg_lock, postgres_script, read_windows, weir_bin};
+use crate::crash::{
+    WindowRow, expected, json_window_row, pg_lock, postgres_script, read_windows, weir_bin,
+};
 use crate::kafka::{
-    Ev, T0, bootstrap, broker_lock, create_topic, events, produce_all, producer, sentinels, unique,
+    Ev, T0, bootstrap, broker_lock, create_topic, events, produce_all, producer, read_topic_to_end,
+    sentinels, unique,
 };
 use crate::postgres::pg_url;
 use crate::server_api::call;
+use rdkafka::Message as _;
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -302,6 +306,7 @@ struct Scenario {
     stable: String,
     evs: Vec<Ev>,
     producer: rdkafka::producer::FutureProducer,
+    bootstrap: String,
     _dir: tempfile::TempDir,
 }
 
@@ -309,6 +314,7 @@ impl Scenario {
     async fn new(b: &str, url: &str, name: &str) -> Scenario {
         let topic = unique(name);
         create_topic(b, &topic, PARTITIONS).await;
+        create_topic(b, &format!("{topic}-out"), 3).await;
         let evs = events(PARTITIONS, WINDOWS, PER_WINDOW, 11);
         let dir = tempfile::tempdir().unwrap();
         let suffix = topic.replace('-', "_");
@@ -331,7 +337,9 @@ impl Scenario {
                  CREATE SINK pg_windows FROM per_window WITH (connector = 'postgres', \
                  url = '{url}', table = '{wtable}');\n\
                  CREATE SINK pg_speed FROM per_speed WITH (connector = 'postgres', \
-                 url = '{url}', table = '{stable}');\n"
+                 url = '{url}', table = '{stable}');\n\
+                 CREATE SINK kafka_windows FROM per_window WITH (connector = 'kafka', \
+                 topic = '{topic}-out', format = 'json');\n"
             ),
         )
         .unwrap();
@@ -365,6 +373,7 @@ impl Scenario {
             },
             db,
             producer: producer(b),
+            bootstrap: b.to_string(),
             topic,
             wtable,
             stable,
@@ -469,6 +478,18 @@ impl Scenario {
         }
         let got: Vec<WindowRow> = read_windows(&self.db, &self.wtable).await;
         assert_eq!(got, want_windows);
+        // The Kafka sink's messages, as a read_committed reader sees them to the end of
+        // the topic: every window row once.
+        let (b, out) = (self.bootstrap.clone(), format!("{}-out", self.topic));
+        let messages = tokio::task::spawn_blocking(move || read_topic_to_end(&b, &out))
+            .await
+            .unwrap();
+        let mut got: Vec<WindowRow> = messages
+            .iter()
+            .map(|m| json_window_row(&String::from_utf8_lossy(m.payload().unwrap_or(&[]))))
+            .collect();
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(got, want_windows, "the kafka sink's committed messages");
         assert_eq!(read_speed(&self.db, &self.stable).await, want_speed);
         let logs = self.cluster.logs();
         eprintln!(
@@ -527,13 +548,54 @@ async fn cluster_scales_one_three_one_and_a_paused_member_rejoins() {
     s.produce(1, 4).await;
     let before = s.window_rows().await;
     s.progress("progress on three members", before).await;
-    // Member 1 paused past the session timeout while the others go on.
+    // Member 1 paused past the session timeout while the others go on, once it owns
+    // key partitions of both views.
+    let log1 = s.cluster.log(1);
+    wait_for(
+        &s.cluster,
+        Duration::from_secs(60),
+        "member 1 owns key partitions",
+        || async {
+            let l = std::fs::read_to_string(&log1).unwrap_or_default();
+            let owns = |view: &str| {
+                l.lines()
+                    .any(|l| l.contains("key partition taken over") && l.contains(view))
+            };
+            match owns("view=per_window") && owns("view=per_speed") {
+                true => None,
+                false => Some("not yet".to_string()),
+            }
+        },
+    )
+    .await;
     s.cluster.signal(1, "STOP");
     s.produce(2, 4).await;
     let before = s.window_rows().await;
     s.progress("progress with member 1 paused", before).await;
     tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(2)).await;
+    let paused_at = std::fs::metadata(&log1)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     s.cluster.signal(1, "CONT");
+    // Resumed, it finds it was fenced (its assignment lost, or a sink write rejected),
+    // drops what it held, and takes key partitions over again.
+    wait_for(
+        &s.cluster,
+        Duration::from_secs(60),
+        "member 1 fenced and back",
+        || async {
+            let l = std::fs::read_to_string(&log1).unwrap_or_default();
+            let after = l.get(paused_at..).unwrap_or("");
+            let Some(fenced) = after.find("error=fenced:") else {
+                return Some("not fenced yet".to_string());
+            };
+            match after[fenced..].contains("key partition taken over") {
+                true => None,
+                false => Some("fenced, no key partition taken over since".to_string()),
+            }
+        },
+    )
+    .await;
     // Back to one member: 1 and 2 stop cleanly, handing their partitions over.
     s.cluster.stop(2);
     s.cluster.stop(1);

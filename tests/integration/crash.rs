@@ -246,30 +246,29 @@ async fn read_kafka(b: &str, topic: &str, want: usize) -> Vec<WindowRow> {
             .await
             .expect("reader task");
         if payloads.len() >= want || Instant::now() > deadline {
-            let mut rows: Vec<WindowRow> = payloads
-                .iter()
-                .map(|p| {
-                    let v: serde_json::Value = serde_json::from_str(p).expect("a JSON message");
-                    let field = |k: &str| v[k].clone();
-                    // The json format writes timestamps as RFC 3339 in UTC (docs/json.md).
-                    let start = chrono::DateTime::parse_from_rfc3339(
-                        field("window_start").as_str().expect("window_start"),
-                    )
-                    .expect("an RFC 3339 window_start");
-                    (
-                        start.timestamp_millis(),
-                        field("region").as_str().expect("region").to_string(),
-                        field("downloads").as_i64().expect("downloads"),
-                        field("failures").as_i64().expect("failures"),
-                        field("speed").as_f64().expect("speed"),
-                    )
-                })
-                .collect();
+            let mut rows: Vec<WindowRow> = payloads.iter().map(|p| json_window_row(p)).collect();
             rows.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
             return rows;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A window row as the Kafka sink writes it in JSON.
+pub(crate) fn json_window_row(p: &str) -> WindowRow {
+    let v: serde_json::Value = serde_json::from_str(p).expect("a JSON message");
+    let field = |k: &str| v[k].clone();
+    // The json format writes timestamps as RFC 3339 in UTC (docs/json.md).
+    let start =
+        chrono::DateTime::parse_from_rfc3339(field("window_start").as_str().expect("window_start"))
+            .expect("an RFC 3339 window_start");
+    (
+        start.timestamp_millis(),
+        field("region").as_str().expect("region").to_string(),
+        field("downloads").as_i64().expect("downloads"),
+        field("failures").as_i64().expect("failures"),
+        field("speed").as_f64().expect("speed"),
+    )
 }
 
 /// A tiny deterministic random source for the kill times.

@@ -968,6 +968,84 @@ async fn duplicate_keys_in_one_write_keep_the_last_row() {
     );
 }
 
+/// Cluster fencing: two sinks stand for two members writing the same view. When the
+/// second takes key partition 1 over, the first's later write of a row from it is rolled
+/// back whole (also the row of partition 0, which it still owns, in the same
+/// transaction) with a `Fenced` error, and its rows of partition 0 alone still go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_members_late_write_is_rejected() {
+    let Some(url) = pg_url() else { return };
+    let _pg = crate::crash::pg_lock().read().await;
+    let db = pool(&url).await;
+    let table = unique("pg_fence");
+    let scope = format!("weir.test.{table}");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("region", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let b = |region: &str, n: i64| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![region])),
+                Arc::new(Int64Array::from(vec![n])),
+            ],
+        )
+        .unwrap()
+    };
+    let kp = |origin: u32| RowIds { origin, first: 0 };
+    let member = || {
+        weir_connectors::postgres::PostgresSinkFactory
+            .create(sink_spec(
+                "pg_fence",
+                schema.clone(),
+                &["region"],
+                &[("url", &url), ("table", &table)],
+                Default::default(),
+            ))
+            .unwrap()
+    };
+    let (mut old, mut new) = (member(), member());
+    old.recover(None).await.unwrap();
+    new.recover(None).await.unwrap();
+    old.claim(&scope, &[0, 1]).await.unwrap();
+    old.write(b("EU", 1), kp(1)).await.unwrap();
+    old.flush().await.unwrap();
+    // The new owner of partition 1 claims it; the old one has not heard yet.
+    new.claim(&scope, &[1]).await.unwrap();
+    old.write(b("US", 2), kp(0)).await.unwrap();
+    old.write(b("EU", 99), kp(1)).await.unwrap();
+    let e = old.flush().await.unwrap_err();
+    assert!(matches!(e, weir_engine::WeirError::Fenced(_)), "{e:?}");
+    new.write(b("EU", 3), kp(1)).await.unwrap();
+    new.flush().await.unwrap();
+    // Told, the old member drops what it held and writes partition 0 again.
+    old.discard();
+    old.release(&[1]);
+    old.write(b("US", 2), kp(0)).await.unwrap();
+    old.flush().await.unwrap();
+    // A row of a partition it released is refused before it reaches the database.
+    old.write(b("AP", 7), kp(1)).await.unwrap();
+    let e = old.flush().await.unwrap_err();
+    assert!(matches!(e, weir_engine::WeirError::Fenced(_)), "{e:?}");
+    old.discard();
+    old.close().await.unwrap();
+    new.close().await.unwrap();
+    let got: Vec<(String, i64)> =
+        sqlx::query_as(&format!("SELECT region, n FROM {table} ORDER BY region"))
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(got, vec![("EU".into(), 3), ("US".into(), 2)]);
+    let epochs: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT kp, epoch FROM weir.cluster_fence WHERE scope = $1 ORDER BY kp")
+            .bind(format!("{scope}/pg_fence"))
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(epochs, vec![(0, 1), (1, 2)]);
+}
+
 /// (e) `EMIT EVERY`: early rows reach the table keyed by window and region, and each
 /// window's final row replaces them; the finished table equals the batch answer, every row
 /// final. The pipeline is stepped by hand (one micro-batch, then one second of processing

@@ -549,7 +549,7 @@ impl Work {
     }
 }
 
-struct KafkaSink {
+pub(crate) struct KafkaSink {
     name: String,
     topic: String,
     /// Where every message goes (a global aggregate's, all with one key); `None`: the
@@ -849,6 +849,34 @@ impl Ctl {
 }
 
 impl KafkaSink {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn bootstrap_servers(&self) -> &str {
+        &self.connection.bootstrap_servers
+    }
+
+    /// Cluster mode: encode `batch` as this sink's messages and hand each to `send`
+    /// (topic, partition, key, value) for the member's own transaction; the sink's
+    /// producer is not used.
+    pub(crate) fn cluster_messages(
+        &mut self,
+        batch: &RecordBatch,
+        mut send: impl FnMut(&str, Option<i32>, Option<&[u8]>, Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        let w = self
+            .work
+            .as_mut()
+            .ok_or_else(|| WeirError::Internal("kafka sink without its encoders".into()))?;
+        w.encode(batch)?;
+        for i in 0..w.out.len() {
+            let (key, value) = w.out.get(i);
+            send(&self.topic, self.partition, key, value)?;
+        }
+        Ok(())
+    }
+
     fn producer(&mut self) -> Result<Arc<KafkaProducer>> {
         if let Some(p) = &self.producer {
             return Ok(p.clone());
@@ -1256,6 +1284,10 @@ fn last_committed_epoch(
 
 #[async_trait]
 impl Sink for KafkaSink {
+    fn as_any_mut(&mut self) -> Option<&mut (dyn std::any::Any + Send)> {
+        Some(self)
+    }
+
     async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
         self.recover_txn(restored).await
     }

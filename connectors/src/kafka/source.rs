@@ -707,6 +707,10 @@ impl ClusterInput {
         &self.config.stats
     }
 
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.config.connection.bootstrap_servers
+    }
+
     /// A client config for the source's Kafka with `defaults` under its own properties.
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
         self.config.connection.client_config(defaults)

@@ -47,7 +47,7 @@ use futures::future::BoxFuture;
 use schema::{Layout, Mode, ROW_ID, TableColumn, TableInfo, TableName, UniqueKey};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,6 +326,20 @@ struct Payload {
     rows: usize,
     /// An updating view's deletes, applied before the rows are written.
     deletes: Option<Deletes>,
+    /// Cluster mode: the key partitions the rows came from, whose fencing epochs the
+    /// transaction checks.
+    kps: Vec<u32>,
+}
+
+/// Cluster mode: the fencing scope of this sink and the epochs it claimed
+/// (`weir.cluster_fence`, docs/cluster.md).
+struct Fence {
+    scope: String,
+    epochs: BTreeMap<u32, i64>,
+    /// Key partitions to claim at the next attempt.
+    claiming: Vec<u32>,
+    /// Key partitions of the rows buffered since the last payload was encoded.
+    buffered: BTreeSet<u32>,
 }
 
 impl Payload {
@@ -376,6 +390,7 @@ pub struct PostgresSink {
     pending: Option<Payload>,
     /// Rows committed so far (carried across restarts in the checkpoint).
     rows: u64,
+    fence: Option<Fence>,
 }
 
 impl PostgresSink {
@@ -421,6 +436,7 @@ impl PostgresSink {
             buffered_rows: 0,
             pending: None,
             rows: 0,
+            fence: None,
         })
     }
 
@@ -619,6 +635,7 @@ impl PostgresSink {
             Some(c) => c,
             None => self.connect().await?,
         };
+        self.claim_fences(&mut conn).await?;
         // The connection goes back only after a success: after any failure it may be in a
         // transaction or halfway through a COPY, and the next attempt opens a new one.
         // An updating view's changes mostly update keys already there: no fast path.
@@ -662,6 +679,7 @@ impl PostgresSink {
             let mut tail = String::new();
             let mut went_fast = false;
             if let Some(p) = payload {
+                tail.push_str(&self.fence_check(p)?);
                 let begin = if try_fast {
                     "BEGIN; SAVEPOINT weir_fast"
                 } else {
@@ -743,6 +761,61 @@ impl PostgresSink {
         })
     }
 
+    /// Take the key partitions waiting to be claimed: raise their epochs in
+    /// `weir.cluster_fence` (inserting them at 1), which makes any other member's
+    /// transaction with their rows fail its check from now on.
+    fn claim_fences<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some(f) = self.fence.as_mut().filter(|f| !f.claiming.is_empty()) else {
+                return Ok(());
+            };
+            let kps: Vec<i32> = f.claiming.iter().map(|&k| k as i32).collect();
+            let rows: Vec<(i32, i64)> = sqlx::query_as(
+                "INSERT INTO weir.cluster_fence AS f (scope, kp, epoch) \
+                 SELECT $1, k, 1 FROM unnest($2::integer[]) AS k ORDER BY k \
+                 ON CONFLICT (scope, kp) DO UPDATE SET epoch = f.epoch + 1, updated_at = now() \
+                 RETURNING kp, epoch",
+            )
+            .bind(&f.scope)
+            .bind(&kps)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| pg_error("claiming key partitions", e))?;
+            for (kp, epoch) in rows {
+                f.epochs.insert(kp as u32, epoch);
+            }
+            tracing::debug!(sink = %self.name, scope = %f.scope, kps = ?f.claiming,
+                "postgres sink: key partitions claimed");
+            f.claiming.clear();
+            Ok(())
+        })
+    }
+
+    /// The statement that checks, inside a transaction writing `p`, that this member
+    /// still holds the key partitions its rows came from (empty outside a cluster).
+    fn fence_check(&self, p: &Payload) -> Result<String> {
+        let Some(f) = self.fence.as_ref().filter(|_| !p.kps.is_empty()) else {
+            return Ok(String::new());
+        };
+        let mut epochs = Vec::with_capacity(p.kps.len());
+        for kp in &p.kps {
+            let Some(e) = f.epochs.get(kp) else {
+                return Err(WeirError::Fenced(format!(
+                    "{}: rows of key partition {kp}, which this member no longer owns",
+                    self.what()
+                )));
+            };
+            epochs.push(e.to_string());
+        }
+        let kps: Vec<String> = p.kps.iter().map(|k| k.to_string()).collect();
+        Ok(format!(
+            "SELECT weir.check_fence({}, ARRAY[{}]::integer[], ARRAY[{}]::bigint[]); ",
+            schema::quote_literal(&f.scope),
+            kps.join(","),
+            epochs.join(",")
+        ))
+    }
+
     /// Run attempts until one succeeds, backing off between them (the engine's
     /// [`Backoff`], doubling up to `retry.backoff.max`); gives up after `retry.max`
     /// retries, or at once on an error a retry cannot fix.
@@ -822,6 +895,7 @@ impl PostgresSink {
             bytes,
             rows,
             deletes: None,
+            kps: Vec::new(),
         })
     }
 
@@ -834,6 +908,7 @@ impl PostgresSink {
                 bytes: encode::encode(&[])?,
                 rows: 0,
                 deletes: None,
+                kps: Vec::new(),
             });
         };
         let all = concat_batches(&first.schema(), batches)?;
@@ -862,6 +937,7 @@ impl PostgresSink {
             bytes: encode::encode(std::slice::from_ref(&net.upserts))?,
             rows: net.upserts.num_rows(),
             deletes,
+            kps: Vec::new(),
         })
     }
 
@@ -872,7 +948,11 @@ impl PostgresSink {
             self.run(None).await?;
         }
         if self.pending.is_none() && !self.buffer.is_empty() {
-            self.pending = Some(self.encode_buffer()?);
+            let mut payload = self.encode_buffer()?;
+            if let Some(f) = &mut self.fence {
+                payload.kps = std::mem::take(&mut f.buffered).into_iter().collect();
+            }
+            self.pending = Some(payload);
         }
         if self.pending.is_some() || epoch.is_some() || !self.ready {
             self.run(epoch).await?;
@@ -902,6 +982,9 @@ const NULL_KEY_HELP: &str = "On PostgreSQL 15 and later the sink creates the tab
     UNIQUE NULLS NOT DISTINCT on the key, which holds a NULL key as one key: drop the table to \
     have it created so, or add such a constraint; or filter the NULLs out or COALESCE them in \
     the view";
+
+/// The SQLSTATE `weir.check_fence` raises (migrations/0002_cluster_fence.sql).
+const FENCED: &str = "WF001";
 
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -1023,6 +1106,11 @@ fn transient_sqlstate(code: &str) -> bool {
 /// A failed database call while `doing`: retryable when [`transient`]. A server error
 /// shows its detail and SQLSTATE ([`ServerError`]).
 fn pg_error(doing: &str, e: sqlx::Error) -> WeirError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some(FENCED)
+    {
+        return WeirError::Fenced(format!("{doing}: {}", ServerError(e)));
+    }
     let retry = transient(&e);
     let e = match e {
         sqlx::Error::Database(_) => WeirError::external_source(doing, ServerError(e)),
@@ -1096,12 +1184,44 @@ impl Sink for PostgresSink {
             }
         }
         self.buffered_rows += batch.num_rows();
+        if let Some(f) = &mut self.fence {
+            f.buffered.insert(ids.origin);
+        }
         let batch = self.with_ids(batch, ids)?;
         self.buffer.push(batch);
         if self.buffered_rows >= self.opts.batch_rows {
             self.write_out(None).await?;
         }
         Ok(())
+    }
+
+    async fn claim(&mut self, scope: &str, kps: &[u32]) -> Result<()> {
+        let scope = format!("{scope}/{}", self.name);
+        let f = self.fence.get_or_insert_with(|| Fence {
+            scope,
+            epochs: BTreeMap::new(),
+            claiming: Vec::new(),
+            buffered: BTreeSet::new(),
+        });
+        f.claiming.extend_from_slice(kps);
+        self.run(None).await
+    }
+
+    fn release(&mut self, kps: &[u32]) {
+        if let Some(f) = &mut self.fence {
+            for kp in kps {
+                f.epochs.remove(kp);
+            }
+        }
+    }
+
+    fn discard(&mut self) {
+        self.buffer.clear();
+        self.buffered_rows = 0;
+        self.pending = None;
+        if let Some(f) = &mut self.fence {
+            f.buffered.clear();
+        }
     }
 
     async fn flush(&mut self) -> Result<()> {

@@ -66,6 +66,11 @@ pub struct ClusterStatus {
     /// partitions}], lag}` (docs/cluster.md, "Watching a cluster").
     #[schema(value_type = Object)]
     pub groups: serde_json::Value,
+    /// This member's own figures: `{id, views: {<view>: {input_partitions,
+    /// key_partitions, records_in, rows_out, exchange_bytes, steps_committed,
+    /// steps_aborted, snapshots, rebalances, fenced, last_restore}}}`.
+    #[schema(value_type = Object)]
+    pub member: serde_json::Value,
 }
 
 /// GET /api/v1/cluster: the cluster's members, the partitions each owns and the lag, as
@@ -80,11 +85,15 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<ClusterStat
             "this process is not a cluster member ([cluster] group is not set)",
         ));
     };
-    let groups = tokio::task::spawn_blocking(move || info())
+    let mut groups = tokio::task::spawn_blocking(move || info())
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kafka", format!("{e:#}")))?;
-    Ok(axum::Json(ClusterStatus { groups }))
+    let member = groups
+        .as_object_mut()
+        .and_then(|g| g.remove("member"))
+        .unwrap_or_default();
+    Ok(axum::Json(ClusterStatus { groups, member }))
 }
 
 /// A column of a schema.

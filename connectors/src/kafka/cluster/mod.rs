@@ -19,6 +19,7 @@
 
 use crate::format::BadRecords;
 use crate::kafka::exchange::{envelope_of, record_of};
+use crate::kafka::sink::KafkaSink;
 use crate::kafka::source::{ClusterInput, Pending, dead_letter_headers};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -26,7 +27,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -58,7 +59,6 @@ use stage2::*;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How a stage thread that failed waits before it starts again.
 const RESTART: weir_engine::backoff::Backoff =
     weir_engine::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -137,6 +137,9 @@ pub struct ViewStatus {
     /// Snapshots written, and the last restore (partition, open groups, milliseconds).
     pub snapshots: AtomicU64,
     pub last_restore: Mutex<Option<(i32, usize, u64)>>,
+    /// Times stage 2 found it had been fenced (a sink write rejected, or its assignment
+    /// lost) and started again.
+    pub fenced: AtomicU64,
 }
 
 /// Create one of a view's internal topics (`what`: "exchange", "results") with
@@ -286,23 +289,39 @@ pub async fn start_source(
         ensure_topic(&client, &topic, view.key_partitions, "exchange").await?;
         let results_topic = results_topic(&settings.group, &view.view);
         ensure_topic(&client, &results_topic, 1, "results").await?;
-        let results = input
-            .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
-            .create()
-            .map_err(|e| kafka_error("creating the results producer", e))?;
-        let status = Arc::new(ViewStatus::default());
         let group = stage2_group(&settings.group, &view.view);
+        let (kafka, sinks) = cluster_sinks(&input, &view.view, parts.sinks)?;
+        // A dead member's open transaction holds up the read_committed readers of the
+        // results topic and the Kafka sinks until the broker aborts it: after the session
+        // timeout, or a little more than a snapshot interval, which a transaction spans.
+        let txn_timeout = settings
+            .session_timeout
+            .max(settings.snapshot_interval + Duration::from_secs(5));
+        let producer_config = input.client_config(&[
+            ("transactional.id", &format!("{group}.{}", settings.member)),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            (
+                "transaction.timeout.ms",
+                &txn_timeout.as_millis().to_string(),
+            ),
+        ]);
+        let status = Arc::new(ViewStatus::default());
         let shared = Stage2Shared {
             view: view.clone(),
             topic: topic.clone(),
             inputs: inputs.len(),
             dir: settings.state_dir.join(&view.view),
             handle: handle.clone(),
-            sinks: parts.sinks,
-            results,
+            sinks,
+            kafka,
+            producer_config,
+            producer: None,
+            in_txn: false,
             results_topic: results_topic.clone(),
             owned: BTreeMap::new(),
             status: status.clone(),
+            fence_scope: format!("weir.{}.{}", settings.group, view.view),
         };
         let config = consumer_config(&input, settings, &group);
         let (interval, stop2) = (settings.snapshot_interval, stop.clone());
@@ -381,6 +400,44 @@ pub async fn start_source(
         failure,
         threads,
     })
+}
+
+/// Whether a cluster member can run `sink`: one that writes by key (replayed rows
+/// overwrite themselves), or a Kafka sink (its messages go in the member's transactions).
+pub fn runs_in_cluster(sink: &mut Box<dyn Sink>) -> bool {
+    sink.idempotent() || kafka_sink(sink).is_ok()
+}
+
+type Sinks = Vec<Box<dyn Sink>>;
+
+/// Split a view's sinks into its Kafka sinks, which must write to the cluster's own
+/// Kafka (one transaction spans them and the exchange offsets), and the rest.
+fn cluster_sinks(
+    input: &ClusterInput,
+    view: &str,
+    all: Vec<Box<dyn Sink>>,
+) -> Result<(Sinks, Sinks)> {
+    let (mut kafka, mut rest) = (Vec::new(), Vec::new());
+    for mut sink in all {
+        match kafka_sink(&mut sink) {
+            Ok(k) => {
+                if k.bootstrap_servers() != input.bootstrap_servers() {
+                    return Err(WeirError::user(format!(
+                        "kafka sink '{}' of view '{view}' writes to {}, but the cluster runs \
+                         on {}: in a cluster a Kafka sink's messages are committed in one \
+                         transaction with the exchange offsets, so they must go to the same \
+                         Kafka cluster",
+                        k.name(),
+                        k.bootstrap_servers(),
+                        input.bootstrap_servers()
+                    )));
+                }
+                kafka.push(sink);
+            }
+            Err(_) => rest.push(sink),
+        }
+    }
+    Ok((kafka, rest))
 }
 
 /// A group consumer of the cluster: the configured assignor, static membership, offsets

@@ -429,9 +429,9 @@ pub(super) fn send(
 }
 
 /// Produce `record`, waiting while the producer's queue is full.
-pub(super) fn produce(
+pub(super) fn produce<K: rdkafka::message::ToBytes + ?Sized>(
     producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'_, (), [u8]>,
+    mut record: BaseRecord<'_, K, [u8]>,
     doing: &str,
 ) -> Result<()> {
     loop {

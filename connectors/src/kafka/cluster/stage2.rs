@@ -22,12 +22,25 @@ pub(super) struct Stage2Shared {
     pub(super) inputs: usize,
     pub(super) dir: PathBuf,
     pub(super) handle: tokio::runtime::Handle,
+    /// The view's sinks that write by key (Postgres): written as rows come, flushed
+    /// before each commit.
     pub(super) sinks: Vec<Box<dyn Sink>>,
+    /// The view's Kafka sinks: their messages go in the member's stage-2 transactions.
+    pub(super) kafka: Vec<Box<dyn Sink>>,
+    /// The transactional producer's config: one producer per session, which writes the
+    /// results topic and the Kafka sinks and commits the exchange offsets, all in one
+    /// transaction per snapshot interval (KIP-447: the group's metadata fences a zombie).
+    pub(super) producer_config: ClientConfig,
+    pub(super) producer: Option<ThreadedProducer<DefaultProducerContext>>,
+    /// A transaction is open on `producer`.
+    pub(super) in_txn: bool,
     /// Every row the view emits goes to its results topic too, for every member to serve.
-    pub(super) results: ThreadedProducer<DefaultProducerContext>,
     pub(super) results_topic: String,
     pub(super) owned: BTreeMap<i32, Owned>,
     pub(super) status: Arc<ViewStatus>,
+    /// The sinks' fencing scope for this view (`weir.<group>.<view>`; each sink adds its
+    /// name): a take-over claims its key partitions under it ([`Sink::claim`]).
+    pub(super) fence_scope: String,
 }
 
 pub(super) struct Stage2Context {
@@ -46,16 +59,27 @@ impl ConsumerContext for Stage2Context {
         let ids: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let mut shared = self.shared.lock();
         shared.status.rebalances.fetch_add(1, Ordering::Relaxed);
-        // A lost assignment (this member was thrown out) cannot commit: drop the state,
-        // the new owner replays from the last committed snapshot.
+        // A lost assignment (this member was thrown out, for example paused past the
+        // session timeout) cannot commit, and what its sinks hold may already belong to
+        // the new owners: the session starts again, discarding the sinks' unflushed rows
+        // and taking over afresh what the group assigns.
         let lost = consumer.assignment_lost();
         let result = if lost {
-            Ok(())
+            Err(WeirError::Fenced(format!(
+                "view '{}': key partitions {ids:?} were lost (this member left the group)",
+                shared.view.view
+            )))
         } else {
-            shared.checkpoint(consumer, Some(&ids))
+            // The open transaction holds every owned partition's output: all of them are
+            // committed with their offsets, not only the revoked ones.
+            shared.checkpoint(consumer)
         };
         for id in &ids {
             shared.owned.remove(id);
+        }
+        let kps: Vec<u32> = ids.iter().map(|&k| k as u32).collect();
+        for sink in &mut shared.sinks {
+            sink.release(&kps);
         }
         shared.publish_keys();
         tracing::info!(view = %shared.view.view, revoked = ?ids, lost, "stage 2: key partitions revoked");
@@ -98,6 +122,12 @@ impl Stage2Shared {
         let committed = consumer
             .committed_offsets(tpl, METADATA_TIMEOUT)
             .map_err(|e| kafka_error("reading stage 2's committed offsets", e))?;
+        // Fence the former owners first: from here on a late write of theirs with rows of
+        // these partitions is rolled back.
+        let kps: Vec<u32> = ids.iter().map(|&k| k as u32).collect();
+        for sink in &mut self.sinks {
+            self.handle.block_on(sink.claim(&self.fence_scope, &kps))?;
+        }
         for e in committed.elements() {
             let kp = e.partition();
             let started = Instant::now();
@@ -149,11 +179,23 @@ impl Stage2Shared {
                 first: owned.emitted,
             };
             let (headers, value) = results_record(ids, watermark, &batch)?;
+            let producer = open_txn(&self.producer, &mut self.in_txn)?;
             let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(&self.results_topic)
                 .partition(0)
                 .payload(value.as_slice())
                 .headers(headers);
-            produce(&self.results, record, "sending to the results topic")?;
+            produce(producer, record, "sending to the results topic")?;
+            for sink in &mut self.kafka {
+                let k = kafka_sink(sink)?;
+                let doing = format!("writing to kafka sink '{}'", k.name());
+                k.cluster_messages(&batch, |topic, partition, key, value| {
+                    let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+                    r.partition = partition;
+                    r.key = key;
+                    r.payload = value;
+                    produce(producer, r, &doing)
+                })?;
+            }
             owned.emitted += batch.num_rows() as u64;
             self.status
                 .rows_out
@@ -165,24 +207,19 @@ impl Stage2Shared {
         Ok(())
     }
 
-    /// Flush the sinks, snapshot the owned partitions (`only` these, if given) that moved
-    /// since their last snapshot, and commit their offsets.
-    fn checkpoint(
-        &mut self,
-        consumer: &BaseConsumer<Stage2Context>,
-        only: Option<&[i32]>,
-    ) -> Result<()> {
+    /// Flush the sinks that write by key, snapshot the owned partitions that moved since
+    /// their last snapshot, and commit the open transaction (the results and Kafka sink
+    /// messages) with their exchange offsets. A failure leaves the transaction aborted:
+    /// the caller starts the session again from the committed snapshots.
+    fn checkpoint(&mut self, consumer: &BaseConsumer<Stage2Context>) -> Result<()> {
         for sink in &mut self.sinks {
             self.handle.block_on(sink.flush())?;
         }
-        self.results
-            .flush(SEND_TIMEOUT)
-            .map_err(|e| kafka_error("writing to the results topic", e))?;
         let mut tpl = TopicPartitionList::new();
         let mut written = Vec::new();
         let dir = self.dir.clone();
         for (kp, owned) in self.owned.iter_mut() {
-            if only.is_some_and(|o| !o.contains(kp)) || owned.next == owned.committed {
+            if owned.next == owned.committed {
                 continue;
             }
             let part = dir.join(format!("kp-{kp}"));
@@ -192,15 +229,12 @@ impl Stage2Shared {
                 .map_err(|e| kafka_error("recording stage-2 offsets", e))?;
             written.push((*kp, owned.next));
         }
-        if written.is_empty() {
+        if written.is_empty() && !self.in_txn {
             return Ok(());
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-            // The group moved on (a rebalance under way): the snapshots stay unused, the
-            // partitions still owned are committed at the next interval.
-            tracing::info!(view = %self.view.view, error = %e,
-                "stage 2: offsets not committed this time");
-            return Ok(());
+        if let Err(e) = self.commit(consumer, &tpl) {
+            self.abort();
+            return Err(e);
         }
         for (kp, at) in written {
             if let Some(o) = self.owned.get_mut(&kp) {
@@ -211,6 +245,57 @@ impl Stage2Shared {
         }
         Ok(())
     }
+
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<Stage2Context>,
+        offsets: &TopicPartitionList,
+    ) -> Result<()> {
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| WeirError::Internal("the stage-2 consumer has no group".into()))?;
+        let p = open_txn(&self.producer, &mut self.in_txn)?;
+        p.send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT)
+            .map_err(|e| kafka_error("adding exchange offsets to the stage-2 transaction", e))?;
+        p.commit_transaction(TXN_TIMEOUT)
+            .map_err(|e| kafka_error("committing a stage-2 transaction", e))?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// Abort the open transaction, if any (a producer that cannot is dropped with the
+    /// session; the broker aborts its transaction when the next one fences it).
+    fn abort(&mut self) {
+        if let (true, Some(p)) = (self.in_txn, &self.producer)
+            && let Err(e) = p.abort_transaction(TXN_TIMEOUT)
+        {
+            tracing::warn!(view = %self.view.view, error = %e, "stage 2: aborting a transaction");
+        }
+        self.in_txn = false;
+    }
+}
+
+/// The session's producer, in a transaction (begun if none is open).
+fn open_txn<'a>(
+    producer: &'a Option<ThreadedProducer<DefaultProducerContext>>,
+    in_txn: &mut bool,
+) -> Result<&'a ThreadedProducer<DefaultProducerContext>> {
+    let p = producer
+        .as_ref()
+        .ok_or_else(|| WeirError::Internal("stage 2 without its producer".into()))?;
+    if !*in_txn {
+        p.begin_transaction()
+            .map_err(|e| kafka_error("beginning a stage-2 transaction", e))?;
+        *in_txn = true;
+    }
+    Ok(p)
+}
+
+/// A Kafka sink of a cluster view (only those go in `Stage2Shared::kafka`).
+pub(super) fn kafka_sink(sink: &mut Box<dyn Sink>) -> Result<&mut KafkaSink> {
+    sink.as_any_mut()
+        .and_then(|a| a.downcast_mut::<KafkaSink>())
+        .ok_or_else(|| WeirError::Internal("a cluster's kafka sink is not one".into()))
 }
 
 pub(super) fn run_stage2(
@@ -236,10 +321,21 @@ pub(super) fn run_stage2(
         }
     }
     while !stop.load(Ordering::Relaxed) {
-        match stage2_session(&config, &shared, interval, &stop) {
+        let result = stage2_session(&config, &shared, interval, &stop);
+        {
+            let mut s = shared.lock();
+            if result.is_err() {
+                s.abort();
+            }
+            s.producer = None;
+        }
+        match result {
             Ok(()) => break,
             Err(e) => {
                 let wait = backoff.next_delay().unwrap_or(Duration::from_secs(10));
+                if matches!(e, WeirError::Fenced(_)) {
+                    shared.lock().status.fenced.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(error = %e, ?wait,
                     "stage 2 stopped; starting again from the committed snapshots");
                 std::thread::sleep(wait);
@@ -266,7 +362,21 @@ pub(super) fn stage2_session(
     let topic = {
         let mut s = shared.lock();
         s.owned.clear();
+        for sink in &mut s.sinks {
+            sink.discard();
+        }
         s.publish_keys();
+        // A new producer with the member's transactional id fences any earlier one (and
+        // aborts its open transaction).
+        let producer: ThreadedProducer<DefaultProducerContext> = s
+            .producer_config
+            .create()
+            .map_err(|e| kafka_error("creating the stage-2 producer", e))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| kafka_error("starting stage-2 transactions", e))?;
+        s.producer = Some(producer);
+        s.in_txn = false;
         s.topic.clone()
     };
     let consumer: BaseConsumer<Stage2Context> = config
@@ -290,12 +400,12 @@ pub(super) fn stage2_session(
             None => {}
         }
         if last.elapsed() >= interval {
-            shared.lock().checkpoint(&consumer, None)?;
+            shared.lock().checkpoint(&consumer)?;
             last = Instant::now();
         }
     }
     // Stopping: hand over without a replay.
-    shared.lock().checkpoint(&consumer, None)?;
+    shared.lock().checkpoint(&consumer)?;
     Ok(())
 }
 
