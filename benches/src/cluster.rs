@@ -24,6 +24,57 @@ const SQL: &str = "CREATE SOURCE downloads (event_id TEXT NOT NULL, ts TIMESTAMP
     FROM TUMBLE(downloads, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, region;\n\
     CREATE SINK out FROM region_health WITH (connector = 'blackhole');\n";
 
+/// With `--open-groups`: one open group per event until the end (a one-day window keyed
+/// by event id), so the state a failover restores is large.
+const OPEN_GROUPS_SQL: &str = "CREATE MATERIALIZED VIEW open_state AS \
+    SELECT window_start, window_end, event_id, count(*) AS n \
+    FROM TUMBLE(downloads, ts, INTERVAL '1' DAY) GROUP BY window_start, window_end, event_id;\n\
+    CREATE SINK out_state FROM open_state WITH (connector = 'blackhole');\n";
+
+/// What the successors logged for `view`'s key partitions taken over after the kill (the
+/// members' logs from their lengths at the kill): partitions, open groups restored, the
+/// longest restore, and the time from the kill to the last take-over.
+fn restored_after_kill(
+    logs: &[(PathBuf, usize)],
+    view: &str,
+    killed_at: chrono::DateTime<chrono::Utc>,
+) -> (usize, u64, u64, i64) {
+    let (mut parts, mut groups, mut longest, mut last) = (0, 0u64, 0u64, 0i64);
+    for (path, from) in logs {
+        let log = plain(&std::fs::read_to_string(path).unwrap_or_default());
+        for line in log.get(*from..).unwrap_or("").lines() {
+            if !line.contains("key partition taken over")
+                || !line.contains(&format!("view={view} "))
+            {
+                continue;
+            }
+            parts += 1;
+            groups += field(line, "open_groups");
+            longest = longest.max(field(line, "ms"));
+            if let Some(at) = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                last = last.max((at.with_timezone(&chrono::Utc) - killed_at).num_milliseconds());
+            }
+        }
+    }
+    (parts, groups, longest, last)
+}
+
+/// When the kill happened, and each survivor's log with its length then.
+type KillMark = (chrono::DateTime<chrono::Utc>, Vec<(PathBuf, usize)>);
+
+/// The number after `name=` in a log line (0 if none).
+fn field(line: &str, name: &str) -> u64 {
+    line.split(&format!(" {name}="))
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The (minute, region) windows of `input` (JSON lines from `gen`): the rows the view
 /// emits once every window has closed.
 fn expected_rows(input: &Path) -> Result<(usize, u64)> {
@@ -137,6 +188,7 @@ pub struct Options {
     pub members: usize,
     pub weir: PathBuf,
     pub kill_after: Option<f64>,
+    pub open_groups: bool,
 }
 
 pub fn run(o: Options) -> Result<()> {
@@ -146,7 +198,11 @@ pub fn run(o: Options) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let sql = dir.join("bench.sql");
-    std::fs::write(&sql, SQL.replace("{topic}", &o.topic))?;
+    let mut text = SQL.replace("{topic}", &o.topic);
+    if o.open_groups {
+        text.push_str(OPEN_GROUPS_SQL);
+    }
+    std::fs::write(&sql, text)?;
     let group = format!("bench-{}", std::process::id());
     let mut config = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[kafka.embedded]\nenabled = false\n",
@@ -191,6 +247,8 @@ pub fn run(o: Options) -> Result<()> {
     }
     let deadline = started + Duration::from_secs(600);
     let mut killed: Option<Instant> = None;
+    // The kill's wall-clock time and the survivors' log lengths then.
+    let mut kill_mark: Option<KillMark> = None;
     // After the kill: when the served rows last grew, and the longest stall between two
     // growths with the time from the kill to its end (the successors' first windows:
     // windows close everywhere only once every input partition moves again).
@@ -222,6 +280,14 @@ pub fn run(o: Options) -> Result<()> {
             victim.child.kill()?;
             victim.child.wait()?;
             killed = Some(Instant::now());
+            let lengths = members
+                .iter()
+                .map(|m| {
+                    let len = std::fs::metadata(&m.log).map_or(0, |md| md.len() as usize);
+                    (m.log.clone(), len)
+                })
+                .collect();
+            kill_mark = Some((chrono::Utc::now(), lengths));
         }
         if Instant::now() > deadline {
             bail!(
@@ -247,15 +313,11 @@ pub fn run(o: Options) -> Result<()> {
         let log =
             plain(&std::fs::read_to_string(dir.join(format!("m{m}.log"))).unwrap_or_default());
         for line in log.lines().filter(|l| l.contains("cluster member totals")) {
-            let field = |name: &str| -> u64 {
-                line.split(&format!("{name}="))
-                    .nth(1)
-                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|d| d.parse().ok())
-                    .unwrap_or(0)
-            };
-            records += field("records_in");
-            bytes += field("exchange_bytes");
+            if o.open_groups && !line.contains("view=region_health ") {
+                continue;
+            }
+            records += field(line, "records_in");
+            bytes += field(line, "exchange_bytes");
         }
     }
     let per_event = if records > 0 {
@@ -272,6 +334,14 @@ pub fn run(o: Options) -> Result<()> {
         killed.map_or("-".to_string(), |_| stall.0.as_millis().to_string()),
         killed.map_or("-".to_string(), |_| stall.1.as_millis().to_string()),
     );
+    if let (true, Some((at, logs))) = (o.open_groups, &kill_mark) {
+        let (parts, groups, longest, last) = restored_after_kill(logs, "open_state", *at);
+        println!(
+            "open_state after the kill: key_partitions_taken_over={parts} \
+             open_groups_restored={groups} longest_restore_ms={longest} \
+             kill_to_last_take_over_ms={last}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

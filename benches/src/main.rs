@@ -15,7 +15,7 @@
 //! weir-bench nexmark --query q5 --check [--events N]               vs batch DataFusion
 //! weir-bench kafka-throughput --bootstrap HOST:PORT --topic T --threads 1|2
 //! weir-bench kafka-sink --bootstrap HOST:PORT --input FILE.parquet --threads 1
-//! weir-bench cluster --topic T --input FILE.jsonl --members 0|1|2|3 [--kill-after S]
+//! weir-bench cluster --topic T --input FILE.jsonl --members 0|1|2|3 [--kill-after S] [--open-groups]
 //!                                                              weir alone or as a cluster
 //! weir-bench ws-latency --rate 100000 --secs 60               window close -> WebSocket client
 //! weir-bench ws-fanout --subscribers 1000 --rows 30000000     many subscribers on one view
@@ -253,6 +253,11 @@ enum Cmd {
         weir: Option<PathBuf>,
         #[arg(long)]
         kill_after: Option<f64>,
+        /// Also run a view with one open group per event (a one-day window keyed by
+        /// event_id), so a failover restores a large state; reports what the successors
+        /// restored after the kill.
+        #[arg(long)]
+        open_groups: bool,
     },
     /// Pre-loaded topic -> per-minute region-health view -> blackhole, timed (the source is
     /// bounded at the offsets present when it starts).
@@ -760,6 +765,7 @@ fn main() -> Result<()> {
                 members,
                 weir,
                 kill_after,
+                open_groups,
             } => {
                 let weir = match weir {
                     Some(w) => w,
@@ -772,6 +778,7 @@ fn main() -> Result<()> {
                     members,
                     weir,
                     kill_after,
+                    open_groups,
                 };
                 tokio::task::spawn_blocking(move || cluster::run(o)).await?
             }

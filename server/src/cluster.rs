@@ -169,8 +169,8 @@ pub async fn run(
         if !weir_connectors::kafka::cluster::runs_in_cluster(&mut s.sink) {
             bail!(
                 "sink '{}': a cluster replays a key partition's rows after a failover, so it \
-                 takes only sinks that write by key (postgres, blackhole) or in its own \
-                 transactions (kafka) yet",
+                 takes only sinks that write by key (postgres, blackhole), in its own \
+                 transactions (kafka) or per key partition (parquet) yet",
                 s.name
             );
         }

@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::crash::{
-    WindowRow, expected, json_window_row, pg_lock, postgres_script, read_windows, weir_bin,
+    WindowRow, expected, json_window_row, pg_lock, postgres_script, read_parquet, read_windows,
+    weir_bin,
 };
 use crate::kafka::{
     Ev, T0, bootstrap, broker_lock, create_topic, events, produce_all, producer, read_topic_to_end,
@@ -320,6 +321,8 @@ impl Scenario {
         let suffix = topic.replace('-', "_");
         let (wtable, stable) = (format!("cl_w_{suffix}"), format!("cl_s_{suffix}"));
         let sql = dir.path().join("pipeline.sql");
+        let lake = dir.path().join("lake");
+        let lake = lake.display();
         std::fs::write(
             &sql,
             format!(
@@ -339,7 +342,9 @@ impl Scenario {
                  CREATE SINK pg_speed FROM per_speed WITH (connector = 'postgres', \
                  url = '{url}', table = '{stable}');\n\
                  CREATE SINK kafka_windows FROM per_window WITH (connector = 'kafka', \
-                 topic = '{topic}-out', format = 'json');\n"
+                 topic = '{topic}-out', format = 'json');\n\
+                 CREATE SINK lake FROM per_window WITH (connector = 'parquet', \
+                 path = '{lake}', 'partition.by' = 'hour');\n"
             ),
         )
         .unwrap();
@@ -490,6 +495,13 @@ impl Scenario {
             .collect();
         got.sort_by(|a, b| a.partial_cmp(b).unwrap());
         assert_eq!(got, want_windows, "the kafka sink's committed messages");
+        // The Parquet sink's published files (per key partition, hidden staged files
+        // left out): every window row once.
+        assert_eq!(
+            read_parquet(&self.cluster.dir.join("lake")),
+            want_windows,
+            "the parquet sink's published files"
+        );
         assert_eq!(read_speed(&self.db, &self.stable).await, want_speed);
         let logs = self.cluster.logs();
         eprintln!(

@@ -187,7 +187,7 @@ async fn read_failed(db: &sqlx::PgPool, table: &str) -> Vec<FailedRow> {
 }
 
 /// Every published Parquet file under `dir` (hidden staged files excluded), as window rows.
-fn read_parquet(dir: &Path) -> Vec<WindowRow> {
+pub(crate) fn read_parquet(dir: &Path) -> Vec<WindowRow> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;

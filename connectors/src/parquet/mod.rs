@@ -255,6 +255,20 @@ impl ParquetSink {
         }
     }
 
+    /// Cluster mode: a sink like this one for key partition `kp` of the view, writing
+    /// under `<path>/kp=<kp>/` with its files published only when the member commits
+    /// (docs/cluster.md, "Parquet"), so each key partition's files are its own and its
+    /// new owner's recovery touches no other partition's.
+    pub(crate) fn for_key_partition(&self, kp: u32) -> Result<ParquetSink> {
+        let w = self
+            .state
+            .as_ref()
+            .ok_or_else(|| WeirError::Internal("parquet sink busy".into()))?;
+        let mut opts = w.opts.clone();
+        opts.path = opts.path.join(format!("kp={kp}"));
+        Ok(ParquetSink::new(w.schema.clone(), opts, true))
+    }
+
     /// The files this sink has moved into place so far.
     pub fn files_written(&self) -> &[PathBuf] {
         self.state
@@ -273,6 +287,10 @@ impl ParquetSink {
 
 #[async_trait]
 impl Sink for ParquetSink {
+    fn as_any_mut(&mut self) -> Option<&mut (dyn std::any::Any + Send)> {
+        Some(self)
+    }
+
     async fn write(&mut self, batch: RecordBatch, _ids: RowIds) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());

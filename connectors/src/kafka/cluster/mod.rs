@@ -10,17 +10,21 @@
 //!   KIP-447). A member that lost its partitions cannot commit (the group generation moved
 //!   on), so what it sent is aborted and never read (`read_committed`).
 //! - Stage 2's state is a function of the exchange partition's log. Every
-//!   `snapshot_interval`, after the sinks flushed, each owned partition's state goes to
-//!   `<state_dir>/<view>/kp-<n>/<offset>.arrow` and then `offset` is committed to the
-//!   stage-2 group. A new owner starts at the committed offset from the snapshot written
-//!   for it, so it writes again at most the rows written since; the sinks a cluster takes
-//!   write by key or by deterministic row id, so those rows overwrite themselves.
+//!   `snapshot_interval`, after the Postgres sinks flushed, each owned partition's state
+//!   goes to `<state_dir>/<view>/kp-<n>/<offset>.<writer>.<session>.arrow`, and one Kafka
+//!   transaction commits what stage 2 sent since (results topic, Kafka sinks) with the
+//!   offsets, each naming its snapshot in the commit metadata; the Parquet files staged
+//!   for it are published after. A new owner starts at the committed offset from the
+//!   snapshot named for it, so it writes again at most the rows written since; Postgres
+//!   sinks write by key or by deterministic row id, so those rows overwrite themselves,
+//!   and a fencing token rejects a paused former owner's late writes.
 //! - A partition revoked in a rebalance is snapshotted and committed before it goes.
 
 use crate::format::BadRecords;
 use crate::kafka::exchange::{envelope_of, record_of};
 use crate::kafka::sink::KafkaSink;
 use crate::kafka::source::{ClusterInput, Pending, dead_letter_headers};
+use crate::parquet::ParquetSink;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -290,7 +294,11 @@ pub async fn start_source(
         let results_topic = results_topic(&settings.group, &view.view);
         ensure_topic(&client, &results_topic, 1, "results").await?;
         let group = stage2_group(&settings.group, &view.view);
-        let (kafka, sinks) = cluster_sinks(&input, &view.view, parts.sinks)?;
+        let ClusterSinks {
+            kafka,
+            parquet,
+            rest: sinks,
+        } = cluster_sinks(&input, &view.view, parts.sinks)?;
         // A dead member's open transaction holds up the read_committed readers of the
         // results topic and the Kafka sinks until the broker aborts it: after the session
         // timeout, or a little more than a snapshot interval, which a transaction spans.
@@ -315,6 +323,16 @@ pub async fn start_source(
             handle: handle.clone(),
             sinks,
             kafka,
+            parquet,
+            writer: format!(
+                "{}-{}",
+                settings.member.replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                    "_"
+                ),
+                std::process::id()
+            ),
+            session: 0,
             producer_config,
             producer: None,
             in_txn: false,
@@ -403,22 +421,32 @@ pub async fn start_source(
 }
 
 /// Whether a cluster member can run `sink`: one that writes by key (replayed rows
-/// overwrite themselves), or a Kafka sink (its messages go in the member's transactions).
+/// overwrite themselves), a Kafka sink (its messages go in the member's transactions) or
+/// a Parquet sink (files per key partition, published when the member commits).
 pub fn runs_in_cluster(sink: &mut Box<dyn Sink>) -> bool {
-    sink.idempotent() || kafka_sink(sink).is_ok()
+    sink.idempotent() || kafka_sink(sink).is_ok() || parquet_sink(sink).is_ok()
 }
 
-type Sinks = Vec<Box<dyn Sink>>;
+/// A view's sinks by how a cluster runs them.
+struct ClusterSinks {
+    kafka: Vec<Box<dyn Sink>>,
+    parquet: Vec<Box<dyn Sink>>,
+    rest: Vec<Box<dyn Sink>>,
+}
 
-/// Split a view's sinks into its Kafka sinks, which must write to the cluster's own
-/// Kafka (one transaction spans them and the exchange offsets), and the rest.
+/// Split a view's sinks: Kafka sinks, which must write to the cluster's own Kafka (one
+/// transaction spans them and the exchange offsets), Parquet sinks, and the rest.
 fn cluster_sinks(
     input: &ClusterInput,
     view: &str,
     all: Vec<Box<dyn Sink>>,
-) -> Result<(Sinks, Sinks)> {
-    let (mut kafka, mut rest) = (Vec::new(), Vec::new());
+) -> Result<ClusterSinks> {
+    let (mut kafka, mut parquet, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     for mut sink in all {
+        if parquet_sink(&mut sink).is_ok() {
+            parquet.push(sink);
+            continue;
+        }
         match kafka_sink(&mut sink) {
             Ok(k) => {
                 if k.bootstrap_servers() != input.bootstrap_servers() {
@@ -437,7 +465,11 @@ fn cluster_sinks(
             Err(_) => rest.push(sink),
         }
     }
-    Ok((kafka, rest))
+    Ok(ClusterSinks {
+        kafka,
+        parquet,
+        rest,
+    })
 }
 
 /// A group consumer of the cluster: the configured assignor, static membership, offsets

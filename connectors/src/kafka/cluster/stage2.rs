@@ -12,6 +12,12 @@ pub(super) struct Owned {
     pub(super) committed: i64,
     /// Rows of closed windows this partition has emitted (row ids for append sinks).
     pub(super) emitted: u64,
+    /// The view's Parquet sinks for this key partition (one per sink of the view, in
+    /// order), publishing their files when the member commits.
+    pub(super) files: Vec<ParquetSink>,
+    /// The file names of the committed snapshot and the one before it.
+    pub(super) snapshot: String,
+    pub(super) previous: String,
 }
 
 /// Stage 2's state, shared by its polling loop and its rebalance callbacks (both run on
@@ -27,6 +33,14 @@ pub(super) struct Stage2Shared {
     pub(super) sinks: Vec<Box<dyn Sink>>,
     /// The view's Kafka sinks: their messages go in the member's stage-2 transactions.
     pub(super) kafka: Vec<Box<dyn Sink>>,
+    /// The view's Parquet sinks, as templates: each owned key partition writes through
+    /// sinks of its own ([`Owned::files`]).
+    pub(super) parquet: Vec<Box<dyn Sink>>,
+    /// This member's part of snapshot file names (member id, process id), and the
+    /// session count: a snapshot's name is unique to its writer, so a paused member that
+    /// wakes up cannot replace the one its successor committed.
+    pub(super) writer: String,
+    pub(super) session: u64,
     /// The transactional producer's config: one producer per session, which writes the
     /// results topic and the Kafka sinks and commits the exchange offsets, all in one
     /// transaction per snapshot interval (KIP-447: the group's metadata fences a zombie).
@@ -132,14 +146,34 @@ impl Stage2Shared {
             let kp = e.partition();
             let started = Instant::now();
             let mut task = self.view.task(self.inputs)?;
-            let (at, emitted) = match e.offset() {
+            let mut files = Vec::new();
+            for template in &mut self.parquet {
+                files.push(parquet_sink(template)?.for_key_partition(kp as u32)?);
+            }
+            // The committed offset's metadata names the snapshot written for it.
+            let name = match e.metadata() {
+                "" => None,
+                m => Some(m.to_string()),
+            };
+            let (at, emitted, name) = match e.offset() {
                 Offset::Offset(o) => {
-                    let path = self.part_dir(kp).join(format!("{o:020}.arrow"));
-                    let (snapshot, emitted) = read_snapshot(&path)?;
+                    let name = name.unwrap_or_else(|| format!("{o:020}.arrow"));
+                    let (snapshot, meta) = read_snapshot(&self.part_dir(kp).join(&name))?;
                     task.restore(&snapshot)?;
-                    (o, emitted)
+                    // Publish the Parquet files the snapshot's commit staged (if its
+                    // owner did not get to it) and remove every other unpublished file.
+                    for (i, f) in files.iter_mut().enumerate() {
+                        let cp = meta["parquet"][i].clone();
+                        self.handle.block_on(f.recover(Some((o as u64, cp))))?;
+                    }
+                    (o, meta["emitted"].as_u64().unwrap_or(0), name)
                 }
-                _ => (0, 0),
+                _ => {
+                    for f in &mut files {
+                        self.handle.block_on(f.recover(None))?;
+                    }
+                    (0, 0, String::new())
+                }
             };
             let groups = task.open_groups();
             let ms = started.elapsed().as_millis() as u64;
@@ -153,6 +187,9 @@ impl Stage2Shared {
                     next: at,
                     committed: at,
                     emitted,
+                    files,
+                    snapshot: name,
+                    previous: String::new(),
                 },
             );
         }
@@ -203,6 +240,9 @@ impl Stage2Shared {
             for sink in &mut self.sinks {
                 self.handle.block_on(sink.write(batch.clone(), ids))?;
             }
+            for f in &mut owned.files {
+                self.handle.block_on(f.write(batch.clone(), ids))?;
+            }
         }
         Ok(())
     }
@@ -224,10 +264,22 @@ impl Stage2Shared {
             }
             let part = dir.join(format!("kp-{kp}"));
             let snapshot = owned.task.snapshot()?;
-            write_snapshot(&part, owned.next, &snapshot, owned.emitted)?;
-            tpl.add_partition_offset(&self.topic, *kp, Offset::Offset(owned.next))
+            // The Parquet files of this stretch are finished and staged; the snapshot
+            // lists them, and they are published once the transaction commits.
+            let mut staged = Vec::new();
+            for f in &mut owned.files {
+                staged.push(self.handle.block_on(f.precommit(owned.next as u64))?);
+            }
+            let name = format!("{:020}.{}.{}.arrow", owned.next, self.writer, self.session);
+            let extra = serde_json::json!({ "emitted": owned.emitted, "parquet": staged });
+            write_snapshot(&part, &name, &snapshot, extra)?;
+            tpl.add_partition(&self.topic, *kp)
+                .set_offset(Offset::Offset(owned.next))
                 .map_err(|e| kafka_error("recording stage-2 offsets", e))?;
-            written.push((*kp, owned.next));
+            if let Some(mut e) = tpl.find_partition(&self.topic, *kp) {
+                e.set_metadata(&name);
+            }
+            written.push((*kp, owned.next, name));
         }
         if written.is_empty() && !self.in_txn {
             return Ok(());
@@ -236,12 +288,17 @@ impl Stage2Shared {
             self.abort();
             return Err(e);
         }
-        for (kp, at) in written {
+        for (kp, at, name) in written {
+            let part = self.part_dir(kp);
             if let Some(o) = self.owned.get_mut(&kp) {
                 o.committed = at;
+                o.previous = std::mem::replace(&mut o.snapshot, name);
+                for f in &mut o.files {
+                    self.handle.block_on(f.commit(at as u64))?;
+                }
+                prune(&part, at, &[&o.snapshot, &o.previous]);
             }
             self.status.snapshots.fetch_add(1, Ordering::Relaxed);
-            prune(&self.part_dir(kp), at);
         }
         Ok(())
     }
@@ -289,6 +346,13 @@ fn open_txn<'a>(
         *in_txn = true;
     }
     Ok(p)
+}
+
+/// A Parquet sink of a cluster view (only those go in `Stage2Shared::parquet`).
+pub(super) fn parquet_sink(sink: &mut Box<dyn Sink>) -> Result<&mut ParquetSink> {
+    sink.as_any_mut()
+        .and_then(|a| a.downcast_mut::<ParquetSink>())
+        .ok_or_else(|| WeirError::Internal("a cluster's parquet sink is not one".into()))
 }
 
 /// A Kafka sink of a cluster view (only those go in `Stage2Shared::kafka`).
@@ -362,6 +426,7 @@ pub(super) fn stage2_session(
     let topic = {
         let mut s = shared.lock();
         s.owned.clear();
+        s.session += 1;
         for sink in &mut s.sinks {
             sink.discard();
         }
@@ -409,18 +474,21 @@ pub(super) fn stage2_session(
     Ok(())
 }
 
-/// Write `snapshot` of a key partition at exchange offset `at` (write, sync, rename).
+/// Write `snapshot` of a key partition as `dir/name` (write, sync, rename), with `extra`
+/// (row count, sinks' staged files) in its metadata beside the state's.
 pub(super) fn write_snapshot(
     dir: &Path,
-    at: i64,
+    name: &str,
     snapshot: &KeySnapshot,
-    emitted: u64,
+    extra: serde_json::Value,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-    let path = dir.join(format!("{at:020}.arrow"));
-    let tmp = dir.join(format!(".{at:020}.arrow.tmp"));
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut meta = snapshot.meta.clone();
-    meta["emitted"] = serde_json::json!(emitted);
+    if let (Some(m), serde_json::Value::Object(extra)) = (meta.as_object_mut(), extra) {
+        m.extend(extra);
+    }
     let schema = datafusion::arrow::datatypes::Schema::new_with_metadata(
         snapshot.schema.fields().clone(),
         [("weir.state".to_string(), meta.to_string())].into(),
@@ -441,7 +509,9 @@ pub(super) fn write_snapshot(
     weir_engine::fsutil::sync_dir(dir)
 }
 
-pub(super) fn read_snapshot(path: &Path) -> Result<(KeySnapshot, u64)> {
+/// A key partition's snapshot and its metadata (the state's, with what
+/// [`write_snapshot`] added).
+pub(super) fn read_snapshot(path: &Path) -> Result<(KeySnapshot, serde_json::Value)> {
     let file = std::fs::File::open(path).map_err(|e| {
         WeirError::user(format!(
             "the snapshot a key partition was committed with is missing: {} ({e}); \
@@ -458,7 +528,6 @@ pub(super) fn read_snapshot(path: &Path) -> Result<(KeySnapshot, u64)> {
         .ok_or_else(|| {
             WeirError::Internal(format!("snapshot {} has no state meta", path.display()))
         })?;
-    let emitted = meta.get("emitted").and_then(|e| e.as_u64()).unwrap_or(0);
     let plain = Arc::new(datafusion::arrow::datatypes::Schema::new(
         schema.fields().clone(),
     ));
@@ -472,31 +541,73 @@ pub(super) fn read_snapshot(path: &Path) -> Result<(KeySnapshot, u64)> {
     }
     Ok((
         KeySnapshot {
-            meta,
+            meta: meta.clone(),
             batches,
             schema: plain,
         },
-        emitted,
+        meta,
     ))
 }
 
-/// Remove a partition's snapshots older than the one before `kept` (the one before stays
-/// for a member that read the committed offset just before this commit).
-pub(super) fn prune(dir: &Path, kept: i64) {
+/// Remove a partition's snapshots from before offset `kept`, except the files in `keep`
+/// (the committed snapshot and the one before it, for a member that read the committed
+/// offset just before this commit).
+pub(super) fn prune(dir: &Path, kept: i64, keep: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut offsets: Vec<i64> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".arrow")?.parse().ok()
-        })
-        .filter(|o| *o < kept)
-        .collect();
-    offsets.sort_unstable();
-    offsets.pop();
-    for o in offsets {
-        let _ = std::fs::remove_file(dir.join(format!("{o:020}.arrow")));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let offset: Option<i64> = name
+            .strip_suffix(".arrow")
+            .and_then(|n| n.split('.').next())
+            .and_then(|o| o.parse().ok());
+        if offset.is_some_and(|o| o < kept) && !keep.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_named_snapshots_and_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "00000000000000000010.m1-7.1.arrow",
+            "00000000000000000020.m1-7.1.arrow",
+            "00000000000000000020.m2-9.3.arrow",
+            "00000000000000000030.m2-9.3.arrow",
+            "00000000000000000040.m1-7.2.arrow",
+            ".00000000000000000005.m1-7.1.arrow.tmp",
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        prune(
+            dir.path(),
+            30,
+            &[
+                "00000000000000000030.m2-9.3.arrow",
+                "00000000000000000020.m2-9.3.arrow",
+            ],
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                ".00000000000000000005.m1-7.1.arrow.tmp",
+                "00000000000000000020.m2-9.3.arrow",
+                "00000000000000000030.m2-9.3.arrow",
+                "00000000000000000040.m1-7.2.arrow",
+            ]
+        );
     }
 }
