@@ -31,6 +31,7 @@ pub mod parquet;
 pub mod postgres;
 pub mod table;
 mod util;
+pub mod webhook;
 
 use weir_engine::connector::ConnectorRegistry;
 
@@ -53,6 +54,7 @@ pub fn registry_with(kafka: kafka::KafkaSettings) -> ConnectorRegistry {
         .with_sink(blackhole::BlackholeSinkFactory)
         .with_sink(kafka::KafkaSinkFactory::new(kafka))
         .with_sink(postgres::PostgresSinkFactory)
+        .with_sink(webhook::WebhookSinkFactory)
         // reference tables
         .with_table(table::FileTableFactory)
         .with_table(table::PostgresTableFactory)

@@ -290,6 +290,13 @@ class ViewCard {
     return { xs, series };
   }
 
+  // A window's width in seconds (window_end - window_start of a row), or a minute.
+  windowSecs() {
+    const r = this.rows.length ? this.rows[this.rows.length - 1].row : null;
+    const w = r && r.window_end ? (Date.parse(r.window_end) - Date.parse(r.window_start)) / 1000 : NaN;
+    return w > 0 ? w : 60;
+  }
+
   render() {
     if (this.hasTime && this.numeric.length && this.rows.length) {
       const { xs, series } = this.chartData();
@@ -309,6 +316,12 @@ class ViewCard {
           series: [{}, ...labels.map((l, i) => ({ label: l, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true }))],
           axes: [{}, { size: 60 }],
         }, data, this.chartEl);
+      }
+      // uPlot draws a lone x (one window so far) on an axis of years: show a window's
+      // width either side of it instead.
+      if (xs.length && xs[0] === xs[xs.length - 1]) {
+        const pad = this.windowSecs();
+        this.plot.setScale("x", { min: xs[0] - pad, max: xs[0] + pad });
       }
       this.chartEl.dataset.points = String(xs.length);
     }

@@ -41,7 +41,17 @@ pub struct Args {
     pub repartition: bool,
 }
 
-fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The directory `weir run` loads when no path is given, if it exists.
+const DEFAULT_QUERIES: &str = "queries";
+
+/// The SQL files `paths` name (with none: `queries/`, if it exists). A directory without
+/// `.sql` files is an error, except for `run`, which may start empty.
+fn sql_files(paths: &[PathBuf], mode: Mode) -> Result<Vec<PathBuf>> {
+    let default = [PathBuf::from(DEFAULT_QUERIES)];
+    let paths = match paths {
+        [] if default[0].is_dir() => &default[..],
+        p => p,
+    };
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -51,7 +61,7 @@ fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter(|f| f.extension().is_some_and(|x| x == "sql"))
                 .collect();
             files.sort();
-            if files.is_empty() {
+            if files.is_empty() && mode != Mode::Run {
                 bail!("{} holds no .sql files", p.display());
             }
             out.extend(files);
@@ -317,7 +327,35 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
         key_partitions: cfg.engine.key_partitions,
         repartition: cfg.engine.repartition,
     };
-    let files = sql_files(&args.paths)?;
+    let files = sql_files(&args.paths, mode)?;
+    if files.is_empty() {
+        match mode {
+            Mode::Run if cfg.cluster.group.is_some() => bail!(
+                "no SQL files: a cluster member runs the SQL it is started with (statements \
+                 over the API are refused in a cluster); give the same SQL files to every member"
+            ),
+            Mode::Run if cfg.server.enabled => tracing::info!(
+                "no SQL files ({}): starting empty, waiting for statements over the API \
+                 (POST /api/v1/sql)",
+                match args.paths.as_slice() {
+                    [] => format!("no paths given and no {DEFAULT_QUERIES}/ directory"),
+                    p => p
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            ),
+            Mode::Run => bail!(
+                "no SQL files to run, and [server] enabled = false: nothing could ever run \
+                 (give SQL files, or enable the server to submit statements over the API)"
+            ),
+            Mode::Backfill | Mode::Check => bail!(
+                "no SQL files: give SQL files or directories (no paths given and no \
+                 {DEFAULT_QUERIES}/ directory)"
+            ),
+        }
+    }
     let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;
     let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
     for file in &files {

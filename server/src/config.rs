@@ -20,6 +20,26 @@ pub struct Config {
     pub checkpoint: CheckpointSection,
     pub database: DatabaseSection,
     pub cluster: ClusterSection,
+    pub log: LogSection,
+}
+
+/// `[log]`: how `weir` writes its log (to stdout). `RUST_LOG` sets the levels.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people: time, level, message, fields (coloured on a terminal only).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields` with `message`), for log
+    /// collectors.
+    Json,
 }
 
 /// `[cluster]`: run as one member of a Weir cluster on Kafka (docs/cluster.md). Every

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use weir_server::app::{self, Args};
+use weir_server::config::LogFormat;
 
 /// mimalloc keeps freed pages for reuse, where glibc malloc hands each micro-batch's column
 /// buffers back to the kernel and faults fresh pages in for the next (docs/nexmark.md,
@@ -44,8 +45,8 @@ enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Common {
-    /// SQL files or directories of *.sql files.
-    #[arg(default_value = "queries")]
+    /// SQL files or directories of *.sql files [default: queries, if it exists]. With
+    /// none, `run` starts empty and waits for statements over the API.
     paths: Vec<PathBuf>,
     /// Configuration file (TOML); WEIR__SECTION__KEY environment variables override it.
     #[arg(long, short)]
@@ -91,16 +92,24 @@ impl Common {
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let cli = Cli::parse();
+    // `[log] format` decides how the log looks, so the configuration is read first; a
+    // configuration that does not load is reported by the command itself, below.
+    let args = match &cli.command {
+        Command::Run { common, .. } | Command::Check { common } => common.clone().args(),
+    };
+    let format = app::load_config(&args).map_or(LogFormat::Text, |c| c.log.format);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
         // Colours only on a terminal: a log redirected to a file stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-    let cli = Cli::parse();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().init(),
+    }
     // Statements are parsed and planned on the runtime's threads and, for the SQL files,
     // on the thread that runs it: all get the stack the deepest accepted statement needs
     // (app::runtime).

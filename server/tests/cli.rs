@@ -387,6 +387,60 @@ fn unknown_config_key_is_an_error() {
     assert!(stderr.contains("batch_rowz"), "{stderr}");
 }
 
+/// `[log] format = 'json'`: every line `weir run --until-done` logs is a JSON object with a
+/// level and a message; the text log, written to a pipe, has no colour codes.
+#[test]
+fn logs_are_json_lines_or_plain_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = jsonl(dir.path());
+    let sql = pipeline_sql(&input, &dir.path().join("lake"), "skip");
+    write(dir.path(), "q.sql", &sql);
+    let run = |format: &str| {
+        let out = weir()
+            .args(["run", "--until-done", "--data-dir"])
+            .arg(dir.path().join(format!("data-{format}")))
+            .arg(dir.path().join("q.sql"))
+            .env("WEIR__LOG__FORMAT", format)
+            .output()
+            .expect("run weir");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let json = run("json");
+    let lines: Vec<&str> = json.lines().collect();
+    assert!(lines.len() >= 3, "{json}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("created materialized view per_minute")),
+        "{json}"
+    );
+    let text = run("text");
+    assert!(
+        text.contains("created materialized view per_minute"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a piped log:\n{text}"
+    );
+    let bad = weir()
+        .args(["check"])
+        .arg(dir.path().join("q.sql"))
+        .env("WEIR__LOG__FORMAT", "xml")
+        .output()
+        .expect("run weir");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("xml"), "{stderr}");
+}
+
 #[test]
 fn help_documents_every_flag() {
     let out = weir().args(["run", "--help"]).output().expect("run weir");

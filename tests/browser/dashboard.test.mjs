@@ -41,6 +41,15 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
     const sql = await card.$eval("pre.sql", (e) => e.textContent);
     assert.match(sql, /CREATE MATERIALIZED VIEW health AS/);
     await page.waitForSelector('[data-view="health"] .chart canvas', { timeout: 30000 });
+    // The time axis spans the windows shown, a window either side at most (one window
+    // alone used to be drawn on an axis of years).
+    const axis = await page.evaluate(() => {
+      const card = window.weir.views.get("health");
+      const xs = card.plot.data[0];
+      return { min: card.plot.scales.x.min, max: card.plot.scales.x.max, first: xs[0], last: xs[xs.length - 1] };
+    });
+    assert.ok(axis.max - axis.min <= axis.last - axis.first + 2 * 1 + 0.001,
+      `x axis ${JSON.stringify(axis)} spans more than the windows (1 s) shown`);
     await page.waitForFunction(() => Number(document.querySelector('[data-view="health"] .chart').dataset.points) >= 2, null, { timeout: 30000 });
     const before = await points(page);
     await page.waitForFunction((n) => Number(document.querySelector('[data-view="health"] .chart').dataset.points) > n, before, { timeout: 30000 });

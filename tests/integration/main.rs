@@ -4,7 +4,7 @@
 //! Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
-//! at random moments.
+//! at random moments, and the webhook sink against a real HTTP server.
 
 mod cluster;
 mod crash;
@@ -19,3 +19,4 @@ mod postgres;
 mod server_api;
 mod slt_suite;
 mod updating;
+mod webhook;
