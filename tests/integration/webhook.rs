@@ -14,8 +14,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir_engine::pipeline::{EngineConfig, Pipeline};
-use weir_engine::runtime::{RunEnd, RunOptions, run};
 
 const SECRET: &str = "hook-secret";
 
@@ -106,14 +104,7 @@ async fn webhook_delivers_every_row_retrying_and_dead_lettering_refusals() {
     }
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, lines).unwrap();
-    let mut p = Pipeline::new(
-        EngineConfig {
-            data_dir: dir.path().join("data"),
-            ..EngineConfig::default()
-        },
-        weir_connectors::registry(),
-    );
-    p.execute(&format!(
+    let sql = format!(
         "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, \
          WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
          WITH (connector = 'file', path = '{}');\n\
@@ -123,24 +114,13 @@ async fn webhook_delivers_every_row_retrying_and_dead_lettering_refusals() {
          url = 'http://{addr}/hook', 'batch.rows' = '2', 'hmac.secret' = '{SECRET}', \
          'retry.backoff.max' = '50ms');",
         input.display()
-    ))
-    .await
-    .unwrap();
-    let end = tokio::time::timeout(
+    );
+    tokio::time::timeout(
         Duration::from_secs(120),
-        run(
-            p,
-            RunOptions {
-                until_done: true,
-                ..RunOptions::default()
-            },
-            std::future::pending(),
-        ),
+        weir_tests::run_until_done(&dir.path().join("data"), &sql),
     )
     .await
-    .expect("the pipeline did not finish within 120 s")
-    .unwrap();
-    assert_eq!(end, RunEnd::Done);
+    .expect("the pipeline did not finish within 120 s");
 
     let r = received.lock().unwrap();
     assert!(
