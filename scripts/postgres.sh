@@ -13,7 +13,8 @@
 #                     URL and exits 0.
 #   stop              fast shutdown (open sessions are cut); does nothing if not running
 #   status            running or not (exit 0 or 3), URL, pid, data and log
-#   env               `export WEIR_POSTGRES_URL=...`, for eval "$(scripts/postgres.sh env)"
+#   env               `export WEIR_POSTGRES_URL=... WEIR_POSTGRES_CA=...`, for
+#                     eval "$(scripts/postgres.sh env)"
 #   logs [N]          the last N (default 100) lines of the server log
 #   psql [ARGS...]    psql on the `weir` database (the cluster's own psql)
 #
@@ -27,6 +28,11 @@
 #                          root (PostgreSQL refuses to run as root; default: `postgres` if that
 #                          user exists, else a system user `weir-pg` created for it)
 #   WEIR_PG_START_TIMEOUT  seconds to wait for the server to accept connections (default 60)
+#
+# TLS: the server also takes TLS connections, with a certificate for 127.0.0.1 signed by a
+# CA the script makes with openssl ($WEIR_PG_DIR/tls/ca.pem, printed by `env` as
+# WEIR_POSTGRES_CA). Role `weir_tls` may connect over TLS only (hostssl), so a client that
+# logs in as it proves it used TLS.
 #
 # As root, the data directory is owned by WEIR_PG_USER, and that user is given search (x)
 # permission on parent directories it cannot cross (an ACL when setfacl exists, else o+x),
@@ -44,6 +50,8 @@ MARKER="$DIR/.weir-postgres"
 DB=weir
 ROLE=weir
 URL="postgres://$ROLE@$HOST:$PORT/$DB"
+TLS="$DIR/tls"
+TLS_ROLE=weir_tls
 
 say() { printf 'postgres.sh: %s\n' "$*" >&2; }
 die() {
@@ -235,17 +243,39 @@ init_cluster() {
         cat "$DIR/initdb.log" >&2
         die "initdb failed"
     fi
-    # Trust on the socket and on 127.0.0.1 only: no ::1, no other address.
-    as_owner tee "$DATA/pg_hba.conf" >/dev/null <<EOF
-# Written by scripts/postgres.sh: a throwaway test cluster.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-local   all       all                 trust
-host    all       all   127.0.0.1/32  trust
-EOF
     as_owner sh -c "printf '\n# scripts/postgres.sh\ninclude_if_exists = '\''weir.conf'\''\n' >> '$DATA/postgresql.conf'"
 }
 
+# A CA and a server certificate for 127.0.0.1 under $TLS (made once).
+make_tls() {
+    [[ -s "$TLS/server.key" && -s "$TLS/server.pem" && -s "$TLS/ca.pem" ]] && return 0
+    command -v openssl >/dev/null 2>&1 || die "openssl is needed for the server's TLS certificate"
+    mkdir -p "$TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=weir test CA" \
+        -keyout "$TLS/ca.key" -out "$TLS/ca.pem" >/dev/null 2>&1 || die "openssl: making the CA failed"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$TLS/server.key" -out "$TLS/server.csr" >/dev/null 2>&1 || die "openssl: the server key failed"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$TLS/ext.cnf"
+    openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$TLS/ext.cnf" -out "$TLS/server.pem" >/dev/null 2>&1 ||
+        die "openssl: signing the server certificate failed"
+    chmod 600 "$TLS/server.key"
+    [[ $(id -u) -ne 0 ]] || chown -R "$(run_user):" "$TLS"
+    chmod 644 "$TLS/ca.pem"
+}
+
 write_config() {
+    make_tls
+    # Trust on the socket and on 127.0.0.1 only: no ::1, no other address. The TLS role
+    # only over TLS.
+    as_owner tee "$DATA/pg_hba.conf" >/dev/null <<EOF
+# Written by scripts/postgres.sh at every start: a throwaway test cluster.
+# TYPE     DATABASE  USER       ADDRESS       METHOD
+local      all       all                      trust
+hostssl    all       $TLS_ROLE  127.0.0.1/32  trust
+hostnossl  all       $TLS_ROLE  127.0.0.1/32  reject
+host       all       all        127.0.0.1/32  trust
+EOF
     as_owner tee "$DATA/weir.conf" >/dev/null <<EOF
 # Written by scripts/postgres.sh at every start.
 listen_addresses = '$HOST'
@@ -256,6 +286,9 @@ fsync = on
 logging_collector = off
 log_min_messages = warning
 log_connections = off
+ssl = on
+ssl_cert_file = '$TLS/server.pem'
+ssl_key_file = '$TLS/server.key'
 EOF
 }
 
@@ -284,6 +317,9 @@ create_database() {
     "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$ROLE" -d postgres \
         -c "ALTER DATABASE $DB SET search_path TO public" >&2 ||
         die "could not set the search_path of database $DB"
+    "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$ROLE" -d postgres -c \
+        "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$TLS_ROLE') THEN CREATE ROLE $TLS_ROLE LOGIN SUPERUSER; END IF; END \$\$" >&2 ||
+        die "could not create role $TLS_ROLE"
 }
 
 cmd_start() {
@@ -398,7 +434,7 @@ main() {
         start) cmd_start "$@" ;;
         stop) cmd_stop ;;
         status) cmd_status ;;
-        env) echo "export WEIR_POSTGRES_URL=$URL" ;;
+        env) echo "export WEIR_POSTGRES_URL=$URL WEIR_POSTGRES_CA=$TLS/ca.pem" ;;
         logs)
             [[ -f "$LOGFILE" ]] || die "no log at $LOGFILE"
             tail -n "${1:-100}" "$LOGFILE"

@@ -87,6 +87,8 @@ export WEIR_KAFKA_SASL_BOOTSTRAP="127.0.0.1:${WEIR_KAFKA_SASL_PORT:-19093}"
 step "starting a throwaway PostgreSQL (scripts/postgres.sh start)"
 WEIR_POSTGRES_URL=$(bash scripts/postgres.sh start)
 export WEIR_POSTGRES_URL
+# The CA of the server's TLS certificate, for the TLS test.
+eval "$(bash scripts/postgres.sh env)"
 
 step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, Postgres, CLI)"
 cargo test --locked --workspace

@@ -968,6 +968,69 @@ async fn duplicate_keys_in_one_write_keep_the_last_row() {
     );
 }
 
+/// TLS: the sink connects as `weir_tls`, a role the test server (scripts/postgres.sh)
+/// admits over TLS only, with `sslmode=verify-full` against the CA the script made, and
+/// writes its rows; with `sslmode=disable` the same role is refused, and the sink says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_writes_over_tls() {
+    let Some(url) = pg_url() else { return };
+    let _pg = crate::crash::pg_lock().read().await;
+    let ca = match std::env::var("WEIR_POSTGRES_CA") {
+        Ok(c) if !c.is_empty() => c,
+        _ if weir_tests::in_ci() => panic!(
+            "WEIR_POSTGRES_CA is not set: scripts/test.sh exports it from scripts/postgres.sh env"
+        ),
+        _ => {
+            eprintln!("SKIPPED: WEIR_POSTGRES_CA unset (eval \"$(bash scripts/postgres.sh env)\")");
+            return;
+        }
+    };
+    let db = pool(&url).await;
+    let table = unique("pg_tls");
+    let tls_url = |mode: &str| {
+        let base = url.replacen("postgres://weir@", "postgres://weir_tls@", 1);
+        format!("{base}?sslmode={mode}&sslrootcert={ca}")
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("region", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let sink = |u: String| {
+        weir_connectors::postgres::PostgresSinkFactory
+            .create(sink_spec(
+                "pg_tls",
+                schema.clone(),
+                &["region"],
+                &[("url", &u), ("table", &table)],
+                Default::default(),
+            ))
+            .unwrap()
+    };
+    let mut s = sink(tls_url("verify-full"));
+    s.recover(None).await.unwrap();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["EU", "US"])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    s.write(batch, RowIds::default()).await.unwrap();
+    s.close().await.unwrap();
+    let got: Vec<(String, i64)> =
+        sqlx::query_as(&format!("SELECT region, n FROM {table} ORDER BY region"))
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(got, vec![("EU".into(), 1), ("US".into(), 2)]);
+    let e = sink(tls_url("disable")).recover(None).await.unwrap_err();
+    assert!(
+        e.to_string().contains("no encryption"),
+        "the refusal says why: {e}"
+    );
+}
+
 /// Cluster fencing: two sinks stand for two members writing the same view. When the
 /// second takes key partition 1 over, the first's later write of a row from it is rolled
 /// back whole (also the row of partition 0, which it still owns, in the same
