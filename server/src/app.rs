@@ -2,7 +2,7 @@
 //! the embedded Kafka broker when needed, replay the API's journal, serve the API and run
 //! the pipeline until Ctrl-C (or, with `--until-done`, until every source has ended).
 
-use crate::api::{self, ApiSettings, AppState, Role};
+use crate::api::{self, ApiSettings, ApiToken, AppState, Role, Scope};
 use crate::config;
 use crate::embedded_kafka::{self, EmbeddedKafka};
 use crate::progress;
@@ -428,12 +428,41 @@ fn api_settings(
     cfg: &config::ServerSection,
     engine: &config::EngineSection,
 ) -> Result<ApiSettings> {
-    let mut tokens: Vec<(String, Role)> = cfg
+    let plain = |secret: &String, role| ApiToken {
+        secret: secret.clone(),
+        role,
+        scope: Scope::all(),
+    };
+    let mut tokens: Vec<ApiToken> = cfg
         .admin_tokens
         .iter()
-        .map(|t| (t.clone(), Role::Admin))
+        .map(|t| plain(t, Role::Admin))
         .collect();
-    tokens.extend(cfg.read_tokens.iter().map(|t| (t.clone(), Role::Read)));
+    tokens.extend(cfg.read_tokens.iter().map(|t| plain(t, Role::Read)));
+    for (i, t) in cfg.tokens.iter().enumerate() {
+        let what = format!("server.tokens[{i}]");
+        let secret = match (&t.token, &t.token_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("{what}: token_env names '{var}', which is not set")
+            })?,
+            _ => bail!("{what}: give token or token_env (one of them)"),
+        };
+        if secret.trim().is_empty() {
+            bail!("{what}: the token is empty");
+        }
+        let role = match t.role.as_str() {
+            "read" => Role::Read,
+            "write" => Role::Write,
+            "admin" => Role::Admin,
+            other => bail!("{what}: role '{other}' is not read, write or admin"),
+        };
+        tokens.push(ApiToken {
+            secret,
+            role,
+            scope: Scope::of(&t.objects),
+        });
+    }
     Ok(ApiSettings {
         tokens,
         cors_origins: cfg.cors_origins.clone(),

@@ -23,6 +23,26 @@ pub struct Config {
     pub log: LogSection,
 }
 
+/// `[[server.tokens]]`: an API token limited to a role and to some objects.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// The token itself...
+    pub token: Option<String>,
+    /// ...or the environment variable that holds it.
+    pub token_env: Option<String>,
+    /// `read`, `write` or `admin`.
+    #[serde(default = "default_token_role")]
+    pub role: String,
+    /// The objects it may use: names, or prefixes ending in `*`; empty or `*`: every one.
+    #[serde(default)]
+    pub objects: Vec<String>,
+}
+
+fn default_token_role() -> String {
+    "read".into()
+}
+
 /// `[log]`: how `weir` writes its log (to stdout). `RUST_LOG` sets the levels.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -143,6 +163,8 @@ pub struct ServerSection {
     /// Tokens that may only GET and subscribe.
     #[serde(deserialize_with = "string_list")]
     pub read_tokens: Vec<String>,
+    /// Tokens with a role and a scope (`[[server.tokens]]`).
+    pub tokens: Vec<TokenSection>,
     /// Origins allowed to call the API from a browser page served elsewhere ("*": any).
     #[serde(deserialize_with = "string_list")]
     pub cors_origins: Vec<String>,
@@ -167,6 +189,7 @@ impl Default for ServerSection {
             listen: "127.0.0.1:8080".into(),
             admin_tokens: vec![],
             read_tokens: vec![],
+            tokens: vec![],
             cors_origins: vec![],
             max_body_bytes: 1 << 20,
             max_sql_bytes: 256 << 10,

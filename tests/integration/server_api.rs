@@ -711,6 +711,98 @@ fn tokens_roles_and_limits() {
     server.stop();
 }
 
+/// Scoped tokens: a read token limited to `health*` sees only those objects in lists, the
+/// status stream and queries; any other name, existing or not, gets the same 403; routes
+/// about every object (statements, metrics, the cluster) are refused to it; a read token
+/// may now run SELECTs (POST /api/v1/query); a token from the environment works.
+#[test]
+fn scoped_tokens_see_only_their_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline_sql(dir.path());
+    // A token from the environment: CARGO_PKG_NAME, which cargo sets for the test run.
+    let env_token = std::env::var("CARGO_PKG_NAME").expect("cargo sets CARGO_PKG_NAME");
+    let server = start_with_config(
+        dir.path(),
+        "[server]\nadmin_tokens = ['adm-secret']\n\
+         [[server.tokens]]\ntoken = 'team-a'\nrole = 'read'\nobjects = ['health*']\n\
+         [[server.tokens]]\ntoken_env = 'CARGO_PKG_NAME'\nrole = 'read'\n",
+        file,
+    );
+    let url = |p: &str| server.url(p);
+    let get = |p: &str, t: &str| call("GET", &url(p), Some(t), None);
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|o| o["name"].as_str().expect("name").to_string())
+            .collect()
+    };
+    let (status, views) = get("/api/v1/views", "team-a");
+    assert_eq!(status, 200, "{views}");
+    assert_eq!(names(&views, "views"), vec!["health"]);
+    assert_eq!(
+        names(&get("/api/v1/sources", "team-a").1, "sources"),
+        Vec::<String>::new()
+    );
+    let (_, all) = get("/api/v1/views", &env_token);
+    assert_eq!(names(&all, "views"), vec!["health", "raw"]);
+    assert_eq!(get("/api/v1/views/health", "team-a").0, 200);
+    assert_eq!(get("/api/v1/views/health/rows?limit=1", "team-a").0, 200);
+    // Out of scope: the same answer for an object that exists and one that does not.
+    let (s1, b1) = get("/api/v1/views/raw", "team-a");
+    let (s2, b2) = get("/api/v1/views/nope", "team-a");
+    assert_eq!((s1, s2), (403, 403));
+    assert_eq!(b1["error"]["code"], b2["error"]["code"]);
+    assert_eq!(get("/api/v1/sources/dl", "team-a").0, 403);
+    assert_eq!(get("/api/v1/views/raw/rows", "team-a").0, 403);
+    for (method, path) in [
+        ("POST", "/api/v1/sql"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/cluster"),
+    ] {
+        let (status, body) = call(method, &url(path), Some("team-a"), Some("SHOW VIEWS"));
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    // Queries: a read token may SELECT; a scoped one sees its views only, the others are
+    // unknown tables.
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/query"),
+        Some("team-a"),
+        Some("SELECT count(*) AS n FROM health"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/query"),
+        Some("team-a"),
+        Some("SELECT count(*) FROM raw"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        "POST",
+        &url("/api/v1/query"),
+        Some(&env_token),
+        Some("SELECT count(*) AS n FROM raw"),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The status stream names only the objects in scope.
+    let mut ws = subscribe(&server, "/api/v1/status/subscribe?token=team-a");
+    let m = next(&mut ws).expect("status");
+    assert_eq!(names(&m, "views"), vec!["health"]);
+    assert_eq!(names(&m, "sources"), Vec::<String>::new());
+    // Subscriptions are scoped like the rest.
+    match tungstenite::connect(format!(
+        "ws://{}/api/v1/views/raw/subscribe?token=team-a",
+        server.addr
+    )) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    server.stop();
+}
+
 #[test]
 fn a_slow_subscriber_is_dropped_without_slowing_the_pipeline() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -31,16 +31,78 @@ use weir_engine::runtime::Controller;
 /// A token's rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// GET and subscribe.
+    /// GET, subscribe, and SELECT over retained rows (`POST /api/v1/query`).
     Read,
-    /// Everything.
+    /// Read, and send events to sources (the `http` source, when it lands).
+    Write,
+    /// Everything: statements, drops, the cluster and the metrics.
     Admin,
+}
+
+/// The objects a token may use: every one, or those whose name is one of the patterns
+/// (a name, or a prefix ending in `*`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope(Option<Vec<String>>);
+
+impl Scope {
+    /// Every object.
+    pub fn all() -> Scope {
+        Scope(None)
+    }
+
+    /// The objects `patterns` name (`*` alone: every object).
+    pub fn of(patterns: &[String]) -> Scope {
+        if patterns.is_empty() || patterns.iter().any(|p| p == "*") {
+            return Scope(None);
+        }
+        Scope(Some(patterns.iter().map(|p| p.to_lowercase()).collect()))
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether the object `name` is in scope (names are matched case-insensitively, as SQL
+    /// identifiers are).
+    pub fn allows(&self, name: &str) -> bool {
+        let Some(patterns) = &self.0 else {
+            return true;
+        };
+        let name = name.to_lowercase();
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => *p == name,
+        })
+    }
+}
+
+/// A configured API token.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub secret: String,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+/// What the request's token may do; in the request's extensions when tokens are
+/// configured (without tokens, everything is allowed and there is none).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub role: Role,
+    pub scope: Scope,
+}
+
+impl Grant {
+    /// Whether the request may see object `name` (no grant: no tokens, every object).
+    pub fn allows(grant: &Option<axum::Extension<Grant>>, name: &str) -> bool {
+        grant.as_ref().is_none_or(|g| g.scope.allows(name))
+    }
 }
 
 /// The server's settings (`[server]` in weir.toml).
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    pub tokens: Vec<(String, Role)>,
+    pub tokens: Vec<ApiToken>,
     /// Origins allowed to call the API from a browser (`*` for any); empty: same origin only.
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
@@ -235,11 +297,8 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     if state.settings.tokens.is_empty() || is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    let needed = if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        Role::Read
-    } else {
-        Role::Admin
-    };
+    let path = req.uri().path().to_string();
+    let needed = needed_role(req.method(), &path);
     let Some(token) = request_token(&req) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -248,25 +307,78 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         )
         .into_response();
     };
-    let role = state
-        .settings
-        .tokens
-        .iter()
-        .filter(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-        .map(|(_, r)| *r)
-        .max();
-    match role {
-        None => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response()
+    // Every token is compared (in constant time), so the time taken does not tell which
+    // matched; the first match counts.
+    let mut found = None;
+    for t in &state.settings.tokens {
+        if constant_time_eq(t.secret.as_bytes(), token.as_bytes()) && found.is_none() {
+            found = Some(t);
         }
-        Some(r) if r < needed => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may only read (GET and subscribe); changes need an admin token",
-        )
-        .into_response(),
-        Some(_) => next.run(req).await,
     }
+    let Some(t) = found else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+            .into_response();
+    };
+    let forbidden =
+        |m: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m).into_response();
+    if t.role < needed {
+        return forbidden(match t.role {
+            Role::Read => "this token may only read (GET, subscribe and POST /api/v1/query); \
+                           changes need an admin token"
+                .into(),
+            _ => "this needs an admin token".into(),
+        });
+    }
+    // An object out of scope gets the same answer whether it exists or not.
+    if let Some(name) = object_in_path(&path)
+        && !t.scope.allows(&name)
+    {
+        return forbidden(format!("this token may not use '{name}'"));
+    }
+    if !t.scope.is_all() && whole_server(&path) {
+        return forbidden(format!(
+            "{path} concerns every object; this token is limited to some (its objects)"
+        ));
+    }
+    let mut req = req;
+    req.extensions_mut().insert(Grant {
+        role: t.role,
+        scope: t.scope.clone(),
+    });
+    next.run(req).await
+}
+
+/// The role a request needs: reads (and SELECTs over retained rows) need read, events sent
+/// to a source need write, anything else admin.
+fn needed_role(method: &Method, path: &str) -> Role {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || path == "/api/v1/query" {
+        Role::Read
+    } else if method == Method::POST
+        && path.starts_with("/api/v1/sources/")
+        && path.ends_with("/events")
+    {
+        Role::Write
+    } else {
+        Role::Admin
+    }
+}
+
+/// The object a path names: `/api/v1/{views,sources,sinks,tables}/{name}[/...]`.
+fn object_in_path(path: &str) -> Option<String> {
+    let mut parts = path.strip_prefix("/api/v1/")?.split('/');
+    let kind = parts.next()?;
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    matches!(kind, "views" | "sources" | "sinks" | "tables").then(|| {
+        percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .to_string()
+    })
+}
+
+/// Routes about every object at once, which a token limited to some may not use:
+/// statements, the cluster, the metrics.
+fn whole_server(path: &str) -> bool {
+    path == "/api/v1/sql" || path == "/api/v1/cluster" || path == "/metrics"
 }
 
 /// 5xx responses produced below the handlers (a panic, a layer) carry no detail.

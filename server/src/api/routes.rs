@@ -3,7 +3,8 @@
 
 use super::json::{column_names, rows_array, write_changes, write_rows};
 use super::types::{ErrorBody, Object, object};
-use super::{ApiError, AppState, RawJson, json_bytes, metrics, ws};
+use super::{ApiError, AppState, Grant, RawJson, json_bytes, metrics, ws};
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -96,14 +97,17 @@ async fn cluster(State(state): State<AppState>) -> Result<axum::Json<ClusterStat
     Ok(axum::Json(ClusterStatus { groups, member }))
 }
 
-/// A column of a schema.
-/// Every object of a kind.
-pub fn objects_of(state: &AppState, kind: ObjectKind) -> Vec<Object> {
+/// Every object of a kind that the request's token may see.
+pub fn objects_of(
+    state: &AppState,
+    kind: ObjectKind,
+    grant: &Option<Extension<Grant>>,
+) -> Vec<Object> {
     state
         .catalog
         .objects()
         .iter()
-        .filter(|o| o.kind == kind)
+        .filter(|o| o.kind == kind && Grant::allows(grant, &o.name))
         .map(object)
         .collect()
 }
@@ -420,6 +424,7 @@ pub struct QueryResponse {
               (status = 413, description = "The SQL text is too large (too_large), or the query went past a bound (code limit, limit query_memory, query_rows or value_size)", body = ErrorBody)))]
 async fn post_query(
     State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -438,8 +443,11 @@ async fn post_query(
         ));
     };
     let objects = state.catalog.objects();
+    // A token limited to some views queries only those: the others are not tables here,
+    // exactly as if they did not exist.
     let views = objects
         .iter()
+        .filter(|o| Grant::allows(&grant, &o.name))
         .filter_map(|o| o.buffer.clone().map(|b| (o.name.clone(), b)));
     let batches = query_views(views, *q, state.settings.query_limits)
         .await
@@ -502,36 +510,48 @@ pub struct TableList {
 /// GET /api/v1/tables
 #[utoipa::path(get, path = "/api/v1/tables", tag = "objects",
     responses((status = 200, description = "Every reference table (CREATE TABLE) with its figures: rows_in is the rows loaded last", body = TableList)))]
-async fn list_tables(State(state): State<AppState>) -> axum::Json<TableList> {
+async fn list_tables(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+) -> axum::Json<TableList> {
     axum::Json(TableList {
-        tables: objects_of(&state, ObjectKind::Table),
+        tables: objects_of(&state, ObjectKind::Table, &grant),
     })
 }
 
 /// GET /api/v1/sources
 #[utoipa::path(get, path = "/api/v1/sources", tag = "objects",
     responses((status = 200, description = "Every source with its figures", body = SourceList)))]
-async fn list_sources(State(state): State<AppState>) -> axum::Json<SourceList> {
+async fn list_sources(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+) -> axum::Json<SourceList> {
     axum::Json(SourceList {
-        sources: objects_of(&state, ObjectKind::Source),
+        sources: objects_of(&state, ObjectKind::Source, &grant),
     })
 }
 
 /// GET /api/v1/views
 #[utoipa::path(get, path = "/api/v1/views", tag = "objects",
     responses((status = 200, description = "Every materialized view with its figures", body = ViewList)))]
-async fn list_views(State(state): State<AppState>) -> axum::Json<ViewList> {
+async fn list_views(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+) -> axum::Json<ViewList> {
     axum::Json(ViewList {
-        views: objects_of(&state, ObjectKind::View),
+        views: objects_of(&state, ObjectKind::View, &grant),
     })
 }
 
 /// GET /api/v1/sinks
 #[utoipa::path(get, path = "/api/v1/sinks", tag = "objects",
     responses((status = 200, description = "Every sink with its figures", body = SinkList)))]
-async fn list_sinks(State(state): State<AppState>) -> axum::Json<SinkList> {
+async fn list_sinks(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+) -> axum::Json<SinkList> {
     axum::Json(SinkList {
-        sinks: objects_of(&state, ObjectKind::Sink),
+        sinks: objects_of(&state, ObjectKind::Sink, &grant),
     })
 }
 

@@ -13,7 +13,8 @@
 
 use super::json::{rfc3339_ms, rfc3339_us, write_changes, write_rows};
 use super::types::{ErrorBody, Object, object};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Grant};
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -495,12 +496,12 @@ pub struct StatusMessage {
     pub time: String,
 }
 
-fn status_message(state: &AppState) -> StatusMessage {
+fn status_message(state: &AppState, grant: &Option<Extension<Grant>>) -> StatusMessage {
     let objects = state.catalog.objects();
     let of = |k: ObjectKind| {
         objects
             .iter()
-            .filter(|o| o.kind == k)
+            .filter(|o| o.kind == k && Grant::allows(grant, &o.name))
             .map(object)
             .collect::<Vec<_>>()
     };
@@ -518,7 +519,11 @@ fn status_message(state: &AppState) -> StatusMessage {
 #[utoipa::path(get, path = "/api/v1/status/subscribe", tag = "objects",
     params(("token" = Option<String>, Query, description = "The API token, if not in a header")),
     responses((status = 101, description = "WebSocket of status messages", body = StatusMessage)))]
-pub async fn subscribe_status(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn subscribe_status(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let limit = state.settings.ws_max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -528,7 +533,7 @@ pub async fn subscribe_status(State(state): State<AppState>, ws: WebSocketUpgrad
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        let msg = serde_json::to_string(&status_message(&state)).unwrap_or_default();
+                        let msg = serde_json::to_string(&status_message(&state, &grant)).unwrap_or_default();
                         let sent = tokio::time::timeout(
                             state.settings.ws_send_timeout,
                             socket.send(Message::Text(msg.into())),
