@@ -563,16 +563,22 @@ pub(crate) async fn start_api(
     app: impl FnOnce(ApiSettings) -> AppState,
 ) -> Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let settings = api_settings(&cfg.server, &cfg.engine)?;
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(api::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => bail!("server.tls_cert and server.tls_key go together: set both, or neither"),
+    };
     let listener = api::bind(&cfg.server.listen, &settings).await?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if settings.tokens.is_empty() {
         tracing::info!(
-            "serving the API and dashboard at http://{addr}/ (no tokens configured: \
+            "serving the API and dashboard at {scheme}://{addr}/ (no tokens configured: \
              loopback only, no authentication; set [server] admin_tokens to require them)"
         );
     } else {
         tracing::info!(
-            "serving the API and dashboard at http://{addr}/ ({} token(s); every route \
+            "serving the API and dashboard at {scheme}://{addr}/ ({} token(s); every route \
              but /health, / and /assets needs one)",
             settings.tokens.len()
         );
@@ -580,7 +586,7 @@ pub(crate) async fn start_api(
     if let Some(tx) = on_listen {
         let _ = tx.send(addr);
     }
-    Ok(tokio::spawn(api::serve(listener, app(settings))))
+    Ok(tokio::spawn(api::serve(listener, tls, app(settings))))
 }
 
 /// Give the API's open requests a moment once subscriptions were told to close, then

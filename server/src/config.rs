@@ -180,6 +180,10 @@ pub struct ServerSection {
     pub request_timeout: String,
     /// Most rows one rows or query response returns.
     pub max_result_rows: usize,
+    /// Serve HTTPS and WSS with this PEM certificate chain...
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this PEM private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -190,6 +194,8 @@ impl Default for ServerSection {
             admin_tokens: vec![],
             read_tokens: vec![],
             tokens: vec![],
+            tls_cert: None,
+            tls_key: None,
             cors_origins: vec![],
             max_body_bytes: 1 << 20,
             max_sql_bytes: 256 << 10,

@@ -10,6 +10,7 @@
 pub mod json;
 mod metrics;
 mod routes;
+pub mod tls;
 mod types;
 mod ws;
 
@@ -466,16 +467,30 @@ pub async fn bind(listen: &str, settings: &ApiSettings) -> anyhow::Result<tokio:
 }
 
 /// Serve until `stopping` flips, then stop accepting and close subscriptions; the caller
-/// bounds how long open requests may take to finish.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> anyhow::Result<()> {
+/// bounds how long open requests may take to finish. With `tls`, over HTTPS and WSS.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    state: AppState,
+) -> anyhow::Result<()> {
     let mut stopping = state.stopping.clone();
     let sampler = tokio::spawn(metrics::sample_rates(state.catalog.clone()));
     let app = app(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        })
-        .await;
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let result = match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     sampler.abort();
     result.map_err(anyhow::Error::from)
 }
