@@ -6,7 +6,7 @@
 //! exchange bytes per input event.
 
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -31,15 +31,32 @@ const OPEN_GROUPS_SQL: &str = "CREATE MATERIALIZED VIEW open_state AS \
     FROM TUMBLE(downloads, ts, INTERVAL '1' DAY) GROUP BY window_start, window_end, event_id;\n\
     CREATE SINK out_state FROM open_state WITH (connector = 'blackhole');\n";
 
-/// What the successors logged for `view`'s key partitions taken over after the kill (the
-/// members' logs from their lengths at the kill): partitions, open groups restored, the
-/// longest restore, and the time from the kill to the last take-over.
+/// The key partitions of `view` that the member whose log is `victim` owned when it was
+/// killed: those it took over after its last revocation.
+fn owned_at_death(victim: &Path, view: &str) -> BTreeSet<u64> {
+    let log = plain(&std::fs::read_to_string(victim).unwrap_or_default());
+    let mut owned = BTreeSet::new();
+    for line in log.lines().filter(|l| l.contains(&format!("view={view} "))) {
+        if line.contains("key partitions revoked") {
+            owned.clear();
+        } else if line.contains("key partition taken over") {
+            owned.insert(field(line, "kp"));
+        }
+    }
+    owned
+}
+
+/// What the survivors logged, after the kill, for the first take-over of each of the dead
+/// member's key partitions of `view` (the members' logs from their lengths at the kill):
+/// partitions, open groups restored, the longest restore, and the time from the kill to
+/// the last of those take-overs.
 fn restored_after_kill(
     logs: &[(PathBuf, usize)],
+    dead: &BTreeSet<u64>,
     view: &str,
     killed_at: chrono::DateTime<chrono::Utc>,
 ) -> (usize, u64, u64, i64) {
-    let (mut parts, mut groups, mut longest, mut last) = (0, 0u64, 0u64, 0i64);
+    let mut first: BTreeMap<u64, (u64, u64, i64)> = BTreeMap::new();
     for (path, from) in logs {
         let log = plain(&std::fs::read_to_string(path).unwrap_or_default());
         for line in log.get(*from..).unwrap_or("").lines() {
@@ -48,19 +65,33 @@ fn restored_after_kill(
             {
                 continue;
             }
-            parts += 1;
-            groups += field(line, "open_groups");
-            longest = longest.max(field(line, "ms"));
-            if let Some(at) = line
+            let kp = field(line, "kp");
+            if !dead.contains(&kp) {
+                continue;
+            }
+            let Some(at) = line
                 .split_whitespace()
                 .next()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            {
-                last = last.max((at.with_timezone(&chrono::Utc) - killed_at).num_milliseconds());
-            }
+            else {
+                continue;
+            };
+            let after = (at.with_timezone(&chrono::Utc) - killed_at).num_milliseconds();
+            let this = (field(line, "open_groups"), field(line, "ms"), after);
+            first
+                .entry(kp)
+                .and_modify(|f| {
+                    if after < f.2 {
+                        *f = this
+                    }
+                })
+                .or_insert(this);
         }
     }
-    (parts, groups, longest, last)
+    let groups = first.values().map(|f| f.0).sum();
+    let longest = first.values().map(|f| f.1).max().unwrap_or(0);
+    let last = first.values().map(|f| f.2).max().unwrap_or(0);
+    (first.len(), groups, longest, last)
 }
 
 /// When the kill happened, and each survivor's log with its length then.
@@ -335,11 +366,14 @@ pub fn run(o: Options) -> Result<()> {
         killed.map_or("-".to_string(), |_| stall.1.as_millis().to_string()),
     );
     if let (true, Some((at, logs))) = (o.open_groups, &kill_mark) {
-        let (parts, groups, longest, last) = restored_after_kill(logs, "open_state", *at);
+        let victim = dir.join(format!("m{}.log", o.members - 1));
+        let dead = owned_at_death(&victim, "open_state");
+        let (parts, groups, longest, last) = restored_after_kill(logs, &dead, "open_state", *at);
         println!(
-            "open_state after the kill: key_partitions_taken_over={parts} \
-             open_groups_restored={groups} longest_restore_ms={longest} \
-             kill_to_last_take_over_ms={last}"
+            "open_state: the dead member owned {} key partitions; taken over after the \
+             kill: {parts}, open_groups_restored={groups} longest_restore_ms={longest} \
+             kill_to_last_take_over_ms={last}",
+            dead.len()
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
