@@ -69,7 +69,7 @@ mod tests {
         assert_eq!(r.source_names(), vec!["generator", "file", "kafka"]);
         assert_eq!(
             r.sink_names(),
-            vec!["parquet", "blackhole", "kafka", "postgres"]
+            vec!["parquet", "blackhole", "kafka", "postgres", "webhook"]
         );
         assert_eq!(r.table_names(), vec!["file", "postgres"]);
         assert!(r.source("GENERATOR").is_ok());
@@ -77,7 +77,7 @@ mod tests {
         let e = r.sink("mysql").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown sink connector 'mysql'; available: parquet, blackhole, kafka, postgres"
+            "unknown sink connector 'mysql'; available: parquet, blackhole, kafka, postgres, webhook"
         );
     }
 }
