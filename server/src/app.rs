@@ -469,6 +469,8 @@ fn api_settings(
         max_body_bytes: cfg.max_body_bytes.max(1024),
         max_sql_bytes: cfg.max_sql_bytes.max(1),
         ws_max_message_bytes: cfg.ws_max_message_bytes.max(1024),
+        ws_max_subscribers: cfg.ws_max_subscribers.max(1),
+        ws_max_subscribers_per_client: cfg.ws_max_subscribers_per_client.max(1),
         ws_send_timeout: duration("server.ws_send_timeout", &cfg.ws_send_timeout)?,
         request_timeout: duration("server.request_timeout", &cfg.request_timeout)?,
         max_result_rows: cfg.max_result_rows.max(1),

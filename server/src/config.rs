@@ -174,6 +174,10 @@ pub struct ServerSection {
     pub max_sql_bytes: usize,
     /// Largest message a WebSocket client may send, bytes.
     pub ws_max_message_bytes: usize,
+    /// Open WebSocket subscriptions at most, in all...
+    pub ws_max_subscribers: usize,
+    /// ...and from one client address.
+    pub ws_max_subscribers_per_client: usize,
     /// A subscriber that does not take a message within this long is dropped.
     pub ws_send_timeout: String,
     /// A request that takes longer is answered 408.
@@ -200,6 +204,8 @@ impl Default for ServerSection {
             max_body_bytes: 1 << 20,
             max_sql_bytes: 256 << 10,
             ws_max_message_bytes: 64 << 10,
+            ws_max_subscribers: 10_000,
+            ws_max_subscribers_per_client: 256,
             ws_send_timeout: "10s".into(),
             request_timeout: "30s".into(),
             max_result_rows: 10_000,

@@ -241,7 +241,8 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "GET /api/v1/cluster: {problems:?}"
+                "GET /api/v1/cluster: {problems:?}; logs:\n{}",
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(500));
         }

@@ -888,6 +888,35 @@ fn the_api_serves_https_and_wss() {
     server.stop();
 }
 
+/// Subscriber limits: with `ws_max_subscribers_per_client = 2`, a third subscription from
+/// the same address gets 503 `too_many_subscribers` before the upgrade; once one of the
+/// two closes, a new one is taken.
+#[test]
+fn subscriptions_beyond_the_limit_get_503_until_one_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with_config(
+        dir.path(),
+        "[server]\nws_max_subscribers_per_client = 2\n",
+        pipeline_sql(dir.path()),
+    );
+    let mut first = subscribe(&server, "/api/v1/views/health/subscribe");
+    let _second = subscribe(&server, "/api/v1/status/subscribe");
+    let third = || tungstenite::connect(format!("ws://{}/api/v1/views/raw/subscribe", server.addr));
+    match third() {
+        Err(tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 503);
+            let body: Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).expect("json");
+            assert_eq!(body["error"]["code"], "too_many_subscribers", "{body}");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    first.close(None).expect("close");
+    while !matches!(first.read(), Err(_) | Ok(Message::Close(_))) {}
+    wait_for("a free place", Duration::from_secs(10), || third().is_ok());
+    server.stop();
+}
+
 #[test]
 fn a_slow_subscriber_is_dropped_without_slowing_the_pipeline() {
     let dir = tempfile::tempdir().expect("tempdir");

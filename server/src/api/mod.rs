@@ -118,6 +118,9 @@ pub struct ApiSettings {
     pub max_result_rows: usize,
     /// How often `/api/v1/status/subscribe` pushes figures.
     pub status_interval: Duration,
+    /// Open WebSocket subscriptions at most, in all and from one client address.
+    pub ws_max_subscribers: usize,
+    pub ws_max_subscribers_per_client: usize,
     /// The bounds of `POST /api/v1/query` (the `[engine]` query limits).
     pub query_limits: weir_engine::adhoc::QueryLimits,
 }
@@ -134,6 +137,8 @@ impl Default for ApiSettings {
             request_timeout: Duration::from_secs(30),
             max_result_rows: 10_000,
             status_interval: Duration::from_secs(1),
+            ws_max_subscribers: 10_000,
+            ws_max_subscribers_per_client: 256,
             query_limits: weir_engine::adhoc::QueryLimits::default(),
         }
     }
@@ -155,6 +160,29 @@ pub struct AppState {
     errors: Arc<AtomicU64>,
     /// A cluster member's description of the cluster (`GET /api/v1/cluster`); blocking.
     pub cluster: Option<ClusterInfo>,
+    /// Open WebSocket subscriptions, within the settings' limits.
+    pub subscribers: Arc<parking_lot::Mutex<ws::Subscribers>>,
+}
+
+/// The address a connection comes from (axum's connect info, for plain and TLS listeners).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*s.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for ClientAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        ClientAddr(*s.remote_addr())
+    }
 }
 
 /// What `GET /api/v1/cluster` answers with on a cluster member (blocking: it asks Kafka).
@@ -178,6 +206,7 @@ impl AppState {
             dropped_subscribers: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             errors: Arc::new(AtomicU64::new(0)),
             cluster: None,
+            subscribers: Default::default(),
         }
     }
 
@@ -481,11 +510,13 @@ pub async fn serve(
     };
     let result = match tls {
         Some(config) => {
+            let app = app.into_make_service_with_connect_info::<ClientAddr>();
             axum::serve(tls::TlsListener::new(listener, config)?, app)
                 .with_graceful_shutdown(stop)
                 .await
         }
         None => {
+            let app = app.into_make_service_with_connect_info::<ClientAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

@@ -13,8 +13,9 @@
 
 use super::json::{rfc3339_ms, rfc3339_us, write_changes, write_rows};
 use super::types::{ErrorBody, Object, object};
-use super::{ApiError, AppState, Grant};
+use super::{ApiError, AppState, ClientAddr, Grant};
 use axum::Extension;
+use axum::extract::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -84,6 +85,7 @@ pub async fn subscribe_view(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<SubscribeParams>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let o = state
@@ -96,11 +98,13 @@ pub async fn subscribe_view(
         .clone()
         .ok_or_else(|| ApiError::internal(&state, "view without buffer"))?;
     let stats = o.stats.clone();
+    let slot = take_slot(&state, &client)?;
     let limit = state.settings.ws_max_message_bytes;
     Ok(ws
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
             let rx = buffer.subscribe();
             let mut sub = Subscriber {
                 socket,
@@ -109,6 +113,74 @@ pub async fn subscribe_view(
             };
             sub.run(buffer, stats, rx, params.since_seq).await;
         }))
+}
+
+/// Open WebSocket subscriptions (views and status), in all and per client address.
+#[derive(Debug, Default)]
+pub struct Subscribers {
+    total: usize,
+    per_client: HashMap<std::net::IpAddr, usize>,
+}
+
+/// One open subscription's place in [`Subscribers`], given back on drop.
+pub struct Slot {
+    subscribers: Arc<Mutex<Subscribers>>,
+    client: Option<std::net::IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.subscribers.lock();
+        s.total = s.total.saturating_sub(1);
+        if let Some(c) = self.client
+            && let Some(n) = s.per_client.get_mut(&c)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.per_client.remove(&c);
+            }
+        }
+    }
+}
+
+/// Take a place for a new subscription from `client`, or answer 503 when the server or
+/// that client has as many open as `server.ws_max_subscribers` or
+/// `server.ws_max_subscribers_per_client` allow.
+pub fn take_slot(
+    state: &AppState,
+    client: &Option<Extension<ConnectInfo<ClientAddr>>>,
+) -> Result<Slot, ApiError> {
+    let client = client.as_ref().map(|c| c.0.0.0.ip());
+    let mut s = state.subscribers.lock();
+    let limits = &state.settings;
+    let busy = |m: String| {
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            m,
+        ))
+    };
+    if s.total >= limits.ws_max_subscribers {
+        return busy(format!(
+            "the server has {} subscriptions open, its limit (server.ws_max_subscribers); try again later",
+            s.total
+        ));
+    }
+    if let Some(c) = client {
+        let n = s.per_client.get(&c).copied().unwrap_or(0);
+        if n >= limits.ws_max_subscribers_per_client {
+            return busy(format!(
+                "{c} has {n} subscriptions open, the limit per client \
+                 (server.ws_max_subscribers_per_client); close one first"
+            ));
+        }
+        *s.per_client.entry(c).or_default() += 1;
+    }
+    s.total += 1;
+    Ok(Slot {
+        subscribers: state.subscribers.clone(),
+        client,
+    })
 }
 
 struct Subscriber {
@@ -522,12 +594,15 @@ fn status_message(state: &AppState, grant: &Option<Extension<Grant>>) -> StatusM
 pub async fn subscribe_status(
     State(state): State<AppState>,
     grant: Option<Extension<Grant>>,
+    client: Option<Extension<ConnectInfo<ClientAddr>>>,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let slot = take_slot(&state, &client)?;
     let limit = state.settings.ws_max_message_bytes;
-    ws.max_message_size(limit)
+    Ok(ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |mut socket| async move {
+            let _slot = slot;
             let mut ticker = tokio::time::interval(state.settings.status_interval);
             let mut stopping = state.stopping.clone();
             loop {
@@ -555,5 +630,5 @@ pub async fn subscribe_status(
                     }
                 }
             }
-        })
+        }))
 }
