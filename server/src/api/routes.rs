@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -658,6 +659,14 @@ pub struct RowsParams {
     /// Only rows with a greater seq: the oldest of them first, for paging forward.
     /// Without it, the newest rows (an updating view: its current rows).
     pub since_seq: Option<u64>,
+    /// Only rows whose time (`window_start`, else the first timestamp column) is at or
+    /// after this RFC 3339 time.
+    pub since: Option<String>,
+    /// `latest`: only the rows of the latest window retained (the greatest `window_start`).
+    pub window: Option<String>,
+    /// Order by this column, descending with a leading `-` (`-n`); ties by seq. With it,
+    /// `limit` keeps the first rows in this order ("the top 5").
+    pub order: Option<String>,
 }
 
 /// The rows of an append-only view.
@@ -736,7 +745,26 @@ async fn view_rows(
     let mut out = b"{\"columns\":".to_vec();
     out.extend(json_bytes(&columns));
     if buffer.is_keyed() {
+        if params.since.is_some() || params.window.is_some() || params.order.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "view '{name}' is an updating view: its rows are read by key and seq \
+                 (since_seq, limit); since, window and order are for append-only views"
+            )));
+        }
         changes_page(&state, &o, buffer, params.since_seq, limit.max(1), &mut out)?;
+        return Ok(RawJson(out).into_response());
+    }
+    if params.since.is_some() || params.window.is_some() || params.order.is_some() {
+        let (rows, seqs, newest) = selected_rows(buffer, &params, limit)?;
+        out.extend_from_slice(b",\"rows\":[");
+        write_rows(std::slice::from_ref(&rows), &mut out, true);
+        out.extend_from_slice(b"],\"seqs\":");
+        out.extend(json_bytes(&seqs));
+        let first = seqs.iter().min().copied();
+        let last = seqs.iter().max().copied().unwrap_or(newest);
+        out.extend_from_slice(b",\"first_seq\":");
+        out.extend(json_bytes(&first));
+        out.extend_from_slice(format!(",\"last_seq\":{last}}}").as_bytes());
         return Ok(RawJson(out).into_response());
     }
     // Only the page is copied out of the view's buffer, not every retained batch.
@@ -752,6 +780,124 @@ async fn view_rows(
     out.extend(json_bytes(&first_seq));
     out.extend_from_slice(format!(",\"last_seq\":{last_seq}}}").as_bytes());
     Ok(RawJson(out).into_response())
+}
+
+/// The retained rows `since`, `window` and `order` select (after `since_seq`), at most
+/// `limit`: with `order` the first in that order, else the newest in seq order. The rows,
+/// their seqs, and the newest seq the view has emitted.
+fn selected_rows(
+    buffer: &ViewBuffer,
+    params: &RowsParams,
+    limit: usize,
+) -> Result<(RecordBatch, Vec<u64>, u64), ApiError> {
+    use datafusion::arrow::array::{AsArray, BooleanArray, UInt32Array, UInt64Array};
+    use datafusion::arrow::compute::kernels::cmp::{eq, gt_eq};
+    use datafusion::arrow::compute::{
+        SortColumn, SortOptions, cast, concat_batches, filter_record_batch, lexsort_to_indices,
+        take_record_batch,
+    };
+    use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+    let schema = buffer.schema.clone();
+    let (first, batches, newest) = buffer.page(Some(params.since_seq.unwrap_or(0)), usize::MAX);
+    let mut rows =
+        concat_batches(&schema, &batches).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let first = first.unwrap_or(0);
+    let mut seqs = UInt64Array::from_iter_values((0..rows.num_rows() as u64).map(|i| first + i));
+    let arrow = |e: datafusion::arrow::error::ArrowError| ApiError::bad_request(e.to_string());
+    let time_col = schema.index_of("window_start").ok().or_else(|| {
+        schema
+            .fields()
+            .iter()
+            .position(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+    });
+    let keep = |mask: BooleanArray, rows: &mut RecordBatch, seqs: &mut UInt64Array| {
+        *rows = filter_record_batch(rows, &mask).map_err(arrow)?;
+        *seqs = datafusion::arrow::compute::filter(seqs, &mask)
+            .map_err(arrow)?
+            .as_primitive()
+            .clone();
+        Ok::<(), ApiError>(())
+    };
+    let millis = |rows: &RecordBatch, i: usize| -> Result<_, ApiError> {
+        let c = cast(
+            rows.column(i),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .map_err(arrow)?;
+        Ok(c.as_primitive::<TimestampMillisecondType>().clone())
+    };
+    if let Some(since) = &params.since {
+        let Some(i) = time_col else {
+            return Err(ApiError::bad_request(
+                "since: the view has no timestamp column",
+            ));
+        };
+        let at = chrono::DateTime::parse_from_rfc3339(since)
+            .map_err(|e| {
+                ApiError::bad_request(format!("since '{since}': not an RFC 3339 time ({e})"))
+            })?
+            .timestamp_millis();
+        let t = millis(&rows, i)?;
+        let bound = datafusion::arrow::array::TimestampMillisecondArray::new_scalar(at);
+        keep(gt_eq(&t, &bound).map_err(arrow)?, &mut rows, &mut seqs)?;
+    }
+    match params.window.as_deref() {
+        None => {}
+        Some("latest") => {
+            let i = schema.index_of("window_start").map_err(|_| {
+                ApiError::bad_request("window=latest: the view has no window_start column")
+            })?;
+            let t = millis(&rows, i)?;
+            if let Some(max) = datafusion::arrow::compute::max(&t) {
+                let bound = datafusion::arrow::array::TimestampMillisecondArray::new_scalar(max);
+                keep(eq(&t, &bound).map_err(arrow)?, &mut rows, &mut seqs)?;
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "window '{other}': the one choice is 'latest'"
+            )));
+        }
+    }
+    let n = rows.num_rows();
+    let picked: Vec<u32> = match &params.order {
+        Some(order) => {
+            let (descending, col) = match order.strip_prefix('-') {
+                Some(c) => (true, c),
+                None => (false, order.as_str()),
+            };
+            let i = schema.index_of(col).map_err(|_| {
+                ApiError::bad_request(format!("order: '{col}' is not a column of the view"))
+            })?;
+            let sorted = lexsort_to_indices(
+                &[
+                    SortColumn {
+                        values: rows.column(i).clone(),
+                        options: Some(SortOptions {
+                            descending,
+                            nulls_first: false,
+                        }),
+                    },
+                    SortColumn {
+                        values: std::sync::Arc::new(seqs.clone()),
+                        options: None,
+                    },
+                ],
+                Some(limit),
+            )
+            .map_err(arrow)?;
+            sorted.values().to_vec()
+        }
+        None => (n.saturating_sub(limit) as u32..n as u32).collect(),
+    };
+    let indices = UInt32Array::from(picked);
+    let rows = take_record_batch(&rows, &indices).map_err(arrow)?;
+    let seqs: Vec<u64> = indices
+        .values()
+        .iter()
+        .map(|&i| seqs.value(i as usize))
+        .collect();
+    Ok((rows, seqs, newest))
 }
 
 /// The rest of a [`ChangesResponse`] after `columns`: at most `limit` (at least 1) rows.
