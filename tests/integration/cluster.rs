@@ -599,7 +599,12 @@ async fn cluster_scales_one_three_one_and_a_paused_member_rejoins() {
         || async {
             let l = std::fs::read_to_string(&log1).unwrap_or_default();
             let after = l.get(paused_at..).unwrap_or("");
-            let Some(fenced) = after.find("error=fenced:") else {
+            // Told by the group (its assignment lost) or by a refused commit or write.
+            let Some(fenced) = ["lost=true", "error=fenced:"]
+                .iter()
+                .filter_map(|p| after.find(p))
+                .min()
+            else {
                 return Some("not fenced yet".to_string());
             };
             match after[fenced..].contains("key partition taken over") {

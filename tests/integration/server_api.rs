@@ -585,6 +585,21 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
     server.stop();
 }
 
+/// Wait until the bounded source `dl` has finished and view `health` has emitted what it
+/// will (its last seq the same across half a second).
+fn wait_until_emitted(server: &Server) {
+    wait_for("the source to finish", Duration::from_secs(60), || {
+        get(server, "/api/v1/sources/dl")["status"] == "finished"
+    });
+    let settled = |s: &Server| get(s, "/api/v1/views/health")["last_seq"].clone();
+    let mut last = settled(server);
+    wait_for("the view to settle", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = settled(server);
+        std::mem::replace(&mut last, now.clone()) == now
+    });
+}
+
 /// `weir run` on a directory without SQL files starts empty, and statements sent over the
 /// API then run: the view's rows, read to the end once the bounded source finished, count
 /// every generated event once, in one row per window and region.
@@ -599,16 +614,7 @@ fn an_empty_directory_starts_empty_and_runs_what_the_api_sends() {
     let (status, v) = post(&server, "/api/v1/sql", &sql);
     assert_eq!(status, 200, "{v}");
     assert_eq!(view_names(&server), vec!["health", "raw"]);
-    wait_for("the source to finish", Duration::from_secs(60), || {
-        get(&server, "/api/v1/sources/dl")["status"] == "finished"
-    });
-    let settled = |s: &Server| get(s, "/api/v1/views/health")["last_seq"].clone();
-    let mut last = settled(&server);
-    wait_for("the view to settle", Duration::from_secs(30), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = settled(&server);
-        std::mem::replace(&mut last, now.clone()) == now
-    });
+    wait_until_emitted(&server);
     let rows = rows_of(&get(&server, "/api/v1/views/health/rows?limit=100000"));
     let total: u64 = rows
         .iter()
@@ -633,16 +639,7 @@ fn an_empty_directory_starts_empty_and_runs_what_the_api_sends() {
 fn rows_by_time_latest_window_and_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(args(dir.path(), vec![pipeline_sql(dir.path())], None));
-    wait_for("the source to finish", Duration::from_secs(60), || {
-        get(&server, "/api/v1/sources/dl")["status"] == "finished"
-    });
-    let settled = |s: &Server| get(s, "/api/v1/views/health")["last_seq"].clone();
-    let mut last = settled(&server);
-    wait_for("the view to settle", Duration::from_secs(30), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = settled(&server);
-        std::mem::replace(&mut last, now.clone()) == now
-    });
+    wait_until_emitted(&server);
     let all = get(&server, "/api/v1/views/health/rows?limit=100000");
     let first = all["first_seq"].as_u64().expect("rows");
     let rows: Vec<(u64, Value)> = rows_of(&all)

@@ -313,9 +313,9 @@ impl Stage2Shared {
             .ok_or_else(|| WeirError::Internal("the stage-2 consumer has no group".into()))?;
         let p = open_txn(&self.producer, &mut self.in_txn)?;
         p.send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT)
-            .map_err(|e| kafka_error("adding exchange offsets to the stage-2 transaction", e))?;
+            .map_err(|e| commit_error("adding exchange offsets to the stage-2 transaction", e))?;
         p.commit_transaction(TXN_TIMEOUT)
-            .map_err(|e| kafka_error("committing a stage-2 transaction", e))?;
+            .map_err(|e| commit_error("committing a stage-2 transaction", e))?;
         self.in_txn = false;
         Ok(())
     }
@@ -329,6 +329,25 @@ impl Stage2Shared {
             tracing::warn!(view = %self.view.view, error = %e, "stage 2: aborting a transaction");
         }
         self.in_txn = false;
+    }
+}
+
+/// A failed commit: [`WeirError::Fenced`] when the group no longer counts this member
+/// (it was thrown out, for example paused past the session timeout) or a newer producer
+/// fenced this one; otherwise the Kafka error.
+fn commit_error(doing: &str, e: KafkaError) -> WeirError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let gone = e.rdkafka_error_code().is_some_and(|c| {
+        crate::kafka::common::is_fenced(c)
+            || matches!(
+                c,
+                Code::UnknownMemberId | Code::IllegalGeneration | Code::FencedInstanceId
+            )
+    });
+    if gone {
+        WeirError::Fenced(format!("{doing}: {e}"))
+    } else {
+        kafka_error(doing, e)
     }
 }
 
