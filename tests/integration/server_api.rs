@@ -395,6 +395,37 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
         metrics.contains("weir_object_status{kind=\"source\",name=\"dl\",status=\"finished\"} 1"),
         "{metrics}"
     );
+    // Every metric the Grafana dashboard in docs/grafana uses is one the server serves.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana/weir.json"
+        ))
+        .expect("docs/grafana/weir.json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("weir_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "the Grafana dashboard uses {name}, which /metrics does not serve"
+        );
+    }
     assert_eq!(get(&server, "/ready")["status"], "ready");
     assert_eq!(get(&server, "/health"), json!({"status": "ok"}));
 
