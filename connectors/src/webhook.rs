@@ -116,21 +116,14 @@ impl WebhookOptions {
         if secret.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(WeirError::user(format!("{what}: the HMAC secret is empty")));
         }
-        let keys: Vec<String> = options
-            .iter()
-            .filter(|(k, _)| k.starts_with(HEADER_PREFIX))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut headers = Vec::new();
-        for k in keys {
-            let v = options.take(&k).unwrap_or_default();
-            let name = &k[HEADER_PREFIX.len()..];
+        let headers = options.take_prefixed(HEADER_PREFIX);
+        for (name, _) in &headers {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 return Err(WeirError::user(format!(
-                    "{what}: '{k}': a header name after 'header.' (letters, digits, '-')"
+                    "{what}: '{HEADER_PREFIX}{name}': a header name after 'header.' (letters, \
+                     digits, '-')"
                 )));
             }
-            headers.push((name.to_string(), v));
         }
         Ok(WebhookOptions {
             url,

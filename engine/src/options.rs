@@ -48,6 +48,23 @@ impl Options {
         self.map.remove(key)
     }
 
+    /// Remove and return every key that starts with `prefix` (`properties.`, `header.`),
+    /// as (the rest of the key, value), in key order.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let v = self.map.remove(&k)?;
+                Some((k[prefix.len()..].to_string(), v))
+            })
+            .collect()
+    }
+
     pub fn take_or(&mut self, key: &str, default: &str) -> String {
         self.take(key).unwrap_or_else(|| default.to_string())
     }
@@ -127,6 +144,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixed_keys_are_taken_with_the_rest_of_their_name() {
+        let mut o = Options::new(
+            [
+                ("Header.X-A", "1"),
+                ("header.", "2"),
+                ("headers", "3"),
+                ("url", "u"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        assert_eq!(
+            o.take_prefixed("header."),
+            vec![
+                (String::new(), "2".to_string()),
+                ("x-a".to_string(), "1".to_string())
+            ]
+        );
+        assert_eq!(o.get("headers"), Some("3"));
+        assert_eq!(o.get("url"), Some("u"));
+        assert!(o.take_prefixed("header.").is_empty());
+    }
 
     #[test]
     fn durations() {

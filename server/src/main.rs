@@ -98,7 +98,8 @@ fn main() -> std::process::ExitCode {
     let args = match &cli.command {
         Command::Run { common, .. } | Command::Check { common } => common.clone().args(),
     };
-    let format = app::load_config(&args).map_or(LogFormat::Text, |c| c.log.format);
+    let cfg = app::load_config(&args);
+    let format = cfg.as_ref().map_or(LogFormat::Text, |c| c.log.format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let log = tracing_subscriber::fmt()
@@ -115,10 +116,7 @@ fn main() -> std::process::ExitCode {
     // (app::runtime).
     let result = app::with_stack(move || -> anyhow::Result<()> {
         // The runtime's threads are the workers, so the configuration is read first.
-        let args = match &cli.command {
-            Command::Run { common, .. } | Command::Check { common } => common.clone().args(),
-        };
-        let workers = app::load_config(&args)?.engine.worker_count();
+        let workers = cfg?.engine.worker_count();
         let rt = app::runtime(Some(workers))?;
         let result = rt.block_on(async move {
             match cli.command {

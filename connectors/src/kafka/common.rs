@@ -55,20 +55,13 @@ pub fn take_connection(
         )));
     }
     let mut properties = settings.properties.clone();
-    let keys: Vec<String> = options
-        .iter()
-        .filter(|(k, _)| k.starts_with(PROPERTIES_PREFIX))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in keys {
-        let v = options.take(&k).unwrap_or_default();
-        let name = &k[PROPERTIES_PREFIX.len()..];
+    for (name, v) in options.take_prefixed(PROPERTIES_PREFIX) {
         if name.is_empty() {
             return Err(WeirError::user(format!(
                 "{what}: 'properties.' needs a librdkafka property name after the dot"
             )));
         }
-        properties.insert(name.to_string(), v);
+        properties.insert(name, v);
     }
     Ok(Connection {
         bootstrap_servers,
