@@ -180,6 +180,12 @@ impl ViewBuffer {
         Some(table.read().page(since_seq, limit, g.last_seq))
     }
 
+    /// An updating view's key columns (indices into [`ViewBuffer::schema`]); `None` for
+    /// an append-only view.
+    pub fn key_columns(&self) -> Option<Vec<usize>> {
+        self.keyed.as_ref().map(|t| t.read().key().to_vec())
+    }
+
     /// How many current rows an updating view has (`None` for an append-only view).
     pub fn current_rows(&self) -> Option<usize> {
         self.keyed.as_ref().map(|t| t.read().live())

@@ -84,6 +84,11 @@ impl Table {
         })
     }
 
+    /// The key columns' indices in the view's schema.
+    pub fn key(&self) -> &[usize] {
+        &self.key
+    }
+
     /// How many keys have a row now.
     pub fn live(&self) -> usize {
         self.live

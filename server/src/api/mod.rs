@@ -9,6 +9,7 @@
 
 pub mod json;
 mod metrics;
+mod rooms;
 mod routes;
 pub mod tls;
 mod types;
@@ -154,6 +155,8 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// JSON of emitted batches shared by a view's subscribers.
     pub encoded: ws::EncodedBatches,
+    /// Filtered subscriptions, routed per view.
+    pub rooms: rooms::Rooms,
     /// Subscribers dropped for being slow: `[fell behind the queue, did not take a message
     /// in time]`.
     pub dropped_subscribers: Arc<[AtomicU64; 2]>,
@@ -203,6 +206,7 @@ impl AppState {
             state,
             stopping,
             encoded: ws::EncodedBatches::default(),
+            rooms: rooms::Rooms::default(),
             dropped_subscribers: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             errors: Arc::new(AtomicU64::new(0)),
             cluster: None,

@@ -12,13 +12,16 @@
 //! memory and never slow the pipeline.
 
 use super::json::{rfc3339_ms, rfc3339_us, write_changes, write_rows};
+use super::rooms::{Ended, Filter, Membership};
 use super::types::{ErrorBody, Object, object};
 use super::{ApiError, AppState, ClientAddr, Grant};
 use axum::Extension;
 use axum::extract::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::response::Response;
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -39,6 +42,84 @@ pub struct SubscribeParams {
     /// auth layer; here for the OpenAPI document).
     #[allow(dead_code)]
     pub token: Option<String>,
+    /// A filter on a key column, `key.<column>=<value>`, repeated for more values or
+    /// columns: only rows whose column holds one of its values (every column filtered)
+    /// come. Text, integer and boolean columns; an updating view's key columns only.
+    #[serde(rename = "key.<column>")]
+    #[allow(dead_code)]
+    pub key: Option<String>,
+}
+
+/// The `key.<column>=<value>` pairs of a query string, by column in order of appearance.
+pub fn key_params(query: Option<&str>) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let Some(query) = query else {
+        return Ok(vec![]);
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("the query string does not parse: {e}")))?;
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in pairs {
+        let Some(col) = k.strip_prefix("key.") else {
+            continue;
+        };
+        match out.iter_mut().find(|(c, _)| c == col) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((col.to_string(), vec![v])),
+        }
+    }
+    Ok(out)
+}
+
+/// The filter of `wanted` over a view's `buffer`.
+fn view_filter(buffer: &ViewBuffer, wanted: &[(String, Vec<String>)]) -> Result<Filter, String> {
+    Filter::new(&buffer.schema, buffer.key_columns().as_deref(), wanted)
+}
+
+/// A message from a subscriber: change the filter (`keys` an object of column to values,
+/// or `null` for every row).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ClientMessage {
+    /// subscribe
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The new filter: `{"symbol": ["AAPL", "MSFT"]}`; `null` or absent for every row.
+    #[serde(default)]
+    pub keys: Option<std::collections::BTreeMap<String, Vec<serde_json::Value>>>,
+}
+
+/// The filter a client message asks for (`None`: every row), or why it is refused.
+fn client_filter(buffer: &ViewBuffer, text: &str) -> Result<Option<Filter>, String> {
+    let m: ClientMessage = serde_json::from_str(text).map_err(|e| {
+        format!("a message must be {{\"type\":\"subscribe\",\"keys\":{{...}}}}: {e}")
+    })?;
+    if m.kind != "subscribe" {
+        return Err(format!(
+            "unknown message type '{}'; the one there is: subscribe",
+            m.kind
+        ));
+    }
+    let Some(keys) = m.keys else {
+        return Ok(None);
+    };
+    let wanted = keys
+        .into_iter()
+        .map(|(c, vs)| {
+            let vs = vs
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    serde_json::Value::Bool(b) => Ok(b.to_string()),
+                    other => Err(format!("{c}: {other} is not a key value")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((c, vs))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    view_filter(buffer, &wanted).map(Some)
 }
 
 /// A message on a view subscription (one of the shapes, by `type`).
@@ -85,6 +166,7 @@ pub async fn subscribe_view(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<SubscribeParams>,
+    RawQuery(query): RawQuery,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -98,6 +180,12 @@ pub async fn subscribe_view(
         .clone()
         .ok_or_else(|| ApiError::internal(&state, "view without buffer"))?;
     let stats = o.stats.clone();
+    let wanted = key_params(query.as_deref())?;
+    let filter = if wanted.is_empty() {
+        None
+    } else {
+        Some(view_filter(&buffer, &wanted).map_err(ApiError::bad_request)?)
+    };
     let slot = take_slot(&state, &client)?;
     let limit = state.settings.ws_max_message_bytes;
     Ok(ws
@@ -105,13 +193,12 @@ pub async fn subscribe_view(
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            let rx = buffer.subscribe();
             let mut sub = Subscriber {
                 socket,
                 state,
                 name,
             };
-            sub.run(buffer, stats, rx, params.since_seq).await;
+            sub.run(buffer, stats, filter, params.since_seq).await;
         }))
 }
 
@@ -208,6 +295,8 @@ enum End {
 /// with seq `seqs[i]`.
 enum Body<'a> {
     Appended(&'a [RecordBatch]),
+    /// Rows of a filtered subscription, row i (over all batches) with seq `seqs[i]`.
+    Filtered(&'a [RecordBatch], &'a [u64]),
     Changes(&'a RecordBatch, &'a [u64]),
 }
 
@@ -236,6 +325,12 @@ fn message(body: Body<'_>, tail: Tail) -> weir_engine::Result<Vec<u8>> {
             out.extend_from_slice(b"\"rows\":[");
             write_rows(batches, &mut out, true);
             out.push(b']');
+        }
+        Body::Filtered(batches, seqs) => {
+            out.extend_from_slice(b"\"rows\":[");
+            write_rows(batches, &mut out, true);
+            out.extend_from_slice(b"],\"seqs\":");
+            out.extend(serde_json::to_vec(seqs).unwrap_or_default());
         }
         Body::Changes(batch, seqs) => write_changes(batch, seqs, &mut out)?,
     }
@@ -279,6 +374,11 @@ fn live_message(e: &Emitted, from: u64, keyed: bool) -> weir_engine::Result<Utf8
     } else {
         Body::Appended(std::slice::from_ref(&part))
     };
+    emitted_message(e, from, body)
+}
+
+/// The `rows` message of rows of emitted batch `e`, covering its seqs from `from` on.
+fn emitted_message(e: &Emitted, from: u64, body: Body<'_>) -> weir_engine::Result<Utf8Bytes> {
     let msg = message(
         body,
         Tail::Rows {
@@ -394,10 +494,10 @@ impl Subscriber {
         &mut self,
         buffer: Arc<ViewBuffer>,
         stats: Arc<weir_engine::stats::Stats>,
-        rx: tokio::sync::broadcast::Receiver<ViewEvent>,
+        filter: Option<Filter>,
         since: Option<u64>,
     ) {
-        let end = self.stream(buffer, stats, rx, since).await;
+        let end = self.stream(buffer, stats, filter, since).await;
         if let End::Close(code, reason) = end {
             let slow = match code {
                 CLOSE_LAGGED => Some(0),
@@ -428,64 +528,128 @@ impl Subscriber {
         }
     }
 
-    async fn stream(
+    /// Start feeding the subscriber: join the feed (every row, or the filtered rows),
+    /// then send its first message; returns the feed and the seq it covers.
+    async fn start(
         &mut self,
-        buffer: Arc<ViewBuffer>,
-        stats: Arc<weir_engine::stats::Stats>,
-        mut rx: tokio::sync::broadcast::Receiver<ViewEvent>,
+        buffer: &Arc<ViewBuffer>,
+        stats: &weir_engine::stats::Stats,
+        filter: Option<Filter>,
         since: Option<u64>,
-    ) -> End {
-        let keyed = buffer.is_keyed();
-        let first = first_message(&buffer, since, stats.watermark());
-        let (first, mut cursor) = match first {
-            Ok(f) => f,
-            Err(e) => return self.internal(e),
+    ) -> Result<(Feed, u64), End> {
+        // Join before reading the retained rows: no batch falls between the two.
+        let (feed, first) = match filter {
+            None => {
+                let rx = buffer.subscribe();
+                (
+                    Feed::All(rx),
+                    first_message(buffer, since, stats.watermark()),
+                )
+            }
+            Some(f) => {
+                let first = filtered_first(buffer, &f, since, stats.watermark());
+                let member = self.state.rooms.join(&self.name, buffer, f);
+                (Feed::Keys(member), first)
+            }
         };
-        if let Some(msg) = first
-            && let Err(e) = self.send(text(msg)).await
-        {
-            return e;
+        let (first, mut cursor) = first.map_err(|e| self.internal(e))?;
+        if let Some(msg) = first {
+            self.send(text(msg)).await?;
         }
         // A reader ahead of the view (it had rows numbered further) skips up to its seq.
         if let Some(since) = since {
             cursor = cursor.max(since);
         }
+        Ok((feed, cursor))
+    }
+
+    async fn stream(
+        &mut self,
+        buffer: Arc<ViewBuffer>,
+        stats: Arc<weir_engine::stats::Stats>,
+        filter: Option<Filter>,
+        since: Option<u64>,
+    ) -> End {
+        let keyed = buffer.is_keyed();
+        let (mut feed, mut cursor) = match self.start(&buffer, &stats, filter, since).await {
+            Ok(f) => f,
+            Err(end) => return end,
+        };
         let mut stopping = self.state.stopping.clone();
         loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Ok(ViewEvent::Rows(e)) => {
-                        if e.last_seq() <= cursor {
-                            continue;
+                ev = feed.next() => {
+                    let msg = match ev {
+                        Fed::Rows(e) => {
+                            if e.last_seq() <= cursor {
+                                continue;
+                            }
+                            let msg = if e.first_seq > cursor {
+                                self.state.encoded.get(&self.name, &e, keyed)
+                            } else {
+                                live_message(&e, cursor + 1, keyed)
+                            };
+                            cursor = e.last_seq();
+                            msg
                         }
-                        let msg = if e.first_seq > cursor {
-                            self.state.encoded.get(&self.name, &e, keyed)
-                        } else {
-                            live_message(&e, cursor + 1, keyed)
-                        };
-                        let msg = match msg {
-                            Ok(m) => m,
-                            Err(err) => return self.internal(err),
-                        };
-                        cursor = e.last_seq();
-                        if let Err(end) = self.send(msg).await {
-                            return end;
+                        Fed::Routed(r) => {
+                            let e = &r.emitted;
+                            if e.last_seq() <= cursor {
+                                continue;
+                            }
+                            let msg = if e.first_seq > cursor {
+                                Ok(r.msg.clone())
+                            } else {
+                                let later: Vec<u32> = r
+                                    .rows
+                                    .iter()
+                                    .copied()
+                                    .filter(|i| e.first_seq + u64::from(*i) > cursor)
+                                    .collect();
+                                filtered_live(e, &later, keyed, cursor + 1)
+                            };
+                            cursor = e.last_seq();
+                            msg
                         }
+                        Fed::Dropped => {
+                            self.state.encoded.forget(&self.name);
+                            return End::Close(1000, format!("materialized view '{}' was dropped", self.name));
+                        }
+                        Fed::Lagged(what) => {
+                            return End::Close(CLOSE_LAGGED, format!(
+                                "{what} (the queue holds {SUBSCRIBER_QUEUE_BATCHES} batches); \
+                                 reconnect with since_seq={cursor} to resume"
+                            ));
+                        }
+                        Fed::Failed => return self.internal("routing filtered rows failed"),
+                    };
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(err) => return self.internal(err),
+                    };
+                    if let Err(end) = self.send(msg).await {
+                        return end;
                     }
-                    Ok(ViewEvent::Dropped) | Err(RecvError::Closed) => {
-                        self.state.encoded.forget(&self.name);
-                        return End::Close(1000, format!("materialized view '{}' was dropped", self.name));
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        return End::Close(CLOSE_LAGGED, format!(
-                            "this subscriber fell {n} batches behind (the queue holds {SUBSCRIBER_QUEUE_BATCHES}); \
-                             reconnect with since_seq={cursor} to resume"
-                        ));
-                    }
-                },
+                }
                 msg = self.socket.recv() => match msg {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Gone,
-                    // Pings are answered by the WebSocket layer; text from clients is ignored.
+                    Some(Ok(Message::Text(t))) => match client_filter(&buffer, t.as_str()) {
+                        Ok(filter) => {
+                            // The old feed goes first; the new one starts with a snapshot.
+                            drop(std::mem::replace(&mut feed, Feed::None));
+                            match self.start(&buffer, &stats, filter, None).await {
+                                Ok((f, c)) => (feed, cursor) = (f, c),
+                                Err(end) => return end,
+                            }
+                        }
+                        Err(why) => {
+                            let msg = serde_json::json!({"type": "rejected", "message": why}).to_string();
+                            if let Err(end) = self.send(msg.into()).await {
+                                return end;
+                            }
+                        }
+                    },
+                    // Pings are answered by the WebSocket layer; binary frames are ignored.
                     Some(Ok(_)) => {}
                 },
                 _ = stopped(&mut stopping) => {
@@ -494,6 +658,145 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Where a subscriber's batches come from: the view's fan-out (every row), or its
+/// filtered subscriptions' router.
+enum Feed {
+    All(tokio::sync::broadcast::Receiver<ViewEvent>),
+    Keys(Membership),
+    /// Between two feeds.
+    None,
+}
+
+/// What a feed yields.
+enum Fed {
+    Rows(Arc<Emitted>),
+    Routed(Arc<super::rooms::Routed>),
+    Dropped,
+    /// Fell behind: why.
+    Lagged(String),
+    Failed,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Fed {
+        match self {
+            Feed::All(rx) => match rx.recv().await {
+                Ok(ViewEvent::Rows(e)) => Fed::Rows(e),
+                Ok(ViewEvent::Dropped) | Err(RecvError::Closed) => Fed::Dropped,
+                Err(RecvError::Lagged(n)) => {
+                    Fed::Lagged(format!("this subscriber fell {n} batches behind"))
+                }
+            },
+            Feed::Keys(m) => match m.rx.recv().await {
+                Some(r) => Fed::Routed(r),
+                None => match m.ended() {
+                    Ended::Dropped => Fed::Dropped,
+                    Ended::Lagged => Fed::Lagged("this subscriber fell behind".into()),
+                    Ended::RouterLagged => {
+                        Fed::Lagged("the server's filtered-subscription router fell behind".into())
+                    }
+                    Ended::Failed => Fed::Failed,
+                },
+            },
+            Feed::None => std::future::pending().await,
+        }
+    }
+}
+
+/// The first message of a filtered subscriber and the seq it covers: the matching rows
+/// of the snapshot (no `since`; an updating view's current rows), or the matching rows
+/// after `since` (none when there are none). Every row comes with its seq.
+fn filtered_first(
+    buffer: &ViewBuffer,
+    filter: &Filter,
+    since: Option<u64>,
+    watermark: Option<i64>,
+) -> weir_engine::Result<(Option<Vec<u8>>, u64)> {
+    let pick = |b: &RecordBatch, rows: &[u32]| {
+        take_record_batch(b, &UInt32Array::from(rows.to_vec()))
+            .map_err(weir_engine::WeirError::from)
+    };
+    if let Some(page) = buffer.keyed_page(since, usize::MAX) {
+        let page = page?;
+        let rows = filter.select(&page.rows);
+        let part = pick(&page.rows, &rows)?;
+        let seqs: Vec<u64> = rows.iter().map(|r| page.seqs[*r as usize]).collect();
+        let tail = match since {
+            Some(s) if !page.reset => {
+                if seqs.is_empty() {
+                    return Ok((None, page.last_seq));
+                }
+                Tail::Rows {
+                    first_seq: s + 1,
+                    last_seq: page.last_seq,
+                    watermark,
+                    emitted_at_us: None,
+                }
+            }
+            _ => Tail::Snapshot {
+                last_seq: page.last_seq,
+            },
+        };
+        return Ok((
+            Some(message(Body::Changes(&part, &seqs), tail)?),
+            page.last_seq,
+        ));
+    }
+    let retained = buffer.retained();
+    let from = since.map_or(0, |s| s.saturating_add(1));
+    let (mut parts, mut seqs, mut first) = (Vec::new(), Vec::new(), None);
+    for (seq, b) in &retained.batches {
+        if seq + b.num_rows() as u64 <= from {
+            continue;
+        }
+        first.get_or_insert(from.max(*seq));
+        let rows: Vec<u32> = filter
+            .select(b)
+            .into_iter()
+            .filter(|r| seq + u64::from(*r) >= from)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        seqs.extend(rows.iter().map(|r| seq + u64::from(*r)));
+        parts.push(pick(b, &rows)?);
+    }
+    let last_seq = retained.last_seq;
+    let tail = match (since, first) {
+        (None, _) => Tail::Snapshot { last_seq },
+        (Some(_), Some(first_seq)) if !seqs.is_empty() => Tail::Rows {
+            first_seq,
+            last_seq,
+            watermark,
+            emitted_at_us: None,
+        },
+        _ => return Ok((None, last_seq)),
+    };
+    Ok((
+        Some(message(Body::Filtered(&parts, &seqs), tail)?),
+        last_seq,
+    ))
+}
+
+/// The `rows` message of a filtered subscriber's share of an emitted batch: `rows`
+/// (indices into it, ascending), each with its seq; the message covers the view's seqs
+/// from `from` to the batch's last.
+pub(super) fn filtered_live(
+    e: &Emitted,
+    rows: &[u32],
+    keyed: bool,
+    from: u64,
+) -> weir_engine::Result<Utf8Bytes> {
+    let part = take_record_batch(&e.batch, &UInt32Array::from(rows.to_vec()))?;
+    let seqs: Vec<u64> = rows.iter().map(|r| e.first_seq + u64::from(*r)).collect();
+    let body = if keyed {
+        Body::Changes(&part, &seqs)
+    } else {
+        Body::Filtered(std::slice::from_ref(&part), &seqs)
+    };
+    emitted_message(e, from, body)
 }
 
 /// What a subscriber sends first, and the seq of the newest row it covers: the snapshot
