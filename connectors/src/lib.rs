@@ -6,7 +6,7 @@
 //!
 //! - sources: [`generator`] (synthetic `downloads`, `ticks` and Nexmark streams), [`file`]
 //!   (JSON lines or Parquet files, for replay and benchmarks), [`kafka`] (every partition of
-//!   a topic)
+//!   a topic), [`http`] (events POSTed to the API, kept in a Kafka topic)
 //! - sinks: [`parquet`] (rolling, optionally Hive-partitioned Parquet files), [`blackhole`]
 //!   (counts and discards rows), [`kafka`] (one message per row, at least once),
 //!   [`postgres`] (upserts into a PostgreSQL table by the view's key, or appends by row id)
@@ -26,6 +26,7 @@ pub mod dead_letter;
 pub mod file;
 pub mod format;
 pub mod generator;
+pub mod http;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
@@ -43,12 +44,19 @@ pub fn registry() -> ConnectorRegistry {
 
 /// Every connector, with the server's `[kafka]` settings as defaults.
 pub fn registry_with(kafka: kafka::KafkaSettings) -> ConnectorRegistry {
+    registry_full(kafka, http::Endpoints::default())
+}
+
+/// Every connector, with the server's `[kafka]` settings as defaults; `http` sources
+/// register in `endpoints`, where the server finds them.
+pub fn registry_full(kafka: kafka::KafkaSettings, endpoints: http::Endpoints) -> ConnectorRegistry {
     let kafka = std::sync::Arc::new(kafka);
     ConnectorRegistry::new()
         // sources
         .with_source(generator::GeneratorSourceFactory)
         .with_source(file::FileSourceFactory)
         .with_source(kafka::KafkaSourceFactory::new(kafka.clone()))
+        .with_source(http::HttpSourceFactory::new(kafka.clone(), endpoints))
         // sinks
         .with_sink(parquet::ParquetSinkFactory)
         .with_sink(blackhole::BlackholeSinkFactory)
@@ -66,7 +74,7 @@ mod tests {
     #[test]
     fn registry_lists_every_connector() {
         let r = super::registry();
-        assert_eq!(r.source_names(), vec!["generator", "file", "kafka"]);
+        assert_eq!(r.source_names(), vec!["generator", "file", "kafka", "http"]);
         assert_eq!(
             r.sink_names(),
             vec!["parquet", "blackhole", "kafka", "postgres", "webhook"]

@@ -307,8 +307,14 @@ pub fn load_config(args: &Args) -> Result<config::Config> {
     Ok(cfg)
 }
 
-/// A loaded pipeline, its configuration, and the embedded broker if one was started.
-type Loaded = (Pipeline, config::Config, Option<EmbeddedKafka>);
+/// A loaded pipeline, its configuration, the embedded broker if one was started, and
+/// where its `http` sources take events.
+type Loaded = (
+    Pipeline,
+    config::Config,
+    Option<EmbeddedKafka>,
+    weir_connectors::http::Endpoints,
+);
 
 async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
     let cfg = load_config(args)?;
@@ -357,7 +363,17 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
         }
     }
     let (kafka, embedded) = kafka_setup(&cfg, &files, mode)?;
-    let mut pipeline = Pipeline::new(engine, weir_connectors::registry_with(kafka));
+    // `weir run` prepares an http source's topic when the source is created; `weir check`
+    // reaches for no cluster.
+    let endpoints = if mode == Mode::Run {
+        weir_connectors::http::Endpoints::eager(embedded.is_none())
+    } else {
+        weir_connectors::http::Endpoints::default()
+    };
+    let mut pipeline = Pipeline::new(
+        engine,
+        weir_connectors::registry_full(kafka, endpoints.clone()),
+    );
     for file in &files {
         if let Err(e) = load_file(&mut pipeline, file).await {
             if let Some(k) = embedded {
@@ -366,7 +382,7 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
             return Err(e);
         }
     }
-    Ok((pipeline, cfg, embedded))
+    Ok((pipeline, cfg, embedded, endpoints))
 }
 
 async fn load_file(pipeline: &mut Pipeline, file: &Path) -> Result<()> {
@@ -492,7 +508,7 @@ pub async fn run(
     } else {
         Mode::Run
     };
-    let (mut pipeline, cfg, embedded) = load_pipeline(args, mode).await?;
+    let (mut pipeline, cfg, embedded, endpoints) = load_pipeline(args, mode).await?;
     if cfg.cluster.group.is_some() {
         if let Some(k) = embedded {
             k.stop().await;
@@ -504,7 +520,7 @@ pub async fn run(
         if mode != Mode::Run {
             bail!("[cluster] is for `weir run`; a backfill runs alone (unset the group)");
         }
-        return crate::cluster::run(pipeline, &cfg, on_listen, shutdown).await;
+        return crate::cluster::run(pipeline, &cfg, endpoints, on_listen, shutdown).await;
     }
     let result = async {
         let mut state = StateDir::open(&cfg.engine.data_dir)?;
@@ -539,6 +555,7 @@ pub async fn run(
             serve,
             on_listen,
             checkpoint,
+            endpoints,
         };
         run_pipeline(pipeline, cfg, run, shutdown).await
     }
@@ -556,6 +573,7 @@ struct RunParts {
     serve: bool,
     on_listen: Option<oneshot::Sender<SocketAddr>>,
     checkpoint: Option<weir_engine::runtime::CheckpointOptions>,
+    endpoints: weir_connectors::http::Endpoints,
 }
 
 /// Bind the API's listener, say where it serves, and serve the state `app` builds.
@@ -615,6 +633,7 @@ async fn run_pipeline(
         serve,
         on_listen,
         checkpoint,
+        endpoints,
     } = parts;
     let catalog = pipeline.catalog();
     let objects = catalog.objects();
@@ -633,6 +652,7 @@ async fn run_pipeline(
                 state.clone(),
                 stop_rx,
             )
+            .with_endpoints(endpoints)
         };
         Some(start_api(&cfg, on_listen, app).await?)
     } else {
@@ -684,7 +704,7 @@ async fn run_pipeline(
 
 /// `weir check`: parse and plan, print each view's plan.
 pub async fn check(args: &Args) -> Result<()> {
-    let (mut pipeline, _, _) = load_pipeline(args, Mode::Check).await?;
+    let (mut pipeline, _, _, _) = load_pipeline(args, Mode::Check).await?;
     for o in pipeline.objects() {
         if o.kind == weir_engine::sql::ObjectKind::View {
             let r = pipeline

@@ -148,6 +148,7 @@ fn progress(
 pub async fn run(
     mut pipeline: Pipeline,
     cfg: &Config,
+    endpoints: weir_connectors::http::Endpoints,
     on_listen: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -240,7 +241,8 @@ pub async fn run(
         let statuses: Vec<(String, Arc<ViewStatus>)> =
             members.iter().flat_map(|m| m.views.clone()).collect();
         let app = |api| {
-            let app = crate::api::AppState::new(catalog.clone(), controller, api, state, stop_rx);
+            let app = crate::api::AppState::new(catalog.clone(), controller, api, state, stop_rx)
+                .with_endpoints(endpoints);
             match client {
                 Some(client) => app.with_cluster(Arc::new(move || {
                     let mut d = weir_connectors::kafka::cluster::describe(

@@ -80,9 +80,11 @@ pub fn kafka_usage(files: &[PathBuf]) -> KafkaUsage {
                 WeirStatement::CreateSink(c) => (&c.options, true),
                 _ => continue,
             };
-            let is_kafka = options
-                .get("connector")
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("kafka"));
+            // An http source keeps its events in a Kafka topic (it creates it).
+            let is_kafka = options.get("connector").is_some_and(|c| {
+                c.trim().eq_ignore_ascii_case("kafka")
+                    || (!sink && c.trim().eq_ignore_ascii_case("http"))
+            });
             if !is_kafka || options.get("bootstrap.servers").is_some() {
                 continue;
             }

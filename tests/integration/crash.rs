@@ -12,7 +12,7 @@
 
 use crate::kafka::{
     Ev, bootstrap, broker_lock, committed_payloads, create_topic, events, produce_all, producer,
-    sentinels, unique,
+    read_topic_to_end, sentinels, unique,
 };
 use crate::postgres::pg_url;
 use datafusion::arrow::array::{Array, AsArray};
@@ -22,6 +22,8 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 3;
@@ -590,4 +592,192 @@ async fn postgres_down_for_30_seconds_mid_stream() {
         .collect();
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);
+}
+
+/// Events posted to an `http` source while `weir` (on a real Kafka) is killed with SIGKILL
+/// and restarted: every acknowledged event reaches the view exactly once, and the view
+/// holds exactly the events the source's topic holds (an unacknowledged request may or
+/// may not have been written, never twice). `WEIR_HTTP_CRASH_KILLS` sets the number of
+/// kills (3 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_events_acknowledged_survive_sigkill() {
+    let Some(b) = bootstrap() else { return };
+    let _g = broker_lock().read().await;
+    let topic = unique("http-crash");
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("http.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE ev (id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts) \
+             WITH (connector = 'http', topic = '{topic}', partitions = '2', 'group.id' = '{topic}');\n\
+             CREATE MATERIALIZED VIEW got WITH ('retention.rows' = '1000000') AS SELECT id FROM ev;\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{b}\"\n[kafka.embedded]\nenabled = false\n\
+             [checkpoint]\ninterval = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("weir.log");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--progress-interval", "0s"])
+            .arg(&sql)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let healthy = |agent: &ureq::Agent| {
+        agent
+            .get(format!("{base}/health"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    // Posts batches of 40 events with ids counting up, until told to stop; returns the
+    // ids acknowledged and the last id tried.
+    let poster = |agent: ureq::Agent, stop: Arc<AtomicBool>, from: i64| {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let (mut acked, mut next) = (Vec::new(), from);
+            while !stop.load(Ordering::Relaxed) {
+                let ids: Vec<i64> = (next..next + 40).collect();
+                next += 40;
+                let body: String = ids
+                    .iter()
+                    .map(|i| format!("{{\"id\":{i},\"ts\":{}}}\n", 1_714_557_600_000i64 + i))
+                    .collect();
+                match agent
+                    .post(format!("{base}/api/v1/sources/ev/events"))
+                    .send(body.as_str())
+                {
+                    Ok(r) if r.status() == 200 => acked.extend(ids),
+                    // Refused (the server is starting or dying) or no answer: not acked.
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            (acked, next)
+        })
+    };
+    let kills: usize = std::env::var("WEIR_HTTP_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(3);
+    let mut rng = Lcg(11);
+    let (mut acked, mut next) = (Vec::new(), 1i64);
+    let mut child = start();
+    for round in 0..=kills {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !healthy(&agent) {
+            assert!(
+                Instant::now() < deadline,
+                "weir did not come up (round {round})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let posting = poster(agent.clone(), stop.clone(), next);
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+        if round < kills {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (a, n) = posting.join().unwrap();
+        acked.extend(a);
+        next = n;
+        if round < kills {
+            child = start();
+        }
+    }
+    assert!(acked.len() >= 40, "some requests were acknowledged");
+    // The batch answer: the events the topic holds.
+    let mut held: Vec<i64> = read_topic_to_end(&b, &topic)
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value =
+                serde_json::from_slice(rdkafka::Message::payload(m).unwrap()).unwrap();
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    held.sort_unstable();
+    // Every row of the view, a page at a time.
+    let view = |agent: &ureq::Agent| -> Vec<i64> {
+        let (mut ids, mut since) = (Vec::new(), 0u64);
+        loop {
+            let v: serde_json::Value = agent
+                .get(format!(
+                    "{base}/api/v1/views/got/rows?since_seq={since}&limit=10000"
+                ))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .map(|t| serde_json::from_str(&t).unwrap())
+                .unwrap();
+            let rows = v["rows"].as_array().unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            ids.extend(rows.iter().map(|r| r["id"].as_i64().unwrap()));
+            since = v["first_seq"].as_u64().unwrap() + rows.len() as u64 - 1;
+        }
+        ids.sort_unstable();
+        ids
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while view(&agent).len() < held.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the view has {} of the {} events in the topic",
+            view(&agent).len(),
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = view(&agent);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+    let mut dedup = held.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), held.len(), "no event was written twice");
+    assert_eq!(got, held, "the view holds exactly the events in the topic");
+    let held: std::collections::HashSet<i64> = held.into_iter().collect();
+    let lost: Vec<&i64> = acked.iter().filter(|i| !held.contains(i)).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    eprintln!(
+        "http crash test: {kills} kills, {} events acknowledged, {} in the topic",
+        acked.len(),
+        held.len()
+    );
 }

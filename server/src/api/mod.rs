@@ -7,6 +7,7 @@
 //! through a [`Controller`] and are applied between micro-batches, exactly as the SQL files
 //! are at start-up, then journaled in the state directory so they survive a restart.
 
+mod ingest;
 pub mod json;
 mod metrics;
 mod rooms;
@@ -35,7 +36,7 @@ use weir_engine::runtime::Controller;
 pub enum Role {
     /// GET, subscribe, and SELECT over retained rows (`POST /api/v1/query`).
     Read,
-    /// Read, and send events to sources (the `http` source, when it lands).
+    /// Read, and send events to `http` sources.
     Write,
     /// Everything: statements, drops, the cluster and the metrics.
     Admin,
@@ -157,6 +158,8 @@ pub struct AppState {
     pub encoded: ws::EncodedBatches,
     /// Filtered subscriptions, routed per view.
     pub rooms: rooms::Rooms,
+    /// The `http` sources, which take events at `POST /api/v1/sources/{name}/events`.
+    pub endpoints: weir_connectors::http::Endpoints,
     /// Subscribers dropped for being slow: `[fell behind the queue, did not take a message
     /// in time]`.
     pub dropped_subscribers: Arc<[AtomicU64; 2]>,
@@ -207,11 +210,18 @@ impl AppState {
             stopping,
             encoded: ws::EncodedBatches::default(),
             rooms: rooms::Rooms::default(),
+            endpoints: Default::default(),
             dropped_subscribers: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             errors: Arc::new(AtomicU64::new(0)),
             cluster: None,
             subscribers: Default::default(),
         }
+    }
+
+    /// Where the pipeline's `http` sources take events.
+    pub fn with_endpoints(mut self, endpoints: weir_connectors::http::Endpoints) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     /// On a cluster member: how `GET /api/v1/cluster` describes the cluster.

@@ -50,6 +50,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_views))
         .routes(routes!(list_sinks))
         .routes(routes!(get_source, delete_source))
+        .routes(routes!(super::ingest::post_events))
         .routes(routes!(get_view, delete_view))
         .routes(routes!(get_sink, delete_sink))
         .routes(routes!(list_tables))
