@@ -211,7 +211,7 @@ class ViewCard {
       if (seq <= this.lastSeq) return;
       const k = JSON.stringify(this.key.map((c) => row[c]));
       if (m.ops[i] === "delete") this.current.delete(k);
-      else this.current.set(k, { seq, row });
+      else this.current.set(k, { k, seq, row });
     });
     this.lastSeq = Math.max(this.lastSeq, m.last_seq);
   }
@@ -328,20 +328,66 @@ class ViewCard {
     this.renderTable();
   }
 
-  // The latest rows, newest first; an updating view's current rows by key.
+  // The latest rows, newest first (an updating view: its current rows, renderCurrent).
   renderTable() {
+    if (this.updating) { this.renderCurrent(); return; }
     const cols = this.schema.map((c) => c.name);
-    const shown = this.updating ? this.currentRows().slice(0, CURRENT_ROWS) : this.rows.slice(-TABLE_ROWS).reverse();
-    const attrs = (row) => Object.assign(row.is_final === false ? { class: "early" } : {},
-      this.updating ? { "data-key": JSON.stringify(this.key.map((c) => row[c])) } : {});
+    const shown = this.rows.slice(-TABLE_ROWS).reverse();
     const table = el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, "seq"), ...cols.map((c) => el("th", {}, c)))),
       el("tbody", {}, ...shown.map(({ seq, row }) =>
-        el("tr", attrs(row), el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
-    const more = this.updating && this.current.size > shown.length
-      ? [el("p", { class: "empty" }, `The first ${shown.length} of ${fmtNum(this.current.size)} rows by key.`)] : [];
-    this.tableEl.replaceChildren(...(shown.length ? [table, ...more] : [el("p", { class: "empty" }, this.updating && this.lastSeq > 0 ? "No rows now." : "No rows yet.")]));
-    this.card.dataset.rows = String(this.updating ? this.current.size : this.rows.length);
+        el("tr", row.is_final === false ? { class: "early" } : {},
+          el("td", {}, String(seq)), ...cols.map((c) => el("td", {}, fmtCell(row[c])))))));
+    this.tableEl.replaceChildren(shown.length ? table : el("p", { class: "empty" }, "No rows yet."));
+    this.card.dataset.rows = String(this.rows.length);
+  }
+
+  // An updating view's current rows by key, as one table whose rows are kept by key and
+  // updated in place: a changed row's cells are rewritten where it stands and flash, a
+  // deleted row's element goes, a new key's row is inserted at its place in key order.
+  renderCurrent() {
+    const cols = this.schema.map((c) => c.name);
+    if (!this.keyed) {
+      const tbody = el("tbody");
+      // The flash is a CSS animation on the cells; its class goes when it has run.
+      tbody.addEventListener("animationend", (e) => e.target.closest("tr")?.classList.remove("changed"));
+      this.keyed = {
+        tbody, trs: new Map(), renders: 0,
+        table: el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "seq"), ...cols.map((c) => el("th", {}, c)))), tbody),
+        more: el("p", { class: "empty more" }), none: el("p", { class: "empty" }),
+      };
+    }
+    const { tbody, trs, table, more, none } = this.keyed;
+    const flash = this.keyed.renders > 0;
+    const shown = this.currentRows().slice(0, CURRENT_ROWS);
+    const keep = new Set(shown.map((r) => r.k));
+    for (const [k, tr] of trs) if (!keep.has(k)) { tr.remove(); trs.delete(k); }
+    let at = tbody.firstChild;
+    for (const { k, seq, row } of shown) {
+      let tr = trs.get(k);
+      if (!tr) {
+        tr = el("tr", { "data-key": k }, el("td"), ...cols.map(() => el("td")));
+        trs.set(k, tr);
+      }
+      if (tr.dataset.seq !== String(seq)) {
+        tr.dataset.seq = String(seq);
+        tr.children[0].textContent = String(seq);
+        cols.forEach((c, i) => { tr.children[i + 1].textContent = fmtCell(row[c]); });
+        if (flash) {
+          tr.classList.remove("changed");
+          void tr.offsetWidth;  // restart the animation of a row that changes again
+          tr.classList.add("changed");
+        }
+      }
+      if (tr === at) at = at.nextSibling; else tbody.insertBefore(tr, at);
+    }
+    more.textContent = `The first ${shown.length} of ${fmtNum(this.current.size)} rows by key.`;
+    none.textContent = this.lastSeq > 0 ? "No rows now." : "No rows yet.";
+    const want = shown.length ? (this.current.size > shown.length ? [table, more] : [table]) : [none];
+    const have = [...this.tableEl.children];
+    if (want.length !== have.length || want.some((e, i) => e !== have[i])) this.tableEl.replaceChildren(...want);
+    this.keyed.renders += 1;
+    this.card.dataset.rows = String(this.current.size);
   }
 
   reconnectNow() { this.socket.reconnectNow(); }
@@ -373,13 +419,42 @@ function renderHealth(m) {
       el("td", { class: "err" }, o.reason || f.last_error || "")));
   }
   body.replaceChildren(...rows);
-  const eps = m.sources.reduce((a, s) => a + (s.figures.rows_per_sec || 0), 0);
-  const lag = m.sources.reduce((a, s) => a + (s.figures.lag || 0), 0);
-  const late = m.views.reduce((a, v) => a + (v.figures.late_rows || 0), 0);
-  const bad = m.sources.reduce((a, s) => a + (s.figures.bad_rows || 0), 0);
+  const sum = (list, f) => list.reduce((a, o) => a + (f(o.figures) || 0), 0);
+  const eps = Math.round(sum(m.sources, (f) => f.rows_per_sec) * 10) / 10;
+  const lag = sum(m.sources, (f) => f.lag);
+  const late = sum(m.views, (f) => f.late_rows);
+  const bad = sum(m.sources, (f) => f.bad_rows);
   document.getElementById("totals").textContent =
     `${fmtNum(eps)} events/s in · lag ${fmtNum(lag)} · ${fmtNum(late)} late rows · ${fmtNum(bad)} bad rows`;
+  renderTiles(m, eps, bad);
   document.getElementById("clock").textContent = m.time.replace("T", " ").slice(0, 19) + " UTC";
+}
+
+// The headline tiles, from the same status message as the health table: events per
+// second in (sources' rows_per_sec summed), events accepted (sources' rows_in), rows the
+// views emitted (views' rows_out), and the error rate: the events the sources rejected
+// (malformed records skipped or dead-lettered, bad_rows) over every event they read
+// (accepted and rejected). Each tile's data-value is the exact figure shown.
+function renderTiles(m, eps, bad) {
+  const accepted = m.sources.reduce((a, s) => a + s.figures.rows_in, 0);
+  const emitted = m.views.reduce((a, v) => a + v.figures.rows_out, 0);
+  const total = accepted + bad;
+  const rate = total > 0 ? bad / total : 0;
+  const tile = (id, value, text) => {
+    const t = document.getElementById(id);
+    t.dataset.value = String(value);
+    t.querySelector(".value").textContent = text;
+    return t;
+  };
+  tile("tile-events-per-sec", eps, fmtNum(eps));
+  tile("tile-events-accepted", accepted, fmtNum(accepted));
+  tile("tile-rows-emitted", emitted, fmtNum(emitted));
+  const err = tile("tile-error-rate", rate, total > 0 ? `${(rate * 100).toFixed(rate > 0 && rate < 0.001 ? 3 : 2)} %` : "–");
+  err.dataset.bad = String(bad);
+  err.dataset.total = String(total);
+  err.classList.toggle("bad", rate > 0);
+  err.querySelector(".note").textContent = `${fmtNum(bad)} rejected of ${fmtNum(total)} read`;
+  document.getElementById("tiles").dataset.time = m.time;
 }
 
 function syncViews(list) {
@@ -454,6 +529,8 @@ const status = new Reconnecting(
   (state, wait) => {
     setConn(state, wait);
     // After a server restart, resume every view at once rather than at its own backoff.
-    if (state === "connected") for (const v of views.values()) if (v.socket.ws?.readyState !== WebSocket.OPEN) v.reconnectNow();
+    if (state === "connected") {
+      for (const v of views.values()) if (v.socket.ws?.readyState !== WebSocket.OPEN) v.reconnectNow();
+    }
   });
 window.weir = { views, status };

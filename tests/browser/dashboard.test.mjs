@@ -9,6 +9,8 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ARTIFACTS, launch, openDashboard, startWeir, stopWeir, until, waitHealthy } from "./lib.mjs";
 
@@ -63,6 +65,14 @@ test("the dashboard shows live charts and resumes after a server restart", { tim
     assert.ok(Array.isArray(detail.statuses) && detail.statuses.length > 0, `detail cell: ${cells[7]}`);
     // The health panel shows the source's rate.
     await page.waitForSelector('#health-table tr[data-object="dl"]', { timeout: 30000 });
+    // The events/s tile is the sources' rows_per_sec summed (REST reads it a moment apart,
+    // so within a quarter; the source runs at 400 rows/s).
+    await until("the events/s tile to match the sources' rate", async () => {
+      const tile = await page.$eval("#tile-events-per-sec", (e) => Number(e.dataset.value));
+      const { sources } = await (await fetch(`http://127.0.0.1:${port}/api/v1/sources`)).json();
+      const rest = sources.reduce((a, o) => a + o.figures.rows_per_sec, 0);
+      return rest > 100 && Math.abs(tile - rest) <= 0.25 * rest;
+    }, 30000);
     await page.screenshot({ path: join(ARTIFACTS, "dashboard.png"), fullPage: true });
 
     // The seqs the page has match the server's, with no gap: REST agrees on the newest row.
@@ -116,14 +126,23 @@ test("an updating view's table changes in place and loses removed rows", { timeo
   try {
     const { page, errors } = await openDashboard(browser, port, weir);
     await page.waitForSelector('[data-view="quiet"][data-updating="true"]', { timeout: 30000 });
-    // Every table the card shows, as [region, n] rows in the order shown.
+    // Every table the card shows, as [region, n, element] rows in the order shown (each
+    // row element numbered the first time it is seen), and the regions whose row was
+    // highlighted as changed.
     await page.evaluate(() => {
       window.tables = [];
+      window.flashed = new Set();
+      const ids = new WeakMap();
+      let next = 0;
       const box = document.querySelector('[data-view="quiet"] .rows');
-      const record = () => window.tables.push([...box.querySelectorAll("tbody tr")]
-        .map((tr) => [tr.children[1].textContent, tr.children[2].textContent]));
+      const record = () => window.tables.push([...box.querySelectorAll("tbody tr")].map((tr) => {
+        if (!ids.has(tr)) ids.set(tr, ++next);
+        if (tr.classList.contains("changed")) window.flashed.add(tr.children[1].textContent);
+        return [tr.children[1].textContent, tr.children[2].textContent, ids.get(tr)];
+      }));
       record();
-      new MutationObserver(record).observe(box, { childList: true, subtree: true });
+      new MutationObserver(record).observe(box, { childList: true, subtree: true, characterData: true,
+        attributes: true, attributeFilter: ["class"] });
     });
 
     // Read to the end: the source has ended and the page has the view's newest seq.
@@ -135,7 +154,9 @@ test("an updating view's table changes in place and loses removed rows", { timeo
       view.last_seq, { timeout: 30000 });
     // The render of the last message ran before a frame callback asked for now.
     await page.evaluate(() => new Promise(requestAnimationFrame));
-    const tables = await page.evaluate(() => window.tables);
+    const recorded = await page.evaluate(() => window.tables);
+    const flashed = await page.evaluate(() => [...window.flashed]);
+    const tables = recorded.map((t) => t.map(([r, n]) => [r, n]));
 
     // Each table holds one row per region, ordered by region: changes replace rows, they
     // are not appended as a log.
@@ -152,6 +173,14 @@ test("an updating view's table changes in place and loses removed rows", { timeo
       return shown.indexOf(true) < shown.lastIndexOf(false);
     });
     assert.ok(removed.length > 0, `a row was removed: ${JSON.stringify(tables)}`);
+    // In place: a row's element stays while its count changes (it is not rebuilt), and a
+    // changed row is highlighted.
+    const counted = new Map();  // element -> counts it showed
+    for (const t of recorded) for (const [, n, id] of t) counted.set(id, (counted.get(id) || new Set()).add(n));
+    assert.ok([...counted.values()].some((ns) => ns.size > 1), `a row element showed two counts: ${JSON.stringify(recorded)}`);
+    const changedRegions = [...counts.entries()].filter(([, ns]) => ns.size > 1).map(([r]) => r);
+    assert.ok(flashed.length > 0 && flashed.every((r) => counts.has(r)), `changed rows highlighted: ${flashed}`);
+    assert.ok(changedRegions.some((r) => flashed.includes(r)), `a region whose count changed flashed: ${flashed} of ${changedRegions}`);
     // The last table is the view's current rows.
     const current = await api("/api/v1/views/quiet/rows?limit=100");
     assert.equal(current.reset, true);
@@ -167,3 +196,64 @@ test("an updating view's table changes in place and loses removed rows", { timeo
     await stopWeir(weir);
   }
 });
+
+// The headline tiles against the status figures over REST, once every source has ended:
+// a file source with malformed lines (skipped, counted as bad rows) and a bounded
+// generator, an updating view and a windowed view.
+test("the headline tiles show the sources' and views' totals and the error rate", { timeout: 120000 }, async () => {
+  const input = join(mkdtempSync(join(tmpdir(), "weir-tiles-")), "ev.jsonl");
+  const lines = [];
+  for (let i = 0; i < 60; i++) {
+    lines.push(JSON.stringify({ ts: `2024-01-01T00:00:${String(i).padStart(2, "0")}Z`, region: ["a", "b", "c"][i % 3], speed: i }));
+    if (i % 12 === 5) lines.push("{not json");
+  }
+  writeFileSync(input, lines.join("\n") + "\n");
+  const { port, weir, browser } = await launch(`
+CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, speed DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'file', path = '${input}', format = 'json', 'bad.records' = 'skip');
+CREATE SOURCE dl (event_id VARCHAR, ts TIMESTAMP, region VARCHAR, WATERMARK FOR ts AS ts)
+  WITH (connector = 'generator', kind = 'downloads', 'rows.per.second' = '100', rows = '300',
+        seed = '9', start = '2024-01-01T00:00:00Z');
+CREATE MATERIALIZED VIEW speed_by_region AS SELECT region, count(*) AS n, sum(speed) AS s FROM ev GROUP BY region;
+CREATE MATERIALIZED VIEW per_second AS
+  SELECT window_start, window_end, count(*) AS n FROM TUMBLE(dl, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end;
+`);
+  const api = async (path) => (await fetch(`http://127.0.0.1:${port}${path}`)).json();
+  try {
+    const { page, errors } = await openDashboard(browser, port, weir);
+    await until("both sources to finish", async () =>
+      (await api("/api/v1/sources")).sources.every((s) => s.status === "finished"), 60000);
+    const tiles = () => page.evaluate(() => Object.fromEntries([...document.querySelectorAll("#tiles .tile")]
+      .map((t) => [t.id.replace("tile-", ""), { ...t.dataset, text: t.querySelector(".value").textContent }])));
+    // The figures over REST once nothing moves: the tiles show the same (the status stream
+    // pushes them every second).
+    let want;
+    await until("the tiles to show the REST figures", async () => {
+      const [{ sources }, { views }] = await Promise.all([api("/api/v1/sources"), api("/api/v1/views")]);
+      const sum = (list, f) => list.reduce((a, o) => a + o.figures[f], 0);
+      const accepted = sum(sources, "rows_in");
+      const bad = sum(sources, "bad_rows");
+      want = { "events-per-sec": sum(sources, "rows_per_sec"), "events-accepted": accepted,
+        "rows-emitted": sum(views, "rows_out"), "error-rate": bad / (accepted + bad), bad, total: accepted + bad };
+      const t = await tiles();
+      return ["events-per-sec", "events-accepted", "rows-emitted", "error-rate"].every((k) => t[k].value !== "" && Number(t[k].value) === want[k]) &&
+        Number(t["error-rate"].bad) === bad && Number(t["error-rate"].total) === accepted + bad;
+    }, 30000);
+    const t = await tiles();
+    // And the figures are what the inputs hold: 60 good lines and 5 malformed ones, 300
+    // generated rows.
+    assert.equal(want["events-accepted"], 360);
+    assert.equal(want.bad, 5);
+    assert.equal(Number(t["error-rate"].value), 5 / 365);
+    assert.equal(t["error-rate"].text, `${(5 / 365 * 100).toFixed(2)} %`);
+    assert.equal(t["events-accepted"].text, (360).toLocaleString());
+    assert.ok(want["rows-emitted"] > 0, `rows emitted: ${want["rows-emitted"]}`);
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-tiles.png"), fullPage: true });
+    assert.deepEqual(errors, [], "no script errors on the page");
+    console.log(`screenshot: ${join(ARTIFACTS, "dashboard-tiles.png")}; tiles: ${JSON.stringify(t)}`);
+  } finally {
+    await browser.close();
+    await stopWeir(weir);
+  }
+});
+
