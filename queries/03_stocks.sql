@@ -1,4 +1,7 @@
--- Per-symbol OHLC-style statistics every 10 seconds.
+-- Per-symbol OHLC-style statistics every 10 seconds. People watch them live on the
+-- dashboard, so the view emits early results: every half second, each open window whose
+-- trades changed comes out as it stands (is_final = false), and once more when it closes
+-- (is_final = true). See docs/windows.md, "Early results".
 CREATE MATERIALIZED VIEW symbol_stats AS
 SELECT window_start, window_end, symbol,
        first_value(price ORDER BY ts) AS open,
@@ -10,9 +13,16 @@ SELECT window_start, window_end, symbol,
        sum(price * volume) / sum(volume) AS vwap
 FROM TUMBLE(ticks, ts, INTERVAL '10' SECOND)
 GROUP BY window_start, window_end, symbol
-EMIT ON WINDOW CLOSE;
+EMIT EVERY INTERVAL '500' MILLISECOND;
 
-CREATE SINK symbol_stats_lake FROM symbol_stats WITH (
+-- The lake keeps each window once, final: the closed windows of symbol_stats, without
+-- the early rows and without the is_final column.
+CREATE MATERIALIZED VIEW symbol_stats_closed AS
+SELECT window_start, window_end, symbol, open, high, low, close, volume, trades, vwap
+FROM symbol_stats
+WHERE is_final;
+
+CREATE SINK symbol_stats_lake FROM symbol_stats_closed WITH (
     connector = 'parquet', path = 'data/lake/symbol_stats', 'partition.by' = 'hour'
 );
 
