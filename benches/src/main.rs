@@ -96,6 +96,48 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         window_secs: u64,
     },
+    /// Many WebSocket subscribers each following a few of the ticks stream's 12 symbols,
+    /// through filtered subscriptions (`--filtered`) or taking every row.
+    WsRooms {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 2)]
+        follow: usize,
+        #[arg(long)]
+        filtered: bool,
+        /// Ticks per second (event time follows the wall clock).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+    },
+    /// Events posted to an `http` source by concurrent clients, each waiting for its
+    /// durable acknowledgement.
+    HttpIngest {
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// A Kafka cluster (default: the embedded broker).
+        #[arg(long)]
+        bootstrap: Option<String>,
+    },
+    /// The webhook sink to a local receiver: rows/s, then (with --down-secs) a receiver
+    /// outage: memory and every row delivered once it is back.
+    Webhook {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        #[arg(long, default_value_t = 0)]
+        down_secs: u64,
+        #[arg(long, default_value_t = 12)]
+        retry_max: u32,
+    },
     /// Pre-built windowed-view batches straight into the Postgres sink: inserts into an
     /// empty table, then updates of the same keys, against a plain binary COPY baseline.
     PgUpsert {
@@ -709,6 +751,26 @@ fn main() -> Result<()> {
             rows,
             window_secs,
         } => return serve::ws_fanout(subscribers, rows, window_secs),
+        Cmd::WsRooms {
+            subscribers,
+            follow,
+            filtered,
+            rate,
+            secs,
+        } => return serve::ws_rooms(subscribers, follow, filtered, rate, secs),
+        Cmd::HttpIngest {
+            clients,
+            batch,
+            secs,
+            bootstrap,
+        } => return serve::http_ingest(clients, batch, secs, bootstrap),
+        Cmd::Webhook {
+            rows,
+            rate,
+            secs,
+            down_secs,
+            retry_max,
+        } => return serve::webhook(rows, rate, secs, down_secs, retry_max),
         Cmd::Scale(args) => return scale::scale(args),
         Cmd::Soak(args) => {
             let passed = soak::soak(args)?;
@@ -853,7 +915,13 @@ fn main() -> Result<()> {
                 batch_rows,
                 url,
             } => pg::pg_upsert(rows, batch_rows, url).await,
-            Cmd::WsLatency { .. } | Cmd::WsFanout { .. } | Cmd::Soak(_) | Cmd::Scale(_) => Ok(()),
+            Cmd::WsLatency { .. }
+            | Cmd::WsFanout { .. }
+            | Cmd::WsRooms { .. }
+            | Cmd::HttpIngest { .. }
+            | Cmd::Webhook { .. }
+            | Cmd::Soak(_)
+            | Cmd::Scale(_) => Ok(()),
         }
     })
 }

@@ -100,7 +100,8 @@ const CHECK_PLACEHOLDER_BOOTSTRAP: &str = "embedded-broker:9092";
 
 /// The Kafka cluster defaults for the registry: the configured cluster, or the embedded
 /// broker (started here) when no cluster is configured, `weir run` is not a backfill and
-/// some Kafka source or sink in `files` has no `bootstrap.servers` of its own.
+/// some Kafka or http source or Kafka sink in `files` has no `bootstrap.servers` of its
+/// own, or there are no files (statements will come over the API).
 fn kafka_setup(
     cfg: &config::Config,
     files: &[PathBuf],
@@ -124,7 +125,10 @@ fn kafka_setup(
         return Ok((settings, None));
     }
     let usage = embedded_kafka::kafka_usage(files);
-    if !usage.default_cluster || !cfg.kafka.embedded.enabled {
+    // Started empty, statements come over the API: the broker is there for the Kafka and
+    // http sources they may create.
+    let empty = files.is_empty() && mode == Mode::Run;
+    if !(usage.default_cluster || empty) || !cfg.kafka.embedded.enabled {
         return Ok((settings, None));
     }
     match mode {

@@ -662,6 +662,35 @@ fn an_empty_directory_starts_empty_and_runs_what_the_api_sends() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), n, "one row per window and region");
+    // Started empty, it started the embedded broker too: an http source created now
+    // takes events.
+    let (status, v) = post(
+        &server,
+        "/api/v1/sql",
+        "CREATE SOURCE clicks (id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts) \
+           WITH (connector = 'http');\n\
+         CREATE MATERIALIZED VIEW clicked AS SELECT id FROM clicks;",
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post(
+        &server,
+        "/api/v1/sources/clicks/events",
+        "{\"id\": 7, \"ts\": 1}\n{\"id\": 8, \"ts\": 2}",
+    );
+    assert_eq!(
+        (status, &v["accepted"]),
+        (200, &serde_json::json!(2)),
+        "{v}"
+    );
+    wait_for("the posted events", Duration::from_secs(60), || {
+        rows_of(&get(&server, "/api/v1/views/clicked/rows")).len() >= 2
+    });
+    let mut ids: Vec<i64> = rows_of(&get(&server, "/api/v1/views/clicked/rows"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [7, 8]);
     server.stop();
 }
 
