@@ -599,7 +599,7 @@ pub(crate) async fn start_api(
     } else {
         tracing::info!(
             "serving the API and dashboard at {scheme}://{addr}/ ({} token(s); every route \
-             but /health, / and /assets needs one)",
+             but /health, /, /docs and /assets needs one)",
             settings.tokens.len()
         );
     }

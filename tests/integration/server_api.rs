@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
 use weir_server::app::{self, Args};
 
+mod docs;
 mod ingest;
 mod rooms;
 mod updating;

@@ -308,11 +308,16 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())
 }
 
-/// Paths anyone may GET: liveness and the dashboard's static files (they hold no data;
-/// the page asks for a token when the API answers 401).
+/// Paths anyone may GET: liveness, the dashboard and API docs pages and their static
+/// files (they hold no data; the pages ask for a token when the API answers 401). The
+/// OpenAPI document the docs page shows is an API route like the others: with tokens
+/// configured it needs one (any role).
 fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/" || path.starts_with("/assets/")
+    path == "/health" || path == "/" || path == "/docs" || path.starts_with("/assets/")
 }
+
+/// Where the OpenAPI document is served (the docs page at `/docs` loads it).
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -447,7 +452,7 @@ pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = api
         .route(
-            "/api/v1/openapi.json",
+            OPENAPI_PATH,
             axum::routing::get(move || {
                 let doc = openapi.clone();
                 async move { axum::Json(doc.as_ref().clone()) }
@@ -584,5 +589,6 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(is_public("/health") && is_public("/assets/app.js") && !is_public("/metrics"));
+        assert!(is_public("/docs") && !is_public(OPENAPI_PATH) && !is_public("/docs/x"));
     }
 }
