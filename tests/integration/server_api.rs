@@ -15,6 +15,7 @@ use weir_server::app::{self, Args};
 mod docs;
 mod ingest;
 mod rooms;
+mod slow_clients;
 mod updating;
 
 /// A `weir run` in a thread of its own, stopped on drop.

@@ -116,6 +116,9 @@ pub struct ApiSettings {
     pub ws_send_timeout: Duration,
     /// A request that takes longer gets 408.
     pub request_timeout: Duration,
+    /// A connection that has not sent a whole request head (request line and headers)
+    /// within this long is closed: slow-header clients hold nothing for long.
+    pub header_read_timeout: Duration,
     /// Most rows one GET .../rows or POST /api/v1/query returns.
     pub max_result_rows: usize,
     /// How often `/api/v1/status/subscribe` pushes figures.
@@ -137,6 +140,7 @@ impl Default for ApiSettings {
             ws_max_message_bytes: 64 << 10,
             ws_send_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             max_result_rows: 10_000,
             status_interval: Duration::from_secs(1),
             ws_max_subscribers: 10_000,
@@ -170,26 +174,10 @@ pub struct AppState {
     pub subscribers: Arc<parking_lot::Mutex<ws::Subscribers>>,
 }
 
-/// The address a connection comes from (axum's connect info, for plain and TLS listeners).
+/// The address a connection comes from: axum's `ConnectInfo`, which [`serve`] puts into
+/// every request's extensions, for plain and TLS listeners alike.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*s.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        ClientAddr(*s.remote_addr())
-    }
-}
 
 /// What `GET /api/v1/cluster` answers with on a cluster member (blocking: it asks Kafka).
 pub type ClusterInfo = Arc<dyn Fn() -> anyhow::Result<serde_json::Value> + Send + Sync>;
@@ -522,27 +510,86 @@ pub async fn serve(
     state: AppState,
 ) -> anyhow::Result<()> {
     let mut stopping = state.stopping.clone();
+    let header_read_timeout = state.settings.header_read_timeout;
     let sampler = tokio::spawn(metrics::sample_rates(state.catalog.clone()));
     let app = app(state);
     let stop = async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    let result = match tls {
+    match tls {
         Some(config) => {
-            let app = app.into_make_service_with_connect_info::<ClientAddr>();
-            axum::serve(tls::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(stop)
-                .await
+            let listener = tls::TlsListener::new(listener, config)?;
+            serve_connections(listener, app, header_read_timeout, stop).await
         }
-        None => {
-            let app = app.into_make_service_with_connect_info::<ClientAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    };
+        None => serve_connections(listener, app, header_read_timeout, stop).await,
+    }
     sampler.abort();
-    result.map_err(anyhow::Error::from)
+    Ok(())
+}
+
+/// Serve `app` over HTTP/1.1 (with upgrades, for WebSockets) on every connection
+/// `listener` accepts, each on a task of its own, until `stop` resolves; then stop
+/// accepting, ask every connection to finish the request it is serving and close, and
+/// wait for them all.
+///
+/// This is `axum::serve` with hyper's connection builder set up by hand, for what
+/// `axum::serve` does not expose: a client that has not sent a whole request head within
+/// `header_read_timeout` (slowloris; an idle keep-alive connection too) is closed.
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    header_read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    // Flips to true to tell connections to finish; each holds a receiver of `open` while it
+    // lives, so `open_tx.closed()` resolves when the last one is gone.
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let app = app.clone();
+        // The client's address, as axum's ConnectInfo (per-client subscriber limits).
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(ClientAddr(addr)));
+            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+        });
+        let (mut finish, open) = (finish_rx.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%addr, error = %e, "connection ended");
+                    }
+                }
+                // Told to finish, or the server is gone: end after the current request.
+                () = async {
+                    let _ = finish.wait_for(|f| *f).await;
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = finish_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
 }
 
 #[cfg(test)]
