@@ -13,6 +13,7 @@ use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
 use weir_server::app::{self, Args};
 
 mod docs;
+mod fuzz;
 mod ingest;
 mod rooms;
 mod slow_clients;

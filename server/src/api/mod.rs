@@ -418,18 +418,60 @@ fn whole_server(path: &str) -> bool {
     path == "/api/v1/sql" || path == "/api/v1/cluster" || path == "/metrics"
 }
 
-/// 5xx responses produced below the handlers (a panic, a layer) carry no detail.
-async fn hide_5xx(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
-    if res.status().is_server_error()
-        && res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|v| v != "application/json")
-    {
-        return ApiError::new(res.status(), "internal", "internal error").into_response();
+/// The `code` of an error response produced below the handlers, by its status.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
     }
-    res
+}
+
+/// Every error is `{"error": {"code", "message"}}`, also those produced below the
+/// handlers: axum's rejections of a path, query string or body (400, and 413 past
+/// `max_body_bytes`), 405 for a method a route does not take, the request timeout's 408.
+/// A 4xx keeps its text as the message (it is about the request) and its other headers
+/// (405's `Allow`); a 5xx (a panic, a layer) carries no detail.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/json");
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let message = if status.is_server_error() {
+        "internal error".to_string()
+    } else {
+        // These bodies are short texts; one past the bound is not shown.
+        let text = axum::body::to_bytes(body, 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        match text.is_empty() {
+            true => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            false => text,
+        }
+    };
+    let (json, body) = ApiError::new(status, code_for(status), message)
+        .into_response()
+        .into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(t) = json.headers.get(header::CONTENT_TYPE) {
+        parts.headers.insert(header::CONTENT_TYPE, t.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// The whole application: API routes with their OpenAPI document, the dashboard, auth,
@@ -449,7 +491,6 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
-        .layer(axum::middleware::from_fn(hide_5xx))
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
         ))
@@ -457,6 +498,7 @@ pub fn app(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state);
     if !settings.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -619,7 +661,7 @@ mod tests {
                     )
                 }),
             )
-            .layer(axum::middleware::from_fn(hide_5xx));
+            .layer(axum::middleware::from_fn(json_errors));
         let res = app
             .oneshot(Request::builder().uri("/boom").body(Body::empty()).unwrap())
             .await
@@ -628,6 +670,69 @@ mod tests {
         let text = body_text(res).await;
         assert!(!text.contains("secret"), "{text}");
         assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+
+    /// axum's own rejections (a bad path, query string or body, a method the route does
+    /// not take, a body past the limit) are `{"error": ...}` like the handlers' errors.
+    #[tokio::test]
+    async fn rejections_below_the_handlers_are_json_errors() {
+        #[derive(serde::Deserialize)]
+        struct Limit {
+            #[allow(dead_code)]
+            limit: Option<usize>,
+        }
+        let app = Router::new()
+            .route(
+                "/items/{id}",
+                axum::routing::get(
+                    |axum::extract::Path(_id): axum::extract::Path<u32>,
+                     axum::extract::Query(_q): axum::extract::Query<Limit>| async {
+                        "ok"
+                    },
+                )
+                .post(|_body: String| async { "ok" }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(10))
+            .layer(axum::middleware::from_fn(json_errors));
+        let call = |method: &str, uri: &str, body: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for (method, uri, body, status, code) in [
+            ("PUT", "/items/1", "", 405, "method_not_allowed"),
+            ("GET", "/items/abc", "", 400, "bad_request"),
+            ("GET", "/items/%FF", "", 400, "bad_request"),
+            ("GET", "/items/1?limit=x", "", 400, "bad_request"),
+            (
+                "POST",
+                "/items/1",
+                "far more than ten bytes",
+                413,
+                "too_large",
+            ),
+        ] {
+            let res = call(method, uri, body).await.unwrap();
+            assert_eq!(res.status().as_u16(), status, "{method} {uri}");
+            assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+            if status == 405 {
+                assert!(res.headers().contains_key(header::ALLOW), "405 keeps Allow");
+            }
+            let v: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+            assert_eq!(v["error"]["code"], code, "{method} {uri}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{v}"
+            );
+        }
+        let res = call("GET", "/items/1?limit=2", "").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body_text(res).await, "ok");
     }
 
     #[test]
