@@ -78,6 +78,14 @@ pub(crate) fn duration(what: &str, s: &str) -> Result<Duration> {
     parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
+/// `d`, unless it is zero (for settings where zero would mean "at once").
+fn positive(what: &str, d: Duration) -> Result<Duration> {
+    if d.is_zero() {
+        bail!("{what} must be more than 0");
+    }
+    Ok(d)
+}
+
 /// What the pipeline is loaded for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -493,6 +501,10 @@ fn api_settings(
         ws_max_subscribers_per_client: cfg.ws_max_subscribers_per_client.max(1),
         ws_send_timeout: duration("server.ws_send_timeout", &cfg.ws_send_timeout)?,
         request_timeout: duration("server.request_timeout", &cfg.request_timeout)?,
+        header_read_timeout: positive(
+            "server.header_read_timeout",
+            duration("server.header_read_timeout", &cfg.header_read_timeout)?,
+        )?,
         max_result_rows: cfg.max_result_rows.max(1),
         query_limits: query_limits(engine)?,
         ..ApiSettings::default()
@@ -603,7 +615,7 @@ pub(crate) async fn start_api(
     } else {
         tracing::info!(
             "serving the API and dashboard at {scheme}://{addr}/ ({} token(s); every route \
-             but /health, / and /assets needs one)",
+             but /health, /, /docs and /assets needs one)",
             settings.tokens.len()
         );
     }
@@ -730,4 +742,35 @@ pub async fn check(args: &Args) -> Result<()> {
     }
     println!("ok: {} objects", pipeline.objects().len());
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_read_timeout_defaults_to_10s_and_must_be_positive() {
+        let settings = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let cfg = config::load(None, vars.into_iter()).unwrap();
+            api_settings(&cfg.server, &cfg.engine)
+        };
+        assert_eq!(
+            settings(&[]).unwrap().header_read_timeout,
+            Duration::from_secs(10)
+        );
+        let s = settings(&[("WEIR__SERVER__HEADER_READ_TIMEOUT", "2500ms")]).unwrap();
+        assert_eq!(s.header_read_timeout, Duration::from_millis(2500));
+        for bad in ["0s", "soon"] {
+            let e = settings(&[("WEIR__SERVER__HEADER_READ_TIMEOUT", bad)]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("server.header_read_timeout"),
+                "{e:#}"
+            );
+        }
+    }
 }

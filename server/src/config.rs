@@ -182,6 +182,9 @@ pub struct ServerSection {
     pub ws_send_timeout: String,
     /// A request that takes longer is answered 408.
     pub request_timeout: String,
+    /// A connection that has not sent a whole request head (request line and headers)
+    /// within this long is closed (slow-header clients); an idle keep-alive connection too.
+    pub header_read_timeout: String,
     /// Most rows one rows or query response returns.
     pub max_result_rows: usize,
     /// Serve HTTPS and WSS with this PEM certificate chain...
@@ -208,6 +211,7 @@ impl Default for ServerSection {
             ws_max_subscribers_per_client: 256,
             ws_send_timeout: "10s".into(),
             request_timeout: "30s".into(),
+            header_read_timeout: "10s".into(),
             max_result_rows: 10_000,
         }
     }

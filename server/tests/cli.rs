@@ -594,7 +594,7 @@ fn check_plans_the_kafka_demo_without_a_broker() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("ok: 14 objects"), "{stdout}");
+    assert!(stdout.contains("ok: 15 objects"), "{stdout}");
     // The demo's updating view is planned as one.
     assert!(
         stdout.contains("updating aggregate by (device_type)"),

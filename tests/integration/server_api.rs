@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
 use weir_server::app::{self, Args};
 
+mod docs;
+mod fuzz;
 mod ingest;
 mod rooms;
+mod slow_clients;
 mod updating;
 
 /// A `weir run` in a thread of its own, stopped on drop.
@@ -524,6 +527,7 @@ fn rows_over_rest_and_websocket_equal_the_batch_answer_and_survive_a_restart() {
         "GET /metrics",
         "GET /ready",
         "POST /api/v1/query",
+        "POST /api/v1/sources/{name}/events",
         "POST /api/v1/sql",
     ];
     assert_eq!(paths, expected);

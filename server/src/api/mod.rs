@@ -116,6 +116,9 @@ pub struct ApiSettings {
     pub ws_send_timeout: Duration,
     /// A request that takes longer gets 408.
     pub request_timeout: Duration,
+    /// A connection that has not sent a whole request head (request line and headers)
+    /// within this long is closed: slow-header clients hold nothing for long.
+    pub header_read_timeout: Duration,
     /// Most rows one GET .../rows or POST /api/v1/query returns.
     pub max_result_rows: usize,
     /// How often `/api/v1/status/subscribe` pushes figures.
@@ -137,6 +140,7 @@ impl Default for ApiSettings {
             ws_max_message_bytes: 64 << 10,
             ws_send_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             max_result_rows: 10_000,
             status_interval: Duration::from_secs(1),
             ws_max_subscribers: 10_000,
@@ -170,26 +174,10 @@ pub struct AppState {
     pub subscribers: Arc<parking_lot::Mutex<ws::Subscribers>>,
 }
 
-/// The address a connection comes from (axum's connect info, for plain and TLS listeners).
+/// The address a connection comes from: axum's `ConnectInfo`, which [`serve`] puts into
+/// every request's extensions, for plain and TLS listeners alike.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*s.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        ClientAddr(*s.remote_addr())
-    }
-}
 
 /// What `GET /api/v1/cluster` answers with on a cluster member (blocking: it asks Kafka).
 pub type ClusterInfo = Arc<dyn Fn() -> anyhow::Result<serde_json::Value> + Send + Sync>;
@@ -308,11 +296,16 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec())
 }
 
-/// Paths anyone may GET: liveness and the dashboard's static files (they hold no data;
-/// the page asks for a token when the API answers 401).
+/// Paths anyone may GET: liveness, the dashboard and API docs pages and their static
+/// files (they hold no data; the pages ask for a token when the API answers 401). The
+/// OpenAPI document the docs page shows is an API route like the others: with tokens
+/// configured it needs one (any role).
 fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/" || path.starts_with("/assets/")
+    path == "/health" || path == "/" || path == "/docs" || path.starts_with("/assets/")
 }
+
+/// Where the OpenAPI document is served (the docs page at `/docs` loads it).
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -425,18 +418,60 @@ fn whole_server(path: &str) -> bool {
     path == "/api/v1/sql" || path == "/api/v1/cluster" || path == "/metrics"
 }
 
-/// 5xx responses produced below the handlers (a panic, a layer) carry no detail.
-async fn hide_5xx(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
-    if res.status().is_server_error()
-        && res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|v| v != "application/json")
-    {
-        return ApiError::new(res.status(), "internal", "internal error").into_response();
+/// The `code` of an error response produced below the handlers, by its status.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
     }
-    res
+}
+
+/// Every error is `{"error": {"code", "message"}}`, also those produced below the
+/// handlers: axum's rejections of a path, query string or body (400, and 413 past
+/// `max_body_bytes`), 405 for a method a route does not take, the request timeout's 408.
+/// A 4xx keeps its text as the message (it is about the request) and its other headers
+/// (405's `Allow`); a 5xx (a panic, a layer) carries no detail.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == "application/json");
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let message = if status.is_server_error() {
+        "internal error".to_string()
+    } else {
+        // These bodies are short texts; one past the bound is not shown.
+        let text = axum::body::to_bytes(body, 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        match text.is_empty() {
+            true => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            false => text,
+        }
+    };
+    let (json, body) = ApiError::new(status, code_for(status), message)
+        .into_response()
+        .into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(t) = json.headers.get(header::CONTENT_TYPE) {
+        parts.headers.insert(header::CONTENT_TYPE, t.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// The whole application: API routes with their OpenAPI document, the dashboard, auth,
@@ -447,7 +482,7 @@ pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = api
         .route(
-            "/api/v1/openapi.json",
+            OPENAPI_PATH,
             axum::routing::get(move || {
                 let doc = openapi.clone();
                 async move { axum::Json(doc.as_ref().clone()) }
@@ -456,7 +491,6 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
-        .layer(axum::middleware::from_fn(hide_5xx))
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
         ))
@@ -464,6 +498,7 @@ pub fn app(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state);
     if !settings.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -517,27 +552,86 @@ pub async fn serve(
     state: AppState,
 ) -> anyhow::Result<()> {
     let mut stopping = state.stopping.clone();
+    let header_read_timeout = state.settings.header_read_timeout;
     let sampler = tokio::spawn(metrics::sample_rates(state.catalog.clone()));
     let app = app(state);
     let stop = async move {
         let _ = stopping.wait_for(|s| *s).await;
     };
-    let result = match tls {
+    match tls {
         Some(config) => {
-            let app = app.into_make_service_with_connect_info::<ClientAddr>();
-            axum::serve(tls::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(stop)
-                .await
+            let listener = tls::TlsListener::new(listener, config)?;
+            serve_connections(listener, app, header_read_timeout, stop).await
         }
-        None => {
-            let app = app.into_make_service_with_connect_info::<ClientAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    };
+        None => serve_connections(listener, app, header_read_timeout, stop).await,
+    }
     sampler.abort();
-    result.map_err(anyhow::Error::from)
+    Ok(())
+}
+
+/// Serve `app` over HTTP/1.1 (with upgrades, for WebSockets) on every connection
+/// `listener` accepts, each on a task of its own, until `stop` resolves; then stop
+/// accepting, ask every connection to finish the request it is serving and close, and
+/// wait for them all.
+///
+/// This is `axum::serve` with hyper's connection builder set up by hand, for what
+/// `axum::serve` does not expose: a client that has not sent a whole request head within
+/// `header_read_timeout` (slowloris; an idle keep-alive connection too) is closed.
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    header_read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    // Flips to true to tell connections to finish; each holds a receiver of `open` while it
+    // lives, so `open_tx.closed()` resolves when the last one is gone.
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let app = app.clone();
+        // The client's address, as axum's ConnectInfo (per-client subscriber limits).
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(ClientAddr(addr)));
+            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+        });
+        let (mut finish, open) = (finish_rx.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%addr, error = %e, "connection ended");
+                    }
+                }
+                // Told to finish, or the server is gone: end after the current request.
+                () = async {
+                    let _ = finish.wait_for(|f| *f).await;
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = finish_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
 }
 
 #[cfg(test)]
@@ -567,7 +661,7 @@ mod tests {
                     )
                 }),
             )
-            .layer(axum::middleware::from_fn(hide_5xx));
+            .layer(axum::middleware::from_fn(json_errors));
         let res = app
             .oneshot(Request::builder().uri("/boom").body(Body::empty()).unwrap())
             .await
@@ -578,11 +672,75 @@ mod tests {
         assert!(text.contains("\"code\":\"internal\""), "{text}");
     }
 
+    /// axum's own rejections (a bad path, query string or body, a method the route does
+    /// not take, a body past the limit) are `{"error": ...}` like the handlers' errors.
+    #[tokio::test]
+    async fn rejections_below_the_handlers_are_json_errors() {
+        #[derive(serde::Deserialize)]
+        struct Limit {
+            #[allow(dead_code)]
+            limit: Option<usize>,
+        }
+        let app = Router::new()
+            .route(
+                "/items/{id}",
+                axum::routing::get(
+                    |axum::extract::Path(_id): axum::extract::Path<u32>,
+                     axum::extract::Query(_q): axum::extract::Query<Limit>| async {
+                        "ok"
+                    },
+                )
+                .post(|_body: String| async { "ok" }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(10))
+            .layer(axum::middleware::from_fn(json_errors));
+        let call = |method: &str, uri: &str, body: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for (method, uri, body, status, code) in [
+            ("PUT", "/items/1", "", 405, "method_not_allowed"),
+            ("GET", "/items/abc", "", 400, "bad_request"),
+            ("GET", "/items/%FF", "", 400, "bad_request"),
+            ("GET", "/items/1?limit=x", "", 400, "bad_request"),
+            (
+                "POST",
+                "/items/1",
+                "far more than ten bytes",
+                413,
+                "too_large",
+            ),
+        ] {
+            let res = call(method, uri, body).await.unwrap();
+            assert_eq!(res.status().as_u16(), status, "{method} {uri}");
+            assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+            if status == 405 {
+                assert!(res.headers().contains_key(header::ALLOW), "405 keeps Allow");
+            }
+            let v: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+            assert_eq!(v["error"]["code"], code, "{method} {uri}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{v}"
+            );
+        }
+        let res = call("GET", "/items/1?limit=2", "").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body_text(res).await, "ok");
+    }
+
     #[test]
     fn tokens_compare_whole() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(is_public("/health") && is_public("/assets/app.js") && !is_public("/metrics"));
+        assert!(is_public("/docs") && !is_public(OPENAPI_PATH) && !is_public("/docs/x"));
     }
 }
