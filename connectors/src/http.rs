@@ -14,7 +14,9 @@
 //! With the embedded broker (no `[kafka] bootstrap.servers`) the topic lives in the `weir`
 //! process and an acknowledgement only means the event is in it: a crash loses what the
 //! pipeline had not yet checkpointed; point `[kafka] bootstrap.servers` at a cluster for
-//! durable acknowledgements.
+//! durable acknowledgements. That broker also keeps only about the newest 5 MB of each
+//! partition, so there a request waits while the source is more than 4 MB behind (503
+//! after 10 s): no acknowledged event is trimmed away unread.
 //!
 //! `bad.records` applies at the door: with `fail` a request holding a bad event is refused
 //! whole (400, nothing written); with `skip` the bad events are dropped and counted; with
@@ -111,7 +113,18 @@ pub struct Endpoint {
     connection: Connection,
     admin: bool,
     producer: tokio::sync::OnceCell<FutureProducer>,
+    /// The source's figures: `bytes` is what it has read of the topic.
+    stats: Arc<weir_engine::stats::Stats>,
+    /// Bytes of events written to the topic by this process.
+    written: Mutex<u64>,
 }
+
+/// On the embedded broker, which keeps only about the newest 5 MB of each partition, the
+/// events written but not yet read by the source stay under this, so none is trimmed
+/// away unread: a request waits (at most [`ADMIT_WAIT`]) for the source to catch up.
+const EMBEDDED_BEHIND_BYTES: u64 = 4 << 20;
+/// How long a request waits for the source to catch up before it is answered 503.
+const ADMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// What a request's events came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +149,13 @@ pub enum IngestError {
     /// Kafka did not take the events (some may have been written: a retry may repeat them).
     #[error("the source's topic did not take the events: {0}")]
     Unavailable(#[source] WeirError),
+    /// The source is too far behind (the embedded broker only): nothing was written.
+    #[error(
+        "the source is {0} bytes behind the events sent, and the embedded broker keeps only \
+         about 5 MB per partition: nothing was written; retry in a moment (or point [kafka] \
+         bootstrap.servers at a cluster)"
+    )]
+    Busy(u64),
 }
 
 /// The events of a body: a JSON array's elements, or its non-blank lines.
@@ -220,6 +240,32 @@ impl Endpoint {
             .await
     }
 
+    /// Wait until `bytes` more can be written without the source falling further behind
+    /// than the embedded broker keeps; count them written. No wait on a real cluster.
+    async fn admit(&self, bytes: u64) -> std::result::Result<(), IngestError> {
+        if self.admin {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + ADMIT_WAIT;
+        loop {
+            let read = self.stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            let behind = {
+                let mut written = self.written.lock();
+                let behind = written.saturating_sub(read);
+                // A request bigger than the bound goes alone.
+                if behind == 0 || behind + bytes <= EMBEDDED_BEHIND_BYTES {
+                    *written += bytes;
+                    return Ok(());
+                }
+                behind
+            };
+            if std::time::Instant::now() > deadline {
+                return Err(IngestError::Busy(behind));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Check `body`'s events and write them to the topic; returns once Kafka has every
     /// one (`acks=all`).
     pub async fn ingest(&self, body: &[u8]) -> std::result::Result<Ingested, IngestError> {
@@ -238,14 +284,20 @@ impl Endpoint {
             return Err(IngestError::Refused(bad));
         }
         let skip = self.policy == BadRecords::Skip;
-        let producer = self.producer().await.map_err(IngestError::Unavailable)?;
         let mut is_bad = vec![false; events.len()];
         for (i, _) in &bad {
             is_bad[*i] = true;
         }
+        let written = |i: usize| !(skip && is_bad[i]);
+        let producer = self.producer().await.map_err(IngestError::Unavailable)?;
+        let bytes: u64 = (0..events.len())
+            .filter(|i| written(*i))
+            .map(|i| events[i].len() as u64)
+            .sum();
+        self.admit(bytes).await?;
         let mut pending = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            if skip && is_bad[i] {
+            if !written(i) {
                 continue;
             }
             let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&self.topic).payload(e);
@@ -321,6 +373,7 @@ impl SourceFactory for HttpSourceFactory {
         let connection = take_connection(&mut checked, &self.kafka, &what)?;
         let decoder = decoder_for("json", spec.schema.clone(), &mut Options::new([]))?;
         let name = spec.name.clone();
+        let stats = spec.stats.clone();
         let source = KafkaSourceFactory::new(self.kafka.clone()).create(SourceSpec {
             options: Options::new(kafka),
             ..spec
@@ -334,6 +387,8 @@ impl SourceFactory for HttpSourceFactory {
             connection,
             admin: self.endpoints.admin,
             producer: tokio::sync::OnceCell::new(),
+            stats,
+            written: Mutex::new(0),
         });
         if self.endpoints.eager
             && let Ok(rt) = tokio::runtime::Handle::try_current()

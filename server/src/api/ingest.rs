@@ -49,9 +49,9 @@ fn rejected(bad: Vec<(usize, String)>) -> Vec<RejectedEvent> {
     params(("name" = String, Path, description = "The http source")),
     request_body(content = String, description = "JSON lines, or a JSON array of events", content_type = "application/json"),
     responses((status = 200, description = "Written (bad events listed)", body = Ingested),
-              (status = 400, description = "The body does not parse, the source is not an http source, or bad.records = 'fail' and some events are bad (nothing written)", body = Ingested),
+              (status = 400, description = "The body does not parse, the source is not an http source, or bad.records = 'fail' and some events are bad (code bad_events: nothing written; the counts and errors beside the error object)", body = ErrorBody),
               (status = 404, description = "No such source", body = ErrorBody),
-              (status = 503, description = "Kafka did not take the events; retry (some may have been written)", body = ErrorBody)))]
+              (status = 503, description = "Kafka did not take the events, code unavailable: retry (some may have been written); or, on the embedded broker, the source is too far behind, code busy: nothing written, retry", body = ErrorBody)))]
 pub async fn post_events(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -87,17 +87,32 @@ pub async fn post_events(
             .into(),
         })
         .into_response()),
-        Err(IngestError::Refused(bad)) => Ok((
-            StatusCode::BAD_REQUEST,
-            axum::Json(Ingested {
+        Err(e @ IngestError::Refused(_)) => {
+            let message = e.to_string();
+            let IngestError::Refused(bad) = e else {
+                return Err(ApiError::internal(&state, "refused without its events"));
+            };
+            // An error object, and beside it the counts of a taken request.
+            let body = Ingested {
                 accepted: 0,
                 rejected: bad.len(),
                 errors: rejected(bad),
                 bad_records: "refused".into(),
-            }),
-        )
-            .into_response()),
+            };
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "bad_events", message);
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&body) {
+                for (k, v) in fields {
+                    err = err.beside(&k, v);
+                }
+            }
+            Err(err)
+        }
         Err(e @ IngestError::Body(_)) => Err(ApiError::bad_request(e.to_string())),
+        Err(e @ IngestError::Busy(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            e.to_string(),
+        )),
         Err(e @ IngestError::Unavailable(_)) => {
             tracing::warn!(source = %name, error = %e, "events not taken");
             Err(ApiError::new(

@@ -637,11 +637,7 @@ fn send(addr: SocketAddr, case: &Case) -> Outcome {
     let json_error = head
         .to_ascii_lowercase()
         .contains("\r\ncontent-type: application/json")
-        && serde_json::from_str::<Value>(body).is_ok_and(|v| {
-            // An http source with bad.records = 'fail' answers a refusal with its counts
-            // (documented), not an error object.
-            v["error"]["code"].is_string() || v["bad_records"] == "refused"
-        });
+        && serde_json::from_str::<Value>(body).is_ok_and(|v| v["error"]["code"].is_string());
     Outcome::Status(status, json_error)
 }
 

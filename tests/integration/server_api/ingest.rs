@@ -94,6 +94,7 @@ fn http_sources_take_events_and_answer_per_event() {
         (&json!(0), &json!(1), &json!("refused"))
     );
     assert_eq!(body["errors"][0]["index"], 1, "{body}");
+    assert_eq!(body["error"]["code"], "bad_events", "{body}");
     let (status, body) = post_events(&server, "strict", ADMIN, &ev(12));
     assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
 
