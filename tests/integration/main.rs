@@ -4,13 +4,15 @@
 //! Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
-//! at random moments, and the webhook sink against a real HTTP server.
+//! at random moments, the webhook sink against a real HTTP server, and the Parquet sink on
+//! a real S3-compatible server.
 
 mod cluster;
 mod crash;
 mod differential;
 mod event_time;
 mod kafka;
+mod lake;
 mod lookup;
 mod nested;
 mod nexmark;

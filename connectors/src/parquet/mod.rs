@@ -59,6 +59,7 @@ use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
     "path",
+    "storage.<object_store S3 key>",
     "partition.by",
     "rollover.rows",
     "rollover.interval",
@@ -90,7 +91,11 @@ pub enum PartitionBy {
 /// The parsed options.
 #[derive(Debug, Clone)]
 pub struct ParquetSinkOptions {
+    /// The local directory files are written in: `path`, or for an object-store `path`
+    /// the sink's outbox (see [`crate::objects`]).
     pub path: PathBuf,
+    /// An object-store `path` (`s3://bucket/prefix`), where published files go.
+    pub remote: Option<crate::objects::Remote>,
     pub partition_by: PartitionBy,
     pub rollover_rows: usize,
     pub rollover_interval: Duration,
@@ -101,9 +106,21 @@ pub struct ParquetSinkOptions {
 
 impl ParquetSinkOptions {
     pub fn parse(options: &mut weir_engine::options::Options, schema: &SchemaRef) -> Result<Self> {
-        let path = options
-            .take("path")
-            .ok_or_else(|| WeirError::user("the parquet sink needs option 'path' (a directory)"))?;
+        let path = options.take("path").ok_or_else(|| {
+            WeirError::user(
+                "the parquet sink needs option 'path' (a directory, or s3://bucket/prefix)",
+            )
+        })?;
+        let storage = options.take_prefixed(crate::objects::STORAGE_PREFIX);
+        let remote = if crate::objects::is_url(&path) {
+            Some(crate::objects::Remote::new(&path, &storage)?)
+        } else if !storage.is_empty() {
+            return Err(WeirError::user(
+                "'storage.*' options are for an object-store path (s3://bucket/prefix)",
+            ));
+        } else {
+            None
+        };
         let partition = options.take_choice("partition.by", &["none", "day", "hour"], "none")?;
         let partition_by = match partition.as_str() {
             "none" => PartitionBy::None,
@@ -138,6 +155,7 @@ impl ParquetSinkOptions {
         let changelog = options.take_choice("changelog", &["true", "false"], "false")? == "true";
         Ok(ParquetSinkOptions {
             path: PathBuf::from(path),
+            remote,
             partition_by,
             rollover_rows,
             rollover_interval,
@@ -178,8 +196,11 @@ impl SinkFactory for ParquetSinkFactory {
 
     fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>> {
         let mut options = spec.options.clone();
-        let opts = ParquetSinkOptions::parse(&mut options, &spec.schema)?;
+        let mut opts = ParquetSinkOptions::parse(&mut options, &spec.schema)?;
         options.finish("the parquet sink", VALID_KEYS)?;
+        if opts.remote.is_some() {
+            opts.path = spec.data_dir.join("outbox").join(&spec.name);
+        }
         let schema = file_schema(&spec, &opts)?;
         // Fail now, not at the first write, if the schema cannot be written as Parquet.
         datafusion::parquet::arrow::ArrowSchemaConverter::new()
@@ -266,6 +287,7 @@ impl ParquetSink {
             .ok_or_else(|| WeirError::Internal("parquet sink busy".into()))?;
         let mut opts = w.opts.clone();
         opts.path = opts.path.join(format!("kp={kp}"));
+        opts.remote = opts.remote.map(|r| r.join(&format!("kp={kp}")));
         Ok(ParquetSink::new(w.schema.clone(), opts, true))
     }
 
@@ -283,6 +305,21 @@ impl ParquetSink {
     ) -> Result<T> {
         blocking(&mut self.state, "parquet sink", f).await
     }
+
+    /// With an object-store path: upload the files published into the outbox.
+    async fn ship(&mut self) -> Result<()> {
+        let Some(w) = &self.state else {
+            return Err(WeirError::Internal("parquet sink busy".into()));
+        };
+        if let Some(remote) = w.opts.remote.clone() {
+            let outbox = w.opts.path.clone();
+            let n = remote.ship(&outbox, is_hidden).await?;
+            if n > 0 {
+                tracing::debug!(url = %remote.url(), files = n, "parquet files uploaded");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -295,22 +332,29 @@ impl Sink for ParquetSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.blocking(move |w| w.write(&batch)).await
+        let published = self.blocking(move |w| w.write(&batch)).await?;
+        if published {
+            self.ship().await?;
+        }
+        Ok(())
     }
 
     /// Called on the runtime's flush timer: publish files that have been open for
     /// `rollover.interval`, so time-based rollover happens even when writes pause. Closing
     /// every file on each flush would make one small file per second.
     async fn flush(&mut self) -> Result<()> {
-        self.blocking(|w| w.roll_old()).await
+        self.blocking(|w| w.roll_old()).await?;
+        self.ship().await
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.blocking(|w| w.roll_all()).await
+        self.blocking(|w| w.roll_all()).await?;
+        self.ship().await
     }
 
     async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
-        self.blocking(move |w| w.recover(restored)).await
+        self.blocking(move |w| w.recover(restored)).await?;
+        self.ship().await
     }
 
     async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
@@ -318,7 +362,8 @@ impl Sink for ParquetSink {
     }
 
     async fn commit(&mut self, epoch: u64) -> Result<()> {
-        self.blocking(move |w| w.commit(epoch)).await
+        self.blocking(move |w| w.commit(epoch)).await?;
+        self.ship().await
     }
 }
 
@@ -346,18 +391,21 @@ struct OpenFile {
 }
 
 impl Writers {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// Write `batch`; returns whether a file was published (moved into place) meanwhile.
+    fn write(&mut self, batch: &RecordBatch) -> Result<bool> {
+        let before = self.files_written.len();
         // Roll stale files first, so a file holds at most `rollover.interval` of output.
         self.roll_old()?;
         if self.opts.changelog {
             let named = changelog::with_op_names(batch, OP_COLUMN)?;
             let rows = RecordBatch::try_new(self.schema.clone(), named.columns().to_vec())?;
-            return self.write_to(String::new(), &rows);
+            self.write_to(String::new(), &rows)?;
+        } else {
+            for (folder, part) in self.split(batch)? {
+                self.write_to(folder, &part)?;
+            }
         }
-        for (folder, part) in self.split(batch)? {
-            self.write_to(folder, &part)?;
-        }
-        Ok(())
+        Ok(self.files_written.len() > before)
     }
 
     /// The batch's rows grouped by partition folder.

@@ -1,0 +1,244 @@
+//! The Parquet sink on object storage: a real S3-compatible server (scripts/s3.sh), the
+//! real `weir` binary killed with SIGKILL at random moments and restarted, and at the end
+//! every object under the sink's prefix read back with an independent S3 client: the rows
+//! equal the batch answer over the input, none twice, and no staged file is visible.
+
+#![allow(clippy::unwrap_used)]
+
+use crate::crash::weir_bin;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::collections::BTreeMap;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The S3 server's settings from scripts/s3.sh's environment, or `None` (skipped) outside
+/// CI when it is not running.
+fn s3() -> Option<(String, String)> {
+    match (
+        std::env::var("WEIR_S3_ENDPOINT"),
+        std::env::var("WEIR_S3_BUCKET"),
+    ) {
+        (Ok(e), Ok(b)) if !e.is_empty() && !b.is_empty() => Some((e, b)),
+        _ if weir_tests::in_ci() => panic!(
+            "WEIR_S3_ENDPOINT is not set: CI must run these tests against a real S3 server \
+             (scripts/test.sh starts one with scripts/s3.sh)"
+        ),
+        _ => {
+            eprintln!(
+                "SKIPPED: no S3 server (WEIR_S3_ENDPOINT unset); run scripts/test.sh, or \
+                 scripts/s3.sh start and eval \"$(scripts/s3.sh env)\""
+            );
+            None
+        }
+    }
+}
+
+const REGIONS: [&str; 5] = ["eu", "us", "ap", "sa", "af"];
+const EVENTS: i64 = 2_000_000;
+const T0: i64 = 1_714_557_600_000;
+
+/// Event `i`: 1,000 per second of event time, regions in turn.
+fn event(i: i64) -> (i64, &'static str) {
+    (T0 + i, REGIONS[(i % 5) as usize])
+}
+
+fn start(dir: &std::path::Path, sql: &std::path::Path, config: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("weir.log"))
+        .unwrap();
+    Command::new(weir_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen", "127.0.0.1:0", "--progress-interval", "0s"])
+        .arg(sql)
+        .env("RUST_LOG", "info,weir_engine::runtime=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The checkpoints the log says committed, for the wait below.
+fn committed(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("weir.log"))
+        .unwrap_or_default()
+        .matches("checkpoint complete")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_on_s3_survives_sigkill_exactly_once() {
+    let Some((endpoint, bucket)) = s3() else {
+        return;
+    };
+    let prefix = crate::kafka::unique("lake");
+    let dir = tempfile::tempdir().unwrap();
+    // The input, and a last event an hour later that closes every window before it.
+    let input = dir.path().join("events.jsonl");
+    let mut lines = String::new();
+    for i in 0..EVENTS {
+        let (ts, region) = event(i);
+        lines.push_str(&format!("{{\"ts\":{ts},\"region\":\"{region}\"}}\n"));
+    }
+    lines.push_str(&format!(
+        "{{\"ts\":{},\"region\":\"end\"}}\n",
+        T0 + 3_600_000
+    ));
+    std::fs::write(&input, lines).unwrap();
+    let sql = dir.path().join("lake.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, WATERMARK FOR ts AS ts) \
+               WITH (connector = 'file', path = '{}');\n\
+             CREATE MATERIALIZED VIEW per_second AS \
+               SELECT window_start, region, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' SECOND) \
+               GROUP BY window_start, window_end, region;\n\
+             CREATE SINK lake FROM per_second WITH (connector = 'parquet', \
+               path = 's3://{bucket}/{prefix}', 'partition.by' = 'hour', 'rollover.rows' = '100');\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        "[checkpoint]\ninterval = \"200ms\"\n[engine]\nbatch_rows = 2000\n",
+    )
+    .unwrap();
+
+    // Killed three times, at random moments after a checkpoint or two.
+    let mut rng = 0x5eed_u64;
+    for round in 0..3 {
+        let before = committed(dir.path());
+        let mut child = start(dir.path(), &sql, &config);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed(dir.path()) < before + 1 {
+            assert!(Instant::now() < deadline, "no checkpoint in round {round}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(50 + (rng >> 33) % 700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The last run goes to the end, then stops cleanly (a final checkpoint, uploaded).
+    let mut child = start(dir.path(), &sql, &config);
+    let want = expected();
+    let store = AmazonS3Builder::from_env()
+        .with_url(format!("s3://{bucket}"))
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        // Everything uploaded so far (objects appear only as checkpoints commit).
+        let got = read_back(&store, &prefix).await;
+        if got.values().sum::<i64>() >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EVENTS} events in the lake after 180 s",
+            got.values().sum::<i64>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "a clean stop");
+    let names = list(&store, &prefix).await;
+    assert!(
+        names.iter().all(|n| {
+            let file = n.rsplit('/').next().unwrap_or("");
+            file.starts_with("part-") && file.ends_with(".parquet")
+        }),
+        "only published files: {names:?}"
+    );
+    let mut got = read_back(&store, &prefix).await;
+    // A clean stop closes the windows still open: the last event's comes out too.
+    assert_eq!(got.remove(&(T0 + 3_600_000, "end".to_string())), Some(1));
+    assert_eq!(got, want, "the batch answer, once");
+    let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
+    eprintln!(
+        "lake test: {} objects; restarts that published staged files: {}, that removed \
+         unfinished ones: {}",
+        names.len(),
+        log.matches("published parquet files the checkpoint had staged")
+            .count(),
+        log.matches("removed parquet files written after the last checkpoint")
+            .count()
+    );
+}
+
+/// `(window start, region)` to count, from the events.
+fn expected() -> BTreeMap<(i64, String), i64> {
+    let mut want = BTreeMap::new();
+    for i in 0..EVENTS {
+        let (ts, region) = event(i);
+        *want
+            .entry((ts - ts % 1000, region.to_string()))
+            .or_insert(0) += 1;
+    }
+    want
+}
+
+async fn list(store: &impl ObjectStore, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut names: Vec<String> = store
+        .list(Some(&ObjectPath::from(prefix)))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    names.sort();
+    names
+}
+
+/// Every row of every object under `prefix`, as `(window start, region)` to count; a key
+/// seen twice fails the test.
+async fn read_back(store: &impl ObjectStore, prefix: &str) -> BTreeMap<(i64, String), i64> {
+    let mut rows = BTreeMap::new();
+    for name in list(store, prefix).await {
+        let bytes = store
+            .get(&ObjectPath::from(name.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let ws = b
+                .column_by_name("window_start")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>();
+            let region = b.column_by_name("region").unwrap().as_string::<i32>();
+            let n = b.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                let key = (ws.value(i), region.value(i).to_string());
+                assert!(!region.is_null(i));
+                let old = rows.insert(key.clone(), n.value(i));
+                assert!(old.is_none(), "{key:?} twice (in {name})");
+            }
+        }
+    }
+    rows
+}
