@@ -4,7 +4,8 @@
 //! Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
-//! at random moments, and the webhook sink against a real HTTP server.
+//! at random moments, and the webhook sink against a real HTTP server, and the `object_store`
+//! S3 client against a real S3-compatible store.
 
 mod cluster;
 mod crash;
@@ -14,6 +15,7 @@ mod kafka;
 mod lookup;
 mod nested;
 mod nexmark;
+mod object_store_s3;
 mod parquet_readback;
 mod postgres;
 mod server_api;
