@@ -11,7 +11,10 @@
 # WEIR_KAFKA_BOOTSTRAP and WEIR_KAFKA_SASL_BOOTSTRAP. The Postgres sink tests need a real
 # PostgreSQL: scripts/postgres.sh starts a throwaway cluster (Debian's package, installed
 # with apt-get if missing) on 127.0.0.1:${WEIR_PG_PORT:-15432}, and the tests get its URL in
-# WEIR_POSTGRES_URL. Both are stopped on exit.
+# WEIR_POSTGRES_URL. The object storage tests need a real S3-compatible store:
+# scripts/s3.sh starts s3s-fs (built from crates.io with cargo install, cached under
+# $HOME/.cache/weir-tools) on 127.0.0.1:${WEIR_S3_PORT:-19000} with a bucket `weir-test`, and
+# the tests get its endpoint and test key in WEIR_S3_* and AWS_*. All are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +79,7 @@ cargo test --locked --workspace --no-run
 stop_services() {
     bash scripts/kafka.sh stop >/dev/null 2>&1 || true
     bash scripts/postgres.sh stop >/dev/null 2>&1 || true
+    bash scripts/s3.sh stop >/dev/null 2>&1 || true
 }
 trap stop_services EXIT
 
@@ -90,7 +94,11 @@ export WEIR_POSTGRES_URL
 # The CA of the server's TLS certificate, for the TLS test.
 eval "$(bash scripts/postgres.sh env)"
 
-step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, Postgres, CLI)"
+step "starting a throwaway S3-compatible store (scripts/s3.sh start: s3s-fs from crates.io)"
+bash scripts/s3.sh start
+eval "$(bash scripts/s3.sh env)"
+
+step "cargo test (unit tests, .slt suite in every mode, differential, Parquet read-back, Kafka, Postgres, S3, CLI)"
 cargo test --locked --workspace
 
 step "dashboard in headless Chromium (tests/browser, playwright-core)"

@@ -4,8 +4,8 @@
 //! Kafka connector
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
-//! at random moments, the webhook sink against a real HTTP server, and the Parquet sink on
-//! a real S3-compatible server.
+//! at random moments, the webhook sink against a real HTTP server, and the `object_store`
+//! S3 client and the Parquet sink against a real S3-compatible server.
 
 mod cluster;
 mod crash;
@@ -16,6 +16,7 @@ mod lake;
 mod lookup;
 mod nested;
 mod nexmark;
+mod object_store_s3;
 mod parquet_readback;
 mod postgres;
 mod server_api;
