@@ -460,44 +460,10 @@ async fn object_store_s3_conditional_put() {
         "the refused copy wrote"
     );
 
-    // Several writers race to create the same entry, all at once. On S3 exactly one wins.
-    // s3s-fs checks If-None-Match and then writes (a temporary file renamed into place), so
-    // racing creates can all be told they won (seen here: up to 8 of 8): a test of a commit
-    // protocol's concurrency cannot rely on this server. What does hold: the object is
-    // whole, one winner's bytes, never a loser's.
-    let racers = 8_u64;
-    let payloads: Vec<Vec<u8>> = (0..racers).map(|i| bytes(1000 + i, MIB)).collect();
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(racers as usize));
-    let path = at("_log/00002.json");
-    let tasks: Vec<_> = payloads
-        .iter()
-        .map(|p| {
-            let (store, path, barrier) = (store.clone(), path.clone(), barrier.clone());
-            let payload = PutPayload::from(p.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.put_opts(&path, payload, create()).await
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        match task.await.unwrap() {
-            Ok(_) => winners.push(i),
-            Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => panic!("racer {i}: {e}"),
-        }
-    }
-    assert!(!winners.is_empty(), "no racer created {path}");
-    let stored = read_all(&store, &path).await;
-    assert!(
-        winners.iter().any(|&i| stored == payloads[i]),
-        "{path} holds no winner's bytes (winners: {winners:?})"
-    );
-    eprintln!(
-        "conditional create race on s3s-fs: {} of {racers} writers were told they created the object",
-        winners.len()
-    );
+    // Not tested here: racing creates. On S3 exactly one of several writers creating the
+    // same key at once wins; s3s-fs checks If-None-Match and then writes (a temporary file
+    // renamed into place), so racing writers can all be told they won, or one can fail
+    // on the other's rename. A commit protocol's concurrency cannot be tested on it.
 
     delete_prefix(&store, &prefix).await;
 }
