@@ -912,7 +912,24 @@ mod tests {
             .unwrap();
         assert_eq!(
             e.to_string(),
-            "the parquet sink needs option 'path' (a directory)"
+            "the parquet sink needs option 'path' (a directory, or s3://bucket/prefix)"
+        );
+        // Object storage: S3 only for now; 'storage.*' only with it, and only S3 keys.
+        let err = |opts: &[(&str, &str)]| {
+            ParquetSinkFactory
+                .create(spec(schema(), opts))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(err(&[("path", "gs://b/p")]).contains("'gs://' is not supported yet"));
+        assert!(
+            err(&[("path", "x"), ("storage.aws_region", "eu")])
+                .contains("are for an object-store path")
+        );
+        assert!(
+            err(&[("path", "s3://b/p"), ("storage.colour", "red")])
+                .contains("'storage.colour' is not an S3 setting")
         );
         let e = ParquetSinkFactory
             .create(spec(schema(), &[("path", "x"), ("rollover", "1m")]))
@@ -921,7 +938,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "unknown option 'rollover' for the parquet sink; valid options: changelog, \
-             compression, partition.by, path, rollover.interval, rollover.rows"
+             compression, partition.by, path, rollover.interval, rollover.rows, \
+             storage.<object_store S3 key>"
         );
         let e = ParquetSinkFactory
             .create(spec(schema(), &[("path", "x"), ("compression", "lzo")]))
