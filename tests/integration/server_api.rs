@@ -215,6 +215,36 @@ fn start_with_config(dir: &Path, toml: &str, sql: PathBuf) -> Server {
     Server::start(a)
 }
 
+/// `sql` run by a server whose Kafka is an in-process broker of one partition per topic,
+/// holding `topic` (the test produces to it); the broker goes with the server.
+fn start_on_broker(
+    dir: &Path,
+    topic: &str,
+    sql: &str,
+) -> (Server, weir_server::embedded_kafka::EmbeddedKafka) {
+    let broker = weir_server::embedded_kafka::EmbeddedKafka::start(
+        &weir_server::config::EmbeddedSection {
+            enabled: true,
+            partitions: 1,
+            feeds: vec![],
+        },
+        &std::collections::BTreeSet::from([topic.to_string()]),
+        dir,
+    )
+    .expect("start the broker");
+    let file = dir.join("pipeline.sql");
+    std::fs::write(&file, sql).expect("write sql");
+    let server = start_with_config(
+        dir,
+        &format!(
+            "[kafka]\n\"bootstrap.servers\" = \"{}\"\n",
+            broker.bootstrap_servers()
+        ),
+        file,
+    );
+    (server, broker)
+}
+
 fn view_names(s: &Server) -> Vec<String> {
     get(s, "/api/v1/views")["views"]
         .as_array()

@@ -4,14 +4,12 @@
 //! output read over REST and filtered here (the batch answer). The input is a topic on an
 //! in-process Kafka-protocol broker the test produces to, so every row is known.
 
-use super::{Server, Ws, call, get, next, rows_of, start_with_config, subscribe, wait_for};
+use super::{Server, Ws, call, get, next, rows_of, start_on_broker, subscribe, wait_for};
 use crate::kafka::{producer, send};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tungstenite::Message;
-use weir_server::config::EmbeddedSection;
-use weir_server::embedded_kafka::EmbeddedKafka;
 
 const SQL: &str = "\
 CREATE SOURCE ticks (symbol TEXT NOT NULL, price BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts) \
@@ -80,26 +78,7 @@ fn send_text(ws: &mut Ws, text: &str) {
 #[test]
 fn filtered_subscriptions_get_exactly_their_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = EmbeddedKafka::start(
-        &EmbeddedSection {
-            enabled: true,
-            partitions: 1,
-            feeds: vec![],
-        },
-        &BTreeSet::from(["ticks".to_string()]),
-        dir.path(),
-    )
-    .expect("start the broker");
-    let sql = dir.path().join("rooms.sql");
-    std::fs::write(&sql, SQL).expect("write sql");
-    let server = start_with_config(
-        dir.path(),
-        &format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{}\"\n",
-            broker.bootstrap_servers()
-        ),
-        sql,
-    );
+    let (server, broker) = start_on_broker(dir.path(), "ticks", SQL);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let p = producer(broker.bootstrap_servers());
     let mut n = 0i64;

@@ -4,14 +4,12 @@
 //! get by key. The input is a topic on an in-process Kafka-protocol broker the test
 //! produces to one message at a time, so every change and its seq are known.
 
-use super::{Server, Ws, call, get, next, rows_of, start_with_config, subscribe, wait_for};
+use super::{Server, Ws, call, get, next, rows_of, start_on_broker, subscribe, wait_for};
 use crate::kafka::{producer, send};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
-use weir_server::config::EmbeddedSection;
-use weir_server::embedded_kafka::EmbeddedKafka;
 
 /// A site leaves `quiet` once it has three readings; `quiet_few` is the same view keeping
 /// two keys' latest changes.
@@ -123,26 +121,7 @@ impl Input {
 #[test]
 fn updating_views_serve_current_rows_changes_and_subscriptions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = EmbeddedKafka::start(
-        &EmbeddedSection {
-            enabled: true,
-            partitions: 1,
-            feeds: vec![],
-        },
-        &BTreeSet::from(["readings".to_string()]),
-        dir.path(),
-    )
-    .expect("start the broker");
-    let sql = dir.path().join("updating.sql");
-    std::fs::write(&sql, SQL).expect("write sql");
-    let server = start_with_config(
-        dir.path(),
-        &format!(
-            "[kafka]\n\"bootstrap.servers\" = \"{}\"\n",
-            broker.bootstrap_servers()
-        ),
-        sql,
-    );
+    let (server, broker) = start_on_broker(dir.path(), "readings", SQL);
     let mut input = Input {
         rt: tokio::runtime::Runtime::new().expect("runtime"),
         producer: producer(broker.bootstrap_servers()),
