@@ -235,6 +235,9 @@ pub struct ViewParts {
     pub buffer: Option<Arc<ViewBuffer>>,
 }
 
+/// How long [`MemberSource::stop`] waits for the threads.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
 /// What runs on this member for one source: a stage-1 thread for the source (one read of
 /// the input feeds every view over it) and a stage-2 thread per view.
 pub struct MemberSource {
@@ -252,10 +255,26 @@ impl MemberSource {
     }
 
     /// Stop the threads: stage 2 snapshots and commits what it owns first, so a member
-    /// stopped this way hands over without a replay.
+    /// stopped this way hands over without a replay. A thread still running after
+    /// [`STOP_WAIT`] (seen once: stage 1's consumer stuck inside librdkafka's rebalance
+    /// handling while the member left the group) is left behind, so the process can exit:
+    /// its partitions then move as after a crash, from what was committed.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + STOP_WAIT;
         for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !t.is_finished() {
+                tracing::error!(
+                    source = %self.source,
+                    thread = t.thread().name().unwrap_or("?"),
+                    "a cluster thread did not stop within {STOP_WAIT:?} (stuck in a Kafka \
+                     client call); leaving it behind: its partitions move as after a crash"
+                );
+                continue;
+            }
             if t.join().is_err() {
                 tracing::error!(source = %self.source, "a cluster thread panicked");
             }
