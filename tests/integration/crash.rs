@@ -121,6 +121,30 @@ pub(crate) fn expected(evs: &[Ev]) -> (Vec<WindowRow>, Vec<FailedRow>) {
 /// Start `weir run` with `workers` workers (restarts change the count: a checkpoint written
 /// with one count restores into another).
 fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path, workers: usize) -> Child {
+    let workers = workers.to_string();
+    spawn_weir(
+        dir,
+        sql,
+        config,
+        log,
+        "127.0.0.1:0",
+        &["--workers", &workers],
+        "info",
+    )
+}
+
+/// `weir run` of `sql` with `config`, its data under `<dir>/data`, serving on `listen`,
+/// its output appended to `log` with `RUST_LOG=rust_log`; `extra` arguments go before the
+/// SQL file.
+pub(crate) fn spawn_weir(
+    dir: &Path,
+    sql: &Path,
+    config: &Path,
+    log: &Path,
+    listen: &str,
+    extra: &[&str],
+    rust_log: &str,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -132,14 +156,10 @@ fn start_weir(dir: &Path, sql: &Path, config: &Path, log: &Path, workers: usize)
         .arg(config)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--progress-interval")
-        .arg("0s")
-        .arg("--workers")
-        .arg(workers.to_string())
+        .args(["--listen", listen, "--progress-interval", "0s"])
+        .args(extra)
         .arg(sql)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -630,26 +650,8 @@ async fn http_events_acknowledged_survive_sigkill() {
         l.local_addr().unwrap().port()
     };
     let base = format!("http://127.0.0.1:{port}");
-    let start = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        Command::new(weir_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--progress-interval", "0s"])
-            .arg(&sql)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
+    let listen = format!("127.0.0.1:{port}");
+    let start = || spawn_weir(dir.path(), &sql, &config, &log, &listen, &[], "info");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::crash::weir_bin;
+use crate::crash::spawn_weir;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -48,23 +48,17 @@ fn event(i: i64) -> (i64, &'static str) {
 }
 
 fn start(dir: &std::path::Path, sql: &std::path::Path, config: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("weir.log"))
-        .unwrap();
-    Command::new(weir_bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--listen", "127.0.0.1:0", "--progress-interval", "0s"])
-        .arg(sql)
-        .env("RUST_LOG", "info,weir_engine::runtime=debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    // The runtime's debug lines say when each checkpoint completes.
+    let log = dir.join("weir.log");
+    spawn_weir(
+        dir,
+        sql,
+        config,
+        &log,
+        "127.0.0.1:0",
+        &[],
+        "info,weir_engine::runtime=debug",
+    )
 }
 
 /// The checkpoints the log says committed, for the wait below.
