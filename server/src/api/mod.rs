@@ -9,6 +9,7 @@
 
 mod ingest;
 pub mod json;
+mod messages;
 mod metrics;
 mod rooms;
 mod routes;

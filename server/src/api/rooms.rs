@@ -13,7 +13,7 @@
 //! column's value is one of its values (AND across columns, OR within one). The router
 //! indexes a group by its filter's first column and checks the others on the rows found.
 
-use super::ws::filtered_live;
+use super::messages::filtered_live;
 use axum::extract::ws::Utf8Bytes;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
