@@ -28,7 +28,6 @@ pub mod format;
 pub mod generator;
 pub mod http;
 pub mod kafka;
-pub mod objects;
 pub mod parquet;
 pub mod postgres;
 pub mod table;

@@ -11,6 +11,13 @@
 //!   manifest-000000000042.json    written last, atomically: the checkpoint is complete
 //! ```
 //!
+//! With `dir` an object-store URL (`s3://bucket/prefix`, `crate::remote`) the same layout
+//! is kept there, and the local directory (`<data_dir>/checkpoints`) is a working copy: a
+//! checkpoint is written locally as below, then its state files are uploaded, then its
+//! manifest (one PUT, which is atomic: the object appears whole or not at all). Only
+//! manifests in the store count as complete, so a replacement machine pointed at the same
+//! URL restores the newest one, downloading it first.
+//!
 //! A checkpoint is complete only when its manifest exists: the state files are written and
 //! synced first, then the manifest is written to a temporary file, synced, renamed into
 //! place, and the directory synced. A crash at any point leaves either the previous
@@ -206,6 +213,9 @@ fn write_ipc(path: &Path, batches: &[RecordBatch]) -> Result<u64> {
 pub struct CheckpointStore {
     dir: PathBuf,
     retain: usize,
+    /// Where complete checkpoints live when that is an object store; `dir` is then a
+    /// working copy.
+    remote: Option<crate::remote::Remote>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> WeirError {
@@ -241,15 +251,40 @@ impl CheckpointStore {
         CheckpointStore {
             dir: dir.into(),
             retain: retain.max(1),
+            remote: None,
         }
     }
 
+    /// Keep complete checkpoints in `remote`, with the local directory as a working copy.
+    pub fn with_remote(mut self, remote: crate::remote::Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The local directory (the working copy when checkpoints live in an object store).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Epochs with a complete manifest, oldest first.
+    /// Where checkpoints live, for messages: the URL or the directory.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_string(),
+            None => self.dir.display().to_string(),
+        }
+    }
+
+    /// Epochs with a complete manifest, oldest first: in the object store if there is
+    /// one, else in the directory.
     fn complete_epochs(&self) -> Result<Vec<u64>> {
+        match &self.remote {
+            Some(r) => remote_epochs(r),
+            None => self.local_epochs(),
+        }
+    }
+
+    /// Epochs with a complete manifest in the local directory, oldest first.
+    fn local_epochs(&self) -> Result<Vec<u64>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -274,6 +309,11 @@ impl CheckpointStore {
         let Some(epoch) = self.complete_epochs()?.last().copied() else {
             return Ok(None);
         };
+        if let Some(remote) = &self.remote
+            && !self.local_epochs()?.contains(&epoch)
+        {
+            self.download(remote, epoch)?;
+        }
         let path = self.dir.join(manifest_name(epoch));
         let text = std::fs::read_to_string(&path).map_err(|e| io_err("reading", &path, e))?;
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
@@ -370,13 +410,74 @@ impl CheckpointStore {
         let path = self.dir.join(manifest_name(epoch));
         std::fs::rename(&tmp, &path).map_err(|e| io_err("publishing", &path, e))?;
         sync_dir(&self.dir)?;
-        Ok(bytes + text.len() as u64)
+        let total = bytes + text.len() as u64;
+        if let Some(remote) = &self.remote {
+            self.upload(remote, epoch, text)?;
+        }
+        Ok(total)
+    }
+
+    /// Upload checkpoint `epoch` from the working copy: its state files, then its manifest
+    /// (`text`), which makes it complete.
+    fn upload(&self, remote: &crate::remote::Remote, epoch: u64, text: Vec<u8>) -> Result<()> {
+        let dir_name = epoch_dir_name(epoch);
+        let dir = self.dir.join(&dir_name);
+        let files = crate::fsutil::files_below(&dir)?;
+        crate::remote::block_on(async {
+            for f in &files {
+                let local = dir.join(f);
+                let bytes = tokio::fs::read(&local)
+                    .await
+                    .map_err(|e| io_err("reading", &local, e))?;
+                remote
+                    .put_at(&format!("{dir_name}/{}", f.display()), bytes)
+                    .await?;
+            }
+            remote.put_at(&manifest_name(epoch), text).await
+        })
+    }
+
+    /// Download complete checkpoint `epoch` into the working copy (a restart on a machine
+    /// that did not write it).
+    fn download(&self, remote: &crate::remote::Remote, epoch: u64) -> Result<()> {
+        let dir_name = epoch_dir_name(epoch);
+        let dir = self.dir.join(&dir_name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let prefix = format!("{dir_name}/");
+        let manifest = crate::remote::block_on(async {
+            for (rel, _) in remote.list(&dir_name).await? {
+                let Some(name) = rel.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if let Some(bytes) = remote.get(&rel).await? {
+                    let path = dir.join(name);
+                    tokio::fs::write(&path, bytes)
+                        .await
+                        .map_err(|e| io_err("writing", &path, e))?;
+                }
+            }
+            remote.get(&manifest_name(epoch)).await
+        })?
+        .ok_or_else(|| {
+            WeirError::external(format!(
+                "checkpoint {epoch} went away from {} while being restored",
+                remote.url()
+            ))
+        })?;
+        let path = self.dir.join(manifest_name(epoch));
+        std::fs::write(&path, manifest).map_err(|e| io_err("writing", &path, e))?;
+        tracing::info!(epoch, url = %remote.url(), "downloaded checkpoint");
+        Ok(())
     }
 
     /// Remove checkpoints beyond the newest `retain`, and debris: epoch directories
     /// without a manifest (a checkpoint that crashed half-way) and temporary files.
     pub fn prune(&self) -> Result<()> {
-        let epochs = self.complete_epochs()?;
+        if let Some(remote) = &self.remote {
+            prune_remote(remote, self.retain, false)?;
+        }
+        let epochs = self.local_epochs()?;
         let keep: Vec<u64> = epochs.iter().rev().take(self.retain).copied().collect();
         let newest = keep.first().copied().unwrap_or(0);
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -413,7 +514,10 @@ impl CheckpointStore {
 
     /// Remove epoch directories that have no manifest (from a crash mid-checkpoint).
     pub fn remove_incomplete(&self) -> Result<()> {
-        let epochs = self.complete_epochs()?;
+        if let Some(remote) = &self.remote {
+            prune_remote(remote, self.retain, true)?;
+        }
+        let epochs = self.local_epochs()?;
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Ok(());
         };
@@ -439,6 +543,54 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// The epochs of the manifests in `remote`, oldest first.
+fn remote_epochs(remote: &crate::remote::Remote) -> Result<Vec<u64>> {
+    Ok(manifest_epochs(&crate::remote::block_on(remote.list(""))?))
+}
+
+/// The epochs of the manifests among `listed` (a remote listing), oldest first.
+fn manifest_epochs(listed: &[(String, u64)]) -> Vec<u64> {
+    let mut epochs: Vec<u64> = listed
+        .iter()
+        .filter_map(|(rel, _)| {
+            rel.strip_prefix("manifest-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+/// Remove from `remote` the complete checkpoints beyond the newest `retain` (manifest
+/// first, so none is ever half there) and the files of checkpoints that never completed:
+/// older than the newest complete one, or, at a restart (`restarting`), any.
+fn prune_remote(remote: &crate::remote::Remote, retain: usize, restarting: bool) -> Result<()> {
+    crate::remote::block_on(async {
+        let listed = remote.list("").await?;
+        let complete = manifest_epochs(&listed);
+        let keep: Vec<u64> = complete.iter().rev().take(retain).copied().collect();
+        let newest = keep.first().copied().unwrap_or(0);
+        for e in complete.iter().filter(|e| !keep.contains(e)) {
+            remote.delete(&manifest_name(*e)).await?;
+        }
+        for (rel, _) in &listed {
+            let epoch = rel
+                .strip_prefix("epoch-")
+                .and_then(|r| r.split('/').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(e) = epoch
+                && !keep.contains(&e)
+                && (restarting || e <= newest)
+            {
+                remote.delete(rel).await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod object;
 pub mod options;
 pub mod pipeline;
 pub mod planner;
+pub mod remote;
 pub mod runtime;
 pub mod sequencer;
 pub mod serving;

@@ -179,13 +179,28 @@ fn checkpoints_enabled(cfg: &config::Config, mode: Mode) -> bool {
     cfg.cluster.group.is_none() && cfg.checkpoint.enabled.unwrap_or(mode == Mode::Run)
 }
 
-fn checkpoint_store(cfg: &config::Config) -> CheckpointStore {
-    let dir = cfg
-        .checkpoint
-        .dir
-        .clone()
-        .unwrap_or_else(|| cfg.engine.data_dir.join("checkpoints"));
-    CheckpointStore::new(dir, cfg.checkpoint.retain)
+fn checkpoint_store(cfg: &config::Config) -> Result<CheckpointStore> {
+    let local = cfg.engine.data_dir.join("checkpoints");
+    let c = &cfg.checkpoint;
+    let dir = c.dir.as_ref().map(|d| d.to_string_lossy().to_string());
+    match dir {
+        Some(url) if weir_engine::remote::is_url(&url) => {
+            let options: Vec<(String, String)> = c.storage.clone().into_iter().collect();
+            let remote = weir_engine::remote::Remote::new(&url, &options)
+                .map_err(|e| e.context("[checkpoint] dir"))?;
+            Ok(CheckpointStore::new(local, c.retain).with_remote(remote))
+        }
+        Some(dir) => Ok(CheckpointStore::new(dir, c.retain)),
+        None => {
+            if !c.storage.is_empty() {
+                bail!(
+                    "[checkpoint] storage is for a dir that is an object-store URL \
+                     (s3://bucket/prefix), and dir is not set"
+                );
+            }
+            Ok(CheckpointStore::new(local, c.retain))
+        }
+    }
 }
 
 /// Restore the newest complete checkpoint into `pipeline` (objects already declared);
@@ -195,7 +210,7 @@ fn restore_checkpoint(
     cfg: &config::Config,
     restore: bool,
 ) -> Result<weir_engine::runtime::CheckpointOptions> {
-    let store = checkpoint_store(cfg);
+    let store = checkpoint_store(cfg)?;
     let stats = pipeline.catalog().checkpoint_stats();
     let started = std::time::Instant::now();
     store.remove_incomplete()?;
@@ -219,7 +234,7 @@ fn restore_checkpoint(
                 format!(
                     "restoring checkpoint {} from {}",
                     r.manifest.epoch,
-                    store.dir().display()
+                    store.location()
                 )
             })?;
             let ms = started.elapsed().as_millis() as u64;
@@ -235,14 +250,14 @@ fn restore_checkpoint(
                 ms,
                 "restored from checkpoint {} in {}",
                 report.epoch,
-                store.dir().display()
+                store.location()
             );
             for s in &report.skipped {
                 tracing::warn!("not restored: {s}; it starts afresh");
             }
         }
         None => tracing::info!(
-            dir = %store.dir().display(),
+            dir = %store.location(),
             "no checkpoint to restore: starting afresh"
         ),
     }
@@ -679,7 +694,7 @@ async fn run_pipeline(
         .then(|| tokio::spawn(progress::report(catalog.clone(), progress_every)));
     if let Some(c) = &checkpoint {
         tracing::info!(
-            dir = %c.store.dir().display(),
+            dir = %c.store.location(),
             interval = %cfg.checkpoint.interval,
             first_epoch = c.first_epoch,
             "checkpoints on"

@@ -129,8 +129,13 @@ pub struct CheckpointSection {
     pub enabled: Option<bool>,
     /// How often a checkpoint is taken.
     pub interval: String,
-    /// Where checkpoints go; default `<data_dir>/checkpoints`.
+    /// Where checkpoints go; default `<data_dir>/checkpoints`. An object-store URL
+    /// (`s3://bucket/prefix`) keeps them there, with `<data_dir>/checkpoints` as a working
+    /// copy, so a replacement machine can resume (docs/lake.md).
     pub dir: Option<PathBuf>,
+    /// Object-store settings for a `dir` URL (object_store's S3 keys: `aws_endpoint_url`,
+    /// `aws_region`, `aws_allow_http`, ...), on top of the `AWS_*` environment.
+    pub storage: std::collections::BTreeMap<String, String>,
     /// How many complete checkpoints to keep (at least 1).
     pub retain: usize,
     /// A checkpoint whose sinks have not all pre-committed within this long is abandoned.
@@ -143,6 +148,7 @@ impl Default for CheckpointSection {
             enabled: None,
             interval: "10s".into(),
             dir: None,
+            storage: Default::default(),
             retain: 2,
             timeout: "60s".into(),
         }

@@ -1,7 +1,9 @@
-//! The Parquet sink on object storage: a real S3-compatible server (scripts/s3.sh), the
-//! real `weir` binary killed with SIGKILL at random moments and restarted, and at the end
-//! every object under the sink's prefix read back with an independent S3 client: the rows
-//! equal the batch answer over the input, none twice, and no staged file is visible.
+//! The Parquet sink and checkpoints on object storage: a real S3-compatible server
+//! (scripts/s3.sh), the real `weir` binary killed with SIGKILL at random moments and
+//! restarted, the last times on a "replacement machine" (an empty data directory) that has
+//! only the checkpoints in the store to go on, and at the end every object under the
+//! sink's prefix read back with an independent S3 client: the rows equal the batch answer
+//! over the input, none twice, and no staged file is visible.
 
 #![allow(clippy::unwrap_used)]
 
@@ -47,11 +49,17 @@ fn event(i: i64) -> (i64, &'static str) {
     (T0 + i, REGIONS[(i % 5) as usize])
 }
 
-fn start(dir: &std::path::Path, sql: &std::path::Path, config: &std::path::Path) -> Child {
+/// Run weir on "machine" `machine`: its own data directory under `dir`, one log for all.
+fn start(
+    dir: &std::path::Path,
+    machine: usize,
+    sql: &std::path::Path,
+    config: &std::path::Path,
+) -> Child {
     // The runtime's debug lines say when each checkpoint completes.
     let log = dir.join("weir.log");
     spawn_weir(
-        dir,
+        &dir.join(format!("machine-{machine}")),
         sql,
         config,
         &log,
@@ -106,18 +114,29 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     let config = dir.path().join("weir.toml");
     std::fs::write(
         &config,
-        "[checkpoint]\ninterval = \"200ms\"\n[engine]\nbatch_rows = 2000\n",
+        format!(
+            "[checkpoint]\ninterval = \"200ms\"\ndir = \"s3://{bucket}/{prefix}-checkpoints\"\n\
+             [engine]\nbatch_rows = 2000\n"
+        ),
     )
     .unwrap();
 
-    // Killed three times, at random moments after a checkpoint or two.
+    // Killed three times, at random moments after a checkpoint or two: twice on the first
+    // machine, then on a second one, which also finishes the job.
     let mut rng = 0x5eed_u64;
     for round in 0..3 {
         let before = committed(dir.path());
-        let mut child = start(dir.path(), &sql, &config);
+        let mut child = start(dir.path(), round / 2, &sql, &config);
         let deadline = Instant::now() + Duration::from_secs(60);
         while committed(dir.path()) < before + 1 {
-            assert!(Instant::now() < deadline, "no checkpoint in round {round}");
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "no checkpoint in round {round}; the log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         rng = rng
@@ -128,7 +147,7 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
         child.wait().unwrap();
     }
     // The last run goes to the end, then stops cleanly (a final checkpoint, uploaded).
-    let mut child = start(dir.path(), &sql, &config);
+    let mut child = start(dir.path(), 1, &sql, &config);
     let want = expected();
     let store = AmazonS3Builder::from_env()
         .with_url(format!("s3://{bucket}"))
@@ -166,11 +185,37 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     // A clean stop closes the windows still open: the last event's comes out too.
     assert_eq!(got.remove(&(T0 + 3_600_000, "end".to_string())), Some(1));
     assert_eq!(got, want, "the batch answer, once");
+    // The checkpoints in the store: the newest two (retain = 2), each with its manifest;
+    // nothing of older or unfinished ones.
+    let checkpoints = list(&store, &format!("{prefix}-checkpoints")).await;
+    let manifests: Vec<&String> = checkpoints
+        .iter()
+        .filter(|n| n.contains("/manifest-"))
+        .collect();
+    assert_eq!(manifests.len(), 2, "{checkpoints:?}");
+    for n in &checkpoints {
+        if let Some(epoch) = n.split("/epoch-").nth(1).and_then(|e| e.split('/').next()) {
+            assert!(
+                manifests
+                    .iter()
+                    .any(|m| m.ends_with(&format!("manifest-{epoch}.json"))),
+                "state of a checkpoint without its manifest: {n}"
+            );
+        }
+    }
     let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
+    assert!(
+        log.contains("downloaded checkpoint"),
+        "the second machine resumed from the checkpoints in the store"
+    );
     eprintln!(
-        "lake test: {} objects; restarts that published staged files: {}, that removed \
+        "lake test: {} objects; checkpoints downloaded by the second machine: {}; restarts \
+         that completed staged uploads: {}, that published staged files: {}, that removed \
          unfinished ones: {}",
         names.len(),
+        log.matches("downloaded checkpoint").count(),
+        log.matches("completed parquet uploads the checkpoint had staged")
+            .count(),
         log.matches("published parquet files the checkpoint had staged")
             .count(),
         log.matches("removed parquet files written after the last checkpoint")

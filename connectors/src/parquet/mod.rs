@@ -50,11 +50,12 @@ use datafusion::parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use weir_engine::changelog;
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
 use weir_engine::fsutil::{Staged, StagedFiles, blocking};
+use weir_engine::remote::PendingUpload;
 use weir_engine::{Result, WeirError};
 
 pub const VALID_KEYS: &[&str] = &[
@@ -95,7 +96,7 @@ pub struct ParquetSinkOptions {
     /// the sink's outbox (see [`crate::objects`]).
     pub path: PathBuf,
     /// An object-store `path` (`s3://bucket/prefix`), where published files go.
-    pub remote: Option<crate::objects::Remote>,
+    pub remote: Option<weir_engine::remote::Remote>,
     pub partition_by: PartitionBy,
     pub rollover_rows: usize,
     pub rollover_interval: Duration,
@@ -111,9 +112,9 @@ impl ParquetSinkOptions {
                 "the parquet sink needs option 'path' (a directory, or s3://bucket/prefix)",
             )
         })?;
-        let storage = options.take_prefixed(crate::objects::STORAGE_PREFIX);
-        let remote = if crate::objects::is_url(&path) {
-            Some(crate::objects::Remote::new(&path, &storage)?)
+        let storage = options.take_prefixed(weir_engine::remote::STORAGE_PREFIX);
+        let remote = if weir_engine::remote::is_url(&path) {
+            Some(weir_engine::remote::Remote::new(&path, &storage)?)
         } else if !storage.is_empty() {
             return Err(WeirError::user(
                 "'storage.*' options are for an object-store path (s3://bucket/prefix)",
@@ -254,6 +255,9 @@ fn file_schema(spec: &SinkSpec, opts: &ParquetSinkOptions) -> Result<SchemaRef> 
 pub struct ParquetSink {
     /// Moved into the blocking task during a write and back out after.
     state: Option<Writers>,
+    /// With an object-store path in a checkpointed pipeline: the uploads staged for files
+    /// not committed yet, by the file's local staged path (`weir_engine::remote`).
+    uploads: BTreeMap<PathBuf, PendingUpload>,
 }
 
 impl ParquetSink {
@@ -263,6 +267,7 @@ impl ParquetSink {
             .set_compression(opts.compression)
             .build();
         ParquetSink {
+            uploads: BTreeMap::new(),
             state: Some(Writers {
                 schema,
                 props,
@@ -304,6 +309,92 @@ impl ParquetSink {
         f: impl FnOnce(&mut Writers) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         blocking(&mut self.state, "parquet sink", f).await
+    }
+
+    /// With an object-store path in a checkpointed pipeline: stage an upload of every file
+    /// `listed` (what a pre-commit returned) that has none yet, and add them to the
+    /// checkpoint (`"uploads"`), so the commit, or a restart anywhere, can complete them.
+    async fn stage_uploads(&mut self, checkpoint: &mut SinkCheckpoint) -> Result<()> {
+        let Some(w) = &self.state else {
+            return Err(WeirError::Internal("parquet sink busy".into()));
+        };
+        let Some(remote) = w.opts.remote.clone() else {
+            return Ok(());
+        };
+        let outbox = w.opts.path.clone();
+        let listed = checkpoint
+            .get("files")
+            .and_then(Staged::list_from_json)
+            .unwrap_or_default();
+        let mut recorded = Vec::new();
+        for f in listed {
+            let Some(to) = &f.publish_to else { continue };
+            if !self.uploads.contains_key(&f.path) {
+                let relative = relative_key(&outbox, to)?;
+                let bytes = tokio::fs::read(&f.path)
+                    .await
+                    .map_err(|e| weir_engine::fsutil::io_error("reading", &f.path, e))?;
+                let upload = remote.stage(&relative, bytes).await?;
+                self.uploads.insert(f.path.clone(), upload);
+            }
+            if let Some(upload) = self.uploads.get(&f.path) {
+                recorded.push(StagedUpload {
+                    file: f.path.clone(),
+                    upload: upload.clone(),
+                });
+            }
+        }
+        checkpoint["uploads"] = serde_json::to_value(recorded)
+            .map_err(|e| WeirError::Internal(format!("parquet sink checkpoint: {e}")))?;
+        Ok(())
+    }
+
+    /// Complete the staged uploads of `published` (files a commit just moved into the
+    /// outbox) and remove the local copies.
+    async fn complete_uploads(&mut self, published: Vec<Staged>) -> Result<()> {
+        let Some(remote) = self.state.as_ref().and_then(|w| w.opts.remote.clone()) else {
+            return Ok(());
+        };
+        for f in published {
+            if let Some(upload) = self.uploads.remove(&f.path) {
+                remote.complete(&upload).await?;
+                if let Some(local) = &f.publish_to {
+                    weir_engine::fsutil::remove_file(local)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart with an object-store path: complete the uploads the restored
+    /// checkpoint recorded (on this machine or the one before it), and drop the local
+    /// staged copies of those files.
+    async fn recover_uploads(&mut self, restored: Option<&SinkCheckpoint>) -> Result<()> {
+        self.uploads.clear();
+        let Some(remote) = self.state.as_ref().and_then(|w| w.opts.remote.clone()) else {
+            return Ok(());
+        };
+        let Some(cp) = restored else { return Ok(()) };
+        let uploads: Vec<StagedUpload> = match cp.get("uploads") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                WeirError::external(format!("parquet sink checkpoint: bad uploads: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        for u in &uploads {
+            remote.complete(&u.upload).await?;
+            // The upload stands for the staged file: publishing it locally too would
+            // upload it again. (On another machine the file is not there at all.)
+            weir_engine::fsutil::remove_file(&u.file)?;
+        }
+        if !uploads.is_empty() {
+            tracing::info!(
+                url = %remote.url(),
+                files = uploads.len(),
+                "completed parquet uploads the checkpoint had staged"
+            );
+        }
+        Ok(())
     }
 
     /// With an object-store path: upload the files published into the outbox.
@@ -353,16 +444,21 @@ impl Sink for ParquetSink {
     }
 
     async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        self.recover_uploads(restored.as_ref().map(|(_, cp)| cp))
+            .await?;
         self.blocking(move |w| w.recover(restored)).await?;
         self.ship().await
     }
 
     async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
-        self.blocking(move |w| w.precommit(epoch)).await
+        let mut checkpoint = self.blocking(move |w| w.precommit(epoch)).await?;
+        self.stage_uploads(&mut checkpoint).await?;
+        Ok(checkpoint)
     }
 
     async fn commit(&mut self, epoch: u64) -> Result<()> {
-        self.blocking(move |w| w.commit(epoch)).await?;
+        let published = self.blocking(move |w| w.commit(epoch)).await?;
+        self.complete_uploads(published).await?;
         self.ship().await
     }
 }
@@ -525,11 +621,12 @@ impl Writers {
     }
 
     /// Publish the files of every pre-committed epoch up to `epoch`.
-    fn commit(&mut self, epoch: u64) -> Result<()> {
-        for f in self.files.commit(epoch)? {
-            self.files_written.extend(f.publish_to);
+    fn commit(&mut self, epoch: u64) -> Result<Vec<Staged>> {
+        let published = self.files.commit(epoch)?;
+        for f in &published {
+            self.files_written.extend(f.publish_to.clone());
         }
-        Ok(())
+        Ok(published)
     }
 
     /// After a restart: publish what the restored checkpoint recorded, remove every other
@@ -600,6 +697,30 @@ fn pending_path(final_path: &std::path::Path) -> PathBuf {
 
 /// The sink's hidden files: in progress (`.part-X.parquet.inprogress`) and staged
 /// (`.part-X.parquet.pending`).
+/// An upload staged for a file, as a checkpoint records it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StagedUpload {
+    /// The staged file (local path) it stands for.
+    file: PathBuf,
+    upload: PendingUpload,
+}
+
+/// The object-store path of `file` (under the outbox): its path relative to `outbox`.
+fn relative_key(outbox: &Path, file: &Path) -> Result<String> {
+    let rel = file.strip_prefix(outbox).map_err(|_| {
+        WeirError::Internal(format!(
+            "parquet file {} is not under the outbox {}",
+            file.display(),
+            outbox.display()
+        ))
+    })?;
+    Ok(rel
+        .iter()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/"))
+}
+
 fn is_hidden(name: &str) -> bool {
     name.starts_with(".part-") && (name.ends_with(".inprogress") || name.ends_with(".pending"))
 }
