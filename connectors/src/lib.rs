@@ -27,6 +27,7 @@ pub mod file;
 pub mod format;
 pub mod generator;
 pub mod http;
+pub mod iceberg;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
@@ -59,6 +60,7 @@ pub fn registry_full(kafka: kafka::KafkaSettings, endpoints: http::Endpoints) ->
         .with_source(http::HttpSourceFactory::new(kafka.clone(), endpoints))
         // sinks
         .with_sink(parquet::ParquetSinkFactory)
+        .with_sink(iceberg::IcebergSinkFactory)
         .with_sink(blackhole::BlackholeSinkFactory)
         .with_sink(kafka::KafkaSinkFactory::new(kafka))
         .with_sink(postgres::PostgresSinkFactory)
@@ -77,7 +79,14 @@ mod tests {
         assert_eq!(r.source_names(), vec!["generator", "file", "kafka", "http"]);
         assert_eq!(
             r.sink_names(),
-            vec!["parquet", "blackhole", "kafka", "postgres", "webhook"]
+            vec![
+                "parquet",
+                "iceberg",
+                "blackhole",
+                "kafka",
+                "postgres",
+                "webhook"
+            ]
         );
         assert_eq!(r.table_names(), vec!["file", "postgres"]);
         assert!(r.source("GENERATOR").is_ok());

@@ -1,0 +1,810 @@
+//! The Iceberg sink: a view's rows appended to an Apache Iceberg table, exactly once, one
+//! snapshot per checkpoint epoch (docs/lake.md).
+//!
+//! ```sql
+//! CREATE SINK health_lake FROM region_health WITH (
+//!     connector = 'iceberg', catalog = 'filesystem', warehouse = 'data/warehouse',
+//!     table = 'lake.region_health', 'partition.by' = 'day');
+//! ```
+//!
+//! Weir writes the Parquet data files itself (arrow 59, each column tagged with its Iceberg
+//! field id) into the table's `data/` folder, and uses the `iceberg` crate (on arrow 58)
+//! only for what it is best at: table metadata, manifests, snapshots and catalogs. No Arrow
+//! data crosses between the two arrow versions, so no bridge is needed.
+//!
+//! # Exactly once
+//!
+//! - Files written between two checkpoints are named for the epoch they belong to
+//!   (`<sink>-e<epoch>-<run>-<n>.parquet`); a data file is invisible to readers until a
+//!   snapshot lists it.
+//! - At a checkpoint's pre-commit the open files are closed and synced, and the list of
+//!   files not committed yet goes into the checkpoint.
+//! - When the checkpoint is complete, one `append` snapshot adds them, its summary carrying
+//!   `weir.epoch` and `weir.sink`.
+//! - After a crash the sink reads the newest `weir.epoch` of its snapshots: if the restored
+//!   checkpoint's epoch is not in the table yet, its files are committed now (the commit
+//!   had not happened or not finished); if it is, nothing is committed twice. Files of
+//!   later epochs were never committed and are deleted: their rows are recomputed.
+//! - A table whose snapshots are ahead of the restored checkpoint (the checkpoints were
+//!   removed, or belong to another pipeline) is refused with an error: committing would
+//!   either skip or repeat rows.
+//!
+//! Without checkpoints (`--until-done`) files are committed as they roll over and at the
+//! end, at least once.
+
+mod fs_catalog;
+pub mod layout;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, CatalogBuilder, TableCreation, TableIdent};
+use layout::{Layout, PartitionField, PartitionKey};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
+use weir_engine::fsutil::{blocking, io_error, sync_dir};
+use weir_engine::{Result, WeirError};
+
+pub const VALID_KEYS: &[&str] = &[
+    "catalog",
+    "warehouse",
+    "table",
+    "catalog.uri",
+    "catalog.name",
+    "partition.by",
+    "rollover.rows",
+    "rollover.interval",
+];
+
+/// The summary keys of the snapshots the sink commits.
+pub const EPOCH_KEY: &str = "weir.epoch";
+pub const SINK_KEY: &str = "weir.sink";
+
+/// Where the table's catalog is.
+#[derive(Debug, Clone)]
+pub enum CatalogConfig {
+    /// Metadata files in the warehouse directory are the catalog.
+    Filesystem { warehouse: PathBuf },
+    /// An Iceberg SQL (JDBC) catalog in Postgres: the `iceberg_tables` table.
+    Sql {
+        uri: String,
+        name: String,
+        warehouse: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IcebergOptions {
+    pub catalog: CatalogConfig,
+    pub table: TableIdent,
+    pub partition_by: String,
+    pub rollover_rows: usize,
+    pub rollover_interval: Duration,
+}
+
+impl IcebergOptions {
+    pub fn parse(options: &mut weir_engine::options::Options, data_dir: &Path) -> Result<Self> {
+        let table = options.take("table").ok_or_else(|| {
+            WeirError::user("the iceberg sink needs option 'table' ('namespace.table')")
+        })?;
+        let parts: Vec<&str> = table.split('.').collect();
+        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(WeirError::user(format!(
+                "option 'table' = '{table}': give it as 'namespace.table' (for example \
+                 'lake.region_health')"
+            )));
+        }
+        let table = TableIdent::from_strs(parts.iter().map(|p| p.trim()))
+            .map_err(|e| WeirError::user(format!("option 'table' = '{table}': {e}")))?;
+        let warehouse = options.take("warehouse");
+        if warehouse
+            .as_deref()
+            .is_some_and(weir_engine::remote::is_url)
+        {
+            return Err(WeirError::user(
+                "option 'warehouse': the iceberg sink writes to a local (or mounted) directory \
+                 so far; object-store warehouses (s3://) are not supported yet",
+            ));
+        }
+        let warehouse = warehouse.map_or_else(|| data_dir.join("warehouse"), PathBuf::from);
+        let warehouse =
+            std::path::absolute(&warehouse).map_err(|e| io_error("resolving", &warehouse, e))?;
+        let kind = options.take_choice("catalog", &["filesystem", "sql"], "filesystem")?;
+        let uri = options.take("catalog.uri");
+        let name = options.take("catalog.name");
+        let catalog = match kind.as_str() {
+            "sql" => CatalogConfig::Sql {
+                uri: uri.ok_or_else(|| {
+                    WeirError::user(
+                        "catalog = 'sql' needs option 'catalog.uri' (postgres://user:pass@host/db)",
+                    )
+                })?,
+                name: name.unwrap_or_else(|| "weir".into()),
+                warehouse,
+            },
+            _ => {
+                if uri.is_some() || name.is_some() {
+                    return Err(WeirError::user(
+                        "options 'catalog.uri' and 'catalog.name' are for catalog = 'sql'",
+                    ));
+                }
+                CatalogConfig::Filesystem { warehouse }
+            }
+        };
+        let rollover_rows = options
+            .take_parse::<usize>("rollover.rows")?
+            .unwrap_or(1_000_000);
+        if rollover_rows == 0 {
+            return Err(WeirError::user("option 'rollover.rows' must be at least 1"));
+        }
+        let rollover_interval = options
+            .take_duration("rollover.interval")?
+            .unwrap_or(Duration::from_secs(60));
+        Ok(IcebergOptions {
+            catalog,
+            table,
+            partition_by: options.take("partition.by").unwrap_or_default(),
+            rollover_rows,
+            rollover_interval,
+        })
+    }
+}
+
+pub struct IcebergSinkFactory;
+
+impl SinkFactory for IcebergSinkFactory {
+    fn name(&self) -> &'static str {
+        "iceberg"
+    }
+
+    fn create(&self, spec: SinkSpec) -> Result<Box<dyn Sink>> {
+        if spec.changelog {
+            return Err(WeirError::user(format!(
+                "view '{}' is an updating view (an aggregate without a window): its rows change \
+                 and go away, and the iceberg sink only appends (equality deletes are not \
+                 written yet); sink a windowed view, or use the postgres sink for updating views",
+                spec.view
+            )));
+        }
+        let mut options = spec.options.clone();
+        let opts = IcebergOptions::parse(&mut options, &spec.data_dir)?;
+        options.finish("the iceberg sink", VALID_KEYS)?;
+        let schema = layout::table_schema(&spec.view, &spec.schema, &spec.never_null)?;
+        let partition = layout::parse_partition_by(&opts.partition_by, &spec.schema)?;
+        Ok(Box::new(IcebergSink {
+            name: spec.name.clone(),
+            view: spec.view.clone(),
+            view_schema: spec.schema.clone(),
+            schema,
+            partition,
+            opts,
+            checkpointed: spec.checkpointed,
+            stats: spec.stats.clone(),
+            table: None,
+            files: parking_lot::Mutex::new(Some(Files::default())),
+            epoch: 1,
+            pending: BTreeMap::new(),
+            run: run_id(),
+        }))
+    }
+}
+
+/// A short id for this process's files, so a restarted run never reuses a name.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    )
+}
+
+/// A data file written and closed, not committed yet.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct WrittenFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub partition: PartitionKey,
+}
+
+/// The connected table.
+struct Connected {
+    catalog: Arc<dyn Catalog>,
+    layout: Layout,
+    /// `<table location>/data`.
+    data_dir: PathBuf,
+    spec_id: i32,
+}
+
+pub struct IcebergSink {
+    name: String,
+    view: String,
+    view_schema: SchemaRef,
+    schema: iceberg::spec::Schema,
+    partition: Vec<PartitionField>,
+    opts: IcebergOptions,
+    checkpointed: bool,
+    stats: Arc<weir_engine::stats::Stats>,
+    table: Option<Connected>,
+    /// Moved into the blocking task during a write and back out after. (In a mutex only
+    /// so that the sink is `Sync`: Parquet writers are not.)
+    files: parking_lot::Mutex<Option<Files>>,
+    /// The epoch the files being written belong to: the last pre-committed one plus one.
+    epoch: u64,
+    /// Closed files per epoch, not committed yet.
+    pending: BTreeMap<u64, Vec<WrittenFile>>,
+    run: String,
+}
+
+/// The open files, one per partition, and the closed ones.
+#[derive(Default)]
+struct Files {
+    open: BTreeMap<PartitionKey, OpenFile>,
+    closed: Vec<WrittenFile>,
+    seq: u64,
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    path: PathBuf,
+    rows: usize,
+    opened: Instant,
+    partition: PartitionKey,
+}
+
+fn ice(context: String) -> impl Fn(iceberg::Error) -> WeirError {
+    move |e| WeirError::external_source(context.clone(), e)
+}
+
+impl IcebergSink {
+    /// Connect to the catalog and load the table, creating it (and its namespace) if it
+    /// does not exist; check an existing one has the view's columns and partitioning.
+    async fn connect(&mut self) -> Result<()> {
+        if self.table.is_some() {
+            return Ok(());
+        }
+        let ident = self.opts.table.clone();
+        let catalog: Arc<dyn Catalog> = match &self.opts.catalog {
+            CatalogConfig::Filesystem { warehouse } => {
+                Arc::new(fs_catalog::FsCatalog::new(warehouse.clone()))
+            }
+            CatalogConfig::Sql {
+                uri,
+                name,
+                warehouse,
+            } => {
+                let c = iceberg_catalog_sql::SqlCatalogBuilder::default()
+                    .uri(uri.clone())
+                    .warehouse_location(warehouse.display().to_string())
+                    .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+                    .load(name.clone(), HashMap::new())
+                    .await
+                    .map_err(ice(format!(
+                        "iceberg sink '{}': connecting to the SQL catalog",
+                        self.name
+                    )))?;
+                Arc::new(c)
+            }
+        };
+        let failed = |doing: &str| ice(format!("iceberg sink '{}': {doing} {ident}", self.name));
+        let ns = ident.namespace().clone();
+        if !catalog
+            .namespace_exists(&ns)
+            .await
+            .map_err(failed("looking up the namespace of"))?
+        {
+            catalog
+                .create_namespace(&ns, HashMap::new())
+                .await
+                .map_err(failed("creating the namespace of"))?;
+        }
+        let table = if catalog
+            .table_exists(&ident)
+            .await
+            .map_err(failed("looking up"))?
+        {
+            catalog
+                .load_table(&ident)
+                .await
+                .map_err(failed("loading"))?
+        } else {
+            let creation = TableCreation::builder()
+                .name(ident.name().to_string())
+                .schema(self.schema.clone())
+                .partition_spec(layout::partition_spec(&self.partition)?)
+                .properties(HashMap::from([
+                    ("write.format.default".to_string(), "parquet".to_string()),
+                    (
+                        "write.parquet.compression-codec".to_string(),
+                        "zstd".to_string(),
+                    ),
+                ]))
+                .build();
+            let t = catalog
+                .create_table(&ns, creation)
+                .await
+                .map_err(failed("creating"))?;
+            tracing::info!(sink = %self.name, table = %ident, location = %t.metadata().location(), "created iceberg table");
+            t
+        };
+        let (layout, spec_id) = self.check_table(&table)?;
+        let location = table.metadata().location();
+        let location = location.strip_prefix("file://").unwrap_or(location);
+        self.table = Some(Connected {
+            catalog,
+            layout,
+            data_dir: PathBuf::from(location).join("data"),
+            spec_id,
+        });
+        Ok(())
+    }
+
+    /// The table's columns must be the view's (names and types, in order) and its
+    /// partition spec the one `'partition.by'` asks for.
+    fn check_table(&self, table: &iceberg::table::Table) -> Result<(Layout, i32)> {
+        let md = table.metadata();
+        let current = md.current_schema();
+        let theirs: Vec<(String, String)> = current
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.field_type.to_string()))
+            .collect();
+        let ours: Vec<(String, String)> = self
+            .schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.field_type.to_string()))
+            .collect();
+        if theirs != ours {
+            return Err(WeirError::user(format!(
+                "iceberg table {} has columns {theirs:?}, and view '{}' has {ours:?}; sink \
+                 into a new table, or change the table's schema to match",
+                self.opts.table, self.view
+            )));
+        }
+        let spec = md.default_partition_spec();
+        let theirs: Vec<(String, String)> = spec
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.transform.to_string()))
+            .collect();
+        let wanted = layout::partition_spec(&self.partition)?;
+        let ours: Vec<(String, String)> = wanted
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.transform.to_string()))
+            .collect();
+        if theirs != ours {
+            return Err(WeirError::user(format!(
+                "iceberg table {} is partitioned by {theirs:?}, and 'partition.by' asks for \
+                 {ours:?}; sink into a new table, or match its partitioning",
+                self.opts.table
+            )));
+        }
+        let ids: HashMap<String, i32> = current
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.id))
+            .collect();
+        let required: Vec<bool> = current
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.required)
+            .collect();
+        let layout = Layout::new(&self.view_schema, &ids, &required, self.partition.clone())?;
+        Ok((layout, md.default_partition_spec_id()))
+    }
+
+    fn connected(&self) -> Result<&Connected> {
+        self.table
+            .as_ref()
+            .ok_or_else(|| WeirError::Internal("iceberg sink used before connecting".into()))
+    }
+
+    /// Run `f` on the files on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Files) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        blocking(self.files.get_mut(), "iceberg sink", f).await
+    }
+
+    /// The newest epoch this sink committed to the table (0: none), from the summaries of
+    /// the current snapshot and its ancestors.
+    async fn committed_epoch(&self) -> Result<(iceberg::table::Table, u64)> {
+        let c = self.connected()?;
+        let table = c
+            .catalog
+            .load_table(&self.opts.table)
+            .await
+            .map_err(ice(format!(
+                "iceberg sink '{}': loading {}",
+                self.name, self.opts.table
+            )))?;
+        let md = table.metadata_ref();
+        let epoch = match md.current_snapshot() {
+            None => 0,
+            Some(s) => iceberg::util::snapshot::ancestors_of(&md, s.snapshot_id())
+                .find_map(|s| {
+                    let p = &s.summary().additional_properties;
+                    if p.get(SINK_KEY) != Some(&self.name) {
+                        return None;
+                    }
+                    p.get(EPOCH_KEY)?.parse::<u64>().ok()
+                })
+                .unwrap_or(0),
+        };
+        Ok((table, epoch))
+    }
+
+    /// Append `files` in one snapshot, recording `epoch` (if any) in its summary.
+    async fn append(
+        &self,
+        table: iceberg::table::Table,
+        files: Vec<WrittenFile>,
+        epoch: Option<u64>,
+    ) -> Result<()> {
+        let c = self.connected()?;
+        let mut data_files = Vec::with_capacity(files.len());
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        for f in &files {
+            let df = DataFileBuilder::default()
+                .content(DataContentType::Data)
+                .file_path(f.path.clone())
+                .file_format(DataFileFormat::Parquet)
+                .partition(layout::partition_struct(&f.partition))
+                .partition_spec_id(c.spec_id)
+                .record_count(f.rows)
+                .file_size_in_bytes(f.bytes)
+                .build()
+                .map_err(|e| WeirError::Internal(format!("iceberg data file {}: {e}", f.path)))?;
+            data_files.push(df);
+        }
+        let mut summary = HashMap::from([(SINK_KEY.to_string(), self.name.clone())]);
+        if let Some(e) = epoch {
+            summary.insert(EPOCH_KEY.to_string(), e.to_string());
+        }
+        let started = Instant::now();
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            .add_data_files(data_files)
+            .set_snapshot_properties(summary)
+            // The epoch check does this job, without reading every manifest each time.
+            .with_check_duplicate(false)
+            .apply(tx)
+            .map_err(ice(format!(
+                "iceberg sink '{}': preparing a commit",
+                self.name
+            )))?;
+        tx.commit(c.catalog.as_ref()).await.map_err(ice(format!(
+            "iceberg sink '{}': committing to {}",
+            self.name, self.opts.table
+        )))?;
+        tracing::debug!(
+            sink = %self.name,
+            table = %self.opts.table,
+            epoch,
+            files = files.len(),
+            rows,
+            ms = started.elapsed().as_millis() as u64,
+            "iceberg snapshot committed"
+        );
+        Ok(())
+    }
+
+    /// Delete this sink's data files of epochs after `epoch`: written after the restored
+    /// checkpoint, never committed, recomputed now.
+    async fn remove_uncommitted(&self, epoch: u64) -> Result<usize> {
+        let dir = self.connected()?.data_dir.clone();
+        let prefix = format!("{}-e", file_stem(&self.name));
+        weir_engine::fsutil::run_blocking("iceberg sink cleanup", move || -> Result<usize> {
+            let mut removed = 0;
+            for rel in weir_engine::fsutil::files_below(&dir)? {
+                let Some(name) = rel.file_name().map(|n| n.to_string_lossy().to_string()) else {
+                    continue;
+                };
+                let tagged = name
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|e| e.parse::<u64>().ok());
+                if tagged.is_some_and(|e| e > epoch) {
+                    weir_engine::fsutil::remove_file(&dir.join(rel))?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await?
+    }
+
+    /// Close every open file (synced), moving them to the closed list.
+    async fn close_files(&mut self) -> Result<Vec<WrittenFile>> {
+        self.blocking(|f| {
+            f.close_all()?;
+            Ok(std::mem::take(&mut f.closed))
+        })
+        .await
+    }
+}
+
+/// A sink name made safe for a file name.
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Files {
+    fn write(&mut self, parts: Vec<(PartitionKey, RecordBatch)>, ctx: &WriteContext) -> Result<()> {
+        for (key, rows) in parts {
+            if !self.open.contains_key(&key) {
+                self.seq += 1;
+                let folder = layout::partition_folder(&ctx.partition, &key);
+                let dir = if folder.is_empty() {
+                    ctx.data_dir.clone()
+                } else {
+                    ctx.data_dir.join(&folder)
+                };
+                std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+                let path = dir.join(format!(
+                    "{}-e{}-{}-{}.parquet",
+                    ctx.stem, ctx.epoch, ctx.run, self.seq
+                ));
+                let file = File::create(&path).map_err(|e| io_error("creating", &path, e))?;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build();
+                let writer =
+                    ArrowWriter::try_new(file, rows.schema(), Some(props)).map_err(|e| {
+                        WeirError::external_source(format!("creating {}", path.display()), e)
+                    })?;
+                self.open.insert(
+                    key.clone(),
+                    OpenFile {
+                        writer,
+                        path,
+                        rows: 0,
+                        opened: Instant::now(),
+                        partition: key.clone(),
+                    },
+                );
+            }
+            let full = {
+                let Some(f) = self.open.get_mut(&key) else {
+                    continue;
+                };
+                f.writer.write(&rows).map_err(|e| {
+                    WeirError::external_source(format!("writing {}", f.path.display()), e)
+                })?;
+                f.rows += rows.num_rows();
+                f.rows >= ctx.rollover_rows
+            };
+            if full {
+                self.close(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, key: &PartitionKey) -> Result<()> {
+        let Some(f) = self.open.remove(key) else {
+            return Ok(());
+        };
+        let file = f.writer.into_inner().map_err(|e| {
+            WeirError::external_source(format!("finishing {}", f.path.display()), e)
+        })?;
+        file.sync_all()
+            .map_err(|e| io_error("syncing", &f.path, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| io_error("reading", &f.path, e))?
+            .len();
+        if let Some(dir) = f.path.parent() {
+            sync_dir(dir)?;
+        }
+        self.closed.push(WrittenFile {
+            path: f.path.display().to_string(),
+            rows: f.rows as u64,
+            bytes,
+            partition: f.partition,
+        });
+        Ok(())
+    }
+
+    fn close_all(&mut self) -> Result<()> {
+        let keys: Vec<PartitionKey> = self.open.keys().cloned().collect();
+        for k in keys {
+            self.close(&k)?;
+        }
+        Ok(())
+    }
+
+    fn close_older_than(&mut self, age: Duration) -> Result<()> {
+        let keys: Vec<PartitionKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.close(&k)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a blocking write needs to know about the sink.
+struct WriteContext {
+    data_dir: PathBuf,
+    partition: Vec<PartitionField>,
+    stem: String,
+    run: String,
+    epoch: u64,
+    rollover_rows: usize,
+}
+
+#[async_trait]
+impl Sink for IcebergSink {
+    async fn recover(&mut self, restored: Option<(u64, SinkCheckpoint)>) -> Result<()> {
+        self.connect().await?;
+        if !self.checkpointed {
+            return Ok(());
+        }
+        let (epoch, pending) = match &restored {
+            Some((epoch, cp)) => {
+                let pending: Vec<WrittenFile> = match cp.get("files") {
+                    Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                        WeirError::external(format!(
+                            "iceberg sink '{}': the checkpoint's file list is unreadable: {e}",
+                            self.name
+                        ))
+                    })?,
+                    None => Vec::new(),
+                };
+                (*epoch, pending)
+            }
+            None => (0, Vec::new()),
+        };
+        let (table, committed) = self.committed_epoch().await?;
+        if committed > epoch {
+            return Err(WeirError::user(format!(
+                "iceberg table {} already has this sink's snapshots up to checkpoint epoch \
+                 {committed}, but the checkpoint restored is {}: the checkpoints do not belong \
+                 to what wrote the table (removed, or another pipeline's). Committing now would \
+                 skip or repeat rows; sink into a new table, or restore the matching checkpoints",
+                self.opts.table,
+                if epoch == 0 {
+                    "none".to_string()
+                } else {
+                    epoch.to_string()
+                }
+            )));
+        }
+        if committed < epoch && !pending.is_empty() {
+            tracing::info!(
+                sink = %self.name,
+                epoch,
+                files = pending.len(),
+                "committing the iceberg files the checkpoint had staged"
+            );
+            self.append(table, pending, Some(epoch)).await?;
+        }
+        let removed = self.remove_uncommitted(epoch).await?;
+        if removed > 0 {
+            tracing::info!(
+                sink = %self.name,
+                files = removed,
+                "removed iceberg data files written after the last checkpoint (they are recomputed)"
+            );
+        }
+        self.epoch = epoch + 1;
+        self.pending.clear();
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch, _ids: RowIds) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.connect().await?;
+        let c = self.connected()?;
+        let parts = c.layout.split(&batch)?;
+        let ctx = WriteContext {
+            data_dir: c.data_dir.clone(),
+            partition: self.partition.clone(),
+            stem: file_stem(&self.name),
+            run: self.run.clone(),
+            epoch: self.epoch,
+            rollover_rows: self.opts.rollover_rows,
+        };
+        self.blocking(move |f| f.write(parts, &ctx)).await
+    }
+
+    /// Without checkpoints: commit files open for `rollover.interval`.
+    async fn flush(&mut self) -> Result<()> {
+        if self.checkpointed || self.table.is_none() {
+            return Ok(());
+        }
+        let age = self.opts.rollover_interval;
+        let closed = self
+            .blocking(move |f| {
+                f.close_older_than(age)?;
+                Ok(std::mem::take(&mut f.closed))
+            })
+            .await?;
+        if !closed.is_empty() {
+            let (table, _) = self.committed_epoch().await?;
+            self.append(table, closed, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn precommit(&mut self, epoch: u64) -> Result<SinkCheckpoint> {
+        let closed = self.close_files().await?;
+        let bytes: u64 = closed.iter().map(|f| f.bytes).sum();
+        weir_engine::stats::Stats::add(&self.stats.bytes, bytes);
+        self.pending.entry(epoch).or_default().extend(closed);
+        self.epoch = epoch + 1;
+        let all: Vec<&WrittenFile> = self.pending.values().flatten().collect();
+        Ok(serde_json::json!({ "files": all }))
+    }
+
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        let later = self.pending.split_off(&(epoch + 1));
+        let due: Vec<WrittenFile> = std::mem::replace(&mut self.pending, later)
+            .into_values()
+            .flatten()
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let (table, committed) = self.committed_epoch().await?;
+        if committed >= epoch {
+            tracing::warn!(sink = %self.name, epoch, committed, "iceberg epoch already committed; not again");
+            return Ok(());
+        }
+        self.append(table, due, Some(epoch)).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.table.is_none() {
+            return Ok(());
+        }
+        let closed = self.close_files().await?;
+        if self.checkpointed {
+            // Rows after the last checkpoint: the next run recomputes them (and removes
+            // these files).
+            return Ok(());
+        }
+        if !closed.is_empty() {
+            let (table, _) = self.committed_epoch().await?;
+            self.append(table, closed, None).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
