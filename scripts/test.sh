@@ -15,6 +15,8 @@
 # scripts/s3.sh starts s3s-fs (built from crates.io with cargo install, cached under
 # $HOME/.cache/weir-tools) on 127.0.0.1:${WEIR_S3_PORT:-19000} with a bucket `weir-test`, and
 # the tests get its endpoint and test key in WEIR_S3_* and AWS_*. All are stopped on exit.
+# The Iceberg tests read tables back with pyiceberg: scripts/pyiceberg.sh installs it from
+# PyPI into a venv under $HOME/.cache/weir-tools (python3 with venv is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,7 +70,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "Python and shell syntax of the benchmark scripts (the Flink runner is not run in CI)"
 python3 -c 'import ast, sys
 for f in sys.argv[1:]:
-    ast.parse(open(f).read(), f)' benches/nexmark/flink/*.py
+    ast.parse(open(f).read(), f)' benches/nexmark/flink/*.py tests/lake/*.py
 for f in scripts/*.sh benches/*.sh benches/nexmark/*.sh; do
     bash -n "$f"
 done
@@ -93,6 +95,12 @@ WEIR_POSTGRES_URL=$(bash scripts/postgres.sh start)
 export WEIR_POSTGRES_URL
 # The CA of the server's TLS certificate, for the TLS test.
 eval "$(bash scripts/postgres.sh env)"
+
+step "installing pyiceberg for the Iceberg tests (scripts/pyiceberg.sh install: PyPI, in a venv)"
+if command -v dpkg >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    install_packages python3-venv
+fi
+bash scripts/pyiceberg.sh install
 
 step "starting a throwaway S3-compatible store (scripts/s3.sh start: s3s-fs from crates.io)"
 bash scripts/s3.sh start

@@ -418,7 +418,8 @@ impl Pipeline {
         // An updating view's batches are changes (`crate::changelog`); each connector
         // decides in `create` whether and how it writes them.
         let changelog = view.props.as_ref().is_some_and(|p| p.changelog);
-        let mut options = s.options.clone();
+        let (mut options, text) =
+            sink_options(&s.name, &s.options, text, &self.config.sink_options);
         let connector = options.take("connector").ok_or_else(|| {
             WeirError::user(format!(
                 "CREATE SINK needs WITH (connector = '...'); available: {}",
@@ -512,6 +513,46 @@ impl Pipeline {
     }
 }
 
+/// A sink's options: the statement's, with the configuration's `[sinks.<name>]` applied:
+/// a `connector` different from the statement's replaces them all (the other connector's
+/// options mean nothing to it), otherwise each key given replaces the statement's. With
+/// any applied, the statement text recorded for the sink says so, so that a checkpoint
+/// taken with other options is not restored into it (a sink's checkpoint belongs to its
+/// connector and options).
+fn sink_options(
+    name: &str,
+    statement: &crate::options::Options,
+    text: String,
+    config: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+) -> (crate::options::Options, String) {
+    let Some(over) = config.get(name).filter(|o| !o.is_empty()) else {
+        return (statement.clone(), text);
+    };
+    let replaces = over
+        .get("connector")
+        .is_some_and(|c| statement.get("connector") != Some(c.as_str()));
+    let mut merged: std::collections::BTreeMap<String, String> = if replaces {
+        Default::default()
+    } else {
+        statement
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    merged.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let applied: Vec<String> = over.iter().map(|(k, v)| format!("'{k}' = '{v}'")).collect();
+    let text = format!(
+        "{text}\n-- options from the configuration [sinks.{name}]{}: {}",
+        if replaces {
+            ", replacing the statement's"
+        } else {
+            ""
+        },
+        applied.join(", ")
+    );
+    (crate::options::Options::new(merged), text)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::connector::testing::PushedSource;
@@ -521,6 +562,52 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::mpsc;
     use std::time::Duration;
+
+    #[test]
+    fn sink_options_from_the_configuration_merge_or_replace() {
+        use crate::options::Options;
+        use std::collections::BTreeMap;
+        let statement = Options::new([
+            ("connector".to_string(), "parquet".to_string()),
+            ("path".to_string(), "data/lake".to_string()),
+            ("partition.by".to_string(), "day".to_string()),
+        ]);
+        let config = |pairs: &[(&str, &str)]| {
+            BTreeMap::from([(
+                "lake".to_string(),
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )])
+        };
+        let pairs = |o: &Options| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // None for this sink: the statement as it is.
+        let (o, text) = super::sink_options("other", &statement, "SQL".into(), &config(&[]));
+        assert_eq!(
+            pairs(&o),
+            "connector=parquet,partition.by=day,path=data/lake"
+        );
+        assert_eq!(text, "SQL");
+        // Same connector: key by key.
+        let (o, text) =
+            super::sink_options("lake", &statement, "SQL".into(), &config(&[("path", "/x")]));
+        assert_eq!(pairs(&o), "connector=parquet,partition.by=day,path=/x");
+        assert!(text.starts_with("SQL\n-- options from the configuration [sinks.lake]: "));
+        // Another connector: the statement's options go.
+        let (o, _) = super::sink_options(
+            "lake",
+            &statement,
+            "SQL".into(),
+            &config(&[("connector", "iceberg"), ("table", "lake.t")]),
+        );
+        assert_eq!(pairs(&o), "connector=iceberg,table=lake.t");
+    }
 
     /// A factory whose `create` blocks until a task on the runtime signals it.
     struct Blocking(Mutex<mpsc::Receiver<()>>);

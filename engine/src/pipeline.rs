@@ -55,6 +55,10 @@ pub struct EngineConfig {
     pub key_partitions: u32,
     /// Restore re-splits each view's state into `key_partitions`.
     pub repartition: bool,
+    /// Sink options from the configuration (`[sinks.<name>]`), by sink name, applied over
+    /// the statement's WITH options (see `ddl::sink_options`).
+    pub sink_options:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl EngineConfig {
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             workers: default_workers(),
             key_partitions: crate::dataflow::keyed::DEFAULT_KEY_PARTITIONS,
             repartition: false,
+            sink_options: Default::default(),
         }
     }
 }

@@ -359,6 +359,7 @@ async fn load_pipeline(args: &Args, mode: Mode) -> Result<Loaded> {
         workers: cfg.engine.worker_count(),
         key_partitions: cfg.engine.key_partitions,
         repartition: cfg.engine.repartition,
+        sink_options: cfg.sink_options(),
     };
     let files = sql_files(&args.paths, mode)?;
     if files.is_empty() {

@@ -21,6 +21,47 @@ pub struct Config {
     pub database: DatabaseSection,
     pub cluster: ClusterSection,
     pub log: LogSection,
+    /// `[sinks.<name>]`: options for the sink `name`, over its statement's WITH options (a
+    /// different `connector` replaces them all): `weir run` on the same SQL files can write
+    /// to another place or format per deployment (docs/lake.md, the demo on Iceberg).
+    pub sinks: BTreeMap<String, BTreeMap<String, OptionValue>>,
+}
+
+/// A sink option's value in the configuration: text, or a number or boolean written bare.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Text(s) => f.write_str(s),
+            OptionValue::Integer(i) => write!(f, "{i}"),
+            OptionValue::Float(x) => write!(f, "{x}"),
+            OptionValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl Config {
+    /// `[sinks.*]` as the engine takes it.
+    pub fn sink_options(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.sinks
+            .iter()
+            .map(|(sink, opts)| {
+                let opts = opts
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .collect();
+                (sink.clone(), opts)
+            })
+            .collect()
+    }
 }
 
 /// `[[server.tokens]]`: an API token limited to a role and to some objects.
@@ -507,6 +548,38 @@ pub fn load(path: Option<&Path>, vars: impl Iterator<Item = (String, String)>) -
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sink_options_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weir.toml");
+        std::fs::write(
+            &p,
+            "[sinks.region_health_lake]\nconnector = 'iceberg'\n'partition.by' = 'day'\n\
+             'rollover.rows' = 500\n",
+        )
+        .unwrap();
+        let c = load(
+            Some(&p),
+            vec![(
+                "WEIR__SINKS__REGION_HEALTH_LAKE__TABLE".to_string(),
+                "lake.region_health".to_string(),
+            )]
+            .into_iter(),
+        )
+        .unwrap();
+        let opts = c.sink_options();
+        let want: BTreeMap<String, String> = [
+            ("connector", "iceberg"),
+            ("partition.by", "day"),
+            ("rollover.rows", "500"),
+            ("table", "lake.region_health"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(opts.get("region_health_lake"), Some(&want));
+    }
 
     #[test]
     fn env_overrides_file_and_defaults_fill_the_rest() {

@@ -41,8 +41,8 @@ fn s3() -> Option<(String, String)> {
 }
 
 const REGIONS: [&str; 5] = ["eu", "us", "ap", "sa", "af"];
-const EVENTS: i64 = 2_000_000;
-const T0: i64 = 1_714_557_600_000;
+pub(crate) const EVENTS: i64 = 2_000_000;
+pub(crate) const T0: i64 = 1_714_557_600_000;
 
 /// Event `i`: 1,000 per second of event time, regions in turn.
 fn event(i: i64) -> (i64, &'static str) {
@@ -50,7 +50,7 @@ fn event(i: i64) -> (i64, &'static str) {
 }
 
 /// Run weir on "machine" `machine`: its own data directory under `dir`, one log for all.
-fn start(
+pub(crate) fn start(
     dir: &std::path::Path,
     machine: usize,
     sql: &std::path::Path,
@@ -70,7 +70,7 @@ fn start(
 }
 
 /// The checkpoints the log says committed, for the wait below.
-fn committed(dir: &std::path::Path) -> usize {
+pub(crate) fn committed(dir: &std::path::Path) -> usize {
     std::fs::read_to_string(dir.join("weir.log"))
         .unwrap_or_default()
         .matches("checkpoint complete")
@@ -84,33 +84,14 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     };
     let prefix = crate::kafka::unique("lake");
     let dir = tempfile::tempdir().unwrap();
-    // The input, and a last event an hour later that closes every window before it.
-    let input = dir.path().join("events.jsonl");
-    let mut lines = String::new();
-    for i in 0..EVENTS {
-        let (ts, region) = event(i);
-        lines.push_str(&format!("{{\"ts\":{ts},\"region\":\"{region}\"}}\n"));
-    }
-    lines.push_str(&format!(
-        "{{\"ts\":{},\"region\":\"end\"}}\n",
-        T0 + 3_600_000
-    ));
-    std::fs::write(&input, lines).unwrap();
-    let sql = dir.path().join("lake.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, WATERMARK FOR ts AS ts) \
-               WITH (connector = 'file', path = '{}');\n\
-             CREATE MATERIALIZED VIEW per_second AS \
-               SELECT window_start, region, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' SECOND) \
-               GROUP BY window_start, window_end, region;\n\
-             CREATE SINK lake FROM per_second WITH (connector = 'parquet', \
-               path = 's3://{bucket}/{prefix}', 'partition.by' = 'hour', 'rollover.rows' = '100');\n",
-            input.display()
+    let sql = pipeline(
+        dir.path(),
+        EVENTS,
+        &format!(
+            "connector = 'parquet', path = 's3://{bucket}/{prefix}', 'partition.by' = 'hour', \
+             'rollover.rows' = '100'"
         ),
-    )
-    .unwrap();
+    );
     let config = dir.path().join("weir.toml");
     std::fs::write(
         &config,
@@ -120,35 +101,11 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
         ),
     )
     .unwrap();
-
-    // Killed three times, at random moments after a checkpoint or two: twice on the first
-    // machine, then on a second one, which also finishes the job.
-    let mut rng = 0x5eed_u64;
-    for round in 0..3 {
-        let before = committed(dir.path());
-        let mut child = start(dir.path(), round / 2, &sql, &config);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while committed(dir.path()) < before + 1 {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                panic!(
-                    "no checkpoint in round {round}; the log ends:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        tokio::time::sleep(Duration::from_millis(50 + (rng >> 33) % 700)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    // Twice on the first machine, then on a second one, which also finishes the job.
+    kill_three_times(dir.path(), &sql, &config, |round| round / 2).await;
     // The last run goes to the end, then stops cleanly (a final checkpoint, uploaded).
     let mut child = start(dir.path(), 1, &sql, &config);
-    let want = expected();
+    let want = expected(EVENTS);
     let store = AmazonS3Builder::from_env()
         .with_url(format!("s3://{bucket}"))
         .with_endpoint(&endpoint)
@@ -223,10 +180,75 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     );
 }
 
-/// `(window start, region)` to count, from the events.
-fn expected() -> BTreeMap<(i64, String), i64> {
+/// Write `events` events (and a last one an hour later that closes every window before
+/// it) to `dir/events.jsonl`, and the pipeline counting them per second and region into
+/// `sink` (a WITH clause) to `dir/lake.sql`; returns the SQL file's path.
+pub(crate) fn pipeline(dir: &std::path::Path, events: i64, sink: &str) -> std::path::PathBuf {
+    let input = dir.join("events.jsonl");
+    let mut lines = String::new();
+    for i in 0..events {
+        let (ts, region) = event(i);
+        lines.push_str(&format!("{{\"ts\":{ts},\"region\":\"{region}\"}}\n"));
+    }
+    lines.push_str(&format!(
+        "{{\"ts\":{},\"region\":\"end\"}}\n",
+        T0 + 3_600_000
+    ));
+    std::fs::write(&input, lines).unwrap();
+    let sql = dir.join("lake.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, WATERMARK FOR ts AS ts) \
+               WITH (connector = 'file', path = '{}');\n\
+             CREATE MATERIALIZED VIEW per_second AS \
+               SELECT window_start, region, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' SECOND) \
+               GROUP BY window_start, window_end, region;\n\
+             CREATE SINK lake FROM per_second WITH ({sink});\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    sql
+}
+
+/// Start weir three times, each time killing it with SIGKILL at a random moment after its
+/// next checkpoint; round `r` runs on machine `machine(r)`.
+pub(crate) async fn kill_three_times(
+    dir: &std::path::Path,
+    sql: &std::path::Path,
+    config: &std::path::Path,
+    machine: impl Fn(usize) -> usize,
+) {
+    let mut rng = 0x5eed_u64;
+    for round in 0..3 {
+        let before = committed(dir);
+        let mut child = start(dir, machine(round), sql, config);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed(dir) < before + 1 {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("weir.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "no checkpoint in round {round}; the log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(50 + (rng >> 33) % 700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// `(window start, region)` to count, from the first `events` events.
+pub(crate) fn expected(events: i64) -> BTreeMap<(i64, String), i64> {
     let mut want = BTreeMap::new();
-    for i in 0..EVENTS {
+    for i in 0..events {
         let (ts, region) = event(i);
         *want
             .entry((ts - ts % 1000, region.to_string()))

@@ -5,12 +5,14 @@
 //! against a real broker, the Postgres sink against a real PostgreSQL, and the
 //! HTTP/WebSocket API of a running `weir run`, and crash recovery of the real binary killed
 //! at random moments, the webhook sink against a real HTTP server, and the `object_store`
-//! S3 client and the Parquet sink against a real S3-compatible server.
+//! S3 client and the Parquet sink against a real S3-compatible server, and the Iceberg sink
+//! read back with pyiceberg.
 
 mod cluster;
 mod crash;
 mod differential;
 mod event_time;
+mod iceberg;
 mod kafka;
 mod lake;
 mod lookup;
