@@ -48,6 +48,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cluster;
 mod inputs;
+mod lake;
 mod nexmark_gen;
 mod pg;
 mod scale;
@@ -186,6 +187,10 @@ enum Cmd {
     /// An updating view (GROUP BY without a window) over N keys: events/s, changes
     /// emitted, state bytes per key, memory. See BENCHMARKS.md, "Updating views".
     Updating(updating::UpdatingArgs),
+    /// The data-lake sinks (Parquet on local disk, Parquet on S3, Iceberg): rows/s and
+    /// the time of each checkpoint's pre-commit and commit. See BENCHMARKS.md, "The data
+    /// lake".
+    Lake(lake::LakeArgs),
     /// Fill open windows with N distinct groups and report the process's memory.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -807,6 +812,7 @@ fn main() -> Result<()> {
             } => throughput(input, &format, &view, batch_rows, threads).await,
             Cmd::Memory { groups } => memory(groups).await,
             Cmd::Updating(args) => updating::run(args).await,
+            Cmd::Lake(args) => lake::run(args).await,
             Cmd::Restore { groups } => restore(groups).await,
             Cmd::KafkaLoad {
                 bootstrap,
