@@ -8,8 +8,8 @@
 //! local disk). See BENCHMARKS.md, "The data lake".
 
 use anyhow::{Context, Result, bail};
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::array::TimestampMillisecondArray;
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -112,7 +112,10 @@ pub async fn run(args: LakeArgs) -> Result<()> {
         }
         "iceberg" => {
             options.push(("connector".into(), "iceberg".into()));
-            options.push(("warehouse".into(), dir.join("warehouse").display().to_string()));
+            options.push((
+                "warehouse".into(),
+                dir.join("warehouse").display().to_string(),
+            ));
             options.push(("table".into(), "bench.lake".into()));
         }
         other => bail!("--sink is parquet, parquet-s3 or iceberg, not '{other}'"),
@@ -156,7 +159,10 @@ pub async fn run(args: LakeArgs) -> Result<()> {
         // The same 16 batches over and over, shifted in time so windows keep moving.
         let b = if n == args.batch_rows {
             let base = &batches[i % batches.len()];
-            shift(base, (i / batches.len()) as i64 * 16 * args.batch_rows as i64 / 8 * 60_000)?
+            shift(
+                base,
+                (i / batches.len()) as i64 * 16 * args.batch_rows as i64 / 8 * 60_000,
+            )?
         } else {
             batch(written, n)?
         };

@@ -138,6 +138,36 @@ impl FsCatalog {
     }
 }
 
+impl FsCatalog {
+    /// With `write.metadata.delete-after-commit.enabled`, remove the metadata files older
+    /// than the newest `write.metadata.previous-versions-max` (default 100) before
+    /// `version`. Best effort: a file left behind is only space.
+    fn remove_old_versions(&self, t: &TableIdent, version: u64, metadata: &TableMetadata) {
+        let props = metadata.properties();
+        if props
+            .get("write.metadata.delete-after-commit.enabled")
+            .map(String::as_str)
+            != Some("true")
+        {
+            return;
+        }
+        let keep = props
+            .get("write.metadata.previous-versions-max")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(100);
+        let meta = self.table_dir(t).join("metadata");
+        let mut v = version.saturating_sub(keep + 1);
+        while v > 0 {
+            let old = meta.join(format!("v{v}.metadata.json"));
+            match std::fs::remove_file(&old) {
+                Ok(()) => v -= 1,
+                // Removed by an earlier commit: so are the ones before it.
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// A unique enough suffix for temporary files: process id and a clock reading.
 fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now()
@@ -301,6 +331,7 @@ impl Catalog for FsCatalog {
         }
         let metadata = builder.build()?.metadata;
         let path = self.publish(&ident, version + 1, &metadata)?;
+        self.remove_old_versions(&ident, version + 1, &metadata);
         self.table(ident, metadata, &path)
     }
 }

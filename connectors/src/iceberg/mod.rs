@@ -63,11 +63,18 @@ pub const VALID_KEYS: &[&str] = &[
     "partition.by",
     "rollover.rows",
     "rollover.interval",
+    "snapshots.retain",
 ];
 
 /// The summary keys of the snapshots the sink commits.
 pub const EPOCH_KEY: &str = "weir.epoch";
 pub const SINK_KEY: &str = "weir.sink";
+/// The table property holding the newest epoch sink `<name>` committed
+/// (`weir.epoch.<name>`), set in the same commit as the snapshot: it survives snapshot
+/// expiry and other engines' snapshots (a compaction) on top.
+pub fn epoch_property(sink: &str) -> String {
+    format!("{EPOCH_KEY}.{sink}")
+}
 
 /// Where the table's catalog is.
 #[derive(Debug, Clone)]
@@ -89,6 +96,8 @@ pub struct IcebergOptions {
     pub partition_by: String,
     pub rollover_rows: usize,
     pub rollover_interval: Duration,
+    /// Keep the newest this many snapshots, expiring older ones (0: keep all).
+    pub snapshots_retain: usize,
 }
 
 impl IcebergOptions {
@@ -155,6 +164,9 @@ impl IcebergOptions {
             partition_by: options.take("partition.by").unwrap_or_default(),
             rollover_rows,
             rollover_interval,
+            snapshots_retain: options
+                .take_parse::<usize>("snapshots.retain")?
+                .unwrap_or(0),
         })
     }
 }
@@ -329,6 +341,16 @@ impl IcebergSink {
                         "write.parquet.compression-codec".to_string(),
                         "zstd".to_string(),
                     ),
+                    // The filesystem catalog keeps this many metadata files and removes
+                    // older ones.
+                    (
+                        "write.metadata.delete-after-commit.enabled".to_string(),
+                        "true".to_string(),
+                    ),
+                    (
+                        "write.metadata.previous-versions-max".to_string(),
+                        "20".to_string(),
+                    ),
                 ]))
                 .build();
             let t = catalog
@@ -437,7 +459,7 @@ impl IcebergSink {
                 self.name, self.opts.table
             )))?;
         let md = table.metadata_ref();
-        let epoch = match md.current_snapshot() {
+        let in_summary = match md.current_snapshot() {
             None => 0,
             Some(s) => iceberg::util::snapshot::ancestors_of(&md, s.snapshot_id())
                 .find_map(|s| {
@@ -449,7 +471,12 @@ impl IcebergSink {
                 })
                 .unwrap_or(0),
         };
-        Ok((table, epoch))
+        let in_properties = md
+            .properties()
+            .get(&epoch_property(&self.name))
+            .and_then(|e| e.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok((table, in_summary.max(in_properties)))
     }
 
     /// Append `files` in one snapshot, recording `epoch` (if any) in its summary.
@@ -505,6 +532,55 @@ impl IcebergSink {
             ms = started.elapsed().as_millis() as u64,
             "iceberg snapshot committed"
         );
+        self.expire(table).await
+    }
+
+    /// With `'snapshots.retain'`: expire all but the newest that many snapshots once there
+    /// are a tenth more (so not at every commit), and delete their manifest lists. Nothing
+    /// else becomes unreferenced: appends carry every earlier manifest and data file on.
+    async fn expire(&self, table: iceberg::table::Table) -> Result<()> {
+        let retain = self.opts.snapshots_retain;
+        let count = table.metadata().snapshots().len();
+        if retain == 0 || count < retain + retain / 10 + 1 {
+            return Ok(());
+        }
+        let c = self.connected()?;
+        let before: HashMap<i64, String> = table
+            .metadata()
+            .snapshots()
+            .map(|s| (s.snapshot_id(), s.manifest_list().to_string()))
+            .collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .expire_snapshots()
+            .expire_older_than_ms(now)
+            .retain_last(retain)
+            .apply(tx)
+            .map_err(ice(format!(
+                "iceberg sink '{}': expiring snapshots",
+                self.name
+            )))?;
+        let table = tx.commit(c.catalog.as_ref()).await.map_err(ice(format!(
+            "iceberg sink '{}': expiring snapshots of {}",
+            self.name, self.opts.table
+        )))?;
+        let kept: std::collections::HashSet<i64> = table
+            .metadata()
+            .snapshots()
+            .map(|s| s.snapshot_id())
+            .collect();
+        let mut removed = 0;
+        for (id, list) in before {
+            if !kept.contains(&id) {
+                table.file_io().delete(&list).await.map_err(ice(format!(
+                    "iceberg sink '{}': deleting the manifest list {list}",
+                    self.name
+                )))?;
+                removed += 1;
+            }
+        }
+        tracing::debug!(sink = %self.name, expired = removed, kept = kept.len(), "iceberg snapshots expired");
         Ok(())
     }
 
