@@ -5,7 +5,8 @@
 //! time of each checkpoint's pre-commit and commit (the sink's part of a checkpoint's
 //! latency). Sinks: `parquet` (local disk), `parquet-s3` (an S3-compatible store, from
 //! WEIR_S3_ENDPOINT / AWS_* as scripts/s3.sh sets them), `iceberg` (filesystem catalog on
-//! local disk). See BENCHMARKS.md, "The data lake".
+//! local disk), `iceberg-s3` (warehouse on that S3 store, SQL catalog in the Postgres of
+//! WEIR_POSTGRES_URL). See BENCHMARKS.md, "The data lake".
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::TimestampMillisecondArray;
@@ -20,7 +21,7 @@ use weir_engine::stats::Stats;
 
 #[derive(clap::Args)]
 pub struct LakeArgs {
-    /// parquet, parquet-s3 or iceberg.
+    /// parquet, parquet-s3, iceberg or iceberg-s3 (SQL catalog in WEIR_POSTGRES_URL).
     #[arg(long, default_value = "parquet")]
     sink: String,
     /// Rows in all.

@@ -185,6 +185,38 @@ impl Remote {
         self.exists_key(&self.key_of(relative)).await
     }
 
+    /// The size of the object at `relative`, or `None` if there is none.
+    pub async fn size(&self, relative: &str) -> Result<Option<u64>> {
+        let key = self.key_of(relative);
+        match self.store.head(&key).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.failed("looking up", &key)(e)),
+        }
+    }
+
+    /// Bytes `range` of the object at `relative`.
+    pub async fn get_range(&self, relative: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let key = self.key_of(relative);
+        let bytes = self
+            .store
+            .get_range(&key, range)
+            .await
+            .map_err(self.failed("reading", &key))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The path under the prefix of `url`, a URL in the same bucket (`s3://bucket/a/b`),
+    /// or `None` if it is elsewhere.
+    pub fn relative_of(&self, url: &str) -> Option<String> {
+        let root = self.url.trim_end_matches('/');
+        let rest = url.strip_prefix(root)?;
+        if rest.is_empty() {
+            return Some(String::new());
+        }
+        rest.strip_prefix('/').map(str::to_string)
+    }
+
     async fn exists_key(&self, key: &ObjectPath) -> Result<bool> {
         match self.store.head(key).await {
             Ok(_) => Ok(true),

@@ -209,3 +209,62 @@ async fn iceberg_sql_catalog_on_postgres_survives_sigkill_exactly_once() {
     let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap();
     check(&table, events, &log);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_on_s3_with_the_sql_catalog_survives_sigkill_exactly_once() {
+    let Some(url) = crate::postgres::pg_url() else {
+        return;
+    };
+    let Some((endpoint, bucket)) = crate::lake::s3() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = crate::kafka::unique("lake_s3").replace('-', "_");
+    let warehouse = format!("s3://{bucket}/{namespace}-warehouse");
+    let events = EVENTS / 4;
+    let sql = pipeline(
+        dir.path(),
+        events,
+        &format!(
+            "connector = 'iceberg', catalog = 'sql', 'catalog.uri' = '{url}', \
+             warehouse = '{warehouse}', table = '{namespace}.per_second', \
+             'partition.by' = 'hour, region', 'rollover.rows' = '500'"
+        ),
+    );
+    let config = dir.path().join("weir.toml");
+    // Checkpoints in the same store, as a replacement machine would need them.
+    std::fs::write(
+        &config,
+        format!(
+            "[checkpoint]\ninterval = \"200ms\"\ndir = \"s3://{bucket}/{namespace}-checkpoints\"\n\
+             [engine]\nbatch_rows = 2000\n"
+        ),
+    )
+    .unwrap();
+    kill_three_times(dir.path(), &sql, &config, |_| 0).await;
+    let sqlalchemy = url
+        .replacen("postgres://", "postgresql+psycopg2://", 1)
+        .replacen("postgresql://", "postgresql+psycopg2://", 1);
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let args = [
+        "--sql-uri".to_string(),
+        sqlalchemy,
+        "--catalog-name".to_string(),
+        "weir".to_string(),
+        "--table".to_string(),
+        format!("{namespace}.per_second"),
+        "--warehouse".to_string(),
+        warehouse.clone(),
+        "--prop".to_string(),
+        format!("s3.endpoint={endpoint}"),
+        "--prop".to_string(),
+        format!("s3.access-key-id={}", env("AWS_ACCESS_KEY_ID")),
+        "--prop".to_string(),
+        format!("s3.secret-access-key={}", env("AWS_SECRET_ACCESS_KEY")),
+        "--prop".to_string(),
+        format!("s3.region={}", env("AWS_REGION")),
+    ];
+    let table = finish(dir.path(), &sql, &config, &args, events).await;
+    let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap();
+    check(&table, events, &log);
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// The S3 server's settings from scripts/s3.sh's environment, or `None` (skipped) outside
 /// CI when it is not running.
-fn s3() -> Option<(String, String)> {
+pub(crate) fn s3() -> Option<(String, String)> {
     match (
         std::env::var("WEIR_S3_ENDPOINT"),
         std::env::var("WEIR_S3_BUCKET"),

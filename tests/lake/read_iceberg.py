@@ -33,12 +33,15 @@ def main():
     p.add_argument("--catalog-name", default="weir")
     p.add_argument("--table", help="namespace.table in the SQL catalog")
     p.add_argument("--warehouse", default="", help="the SQL catalog's warehouse")
+    p.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE",
+                   help="a FileIO property (s3.endpoint=..., s3.access-key-id=...)")
     args = p.parse_args()
+    props = dict(kv.split("=", 1) for kv in args.prop)
 
     if args.table_dir:
         from pyiceberg.table import StaticTable
 
-        table = StaticTable.from_metadata(args.table_dir)
+        table = StaticTable.from_metadata(args.table_dir, properties=props)
     elif args.sql_uri and args.table:
         from pyiceberg.catalog.sql import SqlCatalog
 
@@ -47,6 +50,7 @@ def main():
             uri=args.sql_uri,
             warehouse=args.warehouse,
             init_catalog_tables="false",
+            **props,
         )
         table = catalog.load_table(args.table)
     else:

@@ -34,6 +34,7 @@
 
 mod fs_catalog;
 pub mod layout;
+mod object_storage;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -64,6 +65,7 @@ pub const VALID_KEYS: &[&str] = &[
     "rollover.rows",
     "rollover.interval",
     "snapshots.retain",
+    "storage.<object_store S3 key>",
 ];
 
 /// The summary keys of the snapshots the sink commits.
@@ -85,8 +87,16 @@ pub enum CatalogConfig {
     Sql {
         uri: String,
         name: String,
-        warehouse: PathBuf,
+        /// A directory, or an object-store URL (`s3://bucket/prefix`).
+        warehouse: String,
     },
+}
+
+/// An object-store warehouse: the bucket's root URL and the `storage.*` options.
+#[derive(Debug, Clone)]
+pub struct WarehouseStore {
+    pub root: String,
+    pub options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +108,8 @@ pub struct IcebergOptions {
     pub rollover_interval: Duration,
     /// Keep the newest this many snapshots, expiring older ones (0: keep all).
     pub snapshots_retain: usize,
+    /// Set when the warehouse is in an object store.
+    pub store: Option<WarehouseStore>,
 }
 
 impl IcebergOptions {
@@ -115,21 +127,49 @@ impl IcebergOptions {
         let table = TableIdent::from_strs(parts.iter().map(|p| p.trim()))
             .map_err(|e| WeirError::user(format!("option 'table' = '{table}': {e}")))?;
         let warehouse = options.take("warehouse");
-        if warehouse
-            .as_deref()
-            .is_some_and(weir_engine::remote::is_url)
-        {
-            return Err(WeirError::user(
-                "option 'warehouse': the iceberg sink writes to a local (or mounted) directory \
-                 so far; object-store warehouses (s3://) are not supported yet",
-            ));
-        }
-        let warehouse = warehouse.map_or_else(|| data_dir.join("warehouse"), PathBuf::from);
-        let warehouse =
-            std::path::absolute(&warehouse).map_err(|e| io_error("resolving", &warehouse, e))?;
+        let storage = options.take_prefixed(weir_engine::remote::STORAGE_PREFIX);
         let kind = options.take_choice("catalog", &["filesystem", "sql"], "filesystem")?;
         let uri = options.take("catalog.uri");
         let name = options.take("catalog.name");
+        let store = match warehouse.as_deref() {
+            Some(url) if weir_engine::remote::is_url(url) => {
+                if kind != "sql" {
+                    return Err(WeirError::user(format!(
+                        "warehouse = '{url}' is in an object store, where the filesystem catalog \
+                         cannot commit atomically: use catalog = 'sql' (with 'catalog.uri')"
+                    )));
+                }
+                // Checks the URL and the settings now, not at the first write.
+                weir_engine::remote::Remote::new(url, &storage)?;
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| WeirError::user(format!("warehouse '{url}': {e}")))?;
+                Some(WarehouseStore {
+                    root: format!(
+                        "{}://{}",
+                        parsed.scheme(),
+                        parsed.host_str().unwrap_or_default()
+                    ),
+                    options: storage,
+                })
+            }
+            _ if !storage.is_empty() => {
+                return Err(WeirError::user(
+                    "'storage.*' options are for a warehouse in an object store \
+                     (s3://bucket/prefix)",
+                ));
+            }
+            _ => None,
+        };
+        let warehouse = match (&store, warehouse) {
+            (Some(_), Some(url)) => url.trim_end_matches('/').to_string(),
+            (_, w) => {
+                let dir = w.map_or_else(|| data_dir.join("warehouse"), PathBuf::from);
+                std::path::absolute(&dir)
+                    .map_err(|e| io_error("resolving", &dir, e))?
+                    .display()
+                    .to_string()
+            }
+        };
         let catalog = match kind.as_str() {
             "sql" => CatalogConfig::Sql {
                 uri: uri.ok_or_else(|| {
@@ -146,7 +186,9 @@ impl IcebergOptions {
                         "options 'catalog.uri' and 'catalog.name' are for catalog = 'sql'",
                     ));
                 }
-                CatalogConfig::Filesystem { warehouse }
+                CatalogConfig::Filesystem {
+                    warehouse: PathBuf::from(warehouse),
+                }
             }
         };
         let rollover_rows = options
@@ -167,6 +209,7 @@ impl IcebergOptions {
             snapshots_retain: options
                 .take_parse::<usize>("snapshots.retain")?
                 .unwrap_or(0),
+            store,
         })
     }
 }
@@ -206,6 +249,7 @@ impl SinkFactory for IcebergSinkFactory {
             epoch: 1,
             pending: BTreeMap::new(),
             run: run_id(),
+            data_dir: spec.data_dir.clone(),
         }))
     }
 }
@@ -234,8 +278,11 @@ pub struct WrittenFile {
 struct Connected {
     catalog: Arc<dyn Catalog>,
     layout: Layout,
-    /// `<table location>/data`.
+    /// Where data files are written: `<table location>/data`, or with an object-store
+    /// warehouse a local staging folder, uploaded to `remote` at the pre-commit.
     data_dir: PathBuf,
+    /// `<table location>/data` in the object store.
+    remote: Option<weir_engine::remote::Remote>,
     spec_id: i32,
 }
 
@@ -257,6 +304,8 @@ pub struct IcebergSink {
     /// Closed files per epoch, not committed yet.
     pending: BTreeMap<u64, Vec<WrittenFile>>,
     run: String,
+    /// The pipeline's data directory (staging for an object-store warehouse).
+    data_dir: PathBuf,
 }
 
 /// The open files, one per partition, and the closed ones.
@@ -296,10 +345,17 @@ impl IcebergSink {
                 name,
                 warehouse,
             } => {
+                let storage: Arc<dyn iceberg::io::StorageFactory> = match &self.opts.store {
+                    Some(st) => Arc::new(object_storage::ObjectStorageFactory {
+                        root: st.root.clone(),
+                        options: st.options.clone(),
+                    }),
+                    None => Arc::new(iceberg::io::LocalFsStorageFactory),
+                };
                 let c = iceberg_catalog_sql::SqlCatalogBuilder::default()
                     .uri(uri.clone())
-                    .warehouse_location(warehouse.display().to_string())
-                    .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+                    .warehouse_location(warehouse.clone())
+                    .with_storage_factory(storage)
                     .load(name.clone(), HashMap::new())
                     .await
                     .map_err(ice(format!(
@@ -361,12 +417,28 @@ impl IcebergSink {
             t
         };
         let (layout, spec_id) = self.check_table(&table)?;
-        let location = table.metadata().location();
-        let location = location.strip_prefix("file://").unwrap_or(location);
+        let location = table.metadata().location().trim_end_matches('/');
+        let (data_dir, remote) = match &self.opts.store {
+            // Files are written in a local staging folder and uploaded at the pre-commit.
+            Some(st) => (
+                self.data_dir
+                    .join("iceberg-staging")
+                    .join(file_stem(&self.name)),
+                Some(weir_engine::remote::Remote::new(
+                    &format!("{location}/data"),
+                    &st.options,
+                )?),
+            ),
+            None => (
+                PathBuf::from(location.strip_prefix("file://").unwrap_or(location)).join("data"),
+                None,
+            ),
+        };
         self.table = Some(Connected {
             catalog,
             layout,
-            data_dir: PathBuf::from(location).join("data"),
+            data_dir,
+            remote,
             spec_id,
         });
         Ok(())
@@ -587,8 +659,30 @@ impl IcebergSink {
     /// Delete this sink's data files of epochs after `epoch`: written after the restored
     /// checkpoint, never committed, recomputed now.
     async fn remove_uncommitted(&self, epoch: u64) -> Result<usize> {
-        let dir = self.connected()?.data_dir.clone();
+        let c = self.connected()?;
+        let dir = c.data_dir.clone();
         let prefix = format!("{}-e", file_stem(&self.name));
+        let later = |name: &str| {
+            name.strip_prefix(&prefix)
+                .and_then(|r| r.split('-').next())
+                .and_then(|e| e.parse::<u64>().ok())
+                .is_some_and(|e| e > epoch)
+        };
+        if let Some(remote) = &c.remote {
+            let mut removed = 0;
+            for (key, _) in remote.list("").await? {
+                if later(key.rsplit('/').next().unwrap_or_default()) {
+                    remote.delete(&key).await?;
+                    removed += 1;
+                }
+            }
+            // Whatever is staged locally never got into a checkpoint.
+            let staged = weir_engine::fsutil::files_below(&dir)?;
+            for rel in &staged {
+                weir_engine::fsutil::remove_file(&dir.join(rel))?;
+            }
+            return Ok(removed + staged.len());
+        }
         weir_engine::fsutil::run_blocking("iceberg sink cleanup", move || -> Result<usize> {
             let mut removed = 0;
             for rel in weir_engine::fsutil::files_below(&dir)? {
@@ -609,13 +703,44 @@ impl IcebergSink {
         .await?
     }
 
-    /// Close every open file (synced), moving them to the closed list.
+    /// Close every open file (synced) and take the closed ones, uploaded to the table's
+    /// location if that is in an object store.
     async fn close_files(&mut self) -> Result<Vec<WrittenFile>> {
-        self.blocking(|f| {
-            f.close_all()?;
-            Ok(std::mem::take(&mut f.closed))
-        })
-        .await
+        let closed = self
+            .blocking(|f| {
+                f.close_all()?;
+                Ok(std::mem::take(&mut f.closed))
+            })
+            .await?;
+        self.upload(closed).await
+    }
+
+    /// With an object-store warehouse: put each file at its place under the table's
+    /// `data/` (invisible until a snapshot lists it) and remove the local copy.
+    async fn upload(&self, files: Vec<WrittenFile>) -> Result<Vec<WrittenFile>> {
+        let c = self.connected()?;
+        let Some(remote) = &c.remote else {
+            return Ok(files);
+        };
+        let mut out = Vec::with_capacity(files.len());
+        for mut f in files {
+            let local = PathBuf::from(&f.path);
+            let rel = local
+                .strip_prefix(&c.data_dir)
+                .map_err(|_| WeirError::Internal(format!("{} is not staged", f.path)))?
+                .iter()
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let bytes = tokio::fs::read(&local)
+                .await
+                .map_err(|e| io_error("reading", &local, e))?;
+            remote.put_at(&rel, bytes).await?;
+            weir_engine::fsutil::remove_file(&local)?;
+            f.path = format!("{}/{rel}", remote.url().trim_end_matches('/'));
+            out.push(f);
+        }
+        Ok(out)
     }
 }
 
@@ -830,6 +955,7 @@ impl Sink for IcebergSink {
                 Ok(std::mem::take(&mut f.closed))
             })
             .await?;
+        let closed = self.upload(closed).await?;
         if !closed.is_empty() {
             let (table, _) = self.committed_epoch().await?;
             self.append(table, closed, None).await?;

@@ -224,7 +224,12 @@ async fn options_are_checked() {
     assert!(
         create(&[("table", "a.b"), ("warehouse", "s3://b/w")])
             .unwrap()
-            .contains("not supported yet")
+            .contains("catalog = 'sql'")
+    );
+    assert!(
+        create(&[("table", "a.b"), ("storage.aws_region", "x")])
+            .unwrap()
+            .contains("object store")
     );
     assert!(
         create(&[("table", "a.b"), ("partition.by", "month(window_start)")])
