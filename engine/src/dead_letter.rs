@@ -11,6 +11,15 @@
 //!   dataflow hands them over as an effect ([`LateRows`]); whoever drives it (the runtime,
 //!   the test runner) writes them with [`LateRowFiles`].
 //!
+//! With `[dead_letter] upload = "s3://bucket/prefix"` the records are also shipped to an
+//! object store ([`DeadLetterShipper`]): every interval, each file's complete lines written
+//! since the last shipment go up as one object,
+//! `<prefix>/<name>/<writer>-<from>-<to>.jsonl` (`from`/`to`: byte offsets in the local
+//! file, `writer`: an id made once per data directory). The names are deterministic, so a
+//! crash between an upload and recording it uploads the same bytes to the same key again,
+//! and two machines never overwrite each other's. What was shipped is recorded in
+//! `<data_dir>/dead-letter/.shipped.json`; the local files are kept.
+//!
 //! `time` is the wall-clock time the record was written (RFC 3339, UTC, milliseconds). A
 //! row in a record (`row`) is written by [`crate::json::row_objects`], the encoding
 //! `docs/json.md` describes.
@@ -187,6 +196,98 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// What has been shipped of each dead-letter file (see the module docs).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Shipped {
+    /// This data directory's id in object names.
+    writer: String,
+    /// File name -> bytes shipped.
+    files: std::collections::BTreeMap<String, u64>,
+}
+
+/// Ships `<data_dir>/dead-letter/*.jsonl` to an object store.
+#[derive(Debug)]
+pub struct DeadLetterShipper {
+    dir: PathBuf,
+    remote: crate::remote::Remote,
+    shipped: Shipped,
+}
+
+impl DeadLetterShipper {
+    pub fn new(data_dir: &Path, remote: crate::remote::Remote) -> Result<Self> {
+        let dir = data_dir.join("dead-letter");
+        let state = dir.join(".shipped.json");
+        let shipped = match std::fs::read(&state) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                WeirError::external(format!("{} is unreadable: {e}", state.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Shipped {
+                writer: crate::fsutil::unique_id(),
+                files: Default::default(),
+            },
+            Err(e) => return Err(io_error(&state, e)),
+        };
+        Ok(DeadLetterShipper {
+            dir,
+            remote,
+            shipped,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.remote.url()
+    }
+
+    /// Upload every file's complete lines written since the last shipment; returns how
+    /// many objects went up.
+    pub async fn ship(&mut self) -> Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_error(&self.dir, e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".jsonl") && !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut uploaded = 0;
+        for name in names {
+            let path = self.dir.join(&name);
+            let from = self.shipped.files.get(&name).copied().unwrap_or(0);
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| io_error(&path, e))?;
+            let Some(new) = bytes.get(from as usize..) else {
+                continue;
+            };
+            // Complete lines only: a line being written goes with the next shipment.
+            let Some(last) = new.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let to = from + last as u64 + 1;
+            let stem = name.trim_end_matches(".jsonl");
+            let key = format!("{stem}/{}-{from:012}-{to:012}.jsonl", self.shipped.writer);
+            self.remote.put_at(&key, new[..=last].to_vec()).await?;
+            self.shipped.files.insert(name, to);
+            self.save()?;
+            uploaded += 1;
+        }
+        Ok(uploaded)
+    }
+
+    fn save(&self) -> Result<()> {
+        let state = self.dir.join(".shipped.json");
+        let tmp = self.dir.join(".shipped.json.tmp");
+        let text = serde_json::to_vec(&self.shipped)
+            .map_err(|e| WeirError::Internal(format!("dead-letter shipments: {e}")))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &state))
+            .map_err(|e| io_error(&state, e))
+    }
 }
 
 #[cfg(test)]

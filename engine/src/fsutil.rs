@@ -41,6 +41,18 @@ pub fn io_error(doing: &str, path: &Path, e: std::io::Error) -> WeirError {
     WeirError::external_source(format!("{doing} {}", path.display()), e)
 }
 
+/// A short id unlikely to repeat (the clock in nanoseconds and the process id), for names
+/// a restarted process must not reuse.
+pub fn unique_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    )
+}
+
 /// Remove a file; one that is not there is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {

@@ -693,6 +693,7 @@ async fn run_pipeline(
     };
     let reporter = (!progress_every.is_zero())
         .then(|| tokio::spawn(progress::report(catalog.clone(), progress_every)));
+    let dead_letters = dead_letter_shipper(&cfg)?;
     if let Some(c) = &checkpoint {
         tracing::info!(
             dir = %c.store.location(),
@@ -722,6 +723,11 @@ async fn run_pipeline(
     if let Some(r) = reporter {
         r.abort();
     }
+    if let Some((task, stop)) = dead_letters {
+        // The last records too: the task ships once more and ends.
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     stop_api(server).await;
     progress::summary(&catalog.objects());
     match end {
@@ -732,6 +738,48 @@ async fn run_pipeline(
         Ok(RunEnd::Stopped) => Ok(()),
         Err(e) => Err(anyhow::anyhow!("pipeline failed: {e}")),
     }
+}
+
+/// With `[dead_letter] upload`: a task shipping dead-letter records every interval until
+/// told to stop, then once more (engine/src/dead_letter.rs). A failed upload is logged and
+/// tried again next time: the records stay in the local files meanwhile.
+fn dead_letter_shipper(
+    cfg: &config::Config,
+) -> Result<Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>> {
+    let d = &cfg.dead_letter;
+    let Some(url) = &d.upload else {
+        if !d.storage.is_empty() {
+            bail!("[dead_letter] storage is for an upload URL, and upload is not set");
+        }
+        return Ok(None);
+    };
+    let every = duration("dead_letter.interval", &d.interval)?;
+    let options: Vec<(String, String)> = d.storage.clone().into_iter().collect();
+    let remote = weir_engine::remote::Remote::new(url, &options)
+        .map_err(|e| e.context("[dead_letter] upload"))?;
+    let mut shipper =
+        weir_engine::dead_letter::DeadLetterShipper::new(&cfg.engine.data_dir, remote)?;
+    tracing::info!(url = %shipper.url(), every = %d.interval, "dead-letter records are uploaded");
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(every) => false,
+                _ = rx.changed() => true,
+            };
+            match shipper.ship().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(objects = n, "dead-letter records uploaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "uploading dead-letter records failed; trying again later")
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+    });
+    Ok(Some((task, tx)))
 }
 
 /// `weir check`: parse and plan, print each view's plan.

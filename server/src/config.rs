@@ -21,6 +21,7 @@ pub struct Config {
     pub database: DatabaseSection,
     pub cluster: ClusterSection,
     pub log: LogSection,
+    pub dead_letter: DeadLetterSection,
     /// `[sinks.<name>]`: options for the sink `name`, over its statement's WITH options (a
     /// different `connector` replaces them all): `weir run` on the same SQL files can write
     /// to another place or format per deployment (docs/lake.md, the demo on Iceberg).
@@ -82,6 +83,29 @@ pub struct TokenSection {
 
 fn default_token_role() -> String {
     "read".into()
+}
+
+/// `[dead_letter]`: dead-letter records (kept under `<data_dir>/dead-letter/`) also go to
+/// an object store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterSection {
+    /// `s3://bucket/prefix` to upload the records to; unset: they stay local only.
+    pub upload: Option<String>,
+    /// Object-store settings for `upload` (object_store's S3 keys), on top of `AWS_*`.
+    pub storage: BTreeMap<String, String>,
+    /// How often new records are uploaded (and once more at a clean stop).
+    pub interval: String,
+}
+
+impl Default for DeadLetterSection {
+    fn default() -> Self {
+        DeadLetterSection {
+            upload: None,
+            storage: BTreeMap::new(),
+            interval: "10s".into(),
+        }
+    }
 }
 
 /// `[log]`: how `weir` writes its log (to stdout). `RUST_LOG` sets the levels.

@@ -106,12 +106,7 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     // The last run goes to the end, then stops cleanly (a final checkpoint, uploaded).
     let mut child = start(dir.path(), 1, &sql, &config);
     let want = expected(EVENTS);
-    let store = AmazonS3Builder::from_env()
-        .with_url(format!("s3://{bucket}"))
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let store = reader(&endpoint, &bucket);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         // Everything uploaded so far (objects appear only as checkpoints commit).
@@ -245,6 +240,16 @@ pub(crate) async fn kill_three_times(
     }
 }
 
+/// An S3 client of the test's own, independent of Weir's.
+fn reader(endpoint: &str, bucket: &str) -> impl ObjectStore {
+    AmazonS3Builder::from_env()
+        .with_url(format!("s3://{bucket}"))
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
 /// `(window start, region)` to count, from the first `events` events.
 pub(crate) fn expected(events: i64) -> BTreeMap<(i64, String), i64> {
     let mut want = BTreeMap::new();
@@ -302,4 +307,70 @@ async fn read_back(store: &impl ObjectStore, prefix: &str) -> BTreeMap<(i64, Str
         }
     }
     rows
+}
+
+/// Dead-letter records uploaded to the object store (`[dead_letter] upload`): what the
+/// bucket holds is exactly the local dead-letter file, line for line, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_uploaded_to_the_object_store() {
+    let Some((endpoint, bucket)) = s3() else {
+        return;
+    };
+    let prefix = crate::kafka::unique("dead");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let mut lines = String::new();
+    for i in 0..1000 {
+        if i % 100 == 7 {
+            lines.push_str(&format!("{{\"ts\": \"not a time {i}\"}}\n"));
+        } else {
+            lines.push_str(&format!("{{\"ts\":{},\"region\":\"eu\"}}\n", T0 + i));
+        }
+    }
+    std::fs::write(&input, lines).unwrap();
+    let sql = dir.path().join("dead.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE ev (ts TIMESTAMP NOT NULL, region TEXT, WATERMARK FOR ts AS ts) \
+               WITH (connector = 'file', path = '{}', 'bad.records' = 'dead-letter');\n\
+             CREATE MATERIALIZED VIEW n AS SELECT window_start, count(*) AS n \
+               FROM TUMBLE(ev, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end;\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!("[dead_letter]\nupload = \"s3://{bucket}/{prefix}\"\ninterval = \"200ms\"\n"),
+    )
+    .unwrap();
+    let log = dir.path().join("weir.log");
+    let mut child = spawn_weir(
+        dir.path(),
+        &sql,
+        &config,
+        &log,
+        "127.0.0.1:0",
+        &["--until-done"],
+        "info",
+    );
+    assert!(child.wait().unwrap().success(), "ran to the end");
+    let local = std::fs::read_to_string(dir.path().join("data/dead-letter/ev.jsonl")).unwrap();
+    assert_eq!(local.lines().count(), 10, "{local}");
+    let store = reader(&endpoint, &bucket);
+    let mut uploaded = String::new();
+    for name in list(&store, &prefix).await {
+        assert!(name.starts_with(&format!("{prefix}/ev/")), "{name}");
+        let bytes = store
+            .get(&ObjectPath::from(name.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        uploaded.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    assert_eq!(uploaded, local, "the bucket holds the local records, once");
 }

@@ -103,7 +103,10 @@ impl FsCatalog {
         let meta = self.table_dir(t).join("metadata");
         std::fs::create_dir_all(&meta).map_err(|e| io("creating", &meta, e))?;
         let path = meta.join(format!("v{version}.metadata.json"));
-        let tmp = meta.join(format!(".v{version}.{}.tmp", uuid_like()));
+        let tmp = meta.join(format!(
+            ".v{version}.{}.tmp",
+            weir_engine::fsutil::unique_id()
+        ));
         let json = serde_json::to_vec(metadata)?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
@@ -126,7 +129,10 @@ impl FsCatalog {
         }
         // The hint only speeds up finding the newest version; a stale one is corrected
         // by looking for newer files.
-        let hint_tmp = meta.join(format!(".version-hint.{}.tmp", uuid_like()));
+        let hint_tmp = meta.join(format!(
+            ".version-hint.{}.tmp",
+            weir_engine::fsutil::unique_id()
+        ));
         let hint = meta.join("version-hint.text");
         std::fs::write(&hint_tmp, version.to_string())
             .and_then(|_| std::fs::rename(&hint_tmp, &hint))
@@ -166,14 +172,6 @@ impl FsCatalog {
             }
         }
     }
-}
-
-/// A unique enough suffix for temporary files: process id and a clock reading.
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos}", std::process::id())
 }
 
 #[async_trait]

@@ -248,21 +248,10 @@ impl SinkFactory for IcebergSinkFactory {
             files: parking_lot::Mutex::new(Some(Files::default())),
             epoch: 1,
             pending: BTreeMap::new(),
-            run: run_id(),
+            run: weir_engine::fsutil::unique_id(),
             data_dir: spec.data_dir.clone(),
         }))
     }
-}
-
-/// A short id for this process's files, so a restarted run never reuses a name.
-fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{:x}",
-        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
-    )
 }
 
 /// A data file written and closed, not committed yet.
