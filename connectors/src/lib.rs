@@ -94,7 +94,7 @@ mod tests {
         let e = r.sink("mysql").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "unknown sink connector 'mysql'; available: parquet, blackhole, kafka, postgres, webhook"
+            "unknown sink connector 'mysql'; available: parquet, iceberg, blackhole, kafka, postgres, webhook"
         );
     }
 }
