@@ -119,7 +119,21 @@ pub async fn run(args: LakeArgs) -> Result<()> {
             ));
             options.push(("table".into(), "bench.lake".into()));
         }
-        other => bail!("--sink is parquet, parquet-s3 or iceberg, not '{other}'"),
+        "iceberg-s3" => {
+            let bucket = std::env::var("WEIR_S3_BUCKET").context(
+                "iceberg-s3 needs the S3 store of scripts/s3.sh: eval \"$(bash scripts/s3.sh env)\"",
+            )?;
+            let pg = std::env::var("WEIR_POSTGRES_URL").context(
+                "iceberg-s3 needs a SQL catalog: eval \"$(bash scripts/postgres.sh env)\"",
+            )?;
+            let ns = format!("bench_{}", std::process::id());
+            options.push(("connector".into(), "iceberg".into()));
+            options.push(("catalog".into(), "sql".into()));
+            options.push(("catalog.uri".into(), pg));
+            options.push(("warehouse".into(), format!("s3://{bucket}/{ns}")));
+            options.push(("table".into(), format!("{ns}.lake")));
+        }
+        other => bail!("--sink is parquet, parquet-s3, iceberg or iceberg-s3, not '{other}'"),
     }
     if args.partition_by != "none" {
         options.push(("partition.by".into(), args.partition_by.clone()));
