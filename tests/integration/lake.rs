@@ -162,12 +162,13 @@ async fn parquet_on_s3_survives_sigkill_exactly_once() {
     );
     eprintln!(
         "lake test: {} objects; checkpoints downloaded by the second machine: {}; restarts \
-         that completed staged uploads: {}, that published staged files: {}, that removed \
-         unfinished ones: {}",
+         that completed staged uploads: {}, that abandoned uploads of unfinished checkpoints: \
+         {}, that published staged files: {}, that removed unfinished ones: {}",
         names.len(),
         log.matches("downloaded checkpoint").count(),
         log.matches("completed parquet uploads the checkpoint had staged")
             .count(),
+        log.matches("abandoned parquet uploads staged").count(),
         log.matches("published parquet files the checkpoint had staged")
             .count(),
         log.matches("removed parquet files written after the last checkpoint")

@@ -336,6 +336,7 @@ impl ParquetSink {
                     .map_err(|e| weir_engine::fsutil::io_error("reading", &f.path, e))?;
                 let upload = remote.stage(&relative, bytes).await?;
                 self.uploads.insert(f.path.clone(), upload);
+                self.write_journal(&outbox)?;
             }
             if let Some(upload) = self.uploads.get(&f.path) {
                 recorded.push(StagedUpload {
@@ -349,19 +350,42 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// Record the uploads staged and not completed in `<outbox>/.part-uploads.pending`
+    /// (a hidden name, never shipped), so that a restart on this machine can abandon those
+    /// its checkpoint does not list: uploads for a checkpoint that never completed.
+    fn write_journal(&self, outbox: &Path) -> Result<()> {
+        let uploads: Vec<&PendingUpload> = self.uploads.values().collect();
+        let text = serde_json::to_vec(&uploads)
+            .map_err(|e| WeirError::Internal(format!("parquet upload journal: {e}")))?;
+        std::fs::create_dir_all(outbox)
+            .map_err(|e| weir_engine::fsutil::io_error("creating", outbox, e))?;
+        let tmp = outbox.join(".part-uploads-next.pending");
+        let path = outbox.join(UPLOAD_JOURNAL);
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| weir_engine::fsutil::io_error("writing", &path, e))
+    }
+
     /// Complete the staged uploads of `published` (files a commit just moved into the
     /// outbox) and remove the local copies.
     async fn complete_uploads(&mut self, published: Vec<Staged>) -> Result<()> {
         let Some(remote) = self.state.as_ref().and_then(|w| w.opts.remote.clone()) else {
             return Ok(());
         };
+        let mut completed = 0;
         for f in published {
             if let Some(upload) = self.uploads.remove(&f.path) {
                 remote.complete(&upload).await?;
                 if let Some(local) = &f.publish_to {
                     weir_engine::fsutil::remove_file(local)?;
                 }
+                completed += 1;
             }
+        }
+        if completed > 0
+            && let Some(w) = &self.state
+        {
+            self.write_journal(&w.opts.path)?;
         }
         Ok(())
     }
@@ -371,9 +395,43 @@ impl ParquetSink {
     /// staged copies of those files.
     async fn recover_uploads(&mut self, restored: Option<&SinkCheckpoint>) -> Result<()> {
         self.uploads.clear();
-        let Some(remote) = self.state.as_ref().and_then(|w| w.opts.remote.clone()) else {
+        let Some(w) = &self.state else {
+            return Err(WeirError::Internal("parquet sink busy".into()));
+        };
+        let Some(remote) = w.opts.remote.clone() else {
             return Ok(());
         };
+        // Uploads this machine staged: those the restored checkpoint does not list were
+        // for a checkpoint that never completed. (The journal itself is a hidden file,
+        // removed with the others by the local recovery.)
+        let journal = w.opts.path.join(UPLOAD_JOURNAL);
+        let staged: Vec<PendingUpload> = match std::fs::read(&journal) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // Only cleanup is lost: the uploads stay invisible either way.
+                tracing::warn!(path = %journal.display(), error = %e, "unreadable upload journal");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let listed_ids: std::collections::HashSet<String> = restored
+            .and_then(|cp| cp.get("uploads"))
+            .and_then(|v| serde_json::from_value::<Vec<StagedUpload>>(v.clone()).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u.upload.id)
+            .collect();
+        let mut abandoned = 0;
+        for u in staged.iter().filter(|u| !listed_ids.contains(&u.id)) {
+            remote.abort(u).await?;
+            abandoned += 1;
+        }
+        if abandoned > 0 {
+            tracing::info!(
+                url = %remote.url(),
+                uploads = abandoned,
+                "abandoned parquet uploads staged for a checkpoint that never completed"
+            );
+        }
         let Some(cp) = restored else { return Ok(()) };
         let uploads: Vec<StagedUpload> = match cp.get("uploads") {
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
@@ -697,6 +755,9 @@ fn pending_path(final_path: &std::path::Path) -> PathBuf {
 
 /// The sink's hidden files: in progress (`.part-X.parquet.inprogress`) and staged
 /// (`.part-X.parquet.pending`).
+/// The file (under the outbox) listing the uploads staged and not completed.
+const UPLOAD_JOURNAL: &str = ".part-uploads.pending";
+
 /// An upload staged for a file, as a checkpoint records it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct StagedUpload {
