@@ -33,6 +33,8 @@ def main():
     p.add_argument("--catalog-name", default="weir")
     p.add_argument("--table", help="namespace.table in the SQL catalog")
     p.add_argument("--warehouse", default="", help="the SQL catalog's warehouse")
+    p.add_argument("--filter", default=None,
+                   help="a row filter (pyiceberg's syntax); files are skipped by their bounds")
     p.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE",
                    help="a FileIO property (s3.endpoint=..., s3.access-key-id=...)")
     args = p.parse_args()
@@ -80,7 +82,7 @@ def main():
         out["files"] = 0
         out["rows"] = []
     else:
-        scan = table.scan()
+        scan = table.scan(row_filter=args.filter) if args.filter else table.scan()
         out["files"] = sum(1 for _ in scan.plan_files())
         data = scan.to_arrow()
         names = data.column_names

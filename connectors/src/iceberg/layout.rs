@@ -302,6 +302,8 @@ fn escape(s: &str) -> String {
 pub struct Layout {
     /// The Parquet files' Arrow schema: Iceberg's types, with each field's id.
     pub file_schema: SchemaRef,
+    /// Each column's field id.
+    pub ids: Vec<i32>,
     pub partition: Vec<PartitionField>,
 }
 
@@ -315,6 +317,7 @@ impl Layout {
         partition: Vec<PartitionField>,
     ) -> Result<Layout> {
         let mut fields = Vec::with_capacity(view.fields().len());
+        let mut field_ids = Vec::with_capacity(view.fields().len());
         for (i, f) in view.fields().iter().enumerate() {
             let (_, t) = iceberg_type(f.data_type()).ok_or_else(|| {
                 WeirError::Internal(format!("iceberg: column '{}' has no type", f.name()))
@@ -327,9 +330,11 @@ impl Layout {
                     HashMap::from([(PARQUET_FIELD_ID_META_KEY.to_string(), id.to_string())]),
                 );
             fields.push(field);
+            field_ids.push(*id);
         }
         Ok(Layout {
             file_schema: Arc::new(ArrowSchema::new(fields)),
+            ids: field_ids,
             partition,
         })
     }

@@ -35,6 +35,7 @@
 mod fs_catalog;
 pub mod layout;
 mod object_storage;
+pub mod stats;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -261,6 +262,9 @@ pub struct WrittenFile {
     pub rows: u64,
     pub bytes: u64,
     pub partition: PartitionKey,
+    /// Column metrics for the manifest.
+    #[serde(default)]
+    pub stats: stats::FileStats,
 }
 
 /// The connected table.
@@ -311,6 +315,7 @@ struct OpenFile {
     rows: usize,
     opened: Instant,
     partition: PartitionKey,
+    stats: stats::FileStats,
 }
 
 fn ice(context: String) -> impl Fn(iceberg::Error) -> WeirError {
@@ -559,6 +564,10 @@ impl IcebergSink {
                 .partition_spec_id(c.spec_id)
                 .record_count(f.rows)
                 .file_size_in_bytes(f.bytes)
+                .value_counts(f.stats.value_counts())
+                .null_value_counts(f.stats.null_counts())
+                .lower_bounds(f.stats.lower_bounds())
+                .upper_bounds(f.stats.upper_bounds())
                 .build()
                 .map_err(|e| WeirError::Internal(format!("iceberg data file {}: {e}", f.path)))?;
             data_files.push(df);
@@ -778,6 +787,7 @@ impl Files {
                         rows: 0,
                         opened: Instant::now(),
                         partition: key.clone(),
+                        stats: stats::FileStats::default(),
                     },
                 );
             }
@@ -788,6 +798,7 @@ impl Files {
                 f.writer.write(&rows).map_err(|e| {
                     WeirError::external_source(format!("writing {}", f.path.display()), e)
                 })?;
+                f.stats.add(&rows, &ctx.ids);
                 f.rows += rows.num_rows();
                 f.rows >= ctx.rollover_rows
             };
@@ -819,6 +830,7 @@ impl Files {
             rows: f.rows as u64,
             bytes,
             partition: f.partition,
+            stats: f.stats,
         });
         Ok(())
     }
@@ -848,6 +860,8 @@ impl Files {
 /// What a blocking write needs to know about the sink.
 struct WriteContext {
     data_dir: PathBuf,
+    /// Each column's field id.
+    ids: Vec<i32>,
     partition: Vec<PartitionField>,
     stem: String,
     run: String,
@@ -923,6 +937,7 @@ impl Sink for IcebergSink {
         let parts = c.layout.split(&batch)?;
         let ctx = WriteContext {
             data_dir: c.data_dir.clone(),
+            ids: c.layout.ids.clone(),
             partition: self.partition.clone(),
             stem: file_stem(&self.name),
             run: self.run.clone(),
