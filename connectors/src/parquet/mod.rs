@@ -336,6 +336,7 @@ impl ParquetSink {
                     .map_err(|e| weir_engine::fsutil::io_error("reading", &f.path, e))?;
                 let upload = remote.stage(&relative, bytes).await?;
                 self.uploads.insert(f.path.clone(), upload);
+                // At once, so a failure staging the next file leaves this one journaled.
                 self.write_journal(&outbox)?;
             }
             if let Some(upload) = self.uploads.get(&f.path) {
@@ -413,15 +414,21 @@ impl ParquetSink {
             }),
             Err(_) => Vec::new(),
         };
-        let listed_ids: std::collections::HashSet<String> = restored
-            .and_then(|cp| cp.get("uploads"))
-            .and_then(|v| serde_json::from_value::<Vec<StagedUpload>>(v.clone()).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|u| u.upload.id)
-            .collect();
+        // What the restored checkpoint recorded, read once: an unreadable list is an
+        // error before anything is abandoned.
+        let uploads: Vec<StagedUpload> = match restored.and_then(|cp| cp.get("uploads")) {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                WeirError::external(format!("parquet sink checkpoint: bad uploads: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        let listed_ids: std::collections::HashSet<&str> =
+            uploads.iter().map(|u| u.upload.id.as_str()).collect();
         let mut abandoned = 0;
-        for u in staged.iter().filter(|u| !listed_ids.contains(&u.id)) {
+        for u in staged
+            .iter()
+            .filter(|u| !listed_ids.contains(u.id.as_str()))
+        {
             remote.abort(u).await?;
             abandoned += 1;
         }
@@ -432,13 +439,6 @@ impl ParquetSink {
                 "abandoned parquet uploads staged for a checkpoint that never completed"
             );
         }
-        let Some(cp) = restored else { return Ok(()) };
-        let uploads: Vec<StagedUpload> = match cp.get("uploads") {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                WeirError::external(format!("parquet sink checkpoint: bad uploads: {e}"))
-            })?,
-            None => Vec::new(),
-        };
         for u in &uploads {
             remote.complete(&u.upload).await?;
             // The upload stands for the staged file: publishing it locally too would
