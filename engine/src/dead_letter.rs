@@ -198,6 +198,23 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// The bytes of `path` from offset `from` to its end (none if it is shorter), without
+/// reading what came before: the files only grow, and each shipment reads only what is new.
+async fn read_from(path: &Path, from: u64) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    f.seek(std::io::SeekFrom::Start(from))
+        .await
+        .map_err(|e| io_error(path, e))?;
+    let mut new = Vec::new();
+    f.read_to_end(&mut new)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    Ok(new)
+}
+
 /// What has been shipped of each dead-letter file (see the module docs).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Shipped {
@@ -258,12 +275,7 @@ impl DeadLetterShipper {
         for name in names {
             let path = self.dir.join(&name);
             let from = self.shipped.files.get(&name).copied().unwrap_or(0);
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|e| io_error(&path, e))?;
-            let Some(new) = bytes.get(from as usize..) else {
-                continue;
-            };
+            let new = read_from(&path, from).await?;
             // Complete lines only: a line being written goes with the next shipment.
             let Some(last) = new.iter().rposition(|b| *b == b'\n') else {
                 continue;
