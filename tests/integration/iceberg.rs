@@ -30,6 +30,24 @@ fn try_pyiceberg(args: &[String]) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// The reader's arguments for table `<namespace>.per_second` in the SQL catalog `weir` in
+/// the Postgres at `url` (SQLAlchemy's form of it), with its warehouse.
+fn sql_catalog_args(url: &str, namespace: &str, warehouse: &str) -> Vec<String> {
+    let sqlalchemy = url
+        .replacen("postgres://", "postgresql+psycopg2://", 1)
+        .replacen("postgresql://", "postgresql+psycopg2://", 1);
+    vec![
+        "--sql-uri".to_string(),
+        sqlalchemy,
+        "--catalog-name".to_string(),
+        "weir".to_string(),
+        "--table".to_string(),
+        format!("{namespace}.per_second"),
+        "--warehouse".to_string(),
+        warehouse.to_string(),
+    ]
+}
+
 /// The sum of the `n` column pyiceberg reads (0 while there is no table).
 fn events_in(args: &[String]) -> i64 {
     try_pyiceberg(args).map_or(0, |t| {
@@ -223,19 +241,7 @@ async fn iceberg_sql_catalog_on_postgres_survives_sigkill_exactly_once() {
     )
     .unwrap();
     kill_three_times(dir.path(), &sql, &config, |_| 0).await;
-    let sqlalchemy = url
-        .replacen("postgres://", "postgresql+psycopg2://", 1)
-        .replacen("postgresql://", "postgresql+psycopg2://", 1);
-    let args = [
-        "--sql-uri".to_string(),
-        sqlalchemy,
-        "--catalog-name".to_string(),
-        "weir".to_string(),
-        "--table".to_string(),
-        format!("{namespace}.per_second"),
-        "--warehouse".to_string(),
-        warehouse.display().to_string(),
-    ];
+    let args = sql_catalog_args(&url, &namespace, &warehouse.display().to_string());
     let table = finish(dir.path(), &sql, &config, &args, events).await;
     let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap();
     check(&table, events, &log);
@@ -273,19 +279,9 @@ async fn iceberg_on_s3_with_the_sql_catalog_survives_sigkill_exactly_once() {
     )
     .unwrap();
     kill_three_times(dir.path(), &sql, &config, |_| 0).await;
-    let sqlalchemy = url
-        .replacen("postgres://", "postgresql+psycopg2://", 1)
-        .replacen("postgresql://", "postgresql+psycopg2://", 1);
     let env = |k: &str| std::env::var(k).unwrap_or_default();
-    let args = [
-        "--sql-uri".to_string(),
-        sqlalchemy,
-        "--catalog-name".to_string(),
-        "weir".to_string(),
-        "--table".to_string(),
-        format!("{namespace}.per_second"),
-        "--warehouse".to_string(),
-        warehouse.clone(),
+    let mut args = sql_catalog_args(&url, &namespace, &warehouse);
+    args.extend([
         "--prop".to_string(),
         format!("s3.endpoint={endpoint}"),
         "--prop".to_string(),
@@ -294,7 +290,7 @@ async fn iceberg_on_s3_with_the_sql_catalog_survives_sigkill_exactly_once() {
         format!("s3.secret-access-key={}", env("AWS_SECRET_ACCESS_KEY")),
         "--prop".to_string(),
         format!("s3.region={}", env("AWS_REGION")),
-    ];
+    ]);
     let table = finish(dir.path(), &sql, &config, &args, events).await;
     let log = std::fs::read_to_string(dir.path().join("weir.log")).unwrap();
     check(&table, events, &log);

@@ -451,19 +451,8 @@ fn partition_values(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::iceberg::tests::schema;
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
-
-    fn schema() -> SchemaRef {
-        Arc::new(ArrowSchema::new(vec![
-            Field::new(
-                "window_start",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                true,
-            ),
-            Field::new("region", DataType::Utf8, true),
-            Field::new("n", DataType::Int64, false),
-        ]))
-    }
 
     #[test]
     fn partition_by_parses_and_refuses() {

@@ -8,7 +8,8 @@ use weir_engine::options::Options;
 
 const DAY_MS: i64 = 86_400_000;
 
-fn schema() -> SchemaRef {
+/// A windowed view's columns: `window_start`, `region`, `n` (also the layout tests').
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
             "window_start",
