@@ -32,42 +32,31 @@
 //! Without checkpoints (`--until-done`) files are committed as they roll over and at the
 //! end, at least once.
 
+mod files;
 mod fs_catalog;
 pub mod layout;
 mod object_storage;
+pub mod options;
 pub mod stats;
+
+pub use files::WrittenFile;
+use files::{Files, WriteContext, file_stem};
+pub use options::{CatalogConfig, IcebergOptions, VALID_KEYS, WarehouseStore};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, CatalogBuilder, TableCreation, TableIdent};
-use layout::{Layout, PartitionField, PartitionKey};
+use iceberg::{Catalog, CatalogBuilder, TableCreation};
+use layout::{Layout, PartitionField};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir_engine::connector::{RowIds, Sink, SinkCheckpoint, SinkFactory, SinkSpec};
-use weir_engine::fsutil::{blocking, io_error, sync_dir};
+use weir_engine::fsutil::{blocking, io_error};
 use weir_engine::{Result, WeirError};
-
-pub const VALID_KEYS: &[&str] = &[
-    "catalog",
-    "warehouse",
-    "table",
-    "catalog.uri",
-    "catalog.name",
-    "partition.by",
-    "rollover.rows",
-    "rollover.interval",
-    "snapshots.retain",
-    "storage.<object_store S3 key>",
-];
 
 /// The summary keys of the snapshots the sink commits.
 pub const EPOCH_KEY: &str = "weir.epoch";
@@ -77,142 +66,6 @@ pub const SINK_KEY: &str = "weir.sink";
 /// expiry and other engines' snapshots (a compaction) on top.
 pub fn epoch_property(sink: &str) -> String {
     format!("{EPOCH_KEY}.{sink}")
-}
-
-/// Where the table's catalog is.
-#[derive(Debug, Clone)]
-pub enum CatalogConfig {
-    /// Metadata files in the warehouse directory are the catalog.
-    Filesystem { warehouse: PathBuf },
-    /// An Iceberg SQL (JDBC) catalog in Postgres: the `iceberg_tables` table.
-    Sql {
-        uri: String,
-        name: String,
-        /// A directory, or an object-store URL (`s3://bucket/prefix`).
-        warehouse: String,
-    },
-}
-
-/// An object-store warehouse: the bucket's root URL and the `storage.*` options.
-#[derive(Debug, Clone)]
-pub struct WarehouseStore {
-    pub root: String,
-    pub options: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct IcebergOptions {
-    pub catalog: CatalogConfig,
-    pub table: TableIdent,
-    pub partition_by: String,
-    pub rollover_rows: usize,
-    pub rollover_interval: Duration,
-    /// Keep the newest this many snapshots, expiring older ones (0: keep all).
-    pub snapshots_retain: usize,
-    /// Set when the warehouse is in an object store.
-    pub store: Option<WarehouseStore>,
-}
-
-impl IcebergOptions {
-    pub fn parse(options: &mut weir_engine::options::Options, data_dir: &Path) -> Result<Self> {
-        let table = options.take("table").ok_or_else(|| {
-            WeirError::user("the iceberg sink needs option 'table' ('namespace.table')")
-        })?;
-        let parts: Vec<&str> = table.split('.').collect();
-        if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
-            return Err(WeirError::user(format!(
-                "option 'table' = '{table}': give it as 'namespace.table' (for example \
-                 'lake.region_health')"
-            )));
-        }
-        let table = TableIdent::from_strs(parts.iter().map(|p| p.trim()))
-            .map_err(|e| WeirError::user(format!("option 'table' = '{table}': {e}")))?;
-        let warehouse = options.take("warehouse");
-        let storage = options.take_prefixed(weir_engine::remote::STORAGE_PREFIX);
-        let kind = options.take_choice("catalog", &["filesystem", "sql"], "filesystem")?;
-        let uri = options.take("catalog.uri");
-        let name = options.take("catalog.name");
-        let store = match warehouse.as_deref() {
-            Some(url) if weir_engine::remote::is_url(url) => {
-                if kind != "sql" {
-                    return Err(WeirError::user(format!(
-                        "warehouse = '{url}' is in an object store, where the filesystem catalog \
-                         cannot commit atomically: use catalog = 'sql' (with 'catalog.uri')"
-                    )));
-                }
-                // Checks the URL and the settings now, not at the first write.
-                weir_engine::remote::Remote::new(url, &storage)?;
-                let parsed = url::Url::parse(url)
-                    .map_err(|e| WeirError::user(format!("warehouse '{url}': {e}")))?;
-                Some(WarehouseStore {
-                    root: format!(
-                        "{}://{}",
-                        parsed.scheme(),
-                        parsed.host_str().unwrap_or_default()
-                    ),
-                    options: storage,
-                })
-            }
-            _ if !storage.is_empty() => {
-                return Err(WeirError::user(
-                    "'storage.*' options are for a warehouse in an object store \
-                     (s3://bucket/prefix)",
-                ));
-            }
-            _ => None,
-        };
-        let warehouse = match (&store, warehouse) {
-            (Some(_), Some(url)) => url.trim_end_matches('/').to_string(),
-            (_, w) => {
-                let dir = w.map_or_else(|| data_dir.join("warehouse"), PathBuf::from);
-                std::path::absolute(&dir)
-                    .map_err(|e| io_error("resolving", &dir, e))?
-                    .display()
-                    .to_string()
-            }
-        };
-        let catalog = match kind.as_str() {
-            "sql" => CatalogConfig::Sql {
-                uri: uri.ok_or_else(|| {
-                    WeirError::user(
-                        "catalog = 'sql' needs option 'catalog.uri' (postgres://user:pass@host/db)",
-                    )
-                })?,
-                name: name.unwrap_or_else(|| "weir".into()),
-                warehouse,
-            },
-            _ => {
-                if uri.is_some() || name.is_some() {
-                    return Err(WeirError::user(
-                        "options 'catalog.uri' and 'catalog.name' are for catalog = 'sql'",
-                    ));
-                }
-                CatalogConfig::Filesystem {
-                    warehouse: PathBuf::from(warehouse),
-                }
-            }
-        };
-        let rollover_rows = options
-            .take_parse::<usize>("rollover.rows")?
-            .unwrap_or(1_000_000);
-        if rollover_rows == 0 {
-            return Err(WeirError::user("option 'rollover.rows' must be at least 1"));
-        }
-        let rollover_interval = options
-            .take_duration("rollover.interval")?
-            .unwrap_or(Duration::from_secs(60));
-        Ok(IcebergOptions {
-            catalog,
-            table,
-            partition_by: options.take("partition.by").unwrap_or_default(),
-            rollover_rows,
-            rollover_interval,
-            snapshots_retain: options
-                .take_parse::<usize>("snapshots.retain")?
-                .unwrap_or(0),
-            store,
-        })
-    }
 }
 
 pub struct IcebergSinkFactory;
@@ -255,18 +108,6 @@ impl SinkFactory for IcebergSinkFactory {
     }
 }
 
-/// A data file written and closed, not committed yet.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct WrittenFile {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub partition: PartitionKey,
-    /// Column metrics for the manifest.
-    #[serde(default)]
-    pub stats: stats::FileStats,
-}
-
 /// The connected table.
 struct Connected {
     catalog: Arc<dyn Catalog>,
@@ -299,23 +140,6 @@ pub struct IcebergSink {
     run: String,
     /// The pipeline's data directory (staging for an object-store warehouse).
     data_dir: PathBuf,
-}
-
-/// The open files, one per partition, and the closed ones.
-#[derive(Default)]
-struct Files {
-    open: BTreeMap<PartitionKey, OpenFile>,
-    closed: Vec<WrittenFile>,
-    seq: u64,
-}
-
-struct OpenFile {
-    writer: ArrowWriter<File>,
-    path: PathBuf,
-    rows: usize,
-    opened: Instant,
-    partition: PartitionKey,
-    stats: stats::FileStats,
 }
 
 fn ice(context: String) -> impl Fn(iceberg::Error) -> WeirError {
@@ -740,133 +564,6 @@ impl IcebergSink {
         }
         Ok(out)
     }
-}
-
-/// A sink name made safe for a file name.
-fn file_stem(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-impl Files {
-    fn write(&mut self, parts: Vec<(PartitionKey, RecordBatch)>, ctx: &WriteContext) -> Result<()> {
-        for (key, rows) in parts {
-            if !self.open.contains_key(&key) {
-                self.seq += 1;
-                let folder = layout::partition_folder(&ctx.partition, &key);
-                let dir = if folder.is_empty() {
-                    ctx.data_dir.clone()
-                } else {
-                    ctx.data_dir.join(&folder)
-                };
-                std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
-                let path = dir.join(format!(
-                    "{}-e{}-{}-{}.parquet",
-                    ctx.stem, ctx.epoch, ctx.run, self.seq
-                ));
-                let file = File::create(&path).map_err(|e| io_error("creating", &path, e))?;
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                    .build();
-                let writer =
-                    ArrowWriter::try_new(file, rows.schema(), Some(props)).map_err(|e| {
-                        WeirError::external_source(format!("creating {}", path.display()), e)
-                    })?;
-                self.open.insert(
-                    key.clone(),
-                    OpenFile {
-                        writer,
-                        path,
-                        rows: 0,
-                        opened: Instant::now(),
-                        partition: key.clone(),
-                        stats: stats::FileStats::default(),
-                    },
-                );
-            }
-            let full = {
-                let Some(f) = self.open.get_mut(&key) else {
-                    continue;
-                };
-                f.writer.write(&rows).map_err(|e| {
-                    WeirError::external_source(format!("writing {}", f.path.display()), e)
-                })?;
-                f.stats.add(&rows, &ctx.ids);
-                f.rows += rows.num_rows();
-                f.rows >= ctx.rollover_rows
-            };
-            if full {
-                self.close(&key)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn close(&mut self, key: &PartitionKey) -> Result<()> {
-        let Some(f) = self.open.remove(key) else {
-            return Ok(());
-        };
-        let file = f.writer.into_inner().map_err(|e| {
-            WeirError::external_source(format!("finishing {}", f.path.display()), e)
-        })?;
-        file.sync_all()
-            .map_err(|e| io_error("syncing", &f.path, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| io_error("reading", &f.path, e))?
-            .len();
-        if let Some(dir) = f.path.parent() {
-            sync_dir(dir)?;
-        }
-        self.closed.push(WrittenFile {
-            path: f.path.display().to_string(),
-            rows: f.rows as u64,
-            bytes,
-            partition: f.partition,
-            stats: f.stats,
-        });
-        Ok(())
-    }
-
-    fn close_all(&mut self) -> Result<()> {
-        let keys: Vec<PartitionKey> = self.open.keys().cloned().collect();
-        for k in keys {
-            self.close(&k)?;
-        }
-        Ok(())
-    }
-
-    fn close_older_than(&mut self, age: Duration) -> Result<()> {
-        let keys: Vec<PartitionKey> = self
-            .open
-            .iter()
-            .filter(|(_, f)| f.opened.elapsed() >= age)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            self.close(&k)?;
-        }
-        Ok(())
-    }
-}
-
-/// What a blocking write needs to know about the sink.
-struct WriteContext {
-    data_dir: PathBuf,
-    /// Each column's field id.
-    ids: Vec<i32>,
-    partition: Vec<PartitionField>,
-    stem: String,
-    run: String,
-    epoch: u64,
-    rollover_rows: usize,
 }
 
 #[async_trait]

@@ -4,6 +4,10 @@ use super::*;
 use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use futures::TryStreamExt;
+use iceberg::TableIdent;
+use std::fs::File;
+use std::path::Path;
+use weir_engine::connector::RowIds;
 use weir_engine::options::Options;
 
 const DAY_MS: i64 = 86_400_000;
